@@ -1,0 +1,34 @@
+# Two commands on a fresh machine: `make run` and `make test`. Everything they need is installed here.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: deps consul test lint unit run bench clean
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip >/dev/null
+	$(PY) -m pip install -q -c constraints.txt -e '.[test]'
+	touch $(STAMP)
+
+deps: $(STAMP)
+
+# Provides a consul binary: $$CONSUL, else `consul` on PATH, else Debian bullseye's package under .cache/.
+consul:
+	@scripts/get-consul.sh >/dev/null
+
+lint: deps
+	$(PY) -m ruff check .
+
+test: deps consul lint
+	CONSUL="$$(scripts/get-consul.sh)" $(PY) -m pytest -q $(PYTEST_ARGS)
+
+unit: deps
+	$(PY) -m pytest -q -m "not consul" $(PYTEST_ARGS)
+
+run: deps consul
+	CONSUL="$$(scripts/get-consul.sh)" $(PY) scripts/run_demo.py $(ARGS)
+
+clean:
+	rm -rf $(VENV) .cache .pytest_cache

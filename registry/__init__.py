@@ -1,0 +1,1 @@
+"""Service discovery: Consul (and static/file) sources that produce route commands."""

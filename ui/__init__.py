@@ -1,0 +1,1 @@
+"""Admin UI and API on ui.addr (default :9998)."""
