@@ -1,0 +1,192 @@
+"""A thin async Consul HTTP client with Consul's documented blocking-query rules.
+
+Why our own and not python-consul2 here: the watcher needs per-request read timeouts tied to the
+`wait` value, case-insensitive index headers, and the index rules below; httpx gives all of that in a
+few lines. python-consul2 is used by the tests to register services, as any user's tooling would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+
+class ConsulError(Exception):
+    """Consul could not be reached or answered with an error."""
+
+
+def consul_base_url(addr: str) -> str:
+    """`registry.consul.addr` -> base URL: `host:port`, `http://host:port` or `https://host:port`."""
+    addr = addr.strip()
+    scheme = "http"
+    for prefix in ("http://", "https://"):
+        if addr.startswith(prefix):
+            scheme = prefix[:-3]
+            addr = addr[len(prefix) :]
+    addr = addr.split("/", 1)[0]  # fabio drops anything after the host
+    return f"{scheme}://{addr}"
+
+
+def next_index(previous: int, returned: int) -> int:
+    """The index to send with the next blocking query.
+
+    Consul's rules: if the index went backwards (snapshot restore, agent restart with other data, a KV
+    delete of the highest index) start over with 0, which returns at once with the current state; and
+    never block on an index below 1, because 0 returns immediately and would make the loop spin.
+    """
+    if returned < previous:
+        return 0
+    return max(returned, 1)
+
+
+class TokenBucket:
+    """Rate limit for a watch loop: runs freely in the happy case, degrades to `rate`/s under churn.
+
+    Consul's blocking-query guidance asks for this (burst 2) rather than a sleep per iteration.
+    """
+
+    def __init__(self, rate: float, burst: int = 2) -> None:
+        self.rate = rate
+        self.burst = burst
+        self.tokens = float(burst)
+        self.stamp = time.monotonic()
+
+    def delay(self) -> float:
+        """Take a token; return how long to wait before using it (0 when one is available)."""
+        now = time.monotonic()
+        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+        self.tokens -= 1
+        return 0.0 if self.tokens >= 0 else -self.tokens / self.rate
+
+    async def take(self) -> None:
+        d = self.delay()
+        if d > 0:
+            await asyncio.sleep(d)
+
+
+class Backoff:
+    """Capped exponential backoff with jitter, reset after a success."""
+
+    def __init__(self, first: float = 0.1, cap: float = 5.0) -> None:
+        self.first = first
+        self.cap = cap
+        self.current = 0.0
+
+    def next(self) -> float:
+        self.current = self.first if self.current == 0 else min(self.cap, self.current * 2)
+        # +-20% jitter so several routers do not hammer a recovering agent in lockstep
+        return self.current * (0.8 + 0.4 * (time.monotonic() * 1000 % 1))
+
+    def reset(self) -> None:
+        self.current = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Response:
+    status: int
+    body: Any
+    index: int
+    headers: httpx.Headers
+
+
+class ConsulAPI:
+    """Async access to the Consul endpoints the router uses."""
+
+    def __init__(
+        self,
+        addr: str,
+        token: str = "",
+        *,
+        consistency: str = "consistent",
+        wait: float = 60.0,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self.base_url = consul_base_url(addr)
+        self.consistency = consistency  # "consistent" | "stale" | ""
+        self.wait = wait
+        headers = {"X-Consul-Token": token} if token else {}
+        self._client = httpx.AsyncClient(
+            base_url=self.base_url,
+            headers=headers,
+            timeout=httpx.Timeout(10.0, read=self.read_timeout(wait)),
+            transport=transport,
+            limits=httpx.Limits(max_connections=64, max_keepalive_connections=16),
+        )
+
+    @staticmethod
+    def read_timeout(wait: float) -> float:
+        """Consul may hold a blocking query for wait + wait/16 of jitter; allow that plus a margin."""
+        return wait * 17 / 16 + 5.0
+
+    async def close(self) -> None:
+        await self._client.aclose()
+
+    def _params(self, index: int | None, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+        params: dict[str, Any] = dict(extra or {})
+        if self.consistency:
+            params[self.consistency] = ""
+        if index is not None:
+            params["index"] = str(max(index, 0))
+            params["wait"] = f"{int(self.wait * 1000)}ms"
+        return params
+
+    async def get(self, path: str, *, index: int | None = None, params: dict[str, Any] | None = None) -> Response:
+        """GET a JSON endpoint; with `index` it is a blocking query. 404 is returned, not raised (KV)."""
+        try:
+            r = await self._client.get(path, params=self._params(index, params))
+        except httpx.HTTPError as e:
+            raise ConsulError(f"GET {path}: {type(e).__name__}: {e}") from e
+        idx_text = r.headers.get("x-consul-index", "0")
+        try:
+            idx = int(idx_text)
+        except ValueError:
+            idx = 0
+        if r.status_code == 404:
+            return Response(404, None, idx, r.headers)
+        if r.status_code != 200:
+            raise ConsulError(f"GET {path}: HTTP {r.status_code}: {r.text.strip()[:200]}")
+        try:
+            body = r.json()
+        except ValueError as e:
+            raise ConsulError(f"GET {path}: invalid JSON: {e}") from e
+        return Response(200, body, idx, r.headers)
+
+    async def agent_self(self) -> dict[str, Any]:
+        r = await self.get("/v1/agent/self")
+        return r.body or {}
+
+    async def kv_get(self, key: str) -> tuple[str | None, int]:
+        """One KV value (None if absent) and its ModifyIndex (0 if absent)."""
+        r = await self.get(f"/v1/kv/{key.lstrip('/')}")
+        if r.status == 404 or not r.body:
+            return None, 0
+        item = r.body[0]
+        raw = base64.b64decode(item.get("Value") or b"")
+        return raw.decode("utf-8", errors="replace"), int(item.get("ModifyIndex", 0))
+
+    async def kv_cas(self, key: str, value: str, cas: int) -> bool:
+        try:
+            r = await self._client.put(f"/v1/kv/{key.lstrip('/')}", params={"cas": str(cas)}, content=value.encode())
+        except httpx.HTTPError as e:
+            raise ConsulError(f"PUT kv {key}: {e}") from e
+        if r.status_code != 200:
+            raise ConsulError(f"PUT kv {key}: HTTP {r.status_code}: {r.text.strip()[:200]}")
+        return r.text.strip() == "true"
+
+
+def decode_kv(items: list[dict[str, Any]] | None) -> list[tuple[str, str]]:
+    """A recursive KV listing -> [(key, text)] in Consul's (alphabetical) order; folders skipped."""
+    out = []
+    for item in items or []:
+        key = item.get("Key", "")
+        if key.endswith("/") and not item.get("Value"):
+            continue
+        raw = base64.b64decode(item.get("Value") or b"")
+        out.append((key, raw.decode("utf-8", errors="replace")))
+    return out

@@ -1,0 +1,175 @@
+"""Entry point: `python -m router -cfg fabio.properties [-key value ...]`.
+
+Starts, in one event loop: the registry (Consul watcher, or a static/file source), the proxy on
+proxy.addr and the admin UI on ui.addr. SIGTERM/SIGINT: /health turns 503 at once, the proxy keeps
+serving for proxy.shutdownwait, then both servers stop and in-flight requests finish.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from collections.abc import Iterator, Sequence
+
+import uvicorn
+
+from registry.consul_api import ConsulAPI
+from registry.consul_watcher import ConsulWatcher, RegistryStatus
+from registry.static import load_text, watch_file
+from router import __version__
+from router.config import Config, ConfigError, load, parse_args
+from router.proxy import ProxyApp
+from router.state import RouterState
+
+log = logging.getLogger("router")
+
+_LEVELS = {"TRACE": logging.DEBUG, "DEBUG": logging.DEBUG, "INFO": logging.INFO, "WARN": logging.WARNING,
+           "ERROR": logging.ERROR, "FATAL": logging.CRITICAL}
+
+
+class _Server(uvicorn.Server):
+    """uvicorn server that leaves signal handling to us: two servers share one process."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def _uvicorn_config(app: object, addr: tuple[str, int], **extra: object) -> uvicorn.Config:
+    return uvicorn.Config(
+        app,
+        host=addr[0],
+        port=addr[1],
+        loop="none",
+        http="httptools",
+        ws="none",
+        lifespan="on",
+        log_level="warning",
+        access_log=False,
+        server_header=False,
+        date_header=False,
+        **extra,
+    )
+
+
+class Router:
+    """The running router: state, registry, proxy and UI."""
+
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+        self.state = RouterState(
+            matcher=cfg["proxy.matcher"],
+            glob_matching=not cfg["glob.matching.disabled"],
+            routes_log=cfg["log.routes.format"],
+        )
+        self.status = RegistryStatus(backend=cfg["registry.backend"])
+        self.shutting_down = False
+        self.api: ConsulAPI | None = None
+        if cfg["registry.backend"] == "consul":
+            consistency = "consistent" if cfg["registry.consul.requireConsistent"] else (
+                "stale" if cfg["registry.consul.allowStale"] else "")
+            self.api = ConsulAPI(
+                cfg["registry.consul.addr"], cfg["registry.consul.token"],
+                consistency=consistency, wait=cfg["registry.consul.wait"],
+            )
+            self.status.addr = self.api.base_url
+        self.proxy = ProxyApp(
+            self.state,
+            strategy=cfg["proxy.strategy"],
+            noroute_status=cfg["proxy.noroutestatus"],
+            header_timeout=cfg["proxy.responseheadertimeout"],
+            dial_timeout=cfg["proxy.dialtimeout"],
+            idle_timeout=cfg["proxy.idleconntimeout"],
+            keepalive=cfg["proxy.keepalivetimeout"],
+            local_ip=cfg["proxy.localip"],
+        )
+        from ui.app import create_app  # the UI depends on the router, not the other way round
+
+        self.ui = create_app(self)
+
+    async def registry(self) -> None:
+        cfg = self.cfg
+        backend = cfg["registry.backend"]
+        if backend == "static":
+            load_text(cfg["registry.static.routes"], "static", self.state.apply, self.status)
+            return
+        if backend == "file":
+            await watch_file(cfg["registry.file.path"], self.state.apply, self.status)
+            return
+        assert self.api is not None
+        watcher = ConsulWatcher(
+            self.api,
+            self.state.apply,
+            tagprefix=cfg["registry.consul.tagprefix"],
+            kvpath=cfg["registry.consul.kvpath"],
+            statuses=cfg["registry.consul.service.status"],
+            checks_all=cfg["registry.consul.checksRequired"] == "all",
+            max_rate=cfg["registry.consul.maxrate"],
+            status=self.status,
+        )
+        await watcher.run()
+
+    async def serve(self) -> None:
+        proxy_server = _Server(_uvicorn_config(self.proxy, self.cfg["proxy.addr"], timeout_keep_alive=75))
+        ui_server = _Server(_uvicorn_config(self.ui, self.cfg["ui.addr"]))
+        servers = (proxy_server, ui_server)
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+
+        registry = asyncio.create_task(self.registry(), name="registry")
+        serving = [asyncio.create_task(s.serve(), name="server") for s in servers]
+        waiter = asyncio.create_task(stop.wait())
+        done, _ = await asyncio.wait([waiter, *serving], return_when=asyncio.FIRST_COMPLETED)
+        if waiter not in done:  # a server failed to start (port in use, ...)
+            for t in done:
+                if t.exception():
+                    raise t.exception()  # type: ignore[misc]
+        self.shutting_down = True
+        wait = self.cfg["proxy.shutdownwait"]
+        if wait > 0:
+            log.info("shutting down: /health reports 503, still serving for %.1fs", wait)
+            await asyncio.sleep(wait)
+        for s in servers:
+            s.should_exit = True
+        await asyncio.gather(*serving, return_exceptions=True)
+        registry.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await registry
+        if self.api is not None:
+            await self.api.close()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        if parse_args(argv).version:
+            print(__version__)
+            return 0
+        cfg = load(argv)
+    except ConfigError as e:
+        print(f"config error: {e}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=_LEVELS[cfg["log.level"]], format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
+    for w in cfg.warnings:
+        log.warning("config: %s", w)
+    log.info("consul-router %s: proxy on %s:%d, ui on %s:%d, registry %s", __version__, *cfg["proxy.addr"],
+             *cfg["ui.addr"], cfg["registry.backend"])
+    try:
+        import uvloop
+
+        runner = uvloop.run
+    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
+        runner = asyncio.run
+    try:
+        runner(Router(cfg).serve())
+    except OSError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,388 @@
+"""fabio-compatible configuration: the same property names, defaults and precedence.
+
+Sources, strongest first: command-line flags (`-key value` / `-key=value`), environment variables
+(`FABIO_<KEY>` then `<KEY>`, upper-cased, dots as underscores), the properties file given with `-cfg`,
+then the built-in defaults. A value that does not parse stops startup with a message naming the key and
+what it accepts; a key nobody knows is warned about and ignored, so a fabio.properties from a newer fabio
+still starts us.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from router import __version__
+
+
+class ConfigError(ValueError):
+    """An invalid configuration value; the message names the key and the accepted values."""
+
+
+# ----------------------------------------------------------------------------- value parsers
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
+_UNIT_SECONDS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_duration(text: str) -> float:
+    """Go duration syntax ("1s", "500ms", "1m30s", "0") -> seconds."""
+    s = text.strip()
+    if s in ("0", ""):
+        return 0.0
+    pos, total = 0, 0.0
+    for m in _DURATION_PART.finditer(s):
+        if m.start() != pos:
+            break
+        total += float(m.group(1)) * _UNIT_SECONDS[m.group(2)]
+        pos = m.end()
+    if pos != len(s) or pos == 0:
+        raise ValueError("a duration such as 500ms, 10s, 1m30s")
+    return total
+
+
+def parse_bool(text: str) -> bool:
+    v = text.strip().lower()
+    if v in ("true", "1", "t", "yes", "on"):
+        return True
+    if v in ("false", "0", "f", "no", "off", ""):
+        return False
+    raise ValueError("true or false")
+
+
+def parse_int(text: str) -> int:
+    try:
+        return int(text.strip())
+    except ValueError:
+        raise ValueError("a whole number") from None
+
+
+def parse_float(text: str) -> float:
+    try:
+        return float(text.strip())
+    except ValueError:
+        raise ValueError("a number") from None
+
+
+def parse_list(text: str) -> tuple[str, ...]:
+    return tuple(p.strip() for p in text.split(",") if p.strip())
+
+
+def choice(*allowed: str) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        v = text.strip()
+        if v not in allowed:
+            raise ValueError("one of " + ", ".join(allowed))
+        return v
+
+    return parse
+
+
+def int_range(lo: int, hi: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        v = parse_int(text)
+        if not lo <= v <= hi:
+            raise ValueError(f"a whole number from {lo} to {hi}")
+        return v
+
+    return parse
+
+
+def list_of(*allowed: str) -> Callable[[str], tuple[str, ...]]:
+    def parse(text: str) -> tuple[str, ...]:
+        items = parse_list(text)
+        bad = [i for i in items if i not in allowed]
+        if bad or not items:
+            raise ValueError("a comma list of " + ", ".join(allowed))
+        return items
+
+    return parse
+
+
+def parse_addr(text: str) -> tuple[str, int]:
+    """`[host]:port[;opts]` -> (host, port); an empty host means every interface, as in fabio."""
+    addr = text.split(",")[0].split(";")[0].strip()
+    host, sep, port = addr.rpartition(":")
+    if not sep:
+        raise ValueError("host:port, e.g. :9999 or 127.0.0.1:9999")
+    host = host.strip("[]") or "0.0.0.0"
+    p = parse_int(port)
+    if not 0 <= p <= 65535:
+        raise ValueError("a port from 0 to 65535")
+    return host, p
+
+
+def parse_str(text: str) -> str:
+    return text.strip()
+
+
+# ----------------------------------------------------------------------------- the keys
+
+
+@dataclass(frozen=True, slots=True)
+class Key:
+    name: str
+    default: str
+    parse: Callable[[str], Any]
+    help: str
+    secret: bool = False
+
+
+KEYS: tuple[Key, ...] = (
+    # proxy
+    Key("proxy.addr", ":9999", parse_addr, "listen address of the HTTP proxy"),
+    Key("proxy.strategy", "rnd", choice("rnd", "rr"), "how a target is picked: rnd (random) or rr (round robin)"),
+    Key("proxy.matcher", "prefix", choice("prefix", "iprefix", "glob"), "how paths are matched"),
+    Key("proxy.noroutestatus", "404", int_range(100, 999), "status when no route matches"),
+    Key("proxy.dialtimeout", "30s", parse_duration, "timeout for connecting to an upstream"),
+    Key("proxy.responseheadertimeout", "0", parse_duration, "timeout for the upstream's response headers (0 = none)"),
+    Key("proxy.keepalivetimeout", "0", parse_duration, "TCP keep-alive period for upstream connections"),
+    Key("proxy.idleconntimeout", "15s", parse_duration, "how long an idle upstream connection is kept"),
+    Key("proxy.maxconn", "10000", parse_int, "idle upstream connections kept per host"),
+    Key("proxy.shutdownwait", "0", parse_duration, "how long to keep serving after SIGTERM"),
+    Key("proxy.deregistergraceperiod", "0", parse_duration, "wait after deregistering before shutdown"),
+    Key("proxy.localip", "", parse_str, "this host's IP, used in Forwarded: by="),
+    Key("proxy.workers", "1", int_range(1, 256), "number of proxy worker processes (ours)"),
+    # registry
+    Key("registry.backend", "consul", choice("consul", "static", "file"), "where routes come from"),
+    Key("registry.timeout", "10s", parse_duration, "how long to retry the registry at startup"),
+    Key("registry.retry", "500ms", parse_duration, "retry interval at startup"),
+    Key("registry.static.routes", "", parse_str, "route commands for registry.backend=static"),
+    Key("registry.file.path", "", parse_str, "route command file for registry.backend=file"),
+    Key("registry.consul.addr", "localhost:8500", parse_str, "Consul agent address (http:// or https://)"),
+    Key("registry.consul.token", "", parse_str, "Consul ACL token", secret=True),
+    Key("registry.consul.kvpath", "/fabio/config", parse_str, "KV prefix of the manual overrides"),
+    Key("registry.consul.noroutehtmlpath", "/fabio/noroute.html", parse_str, "KV key of the no-route page"),
+    Key("registry.consul.tagprefix", "urlprefix-", parse_str, "prefix of the route tags"),
+    Key(
+        "registry.consul.service.status",
+        "passing",
+        list_of("passing", "warning", "critical", "unknown"),
+        "check statuses that make an instance routable",
+    ),
+    Key("registry.consul.checksRequired", "one", choice("one", "all"), "one passing check or all of them"),
+    Key("registry.consul.requireConsistent", "true", parse_bool, "consistent reads from Consul"),
+    Key("registry.consul.allowStale", "false", parse_bool, "stale reads from Consul"),
+    Key("registry.consul.pollInterval", "0", parse_duration, "poll instead of blocking queries (0 = block)"),
+    Key("registry.consul.register.enabled", "true", parse_bool, "register the router itself in Consul"),
+    Key("registry.consul.register.name", "fabio", parse_str, "service name of the self-registration"),
+    Key("registry.consul.register.addr", "", parse_str, "address of the self-registration (default ui.addr)"),
+    Key("registry.consul.register.tags", "", parse_list, "tags of the self-registration"),
+    Key("registry.consul.register.checkInterval", "1s", parse_duration, "health check interval"),
+    Key("registry.consul.register.checkTimeout", "3s", parse_duration, "health check timeout"),
+    Key("registry.consul.wait", "60s", parse_duration, "blocking query wait time (ours; Consul's default is 5m)"),
+    Key("registry.consul.maxrate", "20", parse_float, "blocking queries per second per watch, at most (ours)"),
+    # ui
+    Key("ui.addr", ":9998", parse_addr, "listen address of the admin UI"),
+    Key("ui.access", "rw", choice("ro", "rw"), "ro hides the override editor"),
+    Key("ui.title", "", parse_str, "title shown in the UI"),
+    Key("ui.color", "light-green", parse_str, "colour of the UI's navigation bar"),
+    # logs
+    Key("log.level", "INFO", choice("TRACE", "DEBUG", "INFO", "WARN", "ERROR", "FATAL"), "log level"),
+    Key("log.access.target", "", choice("", "stdout"), "access log target"),
+    Key("log.access.format", "common", parse_str, "access log format"),
+    Key("log.routes.format", "delta", choice("delta", "all", "detail"), "how route changes are logged"),
+    # matching
+    Key("glob.matching.disabled", "false", parse_bool, "match hosts exactly, without wildcards"),
+    Key("glob.cache.size", "1000", parse_int, "accepted for compatibility; globs are compiled per table"),
+)
+
+KEYS_BY_NAME: Mapping[str, Key] = {k.name: k for k in KEYS}
+_BY_LOWER: Mapping[str, Key] = {k.name.lower(): k for k in KEYS}
+
+# fabio keys we know but do not implement yet: accepted with a clear warning, never fatal.
+UNSUPPORTED_PREFIXES = (
+    "proxy.cs",
+    "proxy.tls",
+    "proxy.header.",
+    "proxy.gzip",
+    "proxy.flushinterval",
+    "proxy.globalflushinterval",
+    "proxy.auth",
+    "proxy.readtimeout",
+    "proxy.writetimeout",
+    "proxy.grpc",
+    "registry.consul.tls",
+    "registry.consul.register.",
+    "registry.consul.serviceMonitors",
+    "registry.consul.namespace",
+    "registry.custom",
+    "registry.file.noroutehtmlpath",
+    "metrics.",
+    "runtime.",
+    "profile.",
+    "tracing.",
+    "bgp.",
+    "ui.routingtable",
+    "ui.path",
+    "insecure",
+)
+
+SECRET_HINTS = ("token", "password", "secret", "key")
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def read_properties(text: str) -> dict[str, str]:
+    """Java/magiconair properties: `key = value` or `key: value`, `#`/`!` comments, `\\` continuation."""
+    out: dict[str, str] = {}
+    lines = text.splitlines()
+    i = 0
+    while i < len(lines):
+        line = lines[i].strip()
+        i += 1
+        if not line or line[0] in "#!":
+            continue
+        while line.endswith("\\") and i < len(lines):
+            line = line[:-1] + lines[i].strip()
+            i += 1
+        m = re.match(r"([^=:\s]+)\s*[=:\s]\s*(.*)$", line)
+        if m:
+            out[m.group(1)] = m.group(2).strip()
+        else:
+            out[line] = ""
+    return out
+
+
+@dataclass(frozen=True)
+class Config:
+    """Parsed configuration; `cfg["proxy.addr"]` gives the typed value."""
+
+    values: Mapping[str, Any]
+    raw: Mapping[str, str]
+    origin: Mapping[str, str]  # key -> "default" | "file" | "env" | "flag"
+    warnings: tuple[str, ...] = ()
+
+    def __getitem__(self, name: str) -> Any:
+        return self.values[name]
+
+    def redacted(self) -> dict[str, str]:
+        """Raw values with every secret replaced, for the UI and /api/config."""
+        out = {}
+        for name, value in sorted(self.raw.items()):
+            key = KEYS_BY_NAME.get(name)
+            secret = (key.secret if key else False) or any(h in name.lower() for h in SECRET_HINTS)
+            out[name] = "<redacted>" if secret and value else value
+        return out
+
+
+@dataclass
+class CommandLine:
+    cfg_path: str | None
+    flags: dict[str, str]
+    version: bool
+
+
+def parse_args(argv: Iterable[str]) -> CommandLine:
+    """fabio's command line: `-cfg path`, `-v`, and `-<key> value` / `-<key>=value` for every property."""
+    args = list(argv)
+    cfg_path: str | None = None
+    flags: dict[str, str] = {}
+    version = False
+    i = 0
+    while i < len(args):
+        a = args[i]
+        i += 1
+        if not a.startswith("-") or a in ("-", "--"):
+            raise ConfigError(f"unexpected argument {a!r}; flags look like -proxy.addr :9999")
+        name = a.lstrip("-")
+        value: str | None = None
+        if "=" in name:
+            name, value = name.split("=", 1)
+        if name in ("v", "version"):
+            version = True
+            continue
+        if value is None:
+            if i >= len(args):
+                raise ConfigError(f"flag -{name} needs a value")
+            value = args[i]
+            i += 1
+        value = value.strip().strip('"').strip("'") if name == "cfg" else value
+        if name == "cfg":
+            cfg_path = value
+        else:
+            flags[name] = value
+    return CommandLine(cfg_path, flags, version)
+
+
+def _canonical(name: str) -> str | None:
+    key = KEYS_BY_NAME.get(name) or _BY_LOWER.get(name.lower())
+    return key.name if key else None
+
+
+def _is_unsupported(name: str) -> bool:
+    low = name.lower()
+    return any(low.startswith(p.lower()) for p in UNSUPPORTED_PREFIXES)
+
+
+def load(
+    argv: Iterable[str] = (), env: Mapping[str, str] | None = None, properties: Mapping[str, str] | None = None
+) -> Config:
+    """Build the config from flags, environment and the properties file (read from -cfg if not given)."""
+    env = os.environ if env is None else env
+    cmd = parse_args(argv)
+    if properties is None:
+        properties = {}
+        if cmd.cfg_path:
+            try:
+                with open(cmd.cfg_path, encoding="utf-8") as f:
+                    properties = read_properties(f.read())
+            except OSError as e:
+                raise ConfigError(f"cannot read config file {cmd.cfg_path}: {e.strerror}") from None
+
+    warnings: list[str] = []
+    raw: dict[str, str] = {k.name: k.default for k in KEYS}
+    origin: dict[str, str] = {k.name: "default" for k in KEYS}
+
+    def take(source: str, items: Mapping[str, str]) -> None:
+        for name, value in items.items():
+            canon = _canonical(name)
+            if canon is None:
+                if _is_unsupported(name):
+                    warnings.append(f"{source}: {name} is a fabio key that this router does not support yet; ignored")
+                else:
+                    warnings.append(f"{source}: unknown key {name}; ignored")
+                continue
+            raw[canon] = value
+            origin[canon] = source
+
+    take("file", properties)
+    upper_env = {k.upper(): v for k, v in env.items()}
+    from_env: dict[str, str] = {}
+    for key in KEYS:
+        env_name = key.name.replace(".", "_").upper()
+        for candidate in ("FABIO_" + env_name, env_name):
+            if candidate in upper_env:
+                from_env[key.name] = upper_env[candidate]
+                break
+    take("env", from_env)
+    take("flag", cmd.flags)
+
+    values: dict[str, Any] = {}
+    for key in KEYS:
+        try:
+            values[key.name] = key.parse(raw[key.name])
+        except ValueError as e:
+            shown = "<redacted>" if key.secret else raw[key.name]
+            raise ConfigError(
+                f"invalid value {shown!r} for {key.name} (from {origin[key.name]}): expected {e}"
+            ) from None
+    if values["registry.consul.requireConsistent"] and values["registry.consul.allowStale"] and (
+        origin["registry.consul.requireConsistent"] != "default"
+    ):
+        raise ConfigError(
+            "registry.consul.requireConsistent and registry.consul.allowStale cannot both be true; set one to false"
+        )
+    if values["registry.consul.allowStale"]:
+        values["registry.consul.requireConsistent"] = False
+    if values["registry.backend"] == "file" and not values["registry.file.path"]:
+        raise ConfigError("registry.file.path is required when registry.backend=file")
+    return Config(values=values, raw=raw, origin=origin, warnings=tuple(warnings))
+
+
+def version_text() -> str:
+    return f"{__version__}"

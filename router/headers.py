@@ -1,0 +1,132 @@
+"""Request and response header rewriting for the proxy, as fabio does it.
+
+Hop-by-hop headers are dropped both ways; the forwarding headers (X-Forwarded-*, X-Real-Ip,
+Forwarded) are added. A client cannot make us drop a forwarding header by naming it in `Connection`
+(fabio's protection against that trick), because those names are ignored there.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+    }
+)
+PROTECTED = frozenset(
+    {
+        "forwarded",
+        "x-forwarded-for",
+        "x-forwarded-host",
+        "x-forwarded-port",
+        "x-forwarded-proto",
+        "x-forwarded-prefix",
+        "x-real-ip",
+    }
+)
+_HOP_BYTES = frozenset(h.encode() for h in HOP_BY_HOP)
+
+
+def _connection_tokens(values: Iterable[str]) -> set[str]:
+    out = set()
+    for v in values:
+        for tok in v.split(","):
+            tok = tok.strip().lower()
+            if tok and tok not in PROTECTED:
+                out.add(tok)
+    return out
+
+
+class ForwardingHeaders:
+    def __init__(self, local_ip: str = "") -> None:
+        self.local_ip = local_ip
+
+    def request_headers(self, scope: dict[str, Any], host: str, target: Any) -> tuple[list[tuple[str, str]], bool]:
+        """Headers for the upstream request, and whether the request has a body to stream."""
+        out: list[tuple[str, str]] = []
+        conn_values: list[str] = []
+        seen: dict[str, str] = {}
+        has_body = False
+        for raw_name, raw_value in scope["headers"]:
+            name = raw_name.decode("latin-1")
+            value = raw_value.decode("latin-1")
+            if name == "connection":
+                conn_values.append(value)
+                continue
+            if name == "content-length":
+                has_body = value.strip() not in ("", "0")
+            elif name == "transfer-encoding":
+                has_body = True
+            if name in HOP_BY_HOP or name == "host":
+                continue
+            if name in seen and name in PROTECTED and name != "x-forwarded-for":
+                continue
+            seen[name] = value if name not in seen else seen[name] + ", " + value
+            out.append((name, value))
+        if conn_values:
+            drop = _connection_tokens(conn_values)
+            if drop:
+                out = [(n, v) for n, v in out if n not in drop]
+
+        client = scope.get("client") or ("", 0)
+        ip = client[0] or ""
+        scheme = scope.get("scheme", "http")
+        if scheme == "ws":
+            scheme = "http"
+        elif scheme == "wss":
+            scheme = "https"
+        xff = seen.get("x-forwarded-for")
+        out = [(n, v) for n, v in out if n != "x-forwarded-for"]
+        out.append(("x-forwarded-for", f"{xff}, {ip}" if xff else ip))
+        if "x-real-ip" not in seen:
+            out.append(("x-real-ip", ip))
+        proto = seen.get("x-forwarded-proto") or scheme
+        if "x-forwarded-proto" not in seen:
+            out.append(("x-forwarded-proto", scheme))
+        if "x-forwarded-port" not in seen:
+            _, sep, port = host.rpartition(":")
+            if not (sep and port.isdigit()):
+                port = "443" if scheme == "https" else "80"
+            out.append(("x-forwarded-port", port))
+        if "x-forwarded-host" not in seen and host:
+            out.append(("x-forwarded-host", host))
+        fwd = seen.get("forwarded")
+        if fwd is None:
+            fwd = f"for={ip}; proto={proto}"
+        out = [(n, v) for n, v in out if n != "forwarded"]
+        if self.local_ip:
+            fwd += f"; by={self.local_ip}"
+        fwd += f"; httpproto=http/{scope.get('http_version', '1.1')}"
+        out.append(("forwarded", fwd))
+        if target.strip:
+            out = [(n, v) for n, v in out if n != "x-forwarded-prefix"]
+            out.append(("x-forwarded-prefix", target.strip))
+        if target.host_header == "dst":
+            out.append(("host", f"{target.host}:{target.port}"))
+        elif target.host_header:
+            out.append(("host", target.host_header))
+        elif host:
+            out.append(("host", host))
+        if "user-agent" not in seen:
+            out.append(("user-agent", ""))
+        return out, has_body
+
+    @staticmethod
+    def response_headers(raw: Iterable[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+        """Upstream response headers minus hop-by-hop ones (and those its Connection header names)."""
+        items = list(raw)
+        drop = set(_HOP_BYTES)
+        for n, v in items:
+            if n.lower() == b"connection":
+                drop |= {t.strip().lower().encode() for t in v.decode("latin-1").split(",") if t.strip()}
+        return [(n.lower(), v) for n, v in items if n.lower() not in drop]

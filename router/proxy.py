@@ -1,0 +1,221 @@
+"""The proxy on proxy.addr: one request's whole journey, as a plain ASGI app.
+
+lookup (host, normalised path) -> pick a target -> rewrite path and headers -> stream the request body
+up and the response body down. Plain ASGI rather than Starlette here: this runs for every request, and
+everything a framework adds per request is cost (docs/datapath.md). All per-route work (URL parsing,
+options, weights) was done when the table was built.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Callable
+from urllib.parse import quote
+
+from router.headers import ForwardingHeaders
+from router.state import RouterState
+from router.upstream import ConnectFailed, Upstream, UpstreamError, UpstreamTimeout
+
+log = logging.getLogger("router.proxy")
+
+MAX_CONNECT_ATTEMPTS = 3
+
+
+class ClientGone(Exception):
+    """The client disconnected while we were reading its body."""
+
+
+def normalise_path(path: str) -> str:
+    """Resolve `.`/`..` and repeated slashes, keeping a trailing slash, so `/a/../b` is routed as `/b`."""
+    if "//" not in path and "/." not in path:
+        return path or "/"
+    out: list[str] = []
+    for seg in path.split("/"):
+        if seg in ("", "."):
+            continue
+        if seg == "..":
+            if out:
+                out.pop()
+            continue
+        out.append(seg)
+    clean = "/" + "/".join(out)
+    if path.endswith("/") and clean != "/" or (path.endswith(("/.", "/..")) and clean != "/"):
+        clean += "/"
+    return clean
+
+
+def _status_response(status: int, text: str) -> tuple[dict, dict]:
+    body = text.encode()
+    return (
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-type", b"text/plain; charset=utf-8"), (b"content-length", str(len(body)).encode())],
+        },
+        {"type": "http.response.body", "body": body},
+    )
+
+
+async def send_status(send: Callable, status: int, text: str) -> None:
+    start, body = _status_response(status, text)
+    await send(start)
+    await send(body)
+
+
+class ProxyApp:
+    """ASGI application for proxy.addr."""
+
+    def __init__(
+        self,
+        state: RouterState,
+        *,
+        strategy: str = "rnd",
+        noroute_status: int = 404,
+        header_timeout: float = 0.0,
+        dial_timeout: float = 30.0,
+        idle_timeout: float = 15.0,
+        keepalive: float = 0.0,
+        local_ip: str = "",
+    ) -> None:
+        self.state = state
+        self.strategy = strategy
+        self.noroute_status = noroute_status
+        self.header_timeout = header_timeout
+        self.upstream = Upstream(dial_timeout=dial_timeout, idle_timeout=idle_timeout, keepalive=keepalive)
+        self.forwarding = ForwardingHeaders(local_ip=local_ip)
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        kind = scope["type"]
+        if kind == "http":
+            await self.handle(scope, receive, send)
+        elif kind == "lifespan":
+            await self._lifespan(receive, send)
+        else:  # websocket: not passed through yet (issue: data path)
+            await send({"type": "websocket.close", "code": 1011})
+
+    async def _lifespan(self, receive: Callable, send: Callable) -> None:
+        while True:
+            msg = await receive()
+            if msg["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif msg["type"] == "lifespan.shutdown":
+                await self.upstream.close()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    async def handle(self, scope: dict, receive: Callable, send: Callable) -> None:
+        table = self.state.table
+        if table is None:
+            await send_status(send, 503, "routing table not loaded yet\n")
+            return
+        host = ""
+        for name, value in scope["headers"]:
+            if name == b"host":
+                host = value.decode("latin-1")
+                break
+        tls = scope.get("scheme") == "https"
+        path = normalise_path(scope["path"])
+        route = table.lookup(host, path, tls=tls)
+        if route is None:
+            await send_status(send, self.noroute_status, "no route\n")
+            return
+        target = route.pick(self.strategy)
+        if target is None:
+            await send_status(send, 503, "no healthy instance for this route\n")
+            return
+
+        # upstream path: strip, then prepend; keep the client's encoding when nothing changed
+        up_path = path
+        if target.strip and (up_path == target.strip or up_path.startswith(target.strip.rstrip("/") + "/")):
+            up_path = up_path[len(target.strip.rstrip("/")) :] or "/"
+            if not up_path.startswith("/"):
+                up_path = "/" + up_path
+        if target.prepend:
+            up_path = target.prepend.rstrip("/") + up_path
+        if up_path == scope["path"] and scope.get("raw_path"):
+            raw = scope["raw_path"].decode("latin-1")
+        else:
+            raw = quote(up_path, safe="/:@!$&'()*+,;=-._~%")
+        query = scope.get("query_string") or b""
+
+        if target.redirect_code:
+            url = target.redirect_url.replace("$path", up_path).replace("$host", host.split(":")[0])
+            if query and "?" not in url:
+                url += "?" + query.decode("latin-1")
+            await send({
+                "type": "http.response.start",
+                "status": target.redirect_code,
+                "headers": [(b"location", url.encode("latin-1", "replace")), (b"content-length", b"0")],
+            })
+            await send({"type": "http.response.body", "body": b""})
+            return
+
+        headers, has_body = self.forwarding.request_headers(scope, host, target)
+        body: AsyncIterator[bytes] | None = self._body(receive) if has_body else None
+        path_qs = raw + ("?" + query.decode("latin-1") if query else "")
+        timeout = target.timeout or self.header_timeout
+
+        tried: list = []
+        while True:
+            url = f"{target.scheme}://{target.host}:{target.port}{path_qs}"
+            try:
+                resp = await self.upstream.request(
+                    scope["method"], url, headers, body,
+                    header_timeout=timeout, verify_tls=not target.tls_skip_verify,
+                )
+                break
+            except ConnectFailed as e:
+                tried.append(target)
+                nxt = self._another(route, tried)
+                if nxt is None or len(tried) >= MAX_CONNECT_ATTEMPTS:
+                    log.warning("upstream %s:%s unreachable: %s", target.host, target.port, e)
+                    await send_status(send, 502, "upstream unreachable\n")
+                    return
+                target = nxt
+            except UpstreamTimeout:
+                await send_status(send, 504, "upstream timed out\n")
+                return
+            except (UpstreamError, ClientGone) as e:
+                if isinstance(e, ClientGone):
+                    return
+                log.warning("upstream %s:%s failed: %s", target.host, target.port, e)
+                await send_status(send, 502, "upstream error\n")
+                return
+
+        try:
+            await send({
+                "type": "http.response.start",
+                "status": resp.status,
+                "headers": self.forwarding.response_headers(resp.raw_headers),
+            })
+            async for chunk in resp.content.iter_any():
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            await send({"type": "http.response.body", "body": b""})
+        except Exception as e:  # noqa: BLE001 - upstream broke mid-body or the client left
+            log.debug("response stream aborted: %s", e)
+            resp.close()
+            raise
+        finally:
+            resp.release()
+
+    def _another(self, route, tried: list):  # type: ignore[no-untyped-def]
+        for _ in range(8):
+            t = route.pick(self.strategy)
+            if t is not None and t not in tried:
+                return t
+        for t in route.targets:
+            if t not in tried and t.weight > 0:
+                return t
+        return None
+
+    @staticmethod
+    async def _body(receive: Callable) -> AsyncIterator[bytes]:
+        while True:
+            msg = await receive()
+            if msg["type"] == "http.disconnect":
+                raise ClientGone()
+            chunk = msg.get("body", b"")
+            if chunk:
+                yield chunk
+            if not msg.get("more_body", False):
+                return

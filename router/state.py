@@ -1,0 +1,87 @@
+"""The router's current table: built from registry changes, swapped atomically.
+
+A registry calls `apply` with what changed; the new immutable Table replaces the old one in a single
+reference assignment, so a request in flight keeps the table it started with and the next one sees
+the new table. Errors from the last build and a short history of changes are kept for the UI.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from router.routecmd import LineError, RouteCmd
+from router.table import Table, TableBuilder
+
+log = logging.getLogger("router.table")
+
+
+@dataclass(frozen=True, slots=True)
+class Swap:
+    at: float  # wall time of the swap
+    services: int  # services changed
+    manual: bool  # overrides changed
+    build_ms: float
+    routes: int
+
+
+class RouterState:
+    def __init__(self, *, matcher: str = "prefix", glob_matching: bool = True, routes_log: str = "delta") -> None:
+        self.builder = TableBuilder(matcher=matcher, glob_matching=glob_matching)
+        self.table: Table | None = None
+        self.errors: list[LineError] = []
+        self.history: deque[Swap] = deque(maxlen=100)
+        self.routes_log = routes_log
+        self.started = time.time()
+        self._lines: dict[str, tuple[str, ...]] = {}
+
+    @property
+    def ready(self) -> bool:
+        return self.table is not None
+
+    def apply(
+        self, services: Mapping[str, Sequence[RouteCmd] | None], manual: Sequence[RouteCmd] | None = None
+    ) -> Table:
+        t0 = time.perf_counter()
+        table, errors = self.builder.update(services, manual)
+        ms = (time.perf_counter() - t0) * 1000
+        old = self.table
+        self.table = table
+        self.errors = list(errors)
+        self.history.append(Swap(time.time(), len(services), manual is not None, ms, len(table)))
+        for e in errors:
+            log.warning("route rejected: %s", e)
+        self._log_change(services, manual, table, ms)
+        return table
+
+    def _log_change(
+        self,
+        services: Mapping[str, Sequence[RouteCmd] | None],
+        manual: Sequence[RouteCmd] | None,
+        table: Table,
+        ms: float,
+    ) -> None:
+        """Log what changed, at a cost proportional to the change (never a render of the whole table)."""
+        if self.routes_log == "all" and len(table) <= 10000:
+            log.info("routing table (%d routes, built in %.1f ms):\n%s", len(table), ms, table.render())
+            return
+        lines: list[str] = []
+        changes = dict(services)
+        if manual is not None:
+            changes["\0manual"] = manual
+        for key, cmds in changes.items():
+            before = self._lines.get(key, ())
+            after = tuple(str(c) for c in cmds or ())
+            if after:
+                self._lines[key] = after
+            else:
+                self._lines.pop(key, None)
+            before_set, after_set = set(before), set(after)
+            lines += [f"- {x}" for x in before if x not in after_set]
+            lines += [f"+ {x}" for x in after if x not in before_set]
+        if lines:
+            shown = lines if len(lines) <= 200 else lines[:200] + [f"... and {len(lines) - 200} more"]
+            log.info("routing table changed (%d routes, built in %.1f ms):\n%s", len(table), ms, "\n".join(shown))
