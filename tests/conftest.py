@@ -1,0 +1,41 @@
+"""Fixtures for tests against a real Consul agent (see docs/testing.md).
+
+- consul_agent:  session scope, one `consul agent -dev` shared by the whole run; use unique service IDs/keys.
+- fresh_consul:  function scope, a new agent per test, for tests that stop/kill/pause/restart it.
+- consul_client: a python-consul2 client bound to consul_agent.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import consul
+import pytest
+
+from tests.consul_agent import ConsulAgent
+from tests.consul_helpers import make_client
+
+
+@pytest.fixture(scope="session")
+def consul_agent(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ConsulAgent]:
+    agent = ConsulAgent(workdir=tmp_path_factory.mktemp("consul-session"))
+    agent.start()
+    try:
+        yield agent
+    finally:
+        agent.stop()
+
+
+@pytest.fixture
+def fresh_consul(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ConsulAgent]:
+    agent = ConsulAgent(workdir=tmp_path_factory.mktemp("consul-fresh"))
+    agent.start()
+    try:
+        yield agent
+    finally:
+        agent.stop()
+
+
+@pytest.fixture
+def consul_client(consul_agent: ConsulAgent) -> consul.Consul:
+    return make_client(consul_agent.port)
