@@ -10,8 +10,9 @@ import asyncio
 import logging
 import os
 
-from registry.consul_watcher import RegistryStatus, Sink
 from router.routecmd import parse
+
+from registry.consul_watcher import RegistryStatus, Sink
 
 log = logging.getLogger("registry.static")
 

@@ -48,7 +48,6 @@ class RouterState:
         t0 = time.perf_counter()
         table, errors = self.builder.update(services, manual)
         ms = (time.perf_counter() - t0) * 1000
-        old = self.table
         self.table = table
         self.errors = list(errors)
         self.history.append(Swap(time.time(), len(services), manual is not None, ms, len(table)))
