@@ -1,0 +1,762 @@
+"""The routing table: built from route commands, immutable once returned, cheap to rebuild in part.
+
+Why it looks like this (user-voice items 14-17):
+
+* fabio re-sorted the table on every add and took minutes at 60k routes; it also matched glob hosts by
+  walking every host.  Here the table is a dict ``raw host -> _Host`` plus lookup indexes, so a lookup is
+  O(labels in the host + distinct path lengths of that host), independent of the number of routes.
+* A change to one service must not rebuild everything.  :class:`TableBuilder` keeps the compiled targets
+  per service and per route key ``(host, path)``, and rebuilds only the keys a change touches.  Every
+  manual (override) command affects route keys independently of each other (an ``add``, a ``del`` with a
+  source and a ``weight`` touch one key; ``del <svc>`` and ``del tags`` are evaluated per key), so the
+  manual list is simply re-applied to each rebuilt key, in order, after the service targets.  When the
+  manual list itself changes every key is rebuilt.
+* New tables share the unchanged ``_Host`` objects and ``Route`` objects with the previous one; a Table
+  that has been returned is never mutated.
+* fabio's 10,000-slot ring per route is replaced by pickers that need no memory for the common case of
+  equal weights (see :class:`Route`).
+"""
+
+from __future__ import annotations
+
+import bisect
+import itertools
+import math
+import random
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from types import MappingProxyType
+
+from router.routecmd import LineError, RouteCmd
+
+__all__ = ["TableBuilder", "Table", "Route", "Target"]
+
+_EMPTY_OPTS: Mapping[str, str] = MappingProxyType({})
+_GLOB_CHARS = frozenset("*?[]{}\\")
+_RING_MAX = 1000  # slots of the rr ring for unequal weights (fabio: 10,000 per route, always)
+_FABIO_SLOTS = 10000
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """One upstream of a route, with everything the proxy needs parsed at build time."""
+
+    service: str
+    tags: tuple[str, ...]
+    opts: Mapping[str, str]
+    url: str
+    scheme: str
+    host: str
+    port: int
+    fixed_weight: float
+    weight: float
+    strip: str
+    prepend: str
+    host_header: str
+    tls_skip_verify: bool
+    redirect_code: int
+    redirect_url: str
+    timeout: float = 0.0  # seconds, from opts "timeout=2s"; 0 = no per-route timeout
+
+
+def _reweighted(t: Target, w: float) -> Target:
+    if t.weight == w:
+        return t
+    return Target(t.service, t.tags, t.opts, t.url, t.scheme, t.host, t.port, t.fixed_weight, w, t.strip,
+                  t.prepend, t.host_header, t.tls_skip_verify, t.redirect_code, t.redirect_url, t.timeout)
+
+
+def _refixed(t: Target, fixed: float) -> Target:
+    return Target(t.service, t.tags, t.opts, t.url, t.scheme, t.host, t.port, fixed, t.weight, t.strip,
+                  t.prepend, t.host_header, t.tls_skip_verify, t.redirect_code, t.redirect_url, t.timeout)
+
+
+class Route:
+    """All targets for one ``host + path``, with the picker state.
+
+    Pickers: with equal weights (the usual case) ``rnd`` picks from the target tuple and ``rr`` walks it
+    with a per-route counter, so no ring is allocated.  With unequal weights ``rnd`` bisects a cumulative
+    weight array and ``rr`` walks a smooth weighted ring whose slot counts follow fabio's
+    ``int(10000*w)`` (at least 1), reduced by their gcd and scaled down to at most ``_RING_MAX`` slots.
+    Targets with weight 0 are never picked.
+    """
+
+    __slots__ = ("host", "path", "targets", "_pool", "_cum", "_ring", "_count", "_regex")
+
+    def __init__(self, host: str, path: str, targets: tuple[Target, ...]) -> None:
+        self.host = host
+        self.path = path
+        self.targets = targets
+        live = [t for t in targets if t.weight > 0]
+        self._pool: tuple[Target, ...] = tuple(live)
+        self._cum: list[float] | None = None
+        self._ring: tuple[Target, ...] | None = None
+        self._count = itertools.count()
+        self._regex: re.Pattern[str] | None = None
+        if len(live) > 1 and any(t.weight != live[0].weight for t in live):
+            self._cum = list(itertools.accumulate(t.weight for t in live))
+
+    def __repr__(self) -> str:
+        return f"Route({self.host!r}, {self.path!r}, {len(self.targets)} targets)"
+
+    def pick(self, strategy: str = "rnd") -> Target | None:
+        pool = self._pool
+        n = len(pool)
+        if n <= 1:
+            return pool[0] if n else None
+        if self._cum is None:
+            if strategy == "rr":
+                return pool[next(self._count) % n]
+            return pool[random.randrange(n)]
+        if strategy == "rr":
+            ring = self._ring or self._build_ring()
+            return ring[next(self._count) % len(ring)]
+        cum = self._cum
+        i = bisect.bisect_right(cum, random.random() * cum[-1])
+        return pool[min(i, n - 1)]
+
+    def _build_ring(self) -> tuple[Target, ...]:
+        """Smooth weighted round robin over the reduced slot counts (built once, on the first rr pick)."""
+        slots = [max(1, int(_FABIO_SLOTS * t.weight)) for t in self._pool]
+        g = math.gcd(*slots)
+        slots = [s // g for s in slots]
+        total = sum(slots)
+        if total > _RING_MAX:
+            slots = [max(1, round(s * _RING_MAX / total)) for s in slots]
+            total = sum(slots)
+        current = [0] * len(slots)
+        ring = []
+        for _ in range(total):
+            for i, s in enumerate(slots):
+                current[i] += s
+            best = max(range(len(slots)), key=current.__getitem__)
+            current[best] -= total
+            ring.append(self._pool[best])
+        self._ring = tuple(ring)
+        return self._ring
+
+
+def _weigh(targets: Sequence[Target]) -> tuple[Target, ...]:
+    """fabio's weighTargets: fixed shares (scaled when they overflow, or fill everything), rest split."""
+    n = len(targets)
+    fixed = [t.fixed_weight for t in targets if t.fixed_weight > 0]
+    if not fixed:
+        w = 1.0 / n if n else 0.0
+        return tuple(_reweighted(t, w) for t in targets)
+    sum_fixed = sum(fixed)
+    n_dyn = n - len(fixed)
+    scale = 1.0 / sum_fixed if sum_fixed > 1 or (n_dyn == 0 and sum_fixed < 1) else 1.0
+    dyn = max(0.0, (1 - sum_fixed) / n_dyn) if n_dyn else 0.0
+    return tuple(_reweighted(t, t.fixed_weight * scale if t.fixed_weight > 0 else dyn) for t in targets)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Parsing what a command says into Targets and keys.
+
+
+def hostpath(src: str) -> tuple[str, str]:
+    """``host/path`` -> (host, /path); ``/path`` -> ("", /path); ``host`` -> (host, /); ``:port`` -> (:port, "").
+
+    Hosts are lowercased here for add, del and weight alike (fabio only lowercases on add).
+    """
+    if src.startswith(":"):
+        return src.lower(), ""
+    i = src.find("/")
+    if i < 0:
+        return src.lower(), "/"
+    return src[:i].lower(), src[i:]
+
+
+class _CmdError(Exception):
+    pass
+
+
+_DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
+_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_duration(text: str) -> float:
+    """Go-style duration (``2s``, ``500ms``, ``1m30s``, ``0``) in seconds."""
+    if text == "0":
+        return 0.0
+    pos, total = 0, 0.0
+    for m in _DURATION.finditer(text):
+        if m.start() != pos:
+            break
+        total += float(m.group(1)) * _UNITS[m.group(2)]
+        pos = m.end()
+    if pos != len(text) or not text:
+        raise _CmdError(f"invalid duration {text!r}")
+    return total
+
+
+def _split_url(url: str) -> tuple[str, str, int | None]:
+    scheme, sep, rest = url.partition("://")
+    if not sep or not scheme or not scheme.replace("+", "").replace("-", "").replace(".", "").isalnum():
+        raise _CmdError(f"invalid destination URL {url!r}: scheme://host expected")
+    end = len(rest)
+    for ch in "/?#":
+        i = rest.find(ch)
+        if 0 <= i < end:
+            end = i
+    netloc = rest[:end].rpartition("@")[2]
+    if not netloc:
+        raise _CmdError(f"invalid destination URL {url!r}: no host")
+    port_text = ""
+    if netloc.startswith("["):
+        close = netloc.find("]")
+        if close < 0:
+            raise _CmdError(f"invalid destination URL {url!r}: bad IPv6 address")
+        host, tail = netloc[1:close], netloc[close + 1 :]
+        if tail:
+            if not tail.startswith(":"):
+                raise _CmdError(f"invalid destination URL {url!r}")
+            port_text = tail[1:]
+    else:
+        host, _, port_text = netloc.partition(":")
+    if port_text:
+        if not port_text.isdigit() or int(port_text) > 65535:
+            raise _CmdError(f"invalid destination URL {url!r}: bad port {port_text!r}")
+        return scheme.lower(), host, int(port_text)
+    return scheme.lower(), host, None
+
+
+def make_target(cmd: RouteCmd) -> Target:
+    """Compile a ``route add`` into a Target (weight 1.0 until the route is weighed).  Raises _CmdError."""
+    if not cmd.src or not cmd.dst:
+        raise _CmdError("source and destination must not be empty")
+    scheme, host, port = _split_url(cmd.dst)
+    opts = dict(cmd.opts)
+    strip = opts.get("strip", "")
+    if strip and not strip.startswith("/"):
+        raise _CmdError(f"invalid option strip={strip!r}: must start with '/'")
+    redirect_code, redirect_url = 0, ""
+    if "redirect" in opts:
+        code = opts["redirect"]
+        if not code.isdigit() or not 300 <= int(code) <= 399:
+            raise _CmdError(f"invalid option redirect={code!r}: a 3xx status code is expected")
+        redirect_code, redirect_url = int(code), cmd.dst
+    if opts.get("proto") == "https" and scheme == "http":
+        scheme = "https"
+    if port is None:
+        port = 443 if scheme in ("https", "grpcs", "wss") else 80 if scheme in ("http", "grpc", "ws") else 0
+    timeout = parse_duration(opts["timeout"]) if "timeout" in opts else 0.0
+    skip = opts.get("tlsskipverify", "").lower() in ("true", "1", "t")
+    return Target(cmd.service, cmd.tags, MappingProxyType(opts) if opts else _EMPTY_OPTS, cmd.dst, scheme, host,
+                  port, cmd.weight, 1.0, strip, opts.get("prepend", ""), opts.get("host", ""), skip,
+                  redirect_code, redirect_url, timeout)
+
+
+def _err(cmd: RouteCmd, reason: str) -> LineError:
+    return LineError(cmd.source, cmd.line, str(cmd), reason)
+
+
+def glob_regex(pattern: str, sep: str | None) -> re.Pattern[str]:
+    """Compile a glob (``*``, ``**``, ``?``, ``[..]``, ``[!..]``, ``{a,b}``, ``\\x``) to a full-match regex.
+
+    With ``sep`` (paths use ``/``) ``*`` and ``?`` stay within a segment and ``**`` crosses them; without it
+    (hosts, like fabio's gobwas globs) ``*`` matches anything.
+    """
+    any_one = f"[^{re.escape(sep)}]" if sep else "."
+    out, i, depth, n = [], 0, 0, len(pattern)
+    while i < n:
+        c = pattern[i]
+        if c == "*":
+            if pattern.startswith("**", i):
+                out.append(".*")
+                i += 2
+                continue
+            out.append(any_one + "*")
+        elif c == "?":
+            out.append(any_one)
+        elif c == "[":
+            j = pattern.find("]", i + 2)
+            if j < 0:
+                raise _CmdError(f"invalid glob {pattern!r}: unclosed '['")
+            body = pattern[i + 1 : j]
+            neg = body.startswith("!")
+            body = body[1:] if neg else body
+            out.append("[" + ("^" if neg else "") + body.replace("\\", "\\\\").replace("^", "\\^") + "]")
+            i = j
+        elif c == "{":
+            out.append("(?:")
+            depth += 1
+        elif c == "}" and depth:
+            out.append(")")
+            depth -= 1
+        elif c == "," and depth:
+            out.append("|")
+        elif c == "\\" and i + 1 < n:
+            i += 1
+            out.append(re.escape(pattern[i]))
+        else:
+            out.append(re.escape(c))
+        i += 1
+    if depth:
+        raise _CmdError(f"invalid glob {pattern!r}: unclosed '{{'")
+    try:
+        return re.compile("".join(out), re.DOTALL)
+    except re.error as e:
+        raise _CmdError(f"invalid glob {pattern!r}: {e}") from None
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Per-host structure and the Table.
+
+
+class _Host:
+    """The routes of one raw table host, indexed for the table's matcher."""
+
+    __slots__ = ("host", "routes", "lens", "lengths", "ilookup", "ilengths", "globs", "ntargets")
+
+    def __init__(self, host: str, routes: dict[str, Route], lens: dict[int, int], matcher: str,
+                 ntargets: int) -> None:
+        self.host = host
+        self.routes = routes
+        self.lens = lens
+        self.lengths = tuple(sorted(lens, reverse=True))
+        self.ntargets = ntargets
+        self.ilookup: dict[str, Route] | None = None
+        self.ilengths: tuple[int, ...] = ()
+        self.globs: tuple[tuple[re.Pattern[str], Route], ...] = ()
+        if matcher == "iprefix":
+            il: dict[str, Route] = {}
+            for p in sorted(routes):  # ascending, so the reverse-lexicographic first one wins
+                il[p.lower()] = routes[p]
+            self.ilookup = il
+            self.ilengths = tuple(sorted({len(p) for p in il}, reverse=True))
+        elif matcher == "glob":
+            self.globs = tuple((_route_regex(routes[p]), routes[p]) for p in sorted(routes, reverse=True))
+
+    def match(self, path: str, matcher: str) -> Route | None:
+        if matcher == "prefix":
+            routes, n = self.routes, len(path)
+            for ln in self.lengths:
+                if ln <= n:
+                    r = routes.get(path[:ln])
+                    if r is not None:
+                        return r
+            return None
+        if matcher == "iprefix":
+            lp, il, n = path.lower(), self.ilookup, len(path)
+            assert il is not None
+            for ln in self.ilengths:
+                if ln <= n:
+                    r = il.get(lp[:ln])
+                    if r is not None:
+                        return r
+            return None
+        for rx, r in self.globs:
+            if rx.fullmatch(path):
+                return r
+        return None
+
+
+def _route_regex(r: Route) -> re.Pattern[str]:
+    if r._regex is None:
+        try:
+            r._regex = glob_regex(r.path, "/")
+        except _CmdError:
+            r._regex = re.compile(re.escape(r.path))
+    return r._regex
+
+
+def _strip_port(host: str, tls: bool) -> str:
+    suffix = ":443" if tls else ":80"
+    return host[:-len(suffix)] if host.endswith(suffix) else host
+
+
+def _is_glob(h: str) -> bool:
+    return not _GLOB_CHARS.isdisjoint(h)
+
+
+class _Index:
+    """Host lookup for one of plain/TLS: exact hosts, ``*.suffix`` patterns by suffix, other globs."""
+
+    __slots__ = ("exact", "wild", "general")
+
+    def __init__(self) -> None:
+        self.exact: dict[str, tuple[_Host, ...]] = {}
+        self.wild: dict[str, tuple[_Host, ...]] = {}
+        self.general: tuple[tuple[int, re.Pattern[str], _Host], ...] = ()
+
+    def copy(self) -> _Index:
+        c = _Index()
+        c.exact, c.wild, c.general = dict(self.exact), dict(self.wild), self.general
+        return c
+
+    def refresh(self, hosts: dict[str, _Host], raw: str, tls: bool, glob: bool) -> None:
+        """Recompute the entries that the raw host ``raw`` feeds into after it changed."""
+        norm = _strip_port(raw, tls)
+        port = ":443" if tls else ":80"
+        cands = tuple(hosts[h] for h in (norm, norm + port) if h in hosts)
+        if glob and _is_glob(norm):
+            rest = norm[1:]
+            if norm.startswith("*") and (not rest or rest.startswith(".")) and not _is_glob(rest):
+                _set(self.wild, rest, cands)
+            else:
+                keep = [g for g in self.general if g[2].host != raw]
+                if raw in hosts:
+                    try:
+                        keep.append((len(norm), glob_regex(norm, None), hosts[raw]))
+                    except _CmdError:
+                        pass
+                self.general = tuple(keep)
+        else:
+            _set(self.exact, norm, cands)
+
+    def candidates(self, h: str, glob: bool) -> Iterable[_Host]:
+        yield from self.exact.get(h, ())
+        if not glob:
+            return
+        wild, general = self.wild, self.general
+        if not general:
+            i = h.find(".")
+            while i >= 0:
+                yield from wild.get(h[i:], ())
+                i = h.find(".", i + 1)
+            yield from wild.get("", ())
+            return
+        found: list[tuple[int, str, _Host]] = []
+        i = h.find(".")
+        while i >= 0:
+            found += [(len(h) - i + 1, hr.host, hr) for hr in wild.get(h[i:], ())]
+            i = h.find(".", i + 1)
+        found += [(1, hr.host, hr) for hr in wild.get("", ())]
+        found += [(ln, hr.host, hr) for ln, rx, hr in general if rx.fullmatch(h)]
+        found.sort(key=lambda f: (f[0], f[1]), reverse=True)
+        for f in found:
+            yield f[2]
+
+
+def _set(d: dict[str, tuple[_Host, ...]], key: str, val: tuple[_Host, ...]) -> None:
+    if val:
+        d[key] = val
+    else:
+        d.pop(key, None)
+
+
+class Table:
+    """An immutable routing table.  Build it with :class:`TableBuilder`."""
+
+    __slots__ = ("_hosts", "_plain", "_tls", "_nohost", "matcher", "glob_matching", "_len", "route_count")
+
+    def __init__(self, matcher: str = "prefix", glob_matching: bool = True) -> None:
+        self._hosts: dict[str, _Host] = {}
+        self._plain = _Index()
+        self._tls = _Index()
+        self._nohost: _Host | None = None
+        self.matcher = matcher
+        self.glob_matching = glob_matching
+        self._len = 0
+        self.route_count = 0
+
+    def __len__(self) -> int:
+        return self._len
+
+    def lookup(self, host: str, path: str, *, tls: bool = False) -> Route | None:
+        """Exact host, then longest wildcard host, then shorter ones, then routes without a host.
+
+        Within a host the first path match in reverse-lexicographic order wins (longest prefix).
+        """
+        h = host.lower()
+        if tls:
+            if h.endswith(":443"):
+                h = h[:-4]
+        elif h.endswith(":80"):
+            h = h[:-3]
+        matcher = self.matcher
+        for hr in (self._tls if tls else self._plain).candidates(h, self.glob_matching):
+            r = hr.match(path, matcher)
+            if r is not None:
+                return r
+        if self._nohost is not None:
+            return self._nohost.match(path, matcher)
+        return None
+
+    def _sorted_routes(self, reverse_hosts: bool) -> Iterable[Route]:
+        hosts = sorted(self._hosts, reverse=reverse_hosts)
+        if reverse_hosts and "" in self._hosts:
+            hosts.remove("")
+            hosts.append("")
+        for h in hosts:
+            routes = self._hosts[h].routes
+            for p in sorted(routes, reverse=True):
+                yield routes[p]
+
+    def routes(self) -> list[dict]:
+        """Rows of fabio's /api/routes: hosts ascending ("" first), paths reverse-lexicographic."""
+        rows = []
+        for r in self._sorted_routes(False):
+            for t in r.targets:
+                row = {"service": t.service, "host": r.host, "path": r.path, "src": r.host + r.path,
+                       "dst": t.url, "opts": _opts_text(t.opts), "cmd": "route add"}
+                if t.tags:
+                    row["tags"] = list(t.tags)
+                row.update(weight=t.weight, rate1=0, pct99=0)
+                rows.append(row)
+        return rows
+
+    def render(self) -> str:
+        """fabio's Table.String(): hosts descending ("" last), one ``route add`` line per live target."""
+        lines = []
+        for r in self._sorted_routes(True):
+            for t in r.targets:
+                if t.weight <= 0:
+                    continue
+                s = f"route add {t.service} {r.host}{r.path} {t.url}"
+                if t.fixed_weight > 0:
+                    s += f" weight {t.fixed_weight:.4f}"
+                if t.tags:
+                    s += ' tags "%s"' % ",".join(t.tags)
+                if t.opts:
+                    s += f' opts "{_opts_text(t.opts)}"'
+                lines.append(s)
+        return "".join(line + "\n" for line in lines)
+
+    def services(self) -> set[str]:
+        return {t.service for hr in self._hosts.values() for r in hr.routes.values() for t in r.targets}
+
+    def hosts(self) -> list[str]:
+        return sorted(self._hosts)
+
+
+def _opts_text(opts: Mapping[str, str]) -> str:
+    return " ".join(f"{k}={opts[k]}" for k in sorted(opts))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The builder.
+
+Key = tuple[str, str]
+
+
+class _Manual:
+    """The compiled override list: per-key commands, commands that apply to every key, and keys touched."""
+
+    def __init__(self, cmds: Sequence[RouteCmd]) -> None:
+        self.cmds = tuple(cmds)
+        self.errors: list[LineError] = []
+        self.by_key: dict[Key, list[tuple[int, RouteCmd, Target | None]]] = {}
+        self.every: list[tuple[int, RouteCmd, Target | None]] = []
+        for i, cmd in enumerate(self.cmds):
+            entry: tuple[int, RouteCmd, Target | None]
+            if cmd.op == "add":
+                try:
+                    entry = (i, cmd, make_target(cmd))
+                except _CmdError as e:
+                    self.errors.append(_err(cmd, str(e)))
+                    continue
+                self.by_key.setdefault(hostpath(cmd.src), []).append(entry)
+            elif cmd.op == "del" and (cmd.tags or not cmd.src):
+                if not cmd.tags and not cmd.service:
+                    self.errors.append(_err(cmd, "route del needs a service or tags"))
+                    continue
+                self.every.append((i, cmd, None))
+            elif cmd.op in ("del", "weight"):
+                if not cmd.src:
+                    self.errors.append(_err(cmd, "source must not be empty"))
+                    continue
+                self.by_key.setdefault(hostpath(cmd.src), []).append((i, cmd, None))
+            else:
+                self.errors.append(_err(cmd, f"unknown command {cmd.op!r}"))
+
+    def apply(self, key: Key, targets: list[Target], errors: list[LineError]) -> list[Target]:
+        own = self.by_key.get(key)
+        if not own and not self.every:
+            return targets
+        seq = sorted((own or []) + self.every, key=lambda e: e[0]) if own and self.every else own or self.every
+        targets = list(targets)
+        for _, cmd, tgt in seq:
+            if cmd.op == "add":
+                assert tgt is not None
+                if not any(_same(t, tgt) for t in targets):
+                    targets.append(tgt)
+            elif cmd.op == "del":
+                targets = [t for t in targets if not _del_matches(cmd, t)]
+            else:
+                hits = [i for i, t in enumerate(targets) if (not cmd.service or t.service == cmd.service)
+                        and set(cmd.tags).issubset(t.tags)]
+                if not hits:
+                    errors.append(_err(cmd, "no route matches"))
+                    continue
+                w = cmd.weight / len(hits)
+                for i in hits:
+                    targets[i] = _refixed(targets[i], w)
+        return targets
+
+
+def _same(a: Target, b: Target) -> bool:
+    return a.service == b.service and a.url == b.url and a.fixed_weight == b.fixed_weight and a.tags == b.tags
+
+
+def _del_matches(cmd: RouteCmd, t: Target) -> bool:
+    if cmd.service and t.service != cmd.service:
+        return False
+    if cmd.tags:
+        return set(cmd.tags).issubset(t.tags)
+    return not cmd.dst or t.url == cmd.dst
+
+
+class TableBuilder:
+    """Keeps the commands per service and the override commands; builds Tables incrementally.
+
+    State: ``_svc[name]`` = that service's compiled targets by route key; ``_contrib[key][name]`` = the
+    same, indexed by key.  A key's base targets are the contributions of its services in service-name
+    order (so the result doesn't depend on update order); then the manual list is applied to the key.
+    ``update`` rebuilds only the keys of changed services (all keys when the manual list changed) and
+    copies only the touched ``_Host`` objects; everything else is shared with the previous Table.
+
+    ``update`` returns *all* current errors (every service's build errors and the manual list's), not
+    only those caused by this call, so the caller can simply display them.
+    """
+
+    def __init__(self, *, matcher: str = "prefix", glob_matching: bool = True) -> None:
+        if matcher not in ("prefix", "iprefix", "glob"):
+            raise ValueError(f"unknown matcher {matcher!r}")
+        self.matcher = matcher
+        self.glob_matching = glob_matching
+        self._cmds: dict[str, tuple[RouteCmd, ...]] = {}
+        self._svc: dict[str, dict[Key, tuple[Target, ...]]] = {}
+        self._svc_errors: dict[str, list[LineError]] = {}
+        self._contrib: dict[Key, dict[str, tuple[Target, ...]]] = {}
+        self._manual = _Manual(())
+        self._manual_key_errors: dict[Key, list[LineError]] = {}
+        self._table = Table(matcher, glob_matching)
+
+    @property
+    def table(self) -> Table:
+        return self._table
+
+    def update(self, services: Mapping[str, Sequence[RouteCmd] | None] | None = None,
+               manual: Sequence[RouteCmd] | None = None) -> tuple[Table, list[LineError]]:
+        affected: set[Key] = set()
+        for name, cmds in (services or {}).items():
+            new = tuple(cmds or ())
+            if self._cmds.get(name, ()) == new and (name in self._cmds or not new):
+                continue
+            affected.update(self._set_service(name, new))
+        full = False
+        if manual is not None and tuple(manual) != self._manual.cmds:
+            self._manual = _Manual(manual)
+            full = True
+        if full:
+            affected = set(self._contrib) | set(self._manual.by_key)
+            self._manual_key_errors = {}
+            self._table = self._rebuild(Table(self.matcher, self.glob_matching), affected, fresh=True)
+        elif affected:
+            self._table = self._rebuild(self._table, affected, fresh=False)
+        return self._table, self.errors()
+
+    def errors(self) -> list[LineError]:
+        out = [e for name in sorted(self._svc_errors) for e in self._svc_errors[name]]
+        manual = list(self._manual.errors)
+        for errs in self._manual_key_errors.values():
+            manual += errs
+        manual.sort(key=lambda e: (e.source, e.line))
+        return out + manual
+
+    def _set_service(self, name: str, cmds: tuple[RouteCmd, ...]) -> set[Key]:
+        old = self._svc.pop(name, {})
+        for key in old:
+            c = self._contrib[key]
+            del c[name]
+            if not c:
+                del self._contrib[key]
+        self._svc_errors.pop(name, None)
+        if not cmds:
+            self._cmds.pop(name, None)
+            return set(old)
+        self._cmds[name] = cmds
+        by_key: dict[Key, list[Target]] = {}
+        errors: list[LineError] = []
+        for cmd in cmds:
+            if cmd.op != "add":
+                errors.append(_err(cmd, "only 'route add' is allowed in service commands"))
+                continue
+            try:
+                t = make_target(cmd)
+            except _CmdError as e:
+                errors.append(_err(cmd, str(e)))
+                continue
+            lst = by_key.setdefault(hostpath(cmd.src), [])
+            if not any(_same(t, o) for o in lst):
+                lst.append(t)
+        new = {k: tuple(v) for k, v in by_key.items()}
+        self._svc[name] = new
+        if errors:
+            self._svc_errors[name] = errors
+        for key, ts in new.items():
+            self._contrib.setdefault(key, {})[name] = ts
+        return set(old) | set(new)
+
+    def _targets(self, key: Key, errors: list[LineError]) -> list[Target]:
+        c = self._contrib.get(key)
+        if not c:
+            base: list[Target] = []
+        elif len(c) == 1:
+            base = list(next(iter(c.values())))
+        else:
+            base = [t for name in sorted(c) for t in c[name]]
+        return self._manual.apply(key, base, errors)
+
+    def _rebuild(self, old: Table, affected: set[Key], fresh: bool) -> Table:
+        by_host: dict[str, list[str]] = {}
+        for h, p in affected:
+            by_host.setdefault(h, []).append(p)
+        t = Table(self.matcher, self.glob_matching)
+        if fresh:
+            t._hosts, t._plain, t._tls = {}, _Index(), _Index()
+        else:
+            t._hosts, t._plain, t._tls = dict(old._hosts), old._plain.copy(), old._tls.copy()
+        t._len, t.route_count = old._len, old.route_count
+        key_errors = self._manual_key_errors
+        for h, paths in by_host.items():
+            prev = t._hosts.get(h)
+            routes = dict(prev.routes) if prev else {}
+            lens = dict(prev.lens) if prev else {}
+            ntargets = prev.ntargets if prev else 0
+            if prev:
+                t._len -= prev.ntargets
+                t.route_count -= len(prev.routes)
+            for p in paths:
+                errs: list[LineError] = []
+                targets = self._targets((h, p), errs)
+                if errs:
+                    key_errors[(h, p)] = errs
+                else:
+                    key_errors.pop((h, p), None)
+                r = routes.get(p)
+                had = r is not None
+                if had:
+                    ntargets -= len(r.targets)
+                if targets:
+                    weighed = _weigh(targets)
+                    ntargets += len(weighed)
+                    if r is None or r.targets != weighed:
+                        routes[p] = Route(h, p, weighed)
+                    if not had:
+                        lens[len(p)] = lens.get(len(p), 0) + 1
+                elif had:
+                    del routes[p]
+                    n = lens[len(p)] - 1
+                    if n:
+                        lens[len(p)] = n
+                    else:
+                        del lens[len(p)]
+            if routes:
+                hr = _Host(h, routes, lens, self.matcher, ntargets)
+                t._hosts[h] = hr
+                t._len += hr.ntargets
+                t.route_count += len(routes)
+            else:
+                t._hosts.pop(h, None)
+            if h == "":
+                t._nohost = t._hosts.get("")
+            else:
+                t._plain.refresh(t._hosts, h, False, self.glob_matching)
+                t._tls.refresh(t._hosts, h, True, self.glob_matching)
+        if not fresh and "" not in by_host:
+            t._nohost = old._nohost
+        return t
