@@ -21,11 +21,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from router.routecmd import LineError, RouteCmd, parse
-
 from registry.consul_api import Backoff, ConsulAPI, ConsulError, TokenBucket, decode_kv, next_index
 from registry.health import Verdict, judge_all
 from registry.tags import TagError, route_cmds
+from router.routecmd import LineError, RouteCmd, parse
 
 log = logging.getLogger("registry.consul")
 

@@ -10,9 +10,8 @@ import asyncio
 import logging
 import os
 
-from router.routecmd import parse
-
 from registry.consul_watcher import RegistryStatus, Sink
+from router.routecmd import parse
 
 log = logging.getLogger("registry.static")
 

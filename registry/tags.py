@@ -11,9 +11,8 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from router.routecmd import RouteCmd
-
 from registry.health import Instance
+from router.routecmd import RouteCmd
 
 _VAR = re.compile(r"\$(\{(\w*)\}|(\w+))")
 _PROTOS = {"https": "https://", "tcp": "tcp://", "grpc": "grpc://", "grpcs": "grpcs://", "http": "http://"}

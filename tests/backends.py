@@ -1,0 +1,83 @@
+"""Real HTTP backends for tests: aiohttp servers on free loopback ports, each in its own thread.
+
+Each answers with its instance name and records what it received (path, headers), so tests can
+assert on what the router forwarded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from dataclasses import dataclass, field
+
+from aiohttp import web
+
+
+@dataclass
+class Seen:
+    method: str
+    path: str  # raw path with query
+    headers: dict[str, str]
+    body: bytes
+
+
+@dataclass
+class Backend:
+    name: str
+    port: int = 0
+    requests: list[Seen] = field(default_factory=list)
+    _loop: asyncio.AbstractEventLoop | None = None
+    _runner: web.AppRunner | None = None
+    _thread: threading.Thread | None = None
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        body = await request.read()
+        self.requests.append(Seen(request.method, request.raw_path, dict(request.headers), body))
+        if request.path.endswith("/slow"):
+            await asyncio.sleep(float(request.query.get("s", "2")))
+        if request.path.endswith("/stream"):
+            resp = web.StreamResponse()
+            await resp.prepare(request)
+            for i in range(int(request.query.get("n", "3"))):
+                await resp.write(f"chunk {i}\n".encode())
+                await asyncio.sleep(float(request.query.get("gap", "0.05")))
+            await resp.write_eof()
+            return resp
+        text = f"{self.name}\n"
+        if request.path.endswith("/echo"):
+            text = body.decode("latin-1")
+        return web.Response(text=text, headers={"X-Backend": self.name})
+
+    def start(self) -> Backend:
+        ready = threading.Event()
+
+        def run() -> None:
+            loop = asyncio.new_event_loop()
+            self._loop = loop
+            app = web.Application(client_max_size=1 << 30)
+            app.router.add_route("*", "/{tail:.*}", self._handle)
+            self._runner = web.AppRunner(app, access_log=None)
+            loop.run_until_complete(self._runner.setup())
+            site = web.TCPSite(self._runner, "127.0.0.1", self.port)
+            loop.run_until_complete(site.start())
+            self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+            ready.set()
+            loop.run_forever()
+            loop.run_until_complete(self._runner.cleanup())
+            loop.close()
+
+        self._thread = threading.Thread(target=run, name=f"backend-{self.name}", daemon=True)
+        self._thread.start()
+        if not ready.wait(10):
+            raise RuntimeError(f"backend {self.name} did not start")
+        return self
+
+    def stop(self) -> None:
+        if self._loop is not None and self._thread is not None:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(10)
+            self._loop = None
+
+    @property
+    def hits(self) -> int:
+        return len(self.requests)

@@ -1,0 +1,82 @@
+"""Start the real router as a subprocess (`python -m router ...`) on free loopback ports."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class RouterProc:
+    def __init__(self, *flags: str, wait_ready: bool = True, env: dict[str, str] | None = None) -> None:
+        self.proxy_port = free_port()
+        self.ui_port = free_port()
+        self.flags = [
+            "-proxy.addr", f"127.0.0.1:{self.proxy_port}",
+            "-ui.addr", f"127.0.0.1:{self.ui_port}",
+            "-registry.consul.register.enabled", "false",
+            *flags,
+        ]
+        self.wait_ready = wait_ready
+        self.env = {**os.environ, **(env or {})}
+        self.log = tempfile.NamedTemporaryFile(prefix="router-", suffix=".log", delete=False)
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.proxy_port}"
+
+    @property
+    def ui(self) -> str:
+        return f"http://127.0.0.1:{self.ui_port}"
+
+    def start(self) -> RouterProc:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "router", *self.flags],
+            cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT, env=self.env, start_new_session=True,
+        )
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"router exited with {self.proc.returncode}:\n{self.output()}")
+            try:
+                r = httpx.get(self.ui + "/health", timeout=1)
+                if r.status_code == 200 or (not self.wait_ready and r.status_code == 503):
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.05)
+        raise RuntimeError(f"router not ready within 20s:\n{self.output()}")
+
+    def output(self) -> str:
+        return Path(self.log.name).read_text(errors="replace")
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def __enter__(self) -> RouterProc:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
