@@ -17,7 +17,7 @@ from aiohttp import web
 class Seen:
     method: str
     path: str  # raw path with query
-    headers: dict[str, str]
+    headers: dict[str, str]  # names lower-cased
     body: bytes
 
 
@@ -32,7 +32,7 @@ class Backend:
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         body = await request.read()
-        self.requests.append(Seen(request.method, request.raw_path, dict(request.headers), body))
+        self.requests.append(Seen(request.method, request.raw_path, {k.lower(): v for k, v in request.headers.items()}, body))
         if request.path.endswith("/slow"):
             await asyncio.sleep(float(request.query.get("s", "2")))
         if request.path.endswith("/stream"):
@@ -43,10 +43,9 @@ class Backend:
                 await asyncio.sleep(float(request.query.get("gap", "0.05")))
             await resp.write_eof()
             return resp
-        text = f"{self.name}\n"
         if request.path.endswith("/echo"):
-            text = body.decode("latin-1")
-        return web.Response(text=text, headers={"X-Backend": self.name})
+            return web.Response(body=body, headers={"X-Backend": self.name})
+        return web.Response(text=f"{self.name}\n", headers={"X-Backend": self.name})
 
     def start(self) -> Backend:
         ready = threading.Event()
