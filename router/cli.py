@@ -157,8 +157,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=_LEVELS[cfg["log.level"]], format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per Consul request is noise
     for w in cfg.warnings:
         log.warning("config: %s", w)
+    if cfg["registry.backend"] == "consul" and cfg["registry.consul.register.enabled"]:
+        log.info("config: registry.consul.register.enabled is true (fabio's default), but self-registration "
+                 "is not implemented yet; the router does not register itself")
     log.info("consul-router %s: proxy on %s:%d, ui on %s:%d, registry %s", __version__, *cfg["proxy.addr"],
              *cfg["ui.addr"], cfg["registry.backend"])
     try:

@@ -129,6 +129,7 @@ class Key:
     parse: Callable[[str], Any]
     help: str
     secret: bool = False
+    todo: str = ""  # non-empty: accepted but not acting yet; said at startup when set and in the example file
 
 
 KEYS: tuple[Key, ...] = (
@@ -141,21 +142,21 @@ KEYS: tuple[Key, ...] = (
     Key("proxy.responseheadertimeout", "0", parse_duration, "timeout for the upstream's response headers (0 = none)"),
     Key("proxy.keepalivetimeout", "0", parse_duration, "TCP keep-alive period for upstream connections"),
     Key("proxy.idleconntimeout", "15s", parse_duration, "how long an idle upstream connection is kept"),
-    Key("proxy.maxconn", "10000", parse_int, "idle upstream connections kept per host"),
+    Key("proxy.maxconn", "10000", parse_int, "idle upstream connections kept per host", todo='not enforced yet: the pool keeps idle connections by proxy.idleconntimeout only'),
     Key("proxy.shutdownwait", "0", parse_duration, "how long to keep serving after SIGTERM"),
-    Key("proxy.deregistergraceperiod", "0", parse_duration, "wait after deregistering before shutdown"),
+    Key("proxy.deregistergraceperiod", "0", parse_duration, "wait after deregistering before shutdown", todo='no effect yet: the router does not register itself'),
     Key("proxy.localip", "", parse_str, "this host's IP, used in Forwarded: by="),
     Key("proxy.workers", "1", int_range(1, 256), "number of proxy worker processes (ours)"),
     # registry
     Key("registry.backend", "consul", choice("consul", "static", "file"), "where routes come from"),
-    Key("registry.timeout", "10s", parse_duration, "how long to retry the registry at startup"),
-    Key("registry.retry", "500ms", parse_duration, "retry interval at startup"),
+    Key("registry.timeout", "10s", parse_duration, "how long to retry the registry at startup", todo='no effect: the router retries Consul forever with capped backoff and answers 503 until the first table'),
+    Key("registry.retry", "500ms", parse_duration, "retry interval at startup", todo='no effect: see registry.timeout'),
     Key("registry.static.routes", "", parse_str, "route commands for registry.backend=static"),
     Key("registry.file.path", "", parse_str, "route command file for registry.backend=file"),
     Key("registry.consul.addr", "localhost:8500", parse_str, "Consul agent address (http:// or https://)"),
     Key("registry.consul.token", "", parse_str, "Consul ACL token", secret=True),
     Key("registry.consul.kvpath", "/fabio/config", parse_str, "KV prefix of the manual overrides"),
-    Key("registry.consul.noroutehtmlpath", "/fabio/noroute.html", parse_str, "KV key of the no-route page"),
+    Key("registry.consul.noroutehtmlpath", "/fabio/noroute.html", parse_str, "KV key of the no-route page", todo='not implemented yet: the no-route answer is a plain-text body'),
     Key("registry.consul.tagprefix", "urlprefix-", parse_str, "prefix of the route tags"),
     Key(
         "registry.consul.service.status",
@@ -166,28 +167,28 @@ KEYS: tuple[Key, ...] = (
     Key("registry.consul.checksRequired", "one", choice("one", "all"), "one passing check or all of them"),
     Key("registry.consul.requireConsistent", "true", parse_bool, "consistent reads from Consul"),
     Key("registry.consul.allowStale", "false", parse_bool, "stale reads from Consul"),
-    Key("registry.consul.pollInterval", "0", parse_duration, "poll instead of blocking queries (0 = block)"),
-    Key("registry.consul.register.enabled", "true", parse_bool, "register the router itself in Consul"),
-    Key("registry.consul.register.name", "fabio", parse_str, "service name of the self-registration"),
-    Key("registry.consul.register.addr", "", parse_str, "address of the self-registration (default ui.addr)"),
-    Key("registry.consul.register.tags", "", parse_list, "tags of the self-registration"),
-    Key("registry.consul.register.checkInterval", "1s", parse_duration, "health check interval"),
-    Key("registry.consul.register.checkTimeout", "3s", parse_duration, "health check timeout"),
+    Key("registry.consul.pollInterval", "0", parse_duration, "poll instead of blocking queries (0 = block)", todo='not implemented yet: blocking queries are always used'),
+    Key("registry.consul.register.enabled", "true", parse_bool, "register the router itself in Consul", todo='not implemented yet: the router does not register itself'),
+    Key("registry.consul.register.name", "fabio", parse_str, "service name of the self-registration", todo='not implemented yet'),
+    Key("registry.consul.register.addr", "", parse_str, "address of the self-registration (default ui.addr)", todo='not implemented yet'),
+    Key("registry.consul.register.tags", "", parse_list, "tags of the self-registration", todo='not implemented yet'),
+    Key("registry.consul.register.checkInterval", "1s", parse_duration, "health check interval", todo='not implemented yet'),
+    Key("registry.consul.register.checkTimeout", "3s", parse_duration, "health check timeout", todo='not implemented yet'),
     Key("registry.consul.wait", "60s", parse_duration, "blocking query wait time (ours; Consul's default is 5m)"),
     Key("registry.consul.maxrate", "20", parse_float, "blocking queries per second per watch, at most (ours)"),
     # ui
     Key("ui.addr", ":9998", parse_addr, "listen address of the admin UI"),
-    Key("ui.access", "rw", choice("ro", "rw"), "ro hides the override editor"),
+    Key("ui.access", "rw", choice("ro", "rw"), "ro hides the override editor", todo='not enforced yet: the UI has no write endpoints so far'),
     Key("ui.title", "", parse_str, "title shown in the UI"),
-    Key("ui.color", "light-green", parse_str, "colour of the UI's navigation bar"),
+    Key("ui.color", "light-green", parse_str, "colour of the UI's navigation bar", todo='no effect yet'),
     # logs
     Key("log.level", "INFO", choice("TRACE", "DEBUG", "INFO", "WARN", "ERROR", "FATAL"), "log level"),
-    Key("log.access.target", "", choice("", "stdout"), "access log target"),
-    Key("log.access.format", "common", parse_str, "access log format"),
+    Key("log.access.target", "", choice("", "stdout"), "access log target", todo='not implemented yet: no access log is written'),
+    Key("log.access.format", "common", parse_str, "access log format", todo='not implemented yet'),
     Key("log.routes.format", "delta", choice("delta", "all", "detail"), "how route changes are logged"),
     # matching
     Key("glob.matching.disabled", "false", parse_bool, "match hosts exactly, without wildcards"),
-    Key("glob.cache.size", "1000", parse_int, "accepted for compatibility; globs are compiled per table"),
+    Key("glob.cache.size", "1000", parse_int, "size of the glob cache", todo='no effect: glob patterns are compiled once per table build'),
 )
 
 KEYS_BY_NAME: Mapping[str, Key] = {k.name: k for k in KEYS}
@@ -361,6 +362,10 @@ def load(
                 break
     take("env", from_env)
     take("flag", cmd.flags)
+
+    for key in KEYS:
+        if key.todo and origin[key.name] != "default" and raw[key.name] != key.default:
+            warnings.append(f"{origin[key.name]}: {key.name} is {key.todo}")
 
     values: dict[str, Any] = {}
     for key in KEYS:

@@ -1,0 +1,101 @@
+"""`make run`: a working router on a fresh machine in one command.
+
+Uses the Consul agent at registry.consul.addr (default localhost:8500) if one answers; otherwise starts
+a local `consul agent -dev`. Starts two small demo backends that answer with their instance name,
+registers them as `demo` with the tag `urlprefix-/demo` and an HTTP health check, starts the router on
+:9999 and the UI on :9998, and prints what to try. Ctrl-C stops everything it started.
+Extra router flags: `make run ARGS="-proxy.strategy rr"`.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from registry.consul_api import consul_base_url  # noqa: E402
+from tests.backends import Backend  # noqa: E402
+from tests.consul_agent import ConsulAgent  # noqa: E402
+from tests.consul_helpers import make_client  # noqa: E402
+
+
+def consul_answers(addr: str) -> bool:
+    try:
+        return httpx.get(consul_base_url(addr) + "/v1/status/leader", timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def main(args: list[str]) -> int:
+    addr = os.environ.get("FABIO_REGISTRY_CONSUL_ADDR", "localhost:8500")
+    if "-registry.consul.addr" in args:
+        addr = args[args.index("-registry.consul.addr") + 1]
+    agent: ConsulAgent | None = None
+    if consul_answers(addr):
+        print(f"using the Consul agent at {addr}")
+    else:
+        print(f"no Consul at {addr}: starting a local dev agent ...")
+        agent = ConsulAgent()
+        agent.start()
+        addr = agent.addr
+        print(f"consul dev agent on {addr} (UI: http://{addr}/ui)")
+    host, port = consul_base_url(addr).split("://")[1].rsplit(":", 1)
+    client = make_client(int(port), host=host)
+
+    backends = [Backend(f"demo-{i}").start() for i in (1, 2)]
+    for b in backends:
+        client.agent.service.register(
+            "demo", service_id=b.name, address="127.0.0.1", port=b.port, tags=["urlprefix-/demo", "demo"],
+            check={"HTTP": f"http://127.0.0.1:{b.port}/health", "Interval": "2s", "Timeout": "1s"},
+        )
+    router = subprocess.Popen(
+        [sys.executable, "-m", "router", "-registry.consul.addr", addr, "-registry.consul.register.enabled",
+         "false", *args],
+        cwd=ROOT,
+    )
+    print(
+        "\nThe router is starting.\n"
+        "  curl -s localhost:9999/demo        # answered by demo-1 or demo-2\n"
+        "  open http://localhost:9998/routes  # the routing table\n"
+        "  curl -s localhost:9998/api/routes?raw\n"
+        "Register your own service with a tag like urlprefix-/myapp and a passing health check.\n"
+        "Ctrl-C stops the router, the demo backends"
+        + (" and the Consul agent." if agent else ".")
+        + "\n",
+        flush=True,
+    )
+    try:
+        while router.poll() is None:
+            time.sleep(0.5)
+        print(f"router exited with status {router.returncode}")
+        return router.returncode or 1
+    except KeyboardInterrupt:
+        print("\nstopping ...")
+        return 0
+    finally:
+        if router.poll() is None:
+            router.send_signal(signal.SIGTERM)
+            try:
+                router.wait(10)
+            except subprocess.TimeoutExpired:
+                router.kill()
+        for b in backends:
+            try:
+                client.agent.service.deregister(b.name)
+            except Exception:  # noqa: BLE001 - the agent may already be gone
+                pass
+            b.stop()
+        if agent is not None:
+            agent.stop()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))
