@@ -177,7 +177,7 @@ def nginx_temp_paths(tmp: Path, name: str) -> str:
     return "\n  ".join(lines)
 
 
-def nginx_conf(tmp: Path, name: str, workers: int, server: str, upstreams: str = "") -> str:
+def nginx_conf(tmp: Path, name: str, workers: int | str, server: str, upstreams: str = "") -> str:
     """A self-contained nginx.conf: foreground, no access log, our own pid/temp files."""
     return f"""
 worker_processes {workers};
@@ -220,7 +220,7 @@ def proxy_nginx_conf(tmp: Path, port: int, be: Backends, workers: int) -> str:
       client_max_body_size 0; proxy_request_buffering off;
     }}
   }}"""
-    return nginx_conf(tmp, "proxy-nginx", workers, server, upstreams)
+    return nginx_conf(tmp, "proxy-nginx", workers or "auto", server, upstreams)
 
 
 def traefik_dynamic(be: Backends) -> str:
@@ -395,7 +395,7 @@ def start_target(name: str, procs: Procs, tools: Tools, tmp: Path, be: Backends,
         target.version = "no proxy: wrk and curl talk to the backends"
         return target
     target.port = free_port()
-    go_env = {"GOMAXPROCS": str(workers)}
+    go_env = {"GOMAXPROCS": str(workers)} if workers else {}
     proc: subprocess.Popen[bytes] | None = None
     try:
         if name == "nginx":
@@ -423,12 +423,13 @@ def start_target(name: str, procs: Procs, tools: Tools, tmp: Path, be: Backends,
         elif name == "router":
             argv = [sys.executable, "-m", "router", "-registry.backend", "static",
                     "-registry.static.routes", router_routes(be),
-                    "-proxy.addr", f"127.0.0.1:{target.port}", "-ui.addr", f"127.0.0.1:{free_port()}",
-                    "-proxy.workers", str(workers)]
+                    "-proxy.addr", f"127.0.0.1:{target.port}", "-ui.addr", f"127.0.0.1:{free_port()}"]
+            if workers:
+                argv += ["-proxy.workers", str(workers)]
             target.version = router_version()
         else:
             raise RuntimeError(f"unknown target {name}")
-        proc = procs.start(name, argv, tmp, env=go_env if name in ("traefik", "caddy") else None, cwd=REPO)
+        proc = procs.start(name, argv, tmp, env=go_env, cwd=REPO)
         target.pid = proc.pid
         wait_ready(target.url("/bench"), proc, ready_timeout, expect=BENCH_BODY)
         target.rss_idle = tree_rss_mb(proc.pid)
@@ -640,7 +641,7 @@ def results_table(targets: list[Target]) -> list[str]:
     ]
     for t in targets:
         if not t.rps and t.error:
-            rows.append(f"| {t.name} | failed | {t.error[:200].replace('|', '/')} | | | | | | |")
+            rows.append(f"| {t.name} | failed (see below) | | | | | | | |")
             continue
         rss = " → ".join(fmt(v, ".0f") for v in (t.rss_idle, t.rss_after_load, t.rss_peak_stream,
                                                   t.rss_after_stream)) if t.pid else "–"
@@ -690,8 +691,9 @@ def render(targets: list[Target], args: argparse.Namespace, command: str, tools:
         f"- load: wrk -t{args.threads} -c{args.connections} -d{args.duration:g}s --latency on `GET /bench` "
         f"(19-byte body), {args.rounds} interleaved rounds in rotated order, median shown; "
         f"{args.stream_rounds} round(s) of a 200 MB download and a 200 MB upload per target",
-        f"- workers: {args.workers} per proxy (nginx worker_processes, router -proxy.workers, "
-        "GOMAXPROCS for Traefik and Caddy); the backend is one nginx worker plus a Python upload sink",
+        f"- workers: {args.workers or 'each proxy default'} per proxy (nginx worker_processes, "
+        "router -proxy.workers, GOMAXPROCS for Traefik and Caddy); the backend is one nginx worker "
+        "plus a Python upload sink",
         "",
         "Versions:",
         "",
@@ -733,7 +735,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--connections", type=int, default=50)
     p.add_argument("--threads", type=int, default=1, help="wrk threads")
     p.add_argument("--warmup", type=float, default=2, help="seconds of wrk per target before round 1")
-    p.add_argument("--workers", type=int, default=1, help="worker processes/threads per proxy")
+    p.add_argument("--workers", type=int, default=1,
+                   help="workers per proxy (nginx worker_processes, router -proxy.workers, GOMAXPROCS); "
+                        "0 leaves each proxy at its own default")
     p.add_argument("--targets", default=",".join(ALL_TARGETS))
     p.add_argument("--stream-rounds", type=int, default=1, help="200 MB down+up transfers per target")
     p.add_argument("--stream-timeout", type=float, default=120)
@@ -751,6 +755,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 @contextlib.contextmanager
 def workdir(keep: bool) -> Iterator[Path]:
     path = Path(tempfile.mkdtemp(prefix="http-bench-"))
+    path.chmod(0o755)  # nginx workers run as nobody when we are root: they must reach files/
     try:
         yield path
     finally:
