@@ -352,8 +352,17 @@ def command_output(argv: list[str]) -> str:
     return text.splitlines()[0] if text else f"unknown (exit {res.returncode})"
 
 
-def router_version() -> str:
-    return command_output([sys.executable, "-c", "import router; print(router.__version__)"])
+def router_version(src: Path) -> str:
+    res = subprocess.run([sys.executable, "-c", "import router; print(router.__version__)"],
+                         capture_output=True, text=True, timeout=20, cwd=src)
+    return res.stdout.strip() or "unknown"
+
+
+def git_describe(src: Path) -> str:
+    """Which commit of the router was measured (results are meaningless without it)."""
+    res = subprocess.run(["git", "-C", str(src), "log", "-1", "--format=%h %s"],
+                         capture_output=True, text=True, timeout=20)
+    return res.stdout.strip()
 
 
 def wait_ready(url: str, proc: subprocess.Popen[bytes] | None, timeout: float,
@@ -386,7 +395,7 @@ def log_tail(logdir: Path, name: str, lines: int = 5) -> str:
 
 
 def start_target(name: str, procs: Procs, tools: Tools, tmp: Path, be: Backends,
-                 workers: int, ready_timeout: float) -> Target:
+                 args: argparse.Namespace) -> Target:
     """Starts one proxy and waits until ``/bench`` answers through it.
     A failure is recorded on the target, never raised: the run goes on."""
     target = Target(name)
@@ -395,7 +404,8 @@ def start_target(name: str, procs: Procs, tools: Tools, tmp: Path, be: Backends,
         target.version = "no proxy: wrk and curl talk to the backends"
         return target
     target.port = free_port()
-    go_env = {"GOMAXPROCS": str(workers)} if workers else {}
+    workers = args.workers
+    env = {"GOMAXPROCS": str(workers)} if workers else {}
     proc: subprocess.Popen[bytes] | None = None
     try:
         if name == "nginx":
@@ -418,7 +428,7 @@ def start_target(name: str, procs: Procs, tools: Tools, tmp: Path, be: Backends,
             cfile = tmp / "Caddyfile"
             cfile.write_text(caddyfile(target.port, be))
             argv = [tools.caddy, "run", "--config", str(cfile), "--adapter", "caddyfile"]
-            go_env |= {"XDG_CONFIG_HOME": str(tmp / "caddy-config"), "XDG_DATA_HOME": str(tmp / "caddy-data")}
+            env |= {"XDG_CONFIG_HOME": str(tmp / "caddy-config"), "XDG_DATA_HOME": str(tmp / "caddy-data")}
             target.version = command_output([tools.caddy, "version"])
         elif name == "router":
             argv = [sys.executable, "-m", "router", "-registry.backend", "static",
@@ -426,12 +436,15 @@ def start_target(name: str, procs: Procs, tools: Tools, tmp: Path, be: Backends,
                     "-proxy.addr", f"127.0.0.1:{target.port}", "-ui.addr", f"127.0.0.1:{free_port()}"]
             if workers:
                 argv += ["-proxy.workers", str(workers)]
-            target.version = router_version()
+            src = args.router_src.resolve()
+            env = {"PYTHONPATH": str(src)}
+            commit = git_describe(src)
+            target.version = router_version(src) + (f" ({commit})" if commit else "") + f", from {src}"
         else:
             raise RuntimeError(f"unknown target {name}")
-        proc = procs.start(name, argv, tmp, env=go_env, cwd=REPO)
+        proc = procs.start(name, argv, tmp, env=env, cwd=args.router_src if name == "router" else REPO)
         target.pid = proc.pid
-        wait_ready(target.url("/bench"), proc, ready_timeout, expect=BENCH_BODY)
+        wait_ready(target.url("/bench"), proc, args.ready_timeout, expect=BENCH_BODY)
         target.rss_idle = tree_rss_mb(proc.pid)
     except (RuntimeError, OSError) as exc:
         target.error = f"{exc}; log: {log_tail(tmp, name)}"
@@ -739,9 +752,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="workers per proxy (nginx worker_processes, router -proxy.workers, GOMAXPROCS); "
                         "0 leaves each proxy at its own default")
     p.add_argument("--targets", default=",".join(ALL_TARGETS))
-    p.add_argument("--stream-rounds", type=int, default=1, help="200 MB down+up transfers per target")
+    p.add_argument("--stream-rounds", type=int, default=3, help="200 MB down+up transfers per target")
     p.add_argument("--stream-timeout", type=float, default=120)
     p.add_argument("--ready-timeout", type=float, default=30, help="seconds for a proxy to come up")
+    p.add_argument("--router-src", type=Path, default=REPO,
+                   help="checkout whose router package to run (default: this one)")
     p.add_argument("--out", type=Path, help="markdown file to write the results block into")
     p.add_argument("--keep-tmp", action="store_true", help="keep configs and logs for debugging")
     args = p.parse_args(argv)
@@ -777,7 +792,7 @@ def run(args: argparse.Namespace, command: str) -> str:
                 be = start_backends(procs, tools, tmp)
                 targets = []
                 for name in args.targets:
-                    t = start_target(name, procs, tools, tmp, be, args.workers, args.ready_timeout)
+                    t = start_target(name, procs, tools, tmp, be, args)
                     log(f"{name}: {'FAILED ' + t.error if t.error else 'up on :' + str(t.port)}")
                     targets.append(t)
                 load_rounds(targets, tools, args)
