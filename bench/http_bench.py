@@ -666,8 +666,12 @@ def results_table(targets: list[Target]) -> list[str]:
     return rows
 
 
-def ratio(a: float | None, b: float | None) -> str:
-    return "–" if not a or not b else f"{a / b:.2f}"
+def paired_ratio(mine: list[float], other: list[float]) -> str:
+    """Median of the per-round ratios. Both targets ran in the same round, a few
+    seconds apart, so dividing within a round cancels most of the machine's drift
+    (other tenants come and go); the ratio of two medians would not."""
+    pairs = [a / b for a, b in zip(mine, other, strict=False) if b]
+    return f"{statistics.median(pairs):.2f}" if pairs and len(mine) == len(other) else "–"
 
 
 def ratio_table(targets: list[Target]) -> list[str]:
@@ -683,9 +687,8 @@ def ratio_table(targets: list[Target]) -> list[str]:
         if other is None:
             continue
         rows.append(
-            f"| router/{ref} | {ratio(med(router.rps), med(other.rps))} "
-            f"| {ratio(med(router.p99), med(other.p99))} | {ratio(med(router.down), med(other.down))} "
-            f"| {ratio(med(router.up), med(other.up))} |"
+            f"| router/{ref} | {paired_ratio(router.rps, other.rps)} | {paired_ratio(router.p99, other.p99)} "
+            f"| {paired_ratio(router.down, other.down)} | {paired_ratio(router.up, other.up)} |"
         )
     return rows
 
@@ -693,7 +696,7 @@ def ratio_table(targets: list[Target]) -> list[str]:
 def render(targets: list[Target], args: argparse.Namespace, command: str, tools: Tools) -> str:
     versions = [f"- {t.name}: {t.version or '–'}" for t in targets]
     versions.append(f"- wrk: {command_output([tools.wrk, '-v'])}")
-    versions.append(f"- curl: {command_output([tools.curl, '--version'])}")
+    versions.append(f"- curl: {' '.join(command_output([tools.curl, '--version']).split()[:2])}")
     lines = [
         MARK_START,
         "## HTTP proxy benchmark",
@@ -717,7 +720,8 @@ def render(targets: list[Target], args: argparse.Namespace, command: str, tools:
     ]
     ratios = ratio_table(targets)
     if ratios:
-        lines += ["Router relative to each reference (req/s, MB/s: >1 is better; p99: <1 is better):", "",
+        lines += ["Router relative to each reference, median of the per-round ratios "
+                  "(req/s, MB/s: >1 is better; p99: <1 is better):", "",
                   *ratios, ""]
     failed = [t for t in targets if t.error]
     if failed:
