@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import importlib.util
+import sys
 from pathlib import Path
 
 _SPEC = importlib.util.spec_from_file_location("http_bench", Path(__file__).parent.parent / "bench" / "http_bench.py")
 assert _SPEC and _SPEC.loader
 hb = importlib.util.module_from_spec(_SPEC)
+sys.modules["http_bench"] = hb  # dataclasses look their module up while the class is built
 _SPEC.loader.exec_module(hb)
 
 WRK_OUT = """Running 2s test @ http://127.0.0.1:1/bench
