@@ -137,18 +137,21 @@ class Route:
         return self._ring
 
 
-def _weigh(targets: Sequence[Target]) -> tuple[Target, ...]:
+def _weights(fixed: Sequence[float]) -> list[float]:
     """fabio's weighTargets: fixed shares (scaled when they overflow, or fill everything), rest split."""
-    n = len(targets)
-    fixed = [t.fixed_weight for t in targets if t.fixed_weight > 0]
-    if not fixed:
-        w = 1.0 / n if n else 0.0
-        return tuple(_reweighted(t, w) for t in targets)
-    sum_fixed = sum(fixed)
-    n_dyn = n - len(fixed)
+    n = len(fixed)
+    sum_fixed = sum(f for f in fixed if f > 0)
+    if sum_fixed <= 0:
+        return [1.0 / n] * n
+    n_dyn = sum(1 for f in fixed if f <= 0)
     scale = 1.0 / sum_fixed if sum_fixed > 1 or (n_dyn == 0 and sum_fixed < 1) else 1.0
     dyn = max(0.0, (1 - sum_fixed) / n_dyn) if n_dyn else 0.0
-    return tuple(_reweighted(t, t.fixed_weight * scale if t.fixed_weight > 0 else dyn) for t in targets)
+    return [f * scale if f > 0 else dyn for f in fixed]
+
+
+def _weigh(targets: Sequence[Target]) -> tuple[Target, ...]:
+    ws = _weights([t.fixed_weight for t in targets])
+    return tuple(_reweighted(t, w) for t, w in zip(targets, ws, strict=True))
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -509,7 +512,7 @@ class Table:
                 if t.fixed_weight > 0:
                     s += f" weight {t.fixed_weight:.4f}"
                 if t.tags:
-                    s += ' tags "%s"' % ",".join(t.tags)
+                    s += ' tags "{}"'.format(",".join(t.tags))
                 if t.opts:
                     s += f' opts "{_opts_text(t.opts)}"'
                 lines.append(s)
@@ -562,7 +565,8 @@ class _Manual:
             else:
                 self.errors.append(_err(cmd, f"unknown command {cmd.op!r}"))
 
-    def apply(self, key: Key, targets: list[Target], errors: list[LineError]) -> list[Target]:
+    def apply(self, key: Key, targets: Sequence[Target], errors: list[LineError]) -> Sequence[Target]:
+        """Apply the commands relevant to ``key`` in order; returns ``targets`` itself when none are."""
         own = self.by_key.get(key)
         if not own and not self.every:
             return targets
@@ -669,21 +673,46 @@ class TableBuilder:
             self._cmds.pop(name, None)
             return set(old)
         self._cmds[name] = cmds
-        by_key: dict[Key, list[Target]] = {}
+        # Group by key, de-duplicating on fabio's identity (service, url, fixed weight, tags).
+        by_key: dict[Key, dict[tuple, RouteCmd]] = {}
         errors: list[LineError] = []
         for cmd in cmds:
             if cmd.op != "add":
                 errors.append(_err(cmd, "only 'route add' is allowed in service commands"))
                 continue
-            try:
-                t = make_target(cmd)
-            except _CmdError as e:
-                errors.append(_err(cmd, str(e)))
-                continue
-            lst = by_key.setdefault(hostpath(cmd.src), [])
-            if not any(_same(t, o) for o in lst):
-                lst.append(t)
-        new = {k: tuple(v) for k, v in by_key.items()}
+            by_key.setdefault(hostpath(cmd.src), {}).setdefault((cmd.service, cmd.dst, cmd.weight, cmd.tags), cmd)
+        # The same instance usually appears on several routes: compile each distinct target once and share
+        # the (immutable) Target objects between routes.  Weights are computed as if the service were alone
+        # on the key, which is the common case and then needs no copies at rebuild time.
+        compiled: dict[tuple, Target | str] = {}
+        new: dict[Key, tuple[Target, ...]] = {}
+        for key, group in by_key.items():
+            ts: list[Target] = []
+            for ident, cmd in group.items():
+                ck = (ident, cmd.opts)
+                t = compiled.get(ck)
+                if t is None:
+                    try:
+                        t = make_target(cmd)
+                    except _CmdError as e:
+                        t = str(e)
+                    compiled[ck] = t
+                if isinstance(t, str):
+                    errors.append(_err(cmd, t))
+                else:
+                    ts.append(t)
+            if ts:
+                ws = _weights([t.fixed_weight for t in ts])
+                out = []
+                for t, w in zip(ts, ws, strict=True):
+                    if t.weight != w:
+                        ck = (id(t), w)
+                        rt = compiled.get(ck)
+                        if rt is None:
+                            rt = compiled[ck] = _reweighted(t, w)
+                        t = rt  # type: ignore[assignment]
+                    out.append(t)
+                new[key] = tuple(out)
         self._svc[name] = new
         if errors:
             self._svc_errors[name] = errors
@@ -691,15 +720,18 @@ class TableBuilder:
             self._contrib.setdefault(key, {})[name] = ts
         return set(old) | set(new)
 
-    def _targets(self, key: Key, errors: list[LineError]) -> list[Target]:
+    def _targets(self, key: Key, errors: list[LineError]) -> tuple[Target, ...]:
         c = self._contrib.get(key)
         if not c:
-            base: list[Target] = []
+            base: Sequence[Target] = ()
         elif len(c) == 1:
-            base = list(next(iter(c.values())))
+            base = next(iter(c.values()))  # already weighed as a lone service
         else:
             base = [t for name in sorted(c) for t in c[name]]
-        return self._manual.apply(key, base, errors)
+        out = self._manual.apply(key, base, errors)
+        if out is base and len(c or ()) == 1:
+            return out  # type: ignore[return-value]
+        return _weigh(out) if out else ()
 
     def _rebuild(self, old: Table, affected: set[Key], fresh: bool) -> Table:
         by_host: dict[str, list[str]] = {}
@@ -732,7 +764,7 @@ class TableBuilder:
                 if had:
                     ntargets -= len(r.targets)
                 if targets:
-                    weighed = _weigh(targets)
+                    weighed = targets
                     ntargets += len(weighed)
                     if r is None or r.targets != weighed:
                         routes[p] = Route(h, p, weighed)
