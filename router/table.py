@@ -59,6 +59,11 @@ class Target:
     redirect_url: str
     timeout: float = 0.0  # seconds, from opts "timeout=2s"; 0 = no per-route timeout
 
+    def __hash__(self) -> int:
+        # opts is a mapping (unhashable); equal Targets agree on these fields, so this is a valid hash.
+        return hash((self.service, self.url, self.scheme, self.host, self.port, self.tags, self.fixed_weight,
+                     self.weight))
+
 
 def _reweighted(t: Target, w: float) -> Target:
     if t.weight == w:
@@ -309,7 +314,12 @@ def glob_regex(pattern: str, sep: str | None) -> re.Pattern[str]:
 
 
 class _Host:
-    """The routes of one raw table host, indexed for the table's matcher."""
+    """The routes of one raw table host, indexed for the table's matcher.
+
+    ``prefix`` (the default) is maintained incrementally (a count of routes per path length is copied and
+    adjusted).  ``iprefix`` and ``glob`` rebuild their per-host index from the host's routes on every change
+    of that host, which is O(routes of that host): fine for the usual per-host route counts.
+    """
 
     __slots__ = ("host", "routes", "lens", "lengths", "ilookup", "ilengths", "globs", "ntargets")
 
@@ -535,10 +545,16 @@ def _opts_text(opts: Mapping[str, str]) -> str:
 Key = tuple[str, str]
 
 
+def _check_glob(cmd: RouteCmd, matcher: str) -> None:
+    """With the glob matcher a path that won't compile is an error of its command (as in fabio)."""
+    if matcher == "glob":
+        glob_regex(hostpath(cmd.src)[1], "/")
+
+
 class _Manual:
     """The compiled override list: per-key commands, commands that apply to every key, and keys touched."""
 
-    def __init__(self, cmds: Sequence[RouteCmd]) -> None:
+    def __init__(self, cmds: Sequence[RouteCmd], matcher: str = "prefix") -> None:
         self.cmds = tuple(cmds)
         self.errors: list[LineError] = []
         self.by_key: dict[Key, list[tuple[int, RouteCmd, Target | None]]] = {}
@@ -547,6 +563,7 @@ class _Manual:
             entry: tuple[int, RouteCmd, Target | None]
             if cmd.op == "add":
                 try:
+                    _check_glob(cmd, matcher)
                     entry = (i, cmd, make_target(cmd))
                 except _CmdError as e:
                     self.errors.append(_err(cmd, str(e)))
@@ -643,7 +660,7 @@ class TableBuilder:
             affected.update(self._set_service(name, new))
         full = False
         if manual is not None and tuple(manual) != self._manual.cmds:
-            self._manual = _Manual(manual)
+            self._manual = _Manual(manual, self.matcher)
             full = True
         if full:
             affected = set(self._contrib) | set(self._manual.by_key)
@@ -679,6 +696,11 @@ class TableBuilder:
         for cmd in cmds:
             if cmd.op != "add":
                 errors.append(_err(cmd, "only 'route add' is allowed in service commands"))
+                continue
+            try:
+                _check_glob(cmd, self.matcher)
+            except _CmdError as e:
+                errors.append(_err(cmd, str(e)))
                 continue
             by_key.setdefault(hostpath(cmd.src), {}).setdefault((cmd.service, cmd.dst, cmd.weight, cmd.tags), cmd)
         # The same instance usually appears on several routes: compile each distinct target once and share

@@ -301,6 +301,21 @@ def test_glob_matcher(path: str, want: str | None) -> None:
     assert (r.targets[0].url if r else None) == want
 
 
+def test_bad_path_glob_is_a_line_error_with_the_glob_matcher() -> None:
+    cmds, _ = parse("route add a /ok http://a/\nroute add b /x[ http://b/", "service:x")
+    t, errs = TableBuilder(matcher="glob").update(services={"x": cmds})
+    assert [(e.line, "unclosed '['" in e.reason) for e in errs] == [(2, True)]
+    assert t.lookup("h", "/ok").targets[0].url == "http://a/"
+    _, errs = TableBuilder(matcher="glob").update(manual=cmds)
+    assert [e.line for e in errs] == [2]
+
+
+def test_targets_are_hashable() -> None:
+    t, _ = build('route add a / http://a/ opts "k=v"')
+    target = t.lookup("h", "/").targets[0]
+    assert {target: 1}[target] == 1
+
+
 def test_lookup_cost_structure_is_per_host() -> None:
     """Many routes on other hosts must not be looked at: the candidate hosts are found by dict lookups."""
     services = "\n".join(f"route add s{i} h{i}.com/p{i} http://x{i}/" for i in range(2000))
