@@ -2,9 +2,12 @@
 
 Run: /work/venv/bin/python bench/table_bench.py
 
-The synthetic load: services of 10 instances each; each service has one host (``svcN.example.com/``) and
-one no-host path (``/svcN``), so half the routes share the "" host -- the hard case for incremental
-updates.  Every 50th service also has a wildcard host.  Routes = (route, target) pairs.
+Two synthetic loads, "routes" counted as (route, target) pairs like ``len(Table)``:
+
+* ``x10``: services of 10 instances each; each service has one host (``svcN.example.com/``) and one
+  no-host path (``/svcN``), so half the routes share the "" host -- the hard case for incremental
+  updates.  Every 50th service also has a wildcard host.
+* ``x1``: the same with one instance per service, so every pair is its own route (host + path key).
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ INSTANCES = 10
 
 
 def service_cmds(i: int, gen: int = 0) -> list[RouteCmd]:
+    """Commands of service ``i``; ``gen`` shifts the instance addresses (a deploy)."""
     name = f"svc{i}"
     srcs = [f"svc{i}.example.com/", f"/svc{i}"]
     if i % 50 == 0:
@@ -76,9 +80,12 @@ def lookup_us(table, hosts: list[tuple[str, str]], n: int = 200_000) -> float:
 
 
 def main() -> None:
+    global INSTANCES
     rows = []
     base_rss = rss_mb()
-    for n in (3_000, 30_000, 60_000):
+    for instances, n in [(10, 3_000), (10, 30_000), (10, 60_000), (1, 30_000), (1, 60_000)]:
+        INSTANCES = instances
+        label = f"x{instances}"
         services = routes_for(n)
         gc.collect()
         b = TableBuilder()
@@ -86,23 +93,24 @@ def main() -> None:
         table, errs = b.update(services=services, manual=[])
         build = time.perf_counter() - t0
         assert not errs and len(table) >= n
-        rows.append((f"full build, {len(table)} routes", f"{build * 1000:.0f} ms"))
+        rows.append((f"{label} full build, {len(table)} routes ({table.route_count} keys)", f"{build * 1000:.0f} ms"))
         if n == 30_000:
-            rows.append((f"one-service update at {len(b.table)} routes", f"{one_update(b, services) * 1000:.2f} ms"))
+            rows.append((f"{label} one-service update at {len(b.table)} routes", f"{one_update(b, services) * 1000:.2f} ms"))
             b.update(manual=[RouteCmd("weight", "svc1", "/svc1", weight=0.5, line=1, source="kv"),
                              RouteCmd("del", "svc2", line=2, source="kv")])
-            rows.append(("  same, with a 2-line manual list", f"{one_update(b, services) * 1000:.2f} ms"))
+            rows.append((f"{label}   same, with a 2-line manual list", f"{one_update(b, services) * 1000:.2f} ms"))
         if n == 60_000:
             nsvc = len(services)
             reqs = [(f"svc{i}.example.com", "/a/b/c") for i in range(0, nsvc, 7)]
             reqs += [(f"a.w{i}.example.com:80", "/") for i in range(0, nsvc, 50)]
             reqs += [("unknown.host", f"/svc{i}/deep/path") for i in range(0, nsvc, 7)]
-            rows.append((f"lookup at {len(table)} routes", f"{lookup_us(table, reqs):.2f} us"))
+            rows.append((f"{label} lookup at {len(table)} routes", f"{lookup_us(table, reqs):.2f} us"))
             small = TableBuilder().update(services=routes_for(10))[0]
             sreqs = [("svc0.example.com", "/a/b/c"), ("a.w0.example.com:80", "/"), ("unknown.host", "/svc0/deep/path")]
-            rows.append((f"lookup at {len(small)} routes", f"{lookup_us(small, sreqs):.2f} us"))
+            rows.append((f"{label} lookup at {len(small)} routes", f"{lookup_us(small, sreqs):.2f} us"))
             gc.collect()
-            rows.append((f"RSS with {len(table)} routes (process)", f"{rss_mb():.0f} MB (start {base_rss:.0f} MB)"))
+            rows.append((f"{label} RSS with {len(table)} routes (process)",
+                         f"{rss_mb():.0f} MB (start {base_rss:.0f} MB)"))
         del b, table
     width = max(len(r[0]) for r in rows)
     print(f"python {sys.version.split()[0]}")

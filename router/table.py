@@ -20,6 +20,7 @@ Why it looks like this (user-voice items 14-17):
 from __future__ import annotations
 
 import bisect
+import gc
 import itertools
 import math
 import random
@@ -93,12 +94,15 @@ class Route:
         self.host = host
         self.path = path
         self.targets = targets
-        live = [t for t in targets if t.weight > 0]
-        self._pool: tuple[Target, ...] = tuple(live)
         self._cum: list[float] | None = None
         self._ring: tuple[Target, ...] | None = None
         self._count = itertools.count()
         self._regex: re.Pattern[str] | None = None
+        if len(targets) == 1:
+            self._pool: tuple[Target, ...] = targets if targets[0].weight > 0 else ()
+            return
+        live = tuple(t for t in targets if t.weight > 0)
+        self._pool = live
         if len(live) > 1 and any(t.weight != live[0].weight for t in live):
             self._cum = list(itertools.accumulate(t.weight for t in live))
 
@@ -145,6 +149,8 @@ class Route:
 def _weights(fixed: Sequence[float]) -> list[float]:
     """fabio's weighTargets: fixed shares (scaled when they overflow, or fill everything), rest split."""
     n = len(fixed)
+    if n == 1:
+        return [1.0]  # whatever its fixed weight, a lone target gets everything (scaled by 1/sumFixed)
     sum_fixed = sum(f for f in fixed if f > 0)
     if sum_fixed <= 0:
         return [1.0 / n] * n
@@ -747,7 +753,7 @@ class TableBuilder:
         if not c:
             base: Sequence[Target] = ()
         elif len(c) == 1:
-            base = next(iter(c.values()))  # already weighed as a lone service
+            (base,) = c.values()  # already weighed as a lone service
         else:
             base = [t for name in sorted(c) for t in c[name]]
         out = self._manual.apply(key, base, errors)
@@ -756,9 +762,23 @@ class TableBuilder:
         return _weigh(out) if out else ()
 
     def _rebuild(self, old: Table, affected: set[Key], fresh: bool) -> Table:
-        by_host: dict[str, list[str]] = {}
-        for h, p in affected:
-            by_host.setdefault(h, []).append(p)
+        """A new Table: copies of the old indexes with the ``affected`` keys recomputed (all, if fresh).
+
+        The garbage collector is paused meanwhile: a build allocates many objects but no cycles, and
+        generation-2 collections over a large live table otherwise dominate the build time.
+        """
+        gc_was_enabled = gc.isenabled()
+        gc.disable()
+        try:
+            return self._rebuild_keys(old, affected, fresh)
+        finally:
+            if gc_was_enabled:
+                gc.enable()
+
+    def _rebuild_keys(self, old: Table, affected: set[Key], fresh: bool) -> Table:
+        by_host: dict[str, list[Key]] = {}
+        for key in affected:
+            by_host.setdefault(key[0], []).append(key)
         t = Table(self.matcher, self.glob_matching)
         if fresh:
             t._hosts, t._plain, t._tls = {}, _Index(), _Index()
@@ -766,33 +786,47 @@ class TableBuilder:
             t._hosts, t._plain, t._tls = dict(old._hosts), old._plain.copy(), old._tls.copy()
         t._len, t.route_count = old._len, old.route_count
         key_errors = self._manual_key_errors
-        for h, paths in by_host.items():
-            prev = t._hosts.get(h)
-            routes = dict(prev.routes) if prev else {}
-            lens = dict(prev.lens) if prev else {}
-            ntargets = prev.ntargets if prev else 0
+        contrib = self._contrib
+        plain_only = not self._manual.by_key and not self._manual.every
+        hosts, matcher, glob = t._hosts, self.matcher, self.glob_matching
+        errs: list[LineError] = []
+        for h, keys in by_host.items():
+            prev = hosts.get(h)
             if prev:
+                routes, lens, ntargets = dict(prev.routes), dict(prev.lens), prev.ntargets
                 t._len -= prev.ntargets
                 t.route_count -= len(prev.routes)
-            for p in paths:
-                errs: list[LineError] = []
-                targets = self._targets((h, p), errs)
-                if errs:
-                    key_errors[(h, p)] = errs
+            else:
+                routes, lens, ntargets = {}, {}, 0
+            for key in keys:
+                p = key[1]
+                if plain_only:
+                    c = contrib.get(key)
+                    if not c:
+                        targets: Sequence[Target] = ()
+                    elif len(c) == 1:
+                        (targets,) = c.values()
+                    else:
+                        targets = _weigh([x for name in sorted(c) for x in c[name]])
                 else:
-                    key_errors.pop((h, p), None)
+                    targets = self._targets(key, errs)
+                    if errs:
+                        key_errors[key] = errs
+                        errs = []
+                    elif key_errors:
+                        key_errors.pop(key, None)
                 r = routes.get(p)
-                had = r is not None
-                if had:
+                if r is not None:
                     ntargets -= len(r.targets)
                 if targets:
-                    weighed = targets
-                    ntargets += len(weighed)
-                    if r is None or r.targets != weighed:
-                        routes[p] = Route(h, p, weighed)
-                    if not had:
-                        lens[len(p)] = lens.get(len(p), 0) + 1
-                elif had:
+                    ntargets += len(targets)
+                    if r is None:
+                        routes[p] = Route(h, p, tuple(targets))
+                        ln = len(p)
+                        lens[ln] = lens.get(ln, 0) + 1
+                    elif r.targets != targets:
+                        routes[p] = Route(h, p, tuple(targets))
+                elif r is not None:
                     del routes[p]
                     n = lens[len(p)] - 1
                     if n:
@@ -800,17 +834,17 @@ class TableBuilder:
                     else:
                         del lens[len(p)]
             if routes:
-                hr = _Host(h, routes, lens, self.matcher, ntargets)
-                t._hosts[h] = hr
-                t._len += hr.ntargets
+                hr = _Host(h, routes, lens, matcher, ntargets)
+                hosts[h] = hr
+                t._len += ntargets
                 t.route_count += len(routes)
             else:
-                t._hosts.pop(h, None)
+                hosts.pop(h, None)
             if h == "":
-                t._nohost = t._hosts.get("")
+                t._nohost = hosts.get("")
             else:
-                t._plain.refresh(t._hosts, h, False, self.glob_matching)
-                t._tls.refresh(t._hosts, h, True, self.glob_matching)
+                t._plain.refresh(hosts, h, False, glob)
+                t._tls.refresh(hosts, h, True, glob)
         if not fresh and "" not in by_host:
             t._nohost = old._nohost
         return t
