@@ -205,35 +205,24 @@ def parse_duration(text: str) -> float:
     return total
 
 
+_URL = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*)://(?:[^/?#@]*@)?(\[[^\]/?#]*\]|[^:/?#]*)(?::([^/?#]*))?(?:[/?#]|$)")
+
+
 def _split_url(url: str) -> tuple[str, str, int | None]:
-    scheme, sep, rest = url.partition("://")
-    if not sep or not scheme or not scheme.replace("+", "").replace("-", "").replace(".", "").isalnum():
-        raise _CmdError(f"invalid destination URL {url!r}: scheme://host expected")
-    end = len(rest)
-    for ch in "/?#":
-        i = rest.find(ch)
-        if 0 <= i < end:
-            end = i
-    netloc = rest[:end].rpartition("@")[2]
-    if not netloc:
+    """(scheme, host, port or None) of an absolute URL; one regex match, since this runs per target."""
+    m = _URL.match(url)
+    if m is None:
+        raise _CmdError(f"invalid destination URL {url!r}: scheme://host[:port] expected")
+    scheme, host, port_text = m.groups()
+    if not host:
         raise _CmdError(f"invalid destination URL {url!r}: no host")
-    port_text = ""
-    if netloc.startswith("["):
-        close = netloc.find("]")
-        if close < 0:
-            raise _CmdError(f"invalid destination URL {url!r}: bad IPv6 address")
-        host, tail = netloc[1:close], netloc[close + 1 :]
-        if tail:
-            if not tail.startswith(":"):
-                raise _CmdError(f"invalid destination URL {url!r}")
-            port_text = tail[1:]
-    else:
-        host, _, port_text = netloc.partition(":")
-    if port_text:
-        if not port_text.isdigit() or int(port_text) > 65535:
-            raise _CmdError(f"invalid destination URL {url!r}: bad port {port_text!r}")
-        return scheme.lower(), host, int(port_text)
-    return scheme.lower(), host, None
+    if host[0] == "[":
+        host = host[1:-1]
+    if not port_text:  # "http://h:" is accepted by Go's url.Parse too
+        return scheme.lower(), host, None
+    if not port_text.isdigit() or int(port_text) > 65535:
+        raise _CmdError(f"invalid destination URL {url!r}: bad port {port_text!r}")
+    return scheme.lower(), host, int(port_text)
 
 
 def make_target(cmd: RouteCmd) -> Target:
@@ -407,12 +396,13 @@ class _Index:
 
     def refresh(self, hosts: dict[str, _Host], raw: str, tls: bool, glob: bool) -> None:
         """Recompute the entries that the raw host ``raw`` feeds into after it changed."""
-        norm = _strip_port(raw, tls)
         port = ":443" if tls else ":80"
-        cands = tuple(hosts[h] for h in (norm, norm + port) if h in hosts)
-        if glob and _is_glob(norm):
+        norm = raw[: -len(port)] if raw.endswith(port) else raw
+        a, b = hosts.get(norm), hosts.get(norm + port)
+        cands = ((a, b) if b else (a,)) if a else (b,) if b else ()
+        if glob and not _GLOB_CHARS.isdisjoint(norm):
             rest = norm[1:]
-            if norm.startswith("*") and (not rest or rest.startswith(".")) and not _is_glob(rest):
+            if norm[0] == "*" and (not rest or rest[0] == ".") and _GLOB_CHARS.isdisjoint(rest):
                 _set(self.wild, rest, cands)
             else:
                 keep = [g for g in self.general if g[2].host != raw]
@@ -422,8 +412,10 @@ class _Index:
                     except _CmdError:
                         pass
                 self.general = tuple(keep)
+        elif cands:
+            self.exact[norm] = cands
         else:
-            _set(self.exact, norm, cands)
+            self.exact.pop(norm, None)
 
     def candidates(self, h: str, glob: bool) -> Iterable[_Host]:
         yield from self.exact.get(h, ())
