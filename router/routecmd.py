@@ -45,9 +45,9 @@ class RouteCmd:
                 parts.append(self.service)
             parts += [self.src, "weight", _fmt_weight(self.weight)]
         if self.tags:
-            parts.append('tags "%s"' % ",".join(self.tags))
+            parts.append('tags "{}"'.format(",".join(self.tags)))
         if self.opts and self.op == "add":
-            parts.append('opts "%s"' % " ".join(f"{k}={v}" if v else k for k, v in self.opts))
+            parts.append('opts "{}"'.format(" ".join(f"{k}={v}" if v else k for k, v in self.opts)))
         return " ".join(parts)
 
 

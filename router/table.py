@@ -20,6 +20,7 @@ Why it looks like this (user-voice items 14-17):
 from __future__ import annotations
 
 import bisect
+import gc
 import itertools
 import math
 import random
@@ -59,6 +60,11 @@ class Target:
     redirect_url: str
     timeout: float = 0.0  # seconds, from opts "timeout=2s"; 0 = no per-route timeout
 
+    def __hash__(self) -> int:
+        # opts is a mapping (unhashable); equal Targets agree on these fields, so this is a valid hash.
+        return hash((self.service, self.url, self.scheme, self.host, self.port, self.tags, self.fixed_weight,
+                     self.weight))
+
 
 def _reweighted(t: Target, w: float) -> Target:
     if t.weight == w:
@@ -88,12 +94,15 @@ class Route:
         self.host = host
         self.path = path
         self.targets = targets
-        live = [t for t in targets if t.weight > 0]
-        self._pool: tuple[Target, ...] = tuple(live)
         self._cum: list[float] | None = None
         self._ring: tuple[Target, ...] | None = None
         self._count = itertools.count()
         self._regex: re.Pattern[str] | None = None
+        if len(targets) == 1:
+            self._pool: tuple[Target, ...] = targets if targets[0].weight > 0 else ()
+            return
+        live = tuple(t for t in targets if t.weight > 0)
+        self._pool = live
         if len(live) > 1 and any(t.weight != live[0].weight for t in live):
             self._cum = list(itertools.accumulate(t.weight for t in live))
 
@@ -137,18 +146,23 @@ class Route:
         return self._ring
 
 
-def _weigh(targets: Sequence[Target]) -> tuple[Target, ...]:
+def _weights(fixed: Sequence[float]) -> list[float]:
     """fabio's weighTargets: fixed shares (scaled when they overflow, or fill everything), rest split."""
-    n = len(targets)
-    fixed = [t.fixed_weight for t in targets if t.fixed_weight > 0]
-    if not fixed:
-        w = 1.0 / n if n else 0.0
-        return tuple(_reweighted(t, w) for t in targets)
-    sum_fixed = sum(fixed)
-    n_dyn = n - len(fixed)
+    n = len(fixed)
+    if n == 1:
+        return [1.0]  # whatever its fixed weight, a lone target gets everything (scaled by 1/sumFixed)
+    sum_fixed = sum(f for f in fixed if f > 0)
+    if sum_fixed <= 0:
+        return [1.0 / n] * n
+    n_dyn = sum(1 for f in fixed if f <= 0)
     scale = 1.0 / sum_fixed if sum_fixed > 1 or (n_dyn == 0 and sum_fixed < 1) else 1.0
     dyn = max(0.0, (1 - sum_fixed) / n_dyn) if n_dyn else 0.0
-    return tuple(_reweighted(t, t.fixed_weight * scale if t.fixed_weight > 0 else dyn) for t in targets)
+    return [f * scale if f > 0 else dyn for f in fixed]
+
+
+def _weigh(targets: Sequence[Target]) -> tuple[Target, ...]:
+    ws = _weights([t.fixed_weight for t in targets])
+    return tuple(_reweighted(t, w) for t, w in zip(targets, ws, strict=True))
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -191,35 +205,24 @@ def parse_duration(text: str) -> float:
     return total
 
 
+_URL = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*)://(?:[^/?#@]*@)?(\[[^\]/?#]*\]|[^:/?#]*)(?::([^/?#]*))?(?:[/?#]|$)")
+
+
 def _split_url(url: str) -> tuple[str, str, int | None]:
-    scheme, sep, rest = url.partition("://")
-    if not sep or not scheme or not scheme.replace("+", "").replace("-", "").replace(".", "").isalnum():
-        raise _CmdError(f"invalid destination URL {url!r}: scheme://host expected")
-    end = len(rest)
-    for ch in "/?#":
-        i = rest.find(ch)
-        if 0 <= i < end:
-            end = i
-    netloc = rest[:end].rpartition("@")[2]
-    if not netloc:
+    """(scheme, host, port or None) of an absolute URL; one regex match, since this runs per target."""
+    m = _URL.match(url)
+    if m is None:
+        raise _CmdError(f"invalid destination URL {url!r}: scheme://host[:port] expected")
+    scheme, host, port_text = m.groups()
+    if not host:
         raise _CmdError(f"invalid destination URL {url!r}: no host")
-    port_text = ""
-    if netloc.startswith("["):
-        close = netloc.find("]")
-        if close < 0:
-            raise _CmdError(f"invalid destination URL {url!r}: bad IPv6 address")
-        host, tail = netloc[1:close], netloc[close + 1 :]
-        if tail:
-            if not tail.startswith(":"):
-                raise _CmdError(f"invalid destination URL {url!r}")
-            port_text = tail[1:]
-    else:
-        host, _, port_text = netloc.partition(":")
-    if port_text:
-        if not port_text.isdigit() or int(port_text) > 65535:
-            raise _CmdError(f"invalid destination URL {url!r}: bad port {port_text!r}")
-        return scheme.lower(), host, int(port_text)
-    return scheme.lower(), host, None
+    if host[0] == "[":
+        host = host[1:-1]
+    if not port_text:  # "http://h:" is accepted by Go's url.Parse too
+        return scheme.lower(), host, None
+    if not port_text.isdigit() or int(port_text) > 65535:
+        raise _CmdError(f"invalid destination URL {url!r}: bad port {port_text!r}")
+    return scheme.lower(), host, int(port_text)
 
 
 def make_target(cmd: RouteCmd) -> Target:
@@ -306,7 +309,12 @@ def glob_regex(pattern: str, sep: str | None) -> re.Pattern[str]:
 
 
 class _Host:
-    """The routes of one raw table host, indexed for the table's matcher."""
+    """The routes of one raw table host, indexed for the table's matcher.
+
+    ``prefix`` (the default) is maintained incrementally (a count of routes per path length is copied and
+    adjusted).  ``iprefix`` and ``glob`` rebuild their per-host index from the host's routes on every change
+    of that host, which is O(routes of that host): fine for the usual per-host route counts.
+    """
 
     __slots__ = ("host", "routes", "lens", "lengths", "ilookup", "ilengths", "globs", "ntargets")
 
@@ -388,12 +396,13 @@ class _Index:
 
     def refresh(self, hosts: dict[str, _Host], raw: str, tls: bool, glob: bool) -> None:
         """Recompute the entries that the raw host ``raw`` feeds into after it changed."""
-        norm = _strip_port(raw, tls)
         port = ":443" if tls else ":80"
-        cands = tuple(hosts[h] for h in (norm, norm + port) if h in hosts)
-        if glob and _is_glob(norm):
+        norm = raw[: -len(port)] if raw.endswith(port) else raw
+        a, b = hosts.get(norm), hosts.get(norm + port)
+        cands = ((a, b) if b else (a,)) if a else (b,) if b else ()
+        if glob and not _GLOB_CHARS.isdisjoint(norm):
             rest = norm[1:]
-            if norm.startswith("*") and (not rest or rest.startswith(".")) and not _is_glob(rest):
+            if norm[0] == "*" and (not rest or rest[0] == ".") and _GLOB_CHARS.isdisjoint(rest):
                 _set(self.wild, rest, cands)
             else:
                 keep = [g for g in self.general if g[2].host != raw]
@@ -403,8 +412,10 @@ class _Index:
                     except _CmdError:
                         pass
                 self.general = tuple(keep)
+        elif cands:
+            self.exact[norm] = cands
         else:
-            _set(self.exact, norm, cands)
+            self.exact.pop(norm, None)
 
     def candidates(self, h: str, glob: bool) -> Iterable[_Host]:
         yield from self.exact.get(h, ())
@@ -509,7 +520,7 @@ class Table:
                 if t.fixed_weight > 0:
                     s += f" weight {t.fixed_weight:.4f}"
                 if t.tags:
-                    s += ' tags "%s"' % ",".join(t.tags)
+                    s += ' tags "{}"'.format(",".join(t.tags))
                 if t.opts:
                     s += f' opts "{_opts_text(t.opts)}"'
                 lines.append(s)
@@ -532,10 +543,16 @@ def _opts_text(opts: Mapping[str, str]) -> str:
 Key = tuple[str, str]
 
 
+def _check_glob(cmd: RouteCmd, matcher: str) -> None:
+    """With the glob matcher a path that won't compile is an error of its command (as in fabio)."""
+    if matcher == "glob":
+        glob_regex(hostpath(cmd.src)[1], "/")
+
+
 class _Manual:
     """The compiled override list: per-key commands, commands that apply to every key, and keys touched."""
 
-    def __init__(self, cmds: Sequence[RouteCmd]) -> None:
+    def __init__(self, cmds: Sequence[RouteCmd], matcher: str = "prefix") -> None:
         self.cmds = tuple(cmds)
         self.errors: list[LineError] = []
         self.by_key: dict[Key, list[tuple[int, RouteCmd, Target | None]]] = {}
@@ -544,6 +561,7 @@ class _Manual:
             entry: tuple[int, RouteCmd, Target | None]
             if cmd.op == "add":
                 try:
+                    _check_glob(cmd, matcher)
                     entry = (i, cmd, make_target(cmd))
                 except _CmdError as e:
                     self.errors.append(_err(cmd, str(e)))
@@ -562,7 +580,8 @@ class _Manual:
             else:
                 self.errors.append(_err(cmd, f"unknown command {cmd.op!r}"))
 
-    def apply(self, key: Key, targets: list[Target], errors: list[LineError]) -> list[Target]:
+    def apply(self, key: Key, targets: Sequence[Target], errors: list[LineError]) -> Sequence[Target]:
+        """Apply the commands relevant to ``key`` in order; returns ``targets`` itself when none are."""
         own = self.by_key.get(key)
         if not own and not self.every:
             return targets
@@ -639,7 +658,7 @@ class TableBuilder:
             affected.update(self._set_service(name, new))
         full = False
         if manual is not None and tuple(manual) != self._manual.cmds:
-            self._manual = _Manual(manual)
+            self._manual = _Manual(manual, self.matcher)
             full = True
         if full:
             affected = set(self._contrib) | set(self._manual.by_key)
@@ -669,21 +688,51 @@ class TableBuilder:
             self._cmds.pop(name, None)
             return set(old)
         self._cmds[name] = cmds
-        by_key: dict[Key, list[Target]] = {}
+        # Group by key, de-duplicating on fabio's identity (service, url, fixed weight, tags).
+        by_key: dict[Key, dict[tuple, RouteCmd]] = {}
         errors: list[LineError] = []
         for cmd in cmds:
             if cmd.op != "add":
                 errors.append(_err(cmd, "only 'route add' is allowed in service commands"))
                 continue
             try:
-                t = make_target(cmd)
+                _check_glob(cmd, self.matcher)
             except _CmdError as e:
                 errors.append(_err(cmd, str(e)))
                 continue
-            lst = by_key.setdefault(hostpath(cmd.src), [])
-            if not any(_same(t, o) for o in lst):
-                lst.append(t)
-        new = {k: tuple(v) for k, v in by_key.items()}
+            by_key.setdefault(hostpath(cmd.src), {}).setdefault((cmd.service, cmd.dst, cmd.weight, cmd.tags), cmd)
+        # The same instance usually appears on several routes: compile each distinct target once and share
+        # the (immutable) Target objects between routes.  Weights are computed as if the service were alone
+        # on the key, which is the common case and then needs no copies at rebuild time.
+        compiled: dict[tuple, Target | str] = {}
+        new: dict[Key, tuple[Target, ...]] = {}
+        for key, group in by_key.items():
+            ts: list[Target] = []
+            for ident, cmd in group.items():
+                ck = (ident, cmd.opts)
+                t = compiled.get(ck)
+                if t is None:
+                    try:
+                        t = make_target(cmd)
+                    except _CmdError as e:
+                        t = str(e)
+                    compiled[ck] = t
+                if isinstance(t, str):
+                    errors.append(_err(cmd, t))
+                else:
+                    ts.append(t)
+            if ts:
+                ws = _weights([t.fixed_weight for t in ts])
+                out = []
+                for t, w in zip(ts, ws, strict=True):
+                    if t.weight != w:
+                        ck = (id(t), w)
+                        rt = compiled.get(ck)
+                        if rt is None:
+                            rt = compiled[ck] = _reweighted(t, w)
+                        t = rt  # type: ignore[assignment]
+                    out.append(t)
+                new[key] = tuple(out)
         self._svc[name] = new
         if errors:
             self._svc_errors[name] = errors
@@ -691,20 +740,37 @@ class TableBuilder:
             self._contrib.setdefault(key, {})[name] = ts
         return set(old) | set(new)
 
-    def _targets(self, key: Key, errors: list[LineError]) -> list[Target]:
+    def _targets(self, key: Key, errors: list[LineError]) -> tuple[Target, ...]:
         c = self._contrib.get(key)
         if not c:
-            base: list[Target] = []
+            base: Sequence[Target] = ()
         elif len(c) == 1:
-            base = list(next(iter(c.values())))
+            (base,) = c.values()  # already weighed as a lone service
         else:
             base = [t for name in sorted(c) for t in c[name]]
-        return self._manual.apply(key, base, errors)
+        out = self._manual.apply(key, base, errors)
+        if out is base and len(c or ()) == 1:
+            return out  # type: ignore[return-value]
+        return _weigh(out) if out else ()
 
     def _rebuild(self, old: Table, affected: set[Key], fresh: bool) -> Table:
-        by_host: dict[str, list[str]] = {}
-        for h, p in affected:
-            by_host.setdefault(h, []).append(p)
+        """A new Table: copies of the old indexes with the ``affected`` keys recomputed (all, if fresh).
+
+        The garbage collector is paused meanwhile: a build allocates many objects but no cycles, and
+        generation-2 collections over a large live table otherwise dominate the build time.
+        """
+        gc_was_enabled = gc.isenabled()
+        gc.disable()
+        try:
+            return self._rebuild_keys(old, affected, fresh)
+        finally:
+            if gc_was_enabled:
+                gc.enable()
+
+    def _rebuild_keys(self, old: Table, affected: set[Key], fresh: bool) -> Table:
+        by_host: dict[str, list[Key]] = {}
+        for key in affected:
+            by_host.setdefault(key[0], []).append(key)
         t = Table(self.matcher, self.glob_matching)
         if fresh:
             t._hosts, t._plain, t._tls = {}, _Index(), _Index()
@@ -712,33 +778,47 @@ class TableBuilder:
             t._hosts, t._plain, t._tls = dict(old._hosts), old._plain.copy(), old._tls.copy()
         t._len, t.route_count = old._len, old.route_count
         key_errors = self._manual_key_errors
-        for h, paths in by_host.items():
-            prev = t._hosts.get(h)
-            routes = dict(prev.routes) if prev else {}
-            lens = dict(prev.lens) if prev else {}
-            ntargets = prev.ntargets if prev else 0
+        contrib = self._contrib
+        plain_only = not self._manual.by_key and not self._manual.every
+        hosts, matcher, glob = t._hosts, self.matcher, self.glob_matching
+        errs: list[LineError] = []
+        for h, keys in by_host.items():
+            prev = hosts.get(h)
             if prev:
+                routes, lens, ntargets = dict(prev.routes), dict(prev.lens), prev.ntargets
                 t._len -= prev.ntargets
                 t.route_count -= len(prev.routes)
-            for p in paths:
-                errs: list[LineError] = []
-                targets = self._targets((h, p), errs)
-                if errs:
-                    key_errors[(h, p)] = errs
+            else:
+                routes, lens, ntargets = {}, {}, 0
+            for key in keys:
+                p = key[1]
+                if plain_only:
+                    c = contrib.get(key)
+                    if not c:
+                        targets: Sequence[Target] = ()
+                    elif len(c) == 1:
+                        (targets,) = c.values()
+                    else:
+                        targets = _weigh([x for name in sorted(c) for x in c[name]])
                 else:
-                    key_errors.pop((h, p), None)
+                    targets = self._targets(key, errs)
+                    if errs:
+                        key_errors[key] = errs
+                        errs = []
+                    elif key_errors:
+                        key_errors.pop(key, None)
                 r = routes.get(p)
-                had = r is not None
-                if had:
+                if r is not None:
                     ntargets -= len(r.targets)
                 if targets:
-                    weighed = _weigh(targets)
-                    ntargets += len(weighed)
-                    if r is None or r.targets != weighed:
-                        routes[p] = Route(h, p, weighed)
-                    if not had:
-                        lens[len(p)] = lens.get(len(p), 0) + 1
-                elif had:
+                    ntargets += len(targets)
+                    if r is None:
+                        routes[p] = Route(h, p, tuple(targets))
+                        ln = len(p)
+                        lens[ln] = lens.get(ln, 0) + 1
+                    elif r.targets != targets:
+                        routes[p] = Route(h, p, tuple(targets))
+                elif r is not None:
                     del routes[p]
                     n = lens[len(p)] - 1
                     if n:
@@ -746,17 +826,17 @@ class TableBuilder:
                     else:
                         del lens[len(p)]
             if routes:
-                hr = _Host(h, routes, lens, self.matcher, ntargets)
-                t._hosts[h] = hr
-                t._len += hr.ntargets
+                hr = _Host(h, routes, lens, matcher, ntargets)
+                hosts[h] = hr
+                t._len += ntargets
                 t.route_count += len(routes)
             else:
-                t._hosts.pop(h, None)
+                hosts.pop(h, None)
             if h == "":
-                t._nohost = t._hosts.get("")
+                t._nohost = hosts.get("")
             else:
-                t._plain.refresh(t._hosts, h, False, self.glob_matching)
-                t._tls.refresh(t._hosts, h, True, self.glob_matching)
+                t._plain.refresh(hosts, h, False, glob)
+                t._tls.refresh(hosts, h, True, glob)
         if not fresh and "" not in by_host:
             t._nohost = old._nohost
         return t
