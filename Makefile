@@ -32,3 +32,5 @@ run: deps consul
 
 clean:
 	rm -rf $(VENV) .cache .pytest_cache
+
+include bench/bench.mk
