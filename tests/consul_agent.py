@@ -18,6 +18,7 @@ import atexit
 import contextlib
 import itertools
 import os
+import random
 import shutil
 import signal
 import socket
@@ -74,6 +75,9 @@ def _agent_help(binary: str) -> str:
     return _help_cache[binary]
 
 
+PORT_RANGE = (20000, 32000)
+
+
 def free_ports(n: int, udp_too: int = 0) -> list[int]:
     """n distinct free loopback TCP ports; the first `udp_too` of them are also free for UDP.
 
@@ -84,10 +88,18 @@ def free_ports(n: int, udp_too: int = 0) -> list[int]:
     ports: list[int] = []
     try:
         while len(ports) < n:
+            # below the kernel's ephemeral range (32768+ here), so no outgoing connection of another
+            # process can take the port between our check and the agent's bind, or across a restart
+            port = random.randrange(PORT_RANGE[0], PORT_RANGE[1])
+            if port in ports:
+                continue
             t = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            t.bind((HOST, 0))
+            try:
+                t.bind((HOST, port))
+            except OSError:
+                t.close()
+                continue
             held.append(t)
-            port = t.getsockname()[1]
             if len(ports) < udp_too:
                 u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
                 try:
@@ -200,7 +212,7 @@ class ConsulAgent:
         (only before the first successful start: restart() keeps the ports)."""
         if self.is_running():
             raise ConsulAgentError(f"consul agent already running (pid {self.pid})")
-        attempts = 1 if self._started_once else 3
+        attempts = 5 if self._started_once else 3
         for attempt in range(attempts):
             try:
                 self._launch()
@@ -208,7 +220,10 @@ class ConsulAgent:
             except ConsulAgentError:
                 if attempt + 1 < attempts and "address already in use" in self._log_since_launch().lower():
                     self._terminate()
-                    self._pick_ports()
+                    if self._started_once:
+                        time.sleep(0.5)  # restart() keeps its ports: wait for the old sockets to go
+                    else:
+                        self._pick_ports()
                     continue
                 self._terminate()
                 raise
