@@ -6,7 +6,7 @@ from collections import Counter
 import pytest
 
 from router.routecmd import RouteCmd, parse
-from router.table import Table, TableBuilder, parse_duration
+from router.table import Table, TableBuilder, Target, parse_duration
 
 
 def build(services: str = "", manual: str = "", **kw) -> tuple[Table, list]:
@@ -310,10 +310,17 @@ def test_bad_path_glob_is_a_line_error_with_the_glob_matcher() -> None:
     assert [e.line for e in errs] == [2]
 
 
-def test_targets_are_hashable() -> None:
+def test_targets_are_hashable_frozen_dataclasses() -> None:
+    import dataclasses
+
     t, _ = build('route add a / http://a/ opts "k=v"')
     target = t.lookup("h", "/").targets[0]
+    assert type(target) is Target
     assert {target: 1}[target] == 1
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        target.port = 1  # type: ignore[misc]
+    assert dataclasses.replace(target, port=81).port == 81
+    assert target == Target(**{f.name: getattr(target, f.name) for f in dataclasses.fields(Target)})
 
 
 def test_lookup_cost_structure_is_per_host() -> None:
