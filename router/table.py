@@ -690,6 +690,21 @@ class TableBuilder:
 
     def update(self, services: Mapping[str, Sequence[RouteCmd] | None] | None = None,
                manual: Sequence[RouteCmd] | None = None) -> tuple[Table, list[LineError]]:
+        """Apply changed services (name -> full add list; None/[] = gone) and/or a new manual list.
+
+        The garbage collector is paused meanwhile: a build allocates many objects but no cycles, and
+        generation-2 collections over a large live table would otherwise dominate the build time.
+        """
+        gc_was_enabled = gc.isenabled()
+        gc.disable()
+        try:
+            return self._update(services, manual)
+        finally:
+            if gc_was_enabled:
+                gc.enable()
+
+    def _update(self, services: Mapping[str, Sequence[RouteCmd] | None] | None,
+                manual: Sequence[RouteCmd] | None) -> tuple[Table, list[LineError]]:
         affected: set[Key] = set()
         for name, cmds in (services or {}).items():
             new = tuple(cmds or ())
@@ -796,20 +811,6 @@ class TableBuilder:
         return _weigh(out) if out else ()
 
     def _rebuild(self, old: Table, affected: set[Key], fresh: bool) -> Table:
-        """A new Table: copies of the old indexes with the ``affected`` keys recomputed (all, if fresh).
-
-        The garbage collector is paused meanwhile: a build allocates many objects but no cycles, and
-        generation-2 collections over a large live table otherwise dominate the build time.
-        """
-        gc_was_enabled = gc.isenabled()
-        gc.disable()
-        try:
-            return self._rebuild_keys(old, affected, fresh)
-        finally:
-            if gc_was_enabled:
-                gc.enable()
-
-    def _rebuild_keys(self, old: Table, affected: set[Key], fresh: bool) -> Table:
         by_host: dict[str, list[Key]] = {}
         for key in affected:
             by_host.setdefault(key[0], []).append(key)
