@@ -457,8 +457,10 @@ class _Index:
         else:
             self.exact.pop(norm, None)
 
-    def candidates(self, h: str, glob: bool) -> Iterable[_Host]:
-        yield from self.exact.get(h, ())
+    def candidates(self, h: str, glob: bool, skip_exact: bool = False) -> Iterable[_Host]:
+        """Hosts to try for request host ``h`` (normalised), most specific first; "" not included."""
+        if not skip_exact:
+            yield from self.exact.get(h, ())
         if not glob:
             return
         wild, general = self.wild, self.general
@@ -518,10 +520,29 @@ class Table:
         elif h.endswith(":80"):
             h = h[:-3]
         matcher = self.matcher
-        for hr in (self._tls if tls else self._plain).candidates(h, self.glob_matching):
+        idx = self._tls if tls else self._plain
+        for hr in idx.exact.get(h, ()):
             r = hr.match(path, matcher)
             if r is not None:
                 return r
+        if self.glob_matching and (idx.wild or idx.general):
+            # inlined fast path of _Index.candidates: suffixes at each '.', longest first, then "*"
+            if idx.general:
+                hosts: Iterable[_Host] = idx.candidates(h, True, skip_exact=True)
+            else:
+                wild, found = idx.wild, []
+                i = h.find(".")
+                while i >= 0:
+                    hrs = wild.get(h[i:])
+                    if hrs:
+                        found += hrs
+                    i = h.find(".", i + 1)
+                found += wild.get("", ())
+                hosts = found
+            for hr in hosts:
+                r = hr.match(path, matcher)
+                if r is not None:
+                    return r
         if self._nohost is not None:
             return self._nohost.match(path, matcher)
         return None
