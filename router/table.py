@@ -15,6 +15,16 @@ Why it looks like this (user-voice items 14-17):
   that has been returned is never mutated.
 * fabio's 10,000-slot ring per route is replaced by pickers that need no memory for the common case of
   equal weights (see :class:`Route`).
+
+Deliberate differences from fabio 1.7.3:
+
+* A bad command is reported (:class:`LineError` with source and line) and skipped; fabio drops the table.
+* Host precedence is exact host > longest ``*.`` wildcard > shorter wildcard > "" (fabio's reversed-string
+  sort gets wildcard order wrong, user-voice item 17).  Other glob hosts rank by pattern length.
+* ``route del``/``route weight`` lowercase the host of their source like ``route add`` does.
+* Within a route, targets are ordered by service name, then by the order of that service's commands,
+  then manual additions; so a table does not depend on the order in which services were updated.
+* With the ``glob`` matcher ``*`` stays within a path segment and ``**`` crosses segments.
 """
 
 from __future__ import annotations
@@ -408,15 +418,6 @@ def _route_regex(r: Route) -> re.Pattern[str]:
         except _CmdError:
             r._regex = re.compile(re.escape(r.path))
     return r._regex
-
-
-def _strip_port(host: str, tls: bool) -> str:
-    suffix = ":443" if tls else ":80"
-    return host[:-len(suffix)] if host.endswith(suffix) else host
-
-
-def _is_glob(h: str) -> bool:
-    return not _GLOB_CHARS.isdisjoint(h)
 
 
 class _Index:
