@@ -6,7 +6,7 @@ from collections import Counter
 import pytest
 
 from router.routecmd import RouteCmd, parse
-from router.table import Table, TableBuilder, parse_duration
+from router.table import Table, TableBuilder, Target, parse_duration
 
 
 def build(services: str = "", manual: str = "", **kw) -> tuple[Table, list]:
@@ -310,10 +310,17 @@ def test_bad_path_glob_is_a_line_error_with_the_glob_matcher() -> None:
     assert [e.line for e in errs] == [2]
 
 
-def test_targets_are_hashable() -> None:
+def test_targets_are_hashable_frozen_dataclasses() -> None:
+    import dataclasses
+
     t, _ = build('route add a / http://a/ opts "k=v"')
     target = t.lookup("h", "/").targets[0]
+    assert type(target) is Target
     assert {target: 1}[target] == 1
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        target.port = 1  # type: ignore[misc]
+    assert dataclasses.replace(target, port=81).port == 81
+    assert target == Target(**{f.name: getattr(target, f.name) for f in dataclasses.fields(Target)})
 
 
 def test_lookup_cost_structure_is_per_host() -> None:
@@ -470,3 +477,35 @@ def test_update_does_not_mutate_returned_tables_and_shares_unchanged_hosts() -> 
     t3, _ = b.update(services={"a": None})
     assert t3.lookup("a.com", "/") is None and t2.lookup("a.com", "/") is not None
     assert t3.services() == {"b"}
+
+
+def test_catch_all_redirect_host_pattern() -> None:
+    t, _ = build('route add redirect *:80/ https://$host$path opts "redirect=301"\nroute add s a.com/ http://a/')
+    r = t.lookup("other.org", "/x")
+    assert r is not None and r.targets[0].redirect_code == 301 and r.targets[0].redirect_url == "https://$host$path"
+    assert t.lookup("a.com", "/").targets[0].url == "http://a/"
+    assert t.lookup("other.org", "/x", tls=True) is None  # *:80 stays *:80 on TLS: needs a literal ":80" suffix
+
+
+def test_route_without_targets_picks_none() -> None:
+    from router.table import Route
+
+    assert Route("h", "/", ()).pick() is None
+    assert Route("h", "/", ()).pick("rr") is None
+
+
+def test_rr_ring_keeps_tiny_weights() -> None:
+    t, _ = build("route add a / http://a/ weight 0.001\nroute add b / http://b/ weight 0.999")
+    r = t.lookup("h", "/")
+    ring_len = len(r._build_ring())
+    assert ring_len <= 1000
+    got = Counter(r.pick("rr").url for _ in range(ring_len))
+    assert got["http://a/"] == 1 and got["http://b/"] == ring_len - 1
+
+
+def test_unchanged_update_returns_the_same_table() -> None:
+    b = TableBuilder()
+    cmds = parse("route add a / http://a/")[0]
+    t1, _ = b.update(services={"a": cmds}, manual=[])
+    t2, _ = b.update(services={"a": list(cmds)}, manual=[])
+    assert t2 is t1
