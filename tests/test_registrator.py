@@ -147,7 +147,7 @@ def test_registrator_services_are_routed(consul_agent, backends, address: str) -
         wait_until(lambda: len(routes_of(r, svc)) == 4, timeout=15, message=lambda: str(routes_of(r, svc)))
         assert all(agent.check_status(i) == "passing" for i in ids)
         assert any(s.path == "/health" for s in b1.requests), "the HTTP check never reached the backend"
-        assert any("Consul" in s.headers.get("User-Agent", "") for s in b1.requests if s.path == "/health")
+        assert any("Consul" in s.headers.get("user-agent", "") for s in b1.requests if s.path == "/health")
 
         rows = routes_of(r, svc)
         assert {(x["host"], x["dst"]) for x in rows} >= {
