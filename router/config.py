@@ -180,6 +180,8 @@ KEYS: tuple[Key, ...] = (
     Key("ui.access", "rw", choice("ro", "rw"), "ro hides the override editor"),
     Key("ui.title", "", parse_str, "title shown in the UI"),
     Key("ui.color", "light-green", parse_str, "colour of the UI's navigation bar"),
+    Key("ui.auth.htpasswd", "", parse_str, "htpasswd file ({SHA} entries) for override saves from non-loopback (ours)"),
+    Key("ui.auth.token", "", parse_str, "bearer token for override saves from non-loopback (ours)", secret=True),
     # logs
     Key("log.level", "INFO", choice("TRACE", "DEBUG", "INFO", "WARN", "ERROR", "FATAL"), "log level"),
     Key("log.access.target", "", choice("", "stdout"), "access log target"),

@@ -1,7 +1,8 @@
 """Admin UI and API on ui.addr: what is routed, and why something is not.
 
-It only reads: the router's current table, its last build errors and the registry's status. Pages are
-self-contained (no assets from outside) so the UI works on an air-gapped host.
+It reads the router's current table, its last build errors and the registry's status; the one thing it
+writes is the override text in Consul KV, behind ui/security.py's gates. Pages are self-contained (no
+assets from outside) so the UI works on an air-gapped host.
 """
 
 from __future__ import annotations
@@ -16,7 +17,10 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, PlainTextResponse, RedirectResponse, Response
 from starlette.routing import Route
 
+from registry.consul_api import ConsulError
 from router import __version__
+from ui import overrides
+from ui.security import WriteGuard
 
 if TYPE_CHECKING:
     from router.cli import Router
@@ -83,16 +87,93 @@ def services_doc(router: Router) -> list[dict[str, Any]]:
     return out
 
 
+def _error(status: int, message: str) -> Response:
+    return Response(json.dumps({"error": message}), status_code=status, media_type="application/json")
+
+
 def create_app(router: Router) -> Starlette:
     page = resources.files("ui").joinpath("routes.html").read_text(encoding="utf-8")
+    manual_page = resources.files("ui").joinpath("manual.html").read_text(encoding="utf-8")
+    cfg = router.cfg
+    guard = WriteGuard(cfg["ui.access"], cfg["ui.auth.htpasswd"], cfg["ui.auth.token"])
+    kvpath = cfg["registry.consul.kvpath"]
+
+    def _title() -> str:
+        title = cfg["ui.title"]
+        return ("consul-router - " + title) if title else "consul-router"
+
+    async def manual_editor(request: Request) -> Response:
+        if (refused := guard.ro_refusal()) is not None:
+            return refused
+        return HTMLResponse(manual_page.replace("{{TITLE}}", _title()).replace("{{VERSION}}", __version__))
+
+    def _key(request: Request) -> str:
+        return overrides.key_for(kvpath, request.path_params.get("key", ""))
+
+    async def api_paths(request: Request) -> Response:
+        if (refused := guard.ro_refusal()) is not None:
+            return refused
+        if router.api is None:
+            return _error(501, "overrides need registry.backend=consul")
+        try:
+            return _json(await overrides.paths(router.api, kvpath), request)
+        except ConsulError as e:
+            return _error(500, str(e))
+
+    async def api_check(request: Request) -> Response:
+        """Check override text without saving, so the editor can mark bad lines while one types."""
+        if (refused := guard.ro_refusal()) is not None:
+            return refused
+        try:
+            value = json.loads(await request.body())["value"]
+            if not isinstance(value, str):
+                raise TypeError("value must be a string")
+        except (ValueError, KeyError, TypeError) as e:
+            return _error(400, f"bad JSON: {e}")
+        return _json({"errors": [b.as_dict() for b in overrides.check(value)]}, request)
+
+    async def api_manual(request: Request) -> Response:
+        if (refused := guard.ro_refusal()) is not None:
+            return refused
+        if router.api is None:
+            return _error(501, "overrides need registry.backend=consul")
+        try:
+            key = _key(request)
+        except ValueError as e:
+            return _error(400, str(e))
+        if request.method == "GET":
+            try:
+                value, version = await overrides.read(router.api, key)
+            except ConsulError as e:
+                return _error(500, str(e))
+            return _json({"value": value, "version": str(version)}, request)
+        if (refused := guard.write_refusal(request)) is not None:
+            return refused
+        try:
+            body = json.loads(await request.body())
+            value = body["value"]
+            if not isinstance(value, str):
+                raise TypeError("value must be a string")
+            version = overrides.parse_version(body.get("version"))
+        except (ValueError, KeyError, TypeError) as e:
+            return _error(400, f"bad JSON: {e}")
+        bad = overrides.check(value, f"kv:{key}")
+        if bad:
+            return Response(json.dumps({"errors": [b.as_dict() for b in bad]}), status_code=400,
+                            media_type="application/json")
+        try:
+            await overrides.save(router.api, key, value, version)
+        except overrides.Conflict as e:
+            return _error(409, str(e))
+        except ConsulError as e:
+            return _error(500, str(e))
+        return Response(status_code=200)
 
     async def root(request: Request) -> Response:
         return RedirectResponse("/routes", status_code=303)
 
     async def routes_page(request: Request) -> Response:
-        title = router.cfg["ui.title"]
-        html = page.replace("{{TITLE}}", ("consul-router - " + title) if title else "consul-router")
-        return HTMLResponse(html.replace("{{VERSION}}", __version__))
+        return HTMLResponse(page.replace("{{TITLE}}", _title()).replace("{{VERSION}}", __version__))
 
     async def api_routes(request: Request) -> Response:
         table = router.state.table
@@ -128,5 +209,10 @@ def create_app(router: Router) -> Starlette:
         Route("/api/services", api_services),
         Route("/api/config", api_config),
         Route("/api/version", api_version),
+        Route("/manual", manual_editor),
+        Route("/api/paths", api_paths),
+        Route("/api/check", api_check, methods=["POST"]),
+        Route("/api/manual", api_manual, methods=["GET", "PUT"]),
+        Route("/api/manual/{key:path}", api_manual, methods=["GET", "PUT"]),
     ])
 
