@@ -12,6 +12,7 @@ import time
 from importlib import resources
 from typing import TYPE_CHECKING, Any
 
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, PlainTextResponse, RedirectResponse, Response
@@ -20,6 +21,7 @@ from starlette.routing import Route
 from registry.consul_api import ConsulError
 from router import __version__
 from ui import overrides
+from ui.metrics import registry_for
 from ui.security import WriteGuard
 
 if TYPE_CHECKING:
@@ -97,6 +99,10 @@ def create_app(router: Router) -> Starlette:
     cfg = router.cfg
     guard = WriteGuard(cfg["ui.access"], cfg["ui.auth.htpasswd"], cfg["ui.auth.token"])
     kvpath = cfg["registry.consul.kvpath"]
+    metrics_registry = registry_for(router)
+
+    async def metrics(request: Request) -> Response:
+        return Response(generate_latest(metrics_registry), media_type=CONTENT_TYPE_LATEST)
 
     def _title() -> str:
         title = cfg["ui.title"]
@@ -210,6 +216,7 @@ def create_app(router: Router) -> Starlette:
         Route("/api/config", api_config),
         Route("/api/version", api_version),
         Route("/manual", manual_editor),
+        Route("/metrics", metrics),
         Route("/api/paths", api_paths),
         Route("/api/check", api_check, methods=["POST"]),
         Route("/api/manual", api_manual, methods=["GET", "PUT"]),
