@@ -69,11 +69,11 @@ def test_routes_page_live_updates_and_filter(consul_agent, backend, page) -> Non
         register(c, first, f"{first}-{i}", backend.port, tags=[f"urlprefix-/{first}/v{i}", f"urlprefix-/{first}"])
     with router_for(consul_agent) as r:
         page.goto(r.ui + "/routes")
-        page.wait_for_selector(f"#routes td:text-is('{first}')")
+        page.wait_for_selector(f"#routes a:text-is('{first}')")
         page.evaluate("window.__notReloaded = true")
         # a registration shows up by itself, without a reload
         register(c, second, second, backend.port, tags=[f"urlprefix-/{second}"])
-        page.wait_for_selector(f"#routes td:text-is('{second}')", timeout=TIMEOUT_MS)
+        page.wait_for_selector(f"#routes a:text-is('{second}')", timeout=TIMEOUT_MS)
         assert page.evaluate("window.__notReloaded") is True
         DOCS.mkdir(exist_ok=True)
         page.screenshot(path=str(DOCS / "ui-routes.png"), full_page=True)
@@ -84,10 +84,15 @@ def test_routes_page_live_updates_and_filter(consul_agent, backend, page) -> Non
         assert second in visible_rows(page)[0]
         assert f"filter={second}" in page.url
         page.reload()
-        page.wait_for_selector(f"#routes td:text-is('{second}')")
+        page.wait_for_selector(f"#routes a:text-is('{second}')")
         assert page.input_value("#filter") == second
         wait_until(lambda: len(visible_rows(page)) == 1, timeout=5)
         assert second in visible_rows(page)[0]
+        # the service name leads to its detail view: instances with their Consul health
+        page.click(f"#routes a:text-is('{second}')")
+        page.wait_for_selector(f"#instances td:text-is('{second}')")
+        assert "yes" in page.inner_text("#instances")
+        assert page.inner_text("#why") == ""
 
 
 def test_override_editor_marks_bad_line_and_shows_conflict(consul_agent, page) -> None:

@@ -89,12 +89,42 @@ def services_doc(router: Router) -> list[dict[str, Any]]:
     return out
 
 
+def service_doc(router: Router, name: str) -> dict[str, Any] | None:
+    """One service: its instances' verdicts, its rows in the live table and, if it has none, why."""
+    svc = router.status.services.get(name)
+    table = router.state.table
+    rows = [r for r in (table.routes() if table is not None else []) if r["service"] == name]
+    if svc is None and not rows:
+        return None
+    doc: dict[str, Any] = {"service": name, "routes": rows, "instances": [], "tag_errors": [], "why_not_routed": []}
+    if svc is not None:
+        doc["instances"] = [
+            {"id": v.instance.id, "node": v.instance.node, "address": f"{v.instance.address}:{v.instance.port}",
+             "tags": list(v.instance.tags), "routed": v.healthy, "reason": v.reason}
+            for v in svc.verdicts
+        ]
+        doc["tag_errors"] = [str(e) for e in svc.tag_errors]
+        why = doc["why_not_routed"]
+        if not rows:
+            if not svc.verdicts:
+                why.append("no instances registered")
+            elif not any(v.healthy for v in svc.verdicts):
+                why.append("no instance may receive traffic: " + "; ".join(
+                    f"{v.instance.id}: {v.reason}" for v in svc.verdicts))
+            elif svc.routes == 0:
+                why.append("no valid route tag" + (" (see the tag errors)" if svc.tag_errors else ""))
+            else:
+                why.append(f"its {svc.routes} route(s) are removed by an override (route del); see the overrides")
+    return doc
+
+
 def _error(status: int, message: str) -> Response:
     return Response(json.dumps({"error": message}), status_code=status, media_type="application/json")
 
 
 def create_app(router: Router) -> Starlette:
     page = resources.files("ui").joinpath("routes.html").read_text(encoding="utf-8")
+    detail_page = resources.files("ui").joinpath("service.html").read_text(encoding="utf-8")
     manual_page = resources.files("ui").joinpath("manual.html").read_text(encoding="utf-8")
     cfg = router.cfg
     guard = WriteGuard(cfg["ui.access"], cfg["ui.auth.htpasswd"], cfg["ui.auth.token"])
@@ -193,6 +223,15 @@ def create_app(router: Router) -> Starlette:
     async def api_services(request: Request) -> Response:
         return _json(services_doc(router), request)
 
+    async def api_service(request: Request) -> Response:
+        doc = service_doc(router, request.path_params["name"])
+        if doc is None:
+            return _error(404, "no such tagged or routed service")
+        return _json(doc, request)
+
+    async def service_page(request: Request) -> Response:
+        return HTMLResponse(detail_page.replace("{{TITLE}}", _title()).replace("{{VERSION}}", __version__))
+
     async def api_config(request: Request) -> Response:
         return _json(router.cfg.redacted(), request)
 
@@ -213,6 +252,8 @@ def create_app(router: Router) -> Starlette:
         Route("/api/routes", api_routes),
         Route("/api/status", api_status),
         Route("/api/services", api_services),
+        Route("/api/services/{name:path}", api_service),
+        Route("/service", service_page),
         Route("/api/config", api_config),
         Route("/api/version", api_version),
         Route("/manual", manual_editor),
