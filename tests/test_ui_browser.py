@@ -14,6 +14,7 @@ import pytest
 
 from tests.backends import Backend
 from tests.consul_helpers import kv_put, make_client, register, wait_until
+from tests.router_proc import RouterProc
 from tests.test_consul_routing import router_for, uid
 
 CHROMIUM = "/usr/bin/chromium"
@@ -82,6 +83,7 @@ def test_routes_page_live_updates_and_filter(consul_agent, backend, page) -> Non
         page.fill("#filter", second)
         wait_until(lambda: len(visible_rows(page)) == 1, timeout=5)
         assert second in visible_rows(page)[0]
+        assert visible_rows(page)[0].rstrip().endswith("1/1")  # healthy instances / registered
         assert f"filter={second}" in page.url
         page.reload()
         page.wait_for_selector(f"#routes a:text-is('{second}')")
@@ -123,3 +125,14 @@ def test_override_editor_marks_bad_line_and_shows_conflict(consul_agent, page) -
         page.click("#save")
         page.wait_for_selector("#message.ok")
         assert c.kv.get(key)[1]["Value"].decode() == "route del mine\n"
+
+
+def test_routes_page_with_1500_routes(page) -> None:
+    """Usable at 1,000+ routes: everything is listed and the filter still narrows to one row."""
+    text = "\n".join(f"route add big{i} /big/{i:04d} http://127.0.0.1:{10000 + i}/" for i in range(1500))
+    with RouterProc("-registry.backend", "static", "-registry.static.routes", text) as r:
+        page.goto(r.ui + "/routes?filter=/big/0042")
+        page.wait_for_function("document.getElementById('count').textContent === '1 of 1500 routes'")
+        assert len(visible_rows(page)) == 1 and "/big/0042" in visible_rows(page)[0]
+        page.fill("#filter", "big14")
+        page.wait_for_function("document.getElementById('count').textContent === '111 of 1500 routes'")

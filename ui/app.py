@@ -211,11 +211,30 @@ def create_app(router: Router) -> Starlette:
     async def routes_page(request: Request) -> Response:
         return HTMLResponse(page.replace("{{TITLE}}", _title()).replace("{{VERSION}}", __version__))
 
+    # The routes page polls; with 1,000+ routes and several viewers, build the JSON once per table and let
+    # the browser revalidate with an ETag (304, no body) while the table is unchanged.
+    routes_cache: dict[str, Any] = {"table": None, "etag": "", "body": b"[]", "gen": 0}
+
     async def api_routes(request: Request) -> Response:
         table = router.state.table
         if "raw" in request.query_params:
             return PlainTextResponse(table.render() if table is not None else "")
-        return _json(table.routes() if table is not None else [], request)
+        if "pretty" in request.query_params:
+            return _json(table.routes() if table is not None else [], request)
+        if routes_cache["table"] is not table or not routes_cache["etag"]:
+            routes_cache["gen"] += 1
+            routes_cache.update(table=table, etag=f'"t{routes_cache["gen"]}"',
+                                body=json.dumps(table.routes() if table is not None else []).encode())
+        headers = {"ETag": routes_cache["etag"], "Cache-Control": "no-cache"}
+        if request.headers.get("if-none-match") == routes_cache["etag"]:
+            return Response(status_code=304, headers=headers)
+        return Response(routes_cache["body"], media_type="application/json", headers=headers)
+
+    async def api_healthy(request: Request) -> Response:
+        """service -> [instances routed, instances registered], for the routes page's health column."""
+        out = {name: [sum(1 for v in svc.verdicts if v.healthy), len(svc.verdicts)]
+               for name, svc in router.status.services.items()}
+        return _json(out, request)
 
     async def api_status(request: Request) -> Response:
         return _json(status_doc(router), request)
@@ -251,6 +270,7 @@ def create_app(router: Router) -> Starlette:
         Route("/health", health),
         Route("/api/routes", api_routes),
         Route("/api/status", api_status),
+        Route("/api/healthy", api_healthy),
         Route("/api/services", api_services),
         Route("/api/services/{name:path}", api_service),
         Route("/service", service_page),
