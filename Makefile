@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: deps consul test lint unit run bench clean
+.PHONY: deps consul browser test lint unit run bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -18,10 +18,14 @@ deps: $(STAMP)
 consul:
 	@scripts/get-consul.sh >/dev/null
 
+# Debian's chromium for the browser tests (tests/test_ui_browser.py); apt-get only when it is missing.
+browser:
+	@test -x /usr/bin/chromium || (apt-get update && apt-get install -y chromium)
+
 lint: deps
 	$(PY) -m ruff check .
 
-test: deps consul lint
+test: deps consul browser lint
 	CONSUL="$$(scripts/get-consul.sh)" $(PY) -m pytest -q $(PYTEST_ARGS)
 
 unit: deps

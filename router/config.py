@@ -178,9 +178,11 @@ KEYS: tuple[Key, ...] = (
     Key("registry.consul.maxrate", "20", parse_float, "blocking queries per second per watch, at most (ours)"),
     # ui
     Key("ui.addr", ":9998", parse_addr, "listen address of the admin UI"),
-    Key("ui.access", "rw", choice("ro", "rw"), "ro hides the override editor", todo='not enforced yet: the UI has no write endpoints so far'),
+    Key("ui.access", "rw", choice("ro", "rw"), "ro hides the override editor",
     Key("ui.title", "", parse_str, "title shown in the UI"),
     Key("ui.color", "light-green", parse_str, "colour of the UI's navigation bar", todo='no effect yet'),
+    Key("ui.auth.htpasswd", "", parse_str, "htpasswd file ({SHA} entries) for override saves from non-loopback (ours)"),
+    Key("ui.auth.token", "", parse_str, "bearer token for override saves from non-loopback (ours)", secret=True),
     # logs
     Key("log.level", "INFO", choice("TRACE", "DEBUG", "INFO", "WARN", "ERROR", "FATAL"), "log level"),
     Key("log.access.target", "", choice("", "stdout"), "access log target", todo='not implemented yet: no access log is written'),

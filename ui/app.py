@@ -1,7 +1,8 @@
 """Admin UI and API on ui.addr: what is routed, and why something is not.
 
-It only reads: the router's current table, its last build errors and the registry's status. Pages are
-self-contained (no assets from outside) so the UI works on an air-gapped host.
+It reads the router's current table, its last build errors and the registry's status; the one thing it
+writes is the override text in Consul KV, behind ui/security.py's gates. Pages are self-contained (no
+assets from outside) so the UI works on an air-gapped host.
 """
 
 from __future__ import annotations
@@ -11,12 +12,17 @@ import time
 from importlib import resources
 from typing import TYPE_CHECKING, Any
 
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, PlainTextResponse, RedirectResponse, Response
 from starlette.routing import Route
 
+from registry.consul_api import ConsulError
 from router import __version__
+from ui import overrides
+from ui.metrics import registry_for
+from ui.security import WriteGuard
 
 if TYPE_CHECKING:
     from router.cli import Router
@@ -83,28 +89,167 @@ def services_doc(router: Router) -> list[dict[str, Any]]:
     return out
 
 
+def service_doc(router: Router, name: str) -> dict[str, Any] | None:
+    """One service: its instances' verdicts, its rows in the live table and, if it has none, why."""
+    svc = router.status.services.get(name)
+    table = router.state.table
+    rows = [r for r in (table.routes() if table is not None else []) if r["service"] == name]
+    if svc is None and not rows:
+        return None
+    doc: dict[str, Any] = {"service": name, "routes": rows, "instances": [], "tag_errors": [], "why_not_routed": []}
+    if svc is not None:
+        doc["instances"] = [
+            {"id": v.instance.id, "node": v.instance.node, "address": f"{v.instance.address}:{v.instance.port}",
+             "tags": list(v.instance.tags), "routed": v.healthy, "reason": v.reason}
+            for v in svc.verdicts
+        ]
+        doc["tag_errors"] = [str(e) for e in svc.tag_errors]
+        why = doc["why_not_routed"]
+        if not rows:
+            if not svc.verdicts:
+                why.append("no instances registered")
+            elif not any(v.healthy for v in svc.verdicts):
+                why.append("no instance may receive traffic: " + "; ".join(
+                    f"{v.instance.id}: {v.reason}" for v in svc.verdicts))
+            elif svc.routes == 0:
+                why.append("no valid route tag" + (" (see the tag errors)" if svc.tag_errors else ""))
+            else:
+                why.append(f"its {svc.routes} route(s) are removed by an override (route del); see the overrides")
+    return doc
+
+
+def _error(status: int, message: str) -> Response:
+    return Response(json.dumps({"error": message}), status_code=status, media_type="application/json")
+
+
 def create_app(router: Router) -> Starlette:
     page = resources.files("ui").joinpath("routes.html").read_text(encoding="utf-8")
+    detail_page = resources.files("ui").joinpath("service.html").read_text(encoding="utf-8")
+    manual_page = resources.files("ui").joinpath("manual.html").read_text(encoding="utf-8")
+    cfg = router.cfg
+    guard = WriteGuard(cfg["ui.access"], cfg["ui.auth.htpasswd"], cfg["ui.auth.token"])
+    kvpath = cfg["registry.consul.kvpath"]
+    metrics_registry = registry_for(router)
+
+    async def metrics(request: Request) -> Response:
+        return Response(generate_latest(metrics_registry), media_type=CONTENT_TYPE_LATEST)
+
+    def _title() -> str:
+        title = cfg["ui.title"]
+        return ("consul-router - " + title) if title else "consul-router"
+
+    async def manual_editor(request: Request) -> Response:
+        if (refused := guard.ro_refusal()) is not None:
+            return refused
+        return HTMLResponse(manual_page.replace("{{TITLE}}", _title()).replace("{{VERSION}}", __version__))
+
+    def _key(request: Request) -> str:
+        return overrides.key_for(kvpath, request.path_params.get("key", ""))
+
+    async def api_paths(request: Request) -> Response:
+        if (refused := guard.ro_refusal()) is not None:
+            return refused
+        if router.api is None:
+            return _error(501, "overrides need registry.backend=consul")
+        try:
+            return _json(await overrides.paths(router.api, kvpath), request)
+        except ConsulError as e:
+            return _error(500, str(e))
+
+    async def api_check(request: Request) -> Response:
+        """Check override text without saving, so the editor can mark bad lines while one types."""
+        if (refused := guard.ro_refusal()) is not None:
+            return refused
+        try:
+            value = json.loads(await request.body())["value"]
+            if not isinstance(value, str):
+                raise TypeError("value must be a string")
+        except (ValueError, KeyError, TypeError) as e:
+            return _error(400, f"bad JSON: {e}")
+        return _json({"errors": [b.as_dict() for b in overrides.check(value)]}, request)
+
+    async def api_manual(request: Request) -> Response:
+        if (refused := guard.ro_refusal()) is not None:
+            return refused
+        if router.api is None:
+            return _error(501, "overrides need registry.backend=consul")
+        try:
+            key = _key(request)
+        except ValueError as e:
+            return _error(400, str(e))
+        if request.method == "GET":
+            try:
+                value, version = await overrides.read(router.api, key)
+            except ConsulError as e:
+                return _error(500, str(e))
+            return _json({"value": value, "version": str(version)}, request)
+        if (refused := guard.write_refusal(request)) is not None:
+            return refused
+        try:
+            body = json.loads(await request.body())
+            value = body["value"]
+            if not isinstance(value, str):
+                raise TypeError("value must be a string")
+            version = overrides.parse_version(body.get("version"))
+        except (ValueError, KeyError, TypeError) as e:
+            return _error(400, f"bad JSON: {e}")
+        bad = overrides.check(value, f"kv:{key}")
+        if bad:
+            return Response(json.dumps({"errors": [b.as_dict() for b in bad]}), status_code=400,
+                            media_type="application/json")
+        try:
+            await overrides.save(router.api, key, value, version)
+        except overrides.Conflict as e:
+            return _error(409, str(e))
+        except ConsulError as e:
+            return _error(500, str(e))
+        return Response(status_code=200)
 
     async def root(request: Request) -> Response:
         return RedirectResponse("/routes", status_code=303)
 
     async def routes_page(request: Request) -> Response:
-        title = router.cfg["ui.title"]
-        html = page.replace("{{TITLE}}", ("consul-router - " + title) if title else "consul-router")
-        return HTMLResponse(html.replace("{{VERSION}}", __version__))
+        return HTMLResponse(page.replace("{{TITLE}}", _title()).replace("{{VERSION}}", __version__))
+
+    # The routes page polls; with 1,000+ routes and several viewers, build the JSON once per table and let
+    # the browser revalidate with an ETag (304, no body) while the table is unchanged.
+    routes_cache: dict[str, Any] = {"table": None, "etag": "", "body": b"[]", "gen": 0}
 
     async def api_routes(request: Request) -> Response:
         table = router.state.table
         if "raw" in request.query_params:
             return PlainTextResponse(table.render() if table is not None else "")
-        return _json(table.routes() if table is not None else [], request)
+        if "pretty" in request.query_params:
+            return _json(table.routes() if table is not None else [], request)
+        if routes_cache["table"] is not table or not routes_cache["etag"]:
+            routes_cache["gen"] += 1
+            routes_cache.update(table=table, etag=f'"t{routes_cache["gen"]}"',
+                                body=json.dumps(table.routes() if table is not None else []).encode())
+        headers = {"ETag": routes_cache["etag"], "Cache-Control": "no-cache"}
+        if request.headers.get("if-none-match") == routes_cache["etag"]:
+            return Response(status_code=304, headers=headers)
+        return Response(routes_cache["body"], media_type="application/json", headers=headers)
+
+    async def api_healthy(request: Request) -> Response:
+        """service -> [instances routed, instances registered], for the routes page's health column."""
+        out = {name: [sum(1 for v in svc.verdicts if v.healthy), len(svc.verdicts)]
+               for name, svc in router.status.services.items()}
+        return _json(out, request)
 
     async def api_status(request: Request) -> Response:
         return _json(status_doc(router), request)
 
     async def api_services(request: Request) -> Response:
         return _json(services_doc(router), request)
+
+    async def api_service(request: Request) -> Response:
+        doc = service_doc(router, request.path_params["name"])
+        if doc is None:
+            return _error(404, "no such tagged or routed service")
+        return _json(doc, request)
+
+    async def service_page(request: Request) -> Response:
+        return HTMLResponse(detail_page.replace("{{TITLE}}", _title()).replace("{{VERSION}}", __version__))
 
     async def api_config(request: Request) -> Response:
         return _json(router.cfg.redacted(), request)
@@ -125,8 +270,17 @@ def create_app(router: Router) -> Starlette:
         Route("/health", health),
         Route("/api/routes", api_routes),
         Route("/api/status", api_status),
+        Route("/api/healthy", api_healthy),
         Route("/api/services", api_services),
+        Route("/api/services/{name:path}", api_service),
+        Route("/service", service_page),
         Route("/api/config", api_config),
         Route("/api/version", api_version),
+        Route("/manual", manual_editor),
+        Route("/metrics", metrics),
+        Route("/api/paths", api_paths),
+        Route("/api/check", api_check, methods=["POST"]),
+        Route("/api/manual", api_manual, methods=["GET", "PUT"]),
+        Route("/api/manual/{key:path}", api_manual, methods=["GET", "PUT"]),
     ])
 

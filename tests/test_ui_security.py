@@ -1,0 +1,153 @@
+"""Write protection of the admin UI: credentials off loopback, no cross-site writes, no secrets in /api/config.
+
+The app runs in-process (Starlette's TestClient) so a test can choose the peer address; saves go to a
+real Consul agent, so "refused" is checked by what is (not) stored.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import uuid
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from router.cli import Router
+from router.config import load
+from tests.consul_helpers import make_client
+from ui.security import check_password, is_loopback, load_htpasswd
+
+with warnings.catch_warnings():  # Starlette would like httpx2; httpx is what we have and it works
+    warnings.simplefilter("ignore")
+    from starlette.testclient import TestClient
+
+REMOTE = ("192.0.2.10", 40000)
+LOOPBACK = ("127.0.0.1", 40000)
+
+
+def sha_entry(user: str, password: str) -> str:
+    return f"{user}:{{SHA}}" + base64.b64encode(hashlib.sha1(password.encode()).digest()).decode()
+
+
+def test_is_loopback() -> None:
+    assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("127.8.9.1")
+    assert not is_loopback("192.0.2.10") and not is_loopback("testclient") and not is_loopback(None)
+
+
+def test_htpasswd_sha_entries(tmp_path: Path) -> None:
+    f = tmp_path / "htpasswd"
+    f.write_text(sha_entry("ann", "s3cret") + "\nbob:$apr1$xyz$abc\n# comment\n")
+    users = load_htpasswd(str(f))
+    assert list(users) == ["ann"]  # unsupported hash formats are skipped, not guessed at
+    assert check_password(users["ann"], "s3cret") and not check_password(users["ann"], "S3cret")
+
+
+@pytest.fixture
+def app_factory(consul_agent, tmp_path: Path) -> Iterator:  # type: ignore[no-untyped-def]
+    """Build a Router (not started) on the shared agent with its own kvpath; yields (client_for, key)."""
+    kvpath = f"t-{uuid.uuid4().hex[:8]}/config"
+    htpasswd = tmp_path / "htpasswd"
+    htpasswd.write_text(sha_entry("ann", "s3cret") + "\n")
+    clients: list[TestClient] = []
+
+    def make(peer: tuple[str, int], *flags: str, with_htpasswd: bool = False) -> TestClient:
+        extra = ["-ui.auth.htpasswd", str(htpasswd)] if with_htpasswd else []
+        cfg = load(["-registry.consul.addr", consul_agent.addr, "-registry.consul.kvpath", kvpath, *extra, *flags])
+        client = TestClient(Router(cfg).ui, client=peer, base_url="http://127.0.0.1:9998")
+        client.__enter__()
+        clients.append(client)
+        return client
+
+    yield make, kvpath
+    for c in clients:
+        c.__exit__(None, None, None)
+
+
+def stored(consul_agent, key: str) -> str | None:  # type: ignore[no-untyped-def]
+    item = make_client(consul_agent.port).kv.get(key)[1]
+    return None if item is None else item["Value"].decode()
+
+
+def save(client: TestClient, value: str, **headers: str) -> int:
+    return client.put("/api/manual", json={"value": value, "version": "0"}, headers=headers).status_code
+
+
+
+@pytest.mark.consul
+def test_remote_write_needs_configured_credentials(consul_agent, app_factory) -> None:
+    make, key = app_factory
+    remote = make(REMOTE)
+    assert save(remote, "route del a\n") == 403
+    assert remote.get("/api/manual").status_code == 200  # reads stay open in rw
+    assert stored(consul_agent, key) is None
+    assert save(make(LOOPBACK), "route del a\n") == 200  # loopback needs none
+    assert stored(consul_agent, key) == "route del a\n"
+
+
+@pytest.mark.consul
+def test_remote_write_with_token(consul_agent, app_factory) -> None:
+    make, key = app_factory
+    remote = make(REMOTE, "-ui.auth.token", "tok-123")
+    r = remote.put("/api/manual", json={"value": "route del b\n", "version": "0"})
+    assert r.status_code == 401 and r.headers["www-authenticate"].startswith("Basic")
+    assert save(remote, "route del b\n", authorization="Bearer wrong") == 401
+    assert stored(consul_agent, key) is None
+    assert save(remote, "route del b\n", authorization="Bearer tok-123") == 200
+    assert stored(consul_agent, key) == "route del b\n"
+
+
+@pytest.mark.consul
+def test_remote_write_with_htpasswd(consul_agent, app_factory) -> None:
+    make, key = app_factory
+    remote = make(REMOTE, with_htpasswd=True)
+    bad = "Basic " + base64.b64encode(b"ann:nope").decode()
+    good = "Basic " + base64.b64encode(b"ann:s3cret").decode()
+    assert save(remote, "route del c\n", authorization=bad) == 401
+    assert stored(consul_agent, key) is None
+    assert save(remote, "route del c\n", authorization=good) == 200
+    assert stored(consul_agent, key) == "route del c\n"
+
+
+@pytest.mark.consul
+@pytest.mark.parametrize("headers", [
+    {"origin": "http://evil.example"},
+    {"sec-fetch-site": "cross-site"},
+    {"sec-fetch-site": "same-site"},
+    {"content-type": "text/plain"},
+    {"content-type": "application/x-www-form-urlencoded"},
+])
+def test_cross_site_writes_are_refused_even_from_loopback(consul_agent, app_factory, headers) -> None:
+    make, key = app_factory
+    local = make(LOOPBACK, "-ui.auth.token", "tok-123")
+    body = '{"value": "route del d\\n", "version": "0"}'
+    h = {"content-type": "application/json", "authorization": "Bearer tok-123", **headers}
+    r = local.put("/api/manual", content=body, headers=h)
+    assert r.status_code == 403, r.text
+    assert stored(consul_agent, key) is None
+    # the same request from our own page is accepted
+    ok = local.put("/api/manual", content=body, headers={
+        "content-type": "application/json", "origin": "http://127.0.0.1:9998", "sec-fetch-site": "same-origin"})
+    assert ok.status_code == 200
+    assert stored(consul_agent, key) == "route del d\n"
+
+
+@pytest.mark.consul
+def test_config_never_shows_secrets(consul_agent, app_factory) -> None:
+    make, _ = app_factory
+    client = make(REMOTE, "-ui.auth.token", "tok-SECRET-1", "-registry.consul.token", "acl-SECRET-2")
+    text = client.get("/api/config").text
+    assert "SECRET" not in text
+    cfg = client.get("/api/config").json()
+    assert cfg["ui.auth.token"] == "<redacted>" and cfg["registry.consul.token"] == "<redacted>"
+
+
+@pytest.mark.consul
+def test_read_only_refuses_even_with_credentials(consul_agent, app_factory) -> None:
+    make, key = app_factory
+    local = make(LOOPBACK, "-ui.access", "ro", "-ui.auth.token", "tok")
+    assert save(local, "route del e\n", authorization="Bearer tok") == 403
+    assert local.get("/api/paths").status_code == 403
+    assert stored(consul_agent, key) is None

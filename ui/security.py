@@ -1,0 +1,119 @@
+"""Who may change overrides through the admin UI.
+
+Three gates, in order: `ui.access=ro` closes the override endpoints entirely (403, as fabio does);
+a write must be a same-origin JSON request (a hostile page in the operator's browser cannot forge one:
+browsers send `Origin`/`Sec-Fetch-Site` and need a CORS preflight, which we never grant, for a JSON
+body); and a write from anywhere but loopback must carry credentials (basic auth checked against an
+htpasswd file, or a bearer token). The peer address is the socket's: forwarding headers are not trusted.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import ipaddress
+import logging
+from pathlib import Path
+
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
+
+log = logging.getLogger("ui.security")
+
+
+def is_loopback(host: str | None) -> bool:
+    try:
+        return host is not None and ipaddress.ip_address(host.split("%", 1)[0]).is_loopback
+    except ValueError:
+        return False
+
+
+def load_htpasswd(path: str) -> dict[str, str]:
+    """user -> hash from an htpasswd file. Only `{SHA}` entries (`htpasswd -s`) are understood here."""
+    users: dict[str, str] = {}
+    for n, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        user, sep, hashed = line.partition(":")
+        if not sep:
+            log.warning("%s line %d: not user:hash, ignored", path, n)
+            continue
+        if not hashed.startswith("{SHA}"):
+            log.warning("%s line %d: only {SHA} hashes are supported (htpasswd -s), user %s ignored", path, n, user)
+            continue
+        users[user] = hashed
+    return users
+
+
+def check_password(hashed: str, password: str) -> bool:
+    digest = "{SHA}" + base64.b64encode(hashlib.sha1(password.encode()).digest()).decode()
+    return hmac.compare_digest(digest.encode(), hashed.encode())
+
+
+class WriteGuard:
+    """Decides whether one request may write; configured from ui.access and ui.auth.*."""
+
+    def __init__(self, access: str = "rw", htpasswd: str = "", token: str = "") -> None:
+        self.read_only = access == "ro"
+        self.token = token
+        self.htpasswd = htpasswd
+        self.users = load_htpasswd(htpasswd) if htpasswd else {}
+
+    @property
+    def has_credentials(self) -> bool:
+        return bool(self.token or self.users)
+
+    def ro_refusal(self) -> Response | None:
+        """403 for the override endpoints (reads too) when the UI is read-only."""
+        if self.read_only:
+            return PlainTextResponse("forbidden: ui.access is ro\n", status_code=403)
+        return None
+
+    def write_refusal(self, request: Request) -> Response | None:
+        """None if this request may write, else the response that refuses it."""
+        if (ro := self.ro_refusal()) is not None:
+            return ro
+        if (why := cross_site(request)) is not None:
+            return PlainTextResponse(f"forbidden: {why}\n", status_code=403)
+        peer = request.client.host if request.client else None
+        if is_loopback(peer) or self.authenticated(request):
+            return None
+        if not self.has_credentials:
+            return PlainTextResponse(
+                "forbidden: writes from other hosts than loopback need ui.auth.token or ui.auth.htpasswd\n",
+                status_code=403)
+        return PlainTextResponse("credentials required\n", status_code=401,
+                                 headers={"WWW-Authenticate": 'Basic realm="consul-router", charset="UTF-8"'})
+
+    def authenticated(self, request: Request) -> bool:
+        auth = request.headers.get("authorization", "")
+        scheme, _, cred = auth.partition(" ")
+        scheme = scheme.lower()
+        if scheme == "bearer" and self.token:
+            return hmac.compare_digest(cred.strip().encode(), self.token.encode())
+        if scheme == "basic" and self.users:
+            try:
+                user, _, password = base64.b64decode(cred.strip(), validate=True).decode().partition(":")
+            except (ValueError, UnicodeDecodeError):
+                return False
+            hashed = self.users.get(user)
+            return hashed is not None and check_password(hashed, password)
+        return False
+
+
+def cross_site(request: Request) -> str | None:
+    """Why this write looks cross-site (or not like our editor), or None when it is fine."""
+    ctype = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    if ctype != "application/json":
+        return "writes must be application/json"
+    site = request.headers.get("sec-fetch-site")
+    if site is not None and site not in ("same-origin", "none"):
+        return f"cross-site request refused (Sec-Fetch-Site: {site})"
+    origin = request.headers.get("origin")
+    if origin is not None:
+        host = request.headers.get("host", "")
+        if origin.lower() not in (f"http://{host}".lower(), f"https://{host}".lower()):
+            return f"cross-site request refused (Origin: {origin})"
+    return None
