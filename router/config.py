@@ -178,7 +178,7 @@ KEYS: tuple[Key, ...] = (
     Key("registry.consul.maxrate", "20", parse_float, "blocking queries per second per watch, at most (ours)"),
     # ui
     Key("ui.addr", ":9998", parse_addr, "listen address of the admin UI"),
-    Key("ui.access", "rw", choice("ro", "rw"), "ro hides the override editor",
+    Key("ui.access", "rw", choice("ro", "rw"), "ro closes the override editor and its API"),
     Key("ui.title", "", parse_str, "title shown in the UI"),
     Key("ui.color", "light-green", parse_str, "colour of the UI's navigation bar", todo='no effect yet'),
     Key("ui.auth.htpasswd", "", parse_str, "htpasswd file ({SHA} entries) for override saves from non-loopback (ours)"),
