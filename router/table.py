@@ -39,6 +39,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
 
+from router.config import parse_duration as config_duration
 from router.routecmd import LineError, RouteCmd
 
 __all__ = ["TableBuilder", "Table", "Route", "Target"]
@@ -236,23 +237,16 @@ class _CmdError(Exception):
     pass
 
 
-_DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
-_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
-
-
 def parse_duration(text: str) -> float:
-    """Go-style duration (``2s``, ``500ms``, ``1m30s``, ``0``) in seconds."""
-    if text == "0":
-        return 0.0
-    pos, total = 0, 0.0
-    for m in _DURATION.finditer(text):
-        if m.start() != pos:
-            break
-        total += float(m.group(1)) * _UNITS[m.group(2)]
-        pos = m.end()
-    if pos != len(text) or not text:
-        raise _CmdError(f"invalid duration {text!r}")
-    return total
+    """Go-style duration (``2s``, ``500ms``, ``1m30s``, ``0``) in seconds; a bad one is a command error."""
+    try:
+        return config_duration(text) if text else _bad_duration(text)
+    except ValueError:
+        return _bad_duration(text)
+
+
+def _bad_duration(text: str) -> float:
+    raise _CmdError(f"invalid duration {text!r}")
 
 
 _URL = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*)://(?:[^/?#@]*@)?(\[[^\]/?#]*\]|[^:/?#]*)(?::([^/?#]*))?(?:[/?#]|$)")

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 import consul
 import pytest
 
+from tests.backends import Backend
 from tests.consul_agent import ConsulAgent
 from tests.consul_helpers import make_client
 
@@ -39,3 +40,12 @@ def fresh_consul(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ConsulAge
 @pytest.fixture
 def consul_client(consul_agent: ConsulAgent) -> consul.Consul:
     return make_client(consul_agent.port)
+
+
+@pytest.fixture
+def backends() -> Iterator[list[Backend]]:
+    """A list to put started test backends in; they are all stopped after the test."""
+    started: list[Backend] = []
+    yield started
+    for b in started:
+        b.stop()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
+import uuid
 import warnings
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
@@ -125,3 +126,8 @@ def wait_until(
                 f"timed out after {timeout}s waiting for {what or desc}; {detail}"
             ) from last_exc
         time.sleep(interval)
+
+
+def uid() -> str:
+    """A short random suffix, so tests sharing one Consul agent never collide on names or keys."""
+    return uuid.uuid4().hex[:8]

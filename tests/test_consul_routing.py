@@ -5,30 +5,18 @@ from __future__ import annotations
 import itertools
 import threading
 import time
-import uuid
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
 
 from tests.backends import Backend
-from tests.consul_helpers import deregister, kv_put, make_client, register, set_check, wait_until
+from tests.consul_helpers import deregister, kv_put, make_client, register, set_check, uid, wait_until
 from tests.router_proc import RouterProc
 
 pytestmark = pytest.mark.consul
 
 
-def uid() -> str:
-    return uuid.uuid4().hex[:8]
-
-
-@pytest.fixture
-def backends() -> Iterator[list[Backend]]:
-    started: list[Backend] = []
-    yield started
-    for b in started:
-        b.stop()
 
 
 def start_backends(started: list[Backend], *names: str) -> list[Backend]:

@@ -17,22 +17,17 @@ These tests send that payload through the agent API and run a real HTTP check ag
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
 
 from tests.backends import Backend
-from tests.consul_helpers import wait_until
+from tests.consul_helpers import uid, wait_until
 from tests.router_proc import RouterProc
 
 pytestmark = pytest.mark.consul
 
-
-def uid() -> str:
-    return uuid.uuid4().hex[:8]
 
 
 def registrator_tags(service_tags: str) -> list[str]:
@@ -102,13 +97,6 @@ class Agent:
                 return entry["Status"]
         return ""
 
-
-@pytest.fixture
-def backends() -> Iterator[list[Backend]]:
-    started: list[Backend] = []
-    yield started
-    for b in started:
-        b.stop()
 
 
 def routes_of(r: RouterProc, svc: str) -> list[dict[str, Any]]:

@@ -9,29 +9,17 @@ from __future__ import annotations
 
 import threading
 import time
-import uuid
-from collections.abc import Iterator
 
 import httpx
 import pytest
 
 from tests.backends import Backend
-from tests.consul_helpers import deregister, kv_put, make_client, register, set_check, wait_until
+from tests.consul_helpers import deregister, kv_put, make_client, register, set_check, uid, wait_until
 from tests.router_proc import RouterProc
 
 pytestmark = pytest.mark.consul
 
 
-def uid() -> str:
-    return uuid.uuid4().hex[:8]
-
-
-@pytest.fixture
-def backends() -> Iterator[list[Backend]]:
-    started: list[Backend] = []
-    yield started
-    for b in started:
-        b.stop()
 
 
 def raw(r: RouterProc) -> str:
