@@ -168,7 +168,7 @@ KEYS: tuple[Key, ...] = (
     Key("registry.consul.requireConsistent", "true", parse_bool, "consistent reads from Consul"),
     Key("registry.consul.allowStale", "false", parse_bool, "stale reads from Consul"),
     Key("registry.consul.pollInterval", "0", parse_duration, "poll instead of blocking queries (0 = block)", todo='not implemented yet: blocking queries are always used'),
-    Key("registry.consul.register.enabled", "true", parse_bool, "register the router itself in Consul", todo='not implemented yet: the router does not register itself'),
+    Key("registry.consul.register.enabled", "true", parse_bool, "register the router itself in Consul (not implemented yet: see the startup log)"),
     Key("registry.consul.register.name", "fabio", parse_str, "service name of the self-registration", todo='not implemented yet'),
     Key("registry.consul.register.addr", "", parse_str, "address of the self-registration (default ui.addr)", todo='not implemented yet'),
     Key("registry.consul.register.tags", "", parse_list, "tags of the self-registration", todo='not implemented yet'),

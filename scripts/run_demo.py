@@ -22,6 +22,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from registry.consul_api import consul_base_url  # noqa: E402
+from router.config import parse_addr  # noqa: E402
 from tests.backends import Backend  # noqa: E402
 from tests.consul_agent import ConsulAgent  # noqa: E402
 from tests.consul_helpers import make_client  # noqa: E402
@@ -61,8 +62,20 @@ def main(args: list[str]) -> int:
          "false", *args],
         cwd=ROOT,
     )
+    ui_host, ui_port = parse_addr(args[args.index("-ui.addr") + 1] if "-ui.addr" in args else ":9998")
+    ui = f"http://{'127.0.0.1' if ui_host == '0.0.0.0' else ui_host}:{ui_port}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and router.poll() is None:
+        try:
+            if any(r["service"] == "demo" for r in httpx.get(ui + "/api/routes", timeout=1).json()):
+                break
+        except (httpx.HTTPError, ValueError):
+            pass
+        time.sleep(0.2)
+    else:
+        print("the demo route did not appear within 60 s; see the router's log above")
     print(
-        "\nThe router is starting.\n"
+        "\nThe router is up and routes /demo to two instances.\n"
         "  curl -s localhost:9999/demo        # answered by demo-1 or demo-2\n"
         "  open http://localhost:9998/routes  # the routing table\n"
         "  curl -s localhost:9998/api/routes?raw\n"
