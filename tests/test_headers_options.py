@@ -215,3 +215,45 @@ def test_percent_dots_do_not_bypass_deny(router: RouterProc) -> None:
 
 def test_unused_port_is_free() -> None:
     assert free_port() > 0
+
+
+def test_tls_request_headers_and_hsts(backend: Backend) -> None:
+    """A TLS request (scheme https in the ASGI scope) gets the TLS header upstream and HSTS back."""
+    import asyncio
+
+    from router.headers import ForwardingHeaders
+    from router.proxy import ProxyApp
+    from router.routecmd import parse
+    from router.state import RouterState
+
+    state = RouterState()
+    cmds, errors = parse(f"route add svc /plain http://127.0.0.1:{backend.port}/", source="t")
+    assert not errors
+    state.apply({}, cmds)
+    fwd = ForwardingHeaders(tls_header="X-Tls", tls_value="on", sts_maxage=300, sts_subdomains=True,
+                            sts_preload=True)
+    app = ProxyApp(state, forwarding=fwd)
+    sent: list[dict] = []
+
+    async def run(scheme: str) -> None:
+        sent.clear()
+        scope = {"type": "http", "method": "GET", "path": "/plain", "raw_path": b"/plain", "query_string": b"",
+                 "scheme": scheme, "http_version": "1.1", "client": ("127.0.0.1", 1),
+                 "headers": [(b"host", b"h"), (b"x-tls", b"forged")]}
+
+        async def receive() -> dict:
+            return {"type": "http.request", "body": b"", "more_body": False}
+
+        async def send(msg: dict) -> None:
+            sent.append(msg)
+
+        await app.handle(scope, receive, send)
+        await app.upstream.close()
+
+    asyncio.run(run("https"))
+    assert sent[0]["status"] == 200
+    assert (b"strict-transport-security", b"max-age=300; includeSubdomains; preload") in sent[0]["headers"]
+    assert last(backend)["x-tls"] == "on" and last(backend)["x-forwarded-proto"] == "https"
+    asyncio.run(run("http"))
+    assert all(n != b"strict-transport-security" for n, _ in sent[0]["headers"])
+    assert "x-tls" not in last(backend)
