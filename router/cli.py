@@ -54,6 +54,7 @@ def _uvicorn_config(app: object, addr: tuple[str, int], **extra: object) -> uvic
         log_level="warning",
         access_log=False,
         server_header=False,
+        proxy_headers=False,  # the peer address is the socket's: X-Forwarded-* must not rewrite it (allow=, XFF)
         date_header=False,
         **extra,
     )

@@ -222,6 +222,7 @@ UNSUPPORTED_PREFIXES = (
     "proxy.readtimeout",
     "proxy.writetimeout",
     "proxy.grpc",
+    "proxy.log.routes",  # deprecated in fabio too: use log.routes.format
     "registry.consul.serviceMonitors",
     "registry.consul.namespace",
     "registry.custom",

@@ -32,6 +32,7 @@ from __future__ import annotations
 import bisect
 import gc
 import itertools
+import logging
 import math
 import random
 import re
@@ -43,6 +44,8 @@ from router import access
 from router.routecmd import LineError, RouteCmd
 
 __all__ = ["TableBuilder", "Table", "Route", "Target"]
+
+log = logging.getLogger("router.table")
 
 _EMPTY_OPTS: Mapping[str, str] = MappingProxyType({})
 _GLOB_CHARS = frozenset("*?[]{}\\")
@@ -276,12 +279,26 @@ def _split_url(url: str) -> tuple[str, str, int | None]:
     return scheme.lower(), host, int(port_text)
 
 
+KNOWN_OPTS = frozenset({"strip", "prepend", "host", "proto", "tlsskipverify", "redirect", "allow", "deny", "auth",
+                        "register", "timeout", "pxyproto", "grpcservername"})
+_reported_opts: set[str] = set()
+
+
+def _note_unknown_opts(opts: Mapping[str, str], service: str) -> None:
+    """Unknown options are kept (and shown by /api/routes) and logged once per name, never fatal."""
+    for name in opts.keys() - KNOWN_OPTS - _reported_opts:
+        _reported_opts.add(name)
+        log.warning("route option %r (service %s) is not known to this router; kept and ignored", name, service)
+
+
 def make_target(cmd: RouteCmd) -> Target:
     """Compile a ``route add`` into a Target (weight 1.0 until the route is weighed).  Raises _CmdError."""
     if not cmd.src or not cmd.dst:
         raise _CmdError("source and destination must not be empty")
     scheme, host, port = _split_url(cmd.dst)
     opts = dict(cmd.opts)
+    if opts and not opts.keys() <= KNOWN_OPTS:
+        _note_unknown_opts(opts, cmd.service)
     strip = opts.get("strip", "")
     if strip and not strip.startswith("/"):
         raise _CmdError(f"invalid option strip={strip!r}: must start with '/'")

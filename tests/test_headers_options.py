@@ -257,3 +257,8 @@ def test_tls_request_headers_and_hsts(backend: Backend) -> None:
     asyncio.run(run("http"))
     assert all(n != b"strict-transport-security" for n, _ in sent[0]["headers"])
     assert "x-tls" not in last(backend)
+
+
+def test_unknown_option_is_logged_once(router: RouterProc) -> None:
+    assert router.output().count("route option 'foo'") == 1
+    assert "route option 'strip'" not in router.output()
