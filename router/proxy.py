@@ -143,7 +143,7 @@ class ProxyApp:
             return
         if target.redirect_code and redirect.is_loop(
                 redirect.location(target.redirect_url, upstream_path(target, path), host, b""), scope, host, path):
-            route, target = self._next_without_loop(table, scope, host, path, tls)
+            route, target = self._next_without_loop(table, route, scope, host, path, tls)
             if target is None:
                 await self._noroute(send)
                 return
@@ -243,10 +243,10 @@ class ProxyApp:
         await send({"type": "http.response.start", "status": 401, "headers": headers})
         await send({"type": "http.response.body", "body": body})
 
-    def _next_without_loop(self, table, scope: dict, host: str, path: str, tls: bool):  # type: ignore[no-untyped-def]
-        """fabio's redirect-loop guard: skip routes whose redirect points back at this URL."""
+    def _next_without_loop(self, table, looped, scope: dict, host: str, path: str, tls: bool):  # type: ignore[no-untyped-def]
+        """fabio's redirect-loop guard: skip the looping host and try the next matching ones."""
         for route in table.lookup_all(host, path, tls=tls):
-            t = route.pick(self.strategy)
+            t = None if route is looped else route.pick(self.strategy)
             if t is None:
                 continue
             if t.redirect_code and redirect.is_loop(
