@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import ssl
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -95,6 +96,29 @@ class Response:
     headers: httpx.Headers
 
 
+@dataclass(frozen=True, slots=True)
+class ConsulTLS:
+    """`registry.consul.tls.*`: how to verify an https:// Consul and which client certificate to show."""
+
+    cafile: str = ""
+    capath: str = ""
+    certfile: str = ""
+    keyfile: str = ""
+    insecureskipverify: bool = False
+
+    def verify(self) -> ssl.SSLContext | bool:
+        """httpx's `verify`: True (system CAs) when nothing is set, else one SSL context with everything."""
+        if not (self.cafile or self.capath or self.certfile or self.insecureskipverify):
+            return True
+        ctx = ssl.create_default_context(cafile=self.cafile or None, capath=self.capath or None)
+        if self.insecureskipverify:
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE
+        if self.certfile:
+            ctx.load_cert_chain(self.certfile, self.keyfile or None)
+        return ctx
+
+
 class ConsulAPI:
     """Async access to the Consul endpoints the router uses."""
 
@@ -106,6 +130,7 @@ class ConsulAPI:
         consistency: str = "consistent",
         wait: float = 60.0,
         transport: httpx.AsyncBaseTransport | None = None,
+        tls: ConsulTLS | None = None,
     ) -> None:
         self.base_url = consul_base_url(addr)
         self.consistency = consistency  # "consistent" | "stale" | ""
@@ -116,6 +141,7 @@ class ConsulAPI:
             headers=headers,
             timeout=httpx.Timeout(10.0, read=self.read_timeout(wait)),
             transport=transport,
+            verify=(tls or ConsulTLS()).verify(),
             limits=httpx.Limits(max_connections=64, max_keepalive_connections=16),
         )
 
@@ -169,6 +195,15 @@ class ConsulAPI:
         item = r.body[0]
         raw = base64.b64decode(item.get("Value") or b"")
         return raw.decode("utf-8", errors="replace"), int(item.get("ModifyIndex", 0))
+
+    async def put(self, path: str, body: Any = None) -> None:
+        """PUT to an agent endpoint (service register/deregister, check update); raises ConsulError."""
+        try:
+            r = await self._client.put(path, json=body)
+        except httpx.HTTPError as e:
+            raise ConsulError(f"PUT {path}: {type(e).__name__}: {e}") from e
+        if r.status_code != 200:
+            raise ConsulError(f"PUT {path}: HTTP {r.status_code}: {r.text.strip()[:200]}")
 
     async def kv_cas(self, key: str, value: str, cas: int) -> bool:
         try:

@@ -43,11 +43,12 @@ def route_cmds(
 ) -> tuple[list[RouteCmd], list[TagError]]:
     """Route commands for every route tag of one healthy instance, plus one error per bad tag."""
     env = env or {}
-    other_tags = tuple(t for t in inst.tags if t and not t.startswith(prefix))
+    tags = [t.strip() for t in inst.tags]  # fabio trims every tag first
+    other_tags = tuple(t for t in tags if t and not t.startswith(prefix))
     cmds: list[RouteCmd] = []
     errors: list[TagError] = []
     addr = join_host_port(inst.address, inst.port)
-    for tag in inst.tags:
+    for tag in tags:
         if not tag.startswith(prefix):
             continue
 

@@ -16,11 +16,15 @@ from collections.abc import Iterator, Sequence
 
 import uvicorn
 
-from registry.consul_api import ConsulAPI
+from registry.consul_api import ConsulAPI, ConsulTLS
 from registry.consul_watcher import ConsulWatcher, RegistryStatus
+from registry.noroute import watch_noroute
+from registry.register import Registrar, Registration, aliases
 from registry.static import load_text, watch_file
 from router import __version__
+from router.auth import parse_schemes
 from router.config import Config, ConfigError, load, parse_args
+from router.headers import ForwardingHeaders
 from router.proxy import ProxyApp
 from router.state import RouterState
 
@@ -50,6 +54,7 @@ def _uvicorn_config(app: object, addr: tuple[str, int], **extra: object) -> uvic
         log_level="warning",
         access_log=False,
         server_header=False,
+        proxy_headers=False,  # the peer address is the socket's: X-Forwarded-* must not rewrite it (allow=, XFF)
         date_header=False,
         **extra,
     )
@@ -74,6 +79,8 @@ class Router:
             self.api = ConsulAPI(
                 cfg["registry.consul.addr"], cfg["registry.consul.token"],
                 consistency=consistency, wait=cfg["registry.consul.wait"],
+                tls=ConsulTLS(*(cfg[f"registry.consul.tls.{k}"]
+                                for k in ("cafile", "capath", "certfile", "keyfile", "insecureskipverify"))),
             )
             self.status.addr = self.api.base_url
         self.proxy = ProxyApp(
@@ -85,10 +92,36 @@ class Router:
             idle_timeout=cfg["proxy.idleconntimeout"],
             keepalive=cfg["proxy.keepalivetimeout"],
             local_ip=cfg["proxy.localip"],
+            forwarding=ForwardingHeaders(
+                cfg["proxy.localip"], request_id=cfg["proxy.header.requestid"],
+                client_ip=cfg["proxy.header.clientip"], tls_header=cfg["proxy.header.tls"],
+                tls_value=cfg["proxy.header.tls.value"], sts_maxage=cfg["proxy.header.sts.maxage"],
+                sts_subdomains=cfg["proxy.header.sts.subdomains"], sts_preload=cfg["proxy.header.sts.preload"]),
+            auth_schemes=self._auth_schemes(cfg),
         )
+        self.registrar: Registrar | None = None
+        if self.api is not None and cfg["registry.consul.register.enabled"]:
+            reg_addr = cfg["registry.consul.register.addr"] or "{}:{}".format(*cfg["ui.addr"])
+            self.registrar = Registrar(self.api, Registration(
+                cfg["registry.consul.register.name"], reg_addr,
+                cfg["registry.consul.register.tags"],
+                f"{int(cfg['registry.consul.register.checkInterval'] * 1000)}ms",
+                f"{int(cfg['registry.consul.register.checkTimeout'] * 1000)}ms",
+                cfg["registry.consul.register.checkTLSSkipVerify"],
+            ), alias_source=lambda: aliases(self.state.table.iter_targets()) if self.state.table else set())
         from ui.app import create_app  # the UI depends on the router, not the other way round
 
         self.ui = create_app(self)
+
+    @staticmethod
+    def _auth_schemes(cfg: Config) -> dict:
+        try:
+            return parse_schemes(cfg["proxy.auth"])
+        except ValueError as e:
+            raise ConfigError(f"invalid proxy.auth: {e}") from None
+
+    def _set_noroute(self, html: str) -> None:
+        self.proxy.noroute_html = html
 
     async def registry(self) -> None:
         cfg = self.cfg
@@ -100,6 +133,12 @@ class Router:
             await watch_file(cfg["registry.file.path"], self.state.apply, self.status)
             return
         assert self.api is not None
+        extra = []
+        if cfg["registry.consul.noroutehtmlpath"]:
+            extra.append(asyncio.create_task(watch_noroute(self.api, cfg["registry.consul.noroutehtmlpath"],
+                                                           self._set_noroute, max_rate=cfg["registry.consul.maxrate"])))
+        if self.registrar is not None:
+            extra.append(asyncio.create_task(self.registrar.run()))
         watcher = ConsulWatcher(
             self.api,
             self.state.apply,
@@ -110,7 +149,11 @@ class Router:
             max_rate=cfg["registry.consul.maxrate"],
             status=self.status,
         )
-        await watcher.run()
+        try:
+            await watcher.run()
+        finally:
+            for t in extra:
+                t.cancel()
 
     async def serve(self) -> None:
         proxy_server = _Server(_uvicorn_config(self.proxy, self.cfg["proxy.addr"], timeout_keep_alive=75))
@@ -130,6 +173,12 @@ class Router:
                 if t.exception():
                     raise t.exception()  # type: ignore[misc]
         self.shutting_down = True
+        if self.registrar is not None:
+            await self.registrar.deregister_all()
+            grace = self.cfg["proxy.deregistergraceperiod"]
+            if grace > 0:
+                log.info("deregistered from Consul; waiting %.1fs (proxy.deregistergraceperiod)", grace)
+                await asyncio.sleep(grace)
         wait = self.cfg["proxy.shutdownwait"]
         if wait > 0:
             log.info("shutting down: /health reports 503, still serving for %.1fs", wait)
@@ -160,9 +209,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per Consul request is noise
     for w in cfg.warnings:
         log.warning("config: %s", w)
-    if cfg["registry.backend"] == "consul" and cfg["registry.consul.register.enabled"]:
-        log.info("config: registry.consul.register.enabled is true (fabio's default), but self-registration "
-                 "is not implemented yet; the router does not register itself")
     log.info("consul-router %s: proxy on %s:%d, ui on %s:%d, registry %s", __version__, *cfg["proxy.addr"],
              *cfg["ui.addr"], cfg["registry.backend"])
     try:
@@ -172,7 +218,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
         runner = asyncio.run
     try:
-        runner(Router(cfg).serve())
+        router = Router(cfg)
+    except ConfigError as e:
+        print(f"config error: {e}", file=sys.stderr)
+        return 2
+    try:
+        runner(router.serve())
     except OSError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -7,6 +7,7 @@ Forwarded) are added. A client cannot make us drop a forwarding header by naming
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterable
 from typing import Any
 
@@ -37,19 +38,41 @@ PROTECTED = frozenset(
 _HOP_BYTES = frozenset(h.encode() for h in HOP_BY_HOP)
 
 
-def _connection_tokens(values: Iterable[str]) -> set[str]:
+def _connection_tokens(values: Iterable[str], protected: frozenset[str] = PROTECTED) -> set[str]:
     out = set()
     for v in values:
         for tok in v.split(","):
             tok = tok.strip().lower()
-            if tok and tok not in PROTECTED:
+            if tok and tok not in protected:
                 out.add(tok)
     return out
 
 
 class ForwardingHeaders:
-    def __init__(self, local_ip: str = "") -> None:
+    """Built once from the config: the forwarding headers plus fabio's optional `proxy.header.*` ones.
+
+    `request_id` (a new UUID per request, replacing the client's), `client_ip` (the peer address),
+    `tls_header`/`tls_value` (set on TLS requests, removed from plain ones) are protected like the
+    X-Forwarded-* headers, so naming them in `Connection` does not remove them. `sts` is the
+    Strict-Transport-Security value added to TLS responses ("" = off).
+    """
+
+    def __init__(self, local_ip: str = "", *, request_id: str = "", client_ip: str = "", tls_header: str = "",
+                 tls_value: str = "", sts_maxage: int = 0, sts_subdomains: bool = False,
+                 sts_preload: bool = False) -> None:
         self.local_ip = local_ip
+        self.request_id = request_id.lower()
+        # fabio ignores clientip when it names a header it already sets
+        self.client_ip = "" if client_ip.lower() in ("x-forwarded-for", "x-real-ip") else client_ip.lower()
+        self.tls_header = tls_header.lower()
+        self.tls_value = tls_value
+        self.protected = PROTECTED | {h for h in (self.request_id, self.client_ip, self.tls_header) if h}
+        sts = f"max-age={sts_maxage}" if sts_maxage > 0 else ""
+        if sts and sts_subdomains:
+            sts += "; includeSubdomains"
+        if sts and sts_preload:
+            sts += "; preload"
+        self.sts = sts.encode()
 
     def request_headers(self, scope: dict[str, Any], host: str, target: Any) -> tuple[list[tuple[str, str]], bool]:
         """Headers for the upstream request, and whether the request has a body to stream."""
@@ -74,7 +97,7 @@ class ForwardingHeaders:
             seen[name] = value if name not in seen else seen[name] + ", " + value
             out.append((name, value))
         if conn_values:
-            drop = _connection_tokens(conn_values)
+            drop = _connection_tokens(conn_values, self.protected)
             if drop:
                 out = [(n, v) for n, v in out if n not in drop]
 
@@ -119,7 +142,22 @@ class ForwardingHeaders:
             out.append(("host", host))
         if "user-agent" not in seen:
             out.append(("user-agent", ""))
+        own = {h for h in (self.request_id, self.client_ip, self.tls_header) if h}
+        if own:
+            out = [(n, v) for n, v in out if n not in own]
+            if self.request_id:
+                out.append((self.request_id, str(uuid.uuid4())))
+            if self.client_ip:
+                out.append((self.client_ip, ip))
+            if self.tls_header and scheme == "https":
+                out.append((self.tls_header, self.tls_value))
         return out, has_body
+
+    def tls_response_headers(self, headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+        """For TLS requests: with `proxy.header.sts.maxage` > 0 set HSTS, replacing the upstream's."""
+        if not self.sts:
+            return headers
+        return [*(h for h in headers if h[0] != b"strict-transport-security"), (b"strict-transport-security", self.sts)]
 
     @staticmethod
     def response_headers(raw: Iterable[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:

@@ -12,6 +12,8 @@ import logging
 from collections.abc import AsyncIterator, Callable
 from urllib.parse import quote
 
+from router import access, redirect
+from router.auth import BasicAuth, authorise
 from router.headers import ForwardingHeaders
 from router.state import RouterState
 from router.upstream import ConnectFailed, Upstream, UpstreamError, UpstreamTimeout
@@ -42,6 +44,18 @@ def normalise_path(path: str) -> str:
     if path.endswith("/") and clean != "/" or (path.endswith(("/.", "/..")) and clean != "/"):
         clean += "/"
     return clean
+
+
+def upstream_path(target, path: str) -> str:  # type: ignore[no-untyped-def]
+    """The path sent upstream: `strip=` removed (a leading slash kept), then `prepend=` added."""
+    up_path = path
+    if target.strip and (up_path == target.strip or up_path.startswith(target.strip.rstrip("/") + "/")):
+        up_path = up_path[len(target.strip.rstrip("/")) :] or "/"
+        if not up_path.startswith("/"):
+            up_path = "/" + up_path
+    if target.prepend:
+        up_path = target.prepend.rstrip("/") + up_path
+    return up_path
 
 
 def _status_response(status: int, text: str) -> tuple[dict, dict]:
@@ -76,13 +90,17 @@ class ProxyApp:
         idle_timeout: float = 15.0,
         keepalive: float = 0.0,
         local_ip: str = "",
+        forwarding: ForwardingHeaders | None = None,
+        auth_schemes: dict[str, BasicAuth] | None = None,
     ) -> None:
         self.state = state
         self.strategy = strategy
         self.noroute_status = noroute_status
         self.header_timeout = header_timeout
         self.upstream = Upstream(dial_timeout=dial_timeout, idle_timeout=idle_timeout, keepalive=keepalive)
-        self.forwarding = ForwardingHeaders(local_ip=local_ip)
+        self.forwarding = forwarding or ForwardingHeaders(local_ip=local_ip)
+        self.auth_schemes = auth_schemes or {}
+        self.noroute_html = ""  # set by registry.noroute when registry.consul.noroutehtmlpath has a value
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
         kind = scope["type"]
@@ -117,21 +135,29 @@ class ProxyApp:
         path = normalise_path(scope["path"])
         route = table.lookup(host, path, tls=tls)
         if route is None:
-            await send_status(send, self.noroute_status, "no route\n")
+            await self._noroute(send)
             return
         target = route.pick(self.strategy)
         if target is None:
             await send_status(send, 503, "no healthy instance for this route\n")
             return
+        if target.redirect_code and redirect.is_loop(
+                redirect.location(target.redirect_url, upstream_path(target, path), host, b""), scope, host, path):
+            route, target = self._next_without_loop(table, route, scope, host, path, tls)
+            if target is None:
+                await self._noroute(send)
+                return
+        if target.opts and not access.permitted(target.opts, scope):
+            await send_status(send, 403, "access denied\n")
+            return
+        if target.opts and "auth" in target.opts:
+            status, challenge = await authorise(self.auth_schemes, target.opts["auth"], scope)
+            if status:
+                await self._unauthorised(send, challenge)
+                return
 
         # upstream path: strip, then prepend; keep the client's encoding when nothing changed
-        up_path = path
-        if target.strip and (up_path == target.strip or up_path.startswith(target.strip.rstrip("/") + "/")):
-            up_path = up_path[len(target.strip.rstrip("/")) :] or "/"
-            if not up_path.startswith("/"):
-                up_path = "/" + up_path
-        if target.prepend:
-            up_path = target.prepend.rstrip("/") + up_path
+        up_path = upstream_path(target, path)
         if up_path == scope["path"] and scope.get("raw_path"):
             raw = scope["raw_path"].decode("latin-1")
         else:
@@ -139,9 +165,7 @@ class ProxyApp:
         query = scope.get("query_string") or b""
 
         if target.redirect_code:
-            url = target.redirect_url.replace("$path", up_path).replace("$host", host.split(":")[0])
-            if query and "?" not in url:
-                url += "?" + query.decode("latin-1")
+            url = redirect.location(target.redirect_url, up_path, host, query)
             await send({
                 "type": "http.response.start",
                 "status": target.redirect_code,
@@ -151,6 +175,8 @@ class ProxyApp:
             return
 
         headers, has_body = self.forwarding.request_headers(scope, host, target)
+        if target.opts and "auth" in target.opts:  # the credentials are for us, not for the upstream
+            headers = [h for h in headers if h[0] != "authorization"]
         body: AsyncIterator[bytes] | None = self._body(receive) if has_body else None
         path_qs = raw + ("?" + query.decode("latin-1") if query else "")
         timeout = target.timeout or self.header_timeout
@@ -186,7 +212,8 @@ class ProxyApp:
             await send({
                 "type": "http.response.start",
                 "status": resp.status,
-                "headers": self.forwarding.response_headers(resp.raw_headers),
+                "headers": (self.forwarding.tls_response_headers(self.forwarding.response_headers(resp.raw_headers))
+                            if tls else self.forwarding.response_headers(resp.raw_headers)),
             })
             async for chunk in resp.content.iter_any():
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
@@ -197,6 +224,36 @@ class ProxyApp:
             raise
         finally:
             resp.release()
+
+    async def _noroute(self, send: Callable) -> None:
+        if not self.noroute_html:
+            await send_status(send, self.noroute_status, "no route\n")
+            return
+        body = self.noroute_html.encode()
+        await send({"type": "http.response.start", "status": self.noroute_status, "headers": [
+            (b"content-type", b"text/html; charset=utf-8"), (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
+
+    @staticmethod
+    async def _unauthorised(send: Callable, challenge: bytes | None) -> None:
+        body = b"authorization failed\n"
+        headers = [(b"content-type", b"text/plain; charset=utf-8"), (b"content-length", str(len(body)).encode())]
+        if challenge:
+            headers.append((b"www-authenticate", challenge))
+        await send({"type": "http.response.start", "status": 401, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+    def _next_without_loop(self, table, looped, scope: dict, host: str, path: str, tls: bool):  # type: ignore[no-untyped-def]
+        """fabio's redirect-loop guard: skip the looping host and try the next matching ones."""
+        for route in table.lookup_all(host, path, tls=tls):
+            t = None if route is looped else route.pick(self.strategy)
+            if t is None:
+                continue
+            if t.redirect_code and redirect.is_loop(
+                    redirect.location(t.redirect_url, upstream_path(t, path), host, b""), scope, host, path):
+                continue
+            return route, t
+        return None, None
 
     def _another(self, route, tried: list):  # type: ignore[no-untyped-def]
         for _ in range(8):

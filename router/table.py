@@ -32,6 +32,7 @@ from __future__ import annotations
 import bisect
 import gc
 import itertools
+import logging
 import math
 import random
 import re
@@ -39,10 +40,13 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
 
+from router import access
 from router.config import parse_duration as config_duration
 from router.routecmd import LineError, RouteCmd
 
 __all__ = ["TableBuilder", "Table", "Route", "Target"]
+
+log = logging.getLogger("router.table")
 
 _EMPTY_OPTS: Mapping[str, str] = MappingProxyType({})
 _GLOB_CHARS = frozenset("*?[]{}\\")
@@ -269,12 +273,26 @@ def _split_url(url: str) -> tuple[str, str, int | None]:
     return scheme.lower(), host, int(port_text)
 
 
+KNOWN_OPTS = frozenset({"strip", "prepend", "host", "proto", "tlsskipverify", "redirect", "allow", "deny", "auth",
+                        "register", "timeout", "pxyproto", "grpcservername"})
+_reported_opts: set[str] = set()
+
+
+def _note_unknown_opts(opts: Mapping[str, str], service: str) -> None:
+    """Unknown options are kept (and shown by /api/routes) and logged once per name, never fatal."""
+    for name in opts.keys() - KNOWN_OPTS - _reported_opts:
+        _reported_opts.add(name)
+        log.warning("route option %r (service %s) is not known to this router; kept and ignored", name, service)
+
+
 def make_target(cmd: RouteCmd) -> Target:
     """Compile a ``route add`` into a Target (weight 1.0 until the route is weighed).  Raises _CmdError."""
     if not cmd.src or not cmd.dst:
         raise _CmdError("source and destination must not be empty")
     scheme, host, port = _split_url(cmd.dst)
     opts = dict(cmd.opts)
+    if opts and not opts.keys() <= KNOWN_OPTS:
+        _note_unknown_opts(opts, cmd.service)
     strip = opts.get("strip", "")
     if strip and not strip.startswith("/"):
         raise _CmdError(f"invalid option strip={strip!r}: must start with '/'")
@@ -289,6 +307,10 @@ def make_target(cmd: RouteCmd) -> Target:
     if port is None:
         port = 443 if scheme in ("https", "grpcs", "wss") else 80 if scheme in ("http", "grpc", "ws") else 0
     timeout = parse_duration(opts["timeout"]) if "timeout" in opts else 0.0
+    try:
+        access.rules_for(opts)  # validated (and cached for the proxy) now, not on the first request
+    except ValueError as e:
+        raise _CmdError(f"invalid access rules: {e}") from None
     skip = opts.get("tlsskipverify", "").lower() in ("true", "1", "t")
     return _new_target(cmd.service, cmd.tags, MappingProxyType(opts) if opts else _EMPTY_OPTS, cmd.dst, scheme,
                        host, port, cmd.weight, 1.0, strip, opts.get("prepend", ""), opts.get("host", ""), skip,
@@ -542,6 +564,22 @@ class Table:
             return self._nohost.match(path, matcher)
         return None
 
+    def lookup_all(self, host: str, path: str, *, tls: bool = False) -> Iterable[Route]:
+        """Every host's first path match, in :meth:`lookup` order (the redirect-loop guard's slow path)."""
+        h = host.lower()
+        if tls and h.endswith(":443"):
+            h = h[:-4]
+        elif not tls and h.endswith(":80"):
+            h = h[:-3]
+        idx = self._tls if tls else self._plain
+        hosts = list(idx.candidates(h, self.glob_matching))
+        if self._nohost is not None:
+            hosts.append(self._nohost)
+        for hr in hosts:
+            r = hr.match(path, self.matcher)
+            if r is not None:
+                yield r
+
     def _sorted_routes(self, reverse_hosts: bool) -> Iterable[Route]:
         hosts = sorted(self._hosts, reverse=reverse_hosts)
         if reverse_hosts and "" in self._hosts:
@@ -551,6 +589,11 @@ class Table:
             routes = self._hosts[h].routes
             for p in sorted(routes, reverse=True):
                 yield routes[p]
+
+    def iter_targets(self) -> Iterable[Target]:
+        """Every target of every route (used for `register=` aliases)."""
+        for r in self._sorted_routes(False):
+            yield from r.targets
 
     def routes(self) -> list[dict]:
         """Rows of fabio's /api/routes: hosts ascending ("" first), paths reverse-lexicographic."""
