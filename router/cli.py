@@ -85,6 +85,10 @@ class Router:
             idle_timeout=cfg["proxy.idleconntimeout"],
             keepalive=cfg["proxy.keepalivetimeout"],
             local_ip=cfg["proxy.localip"],
+            max_header_bytes=cfg["proxy.maxheaderbytes"],
+            connect_attempts=cfg["proxy.retry.attempts"],
+            eject_failures=cfg["proxy.eject.failures"],
+            eject_duration=cfg["proxy.eject.duration"],
         )
         from ui.app import create_app  # the UI depends on the router, not the other way round
 

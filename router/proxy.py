@@ -12,6 +12,7 @@ import logging
 from collections.abc import AsyncIterator, Callable
 from urllib.parse import quote
 
+from router.ejection import Ejector
 from router.headers import ForwardingHeaders
 from router.state import RouterState
 from router.upstream import ConnectFailed, Upstream, UpstreamError, UpstreamTimeout
@@ -76,6 +77,10 @@ class ProxyApp:
         idle_timeout: float = 15.0,
         keepalive: float = 0.0,
         local_ip: str = "",
+        max_header_bytes: int = 1 << 20,
+        connect_attempts: int = MAX_CONNECT_ATTEMPTS,
+        eject_failures: int = 3,
+        eject_duration: float = 10.0,
     ) -> None:
         self.state = state
         self.strategy = strategy
@@ -83,6 +88,9 @@ class ProxyApp:
         self.header_timeout = header_timeout
         self.upstream = Upstream(dial_timeout=dial_timeout, idle_timeout=idle_timeout, keepalive=keepalive)
         self.forwarding = ForwardingHeaders(local_ip=local_ip)
+        self.max_header_bytes = max_header_bytes
+        self.connect_attempts = connect_attempts
+        self.ejector = Ejector(eject_failures, eject_duration)
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
         kind = scope["type"]
@@ -109,10 +117,14 @@ class ProxyApp:
             await send_status(send, 503, "routing table not loaded yet\n")
             return
         host = ""
+        head_bytes = len(scope.get("raw_path") or b"") + len(scope.get("query_string") or b"")
         for name, value in scope["headers"]:
-            if name == b"host":
+            head_bytes += len(name) + len(value) + 4
+            if name == b"host" and not host:
                 host = value.decode("latin-1")
-                break
+        if head_bytes > self.max_header_bytes:  # the parser does not limit this (docs/datapath.md)
+            await send_status(send, 431, "request header fields too large\n")
+            return
         tls = scope.get("scheme") == "https"
         path = normalise_path(scope["path"])
         route = table.lookup(host, path, tls=tls)
@@ -123,6 +135,8 @@ class ProxyApp:
         if target is None:
             await send_status(send, 503, "no healthy instance for this route\n")
             return
+        if self.ejector.ejected(target):
+            target = self.ejector.choose(route, target, self.strategy)
 
         # upstream path: strip, then prepend; keep the client's encoding when nothing changed
         up_path = path
@@ -163,15 +177,18 @@ class ProxyApp:
                     scope["method"], url, headers, body,
                     header_timeout=timeout, verify_tls=not target.tls_skip_verify,
                 )
+                self.ejector.succeeded(target)
                 break
             except ConnectFailed as e:
+                self.ejector.failed(target)
                 tried.append(target)
                 nxt = self._another(route, tried)
-                if nxt is None or len(tried) >= MAX_CONNECT_ATTEMPTS:
+                if nxt is None or len(tried) >= self.connect_attempts:
                     log.warning("upstream %s:%s unreachable: %s", target.host, target.port, e)
                     await send_status(send, 502, "upstream unreachable\n")
                     return
-                target = nxt
+                self.ejector.retries += 1
+                target = self.ejector.choose(route, nxt, self.strategy, tried)
             except UpstreamTimeout:
                 await send_status(send, 504, "upstream timed out\n")
                 return
