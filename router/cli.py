@@ -23,6 +23,7 @@ from router import __version__
 from router.config import Config, ConfigError, load, parse_args
 from router.proxy import ProxyApp
 from router.state import RouterState
+from router.websocket import tunnel_protocol
 
 log = logging.getLogger("router")
 
@@ -38,14 +39,14 @@ class _Server(uvicorn.Server):
         yield
 
 
-def _uvicorn_config(app: object, addr: tuple[str, int], **extra: object) -> uvicorn.Config:
+def _uvicorn_config(app: object, addr: tuple[str, int], ws: object = "none", **extra: object) -> uvicorn.Config:
     return uvicorn.Config(
         app,
         host=addr[0],
         port=addr[1],
         loop="none",
         http="httptools",
-        ws="none",
+        ws=ws,  # the proxy passes its own byte-level tunnel class (router/websocket.py)
         lifespan="on",
         log_level="warning",
         access_log=False,
@@ -117,7 +118,8 @@ class Router:
         await watcher.run()
 
     async def serve(self) -> None:
-        proxy_server = _Server(_uvicorn_config(self.proxy, self.cfg["proxy.addr"], timeout_keep_alive=75))
+        proxy_server = _Server(_uvicorn_config(self.proxy, self.cfg["proxy.addr"], ws=tunnel_protocol(self.proxy),
+                                               timeout_keep_alive=75))
         ui_server = _Server(_uvicorn_config(self.ui, self.cfg["ui.addr"]))
         servers = (proxy_server, ui_server)
         loop = asyncio.get_running_loop()
