@@ -176,13 +176,13 @@ class Tunnel(asyncio.Protocol):
         tried: list = []
         while True:
             try:
-                up = _Upstream(self)
                 tls = _tls_context(target.tls_skip_verify) if target.scheme == "https" else None
-                await asyncio.wait_for(loop.create_connection(lambda: up, target.host, target.port, ssl=tls),
-                                       proxy.upstream.dial_timeout)
+                _, up = await asyncio.wait_for(
+                    loop.create_connection(lambda: _Upstream(self), target.host, target.port, ssl=tls),
+                    proxy.upstream.dial_timeout)
                 proxy.ejector.succeeded(target)
                 break
-            except (OSError, asyncio.TimeoutError) as e:
+            except (TimeoutError, OSError) as e:
                 proxy.ejector.failed(target)
                 tried.append(target)
                 nxt = proxy._another(route, tried)
