@@ -96,9 +96,9 @@ def test_client_close_reaches_backend(router: RouterProc, backend: Backend) -> N
     before = len(backend.ws_closed)
     asyncio.run(run())
     deadline = time.monotonic() + 5
-    while len(backend.ws_closed) == before and time.monotonic() < deadline:
+    while 1000 not in backend.ws_closed[before:] and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert backend.ws_closed[before:] == [1000]
+    assert 1000 in backend.ws_closed[before:]  # other tests' sockets may finish closing meanwhile
 
 
 def test_no_route_and_dead_upstream(router: RouterProc) -> None:
