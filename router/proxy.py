@@ -63,6 +63,13 @@ async def send_status(send: Callable, status: int, text: str) -> None:
     await send(body)
 
 
+def _needs_length(scope: dict, status: int, headers: list[tuple[bytes, bytes]]) -> bool:
+    """True when a response would have a body but carries no Content-Length."""
+    if scope["method"] == "HEAD" or status in (204, 304) or status < 200:
+        return False
+    return not any(n == b"content-length" for n, _ in headers)
+
+
 class ProxyApp:
     """ASGI application for proxy.addr."""
 
@@ -200,10 +207,14 @@ class ProxyApp:
                 return
 
         try:
+            out_headers = self.forwarding.response_headers(resp.raw_headers)
+            if scope.get("http_version") == "1.0" and _needs_length(scope, resp.status, out_headers):
+                await self._send_buffered(send, resp, out_headers)
+                return
             await send({
                 "type": "http.response.start",
                 "status": resp.status,
-                "headers": self.forwarding.response_headers(resp.raw_headers),
+                "headers": out_headers,
             })
             async for chunk in resp.content.iter_any():
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
@@ -214,6 +225,15 @@ class ProxyApp:
             raise
         finally:
             resp.release()
+
+    @staticmethod
+    async def _send_buffered(send: Callable, resp, headers: list) -> None:  # type: ignore[no-untyped-def]
+        """For an HTTP/1.0 client and a body of unknown length: it cannot read chunked framing, and uvicorn
+        chunks whatever has no length, so the body is collected and sent with a Content-Length."""
+        body = b"".join([chunk async for chunk in resp.content.iter_any()])
+        headers = [*headers, (b"content-length", str(len(body)).encode())]
+        await send({"type": "http.response.start", "status": resp.status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
 
     def _another(self, route, tried: list):  # type: ignore[no-untyped-def]
         for _ in range(8):

@@ -38,11 +38,16 @@ class Backend:
         self.requests.append(Seen(request.method, request.raw_path, {k.lower(): v for k, v in request.headers.items()}, body))
         if request.path.endswith("/slow"):
             await asyncio.sleep(float(request.query.get("s", "2")))
+        if request.path.endswith("/status"):  # e.g. 204, 304: answers without a body
+            return web.Response(status=int(request.query["code"]), headers={"X-Backend": self.name})
+        if request.path.endswith("/big"):
+            return web.Response(body=b"x" * int(request.query["n"]))
         if request.path.endswith("/stream"):
-            resp = web.StreamResponse()
+            sse = "sse" in request.query
+            resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"} if sse else None)
             await resp.prepare(request)
             for i in range(int(request.query.get("n", "3"))):
-                await resp.write(f"chunk {i}\n".encode())
+                await resp.write(f"data: {i}\n\n".encode() if sse else f"chunk {i}\n".encode())
                 await asyncio.sleep(float(request.query.get("gap", "0.05")))
             await resp.write_eof()
             return resp
