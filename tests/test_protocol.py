@@ -114,6 +114,14 @@ def test_expect_100_continue(router: RouterProc, backend: Backend) -> None:
     c.close()
 
 
+def test_expect_100_continue_without_route_is_answered_before_the_body(router: RouterProc) -> None:
+    c = Conn(router.proxy_port)
+    c.send(b"POST /nowhere HTTP/1.1\r\nHost: x\r\nContent-Length: 11\r\nExpect: 100-continue\r\n\r\n")
+    status, _, body = c.response()
+    assert status == 404 and body == b"no route\n"  # no 100 first: the client never has to send the body
+    c.close()
+
+
 def test_bodiless_statuses_and_head_keep_the_connection_usable(router: RouterProc) -> None:
     c = Conn(router.proxy_port)
     for code in (204, 304):
