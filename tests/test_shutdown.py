@@ -38,8 +38,11 @@ def test_sigterm_drains(backend: Backend) -> None:
         while not any(q.path.startswith("/plain/slow") for q in backend.requests) and time.monotonic() < deadline:
             time.sleep(0.02)
         r.proc.send_signal(signal.SIGTERM)
-        health = [httpx.get(r.ui + "/health", timeout=5).status_code for _ in range(20)]
-        assert 503 in health[:3]  # at once, long before proxy.shutdownwait ends
+        try:
+            health = [httpx.get(r.ui + "/health", timeout=5).status_code for _ in range(3)]
+        except httpx.HTTPError as e:
+            raise AssertionError(r.output()) from e
+        assert 503 in health  # at once, long before proxy.shutdownwait ends
         assert httpx.get(r.url + "/plain/new", timeout=5).status_code == 200  # still serving
         assert r.proc.poll() is None
         t.join(20)
