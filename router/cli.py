@@ -27,6 +27,7 @@ from router.config import Config, ConfigError, load, parse_args
 from router.headers import ForwardingHeaders
 from router.proxy import ProxyApp
 from router.state import RouterState
+from router.websocket import tunnel_protocol
 
 log = logging.getLogger("router")
 
@@ -42,14 +43,14 @@ class _Server(uvicorn.Server):
         yield
 
 
-def _uvicorn_config(app: object, addr: tuple[str, int], **extra: object) -> uvicorn.Config:
+def _uvicorn_config(app: object, addr: tuple[str, int], ws: object = "none", **extra: object) -> uvicorn.Config:
     return uvicorn.Config(
         app,
         host=addr[0],
         port=addr[1],
         loop="none",
         http="httptools",
-        ws="none",
+        ws=ws,  # the proxy passes its own byte-level tunnel class (router/websocket.py)
         lifespan="on",
         log_level="warning",
         access_log=False,
@@ -98,6 +99,10 @@ class Router:
                 tls_value=cfg["proxy.header.tls.value"], sts_maxage=cfg["proxy.header.sts.maxage"],
                 sts_subdomains=cfg["proxy.header.sts.subdomains"], sts_preload=cfg["proxy.header.sts.preload"]),
             auth_schemes=self._auth_schemes(cfg),
+            max_header_bytes=cfg["proxy.maxheaderbytes"],
+            connect_attempts=cfg["proxy.retry.attempts"],
+            eject_failures=cfg["proxy.eject.failures"],
+            eject_duration=cfg["proxy.eject.duration"],
         )
         self.registrar: Registrar | None = None
         if self.api is not None and cfg["registry.consul.register.enabled"]:
@@ -156,7 +161,8 @@ class Router:
                 t.cancel()
 
     async def serve(self) -> None:
-        proxy_server = _Server(_uvicorn_config(self.proxy, self.cfg["proxy.addr"], timeout_keep_alive=75))
+        proxy_server = _Server(_uvicorn_config(self.proxy, self.cfg["proxy.addr"], ws=tunnel_protocol(self.proxy),
+                                               timeout_keep_alive=75))
         ui_server = _Server(_uvicorn_config(self.ui, self.cfg["ui.addr"]))
         servers = (proxy_server, ui_server)
         loop = asyncio.get_running_loop()

@@ -14,6 +14,7 @@ from urllib.parse import quote
 
 from router import access, redirect
 from router.auth import BasicAuth, authorise
+from router.ejection import Ejector
 from router.headers import ForwardingHeaders
 from router.state import RouterState
 from router.upstream import ConnectFailed, Upstream, UpstreamError, UpstreamTimeout
@@ -76,6 +77,13 @@ async def send_status(send: Callable, status: int, text: str) -> None:
     await send(body)
 
 
+def _needs_length(scope: dict, status: int, headers: list[tuple[bytes, bytes]]) -> bool:
+    """True when a response would have a body but carries no Content-Length."""
+    if scope["method"] == "HEAD" or status in (204, 304) or status < 200:
+        return False
+    return not any(n == b"content-length" for n, _ in headers)
+
+
 class ProxyApp:
     """ASGI application for proxy.addr."""
 
@@ -92,6 +100,10 @@ class ProxyApp:
         local_ip: str = "",
         forwarding: ForwardingHeaders | None = None,
         auth_schemes: dict[str, BasicAuth] | None = None,
+        max_header_bytes: int = 1 << 20,
+        connect_attempts: int = MAX_CONNECT_ATTEMPTS,
+        eject_failures: int = 3,
+        eject_duration: float = 10.0,
     ) -> None:
         self.state = state
         self.strategy = strategy
@@ -101,6 +113,9 @@ class ProxyApp:
         self.forwarding = forwarding or ForwardingHeaders(local_ip=local_ip)
         self.auth_schemes = auth_schemes or {}
         self.noroute_html = ""  # set by registry.noroute when registry.consul.noroutehtmlpath has a value
+        self.max_header_bytes = max_header_bytes
+        self.connect_attempts = connect_attempts
+        self.ejector = Ejector(eject_failures, eject_duration)
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
         kind = scope["type"]
@@ -127,10 +142,14 @@ class ProxyApp:
             await send_status(send, 503, "routing table not loaded yet\n")
             return
         host = ""
+        head_bytes = len(scope.get("raw_path") or b"") + len(scope.get("query_string") or b"")
         for name, value in scope["headers"]:
-            if name == b"host":
+            head_bytes += len(name) + len(value) + 4
+            if name == b"host" and not host:
                 host = value.decode("latin-1")
-                break
+        if head_bytes > self.max_header_bytes:  # the parser does not limit this (docs/datapath.md)
+            await send_status(send, 431, "request header fields too large\n")
+            return
         tls = scope.get("scheme") == "https"
         path = normalise_path(scope["path"])
         route = table.lookup(host, path, tls=tls)
@@ -141,6 +160,8 @@ class ProxyApp:
         if target is None:
             await send_status(send, 503, "no healthy instance for this route\n")
             return
+        if self.ejector.ejected(target):
+            target = self.ejector.choose(route, target, self.strategy)
         if target.redirect_code and redirect.is_loop(
                 redirect.location(target.redirect_url, upstream_path(target, path), host, b""), scope, host, path):
             route, target = self._next_without_loop(table, route, scope, host, path, tls)
@@ -189,15 +210,18 @@ class ProxyApp:
                     scope["method"], url, headers, body,
                     header_timeout=timeout, verify_tls=not target.tls_skip_verify,
                 )
+                self.ejector.succeeded(target)
                 break
             except ConnectFailed as e:
+                self.ejector.failed(target)
                 tried.append(target)
                 nxt = self._another(route, tried)
-                if nxt is None or len(tried) >= MAX_CONNECT_ATTEMPTS:
+                if nxt is None or len(tried) >= self.connect_attempts:
                     log.warning("upstream %s:%s unreachable: %s", target.host, target.port, e)
                     await send_status(send, 502, "upstream unreachable\n")
                     return
-                target = nxt
+                self.ejector.retries += 1
+                target = self.ejector.choose(route, nxt, self.strategy, tried)
             except UpstreamTimeout:
                 await send_status(send, 504, "upstream timed out\n")
                 return
@@ -209,11 +233,16 @@ class ProxyApp:
                 return
 
         try:
+            out_headers = self.forwarding.response_headers(resp.raw_headers)
+            if tls:
+                out_headers = self.forwarding.tls_response_headers(out_headers)
+            if scope.get("http_version") == "1.0" and _needs_length(scope, resp.status, out_headers):
+                await self._send_buffered(send, resp, out_headers)
+                return
             await send({
                 "type": "http.response.start",
                 "status": resp.status,
-                "headers": (self.forwarding.tls_response_headers(self.forwarding.response_headers(resp.raw_headers))
-                            if tls else self.forwarding.response_headers(resp.raw_headers)),
+                "headers": out_headers,
             })
             async for chunk in resp.content.iter_any():
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
@@ -254,6 +283,15 @@ class ProxyApp:
                 continue
             return route, t
         return None, None
+
+    @staticmethod
+    async def _send_buffered(send: Callable, resp, headers: list) -> None:  # type: ignore[no-untyped-def]
+        """For an HTTP/1.0 client and a body of unknown length: it cannot read chunked framing, and uvicorn
+        chunks whatever has no length, so the body is collected and sent with a Content-Length."""
+        body = b"".join([chunk async for chunk in resp.content.iter_any()])
+        headers = [*headers, (b"content-length", str(len(body)).encode())]
+        await send({"type": "http.response.start", "status": resp.status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
 
     def _another(self, route, tried: list):  # type: ignore[no-untyped-def]
         for _ in range(8):

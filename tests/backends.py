@@ -26,26 +26,50 @@ class Backend:
     name: str
     port: int = 0
     requests: list[Seen] = field(default_factory=list)
+    ws_closed: list[int | None] = field(default_factory=list)  # close code of each finished websocket
     _loop: asyncio.AbstractEventLoop | None = None
     _runner: web.AppRunner | None = None
     _thread: threading.Thread | None = None
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
+        if request.path.endswith("/ws") and request.headers.get("Upgrade", "").lower() == "websocket":
+            return await self._websocket(request)
         body = await request.read()
         self.requests.append(Seen(request.method, request.raw_path, {k.lower(): v for k, v in request.headers.items()}, body))
         if request.path.endswith("/slow"):
             await asyncio.sleep(float(request.query.get("s", "2")))
+        if request.path.endswith("/status"):  # e.g. 204, 304: answers without a body
+            return web.Response(status=int(request.query["code"]), headers={"X-Backend": self.name})
+        if request.path.endswith("/big"):
+            return web.Response(body=b"x" * int(request.query["n"]))
         if request.path.endswith("/stream"):
-            resp = web.StreamResponse()
+            sse = "sse" in request.query
+            resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"} if sse else None)
             await resp.prepare(request)
             for i in range(int(request.query.get("n", "3"))):
-                await resp.write(f"chunk {i}\n".encode())
+                await resp.write(f"data: {i}\n\n".encode() if sse else f"chunk {i}\n".encode())
                 await asyncio.sleep(float(request.query.get("gap", "0.05")))
             await resp.write_eof()
             return resp
         if request.path.endswith("/echo"):
             return web.Response(body=body, headers={"X-Backend": self.name})
         return web.Response(text=f"{self.name}\n", headers={"X-Backend": self.name})
+
+    async def _websocket(self, request: web.Request) -> web.WebSocketResponse:
+        """Echo: text comes back prefixed with the instance name, binary as is; "close" closes with 4000."""
+        self.requests.append(Seen(request.method, request.raw_path, {k.lower(): v for k, v in request.headers.items()}, b""))
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        async for msg in ws:
+            if msg.type == web.WSMsgType.TEXT:
+                if msg.data == "close":
+                    await ws.close(code=4000, message=b"bye")
+                    break
+                await ws.send_str(f"{self.name}:{msg.data}")
+            elif msg.type == web.WSMsgType.BINARY:
+                await ws.send_bytes(msg.data)
+        self.ws_closed.append(ws.close_code)
+        return ws
 
     def start(self) -> Backend:
         ready = threading.Event()

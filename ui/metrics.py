@@ -51,6 +51,17 @@ class RouterCollector(Collector):
         yield gauge("override_errors", "override lines currently skipped", float(len(st.manual_errors)))
         yield gauge("tag_errors", "route tags currently skipped",
                     float(sum(len(s.tag_errors) for s in st.services.values())))
+        ej = r.proxy.ejector
+        yield CounterMetricFamily(f"{PREFIX}_upstream_connect_failures", "failed connects to upstream instances",
+                                  value=ej.connect_failures)
+        yield CounterMetricFamily(f"{PREFIX}_upstream_retries", "requests sent to another instance after a connect "
+                                  "failure", value=ej.retries)
+        yield CounterMetricFamily(f"{PREFIX}_upstream_ejections", "times an instance was ejected", value=ej.ejections)
+        ejected = GaugeMetricFamily(f"{PREFIX}_upstream_ejected", "1 while the instance gets no traffic after "
+                                    "consecutive connect failures", labels=["target"])
+        for host, port in ej.ejected_targets():
+            ejected.add_metric([f"{host}:{port}"], 1.0)
+        yield ejected
 
 
 def registry_for(router: Router) -> CollectorRegistry:

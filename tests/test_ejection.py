@@ -1,0 +1,87 @@
+"""Passive ejection: an instance that refuses connections stops getting attempts, then is tried again."""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from router.ejection import Ejector
+from tests.backends import Backend
+from tests.router_proc import RouterProc, free_port
+
+
+class _T:
+    def __init__(self, host: str, port: int, weight: float = 1.0) -> None:
+        self.host, self.port, self.weight = host, port, weight
+
+
+class _Route:
+    def __init__(self, *targets: _T) -> None:
+        self.targets = list(targets)
+        self._i = 0
+
+    def pick(self, strategy: str) -> _T:
+        self._i += 1
+        return self.targets[self._i % len(self.targets)]
+
+
+def test_ejector_unit() -> None:
+    now = [0.0]
+    ej = Ejector(2, 5.0, clock=lambda: now[0])
+    dead, live = _T("h", 1), _T("h", 2)
+    route = _Route(dead, live)
+    ej.failed(dead)
+    assert not ej.ejected(dead)
+    ej.failed(dead)
+    assert ej.ejected(dead) and ej.ejections == 1
+    assert ej.choose(route, dead, "rr") is live
+    ej.failed(live)
+    ej.failed(live)
+    assert ej.choose(route, dead, "rr") is dead  # everything ejected: still try one
+    now[0] = 5.1  # half-open
+    assert not ej.ejected(dead)
+    ej.failed(dead)  # one more failure ejects it again
+    assert ej.ejected(dead) and ej.ejections == 3
+    now[0] = 11.0
+    ej.succeeded(dead)  # one success clears it
+    ej.failed(dead)
+    assert not ej.ejected(dead)
+    assert ej.connect_failures == 6
+
+
+@pytest.fixture(scope="module")
+def backend() -> Iterator[Backend]:
+    b = Backend("live").start()
+    yield b
+    b.stop()
+
+
+def _metric(r: RouterProc, name: str) -> float:
+    text = httpx.get(r.ui + "/metrics").text
+    m = re.search(rf"^consul_router_{name} (\S+)$", text, re.M)
+    assert m, text
+    return float(m.group(1))
+
+
+def test_refusing_instance_is_ejected_and_comes_back(backend: Backend) -> None:
+    dead = free_port()
+    routes = f"route add svc /ej http://127.0.0.1:{dead}/\nroute add svc /ej http://127.0.0.1:{backend.port}/"
+    with RouterProc("-registry.backend", "static", "-registry.static.routes", routes, "-proxy.strategy", "rr",
+                    "-proxy.eject.failures", "2", "-proxy.eject.duration", "2s") as r:
+        for _ in range(10):
+            assert httpx.get(r.url + "/ej").status_code == 200
+        # 2 failures eject it; with rr the dead one would otherwise be hit by every other request (5 of 10)
+        assert _metric(r, "upstream_connect_failures_total") == 2
+        assert _metric(r, "upstream_ejections_total") == 1
+        assert _metric(r, "upstream_retries_total") == 2
+        assert f'consul_router_upstream_ejected{{target="127.0.0.1:{dead}"}} 1.0' in httpx.get(r.ui + "/metrics").text
+        time.sleep(2.2)  # past proxy.eject.duration: tried again (half-open), fails, ejected again
+        for _ in range(4):
+            assert httpx.get(r.url + "/ej").status_code == 200
+        assert _metric(r, "upstream_connect_failures_total") == 3
+        assert _metric(r, "upstream_ejections_total") == 2
+        assert "ejected for 2.0s" in r.output()
