@@ -58,6 +58,25 @@ class RegistryStatus:
     services: dict[str, ServiceStatus] = field(default_factory=dict)
     manual_errors: list[LineError] = field(default_factory=list)
     datacenter: str = ""
+    # ms from "a watch returned a new Consul index" to "the table with that change was swapped in"
+    propagation_ms: deque[float] = field(default_factory=lambda: deque(maxlen=256))
+    propagation_count: int = 0
+
+    def propagated(self, ms: float) -> None:
+        self.propagation_ms.append(ms)
+        self.propagation_count += 1
+
+    def propagation_summary(self) -> dict[str, float | int | None]:
+        """p50/p90/max of the recent delays (nearest rank), for /api/status."""
+        xs = sorted(self.propagation_ms)
+        if not xs:
+            return {"count": 0, "last_ms": None, "p50_ms": None, "p90_ms": None, "max_ms": None}
+
+        def rank(p: float) -> float:
+            return round(xs[min(len(xs) - 1, max(0, -(-len(xs) * p // 100) - 1))], 3)
+
+        return {"count": self.propagation_count, "last_ms": round(self.propagation_ms[-1], 3),
+                "p50_ms": rank(50), "p90_ms": rank(90), "max_ms": round(xs[-1], 3)}
 
     def error(self, text: str) -> None:
         self.errors.append((time.time(), text))
@@ -99,6 +118,39 @@ def _health_fingerprints(checks: list[dict[str, Any]], prefix: str) -> dict[str,
     return out
 
 
+def _dump_entries(nodes: list[dict[str, Any]], prefix: str) -> dict[str, list[dict[str, Any]]]:
+    """`/v1/internal/ui/nodes` -> per tagged service, entries shaped like `/v1/health/service/<name>`.
+
+    One request gives every node with its services and checks, so the initial load and the catalog
+    reconcile cost one read instead of one per service.
+    """
+    out: dict[str, list[dict[str, Any]]] = {}
+    tagged: set[str] = set()
+    for n in nodes:
+        checks = n.get("Checks") or []
+        node_checks = [c for c in checks if not c.get("ServiceID")]
+        node = {"Node": n.get("Node", ""), "Address": n.get("Address", ""), "Datacenter": n.get("Datacenter", "")}
+        for svc in n.get("Services") or []:
+            name = svc.get("Service", "")
+            if any(t.strip().startswith(prefix) for t in svc.get("Tags") or ()):
+                tagged.add(name)
+            own = [c for c in checks if c.get("ServiceID") == svc.get("ID")]
+            out.setdefault(name, []).append({"Node": node, "Service": svc, "Checks": node_checks + own})
+    return {name: entries for name, entries in out.items() if name in tagged}
+
+
+def _catalog_fingerprints(entries: dict[str, list[dict[str, Any]]]) -> dict[str, frozenset]:
+    """Per service: the instance facts a route depends on besides health (address, port, tags)."""
+    out: dict[str, frozenset] = {}
+    for name, es in entries.items():
+        out[name] = frozenset(
+            (e["Node"]["Node"], e["Service"].get("ID", ""), e["Service"].get("Address") or e["Node"]["Address"],
+             int(e["Service"].get("Port") or 0), tuple(e["Service"].get("Tags") or ()))
+            for e in es
+        )
+    return out
+
+
 class ConsulWatcher:
     """Runs the watch loops and feeds the router's table through `sink`."""
 
@@ -128,6 +180,10 @@ class ConsulWatcher:
         self._catalog_tags: dict[str, tuple[str, ...]] = {}
         self._routed: set[str] = set()  # services that currently have routes in the table
         self._pending: set[str] = set()
+        self._pending_since: float | None = None  # monotonic time the oldest unapplied change was seen
+        self._instance_fp: dict[str, frozenset] = {}
+        self._reconcile = False  # the catalog index moved: compare instances (address/port) in bulk
+        self._dump_ok = True  # False when /v1/internal/ui/nodes is unavailable: reconcile re-reads all
         self._wake = asyncio.Event()
         self._kv_text: list[tuple[str, str]] | None = None
         self._env: dict[str, str] = {}
@@ -160,9 +216,19 @@ class ConsulWatcher:
                 self.status.requests += 4
                 self._on_health(h.body or [])
                 self._on_catalog(c.body or {})
-                changes, failed = await self._collect()
-                if failed:
-                    raise ConsulError(f"initial reads of {len(failed)} services failed")
+                self._reconcile = False
+                # Read the dump after the watch indexes: anything newer fires those watches again.
+                dump = await self._read_dump()
+                if dump is not None:
+                    self._pending = set()
+                    changes = {n: self._cmds_from_entries(n, es) for n, es in dump.items()}
+                    changes = {n: v for n, v in changes.items() if v is not None}
+                    self._instance_fp = _catalog_fingerprints(dump)
+                else:
+                    changes, failed = await self._collect()
+                    if failed:
+                        raise ConsulError(f"initial reads of {len(failed)} services failed")
+                self._pending_since = None
                 manual = self._manual_from(k)
                 self.sink(changes, manual if manual is not None else [])
                 self.status.synced()
@@ -203,6 +269,8 @@ class ConsulWatcher:
             new = next_index(index, r.index)
             if new == 0:
                 log.warning("%s watch: index went backwards (%d -> %d); re-reading everything", name, index, r.index)
+            if r.index != index:
+                self._stamp()
             self.status.indexes[name] = r.index
             index = new
             if name == "kv":
@@ -216,10 +284,42 @@ class ConsulWatcher:
         self._health_fp = fps
         self._enqueue(changed)
 
+    def _stamp(self) -> None:
+        if self._pending_since is None:
+            self._pending_since = time.monotonic()
+
     def _on_catalog(self, services: dict[str, list[str]]) -> None:
         tags = {n: tuple(t) for n, t in services.items() if any(x.strip().startswith(self.prefix) for x in t)}
         changed = {n for n in tags.keys() | self._catalog_tags.keys() if tags.get(n) != self._catalog_tags.get(n)}
         self._catalog_tags = tags
+        self._enqueue(changed)
+        # The services index also moves when only an instance's address or port changed; neither the
+        # tag union nor the checks show that, so compare the instances in bulk (one request).
+        self._reconcile = True
+        self._wake.set()
+
+    async def _read_dump(self) -> dict[str, list[dict[str, Any]]] | None:
+        """Every tagged service's entries in one read; None when the endpoint is not available."""
+        if not self._dump_ok:
+            return None
+        r = await self.api.get("/v1/internal/ui/nodes")
+        self.status.requests += 1
+        if r.status != 200 or not isinstance(r.body, list):
+            self._dump_ok = False
+            log.warning("/v1/internal/ui/nodes unavailable: falling back to one read per service")
+            return None
+        return _dump_entries(r.body, self.prefix)
+
+    async def _reconcile_instances(self) -> None:
+        """Enqueue the services whose instances (address, port, tags) differ from the last dump."""
+        self._reconcile = False
+        dump = await self._read_dump()
+        if dump is None:
+            self._enqueue(set(self._catalog_tags))
+            return
+        fps = _catalog_fingerprints(dump)
+        changed = {n for n in fps.keys() | self._instance_fp.keys() if fps.get(n) != self._instance_fp.get(n)}
+        self._instance_fp = fps
         self._enqueue(changed)
 
     def _enqueue(self, names: set[str]) -> None:
@@ -247,7 +347,15 @@ class ConsulWatcher:
     def _on_kv(self, r: Any) -> None:
         manual = self._manual_from(r)
         if manual is not None:
-            self.sink({}, manual)
+            self._emit({}, manual, self._pending_since)
+
+    def _emit(
+        self, changes: dict[str, list[RouteCmd] | None], manual: list[RouteCmd] | None, since: float | None
+    ) -> None:
+        """Hand a change to the table and record how long it took from the watch answer to the swap."""
+        self.sink(changes, manual)
+        if since is not None:
+            self.status.propagated((time.monotonic() - since) * 1000)
 
     # ------------------------------------------------------------------ per-service reads
 
@@ -255,11 +363,20 @@ class ConsulWatcher:
         backoff = Backoff()
         while True:
             await self._wake.wait()
+            if self._reconcile:
+                try:
+                    await self._reconcile_instances()
+                except ConsulError as e:
+                    self._reconcile = True
+                    self._wake.set()
+                    self.status.error(f"catalog reconcile: {e}")
+            since, self._pending_since = self._pending_since, None
             changes, _ = await self._collect()
             if changes:
-                self.sink(changes, None)
-            if self._pending:  # some reads failed: retry them after a pause
+                self._emit(changes, None, since)
+            if self._pending or self._reconcile:  # some reads failed: retry them after a pause
                 await asyncio.sleep(backoff.next())
+                self._wake.set()
             else:
                 backoff.reset()
 
@@ -288,7 +405,9 @@ class ConsulWatcher:
     async def _service_cmds(self, name: str) -> list[RouteCmd] | None:
         r = await self.api.get(f"/v1/health/service/{name}")
         self.status.requests += 1
-        entries = r.body if r.status == 200 and r.body else []
+        return self._cmds_from_entries(name, r.body if r.status == 200 and r.body else [])
+
+    def _cmds_from_entries(self, name: str, entries: list[dict[str, Any]]) -> list[RouteCmd] | None:
         verdicts = judge_all(entries, self.statuses, self.checks_all)
         cmds: list[RouteCmd] = []
         errors: list[TagError] = []
