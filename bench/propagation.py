@@ -107,7 +107,12 @@ def measure_propagation(instances: int, samples: int, flags: list[str]) -> dict[
     router: RouterProc | None = None
     try:
         reg_s = register_background(agent.http_url, instances) if instances else 0.0
-        router = RouterProc("-registry.consul.addr", agent.addr, *flags).start()
+        t_start = time.monotonic()
+        router = RouterProc("-registry.consul.addr", agent.addr, *flags, wait_ready=False).start()
+        ready = wait_for(lambda: httpx.get(router.ui + "/health", timeout=5, trust_env=False).status_code == 200,
+                         600)
+        ready_s = ready - t_start
+        startup_requests = requests_made(router.ui)
         c = make_client(agent.port)
         svc = f"fresh-{uuid.uuid4().hex[:6]}"
         path = f"/{svc}"
@@ -143,7 +148,8 @@ def measure_propagation(instances: int, samples: int, flags: list[str]) -> dict[
         deregister(c, f"{svc}-1")
         return {
             "instances": instances, "services": -(-instances // PER_SERVICE), "samples": samples,
-            "register_s": round(reg_s, 1), "initial_sync_s": round(sync_s, 2),
+            "register_s": round(reg_s, 1), "ready_s": round(ready_s, 2),
+            "startup_requests": startup_requests, "routed_after_ready_s": round(sync_s, 2),
             "up_ms": summary(up), "down_ms": summary(down),
             "requests_per_up_change": summary([float(x) for x in reqs_up]),
             "requests_per_down_change": summary([float(x) for x in reqs_down]),

@@ -132,7 +132,8 @@ def test_index_going_backwards_converges(fresh_consul, backends) -> None:
     b_old, b_new = Backend("old").start(), Backend("new").start()
     backends.extend([b_old, b_new])
     register(c, old, f"{old}-1", b_old.port, tags=[f"urlprefix-/{old}"])
-    for i in range(100):  # push the index well above what the restarted agent will start from
+    for i in range(30):  # push the services index well above what the restarted agent will start from
+        register(c, "bump", f"bump-{i}", 1000 + i, ttl=False)
         kv_put(c, f"bump/{i}", "x")
     with router_for(fresh_consul) as r:
         wait_until(lambda: table_rows(r, old), message="old service routed")
