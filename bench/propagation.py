@@ -108,7 +108,8 @@ def measure_propagation(instances: int, samples: int, flags: list[str]) -> dict[
     try:
         reg_s = register_background(agent.http_url, instances) if instances else 0.0
         t_start = time.monotonic()
-        router = RouterProc("-registry.consul.addr", agent.addr, *flags, wait_ready=False).start()
+        router = RouterProc("-registry.consul.addr", agent.addr, *flags, wait_ready=False)
+        router.start()
         ready = wait_for(lambda: httpx.get(router.ui + "/health", timeout=5, trust_env=False).status_code == 200,
                          600)
         ready_s = ready - t_start

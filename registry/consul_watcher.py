@@ -140,15 +140,51 @@ def _dump_entries(nodes: list[dict[str, Any]], prefix: str) -> dict[str, list[di
 
 
 def _catalog_fingerprints(entries: dict[str, list[dict[str, Any]]]) -> dict[str, frozenset]:
-    """Per service: the instance facts a route depends on besides health (address, port, tags)."""
+    """Per service: the instance facts a route depends on besides check status.
+
+    Address, port and tags, and which checks exist: a passing check added to or removed from an
+    instance changes its health without showing up among the non-passing checks.
+    """
     out: dict[str, frozenset] = {}
     for name, es in entries.items():
         out[name] = frozenset(
             (e["Node"]["Node"], e["Service"].get("ID", ""), e["Service"].get("Address") or e["Node"]["Address"],
-             int(e["Service"].get("Port") or 0), tuple(e["Service"].get("Tags") or ()))
+             int(e["Service"].get("Port") or 0), tuple(e["Service"].get("Tags") or ()),
+             tuple(sorted(c.get("CheckID", "") for c in e["Checks"])))
             for e in es
         )
     return out
+
+
+def _node_services(entries: dict[str, list[dict[str, Any]]]) -> dict[str, set[str]]:
+    """node -> tagged services with an instance on it (a node check's change affects all of them)."""
+    out: dict[str, set[str]] = {}
+    for name, es in entries.items():
+        for e in es:
+            out.setdefault(e["Node"]["Node"], set()).add(name)
+    return out
+
+
+NONPASSING = 'Status != "passing"'
+
+
+def _nonpassing_fingerprints(checks: list[dict[str, Any]], node_services: dict[str, set[str]],
+                             tagged: Any) -> dict[str, frozenset]:
+    """Per tagged service: its non-passing checks and those of its nodes.
+
+    With the instances and their check IDs known from the dump, the set of checks that are *not*
+    passing determines every check's status, so equal fingerprints mean equal health. The body of
+    this watch is O(non-passing checks) instead of O(all checks).
+    """
+    out: dict[str, set] = {}
+    for c in checks:
+        node, sid = c.get("Node", ""), c.get("ServiceID", "")
+        fact = (node, sid, c.get("CheckID", ""), c.get("Status", ""))
+        names = {c.get("ServiceName", "")} if sid else node_services.get(node, set())
+        for name in names:
+            if name in tagged:
+                out.setdefault(name, set()).add(fact)
+    return {n: frozenset(f) for n, f in out.items()}
 
 
 class ConsulWatcher:
@@ -166,6 +202,7 @@ class ConsulWatcher:
         max_rate: float = 20.0,
         status: RegistryStatus | None = None,
         fetch_concurrency: int = 16,
+        resync: float = 60.0,
     ) -> None:
         self.api = api
         self.sink = sink
@@ -184,6 +221,10 @@ class ConsulWatcher:
         self._instance_fp: dict[str, frozenset] = {}
         self._reconcile = False  # the catalog index moved: compare instances (address/port) in bulk
         self._dump_ok = True  # False when /v1/internal/ui/nodes is unavailable: reconcile re-reads all
+        self._node_services: dict[str, set[str]] = {}
+        self._resets: dict[str, asyncio.Event] = {}  # per watch: abandon the blocking read, restart at 0
+        self._last_health: list[dict[str, Any]] = []
+        self.resync = resync
         self._wake = asyncio.Event()
         self._kv_text: list[tuple[str, str]] | None = None
         self._env: dict[str, str] = {}
@@ -193,8 +234,10 @@ class ConsulWatcher:
     async def run(self) -> None:
         """Initial full sync (retried until Consul answers), then the watch loops, forever."""
         indexes = await self._initial_sync()
+        health_params = {"filter": NONPASSING} if self._dump_ok else None
         await asyncio.gather(
-            self._watch("health", "/v1/health/state/any", indexes["health"], self._on_health),
+            self._watch("health", "/v1/health/state/any", indexes["health"], self._on_health, health_params),
+            self._resync_loop(),
             self._watch("catalog", "/v1/catalog/services", indexes["catalog"], self._on_catalog),
             self._watch("kv", f"/v1/kv/{self.kvpath}", indexes["kv"], self._on_kv, params={"recurse": ""}),
             self._fetch_loop(),
@@ -210,21 +253,26 @@ class ConsulWatcher:
                 self_info = await self.api.agent_self()
                 self._env = {"DC": (self_info.get("Config") or {}).get("Datacenter", "")}
                 self.status.datacenter = self._env["DC"]
-                h = await self.api.get("/v1/health/state/any")
+                self._dump_ok = True
+                h = await self.api.get("/v1/health/state/any", params={"filter": NONPASSING})
                 c = await self.api.get("/v1/catalog/services")
                 k = await self.api.get(f"/v1/kv/{self.kvpath}", params={"recurse": ""})
                 self.status.requests += 4
-                self._on_health(h.body or [])
                 self._on_catalog(c.body or {})
                 self._reconcile = False
                 # Read the dump after the watch indexes: anything newer fires those watches again.
                 dump = await self._read_dump()
                 if dump is not None:
                     self._pending = set()
+                    self._set_instances(dump)
+                    self._on_health(h.body or [])
+                    self._pending = set()
                     changes = {n: self._cmds_from_entries(n, es) for n, es in dump.items()}
                     changes = {n: v for n, v in changes.items() if v is not None}
-                    self._instance_fp = _catalog_fingerprints(dump)
                 else:
+                    h = await self.api.get("/v1/health/state/any")  # fallback: every check, old diffing
+                    self.status.requests += 1
+                    self._on_health(h.body or [])
                     changes, failed = await self._collect()
                     if failed:
                         raise ConsulError(f"initial reads of {len(failed)} services failed")
@@ -252,11 +300,21 @@ class ConsulWatcher:
     ) -> None:
         bucket = TokenBucket(self.max_rate)
         backoff = Backoff()
+        probe = False
         while True:
             await bucket.take()
+            reset = self._resets.setdefault(name, asyncio.Event())
             try:
-                r = await self.api.get(path, index=index, params=params)
+                # After an error the agent may have restarted with other data, and a blocking read on an
+                # index it has not reached would just wait: ask without an index once to compare.
+                r = await self._get_unless(reset, path, None if probe else index, params)
+                probe = False
+                if r is None:  # another watch saw Consul's data replaced: start over from index 0
+                    reset.clear()
+                    index = 0
+                    continue
             except ConsulError as e:
+                probe = True
                 self.status.requests += 1
                 delay = backoff.next()
                 self.status.error(f"{name} watch: {e}")
@@ -269,6 +327,13 @@ class ConsulWatcher:
             new = next_index(index, r.index)
             if new == 0:
                 log.warning("%s watch: index went backwards (%d -> %d); re-reading everything", name, index, r.index)
+                # Consul lost or replaced its data: the other watches may be parked on indexes it will not
+                # reach for a while, so compare every instance now instead of waiting for them.
+                self._reconcile = True
+                self._wake.set()
+                for other, ev in self._resets.items():
+                    if other != name:
+                        ev.set()
             if r.index != index:
                 self._stamp()
             self.status.indexes[name] = r.index
@@ -278,8 +343,45 @@ class ConsulWatcher:
             else:
                 handle(r.body if r.status == 200 else ([] if name == "health" else {}))
 
+    def _health_fps(self, checks: list[dict[str, Any]]) -> dict[str, frozenset]:
+        if self._dump_ok:
+            tagged = self._instance_fp.keys() | self._catalog_tags.keys()
+            return _nonpassing_fingerprints(checks, self._node_services, tagged)
+        return _health_fingerprints(checks, self.prefix)
+
+    def _set_instances(self, dump: dict[str, list[dict[str, Any]]]) -> dict[str, frozenset]:
+        """Remember the instances of a dump; re-derive health fingerprints with the new node map."""
+        fps = _catalog_fingerprints(dump)
+        self._instance_fp = fps
+        self._node_services = _node_services(dump)
+        self._health_fp = self._health_fps(self._last_health)
+        return fps
+
+    async def _resync_loop(self) -> None:
+        """Compare all instances every `resync` seconds: a safety net that costs one read per period."""
+        while self.resync > 0:
+            await asyncio.sleep(self.resync)
+            self._reconcile = True
+            self._wake.set()
+
+    async def _get_unless(
+        self, reset: asyncio.Event, path: str, index: int | None, params: dict[str, str] | None
+    ) -> Any:
+        """A blocking read that is abandoned (None) when `reset` is set while it waits."""
+        get = asyncio.ensure_future(self.api.get(path, index=index, params=params))
+        stop = asyncio.ensure_future(reset.wait())
+        try:
+            await asyncio.wait({get, stop}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop.cancel()
+        if get.done():
+            return get.result()
+        get.cancel()
+        return None
+
     def _on_health(self, checks: list[dict[str, Any]]) -> None:
-        fps = _health_fingerprints(checks, self.prefix)
+        self._last_health = checks
+        fps = self._health_fps(checks)
         changed = {n for n in fps.keys() | self._health_fp.keys() if fps.get(n) != self._health_fp.get(n)}
         self._health_fp = fps
         self._enqueue(changed)
@@ -305,6 +407,8 @@ class ConsulWatcher:
         r = await self.api.get("/v1/internal/ui/nodes")
         self.status.requests += 1
         if r.status != 200 or not isinstance(r.body, list):
+            if self.status.ready:  # the mode was chosen at startup; a later failure is just an error
+                raise ConsulError(f"/v1/internal/ui/nodes answered HTTP {r.status}")
             self._dump_ok = False
             log.warning("/v1/internal/ui/nodes unavailable: falling back to one read per service")
             return None
@@ -317,10 +421,9 @@ class ConsulWatcher:
         if dump is None:
             self._enqueue(set(self._catalog_tags))
             return
-        fps = _catalog_fingerprints(dump)
-        changed = {n for n in fps.keys() | self._instance_fp.keys() if fps.get(n) != self._instance_fp.get(n)}
-        self._instance_fp = fps
-        self._enqueue(changed)
+        before = self._instance_fp
+        fps = self._set_instances(dump)
+        self._enqueue({n for n in fps.keys() | before.keys() if fps.get(n) != before.get(n)})
 
     def _enqueue(self, names: set[str]) -> None:
         if names:

@@ -6,15 +6,18 @@ import asyncio
 from typing import Any
 
 import httpx
+import pytest
 import respx
 
-from registry.consul_api import ConsulAPI
+from registry.consul_api import ConsulAPI, ConsulError
 from registry.consul_watcher import (
     ConsulWatcher,
     RegistryStatus,
     _catalog_fingerprints,
     _dump_entries,
     _health_fingerprints,
+    _node_services,
+    _nonpassing_fingerprints,
 )
 from registry.health import judge_all
 
@@ -80,11 +83,10 @@ def test_propagation_summary_nearest_rank() -> None:
 
 
 @respx.mock
-def test_reconcile_falls_back_to_rereading_all_when_dump_is_missing() -> None:
-    """Without /v1/internal/ui/nodes every tagged service is re-read: slower, never wrong."""
+def test_startup_falls_back_to_per_service_mode_when_dump_is_missing() -> None:
+    """Without /v1/internal/ui/nodes at startup, a catalog change re-reads every tagged service."""
     respx.get("http://c:8500/v1/internal/ui/nodes").mock(return_value=httpx.Response(404))
-    got: list[dict[str, Any]] = []
-    w = ConsulWatcher(ConsulAPI("c:8500"), lambda s, m: got.append(dict(s)))
+    w = ConsulWatcher(ConsulAPI("c:8500"), lambda s, m: None)
     w._catalog_tags = {"web": ("urlprefix-/web",), "api": ("urlprefix-/api",)}
 
     async def run() -> None:
@@ -95,3 +97,24 @@ def test_reconcile_falls_back_to_rereading_all_when_dump_is_missing() -> None:
     assert w._pending == {"web", "api"}
     assert w._dump_ok is False
     assert respx.calls.call_count == 1  # the missing endpoint is not asked again
+
+
+@respx.mock
+def test_dump_failure_after_startup_is_an_error_not_a_mode_switch() -> None:
+    respx.get("http://c:8500/v1/internal/ui/nodes").mock(return_value=httpx.Response(404))
+    w = ConsulWatcher(ConsulAPI("c:8500"), lambda s, m: None)
+    w.status.ready = True
+    with pytest.raises(ConsulError):
+        asyncio.run(w._reconcile_instances())
+    assert w._dump_ok is True
+
+
+def test_nonpassing_fingerprint_maps_node_checks_to_the_services_on_that_node() -> None:
+    entries = _dump_entries(DUMP, "urlprefix-")
+    nodes = _node_services(entries)
+    tagged = {"web": ("urlprefix-/web",)}
+    healthy = _nonpassing_fingerprints([], nodes, tagged)
+    n1_down = _nonpassing_fingerprints([check("serfHealth", "critical", node_name="n1")], nodes, tagged)
+    db_down = _nonpassing_fingerprints([dict(check("db-1-ttl", "critical", "db-1"), ServiceName="db")], nodes, tagged)
+    assert healthy == {} and db_down == {}  # db is not routed: its checks do not matter
+    assert set(n1_down) == {"web"}
