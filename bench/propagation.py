@@ -95,8 +95,11 @@ def wait_for(cond, timeout: float = 30.0) -> float:  # type: ignore[no-untyped-d
     """Poll cond() as fast as one request allows; return the monotonic time it first held."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if cond():
-            return time.monotonic()
+        try:
+            if cond():
+                return time.monotonic()
+        except httpx.HTTPError:  # a router busy with a large initial load may not answer in time
+            time.sleep(0.1)
     raise TimeoutError("condition not reached")
 
 
