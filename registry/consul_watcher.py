@@ -466,18 +466,19 @@ class ConsulWatcher:
         backoff = Backoff()
         while True:
             await self._wake.wait()
+            reconcile_failed = False
             if self._reconcile:
                 try:
                     await self._reconcile_instances()
                 except ConsulError as e:
-                    self._reconcile = True
-                    self._wake.set()
+                    reconcile_failed = True
                     self.status.error(f"catalog reconcile: {e}")
             since, self._pending_since = self._pending_since, None
-            changes, _ = await self._collect()
+            changes, failed = await self._collect()
             if changes:
                 self._emit(changes, None, since)
-            if self._pending or self._reconcile:  # some reads failed: retry them after a pause
+            if failed or reconcile_failed:  # retry after a pause; new changes meanwhile just queue up
+                self._reconcile = self._reconcile or reconcile_failed
                 await asyncio.sleep(backoff.next())
                 self._wake.set()
             else:
