@@ -14,6 +14,7 @@ answer; a service whose re-read fails keeps its last routes and is retried.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import time
 from collections import deque
@@ -234,6 +235,10 @@ class ConsulWatcher:
     async def run(self) -> None:
         """Initial full sync (retried until Consul answers), then the watch loops, forever."""
         indexes = await self._initial_sync()
+        # The initial load leaves long-lived objects (instances, fingerprints, the table) that the cyclic GC
+        # would otherwise rescan during later changes; move them out of its way once.
+        gc.collect()
+        gc.freeze()
         health_params = {"filter": NONPASSING} if self._dump_ok else None
         await asyncio.gather(
             self._watch("health", "/v1/health/state/any", indexes["health"], self._on_health, health_params),
