@@ -1,11 +1,11 @@
 """Watch Consul and tell the router which services' routes changed.
 
-Design (docs/discovery.md): two blocking queries watch the whole catalog cheaply —
-`/v1/health/state/any` (every check: health changes, new and removed instances) and
-`/v1/catalog/services` (names and tags) — and a third watches the override keys in KV. Their answers are
-diffed per service; only services whose checks or tags changed are re-read, each with one
-`/v1/health/service/<name>` call that carries addresses, tags and checks together. So the reads per
-change are proportional to what changed, and an idle router holds three outstanding blocking queries.
+Design (docs/discovery.md): three blocking queries whatever the number of services —
+`/v1/health/state/any` filtered to non-passing checks (small answers), `/v1/catalog/services` (names,
+tags, and the trigger for an instance reconcile) and the override keys in KV. The initial load and each
+reconcile read every instance once from `/v1/internal/ui/nodes` (one request, not one per service), which
+also catches address/port moves that neither checks nor tags show. Only services whose fingerprint
+changed are re-read with `/v1/health/service/<name>`, so the reads per change follow what changed.
 
 Failures never remove routes: a watch that errors backs off (capped, jittered) and keeps its last
 answer; a service whose re-read fails keeps its last routes and is retried.
