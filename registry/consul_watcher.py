@@ -1,11 +1,11 @@
 """Watch Consul and tell the router which services' routes changed.
 
-Design (docs/discovery.md): two blocking queries watch the whole catalog cheaply —
-`/v1/health/state/any` (every check: health changes, new and removed instances) and
-`/v1/catalog/services` (names and tags) — and a third watches the override keys in KV. Their answers are
-diffed per service; only services whose checks or tags changed are re-read, each with one
-`/v1/health/service/<name>` call that carries addresses, tags and checks together. So the reads per
-change are proportional to what changed, and an idle router holds three outstanding blocking queries.
+Design (docs/discovery.md): three blocking queries whatever the number of services —
+`/v1/health/state/any` filtered to non-passing checks (small answers), `/v1/catalog/services` (names,
+tags, and the trigger for an instance reconcile) and the override keys in KV. The initial load and each
+reconcile read every instance once from `/v1/internal/ui/nodes` (one request, not one per service), which
+also catches address/port moves that neither checks nor tags show. Only services whose fingerprint
+changed are re-read with `/v1/health/service/<name>`, so the reads per change follow what changed.
 
 Failures never remove routes: a watch that errors backs off (capped, jittered) and keeps its last
 answer; a service whose re-read fails keeps its last routes and is retried.
@@ -14,6 +14,7 @@ answer; a service whose re-read fails keeps its last routes and is retried.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import time
 from collections import deque
@@ -58,6 +59,25 @@ class RegistryStatus:
     services: dict[str, ServiceStatus] = field(default_factory=dict)
     manual_errors: list[LineError] = field(default_factory=list)
     datacenter: str = ""
+    # ms from "a watch returned a new Consul index" to "the table with that change was swapped in"
+    propagation_ms: deque[float] = field(default_factory=lambda: deque(maxlen=256))
+    propagation_count: int = 0
+
+    def propagated(self, ms: float) -> None:
+        self.propagation_ms.append(ms)
+        self.propagation_count += 1
+
+    def propagation_summary(self) -> dict[str, float | int | None]:
+        """p50/p90/max of the recent delays (nearest rank), for /api/status."""
+        xs = sorted(self.propagation_ms)
+        if not xs:
+            return {"count": 0, "last_ms": None, "p50_ms": None, "p90_ms": None, "max_ms": None}
+
+        def rank(p: float) -> float:
+            return round(xs[min(len(xs) - 1, max(0, -(-len(xs) * p // 100) - 1))], 3)
+
+        return {"count": self.propagation_count, "last_ms": round(self.propagation_ms[-1], 3),
+                "p50_ms": rank(50), "p90_ms": rank(90), "max_ms": round(xs[-1], 3)}
 
     def error(self, text: str) -> None:
         self.errors.append((time.time(), text))
@@ -99,6 +119,75 @@ def _health_fingerprints(checks: list[dict[str, Any]], prefix: str) -> dict[str,
     return out
 
 
+def _dump_entries(nodes: list[dict[str, Any]], prefix: str) -> dict[str, list[dict[str, Any]]]:
+    """`/v1/internal/ui/nodes` -> per tagged service, entries shaped like `/v1/health/service/<name>`.
+
+    One request gives every node with its services and checks, so the initial load and the catalog
+    reconcile cost one read instead of one per service.
+    """
+    out: dict[str, list[dict[str, Any]]] = {}
+    tagged: set[str] = set()
+    for n in nodes:
+        checks = n.get("Checks") or []
+        node_checks = [c for c in checks if not c.get("ServiceID")]
+        node = {"Node": n.get("Node", ""), "Address": n.get("Address", ""), "Datacenter": n.get("Datacenter", "")}
+        for svc in n.get("Services") or []:
+            name = svc.get("Service", "")
+            if any(t.strip().startswith(prefix) for t in svc.get("Tags") or ()):
+                tagged.add(name)
+            own = [c for c in checks if c.get("ServiceID") == svc.get("ID")]
+            out.setdefault(name, []).append({"Node": node, "Service": svc, "Checks": node_checks + own})
+    return {name: entries for name, entries in out.items() if name in tagged}
+
+
+def _catalog_fingerprints(entries: dict[str, list[dict[str, Any]]]) -> dict[str, frozenset]:
+    """Per service: the instance facts a route depends on besides check status.
+
+    Address, port and tags, and which checks exist: a passing check added to or removed from an
+    instance changes its health without showing up among the non-passing checks.
+    """
+    out: dict[str, frozenset] = {}
+    for name, es in entries.items():
+        out[name] = frozenset(
+            (e["Node"]["Node"], e["Service"].get("ID", ""), e["Service"].get("Address") or e["Node"]["Address"],
+             int(e["Service"].get("Port") or 0), tuple(e["Service"].get("Tags") or ()),
+             tuple(sorted(c.get("CheckID", "") for c in e["Checks"])))
+            for e in es
+        )
+    return out
+
+
+def _node_services(entries: dict[str, list[dict[str, Any]]]) -> dict[str, set[str]]:
+    """node -> tagged services with an instance on it (a node check's change affects all of them)."""
+    out: dict[str, set[str]] = {}
+    for name, es in entries.items():
+        for e in es:
+            out.setdefault(e["Node"]["Node"], set()).add(name)
+    return out
+
+
+NONPASSING = 'Status != "passing"'
+
+
+def _nonpassing_fingerprints(checks: list[dict[str, Any]], node_services: dict[str, set[str]],
+                             tagged: Any) -> dict[str, frozenset]:
+    """Per tagged service: its non-passing checks and those of its nodes.
+
+    With the instances and their check IDs known from the dump, the set of checks that are *not*
+    passing determines every check's status, so equal fingerprints mean equal health. The body of
+    this watch is O(non-passing checks) instead of O(all checks).
+    """
+    out: dict[str, set] = {}
+    for c in checks:
+        node, sid = c.get("Node", ""), c.get("ServiceID", "")
+        fact = (node, sid, c.get("CheckID", ""), c.get("Status", ""))
+        names = {c.get("ServiceName", "")} if sid else node_services.get(node, set())
+        for name in names:
+            if name in tagged:
+                out.setdefault(name, set()).add(fact)
+    return {n: frozenset(f) for n, f in out.items()}
+
+
 class ConsulWatcher:
     """Runs the watch loops and feeds the router's table through `sink`."""
 
@@ -114,6 +203,7 @@ class ConsulWatcher:
         max_rate: float = 20.0,
         status: RegistryStatus | None = None,
         fetch_concurrency: int = 16,
+        resync: float = 60.0,
     ) -> None:
         self.api = api
         self.sink = sink
@@ -128,6 +218,14 @@ class ConsulWatcher:
         self._catalog_tags: dict[str, tuple[str, ...]] = {}
         self._routed: set[str] = set()  # services that currently have routes in the table
         self._pending: set[str] = set()
+        self._pending_since: float | None = None  # monotonic time the oldest unapplied change was seen
+        self._instance_fp: dict[str, frozenset] = {}
+        self._reconcile = False  # the catalog index moved: compare instances (address/port) in bulk
+        self._dump_ok = True  # False when /v1/internal/ui/nodes is unavailable: reconcile re-reads all
+        self._node_services: dict[str, set[str]] = {}
+        self._resets: dict[str, asyncio.Event] = {}  # per watch: abandon the blocking read, restart at 0
+        self._last_health: list[dict[str, Any]] = []
+        self.resync = resync
         self._wake = asyncio.Event()
         self._kv_text: list[tuple[str, str]] | None = None
         self._env: dict[str, str] = {}
@@ -137,8 +235,14 @@ class ConsulWatcher:
     async def run(self) -> None:
         """Initial full sync (retried until Consul answers), then the watch loops, forever."""
         indexes = await self._initial_sync()
+        # The initial load leaves long-lived objects (instances, fingerprints, the table) that the cyclic GC
+        # would otherwise rescan during later changes; move them out of its way once.
+        gc.collect()
+        gc.freeze()
+        health_params = {"filter": NONPASSING} if self._dump_ok else None
         await asyncio.gather(
-            self._watch("health", "/v1/health/state/any", indexes["health"], self._on_health),
+            self._watch("health", "/v1/health/state/any", indexes["health"], self._on_health, health_params),
+            self._resync_loop(),
             self._watch("catalog", "/v1/catalog/services", indexes["catalog"], self._on_catalog),
             self._watch("kv", f"/v1/kv/{self.kvpath}", indexes["kv"], self._on_kv, params={"recurse": ""}),
             self._fetch_loop(),
@@ -154,15 +258,30 @@ class ConsulWatcher:
                 self_info = await self.api.agent_self()
                 self._env = {"DC": (self_info.get("Config") or {}).get("Datacenter", "")}
                 self.status.datacenter = self._env["DC"]
-                h = await self.api.get("/v1/health/state/any")
+                self._dump_ok = True
+                h = await self.api.get("/v1/health/state/any", params={"filter": NONPASSING})
                 c = await self.api.get("/v1/catalog/services")
                 k = await self.api.get(f"/v1/kv/{self.kvpath}", params={"recurse": ""})
                 self.status.requests += 4
-                self._on_health(h.body or [])
                 self._on_catalog(c.body or {})
-                changes, failed = await self._collect()
-                if failed:
-                    raise ConsulError(f"initial reads of {len(failed)} services failed")
+                self._reconcile = False
+                # Read the dump after the watch indexes: anything newer fires those watches again.
+                dump = await self._read_dump()
+                if dump is not None:
+                    self._pending = set()
+                    self._set_instances(dump)
+                    self._on_health(h.body or [])
+                    self._pending = set()
+                    changes = {n: self._cmds_from_entries(n, es) for n, es in dump.items()}
+                    changes = {n: v for n, v in changes.items() if v is not None}
+                else:
+                    h = await self.api.get("/v1/health/state/any")  # fallback: every check, old diffing
+                    self.status.requests += 1
+                    self._on_health(h.body or [])
+                    changes, failed = await self._collect()
+                    if failed:
+                        raise ConsulError(f"initial reads of {len(failed)} services failed")
+                self._pending_since = None
                 manual = self._manual_from(k)
                 self.sink(changes, manual if manual is not None else [])
                 self.status.synced()
@@ -186,11 +305,21 @@ class ConsulWatcher:
     ) -> None:
         bucket = TokenBucket(self.max_rate)
         backoff = Backoff()
+        probe = False
         while True:
             await bucket.take()
+            reset = self._resets.setdefault(name, asyncio.Event())
             try:
-                r = await self.api.get(path, index=index, params=params)
+                # After an error the agent may have restarted with other data, and a blocking read on an
+                # index it has not reached would just wait: ask without an index once to compare.
+                r = await self._get_unless(reset, path, None if probe else index, params)
+                probe = False
+                if r is None:  # another watch saw Consul's data replaced: start over from index 0
+                    reset.clear()
+                    index = 0
+                    continue
             except ConsulError as e:
+                probe = True
                 self.status.requests += 1
                 delay = backoff.next()
                 self.status.error(f"{name} watch: {e}")
@@ -203,6 +332,15 @@ class ConsulWatcher:
             new = next_index(index, r.index)
             if new == 0:
                 log.warning("%s watch: index went backwards (%d -> %d); re-reading everything", name, index, r.index)
+                # Consul lost or replaced its data: the other watches may be parked on indexes it will not
+                # reach for a while, so compare every instance now instead of waiting for them.
+                self._reconcile = True
+                self._wake.set()
+                for other, ev in self._resets.items():
+                    if other != name:
+                        ev.set()
+            if r.index != index:
+                self._stamp()
             self.status.indexes[name] = r.index
             index = new
             if name == "kv":
@@ -210,17 +348,87 @@ class ConsulWatcher:
             else:
                 handle(r.body if r.status == 200 else ([] if name == "health" else {}))
 
+    def _health_fps(self, checks: list[dict[str, Any]]) -> dict[str, frozenset]:
+        if self._dump_ok:
+            tagged = self._instance_fp.keys() | self._catalog_tags.keys()
+            return _nonpassing_fingerprints(checks, self._node_services, tagged)
+        return _health_fingerprints(checks, self.prefix)
+
+    def _set_instances(self, dump: dict[str, list[dict[str, Any]]]) -> dict[str, frozenset]:
+        """Remember the instances of a dump; re-derive health fingerprints with the new node map."""
+        fps = _catalog_fingerprints(dump)
+        self._instance_fp = fps
+        self._node_services = _node_services(dump)
+        self._health_fp = self._health_fps(self._last_health)
+        return fps
+
+    async def _resync_loop(self) -> None:
+        """Compare all instances every `resync` seconds: a safety net that costs one read per period."""
+        while self.resync > 0:
+            await asyncio.sleep(self.resync)
+            self._reconcile = True
+            self._wake.set()
+
+    async def _get_unless(
+        self, reset: asyncio.Event, path: str, index: int | None, params: dict[str, str] | None
+    ) -> Any:
+        """A blocking read that is abandoned (None) when `reset` is set while it waits."""
+        get = asyncio.ensure_future(self.api.get(path, index=index, params=params))
+        stop = asyncio.ensure_future(reset.wait())
+        try:
+            await asyncio.wait({get, stop}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop.cancel()
+        if get.done():
+            return get.result()
+        get.cancel()
+        return None
+
     def _on_health(self, checks: list[dict[str, Any]]) -> None:
-        fps = _health_fingerprints(checks, self.prefix)
+        self._last_health = checks
+        fps = self._health_fps(checks)
         changed = {n for n in fps.keys() | self._health_fp.keys() if fps.get(n) != self._health_fp.get(n)}
         self._health_fp = fps
         self._enqueue(changed)
+
+    def _stamp(self) -> None:
+        if self._pending_since is None:
+            self._pending_since = time.monotonic()
 
     def _on_catalog(self, services: dict[str, list[str]]) -> None:
         tags = {n: tuple(t) for n, t in services.items() if any(x.strip().startswith(self.prefix) for x in t)}
         changed = {n for n in tags.keys() | self._catalog_tags.keys() if tags.get(n) != self._catalog_tags.get(n)}
         self._catalog_tags = tags
         self._enqueue(changed)
+        # The services index also moves when only an instance's address or port changed; neither the
+        # tag union nor the checks show that, so compare the instances in bulk (one request).
+        self._reconcile = True
+        self._wake.set()
+
+    async def _read_dump(self) -> dict[str, list[dict[str, Any]]] | None:
+        """Every tagged service's entries in one read; None when the endpoint is not available."""
+        if not self._dump_ok:
+            return None
+        r = await self.api.get("/v1/internal/ui/nodes")
+        self.status.requests += 1
+        if r.status != 200 or not isinstance(r.body, list):
+            if self.status.ready:  # the mode was chosen at startup; a later failure is just an error
+                raise ConsulError(f"/v1/internal/ui/nodes answered HTTP {r.status}")
+            self._dump_ok = False
+            log.warning("/v1/internal/ui/nodes unavailable: falling back to one read per service")
+            return None
+        return _dump_entries(r.body, self.prefix)
+
+    async def _reconcile_instances(self) -> None:
+        """Enqueue the services whose instances (address, port, tags) differ from the last dump."""
+        self._reconcile = False
+        dump = await self._read_dump()
+        if dump is None:
+            self._enqueue(set(self._catalog_tags))
+            return
+        before = self._instance_fp
+        fps = self._set_instances(dump)
+        self._enqueue({n for n in fps.keys() | before.keys() if fps.get(n) != before.get(n)})
 
     def _enqueue(self, names: set[str]) -> None:
         if names:
@@ -247,7 +455,15 @@ class ConsulWatcher:
     def _on_kv(self, r: Any) -> None:
         manual = self._manual_from(r)
         if manual is not None:
-            self.sink({}, manual)
+            self._emit({}, manual, self._pending_since)
+
+    def _emit(
+        self, changes: dict[str, list[RouteCmd] | None], manual: list[RouteCmd] | None, since: float | None
+    ) -> None:
+        """Hand a change to the table and record how long it took from the watch answer to the swap."""
+        self.sink(changes, manual)
+        if since is not None:
+            self.status.propagated((time.monotonic() - since) * 1000)
 
     # ------------------------------------------------------------------ per-service reads
 
@@ -255,11 +471,21 @@ class ConsulWatcher:
         backoff = Backoff()
         while True:
             await self._wake.wait()
-            changes, _ = await self._collect()
+            reconcile_failed = False
+            if self._reconcile:
+                try:
+                    await self._reconcile_instances()
+                except ConsulError as e:
+                    reconcile_failed = True
+                    self.status.error(f"catalog reconcile: {e}")
+            since, self._pending_since = self._pending_since, None
+            changes, failed = await self._collect()
             if changes:
-                self.sink(changes, None)
-            if self._pending:  # some reads failed: retry them after a pause
+                self._emit(changes, None, since)
+            if failed or reconcile_failed:  # retry after a pause; new changes meanwhile just queue up
+                self._reconcile = self._reconcile or reconcile_failed
                 await asyncio.sleep(backoff.next())
+                self._wake.set()
             else:
                 backoff.reset()
 
@@ -288,7 +514,9 @@ class ConsulWatcher:
     async def _service_cmds(self, name: str) -> list[RouteCmd] | None:
         r = await self.api.get(f"/v1/health/service/{name}")
         self.status.requests += 1
-        entries = r.body if r.status == 200 and r.body else []
+        return self._cmds_from_entries(name, r.body if r.status == 200 and r.body else [])
+
+    def _cmds_from_entries(self, name: str, entries: list[dict[str, Any]]) -> list[RouteCmd] | None:
         verdicts = judge_all(entries, self.statuses, self.checks_all)
         cmds: list[RouteCmd] = []
         errors: list[TagError] = []

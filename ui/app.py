@@ -52,6 +52,7 @@ def status_doc(router: Router) -> dict[str, Any]:
             "sync_age_seconds": None if age is None else round(age, 3),
             "indexes": dict(st.indexes),
             "requests": st.requests,
+            "propagation": st.propagation_summary(),
             "error_count": st.error_count,
             "recent_errors": [{"at": t, "error": e} for t, e in list(st.errors)[-20:]],
         },

@@ -1,0 +1,245 @@
+"""Propagation benchmark (issue 3): how fast does a Consul health change reach the proxy?
+
+    CONSUL=/path/to/consul python -m bench.propagation --instances 0 1000 10000 --samples 20
+    python -m bench.propagation --table-only          # table build / change time and RSS only
+
+For each N it starts a fresh `consul agent -dev`, registers N background instances (3 per service,
+each with a passing check and a `urlprefix-` tag), starts the real router (tests/router_proc.py) and then,
+for one fresh service with a TTL check on the agent, measures
+
+* up:   "TTL check set passing" -> "first request through the proxy reaches the backend"
+* down: "TTL check set critical" -> "the proxy answers 404 (no route)"
+
+and the Consul HTTP requests the router made per change (`registry.requests` in /api/status).
+
+Background instances are registered with /v1/catalog/register on external nodes with a catalog-level
+check whose Status is "passing": on Consul 1.8.7 that is one request per instance with no agent-side
+TTL timer, so 10,000 register in seconds and never flap. The measured service goes through the agent API
+with a real TTL check, as a user's service would.
+
+The table figures build synthetic route commands in-process and time `TableBuilder.update`; RSS is read
+from a fresh child process so earlier runs do not inflate it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from tests.backends import Backend  # noqa: E402
+from tests.consul_agent import ConsulAgent  # noqa: E402
+from tests.consul_helpers import deregister, make_client, register, set_check  # noqa: E402
+from tests.router_proc import RouterProc  # noqa: E402
+
+PER_SERVICE = 3
+
+
+def pct(xs: list[float], p: float) -> float:
+    """Nearest-rank percentile (no interpolation: a p90 of 20 samples is the 18th)."""
+    s = sorted(xs)
+    k = max(0, min(len(s) - 1, int(round(p / 100 * len(s) + 0.5)) - 1))
+    return s[k]
+
+
+def summary(xs: list[float]) -> dict[str, float]:
+    if not xs:
+        return {}
+    return {"p50": round(pct(xs, 50), 1), "p90": round(pct(xs, 90), 1), "max": round(max(xs), 1),
+            "mean": round(statistics.fmean(xs), 1)}
+
+
+def register_background(http_url: str, instances: int, workers: int = 16) -> float:
+    """N instances over ceil(N/3) services on 100 external nodes; returns seconds taken."""
+    t0 = time.monotonic()
+    client = httpx.Client(base_url=http_url, timeout=30, trust_env=False,
+                          limits=httpx.Limits(max_connections=workers))
+
+    def one(i: int) -> None:
+        svc = f"bg{i // PER_SERVICE:05d}"
+        node = f"bgnode{i % 100:03d}"
+        sid = f"{svc}-{i % PER_SERVICE}"
+        body = {
+            "Node": node, "Address": "127.0.0.1", "SkipNodeUpdate": True,
+            "Service": {"ID": sid, "Service": svc, "Address": "127.0.0.1", "Port": 20000 + i % 30000,
+                        "Tags": [f"urlprefix-/{svc}"]},
+            "Checks": [{"CheckID": f"{sid}-chk", "Name": "bg", "Status": "passing", "ServiceID": sid}],
+        }
+        r = client.put("/v1/catalog/register", json=body)
+        r.raise_for_status()
+
+    with ThreadPoolExecutor(workers) as ex:
+        list(ex.map(one, range(instances)))
+    client.close()
+    return time.monotonic() - t0
+
+
+def requests_made(ui: str) -> int:
+    return int(httpx.get(ui + "/api/status", timeout=5, trust_env=False).json()["registry"]["requests"])
+
+
+def wait_for(cond, timeout: float = 30.0) -> float:  # type: ignore[no-untyped-def]
+    """Poll cond() as fast as one request allows; return the monotonic time it first held."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if cond():
+                return time.monotonic()
+        except httpx.HTTPError:  # a router busy with a large initial load may not answer in time
+            time.sleep(0.1)
+    raise TimeoutError("condition not reached")
+
+
+def measure_propagation(instances: int, samples: int, flags: list[str]) -> dict[str, object]:
+    agent = ConsulAgent()
+    agent.start()
+    backend = Backend("fresh").start()
+    router: RouterProc | None = None
+    try:
+        reg_s = register_background(agent.http_url, instances) if instances else 0.0
+        t_start = time.monotonic()
+        router = RouterProc("-registry.consul.addr", agent.addr, *flags, wait_ready=False)
+        router.start()
+        ready = wait_for(lambda: httpx.get(router.ui + "/health", timeout=5, trust_env=False).status_code == 200,
+                         600)
+        ready_s = ready - t_start
+        startup_requests = requests_made(router.ui)
+        c = make_client(agent.port)
+        svc = f"fresh-{uuid.uuid4().hex[:6]}"
+        path = f"/{svc}"
+        register(c, svc, f"{svc}-1", backend.port, tags=[f"urlprefix-{path}"], status="critical")
+        proxy = httpx.Client(base_url=router.url, timeout=5, trust_env=False)
+        # wait until the background routes are in (the initial sync is not what we measure)
+        t_sync0 = time.monotonic()
+        if instances:
+            wait_for(lambda: proxy.get(f"/bg{(instances - 1) // PER_SERVICE:05d}").status_code != 404, 600)
+        sync_s = time.monotonic() - t_sync0
+        time.sleep(1.0)
+        up: list[float] = []
+        down: list[float] = []
+        reqs_up: list[int] = []
+        reqs_down: list[int] = []
+        for _ in range(samples):
+            r0 = requests_made(router.ui)
+            t0 = time.monotonic()
+            set_check(c, f"{svc}-1", "passing")
+            t1 = wait_for(lambda: proxy.get(path).status_code == 200)
+            up.append((t1 - t0) * 1000)
+            time.sleep(0.3)  # let the watch loops settle before counting
+            reqs_up.append(requests_made(router.ui) - r0)
+            r0 = requests_made(router.ui)
+            t0 = time.monotonic()
+            set_check(c, f"{svc}-1", "critical")
+            t1 = wait_for(lambda: proxy.get(path).status_code == 404)
+            down.append((t1 - t0) * 1000)
+            time.sleep(0.3)
+            reqs_down.append(requests_made(router.ui) - r0)
+        st = httpx.get(router.ui + "/api/status", timeout=5, trust_env=False).json()
+        rss_kb = _rss_kb(router.proc.pid if router.proc else 0)
+        deregister(c, f"{svc}-1")
+        return {
+            "instances": instances, "services": -(-instances // PER_SERVICE), "samples": samples,
+            "register_s": round(reg_s, 1), "ready_s": round(ready_s, 2),
+            "startup_requests": startup_requests, "routed_after_ready_s": round(sync_s, 2),
+            "up_ms": summary(up), "down_ms": summary(down),
+            "requests_per_up_change": summary([float(x) for x in reqs_up]),
+            "requests_per_down_change": summary([float(x) for x in reqs_down]),
+            "router_rss_mb": round(rss_kb / 1024, 1),
+            "router_observed": st.get("registry", {}).get("propagation"),
+        }
+    finally:
+        if router:
+            router.stop()
+        backend.stop()
+        agent.stop()
+
+
+def _rss_kb(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+_TABLE_CHILD = r"""
+import json, sys, time, resource
+sys.path.insert(0, sys.argv[2])
+from router.routecmd import RouteCmd
+from router.table import TableBuilder
+from pathlib import Path
+routes = int(sys.argv[1]); per = 3
+svcs = {}
+for i in range(routes):
+    s = f"s{i // per:05d}"
+    svcs.setdefault(s, []).append(RouteCmd("add", s, f"/{s}", f"http://127.0.0.1:{20000 + i % 30000}/",
+                                           source=f"service:{s}"))
+def rss():
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+base = rss()
+b = TableBuilder()
+t0 = time.perf_counter(); table, _ = b.update(svcs); full = (time.perf_counter() - t0) * 1000
+one = []
+name = next(iter(svcs))
+for k in range(20):
+    cmds = svcs[name][: 1 + k % per]
+    t0 = time.perf_counter(); table, _ = b.update({name: cmds}); one.append((time.perf_counter() - t0) * 1000)
+one.sort()
+print(json.dumps({"routes": len(table), "full_build_ms": round(full, 1), "one_change_ms_p50": round(one[10], 3),
+                  "one_change_ms_max": round(one[-1], 3), "rss_mb": round(rss(), 1),
+                  "rss_mb_before_build": round(base, 1)}))
+"""
+
+
+def measure_table(routes: int) -> dict[str, object]:
+    out = subprocess.run([sys.executable, "-c", _TABLE_CHILD, str(routes), str(ROOT)], check=True,
+                         capture_output=True, text=True, timeout=600)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--instances", type=int, nargs="*", default=[0, 1000, 10000])
+    ap.add_argument("--samples", type=int, default=20)
+    ap.add_argument("--routes", type=int, nargs="*", default=[3000, 30000, 60000])
+    ap.add_argument("--table-only", action="store_true")
+    ap.add_argument("--no-table", action="store_true")
+    ap.add_argument("--router-flag", action="append", default=[], help="extra router flag (repeat: -k v)")
+    ap.add_argument("--json", help="also write the results here")
+    a = ap.parse_args(argv)
+    results: dict[str, list[dict[str, object]]] = {"propagation": [], "table": []}
+    print(f"machine: {os.cpu_count()} cpus, python {sys.version.split()[0]}", flush=True)
+    if not a.table_only:
+        for n in a.instances:
+            r = measure_propagation(n, a.samples, a.router_flag)
+            results["propagation"].append(r)
+            print(json.dumps(r), flush=True)
+    if not a.no_table:
+        for n in a.routes:
+            r = measure_table(n)
+            results["table"].append(r)
+            print(json.dumps(r), flush=True)
+    if a.json:
+        Path(a.json).write_text(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,120 @@
+"""Unit tests of the watcher's pure diffing helpers and its bulk-read fallback (no Consul needed)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import httpx
+import pytest
+import respx
+
+from registry.consul_api import ConsulAPI, ConsulError
+from registry.consul_watcher import (
+    ConsulWatcher,
+    RegistryStatus,
+    _catalog_fingerprints,
+    _dump_entries,
+    _health_fingerprints,
+    _node_services,
+    _nonpassing_fingerprints,
+)
+from registry.health import judge_all
+
+
+def node(name: str, services: list[dict[str, Any]], checks: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"Node": name, "Address": "10.0.0.1", "Services": services, "Checks": checks}
+
+
+def svc(sid: str, name: str, port: int, tags: list[str], address: str = "") -> dict[str, Any]:
+    return {"ID": sid, "Service": name, "Port": port, "Tags": tags, "Address": address}
+
+
+def check(cid: str, status: str, sid: str = "", node_name: str = "n1") -> dict[str, Any]:
+    return {"Node": node_name, "CheckID": cid, "Status": status, "ServiceID": sid}
+
+
+DUMP = [
+    node("n1", [svc("web-1", "web", 80, ["urlprefix-/web"]), svc("db-1", "db", 5432, [])],
+         [check("serfHealth", "passing"), check("web-1-ttl", "passing", "web-1"), check("db-1-ttl", "passing", "db-1")]),
+    node("n2", [svc("web-2", "web", 81, [], address="10.0.0.9")],
+         [check("serfHealth", "critical", node_name="n2"), check("web-2-ttl", "passing", "web-2", "n2")]),
+]
+
+
+def test_dump_entries_keeps_tagged_services_with_all_their_instances() -> None:
+    entries = _dump_entries(DUMP, "urlprefix-")
+    assert set(entries) == {"web"}  # db has no urlprefix- tag
+    assert len(entries["web"]) == 2  # the untagged instance is kept for the UI's verdicts
+    verdicts = {v.instance.id: v for v in judge_all(entries["web"])}
+    assert verdicts["web-1"].healthy
+    assert not verdicts["web-2"].healthy and "serfHealth" in verdicts["web-2"].reason
+    assert verdicts["web-2"].instance.address == "10.0.0.9"
+    assert verdicts["web-1"].instance.address == "10.0.0.1"  # falls back to the node's address
+
+
+def test_catalog_fingerprint_changes_on_port_move_only_for_that_service() -> None:
+    before = _catalog_fingerprints(_dump_entries(DUMP, "urlprefix-"))
+    moved = [dict(n) for n in DUMP]
+    moved[0] = node("n1", [svc("web-1", "web", 8080, ["urlprefix-/web"])], DUMP[0]["Checks"])
+    after = _catalog_fingerprints(_dump_entries(moved, "urlprefix-"))
+    assert before["web"] != after["web"]
+    assert _catalog_fingerprints(_dump_entries(DUMP, "urlprefix-")) == before
+
+
+def test_health_fingerprint_sees_node_check_of_a_service_node() -> None:
+    checks = [c for n in DUMP for c in n["Checks"]]
+    for c in checks:
+        c.setdefault("ServiceName", {"web-1": "web", "web-2": "web", "db-1": "db"}.get(c["ServiceID"], ""))
+        c.setdefault("ServiceTags", ["urlprefix-/web"] if c["ServiceID"] == "web-1" else [])
+    before = _health_fingerprints(checks, "urlprefix-")
+    flipped = [dict(c, Status="passing") if c["CheckID"] == "serfHealth" else c for c in checks]
+    assert set(before) == {"web"}
+    assert _health_fingerprints(flipped, "urlprefix-")["web"] != before["web"]
+
+
+def test_propagation_summary_nearest_rank() -> None:
+    st = RegistryStatus()
+    assert st.propagation_summary()["count"] == 0
+    for ms in range(1, 11):
+        st.propagated(float(ms))
+    s = st.propagation_summary()
+    assert (s["count"], s["p50_ms"], s["p90_ms"], s["max_ms"], s["last_ms"]) == (10, 5.0, 9.0, 10.0, 10.0)
+
+
+@respx.mock
+def test_startup_falls_back_to_per_service_mode_when_dump_is_missing() -> None:
+    """Without /v1/internal/ui/nodes at startup, a catalog change re-reads every tagged service."""
+    respx.get("http://c:8500/v1/internal/ui/nodes").mock(return_value=httpx.Response(404))
+    w = ConsulWatcher(ConsulAPI("c:8500"), lambda s, m: None)
+    w._catalog_tags = {"web": ("urlprefix-/web",), "api": ("urlprefix-/api",)}
+
+    async def run() -> None:
+        await w._reconcile_instances()
+        await w._reconcile_instances()
+
+    asyncio.run(run())
+    assert w._pending == {"web", "api"}
+    assert w._dump_ok is False
+    assert respx.calls.call_count == 1  # the missing endpoint is not asked again
+
+
+@respx.mock
+def test_dump_failure_after_startup_is_an_error_not_a_mode_switch() -> None:
+    respx.get("http://c:8500/v1/internal/ui/nodes").mock(return_value=httpx.Response(404))
+    w = ConsulWatcher(ConsulAPI("c:8500"), lambda s, m: None)
+    w.status.ready = True
+    with pytest.raises(ConsulError):
+        asyncio.run(w._reconcile_instances())
+    assert w._dump_ok is True
+
+
+def test_nonpassing_fingerprint_maps_node_checks_to_the_services_on_that_node() -> None:
+    entries = _dump_entries(DUMP, "urlprefix-")
+    nodes = _node_services(entries)
+    tagged = {"web": ("urlprefix-/web",)}
+    healthy = _nonpassing_fingerprints([], nodes, tagged)
+    n1_down = _nonpassing_fingerprints([check("serfHealth", "critical", node_name="n1")], nodes, tagged)
+    db_down = _nonpassing_fingerprints([dict(check("db-1-ttl", "critical", "db-1"), ServiceName="db")], nodes, tagged)
+    assert healthy == {} and db_down == {}  # db is not routed: its checks do not matter
+    assert set(n1_down) == {"web"}
