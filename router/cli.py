@@ -23,6 +23,7 @@ from router import __version__
 from router.config import Config, ConfigError, load, parse_args
 from router.proxy import ProxyApp
 from router.state import RouterState
+from router.workers import WorkerPool, worker_count
 
 log = logging.getLogger("router")
 
@@ -55,6 +56,20 @@ def _uvicorn_config(app: object, addr: tuple[str, int], **extra: object) -> uvic
     )
 
 
+def build_proxy(cfg: Config, state: RouterState) -> ProxyApp:
+    """The proxy app as configured; also used by each worker process (router/workers.py)."""
+    return ProxyApp(
+        state,
+        strategy=cfg["proxy.strategy"],
+        noroute_status=cfg["proxy.noroutestatus"],
+        header_timeout=cfg["proxy.responseheadertimeout"],
+        dial_timeout=cfg["proxy.dialtimeout"],
+        idle_timeout=cfg["proxy.idleconntimeout"],
+        keepalive=cfg["proxy.keepalivetimeout"],
+        local_ip=cfg["proxy.localip"],
+    )
+
+
 class Router:
     """The running router: state, registry, proxy and UI."""
 
@@ -76,16 +91,12 @@ class Router:
                 consistency=consistency, wait=cfg["registry.consul.wait"],
             )
             self.status.addr = self.api.base_url
-        self.proxy = ProxyApp(
-            self.state,
-            strategy=cfg["proxy.strategy"],
-            noroute_status=cfg["proxy.noroutestatus"],
-            header_timeout=cfg["proxy.responseheadertimeout"],
-            dial_timeout=cfg["proxy.dialtimeout"],
-            idle_timeout=cfg["proxy.idleconntimeout"],
-            keepalive=cfg["proxy.keepalivetimeout"],
-            local_ip=cfg["proxy.localip"],
-        )
+        self.proxy = build_proxy(cfg, self.state)
+        # several workers: they serve proxy.addr, this process keeps the one registry watcher and the UI
+        n = worker_count(cfg["proxy.workers"])
+        self.workers = WorkerPool(cfg, n) if n > 1 else None
+        if self.workers is not None:
+            self.state.apply = self.workers.forwarding(self.state.apply)  # type: ignore[method-assign]
         from ui.app import create_app  # the UI depends on the router, not the other way round
 
         self.ui = create_app(self)
@@ -115,7 +126,9 @@ class Router:
     async def serve(self) -> None:
         proxy_server = _Server(_uvicorn_config(self.proxy, self.cfg["proxy.addr"], timeout_keep_alive=75))
         ui_server = _Server(_uvicorn_config(self.ui, self.cfg["ui.addr"]))
-        servers = (proxy_server, ui_server)
+        servers = (ui_server,) if self.workers else (proxy_server, ui_server)
+        if self.workers:
+            await self.workers.start()  # before the registry: no table update can miss a worker
         loop = asyncio.get_running_loop()
         stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -136,6 +149,8 @@ class Router:
             await asyncio.sleep(wait)
         for s in servers:
             s.should_exit = True
+        if self.workers:
+            await self.workers.stop()
         await asyncio.gather(*serving, return_exceptions=True)
         registry.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):

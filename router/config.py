@@ -146,7 +146,7 @@ KEYS: tuple[Key, ...] = (
     Key("proxy.shutdownwait", "0", parse_duration, "how long to keep serving after SIGTERM"),
     Key("proxy.deregistergraceperiod", "0", parse_duration, "wait after deregistering before shutdown", todo='no effect yet: the router does not register itself'),
     Key("proxy.localip", "", parse_str, "this host's IP, used in Forwarded: by="),
-    Key("proxy.workers", "1", int_range(1, 256), "number of proxy worker processes (ours)"),
+    Key("proxy.workers", "0", int_range(0, 256), "number of proxy worker processes, 0 = one per core (ours)"),
     # registry
     Key("registry.backend", "consul", choice("consul", "static", "file"), "where routes come from"),
     Key("registry.timeout", "10s", parse_duration, "how long to retry the registry at startup", todo='no effect: the router retries Consul forever with capped backoff and answers 503 until the first table'),
