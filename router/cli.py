@@ -21,6 +21,7 @@ from registry.consul_watcher import ConsulWatcher, RegistryStatus
 from registry.static import load_text, watch_file
 from router import __version__
 from router.config import Config, ConfigError, load, parse_args
+from router.fastwrite import CoalescingHttpToolsProtocol
 from router.proxy import ProxyApp
 from router.state import RouterState
 from router.workers import WorkerPool, worker_count
@@ -39,13 +40,13 @@ class _Server(uvicorn.Server):
         yield
 
 
-def _uvicorn_config(app: object, addr: tuple[str, int], **extra: object) -> uvicorn.Config:
+def _uvicorn_config(app: object, addr: tuple[str, int], http: object = "httptools", **extra: object) -> uvicorn.Config:
     return uvicorn.Config(
         app,
         host=addr[0],
         port=addr[1],
         loop="none",
-        http="httptools",
+        http=http,  # type: ignore[arg-type]
         ws="none",
         lifespan="on",
         log_level="warning",
@@ -124,7 +125,8 @@ class Router:
         await watcher.run()
 
     async def serve(self) -> None:
-        proxy_server = _Server(_uvicorn_config(self.proxy, self.cfg["proxy.addr"], timeout_keep_alive=75))
+        proxy_server = _Server(_uvicorn_config(self.proxy, self.cfg["proxy.addr"], http=CoalescingHttpToolsProtocol,
+                                                    timeout_keep_alive=75))
         ui_server = _Server(_uvicorn_config(self.ui, self.cfg["ui.addr"]))
         servers = (ui_server,) if self.workers else (proxy_server, ui_server)
         if self.workers:

@@ -202,6 +202,7 @@ def _listen_socket(addr: tuple[str, int]) -> socket.socket:
 
 async def _worker(pipe: socket.socket) -> int:
     from router.cli import _LEVELS, _Server, _uvicorn_config, build_proxy
+    from router.fastwrite import CoalescingHttpToolsProtocol
     from router.state import RouterState
 
     reader, writer = await asyncio.open_connection(sock=pipe)
@@ -215,7 +216,7 @@ async def _worker(pipe: socket.socket) -> int:
     state = RouterState(matcher=cfg["proxy.matcher"], glob_matching=not cfg["glob.matching.disabled"],
                         routes_log=cfg["log.routes.format"])
     app = _Counting(build_proxy(cfg, state))
-    server = _Server(_uvicorn_config(app, cfg["proxy.addr"], timeout_keep_alive=75))
+    server = _Server(_uvicorn_config(app, cfg["proxy.addr"], http=CoalescingHttpToolsProtocol, timeout_keep_alive=75))
     try:
         sock = _listen_socket(cfg["proxy.addr"])
     except OSError as e:
