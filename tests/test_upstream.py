@@ -282,3 +282,66 @@ def test_idle_connections_expire(backend: Backend) -> None:
         await up.close()
 
     asyncio.run(main())
+
+
+def test_https_upstream_with_and_without_verification(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import shutil
+    import ssl
+    import subprocess
+
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl CLI not installed")
+    cert, key = tmp_path / "c.pem", tmp_path / "k.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
+                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_ctx.load_cert_chain(cert, key)
+
+    async def handler(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                await read_head(r)
+                w.write(b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nsecret")
+                await w.drain()
+        except (asyncio.IncompleteReadError, ConnectionError, ssl.SSLError):
+            w.close()
+
+    async def main() -> None:
+        server = await asyncio.start_server(handler, "127.0.0.1", 0, ssl=server_ctx)
+        url = f"https://127.0.0.1:{server.sockets[0].getsockname()[1]}/"
+        up = Upstream()
+        with pytest.raises(ConnectFailed):  # self-signed: refused when verifying
+            await up.request("GET", url, [], None)
+        for _ in range(2):  # tlsskipverify
+            assert (await fetch(up, url, verify_tls=False))[:2] == (200, b"secret")
+        assert len(up._idle[("https", "127.0.0.1", int(url.rsplit(":", 1)[1].strip("/")), False)]) == 1
+        await up.close()
+        server.close()
+
+    asyncio.run(main())
+
+
+def test_body_arriving_after_the_head_then_reuse() -> None:
+    """A Content-Length body that comes in later packets bypasses the parser; the next response still parses."""
+
+    async def handler(r: asyncio.StreamReader, w: asyncio.StreamWriter, n: int) -> None:
+        for i in range(3):
+            await read_head(r)
+            w.write(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nab")
+            await w.drain()
+            await asyncio.sleep(0.02)
+            w.write(b"cdef")
+            await w.drain()
+            await asyncio.sleep(0.02)
+            w.write(b"gh%d\n" % i)
+            await w.drain()
+
+    async def main() -> None:
+        async with RawServer(handler) as srv:
+            up = Upstream()
+            for i in range(3):
+                assert (await fetch(up, srv.url + "/"))[:2] == (200, b"abcdefgh%d\n" % i)
+            assert srv.connections == 1
+            await up.close()
+
+    asyncio.run(main())
