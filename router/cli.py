@@ -24,7 +24,7 @@ from router.config import Config, ConfigError, load, parse_args
 from router.fastwrite import CoalescingHttpToolsProtocol
 from router.proxy import ProxyApp
 from router.state import RouterState
-from router.workers import WorkerPool, worker_count
+from router.workers import WorkerPool, tune_gc, worker_count
 
 log = logging.getLogger("router")
 
@@ -188,6 +188,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         runner = uvloop.run
     except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
         runner = asyncio.run
+    tune_gc()
     try:
         runner(Router(cfg).serve())
     except OSError as e:

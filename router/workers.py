@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import pickle
@@ -34,6 +35,18 @@ from typing import Any
 
 log = logging.getLogger("router.workers")
 _LEN = struct.Struct(">I")
+
+
+def tune_gc() -> None:
+    """Fewer, cheaper garbage collections for a proxy process; call once imports are done.
+
+    Every proxied request allocates a few dozen short-lived containers, so with CPython's default
+    gen-0 threshold (700) a collection runs every few requests, and each older-generation pass walks
+    every imported module's objects. Freezing what exists at startup and collecting less often cut a
+    worker's p99 latency about in half in A/B runs (docs/datapath.md) at no throughput cost.
+    """
+    gc.freeze()
+    gc.set_threshold(20000, 50, 100)
 
 
 def worker_count(setting: int) -> int:
@@ -216,6 +229,7 @@ async def _worker(pipe: socket.socket) -> int:
     state = RouterState(matcher=cfg["proxy.matcher"], glob_matching=not cfg["glob.matching.disabled"],
                         routes_log=cfg["log.routes.format"])
     app = _Counting(build_proxy(cfg, state))
+    tune_gc()
     server = _Server(_uvicorn_config(app, cfg["proxy.addr"], http=CoalescingHttpToolsProtocol, timeout_keep_alive=75))
     try:
         sock = _listen_socket(cfg["proxy.addr"])
