@@ -117,6 +117,8 @@ class Response:
         self._conn.finished(self, reusable=uploaded and self._done and self._error is None and not self._chunks)
 
     def close(self) -> None:
+        if not self._headers_fut.done():
+            self._headers_fut.cancel()  # nobody waits for it any more
         if not self._released:
             self._released = True
             if self._writer is not None and not self._writer.done():
@@ -465,7 +467,7 @@ class Upstream:
             writer = asyncio.ensure_future(self._send_body(conn, resp, body, chunked))
         try:
             if header_timeout > 0:
-                await asyncio.wait_for(asyncio.shield(resp._headers_fut), header_timeout)
+                await asyncio.wait_for(resp._headers_fut, header_timeout)
             else:
                 await resp._headers_fut
         except TimeoutError as e:
