@@ -50,6 +50,13 @@ class _CoalescingTransport:
             if not self._t.is_closing():
                 self._t.write(data)
 
+    def writelines(self, chunks: list[bytes]) -> None:
+        self.write(b"".join(chunks))
+
+    def write_eof(self) -> None:
+        self.flush()
+        self._t.write_eof()
+
     def close(self) -> None:
         self.flush()
         self._t.close()
