@@ -1,4 +1,4 @@
-"""CPU cost per proxied-style request of candidate upstream clients (httpx vs aiohttp).
+"""CPU cost per proxied-style request of candidate upstream clients (httpx, aiohttp, router.upstream).
 
 Measures process CPU time (not wall time, so a noisy machine matters less) for N keep-alive GETs
 from one asyncio loop against a local backend running in another process. Run:
@@ -48,6 +48,21 @@ async def run_aiohttp(url: str, n: int, conc: int) -> None:
         await asyncio.gather(*(worker(n // conc) for _ in range(conc)))
 
 
+async def run_lean(url: str, n: int, conc: int) -> None:
+    from router.upstream import Upstream
+
+    up = Upstream()
+
+    async def worker(k: int) -> None:
+        for _ in range(k):
+            r = await up.request("GET", url, [("host", "bench")], None)
+            async for _chunk in r.content.iter_any():
+                pass
+            r.release()
+    await asyncio.gather(*(worker(n // conc) for _ in range(conc)))
+    await up.close()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--requests", type=int, default=5000)
@@ -61,7 +76,7 @@ def main() -> None:
         time.sleep(1.5)
         url = f"http://127.0.0.1:{port}/"
         results = {}
-        for name, fn in [("httpx", run_httpx), ("aiohttp", run_aiohttp)] * 2:  # interleaved, twice
+        for name, fn in [("httpx", run_httpx), ("aiohttp", run_aiohttp), ("lean", run_lean)] * 2:  # interleaved, twice
             c0, w0 = time.process_time(), time.perf_counter()
             asyncio.run(fn(url, args.requests, args.concurrency))
             cpu_us = (time.process_time() - c0) / args.requests * 1e6

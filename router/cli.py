@@ -24,10 +24,12 @@ from registry.static import load_text, watch_file
 from router import __version__
 from router.auth import parse_schemes
 from router.config import Config, ConfigError, load, parse_args
+from router.fastwrite import CoalescingHttpToolsProtocol
 from router.headers import ForwardingHeaders
 from router.proxy import ProxyApp
 from router.state import RouterState
 from router.websocket import tunnel_protocol
+from router.workers import WorkerPool, tune_gc, worker_count
 
 log = logging.getLogger("router")
 
@@ -43,13 +45,14 @@ class _Server(uvicorn.Server):
         yield
 
 
-def _uvicorn_config(app: object, addr: tuple[str, int], ws: object = "none", **extra: object) -> uvicorn.Config:
+def _uvicorn_config(app: object, addr: tuple[str, int], http: object = "httptools", ws: object = "none",
+                    **extra: object) -> uvicorn.Config:
     return uvicorn.Config(
         app,
         host=addr[0],
         port=addr[1],
         loop="none",
-        http="httptools",
+        http=http,  # type: ignore[arg-type]
         ws=ws,  # the proxy passes its own byte-level tunnel class (router/websocket.py)
         lifespan="on",
         log_level="warning",
@@ -59,6 +62,43 @@ def _uvicorn_config(app: object, addr: tuple[str, int], ws: object = "none", **e
         date_header=False,
         **extra,
     )
+
+
+def build_proxy(cfg: Config, state: RouterState) -> ProxyApp:
+    """The proxy app as configured; also used by each worker process (router/workers.py)."""
+    return ProxyApp(
+        state,
+        strategy=cfg["proxy.strategy"],
+        noroute_status=cfg["proxy.noroutestatus"],
+        header_timeout=cfg["proxy.responseheadertimeout"],
+        dial_timeout=cfg["proxy.dialtimeout"],
+        idle_timeout=cfg["proxy.idleconntimeout"],
+        keepalive=cfg["proxy.keepalivetimeout"],
+        local_ip=cfg["proxy.localip"],
+        forwarding=ForwardingHeaders(
+            cfg["proxy.localip"], request_id=cfg["proxy.header.requestid"],
+            client_ip=cfg["proxy.header.clientip"], tls_header=cfg["proxy.header.tls"],
+            tls_value=cfg["proxy.header.tls.value"], sts_maxage=cfg["proxy.header.sts.maxage"],
+            sts_subdomains=cfg["proxy.header.sts.subdomains"], sts_preload=cfg["proxy.header.sts.preload"]),
+        auth_schemes=auth_schemes(cfg),
+        max_header_bytes=cfg["proxy.maxheaderbytes"],
+        connect_attempts=cfg["proxy.retry.attempts"],
+        eject_failures=cfg["proxy.eject.failures"],
+        eject_duration=cfg["proxy.eject.duration"],
+    )
+
+
+def auth_schemes(cfg: Config) -> dict:
+    try:
+        return parse_schemes(cfg["proxy.auth"])
+    except ValueError as e:
+        raise ConfigError(f"invalid proxy.auth: {e}") from None
+
+
+def proxy_server_config(proxy: ProxyApp, cfg: Config, app: object = None) -> uvicorn.Config:
+    """uvicorn settings of the proxy listener, the same in the main process and in every worker."""
+    return _uvicorn_config(app or proxy, cfg["proxy.addr"], http=CoalescingHttpToolsProtocol,
+                           ws=tunnel_protocol(proxy), timeout_keep_alive=75)
 
 
 class Router:
@@ -84,26 +124,12 @@ class Router:
                                 for k in ("cafile", "capath", "certfile", "keyfile", "insecureskipverify"))),
             )
             self.status.addr = self.api.base_url
-        self.proxy = ProxyApp(
-            self.state,
-            strategy=cfg["proxy.strategy"],
-            noroute_status=cfg["proxy.noroutestatus"],
-            header_timeout=cfg["proxy.responseheadertimeout"],
-            dial_timeout=cfg["proxy.dialtimeout"],
-            idle_timeout=cfg["proxy.idleconntimeout"],
-            keepalive=cfg["proxy.keepalivetimeout"],
-            local_ip=cfg["proxy.localip"],
-            forwarding=ForwardingHeaders(
-                cfg["proxy.localip"], request_id=cfg["proxy.header.requestid"],
-                client_ip=cfg["proxy.header.clientip"], tls_header=cfg["proxy.header.tls"],
-                tls_value=cfg["proxy.header.tls.value"], sts_maxage=cfg["proxy.header.sts.maxage"],
-                sts_subdomains=cfg["proxy.header.sts.subdomains"], sts_preload=cfg["proxy.header.sts.preload"]),
-            auth_schemes=self._auth_schemes(cfg),
-            max_header_bytes=cfg["proxy.maxheaderbytes"],
-            connect_attempts=cfg["proxy.retry.attempts"],
-            eject_failures=cfg["proxy.eject.failures"],
-            eject_duration=cfg["proxy.eject.duration"],
-        )
+        self.proxy = build_proxy(cfg, self.state)
+        # several workers: they serve proxy.addr, this process keeps the one registry watcher and the UI
+        n = worker_count(cfg["proxy.workers"])
+        self.workers = WorkerPool(cfg, n) if n > 1 else None
+        if self.workers is not None:
+            self.state.apply = self.workers.forwarding(self.state.apply)  # type: ignore[method-assign]
         self.registrar: Registrar | None = None
         if self.api is not None and cfg["registry.consul.register.enabled"]:
             reg_addr = cfg["registry.consul.register.addr"] or "{}:{}".format(*cfg["ui.addr"])
@@ -118,15 +144,10 @@ class Router:
 
         self.ui = create_app(self)
 
-    @staticmethod
-    def _auth_schemes(cfg: Config) -> dict:
-        try:
-            return parse_schemes(cfg["proxy.auth"])
-        except ValueError as e:
-            raise ConfigError(f"invalid proxy.auth: {e}") from None
-
     def _set_noroute(self, html: str) -> None:
         self.proxy.noroute_html = html
+        if self.workers is not None:
+            self.workers.set_noroute(html)
 
     async def registry(self) -> None:
         cfg = self.cfg
@@ -161,10 +182,11 @@ class Router:
                 t.cancel()
 
     async def serve(self) -> None:
-        proxy_server = _Server(_uvicorn_config(self.proxy, self.cfg["proxy.addr"], ws=tunnel_protocol(self.proxy),
-                                               timeout_keep_alive=75))
+        proxy_server = _Server(proxy_server_config(self.proxy, self.cfg))
         ui_server = _Server(_uvicorn_config(self.ui, self.cfg["ui.addr"]))
-        servers = (proxy_server, ui_server)
+        servers = (ui_server,) if self.workers else (proxy_server, ui_server)
+        if self.workers:
+            await self.workers.start()  # before the registry: no table update can miss a worker
         loop = asyncio.get_running_loop()
         stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -191,6 +213,8 @@ class Router:
             await asyncio.sleep(wait)
         for s in servers:
             s.should_exit = True
+        if self.workers:
+            await self.workers.stop()
         await asyncio.gather(*serving, return_exceptions=True)
         registry.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -223,6 +247,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         runner = uvloop.run
     except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
         runner = asyncio.run
+    tune_gc()
     try:
         router = Router(cfg)
     except ConfigError as e:

@@ -154,7 +154,7 @@ KEYS: tuple[Key, ...] = (
     Key("proxy.header.sts.subdomains", "false", parse_bool, "add includeSubdomains to the HSTS header"),
     Key("proxy.header.sts.preload", "false", parse_bool, "add preload to the HSTS header"),
     Key("proxy.auth", "", parse_str, "auth schemes: name=a;type=basic;file=<htpasswd>;realm=r;refresh=30s[,...]"),
-    Key("proxy.workers", "1", int_range(1, 256), "number of proxy worker processes (ours)"),
+    Key("proxy.workers", "0", int_range(0, 256), "number of proxy worker processes, 0 = one per core (ours)"),
     Key("proxy.maxheaderbytes", "1048576", int_range(1024, 1 << 30),
         "largest request head (request line + headers) in bytes; larger is answered 431 (ours)"),
     Key("proxy.retry.attempts", "3", int_range(1, 16),

@@ -1,18 +1,29 @@
-"""Pooled keep-alive HTTP/1.1 client for the hot path, on aiohttp.
+"""Pooled keep-alive HTTP/1.1 client for the hot path: asyncio Protocol + httptools parsing.
 
-Why aiohttp and not httpx here: per proxied request httpx costs 10-30x more CPU (its
-httpcore/anyio layers), measured in docs/datapath.md. This module hides the choice behind three
-exceptions so the proxy can map failures to statuses and decide when a retry is safe.
+Why not aiohttp's client: profiling one worker (docs/datapath.md) showed aiohttp's request machinery
+(ClientRequest, timers, StreamWriter, connector bookkeeping) costing more Python per request than the
+whole rest of the proxy. A proxy needs far less: write the request head in one `transport.write`,
+feed received bytes to httptools, hand body chunks over as they come. This module does only that.
+
+Contract used by router/proxy.py: `Upstream.request(...)` returns a `Response` once its headers
+arrived (`.status`, `.raw_headers`, `.content.iter_any()`, `.release()`, `.close()`), or raises
+ConnectFailed (nothing sent: another instance may be tried), UpstreamTimeout or UpstreamError.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import socket
+import ssl
+import time
 from collections.abc import AsyncIterator, Sequence
 
-import aiohttp
-from yarl import URL
+import httptools
+
+HIGH_WATER = 1 << 20  # buffered response bytes at which we stop reading the upstream socket
+LOW_WATER = 1 << 18  # ... and resume once the consumer drained below this
+IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 
 
 class ConnectFailed(Exception):
@@ -27,6 +38,256 @@ class UpstreamError(Exception):
     """The upstream connection broke or answered garbage (502)."""
 
 
+class _Stale(Exception):
+    """A reused connection died before any byte of the response came back (retry once, fresh)."""
+
+
+class Response:
+    """One upstream response: headers are complete; the body arrives through `iter_any()`."""
+
+    __slots__ = ("status", "raw_headers", "_conn", "_chunks", "_buffered", "_done", "_error", "_waiter",
+                 "_head", "_received", "_headers_fut", "_close_delimited", "_released", "_writer")
+
+    def __init__(self, conn: _Conn, head: bool) -> None:
+        self.status = 0
+        self.raw_headers: list[tuple[bytes, bytes]] = []
+        self._conn = conn
+        self._chunks: collections.deque[bytes] = collections.deque()
+        self._buffered = 0
+        self._done = False  # the whole body arrived
+        self._error: BaseException | None = None
+        self._waiter: asyncio.Future[None] | None = None
+        self._head = head
+        self._received = False  # any byte of this response arrived
+        self._headers_fut: asyncio.Future[None] = conn.loop.create_future()
+        self._close_delimited = False
+        self._released = False
+        self._writer: asyncio.Task[None] | None = None  # still uploading the request body
+
+    # aiohttp-compatible surface: `resp.content.iter_any()`
+    @property
+    def content(self) -> Response:
+        return self
+
+    def iter_any(self) -> Response:
+        return self
+
+    def __aiter__(self) -> Response:
+        return self
+
+    async def __anext__(self) -> bytes:
+        while True:
+            if self._chunks:
+                chunk = self._chunks.popleft()
+                self._buffered -= len(chunk)
+                if self._buffered < LOW_WATER:
+                    self._conn.want_read()
+                return chunk
+            if self._error is not None:
+                raise self._error
+            if self._done:
+                raise StopAsyncIteration
+            self._waiter = self._conn.loop.create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+
+    def _wake(self) -> None:
+        w = self._waiter
+        if w is not None and not w.done():
+            w.set_result(None)
+
+    def _fail(self, exc: BaseException) -> None:
+        if not self._headers_fut.done():
+            self._headers_fut.set_exception(exc)
+        elif not self._done and self._error is None:
+            self._error = exc
+        self._wake()
+
+    def release(self) -> None:
+        """Give the connection back to the pool if the body was read to its end; else close it."""
+        if self._released:
+            return
+        self._released = True
+        w = self._writer
+        uploaded = w is None or (w.done() and not w.cancelled())
+        if w is not None and not w.done():
+            w.cancel()  # answered before the upload ended: that request is half-written, drop it
+        self._conn.finished(self, reusable=uploaded and self._done and self._error is None and not self._chunks)
+
+    def close(self) -> None:
+        if not self._headers_fut.done():
+            self._headers_fut.cancel()  # nobody waits for it any more
+        if not self._released:
+            self._released = True
+            if self._writer is not None and not self._writer.done():
+                self._writer.cancel()
+            self._conn.finished(self, reusable=False)
+
+
+class _Conn(asyncio.Protocol):
+    """One upstream TCP (or TLS) connection; parses responses with httptools."""
+
+    def __init__(self, pool: Upstream, key: tuple, loop: asyncio.AbstractEventLoop) -> None:
+        self.pool = pool
+        self.key = key
+        self.loop = loop
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpResponseParser(self)
+        self.resp: Response | None = None
+        self.lost = False
+        self.paused_reading = False
+        self.write_paused: asyncio.Future[None] | None = None
+        self.reusable = True
+        self.idle_since = 0.0
+        self.uses = 0
+        # Content-Length body bytes still to come. Once the head is parsed, such a body bypasses
+        # httptools: its on_body copies every chunk, which was a third of a big download's CPU.
+        self.raw_left = -1
+
+    # --- asyncio.Protocol
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        resp = self.resp
+        if resp is None:  # bytes nobody asked for: the connection is unusable
+            self.reusable = False
+            self.abort()
+            return
+        resp._received = True
+        if self.raw_left > 0:
+            self._raw_body(resp, data)
+            return
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self.reusable = False
+        except httptools.HttpParserError as e:
+            self.reusable = False
+            resp._fail(UpstreamError(f"bad response from upstream: {e}"))
+            self.abort()
+
+    def _raw_body(self, resp: Response, data: bytes) -> None:
+        left = self.raw_left
+        if len(data) > left:  # bytes beyond the announced length: deliver the body, never reuse
+            data = data[:left]
+            self.reusable = False
+        self.raw_left = left - len(data)
+        self._deliver(resp, data)
+        if self.raw_left == 0:
+            self.raw_left = -1
+            self.parser = httptools.HttpResponseParser(self)  # the old one still waits for the body
+            resp._done = True
+            resp._wake()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+        self.reusable = False
+        if self.write_paused is not None and not self.write_paused.done():
+            self.write_paused.set_exception(ConnectionResetError("upstream closed the connection"))
+        resp = self.resp
+        if resp is None:
+            self.pool._forget(self)
+            return
+        if resp._close_delimited and resp._headers_fut.done() and not resp._done:
+            resp._done = True  # the body ended with the connection, as announced
+            resp._wake()
+        elif not resp._received:
+            resp._fail(_Stale())
+        else:
+            resp._fail(UpstreamError("upstream closed the connection mid-response"))
+
+    def pause_writing(self) -> None:
+        if self.write_paused is None or self.write_paused.done():
+            self.write_paused = self.loop.create_future()
+
+    def resume_writing(self) -> None:
+        if self.write_paused is not None and not self.write_paused.done():
+            self.write_paused.set_result(None)
+
+    # --- httptools callbacks
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.resp.raw_headers.append((name, value))  # type: ignore[union-attr]
+
+    def on_headers_complete(self) -> None:
+        resp = self.resp
+        assert resp is not None
+        status = self.parser.get_status_code()
+        if 100 <= status < 200 and status != 101:  # 100 Continue & co: the real answer follows
+            resp.raw_headers = []
+            return
+        resp.status = status
+        if resp._head or status in (204, 304):
+            resp._done = True
+        else:
+            chunked = False
+            cl = -1
+            for n, v in resp.raw_headers:
+                ln = n.lower()
+                if ln == b"content-length":
+                    cl = int(v)
+                elif ln == b"transfer-encoding" and b"chunked" in v.lower():
+                    chunked = True
+            resp._close_delimited = cl < 0 and not chunked
+            if cl > 0 and not chunked:
+                self.raw_left = cl  # on_body counts down what arrives with the head
+        if not self.parser.should_keep_alive():
+            self.reusable = False
+        resp._headers_fut.set_result(None)
+
+    def on_body(self, body: bytes) -> None:
+        resp = self.resp
+        assert resp is not None
+        if resp._done:  # a body after HEAD/204/304: the connection is out of step
+            self.reusable = False
+            return
+        if self.raw_left > 0:
+            self.raw_left -= len(body)
+        self._deliver(resp, body)
+
+    def _deliver(self, resp: Response, body: bytes) -> None:
+        resp._chunks.append(body)
+        resp._buffered += len(body)
+        if resp._buffered > HIGH_WATER and not self.paused_reading and self.transport is not None:
+            self.paused_reading = True
+            self.transport.pause_reading()
+        resp._wake()
+
+    def on_message_complete(self) -> None:
+        resp = self.resp
+        if resp is None or not resp._headers_fut.done():
+            return  # end of a 1xx interim response
+        if resp._head:  # the parser expected a body it will never get: start afresh for the next one
+            self.parser = httptools.HttpResponseParser(self)
+        self.raw_left = -1
+        resp._done = True
+        resp._wake()
+
+    # --- used by Response / Upstream
+    def want_read(self) -> None:
+        if self.paused_reading and self.transport is not None and not self.lost:
+            self.paused_reading = False
+            self.transport.resume_reading()
+
+    def finished(self, resp: Response, reusable: bool) -> None:
+        if self.resp is not resp:
+            return
+        self.resp = None
+        if reusable and self.reusable and not self.lost and not self.paused_reading:
+            if resp._head:
+                self.parser = httptools.HttpResponseParser(self)
+            self.pool._put(self)
+        else:
+            self.abort()
+
+    def abort(self) -> None:
+        self.reusable = False
+        if self.transport is not None and not self.lost:
+            self.transport.close()
+
+
 class Upstream:
     """One pool of connections to every upstream; created inside the running event loop."""
 
@@ -36,38 +297,106 @@ class Upstream:
         self.idle_timeout = idle_timeout
         self.max_idle = max_idle
         self.keepalive = keepalive
-        self._session: aiohttp.ClientSession | None = None
+        self._idle: dict[tuple, list[_Conn]] = {}
+        self._sweeper: asyncio.TimerHandle | None = None
+        self._ssl: dict[bool, ssl.SSLContext] = {}
+        self._closed = False
 
-    def _make_session(self) -> aiohttp.ClientSession:
-        connector = aiohttp.TCPConnector(
-            limit=0,  # no global cap: per-host idle connections are what fabio's maxconn limits
-            limit_per_host=0,
-            keepalive_timeout=self.idle_timeout or None,
-            ttl_dns_cache=10,
-            enable_cleanup_closed=False,
-            socket_factory=self._socket_factory if self.keepalive else None,
-        )
-        return aiohttp.ClientSession(
-            connector=connector,
-            auto_decompress=False,
-            skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
-            timeout=aiohttp.ClientTimeout(total=None, sock_connect=self.dial_timeout, connect=self.dial_timeout),
-            cookie_jar=aiohttp.DummyCookieJar(),
-        )
+    # --- pool
+    def _put(self, conn: _Conn) -> None:
+        if self._closed:
+            conn.abort()
+            return
+        idle = self._idle.setdefault(conn.key, [])
+        if len(idle) >= self.max_idle:
+            conn.abort()
+            return
+        conn.idle_since = time.monotonic()
+        idle.append(conn)
+        if self._sweeper is None and self.idle_timeout > 0:
+            self._sweeper = conn.loop.call_later(self.idle_timeout, self._sweep)
 
-    def _socket_factory(self, addr_info):  # type: ignore[no-untyped-def]
-        family, type_, proto, _, _ = addr_info
-        sock = socket.socket(family=family, type=type_, proto=proto)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-        if hasattr(socket, "TCP_KEEPIDLE"):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, max(1, int(self.keepalive)))
-        return sock
+    def _forget(self, conn: _Conn) -> None:
+        idle = self._idle.get(conn.key)
+        if idle and conn in idle:
+            idle.remove(conn)
+
+    def _sweep(self) -> None:
+        """Close connections idle longer than proxy.idleconntimeout (upstreams drop them anyway)."""
+        self._sweeper = None
+        limit = time.monotonic() - self.idle_timeout
+        loop = None
+        for key, conns in list(self._idle.items()):
+            keep = []
+            for c in conns:
+                if c.idle_since < limit or c.lost:
+                    c.abort()
+                else:
+                    keep.append(c)
+                    loop = c.loop
+            if keep:
+                self._idle[key] = keep
+            else:
+                del self._idle[key]
+        if loop is not None:
+            self._sweeper = loop.call_later(self.idle_timeout / 2, self._sweep)
+
+    def _take(self, key: tuple) -> _Conn | None:
+        idle = self._idle.get(key)
+        if not idle:
+            return None
+        limit = time.monotonic() - self.idle_timeout if self.idle_timeout > 0 else 0.0
+        while idle:
+            c = idle.pop()  # LIFO: the warmest connection
+            if not c.lost and c.idle_since >= limit:
+                return c
+            c.abort()
+        return None
+
+    def _ssl_context(self, verify: bool) -> ssl.SSLContext:
+        ctx = self._ssl.get(verify)
+        if ctx is None:
+            ctx = ssl.create_default_context()
+            if not verify:
+                ctx.check_hostname = False
+                ctx.verify_mode = ssl.CERT_NONE
+            self._ssl[verify] = ctx
+        return ctx
+
+    async def _dial(self, key: tuple) -> _Conn:
+        scheme, host, port, verify = key
+        loop = asyncio.get_running_loop()
+        tls = self._ssl_context(verify) if scheme == "https" else None
+        try:
+            coro = loop.create_connection(lambda: _Conn(self, key, loop), host, port, ssl=tls,
+                                          server_hostname=host if tls else None)
+            if self.dial_timeout:
+                _, conn = await asyncio.wait_for(coro, self.dial_timeout)
+            else:
+                _, conn = await coro
+        except TimeoutError as e:
+            raise ConnectFailed(f"connect timeout after {self.dial_timeout}s") from e
+        except (OSError, ssl.SSLError) as e:
+            raise ConnectFailed(f"{host}:{port}: {e}") from e
+        if self.keepalive:
+            sock = conn.transport.get_extra_info("socket") if conn.transport else None
+            if sock is not None:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+                if hasattr(socket, "TCP_KEEPIDLE"):
+                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, max(1, int(self.keepalive)))
+        return conn  # type: ignore[return-value]
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        self._closed = True
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
+        for conns in self._idle.values():
+            for c in conns:
+                c.abort()
+        self._idle.clear()
 
+    # --- requests
     async def request(
         self,
         method: str,
@@ -77,29 +406,104 @@ class Upstream:
         *,
         header_timeout: float = 0.0,
         verify_tls: bool = True,
-    ) -> aiohttp.ClientResponse:
+    ) -> Response:
         """Send the request; return the response once its headers arrived. The caller must release it."""
-        if self._session is None:
-            self._session = self._make_session()
-        ctx = self._session.request(
-            method,
-            URL(url, encoded=True),
-            headers=headers,
-            data=body,
-            allow_redirects=False,
-            ssl=None if verify_tls else False,
-            compress=None,
-            chunked=None,
-        )
+        scheme, _, rest = url.partition("://")
+        slash = rest.find("/")
+        hostport, target = (rest, "/") if slash < 0 else (rest[:slash], rest[slash:])
+        host, _, port_s = hostport.rpartition(":")
+        if not host or not port_s.isdigit():
+            host, port_s = hostport, ("443" if scheme == "https" else "80")
+        host = host.strip("[]")
+        key = (scheme, host, int(port_s), verify_tls or scheme != "https")
+
+        lines = [f"{method} {target} HTTP/1.1\r\n"]
+        has_host = has_length = False
+        for n, v in headers:
+            if n == "host":
+                has_host = True
+            elif n == "content-length":
+                has_length = True
+            lines.append(f"{n}: {v}\r\n")
+        if not has_host:
+            lines.append(f"host: {hostport}\r\n")
+        if isinstance(body, bytes):
+            if not has_length:
+                lines.append(f"content-length: {len(body)}\r\n")
+        elif body is not None and not has_length:
+            lines.append("transfer-encoding: chunked\r\n")
+        lines.append("\r\n")
+        head = "".join(lines).encode("latin-1", "replace")
+        chunked = body is not None and not isinstance(body, bytes) and not has_length
+        replayable = body is None or isinstance(body, bytes)
+
+        conn = self._take(key)
+        if conn is not None:
+            try:
+                return await self._exchange(conn, method, head, body, chunked, header_timeout)
+            except _Stale as e:
+                if not (replayable and (method in IDEMPOTENT or body is None)):
+                    raise UpstreamError("reused upstream connection closed before answering") from e
+        conn = await self._dial(key)
+        try:
+            return await self._exchange(conn, method, head, body, chunked, header_timeout)
+        except _Stale as e:
+            raise UpstreamError("upstream closed the connection without answering") from e
+
+    async def _exchange(self, conn: _Conn, method: str, head: bytes, body: AsyncIterator[bytes] | bytes | None,
+                        chunked: bool, header_timeout: float) -> Response:
+        resp = Response(conn, method == "HEAD")
+        conn.resp = resp
+        conn.uses += 1
+        transport = conn.transport
+        assert transport is not None
+        writer: asyncio.Task[None] | None = None
+        if body is None:
+            transport.write(head)
+        elif isinstance(body, bytes):
+            transport.write(head + body)
+        else:
+            transport.write(head)
+            writer = asyncio.ensure_future(self._send_body(conn, resp, body, chunked))
         try:
             if header_timeout > 0:
-                return await asyncio.wait_for(ctx.__aenter__(), header_timeout)
-            return await ctx.__aenter__()
-        except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as e:
-            if isinstance(e, aiohttp.ConnectionTimeoutError):
-                raise ConnectFailed(f"connect timeout after {self.dial_timeout}s") from e
-            raise ConnectFailed(str(e)) from e
-        except (TimeoutError, aiohttp.ServerTimeoutError) as e:
+                await asyncio.wait_for(resp._headers_fut, header_timeout)
+            else:
+                await resp._headers_fut
+        except TimeoutError as e:
+            resp.close()
+            if writer is not None:
+                writer.cancel()
             raise UpstreamTimeout(f"no response headers within {header_timeout}s") from e
-        except aiohttp.ClientError as e:
-            raise UpstreamError(f"{type(e).__name__}: {e}") from e
+        except BaseException:
+            resp.close()
+            if writer is not None:
+                writer.cancel()
+            raise
+        resp._writer = writer
+        return resp
+
+    @staticmethod
+    async def _send_body(conn: _Conn, resp: Response, body: AsyncIterator[bytes], chunked: bool) -> None:
+        """Stream the request body up, waiting whenever the socket's write buffer is full."""
+        transport = conn.transport
+        assert transport is not None
+        try:
+            async for chunk in body:
+                if conn.lost:
+                    break
+                if chunked:
+                    transport.write(b"%x\r\n%b\r\n" % (len(chunk), chunk))
+                else:
+                    transport.write(chunk)
+                if conn.write_paused is not None and not conn.write_paused.done():
+                    await conn.write_paused
+            if chunked and not conn.lost:
+                transport.write(b"0\r\n\r\n")
+        except asyncio.CancelledError:
+            raise
+        except BaseException as e:  # noqa: BLE001 - the client left (ClientGone) or the socket broke
+            conn.reusable = False
+            if not resp._headers_fut.done():
+                resp._fail(e if not isinstance(e, OSError) else UpstreamError(str(e)))
+            conn.abort()

@@ -29,6 +29,9 @@ class RouterProc:
             "-proxy.addr", f"127.0.0.1:{self.proxy_port}",
             "-ui.addr", f"127.0.0.1:{self.ui_port}",
             "-registry.consul.register.enabled", "false",
+            # one process unless a test asks for more (a later flag wins): tests assert exact
+            # round-robin counts, which hold per process; tests/test_workers.py covers several
+            "-proxy.workers", "1",
             *flags,
         ]
         self.wait_ready = wait_ready

@@ -43,6 +43,7 @@ def status_doc(router: Router) -> dict[str, Any]:
         "uptime_seconds": round(time.time() - router.state.started, 1),
         "ready": router.state.ready,
         "shutting_down": router.shutting_down,
+        "workers": router.workers.status() if getattr(router, "workers", None) else None,  # router/workers.py
         "registry": {
             "backend": st.backend,
             "addr": st.addr,

@@ -1,0 +1,347 @@
+"""The hot-path upstream client (router/upstream.py) against real servers.
+
+Raw asyncio servers let a test shape the bytes exactly (close-delimited bodies, 1xx, a pooled
+connection the server dropped); tests/backends.py's aiohttp Backend covers ordinary traffic.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import pytest
+
+from router.upstream import HIGH_WATER, ConnectFailed, Upstream, UpstreamError, UpstreamTimeout
+from tests.backends import Backend
+from tests.router_proc import free_port
+
+Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter, int], Awaitable[None]]
+
+
+@pytest.fixture(scope="module")
+def backend() -> Backend:
+    b = Backend("b1").start()
+    yield b
+    b.stop()
+
+
+async def read_head(reader: asyncio.StreamReader) -> bytes:
+    return await reader.readuntil(b"\r\n\r\n")
+
+
+class RawServer:
+    """asyncio server; counts connections and hands each to `handler(reader, writer, n)`."""
+
+    def __init__(self, handler: Handler) -> None:
+        self.handler = handler
+        self.connections = 0
+        self.server: asyncio.AbstractServer | None = None
+
+    async def __aenter__(self) -> RawServer:
+        async def on_conn(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+            self.connections += 1
+            try:
+                await self.handler(r, w, self.connections)
+            except (asyncio.IncompleteReadError, ConnectionError):
+                pass
+            finally:
+                w.close()
+
+        self.server = await asyncio.start_server(on_conn, "127.0.0.1", 0)
+        return self
+
+    @property
+    def url(self) -> str:
+        assert self.server is not None
+        return f"http://127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self.server is not None
+        self.server.close()
+
+
+async def fetch(up: Upstream, url: str, method: str = "GET", body=None, **kw) -> tuple[int, bytes, dict]:  # type: ignore[no-untyped-def]
+    resp = await up.request(method, url, [("host", "test")], body, **kw)
+    data = b"".join([c async for c in resp.content.iter_any()])
+    resp.release()
+    return resp.status, data, {n.lower(): v for n, v in resp.raw_headers}
+
+
+def test_get_and_keepalive_reuse(backend: Backend) -> None:
+    async def main() -> None:
+        up = Upstream()
+        url = f"http://127.0.0.1:{backend.port}/x?q=1"
+        for _ in range(3):
+            status, body, headers = await fetch(up, url)
+            assert (status, body, headers[b"x-backend"]) == (200, b"b1\n", b"b1")
+        idle = up._idle[("http", "127.0.0.1", backend.port, True)]
+        assert len(idle) == 1 and idle[0].uses == 3  # one connection served all three
+        await up.close()
+
+    asyncio.run(main())
+    assert backend.requests[-1].path == "/x?q=1"
+
+
+def test_chunked_response(backend: Backend) -> None:
+    async def main() -> None:
+        up = Upstream()
+        status, body, headers = await fetch(up, f"http://127.0.0.1:{backend.port}/stream?n=4&gap=0.01")
+        assert status == 200 and headers.get(b"transfer-encoding") == b"chunked"
+        assert body == b"".join(f"chunk {i}\n".encode() for i in range(4))
+        await up.close()
+
+    asyncio.run(main())
+
+
+def test_close_delimited_response_and_connection_close() -> None:
+    async def handler(r: asyncio.StreamReader, w: asyncio.StreamWriter, n: int) -> None:
+        await read_head(r)
+        w.write(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nuntil the end")
+        await w.drain()
+
+    async def main() -> None:
+        async with RawServer(handler) as srv:
+            up = Upstream()
+            for _ in range(2):
+                assert (await fetch(up, srv.url + "/"))[:2] == (200, b"until the end")
+            assert srv.connections == 2  # Connection: close is honoured: never reused
+            await up.close()
+
+    asyncio.run(main())
+
+
+def test_head_204_and_304_have_no_body_and_keep_the_connection() -> None:
+    async def handler(r: asyncio.StreamReader, w: asyncio.StreamWriter, n: int) -> None:
+        while True:
+            head = await read_head(r)
+            if head.startswith(b"HEAD"):
+                w.write(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n")
+            elif b"/204" in head:
+                w.write(b"HTTP/1.1 204 No Content\r\n\r\n")
+            elif b"/304" in head:
+                w.write(b"HTTP/1.1 304 Not Modified\r\nContent-Length: 5\r\n\r\n")
+            else:
+                w.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+            await w.drain()
+
+    async def main() -> None:
+        async with RawServer(handler) as srv:
+            up = Upstream()
+            status, body, headers = await fetch(up, srv.url + "/", method="HEAD")
+            assert (status, body, headers[b"content-length"]) == (200, b"", b"1000")
+            assert (await fetch(up, srv.url + "/204"))[:2] == (204, b"")
+            assert (await fetch(up, srv.url + "/304"))[:2] == (304, b"")
+            assert (await fetch(up, srv.url + "/"))[:2] == (200, b"ok")
+            assert srv.connections == 1
+            await up.close()
+
+    asyncio.run(main())
+
+
+def test_interim_100_continue_is_skipped() -> None:
+    async def handler(r: asyncio.StreamReader, w: asyncio.StreamWriter, n: int) -> None:
+        await read_head(r)
+        w.write(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 201 Created\r\nContent-Length: 4\r\nX-A: 1\r\n\r\ndone")
+        await w.drain()
+        await r.read()
+
+    async def main() -> None:
+        async with RawServer(handler) as srv:
+            up = Upstream()
+            status, body, headers = await fetch(up, srv.url + "/")
+            assert (status, body, list(headers)) == (201, b"done", [b"content-length", b"x-a"])
+            await up.close()
+
+    asyncio.run(main())
+
+
+def _dropping_server() -> Handler:
+    """Answers the first request on a connection, then drops the connection on the second one."""
+
+    async def handler(r: asyncio.StreamReader, w: asyncio.StreamWriter, n: int) -> None:
+        head = await read_head(r)
+        if b"content-length" in head.lower() or b"chunked" in head.lower():
+            await r.read(1)
+        w.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\nconn %d" % (len(b"conn %d" % n), n))
+        await w.drain()
+        await read_head(r)  # the second request arrives: close without a word
+
+    return handler
+
+
+def test_stale_pooled_connection_is_retried_once_on_a_fresh_one() -> None:
+    async def main() -> None:
+        async with RawServer(_dropping_server()) as srv:
+            up = Upstream()
+            assert await fetch(up, srv.url + "/") == (200, b"conn 1", {b"content-length": b"6"})
+            assert (await fetch(up, srv.url + "/"))[:2] == (200, b"conn 2")
+            assert srv.connections == 2
+            await up.close()
+
+    asyncio.run(main())
+
+
+def test_stale_connection_with_a_streamed_body_is_not_replayed() -> None:
+    async def body() -> AsyncIterator[bytes]:
+        yield b"x" * 10
+
+    async def main() -> None:
+        async with RawServer(_dropping_server()) as srv:
+            up = Upstream()
+            await fetch(up, srv.url + "/")
+            with pytest.raises(UpstreamError):
+                await fetch(up, srv.url + "/", method="POST", body=body())
+            assert srv.connections == 1  # not sent again: the body iterator is already consumed
+            await up.close()
+
+    asyncio.run(main())
+
+
+def test_large_streamed_upload_and_download(backend: Backend) -> None:
+    size = 24 << 20
+    block = bytes(range(256)) * 256  # 64 KiB
+
+    async def body() -> AsyncIterator[bytes]:
+        for _ in range(size // len(block)):
+            yield block
+
+    async def main() -> None:
+        up = Upstream()
+        url = f"http://127.0.0.1:{backend.port}/echo"
+        status, data, _ = await fetch(up, url, method="POST", body=body())  # no length: chunked
+        assert status == 200 and len(data) == size
+        assert hashlib.sha256(data).digest() == hashlib.sha256(block * (size // len(block))).digest()
+        hdrs = [("host", "t"), ("content-length", str(size))]
+        resp = await up.request("PUT", url, hdrs, body())  # with a length: sent as is
+        n = 0
+        async for chunk in resp.content.iter_any():
+            n += len(chunk)
+        resp.release()
+        assert (resp.status, n) == (200, size)
+        await up.close()
+
+    asyncio.run(main())
+    assert backend.requests[-2].headers.get("transfer-encoding") == "chunked"
+    assert backend.requests[-1].headers.get("content-length") == str(size)
+
+
+def test_slow_consumer_pauses_the_upstream_socket() -> None:
+    total = 64 << 20
+
+    async def handler(r: asyncio.StreamReader, w: asyncio.StreamWriter, n: int) -> None:
+        await read_head(r)
+        w.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % total)
+        block = b"z" * (1 << 20)
+        for _ in range(total >> 20):
+            w.write(block)
+            await w.drain()
+
+    async def main() -> None:
+        async with RawServer(handler) as srv:
+            up = Upstream()
+            resp = await up.request("GET", srv.url + "/", [], None)
+            for _ in range(100):  # let the server push as much as it can while nobody reads
+                await asyncio.sleep(0.01)
+            assert resp._conn.paused_reading
+            assert resp._buffered < HIGH_WATER + (1 << 20)  # bounded, not the whole 64 MiB
+            got = 0
+            async for chunk in resp.content.iter_any():
+                got += len(chunk)
+            resp.release()
+            assert got == total
+            await up.close()
+
+    asyncio.run(main())
+
+
+def test_connect_failed_and_header_timeout(backend: Backend) -> None:
+    async def main() -> None:
+        up = Upstream(dial_timeout=2)
+        with pytest.raises(ConnectFailed):
+            await up.request("GET", f"http://127.0.0.1:{free_port()}/", [], None)
+        with pytest.raises(UpstreamTimeout):
+            await up.request("GET", f"http://127.0.0.1:{backend.port}/slow?s=1", [], None, header_timeout=0.2)
+        assert not up._idle.get(("http", "127.0.0.1", backend.port, True))  # a timed-out connection is dropped
+        await up.close()
+
+    asyncio.run(main())
+
+
+def test_idle_connections_expire(backend: Backend) -> None:
+    async def main() -> None:
+        up = Upstream(idle_timeout=0.1)
+        await fetch(up, f"http://127.0.0.1:{backend.port}/")
+        key = ("http", "127.0.0.1", backend.port, True)
+        conn = up._idle[key][0]
+        for _ in range(100):
+            if key not in up._idle:
+                break
+            await asyncio.sleep(0.05)
+        assert key not in up._idle and conn.transport is not None and conn.transport.is_closing()
+        await up.close()
+
+    asyncio.run(main())
+
+
+def test_https_upstream_with_and_without_verification(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import shutil
+    import ssl
+    import subprocess
+
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl CLI not installed")
+    cert, key = tmp_path / "c.pem", tmp_path / "k.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
+                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_ctx.load_cert_chain(cert, key)
+
+    async def handler(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                await read_head(r)
+                w.write(b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nsecret")
+                await w.drain()
+        except (asyncio.IncompleteReadError, ConnectionError, ssl.SSLError):
+            w.close()
+
+    async def main() -> None:
+        server = await asyncio.start_server(handler, "127.0.0.1", 0, ssl=server_ctx)
+        url = f"https://127.0.0.1:{server.sockets[0].getsockname()[1]}/"
+        up = Upstream()
+        with pytest.raises(ConnectFailed):  # self-signed: refused when verifying
+            await up.request("GET", url, [], None)
+        for _ in range(2):  # tlsskipverify
+            assert (await fetch(up, url, verify_tls=False))[:2] == (200, b"secret")
+        assert len(up._idle[("https", "127.0.0.1", int(url.rsplit(":", 1)[1].strip("/")), False)]) == 1
+        await up.close()
+        server.close()
+
+    asyncio.run(main())
+
+
+def test_body_arriving_after_the_head_then_reuse() -> None:
+    """A Content-Length body that comes in later packets bypasses the parser; the next response still parses."""
+
+    async def handler(r: asyncio.StreamReader, w: asyncio.StreamWriter, n: int) -> None:
+        for i in range(3):
+            await read_head(r)
+            w.write(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nab")
+            await w.drain()
+            await asyncio.sleep(0.02)
+            w.write(b"cdef")
+            await w.drain()
+            await asyncio.sleep(0.02)
+            w.write(b"gh%d\n" % i)
+            await w.drain()
+
+    async def main() -> None:
+        async with RawServer(handler) as srv:
+            up = Upstream()
+            for i in range(3):
+                assert (await fetch(up, srv.url + "/"))[:2] == (200, b"abcdefgh%d\n" % i)
+            assert srv.connections == 1
+            await up.close()
+
+    asyncio.run(main())

@@ -1,0 +1,123 @@
+"""`-proxy.workers 2`: two proxy processes fed by the one registry source of the main process.
+
+Each worker reports its pid, its table size and how many requests it served to the main process,
+which lists them in /api/status; the tests check those reports against what the backends saw.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.backends import Backend
+from tests.router_proc import RouterProc
+
+
+def wait_for(cond: Callable[[], object], what: str, timeout: float = 15.0) -> object:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = cond()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def workers(r: RouterProc) -> list[dict]:
+    return httpx.get(r.ui + "/api/status", timeout=5).json()["workers"]
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # a zombie (exited, not yet reaped by its dead parent's reaper) counts as gone
+    stat = Path(f"/proc/{pid}/stat")
+    return stat.exists() and stat.read_text().split(")")[-1].split()[0] != "Z"
+
+
+@pytest.fixture
+def backends() -> list[Backend]:
+    bs = [Backend("a").start(), Backend("b").start()]
+    yield bs
+    for b in bs:
+        b.stop()
+
+
+def test_two_workers_serve_and_follow_table_changes(tmp_path: Path, backends: list[Backend]) -> None:
+    a, b = backends
+    routes = tmp_path / "routes.txt"
+    routes.write_text(f"route add svc-a /a http://127.0.0.1:{a.port}/\n")
+    with RouterProc("-registry.backend", "file", "-registry.file.path", str(routes), "-proxy.workers", "2") as r:
+        ws = workers(r)
+        assert len(ws) == 2 and len({w["pid"] for w in ws}) == 2 and r.proc is not None
+        assert all(w["pid"] != r.proc.pid and w["alive"] for w in ws)
+        wait_for(lambda: all(w["routes"] == 1 for w in workers(r)), "both workers to have the first table")
+
+        # fresh connections: the kernel spreads them over both workers' SO_REUSEPORT sockets
+        sent = 0
+        while not all(w["requests"] > 0 for w in workers(r)):
+            for _ in range(20):
+                resp = httpx.get(r.url + "/a/x", headers={"Connection": "close"}, timeout=5)
+                assert resp.status_code == 200 and resp.text == "a\n"
+                sent += 1
+            time.sleep(0.6)  # workers report every 0.5 s
+            assert sent < 400, f"one worker never served: {workers(r)}"
+        assert sum(w["requests"] for w in workers(r)) == sent == a.hits
+
+        # a table change in the one source reaches both workers
+        routes.write_text(f"route add svc-a /a http://127.0.0.1:{a.port}/\nroute add svc-b /b http://127.0.0.1:{b.port}/\n")
+        wait_for(lambda: all(w["routes"] == 2 for w in workers(r)), "both workers to see the new route")
+        for _ in range(20):
+            resp = httpx.get(r.url + "/b/y", headers={"Connection": "close"}, timeout=5)
+            assert resp.status_code == 200 and resp.text == "b\n"
+        assert b.hits == 20
+
+
+def test_a_killed_worker_is_replaced_with_the_current_table(tmp_path: Path, backends: list[Backend]) -> None:
+    a, _ = backends
+    routes = f"route add svc-a /a http://127.0.0.1:{a.port}/"
+    with RouterProc("-registry.backend", "static", "-registry.static.routes", routes, "-proxy.workers", "2") as r:
+        old = {w["pid"] for w in workers(r)}
+        victim = sorted(old)[0]
+        os.kill(victim, signal.SIGKILL)
+        new = wait_for(lambda: [w for w in workers(r) if w["pid"] not in old and w["routes"] == 1],
+                       "a replacement worker with the current table")
+        assert len(new) == 1 and len(workers(r)) == 2  # type: ignore[arg-type]
+        for _ in range(10):
+            assert httpx.get(r.url + "/a/", headers={"Connection": "close"}, timeout=5).status_code == 200
+
+
+def test_workers_end_with_the_main_process(backends: list[Backend]) -> None:
+    a, _ = backends
+    routes = f"route add svc-a /a http://127.0.0.1:{a.port}/"
+    r = RouterProc("-registry.backend", "static", "-registry.static.routes", routes, "-proxy.workers", "2").start()
+    try:
+        pids = [w["pid"] for w in workers(r)]
+        assert len(pids) == 2 and all(pid_alive(p) for p in pids)
+        assert r.proc is not None
+        r.proc.kill()  # SIGKILL: no chance to tell the workers; they must notice the pipe closing
+        r.proc.wait()
+        wait_for(lambda: not any(pid_alive(p) for p in pids), "the workers to exit")
+        with pytest.raises(httpx.ConnectError):
+            httpx.get(r.url + "/a/", timeout=2)
+    finally:
+        r.stop()
+
+
+def test_sigterm_stops_main_and_workers(backends: list[Backend]) -> None:
+    a, _ = backends
+    routes = f"route add svc-a /a http://127.0.0.1:{a.port}/"
+    r = RouterProc("-registry.backend", "static", "-registry.static.routes", routes, "-proxy.workers", "2").start()
+    pids = [w["pid"] for w in workers(r)]
+    assert r.proc is not None
+    r.proc.send_signal(signal.SIGTERM)
+    assert r.proc.wait(20) == 0
+    wait_for(lambda: not any(pid_alive(p) for p in pids), "the workers to exit")
