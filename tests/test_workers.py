@@ -121,3 +121,24 @@ def test_sigterm_stops_main_and_workers(backends: list[Backend]) -> None:
     r.proc.send_signal(signal.SIGTERM)
     assert r.proc.wait(20) == 0
     wait_for(lambda: not any(pid_alive(p) for p in pids), "the workers to exit")
+
+
+def test_workers_apply_every_route_option_and_pass_websockets(tmp_path: Path, backends: list[Backend]) -> None:
+    """Workers build their proxy from the same config as the single-process path: options, upgrades."""
+    from tests.test_websocket import upgrade
+
+    a, _ = backends
+    routes = tmp_path / "routes.txt"
+    routes.write_text(
+        f"route add svc-a /open http://127.0.0.1:{a.port}/\n"
+        f'route add svc-a /private http://127.0.0.1:{a.port}/ opts "deny=ip:127.0.0.0/8"\n'
+    )
+    with RouterProc("-registry.backend", "file", "-registry.file.path", str(routes), "-proxy.workers", "2",
+                    "-proxy.header.requestid", "X-Request-Id") as r:
+        wait_for(lambda: all(w.get("routes") for w in workers(r)), "both workers to have the table")
+        for _ in range(10):  # SO_REUSEPORT spreads connections: several tries reach both workers
+            assert httpx.get(r.url + "/private/x", timeout=5).status_code == 403
+            assert httpx.get(r.url + "/open/x", timeout=5).status_code == 200
+            assert len(a.requests[-1].headers.get("x-request-id", "")) == 36
+            assert upgrade(r.proxy_port, "/open/ws").startswith(b"HTTP/1.1 101")
+        assert all(w["requests"] > 0 for w in workers(r)), workers(r)
