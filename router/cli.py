@@ -26,6 +26,7 @@ from router.auth import parse_schemes
 from router.config import Config, ConfigError, load, parse_args
 from router.headers import ForwardingHeaders
 from router.proxy import ProxyApp
+from router.request_guard import GuardedHttpToolsProtocol
 from router.state import RouterState
 from router.websocket import tunnel_protocol
 
@@ -43,13 +44,14 @@ class _Server(uvicorn.Server):
         yield
 
 
-def _uvicorn_config(app: object, addr: tuple[str, int], ws: object = "none", **extra: object) -> uvicorn.Config:
+def _uvicorn_config(app: object, addr: tuple[str, int], ws: object = "none", http: object = "httptools",
+                    **extra: object) -> uvicorn.Config:
     return uvicorn.Config(
         app,
         host=addr[0],
         port=addr[1],
         loop="none",
-        http="httptools",
+        http=http,  # the proxy passes router/request_guard.py's protocol (specific 400 texts)
         ws=ws,  # the proxy passes its own byte-level tunnel class (router/websocket.py)
         lifespan="on",
         log_level="warning",
@@ -162,6 +164,7 @@ class Router:
 
     async def serve(self) -> None:
         proxy_server = _Server(_uvicorn_config(self.proxy, self.cfg["proxy.addr"], ws=tunnel_protocol(self.proxy),
+                                               http=GuardedHttpToolsProtocol,
                                                timeout_keep_alive=75))
         ui_server = _Server(_uvicorn_config(self.ui, self.cfg["ui.addr"]))
         servers = (proxy_server, ui_server)
