@@ -8,7 +8,8 @@ runs:
   Content-Length``) instead of uvicorn's generic text, and a request target that is not origin-form
   (``GET http://host/x``) is marked in the scope, since uvicorn keeps only its path.
 * :func:`check_request` runs at the top of ``ProxyApp.handle`` for everything the parser accepted. It
-  re-checks the framing rules cheaply (so a different parser cannot silently weaken them) and adds the
+  re-checks the header-count framing rules cheaply (so a different parser cannot silently weaken them;
+  the syntax of a Content-Length value is left to the parser) and adds the
   rules llhttp does not enforce: exactly one Host on HTTP/1.1, only ``chunked`` as a transfer coding,
   no Transfer-Encoding on HTTP/1.0, no absolute- or asterisk-form targets, no control characters in
   the decoded path.
@@ -96,8 +97,6 @@ def _explain(scope: dict, names: list[bytes]) -> Rejection | None:
     codings = [v for n, v in headers if n == b"transfer-encoding"]
     if len(lengths) > 1:
         return 400, "more than one Content-Length header\n"
-    if lengths and not lengths[0].isdigit():
-        return 400, "Content-Length is not a single decimal number\n"
     if codings:
         if lengths:
             return 400, "both Content-Length and Transfer-Encoding\n"

@@ -8,7 +8,6 @@ nothing. Most framing errors are refused by uvicorn's llhttp parser, whose reaso
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Iterator
 
 import pytest
@@ -45,7 +44,7 @@ def exchange(router: RouterProc, raw: bytes, check_close: bool = False) -> tuple
         if check_close:
             try:
                 closed = not c.buf and not c._fill()
-            except socket.timeout:
+            except TimeoutError:
                 closed = False
         return status, headers, body, closed
     finally:
