@@ -193,3 +193,27 @@ def test_encoded_slash_routes_decoded_and_is_forwarded_as_sent(router: RouterPro
     status, _, _, _ = exchange(router, head(b"Host: a", method=b"GET", target=b"/public%2fadmin"))
     assert status == 200
     assert backend.requests[-1].path == "/public%2fadmin"
+
+
+WS_HEAD = (b"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+           b"Sec-WebSocket-Version: 13\r\n")
+
+
+@pytest.mark.xfail(strict=True, reason="router/websocket.py does its own lookup: no check_request(), and it forwards "
+                   "the raw path when the *normalised* path is unchanged by strip/prepend (not yet fixed)")
+@pytest.mark.parametrize(("request_head", "want_status", "want_forwarded"), [
+    (b"GET /public/%2e%2e/public/ws HTTP/1.1\r\nHost: a\r\n", 101, ["/public/ws"]),
+    (b"GET /public/ws HTTP/1.1\r\nHost: a\r\nHost: b\r\n", 400, []),
+    (b"GET /public/%00/ws HTTP/1.1\r\nHost: a\r\n", 400, []),
+])
+def test_websocket_upgrade_is_guarded_too(router: RouterProc, backend: Backend, request_head: bytes,
+                                          want_status: int, want_forwarded: list[str]) -> None:
+    before = backend.hits
+    c = Conn(router.proxy_port)
+    try:
+        c.send(request_head + WS_HEAD + b"\r\n")
+        status = c.response(head_only=True)[0]
+    finally:
+        c.close()
+    forwarded = [p for p in settle(router, backend)[before:] if p != "/public/marker"]
+    assert (status, forwarded) == (want_status, want_forwarded)
