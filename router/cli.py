@@ -27,6 +27,7 @@ from router.config import Config, ConfigError, load, parse_args
 from router.fastwrite import CoalescingHttpToolsProtocol
 from router.headers import ForwardingHeaders
 from router.proxy import ProxyApp
+from router.request_guard import GuardedHttpToolsProtocol
 from router.state import RouterState
 from router.websocket import tunnel_protocol
 from router.workers import WorkerPool, tune_gc, worker_count
@@ -95,9 +96,13 @@ def auth_schemes(cfg: Config) -> dict:
         raise ConfigError(f"invalid proxy.auth: {e}") from None
 
 
+class ProxyProtocol(GuardedHttpToolsProtocol, CoalescingHttpToolsProtocol):
+    """The proxy listener's HTTP protocol: parser errors with their reason, and coalesced small writes."""
+
+
 def proxy_server_config(proxy: ProxyApp, cfg: Config, app: object = None) -> uvicorn.Config:
     """uvicorn settings of the proxy listener, the same in the main process and in every worker."""
-    return _uvicorn_config(app or proxy, cfg["proxy.addr"], http=CoalescingHttpToolsProtocol,
+    return _uvicorn_config(app or proxy, cfg["proxy.addr"], http=ProxyProtocol,
                            ws=tunnel_protocol(proxy), timeout_keep_alive=75)
 
 

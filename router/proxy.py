@@ -16,6 +16,7 @@ from router import access, redirect
 from router.auth import BasicAuth, authorise
 from router.ejection import Ejector
 from router.headers import ForwardingHeaders
+from router.request_guard import check_request, send_rejection
 from router.state import RouterState
 from router.upstream import ConnectFailed, Upstream, UpstreamError, UpstreamTimeout
 
@@ -137,6 +138,9 @@ class ProxyApp:
                 return
 
     async def handle(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if (reject := check_request(scope)) is not None:  # smuggling, Host, target form (docs/reliability.md)
+            await send_rejection(send, *reject)
+            return
         table = self.state.table
         if table is None:
             await send_status(send, 503, "routing table not loaded yet\n")

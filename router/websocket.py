@@ -14,12 +14,14 @@ import asyncio
 import logging
 import ssl
 import time
+from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, unquote
 
 from router import access
 from router.auth import authorise
 from router.proxy import normalise_path, upstream_path
+from router.request_guard import check_request
 
 if TYPE_CHECKING:
     from router.proxy import ProxyApp
@@ -142,7 +144,13 @@ class Tunnel(asyncio.Protocol):
         scope = {"type": "http", "method": method, "headers": headers, "client": peer[:2], "http_version": "1.1",
                  "scheme": "wss" if self.client.get_extra_info("sslcontext") else "ws"}
         host = next((v.decode("latin-1") for n, v in headers if n == b"host"), "")
-        path = normalise_path(unquote(raw_path))
+        decoded = unquote(raw_path)
+        scope.update(path=decoded, raw_path=raw_path.encode("latin-1"))
+        if (reject := check_request(scope)) is not None:  # the same guard as plain requests
+            status, text = reject
+            self._fail(f"{status} {HTTPStatus(status).phrase}", text)
+            return
+        path = normalise_path(decoded)
         self.desc = f"{peer[0]} {host}{raw_path}"
         table = proxy.state.table
         route = table.lookup(host, path, tls=scope["scheme"] == "wss") if table is not None else None
@@ -164,7 +172,8 @@ class Tunnel(asyncio.Protocol):
                 self._fail("401 Unauthorized", "authorization failed\n")
                 return
         up_path = upstream_path(target, path)
-        raw = raw_path if up_path == path else quote(up_path, safe="/:@!$&'()*+,;=-._~%")
+        # forward the client's spelling only when it decodes to exactly the routed path
+        raw = raw_path if up_path == decoded else quote(up_path, safe="/:@!$&'()*+,;=-._~%")
         fwd, _ = proxy.forwarding.request_headers(scope, host, target)
         upgrade = next((v for n, v in headers if n == b"upgrade"), b"websocket").decode("latin-1")
         out = [f"{method} {raw}{'?' + query if query else ''} HTTP/1.1"]
