@@ -133,6 +133,7 @@ class Load:
         self._stop = threading.Event()
         self._workers: list[threading.Thread] = []
         self._lock = threading.Lock()
+        self.started = self.stopped = 0.0
 
     def _record(self, outcome: str, body: str = "") -> None:
         with self._lock:
@@ -158,6 +159,7 @@ class Load:
                     self._record(type(e).__name__)
 
     def start(self) -> Load:
+        self.started = time.monotonic()
         for i in range(self.threads):
             t = threading.Thread(target=self._worker, args=(i / self.rate,), daemon=True)
             t.start()
@@ -168,7 +170,13 @@ class Load:
         self._stop.set()
         for t in self._workers:
             t.join(self.timeout + 5)
+        self.stopped = time.monotonic()
         return self
+
+    @property
+    def achieved(self) -> float:
+        """Requests per second actually sent (the schedule slips when the machine cannot keep up)."""
+        return self.total / max((self.stopped or time.monotonic()) - self.started, 1e-9)
 
     @property
     def total(self) -> int:
