@@ -14,6 +14,7 @@ import httpx
 import pytest
 
 from registry.consul_api import Backoff, ConsulAPI
+from router.config import ConfigError, load
 from tests.backend_proc import Load
 from tests.backends import Backend
 from tests.consul_agent import ConsulAgent
@@ -72,6 +73,15 @@ def attempts_bound(seconds: float, loops: int = 5) -> int:
         if t > seconds:
             return loops * n
         n += 1
+
+
+def test_maxsyncage_must_exceed_an_idle_blocking_wait() -> None:
+    """A limit an idle blocking query can reach (wait*17/16) would flap /health: rejected."""
+    assert load(["-ui.health.maxsyncage", "70s"], env={})["ui.health.maxsyncage"] == 70
+    with pytest.raises(ConfigError, match="must exceed"):
+        load(["-ui.health.maxsyncage", "60s"], env={})
+    with pytest.raises(ConfigError, match="must exceed"):
+        load(["-ui.health.maxsyncage", "2s", "-registry.consul.wait", "2s"], env={})
 
 
 def test_consul_hung_is_noticed_and_health_reports_stale_sync(relay, consul_agent, backend) -> None:
@@ -159,7 +169,7 @@ def test_index_zero_and_backwards_no_busy_loop(relay, consul_agent, backend) -> 
             t0 = time.monotonic()
             new = f"idx{override}-{uid()}"
             register(c, new, f"{new}-1", backend.port, tags=[f"urlprefix-/{new}"])
-            wait_until(lambda: routed(router, f"/{new}"), timeout=10, message=f"change under index {override}")
+            wait_until(lambda: routed(router, f"/{new}"), timeout=10, message=f"change under index {override}")  # noqa: B023
             time.sleep(5)
             t1 = time.monotonic()
             rate = relay.rate(t0, t1)
