@@ -52,7 +52,9 @@ def test_soak(consul_agent) -> None:
     stable = [BackendProc(f"stable{i}").start() for i in range(2)]
     prefix = f"soak-{uid()}"
     for i, p in enumerate(stable):
-        register(c, f"{prefix}-stable{i}", f"{prefix}-stable{i}", p.port, tags=[f"urlprefix-/{prefix}/s{i}"])
+        # A TTL longer than the run: the helpers' default (10 min) lapses at the very end of a full soak.
+        register(c, f"{prefix}-stable{i}", f"{prefix}-stable{i}", p.port, tags=[f"urlprefix-/{prefix}/s{i}"],
+                 ttl="24h")
     router = RouterProc("-registry.consul.addr", consul_agent.addr, "-registry.consul.kvpath",
                         f"/t-{uid()}/config").start()
     loads: list[Load] = []
@@ -108,6 +110,10 @@ def test_soak(consul_agent) -> None:
         ]))
         print(f"soak: {ticks} ticks, {total} requests, {failed} failed, RSS {base_rss}->{end_rss} KiB "
               f"({growth:+.1f}%), fds {base_fd}->{end_fd}")
+        if failed:
+            wall0 = time.time() - (time.monotonic() - t0)
+            print("failures at", sorted({round(t - wall0, 1) for ld in loads for t, _ in ld.failures}))
+            print(router.output()[-4000:])
         assert failed == 0, [ld.outcomes for ld in loads]
         assert growth < 10, samples
         assert end_fd <= base_fd, samples
