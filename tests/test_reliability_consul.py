@@ -117,10 +117,20 @@ def test_consul_hung_is_noticed_and_health_reports_stale_sync(relay, consul_agen
 
 
 @pytest.mark.parametrize("code", [500, 429])
-def test_consul_errors_backoff_and_recovery(relay, consul_agent, backend, code: int,
-                                            request: pytest.FixtureRequest) -> None:
-    """Consul answering 500/429: capped backoff (bounded req/s), last table served, recovery without restart."""
-    seconds = 60.0 if request.config.getoption("-m") == "soak" else 15.0
+def test_consul_errors_backoff_and_recovery(relay, consul_agent, backend, code: int) -> None:
+    """Consul answering 500/429 for 15 s: capped backoff (bounded req/s), last table served, recovery."""
+    consul_errors(relay, consul_agent, backend, code, 15.0)
+
+
+@pytest.mark.soak
+@pytest.mark.parametrize("code", [500, 429])
+def test_consul_errors_for_a_minute(relay, consul_agent, backend, code: int) -> None:
+    """The issue's full minute of 500/429 (`make soak`)."""
+    consul_errors(relay, consul_agent, backend, code, 60.0)
+
+
+def consul_errors(relay: ConsulRelay, consul_agent: ConsulAgent, backend: Backend, code: int,
+                  seconds: float) -> None:
     c = make_client(consul_agent.port)
     svc = f"err-{uid()}"
     register(c, svc, f"{svc}-1", backend.port, tags=[f"urlprefix-/{svc}"])
