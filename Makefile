@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: deps consul browser test lint unit run bench clean
+.PHONY: deps consul browser test lint unit run bench clean soak
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -27,6 +27,11 @@ lint: deps
 
 test: deps consul browser lint
 	CONSUL="$$(scripts/get-consul.sh)" $(PY) -m pytest -q $(PYTEST_ARGS)
+
+# The long variants (10-minute soak, a minute of Consul errors, 20 s churn); rewrites docs/reliability.md's figures.
+# `-m soak` on the command line overrides pyproject's `-m 'not soak'`.
+soak: deps consul
+	CONSUL="$$(scripts/get-consul.sh)" $(PY) -m pytest -q -s -m soak $(PYTEST_ARGS)
 
 unit: deps
 	$(PY) -m pytest -q -m "not consul" $(PYTEST_ARGS)

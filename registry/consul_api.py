@@ -74,7 +74,7 @@ class TokenBucket:
 class Backoff:
     """Capped exponential backoff with jitter, reset after a success."""
 
-    def __init__(self, first: float = 0.1, cap: float = 5.0) -> None:
+    def __init__(self, first: float = 0.1, cap: float = 3.0) -> None:
         self.first = first
         self.cap = cap
         self.current = 0.0

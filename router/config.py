@@ -203,6 +203,8 @@ KEYS: tuple[Key, ...] = (
     # ui
     Key("ui.addr", ":9998", parse_addr, "listen address of the admin UI"),
     Key("ui.access", "rw", choice("ro", "rw"), "ro closes the override editor and its API"),
+    Key("ui.health.maxsyncage", "0", parse_duration,
+        "/health answers 503 when the last Consul answer is older than this (0 = off; must exceed wait*17/16) (ours)"),
     Key("ui.title", "", parse_str, "title shown in the UI"),
     Key("ui.color", "light-green", parse_str, "colour of the UI's navigation bar", todo='no effect yet'),
     Key("ui.auth.htpasswd", "", parse_str, "htpasswd file ({SHA} entries) for override saves from non-loopback (ours)"),
@@ -407,6 +409,10 @@ def load(
         )
     if values["registry.consul.allowStale"]:
         values["registry.consul.requireConsistent"] = False
+    age, wait = values["ui.health.maxsyncage"], values["registry.consul.wait"]
+    if age and age <= wait * 17 / 16:
+        # A healthy idle blocking query answers up to wait + wait/16 after the previous answer.
+        raise ConfigError(f"ui.health.maxsyncage ({age:g}s) must exceed registry.consul.wait * 17/16 ({wait * 17 / 16:g}s)")
     if values["registry.backend"] == "file" and not values["registry.file.path"]:
         raise ConfigError("registry.file.path is required when registry.backend=file")
     return Config(values=values, raw=raw, origin=origin, warnings=tuple(warnings))

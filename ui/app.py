@@ -264,6 +264,12 @@ def create_app(router: Router) -> Starlette:
             return PlainTextResponse("shutting down\n", status_code=503)
         if not router.state.ready:
             return PlainTextResponse("routing table not loaded yet\n", status_code=503)
+        # Opt-in staleness check: the table is still served, but a balancer may prefer a router that
+        # hears from Consul. The limit exceeds an idle blocking query's wait (checked in config).
+        limit = router.cfg["ui.health.maxsyncage"]
+        age = router.status.sync_age()
+        if limit and router.status.backend == "consul" and (age is None or age > limit):
+            return PlainTextResponse(f"last Consul answer {age or 0:.1f}s ago (limit {limit:g}s)\n", status_code=503)
         return PlainTextResponse("OK\n")
 
     return Starlette(routes=[

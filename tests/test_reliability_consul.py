@@ -1,0 +1,257 @@
+"""Issue 7, "Consul misbehaving": a real agent, killed, hung, erroring, rewinding or restarted under load.
+
+Faults that a process signal cannot produce (hang, HTTP 500/429, rewritten indexes) come from
+tests/consul_faults.py, a relay in front of the real agent. Bounds are functional: zero failed requests,
+routes kept, and requests/s to Consul derived from the router's own settings (maxrate, backoff).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from registry.consul_api import Backoff, ConsulAPI
+from router.config import ConfigError, load
+from tests.backend_proc import Load
+from tests.backends import Backend
+from tests.consul_agent import ConsulAgent
+from tests.consul_faults import ConsulRelay
+from tests.consul_helpers import deregister, make_client, register, uid, wait_until
+from tests.router_proc import RouterProc
+from tests.test_churn import table_rows
+
+pytestmark = pytest.mark.consul
+
+WAIT = 2.0  # registry.consul.wait in these tests: short, so a hang is noticed within seconds
+MAXRATE = 5.0
+
+
+def start_router(addr: str, *flags: str) -> RouterProc:
+    return RouterProc("-registry.consul.addr", addr, "-registry.consul.kvpath", f"/t-{uid()}/config",
+                      "-registry.consul.noroutehtmlpath", "", "-registry.consul.wait", f"{WAIT:g}s",
+                      "-registry.consul.maxrate", f"{MAXRATE:g}", *flags).start()
+
+
+@pytest.fixture
+def relay(consul_agent: ConsulAgent) -> Iterator[ConsulRelay]:
+    r = ConsulRelay(consul_agent.http_url).start()
+    yield r
+    r.stop()
+
+
+@pytest.fixture
+def backend() -> Iterator[Backend]:
+    b = Backend("stable").start()
+    yield b
+    b.stop()
+
+
+def routed(router: RouterProc, path: str) -> bool:
+    try:
+        return httpx.get(router.url + path, timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def status(router: RouterProc) -> dict:
+    return httpx.get(router.ui + "/api/status", timeout=5).json()["registry"]
+
+
+def attempts_bound(seconds: float, loops: int = 5) -> int:
+    """Most requests `loops` retrying readers can make in `seconds` under Backoff (shortest jitter: 0.8x).
+
+    Five: the three watches, and the fetch loop's retry, which reads the instance dump plus each pending
+    service (one here: the service registered while Consul errs, if a watch saw it before the errors).
+    """
+    b, t, n = Backoff(), 0.0, 1
+    while True:
+        b.current = b.first if b.current == 0 else min(b.cap, b.current * 2)
+        t += b.current * 0.8
+        if t > seconds:
+            return loops * n
+        n += 1
+
+
+def test_maxsyncage_must_exceed_an_idle_blocking_wait() -> None:
+    """A limit an idle blocking query can reach (wait*17/16) would flap /health: rejected."""
+    assert load(["-ui.health.maxsyncage", "70s"], env={})["ui.health.maxsyncage"] == 70
+    with pytest.raises(ConfigError, match="must exceed"):
+        load(["-ui.health.maxsyncage", "60s"], env={})
+    with pytest.raises(ConfigError, match="must exceed"):
+        load(["-ui.health.maxsyncage", "2s", "-registry.consul.wait", "2s"], env={})
+
+
+def test_consul_hung_is_noticed_and_health_reports_stale_sync(relay, consul_agent, backend) -> None:
+    """Hung Consul: the watch read times out after wait*17/16 + margin, /health (opt-in) says 503, recovery."""
+    c = make_client(consul_agent.port)
+    svc = f"hung-{uid()}"
+    register(c, svc, f"{svc}-1", backend.port, tags=[f"urlprefix-/{svc}"])
+    router = start_router(relay.addr, "-ui.health.maxsyncage", f"{WAIT * 17 / 16 + 1:g}s")
+    try:
+        wait_until(lambda: routed(router, f"/{svc}"), message="route")
+        assert httpx.get(router.ui + "/health", timeout=5).status_code == 200
+        errors_before = status(router)["error_count"]
+        relay.mode = "hang"
+        t0 = time.monotonic()
+        limit = WAIT + ConsulAPI.read_timeout(WAIT) + 3  # the answer in flight, then one full read timeout
+        wait_until(lambda: status(router)["error_count"] > errors_before, timeout=limit, message="watch timeout")
+        noticed = time.monotonic() - t0
+        errs = [e["error"] for e in status(router)["recent_errors"]]
+        assert any("Timeout" in e for e in errs), errs
+        assert httpx.get(router.ui + "/health", timeout=5).status_code == 503
+        assert relay.hung > 0  # the relay really holds requests: a hang, not a refusal
+        assert routed(router, f"/{svc}")  # last good table still served
+        # Back to normal: the watcher reconnects on its own and follows a change made meanwhile.
+        svc2 = f"hung2-{uid()}"
+        register(c, svc2, f"{svc2}-1", backend.port, tags=[f"urlprefix-/{svc2}"])
+        relay.mode = "pass"
+        wait_until(lambda: routed(router, f"/{svc2}"), timeout=15, message="change after recovery")
+        wait_until(lambda: httpx.get(router.ui + "/health", timeout=5).status_code == 200, timeout=10)
+        print(f"hang noticed after {noticed:.1f}s (wait {WAIT}s, read timeout {ConsulAPI.read_timeout(WAIT):.2f}s)")
+    finally:
+        router.stop()
+        deregister(c, f"{svc}-1")
+
+
+@pytest.mark.parametrize("code", [500, 429])
+def test_consul_errors_backoff_and_recovery(relay, consul_agent, backend, code: int) -> None:
+    """Consul answering 500/429 for 15 s: capped backoff (bounded req/s), last table served, recovery."""
+    consul_errors(relay, consul_agent, backend, code, 15.0)
+
+
+@pytest.mark.soak
+@pytest.mark.parametrize("code", [500, 429])
+def test_consul_errors_for_a_minute(relay, consul_agent, backend, code: int) -> None:
+    """The issue's full minute of 500/429 (`make soak`)."""
+    consul_errors(relay, consul_agent, backend, code, 60.0)
+
+
+def consul_errors(relay: ConsulRelay, consul_agent: ConsulAgent, backend: Backend, code: int,
+                  seconds: float) -> None:
+    c = make_client(consul_agent.port)
+    svc = f"err-{uid()}"
+    register(c, svc, f"{svc}-1", backend.port, tags=[f"urlprefix-/{svc}"])
+    router = start_router(relay.addr)
+    try:
+        wait_until(lambda: routed(router, f"/{svc}"), message="route")
+        pid = router.proc.pid  # type: ignore[union-attr]
+        load = Load(router.url + f"/{svc}", rate=50, threads=4).start()
+        relay.error_status, relay.mode = code, "error"
+        t0 = time.monotonic()
+        svc2 = f"err2-{uid()}"
+        register(c, svc2, f"{svc2}-1", backend.port, tags=[f"urlprefix-/{svc2}"])
+        time.sleep(seconds)
+        t1 = time.monotonic()
+        relay.mode = "pass"
+        wait_until(lambda: routed(router, f"/{svc2}"), timeout=10, message="change made during the errors")
+        load.stop()
+        n = relay.count(t0, t1)
+        bound = attempts_bound(t1 - t0)
+        print(f"HTTP {code} for {t1 - t0:.0f}s: {n} requests to Consul ({n / (t1 - t0):.2f}/s), bound {bound}; "
+              f"load {load.total} requests, {load.failed} failed")
+        print(relay.by_path(t0, t1))
+        assert len(relay.by_path(t0, t1)) <= 5
+        assert n <= bound, f"{n} requests to Consul in {t1 - t0:.0f}s of HTTP {code}: backoff not capped"
+        assert n >= 3  # it did keep trying
+        assert load.total > 0 and load.failed == 0, load.outcomes
+        assert router.proc.poll() is None and router.proc.pid == pid  # type: ignore[union-attr]
+    finally:
+        router.stop()
+        deregister(c, f"{svc}-1")
+
+
+def test_index_zero_and_backwards_no_busy_loop(relay, consul_agent, backend) -> None:
+    """X-Consul-Index rewritten to 0, then to a low constant: reads stay within maxrate, routing follows."""
+    c = make_client(consul_agent.port)
+    svc = f"idx-{uid()}"
+    register(c, svc, f"{svc}-1", backend.port, tags=[f"urlprefix-/{svc}"])
+    router = start_router(relay.addr)
+    try:
+        wait_until(lambda: routed(router, f"/{svc}"), message="route")
+        load = Load(router.url + f"/{svc}", rate=50, threads=4).start()
+        # 3 watches at `maxrate` each, and at most one instance dump per watch answer that went backwards.
+        bound = 2 * 3 * MAXRATE
+        for override in (0, 3):
+            relay.index_override = override
+            t0 = time.monotonic()
+            new = f"idx{override}-{uid()}"
+            register(c, new, f"{new}-1", backend.port, tags=[f"urlprefix-/{new}"])
+            wait_until(lambda: routed(router, f"/{new}"), timeout=10, message=f"change under index {override}")  # noqa: B023
+            time.sleep(5)
+            t1 = time.monotonic()
+            rate = relay.rate(t0, t1)
+            print(f"index rewritten to {override}: {rate:.1f} requests/s to Consul (bound {bound:g})")
+            assert rate <= bound, f"{rate:.1f} req/s to Consul with index {override}: busy loop"
+        relay.index_override = None
+        load.stop()
+        assert load.total > 0 and load.failed == 0, load.outcomes
+    finally:
+        router.stop()
+        deregister(c, f"{svc}-1")
+
+
+@pytest.fixture
+def durable_consul(tmp_path) -> Iterator[ConsulAgent]:
+    """A non-dev server agent with a data dir: it keeps its catalog across kill and restart."""
+    agent = ConsulAgent(data_dir=tmp_path / "data", workdir=tmp_path / "work")
+    agent.start()
+    yield agent
+    agent.stop()
+
+
+def test_consul_killed_30s_under_load(durable_consul, backend) -> None:
+    """SIGKILL Consul for 30 s under load: zero failed requests, table kept, changes routed within 5 s after."""
+    c = make_client(durable_consul.port)
+    svc = f"kill-{uid()}"
+    register(c, svc, f"{svc}-1", backend.port, tags=[f"urlprefix-/{svc}"])
+    router = start_router(durable_consul.addr)
+    try:
+        wait_until(lambda: routed(router, f"/{svc}"), timeout=15, message="route")
+        pid = router.proc.pid  # type: ignore[union-attr]
+        before = table_rows(router, svc)
+        load = Load(router.url + f"/{svc}", rate=100, threads=6).start()
+        durable_consul.kill()
+        time.sleep(30)
+        assert table_rows(router, svc) == before  # the table is kept while Consul is gone
+        assert not status(router)["connected"]
+        durable_consul.start()
+        c = make_client(durable_consul.port)
+        svc2 = f"kill2-{uid()}"
+        register(c, svc2, f"{svc2}-1", backend.port, tags=[f"urlprefix-/{svc2}"])
+        t0 = time.monotonic()
+        wait_until(lambda: routed(router, f"/{svc2}"), timeout=5, message="change routed within 5 s")
+        print(f"change routed {time.monotonic() - t0:.2f}s after Consul was back")
+        load.stop()
+        assert load.total > 2500 and load.failed == 0, (load.total, load.outcomes)
+        assert router.proc.pid == pid and router.proc.poll() is None  # type: ignore[union-attr]
+    finally:
+        router.stop()
+
+
+def test_agent_restart_with_data_kept_keeps_routes(durable_consul, backend) -> None:
+    """Restart a server agent with its data dir under load: no instant without the healthy route (fabio #861)."""
+    c = make_client(durable_consul.port)
+    svc = f"rst-{uid()}"
+    register(c, svc, f"{svc}-1", backend.port, tags=[f"urlprefix-/{svc}"])
+    router = start_router(durable_consul.addr)
+    try:
+        wait_until(lambda: routed(router, f"/{svc}"), timeout=15, message="route")
+        expected = table_rows(router, svc)
+        load = Load(router.url + f"/{svc}", rate=100, threads=6).start()
+        missing, samples = 0, 0
+        for _ in range(2):
+            durable_consul.restart()
+            end = time.monotonic() + 8  # past the agent's anti-entropy and our watches' first answers
+            while time.monotonic() < end:
+                samples += 1
+                missing += table_rows(router, svc) != expected
+                time.sleep(0.05)
+        load.stop()
+        print(f"restart: {samples} table samples, {missing} without the route; load {load.total}, {load.failed} failed")
+        assert missing == 0
+        assert load.total > 0 and load.failed == 0, load.outcomes
+    finally:
+        router.stop()
