@@ -11,7 +11,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
-
 import pytest
 
 from tests.backends import Backend

@@ -102,14 +102,14 @@ class RouterCollector(Collector):
         ej = r.proxy.ejector
         c = counters(r)
         yield CounterMetricFamily(f"{PREFIX}_upstream_connect_failures", "failed connects to upstream instances",
-                                  value=c["connect_failures"])
+                                  value=c.get("connect_failures", 0))
         yield CounterMetricFamily(f"{PREFIX}_upstream_retries", "requests sent to another instance after a connect "
-                                  "failure", value=c["retries"])
+                                  "failure", value=c.get("retries", 0))
         yield CounterMetricFamily(f"{PREFIX}_upstream_ejections", "times an instance was ejected",
-                                  value=c["ejections"])
-        yield CounterMetricFamily(f"{PREFIX}_noroute", "requests that matched no route", value=c["noroute"])
-        yield gauge("websockets_open", "WebSocket tunnels open now", float(c["websockets_open"]))
-        yield CounterMetricFamily(f"{PREFIX}_websockets", "WebSocket tunnels opened", value=c["websockets_total"])
+                                  value=c.get("ejections", 0))
+        yield CounterMetricFamily(f"{PREFIX}_noroute", "requests that matched no route", value=c.get("noroute", 0))
+        yield gauge("websockets_open", "WebSocket tunnels open now", float(c.get("websockets_open", 0)))
+        yield CounterMetricFamily(f"{PREFIX}_websockets", "WebSocket tunnels opened", value=c.get("websockets_total", 0))
         yield from request_families(route_snapshots(r))
         prop = GaugeMetricFamily(f"{PREFIX}_propagation_delay_ms", "registry change to table swap, over the last "
                                  "256 changes (quantile 1 = max)", labels=["quantile"])
