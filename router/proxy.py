@@ -141,6 +141,8 @@ class ProxyApp:
             if msg["type"] == "lifespan.startup":
                 await send({"type": "lifespan.startup.complete"})
             elif msg["type"] == "lifespan.shutdown":
+                if self.access_log is not None:
+                    self.access_log.flush()
                 await self.upstream.close()
                 await send({"type": "lifespan.shutdown.complete"})
                 return

@@ -3,9 +3,11 @@ bounded labels, the routes API's rate1/pct99, and the sums over `-proxy.workers 
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable, Iterator
 
+import aiohttp
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -121,3 +123,19 @@ def test_stats_units() -> None:
     assert rate == 100 / 50 and 0 < p99 <= BOUNDS[0] * 1000
     w.tick({rs.key: rs.snapshot()}, now=95.0)  # the 0 s snapshot falls out of the window
     assert w.rates({rs.key: rs.snapshot()}, now=100.0) == {}
+
+
+def test_open_websockets_gauge(backend: Backend) -> None:
+    routes = f"route add svc-a /a http://127.0.0.1:{backend.port}/"
+    with RouterProc("-registry.backend", "static", "-registry.static.routes", routes) as r:
+
+        async def session() -> None:
+            async with aiohttp.ClientSession() as s, s.ws_connect(f"ws://127.0.0.1:{r.proxy_port}/a/ws") as ws:
+                await ws.send_str("hi")
+                assert "hi" in (await ws.receive()).data  # echoed by the backend
+                m = await asyncio.to_thread(scrape, r)
+                assert value(m, "consul_router_websockets_open") == 1
+                assert value(m, "consul_router_websockets_total") == 1
+
+        asyncio.run(session())
+        wait_for(lambda: value(scrape(r), "consul_router_websockets_open") == 0, "the tunnel to be counted closed")
