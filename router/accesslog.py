@@ -10,12 +10,14 @@ Off by default: then the proxy holds None and pays nothing.
 from __future__ import annotations
 
 import asyncio
+import os
 import re
+import select
 import sys
 import time
 from collections.abc import Awaitable, Callable
 from datetime import datetime
-from typing import Any, BinaryIO
+from typing import Any
 
 from router.proxy import normalise_path, upstream_path
 
@@ -177,12 +179,22 @@ def compile_format(fmt: str) -> list[Callable[[Entry], str]]:
     return parts
 
 
-class AccessLog:
-    """Formats finished requests and writes them to `out` in batches."""
+def _write_stdout(data: bytes) -> None:
+    fd = sys.stdout.fileno()
+    while data:
+        data = data[os.write(fd, data):]
 
-    def __init__(self, fmt: str, out: BinaryIO | None = None) -> None:
+
+class AccessLog:
+    """Formats finished requests and writes them in batches (to stdout unless `write` is given).
+
+    Each write holds whole lines and at most PIPE_BUF bytes: with proxy.workers > 1 every worker writes to
+    the same stdout, and a pipe keeps writes of that size whole, so lines of two workers never interleave.
+    """
+
+    def __init__(self, fmt: str, write: Callable[[bytes], object] | None = None) -> None:
         self.parts = compile_format(fmt)
-        self.out = out if out is not None else sys.stdout.buffer
+        self.write = write or _write_stdout
         self.lines: list[str] = []
         self.timer: asyncio.TimerHandle | None = None
 
@@ -202,10 +214,18 @@ class AccessLog:
             self.timer = None
         if not self.lines:
             return
-        data = ("\n".join(self.lines) + "\n").encode("utf-8", "replace")
-        self.lines.clear()
+        chunk: list[bytes] = []
+        size = 0
         try:
-            self.out.write(data)
-            self.out.flush()
+            for line in self.lines:
+                b = (line + "\n").encode("utf-8", "replace")
+                if chunk and size + len(b) > select.PIPE_BUF:
+                    self.write(b"".join(chunk))
+                    chunk, size = [], 0
+                chunk.append(b)
+                size += len(b)
+            if chunk:
+                self.write(b"".join(chunk))
         except (OSError, ValueError):  # stdout closed: nothing sensible to do but drop the lines
             pass
+        self.lines.clear()

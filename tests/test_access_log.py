@@ -71,3 +71,26 @@ def test_unknown_field_is_a_config_error() -> None:
     with pytest.raises(ValueError, match=r"\$nope"):
         compile_format("$remote_addr $nope")
     assert len(compile_format("common")) > 5
+
+
+def test_batches_keep_whole_lines_within_pipe_buf() -> None:
+    """Workers share stdout: each write must hold whole lines and stay atomic on a pipe."""
+    import select
+
+    from router.accesslog import AccessLog
+
+    writes: list[bytes] = []
+    log = AccessLog("$request_uri", write=writes.append)
+    log.lines = [f"/{i:03d}/" + "x" * 95 for i in range(100)]  # 100 lines of 101 bytes
+    log.flush()
+    assert len(writes) > 1 and all(len(w) <= select.PIPE_BUF and w.endswith(b"\n") for w in writes)
+    assert b"".join(writes).decode().splitlines() == [f"/{i:03d}/" + "x" * 95 for i in range(100)]
+    assert log.lines == []
+
+
+def test_every_worker_logs(backend: Backend) -> None:
+    with start(backend, "-proxy.workers", "2") as r:
+        for i in range(30):
+            assert httpx.get(f"{r.url}/a/w{i}", headers={"Connection": "close"}).status_code == 200
+        lines = lines_matching(r, r'"GET /a/w\d+ HTTP/1.1" 200 2$', n=30)
+        assert sorted(int(re.search(r"/a/w(\d+)", x).group(1)) for x in lines) == list(range(30))  # type: ignore[union-attr]
