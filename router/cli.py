@@ -22,6 +22,7 @@ from registry.noroute import watch_noroute
 from registry.register import Registrar, Registration, aliases
 from registry.static import load_text, watch_file
 from router import __version__
+from router.accesslog import AccessLog
 from router.auth import parse_schemes
 from router.config import Config, ConfigError, load, parse_args
 from router.fastwrite import CoalescingHttpToolsProtocol
@@ -86,7 +87,18 @@ def build_proxy(cfg: Config, state: RouterState) -> ProxyApp:
         connect_attempts=cfg["proxy.retry.attempts"],
         eject_failures=cfg["proxy.eject.failures"],
         eject_duration=cfg["proxy.eject.duration"],
+        access_log=access_log(cfg),
     )
+
+
+def access_log(cfg: Config) -> AccessLog | None:
+    """log.access.target=stdout: the access log in log.access.format; a bad template stops the start."""
+    if cfg["log.access.target"] != "stdout":
+        return None
+    try:
+        return AccessLog(cfg["log.access.format"])
+    except ValueError as e:
+        raise ConfigError(f"invalid log.access.format: {e}") from None
 
 
 def auth_schemes(cfg: Config) -> dict:

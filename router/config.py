@@ -211,8 +211,8 @@ KEYS: tuple[Key, ...] = (
     Key("ui.auth.token", "", parse_str, "bearer token for override saves from non-loopback (ours)", secret=True),
     # logs
     Key("log.level", "INFO", choice("TRACE", "DEBUG", "INFO", "WARN", "ERROR", "FATAL"), "log level"),
-    Key("log.access.target", "", choice("", "stdout"), "access log target", todo='not implemented yet: no access log is written'),
-    Key("log.access.format", "common", parse_str, "access log format", todo='not implemented yet'),
+    Key("log.access.target", "", choice("", "stdout"), "access log target: empty (off) or stdout"),
+    Key("log.access.format", "common", parse_str, "access log format: common, combined or a template of $field names"),
     Key("log.routes.format", "delta", choice("delta", "all", "detail"), "how route changes are logged"),
     # matching
     Key("glob.matching.disabled", "false", parse_bool, "match hosts exactly, without wildcards"),

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator, Callable
+from time import perf_counter
+from typing import TYPE_CHECKING
 from urllib.parse import quote
 
 from router import access, redirect
@@ -18,7 +20,11 @@ from router.ejection import Ejector
 from router.headers import ForwardingHeaders
 from router.request_guard import check_request, send_rejection
 from router.state import RouterState
+from router.stats import CLIENT_GONE, RequestStats
 from router.upstream import ConnectFailed, Upstream, UpstreamError, UpstreamTimeout
+
+if TYPE_CHECKING:
+    from router.accesslog import AccessLog
 
 log = logging.getLogger("router.proxy")
 
@@ -105,6 +111,7 @@ class ProxyApp:
         connect_attempts: int = MAX_CONNECT_ATTEMPTS,
         eject_failures: int = 3,
         eject_duration: float = 10.0,
+        access_log: AccessLog | None = None,
     ) -> None:
         self.state = state
         self.strategy = strategy
@@ -117,6 +124,8 @@ class ProxyApp:
         self.max_header_bytes = max_header_bytes
         self.connect_attempts = connect_attempts
         self.ejector = Ejector(eject_failures, eject_duration)
+        self.stats = RequestStats()  # per-route counters, read by /metrics and the routes page
+        self.access_log: AccessLog | None = access_log
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
         kind = scope["type"]
@@ -133,18 +142,37 @@ class ProxyApp:
             if msg["type"] == "lifespan.startup":
                 await send({"type": "lifespan.startup.complete"})
             elif msg["type"] == "lifespan.shutdown":
+                if self.access_log is not None:
+                    self.access_log.flush()
                 await self.upstream.close()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
     async def handle(self, scope: dict, receive: Callable, send: Callable) -> None:
+        """One request, then its route's counters (router/stats.py) and, if on, its access-log line."""
+        t0 = perf_counter()
+        alog = self.access_log
+        if alog is not None:
+            send = tap = alog.tap(send)
+        route, target, status = await self._handle(scope, receive, send)
+        if route is not None:
+            st = route.stats
+            rs = st.get(target.url if target is not None else "") if st is not None else None
+            if rs is None:
+                rs = self.stats.attach(route, target)
+            rs.record(status, perf_counter() - t0)
+        if alog is not None:
+            alog.log(scope, tap, target, perf_counter() - t0)
+
+    async def _handle(self, scope: dict, receive: Callable, send: Callable) -> tuple:
+        """Serve one request; returns (route, target, status) for the counters (route None: not routed)."""
         if (reject := check_request(scope)) is not None:  # smuggling, Host, target form (docs/reliability.md)
             await send_rejection(send, *reject)
-            return
+            return None, None, reject[0]
         table = self.state.table
         if table is None:
             await send_status(send, 503, "routing table not loaded yet\n")
-            return
+            return None, None, 503
         host = ""
         head_bytes = len(scope.get("raw_path") or b"") + len(scope.get("query_string") or b"")
         for name, value in scope["headers"]:
@@ -153,17 +181,17 @@ class ProxyApp:
                 host = value.decode("latin-1")
         if head_bytes > self.max_header_bytes:  # the parser does not limit this (docs/datapath.md)
             await send_status(send, 431, "request header fields too large\n")
-            return
+            return None, None, 431
         tls = scope.get("scheme") == "https"
         path = normalise_path(scope["path"])
         route = table.lookup(host, path, tls=tls)
         if route is None:
             await self._noroute(send)
-            return
+            return None, None, self.noroute_status
         target = route.pick(self.strategy)
         if target is None:
             await send_status(send, 503, "no healthy instance for this route\n")
-            return
+            return route, None, 503
         if self.ejector.ejected(target):
             target = self.ejector.choose(route, target, self.strategy)
         if target.redirect_code and redirect.is_loop(
@@ -171,15 +199,15 @@ class ProxyApp:
             route, target = self._next_without_loop(table, route, scope, host, path, tls)
             if target is None:
                 await self._noroute(send)
-                return
+                return None, None, self.noroute_status
         if target.opts and not access.permitted(target.opts, scope):
             await send_status(send, 403, "access denied\n")
-            return
+            return route, target, 403
         if target.opts and "auth" in target.opts:
             status, challenge = await authorise(self.auth_schemes, target.opts["auth"], scope)
             if status:
                 await self._unauthorised(send, challenge)
-                return
+                return route, target, 401
 
         # upstream path: strip, then prepend; keep the client's encoding when nothing changed
         up_path = upstream_path(target, path)
@@ -197,7 +225,7 @@ class ProxyApp:
                 "headers": [(b"location", url.encode("latin-1", "replace")), (b"content-length", b"0")],
             })
             await send({"type": "http.response.body", "body": b""})
-            return
+            return route, target, target.redirect_code
 
         headers, has_body = self.forwarding.request_headers(scope, host, target)
         if target.opts and "auth" in target.opts:  # the credentials are for us, not for the upstream
@@ -223,18 +251,18 @@ class ProxyApp:
                 if nxt is None or len(tried) >= self.connect_attempts:
                     log.warning("upstream %s:%s unreachable: %s", target.host, target.port, e)
                     await send_status(send, 502, "upstream unreachable\n")
-                    return
+                    return route, target, 502
                 self.ejector.retries += 1
                 target = self.ejector.choose(route, nxt, self.strategy, tried)
             except UpstreamTimeout:
                 await send_status(send, 504, "upstream timed out\n")
-                return
+                return route, target, 504
             except (UpstreamError, ClientGone) as e:
                 if isinstance(e, ClientGone):
-                    return
+                    return route, target, CLIENT_GONE
                 log.warning("upstream %s:%s failed: %s", target.host, target.port, e)
                 await send_status(send, 502, "upstream error\n")
-                return
+                return route, target, 502
 
         try:
             out_headers = self.forwarding.response_headers(resp.raw_headers)
@@ -242,7 +270,7 @@ class ProxyApp:
                 out_headers = self.forwarding.tls_response_headers(out_headers)
             if scope.get("http_version") == "1.0" and _needs_length(scope, resp.status, out_headers):
                 await self._send_buffered(send, resp, out_headers)
-                return
+                return route, target, resp.status
             await send({
                 "type": "http.response.start",
                 "status": resp.status,
@@ -251,6 +279,7 @@ class ProxyApp:
             async for chunk in resp.content.iter_any():
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
             await send({"type": "http.response.body", "body": b""})
+            return route, target, resp.status
         except Exception as e:  # noqa: BLE001 - upstream broke mid-body or the client left
             log.debug("response stream aborted: %s", e)
             resp.close()
@@ -259,6 +288,7 @@ class ProxyApp:
             resp.release()
 
     async def _noroute(self, send: Callable) -> None:
+        self.stats.noroute += 1
         if not self.noroute_html:
             await send_status(send, self.noroute_status, "no route\n")
             return

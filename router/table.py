@@ -143,9 +143,10 @@ class Route:
     Targets with weight 0 are never picked.
     """
 
-    __slots__ = ("host", "path", "targets", "_pool", "_cum", "_ring", "_count", "_regex")
+    __slots__ = ("host", "path", "targets", "_pool", "_cum", "_ring", "_count", "_regex", "stats")
 
     def __init__(self, host: str, path: str, targets: tuple[Target, ...]) -> None:
+        self.stats: dict | None = None  # target URL -> router.stats.RouteStats, filled on first requests
         self.host = host
         self.path = path
         self.targets = targets

@@ -127,6 +127,8 @@ class Tunnel(asyncio.Protocol):
         if self.upstream is not None and self.upstream.transport is not None:
             self.upstream.transport.close()
         self.client.close()
+        if self.upstream is not None:
+            self.proxy.stats.websockets_open -= 1
         status = self.upstream.status.decode("latin-1") if self.upstream is not None else "-"
         log.info("websocket %s status=%s up=%dB down=%dB duration=%.3fs", self.desc, status or "-",
                  self.up, self.down, time.monotonic() - self.started)
@@ -155,6 +157,7 @@ class Tunnel(asyncio.Protocol):
         table = proxy.state.table
         route = table.lookup(host, path, tls=scope["scheme"] == "wss") if table is not None else None
         if route is None:
+            proxy.stats.noroute += 1
             self._fail(f"{proxy.noroute_status} No Route", "no route\n")
             return
         target = route.pick(proxy.strategy)
@@ -206,6 +209,8 @@ class Tunnel(asyncio.Protocol):
             up.transport.close()  # type: ignore[union-attr]
             return
         self.upstream = up
+        proxy.stats.websockets_open += 1  # the tunnel is up: close() counts it down
+        proxy.stats.websockets_total += 1
         up.transport.write(request)  # type: ignore[union-attr]
         for chunk in self.pending:
             self.up += len(chunk)

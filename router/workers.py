@@ -12,7 +12,9 @@ SIGTERM keep serving for proxy.shutdownwait like the main process does.
 
 Frames on the pipe: 4-byte big-endian length + pickle. Main -> worker: ("config", Config),
 ("apply", services, manual), ("noroute", html), ("stop",). Worker -> main: ("listening", pid),
-("stats", pid, requests, routes). Only the main process and its own children hold the pipe ends.
+("stats", pid, requests, routes, counters), where counters holds the per-route request counters that
+changed since the last report (router/stats.py) and the process-wide ones (no-route, WebSockets, upstream
+connect failures, retries, ejections); the main process sums them for /metrics and the routes page. Only the main process and its own children hold the pipe ends.
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+from router.stats import merge
 
 log = logging.getLogger("router.workers")
 _LEN = struct.Struct(">I")
@@ -80,6 +84,8 @@ class _Worker:
     listening: asyncio.Future[None] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
     requests: int = 0
     routes: int | None = None
+    route_stats: dict[Any, Any] = field(default_factory=dict)  # stats.Key -> stats.Snapshot, latest
+    counters: dict[str, int] = field(default_factory=dict)
 
 
 class WorkerPool:
@@ -94,6 +100,9 @@ class WorkerPool:
         self.applied = False
         self.stopping = False
         self.noroute = ""
+        # counters of workers that exited, so the sums stay monotonic across a restart
+        self.retired_routes: dict[Any, Any] = {}
+        self.retired_counters: dict[str, int] = {}
 
     def forwarding(self, apply: Callable[..., Any]) -> Callable[..., Any]:
         """Wrap RouterState.apply: apply in the main process (the UI shows it) and send to every worker."""
@@ -158,8 +167,16 @@ class WorkerPool:
             if msg[0] == "listening" and not w.listening.done():
                 w.listening.set_result(None)
             elif msg[0] == "stats":
-                _, _, w.requests, w.routes = msg
+                w.requests, w.routes = msg[2], msg[3]
+                if len(msg) > 4:
+                    w.route_stats.update(msg[4]["routes"])
+                    w.counters = msg[4]["counters"]
         # the worker is gone
+        self.retired_routes = merge([self.retired_routes, w.route_stats])
+        for k, v in w.counters.items():
+            if k != "websockets_open":
+                self.retired_counters[k] = self.retired_counters.get(k, 0) + v
+        w.route_stats, w.counters = {}, {}
         code = await asyncio.get_running_loop().run_in_executor(None, w.proc.wait)
         w.writer.close()
         if self.stopping or not w.listening.done():
@@ -172,6 +189,18 @@ class WorkerPool:
         self.workers[self.workers.index(w)] = nw
         with contextlib.suppress(OSError):
             await self._wait_listening(nw)
+
+    def route_stats(self) -> dict[Any, Any]:
+        """Per-route counters summed over every worker (stats.Key -> stats.Snapshot)."""
+        return merge([self.retired_routes, *(w.route_stats for w in self.workers)])
+
+    def counters(self) -> dict[str, int]:
+        """Process-wide proxy counters summed over every worker."""
+        out = dict(self.retired_counters)
+        for w in self.workers:
+            for k, v in w.counters.items():
+                out[k] = out.get(k, 0) + v
+        return out
 
     def status(self) -> list[dict[str, Any]]:
         """For /api/status: what each worker last reported about itself."""
@@ -212,6 +241,13 @@ class _Counting:
         await self.app(scope, receive, send)
 
 
+def proxy_counters(proxy: Any) -> dict[str, int]:
+    """The process-wide counters of one proxy (ProxyApp), by name; the main process sums the workers'."""
+    st, ej = proxy.stats, proxy.ejector
+    return {"noroute": st.noroute, "websockets_open": st.websockets_open, "websockets_total": st.websockets_total,
+            "connect_failures": ej.connect_failures, "retries": ej.retries, "ejections": ej.ejections}
+
+
 def _listen_socket(addr: tuple[str, int]) -> socket.socket:
     family = socket.AF_INET6 if ":" in addr[0] else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
@@ -247,13 +283,16 @@ async def _worker(pipe: socket.socket) -> int:
         print(f"error: proxy worker: {e}", file=sys.stderr)
         return 1
     loop = asyncio.get_running_loop()
-    reported = [-1, -1]
+    reported: list[Any] = [None]
 
     def report() -> None:
         routes = len(state.table) if state.table is not None else -1
-        if [app.requests, routes] != reported:
-            reported[:] = [app.requests, routes]
-            writer.write(_frame(("stats", os.getpid(), app.requests, None if routes < 0 else routes)))
+        counters = proxy_counters(proxy)
+        changed = proxy.stats.changed()
+        if changed or [app.requests, routes, counters] != reported[0]:
+            reported[0] = [app.requests, routes, counters]
+            writer.write(_frame(("stats", os.getpid(), app.requests, None if routes < 0 else routes,
+                                 {"routes": changed, "counters": counters})))
 
     async def commands() -> None:
         while (msg := await _read(reader)) is not None:

@@ -10,6 +10,7 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from tests.backends import Backend
@@ -84,7 +85,14 @@ def test_routes_page_live_updates_and_filter(consul_agent, backend, page, tmp_pa
         page.fill("#filter", second)
         wait_until(lambda: len(visible_rows(page)) == 1, timeout=5)
         assert second in visible_rows(page)[0]
-        assert visible_rows(page)[0].rstrip().endswith("1/1")  # healthy instances / registered
+        row = page.locator("#routes tr:not(.hidden)").first
+        assert row.locator("td").nth(6).inner_text() == "1/1"  # healthy instances / registered
+        assert row.locator("td.rate").inner_text() == "-"  # no traffic yet
+        # traffic shows up as the route's request rate and p99 within a poll or two, without a reload
+        for _ in range(20):
+            assert httpx.get(f"{r.url}/{second}/x").status_code == 200
+        wait_until(lambda: row.locator("td.rate").inner_text() != "-", timeout=10)
+        assert float(row.locator("td.p99").inner_text()) > 0
         assert f"filter={second}" in page.url
         page.reload()
         page.wait_for_selector(f"#routes a:text-is('{second}')")

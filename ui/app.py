@@ -7,8 +7,11 @@ assets from outside) so the UI works on an air-gapped host.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import time
+from collections.abc import AsyncIterator
 from importlib import resources
 from typing import TYPE_CHECKING, Any
 
@@ -20,8 +23,9 @@ from starlette.routing import Route
 
 from registry.consul_api import ConsulError
 from router import __version__
+from router.stats import RateWindow
 from ui import overrides
-from ui.metrics import registry_for
+from ui.metrics import registry_for, route_snapshots
 from ui.security import WriteGuard
 
 if TYPE_CHECKING:
@@ -213,6 +217,33 @@ def create_app(router: Router) -> Starlette:
     async def routes_page(request: Request) -> Response:
         return HTMLResponse(page.replace("{{TITLE}}", _title()).replace("{{VERSION}}", __version__))
 
+    # rate1/pct99 of the routes page: the request counters' growth since a snapshot ~1 minute old
+    window = RateWindow()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        async def tick() -> None:
+            while True:
+                window.tick(route_snapshots(router))
+                await asyncio.sleep(5)
+
+        ticker = asyncio.create_task(tick())
+        yield
+        ticker.cancel()
+
+    def with_rates(rows: list[dict]) -> list[dict] | None:
+        """The rows with rate1 (req/s) and pct99 (ms) filled in; None when no route saw traffic lately."""
+        rates = window.rates(route_snapshots(router))
+        if not rates:
+            return None
+        out = []
+        for row in rows:
+            rp = rates.get((row["service"], row["src"], row["dst"]))
+            if rp is not None:
+                row = {**row, "rate1": round(rp[0], 3), "pct99": round(rp[1], 3)}
+            out.append(row)
+        return out
+
     # The routes page polls; with 1,000+ routes and several viewers, build the JSON once per table and let
     # the browser revalidate with an ETag (304, no body) while the table is unchanged.
     routes_cache: dict[str, Any] = {"table": None, "etag": "", "body": b"[]", "gen": 0}
@@ -221,16 +252,22 @@ def create_app(router: Router) -> Starlette:
         table = router.state.table
         if "raw" in request.query_params:
             return PlainTextResponse(table.render() if table is not None else "")
-        if "pretty" in request.query_params:
-            return _json(table.routes() if table is not None else [], request)
         if routes_cache["table"] is not table or not routes_cache["etag"]:
             routes_cache["gen"] += 1
-            routes_cache.update(table=table, etag=f'"t{routes_cache["gen"]}"',
-                                body=json.dumps(table.routes() if table is not None else []).encode())
-        headers = {"ETag": routes_cache["etag"], "Cache-Control": "no-cache"}
-        if request.headers.get("if-none-match") == routes_cache["etag"]:
+            rows = table.routes() if table is not None else []
+            routes_cache.update(table=table, etag=f'"t{routes_cache["gen"]}"', rows=rows,
+                                body=json.dumps(rows).encode())
+        live = with_rates(routes_cache["rows"])
+        if "pretty" in request.query_params:
+            return _json(routes_cache["rows"] if live is None else live, request)
+        etag, body = routes_cache["etag"], routes_cache["body"]
+        if live is not None:  # traffic: the rates change between polls, so the body is built each time
+            body = json.dumps(live).encode()
+            etag = f'"t{routes_cache["gen"]}-{hash(body) & 0xFFFFFFFF:x}"'
+        headers = {"ETag": etag, "Cache-Control": "no-cache"}
+        if request.headers.get("if-none-match") == etag:
             return Response(status_code=304, headers=headers)
-        return Response(routes_cache["body"], media_type="application/json", headers=headers)
+        return Response(body, media_type="application/json", headers=headers)
 
     async def api_healthy(request: Request) -> Response:
         """service -> [instances routed, instances registered], for the routes page's health column."""
@@ -272,7 +309,7 @@ def create_app(router: Router) -> Starlette:
             return PlainTextResponse(f"last Consul answer {age or 0:.1f}s ago (limit {limit:g}s)\n", status_code=503)
         return PlainTextResponse("OK\n")
 
-    return Starlette(routes=[
+    return Starlette(lifespan=lifespan, routes=[
         Route("/", root),
         Route("/routes", routes_page),
         Route("/health", health),

@@ -1,7 +1,10 @@
-"""`/metrics` in Prometheus' text format: the registry's and the table's state, read at scrape time.
+"""`/metrics` in Prometheus' text format: the registry's and the table's state and the proxy's request
+counters, read at scrape time.
 
 A collector rather than gauges that the router keeps updating, so nothing here costs anything between
-scrapes and nothing touches the proxy's hot path. Each app gets its own CollectorRegistry so several
+scrapes; the proxy only bumps plain ints (router/stats.py) and this turns them into metric families.
+Request metrics are labelled service, route (host+path of the table) and target (the instance URL), so
+their cardinality is bounded by the table, never by raw request paths. Each app gets its own CollectorRegistry so several
 routers in one process (tests) do not clash.
 """
 
@@ -13,10 +16,17 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    InfoMetricFamily,
+)
 from prometheus_client.registry import Collector
 
 from router import __version__
+from router.stats import BOUNDS, CLASSES, Key, Snapshot
+from router.workers import proxy_counters
 
 if TYPE_CHECKING:
     from prometheus_client import Metric
@@ -24,6 +34,44 @@ if TYPE_CHECKING:
     from router.cli import Router
 
 PREFIX = "consul_router"
+LABELS = ["service", "route", "target"]
+
+
+def route_snapshots(router: Router) -> dict[Key, Snapshot]:
+    """Per-route counters: the workers' sums, or the in-process proxy's (proxy.workers=1)."""
+    pool = getattr(router, "workers", None)
+    return pool.route_stats() if pool is not None else router.proxy.stats.snapshots()
+
+
+def counters(router: Router) -> dict[str, int]:
+    """No-route, WebSocket and upstream counters: summed over the workers, or the in-process proxy's."""
+    pool = getattr(router, "workers", None)
+    return pool.counters() if pool is not None else proxy_counters(router.proxy)
+
+
+def request_families(snaps: dict[Key, Snapshot]) -> Iterator[Metric]:
+    """requests, latency histogram and responses by status class, per (service, route, target)."""
+    reqs = CounterMetricFamily(f"{PREFIX}_requests", "proxied requests by route", labels=LABELS)
+    hist = HistogramMetricFamily(f"{PREFIX}_request_duration_seconds",
+                                 "time from request to the end of the response, by route", labels=LABELS)
+    resp = CounterMetricFamily(f"{PREFIX}_responses", "responses by route and status class",
+                               labels=[*LABELS, "code"])
+    les = [repr(b) for b in BOUNDS] + ["+Inf"]
+    for key in sorted(snaps):
+        n, total, buckets, classes = snaps[key]
+        labels = list(key)
+        reqs.add_metric(labels, n)
+        cum, acc = [], 0
+        for le, c in zip(les, buckets, strict=True):
+            acc += c
+            cum.append((le, acc))
+        hist.add_metric(labels, cum, total)
+        for cls, c in zip(CLASSES, classes, strict=True):
+            if c:
+                resp.add_metric([*labels, cls], c)
+    yield reqs
+    yield hist
+    yield resp
 
 
 class RouterCollector(Collector):
@@ -52,11 +100,27 @@ class RouterCollector(Collector):
         yield gauge("tag_errors", "route tags currently skipped",
                     float(sum(len(s.tag_errors) for s in st.services.values())))
         ej = r.proxy.ejector
+        c = counters(r)
         yield CounterMetricFamily(f"{PREFIX}_upstream_connect_failures", "failed connects to upstream instances",
-                                  value=ej.connect_failures)
+                                  value=c.get("connect_failures", 0))
         yield CounterMetricFamily(f"{PREFIX}_upstream_retries", "requests sent to another instance after a connect "
-                                  "failure", value=ej.retries)
-        yield CounterMetricFamily(f"{PREFIX}_upstream_ejections", "times an instance was ejected", value=ej.ejections)
+                                  "failure", value=c.get("retries", 0))
+        yield CounterMetricFamily(f"{PREFIX}_upstream_ejections", "times an instance was ejected",
+                                  value=c.get("ejections", 0))
+        yield CounterMetricFamily(f"{PREFIX}_noroute", "requests that matched no route", value=c.get("noroute", 0))
+        yield gauge("websockets_open", "WebSocket tunnels open now", float(c.get("websockets_open", 0)))
+        yield CounterMetricFamily(f"{PREFIX}_websockets", "WebSocket tunnels opened", value=c.get("websockets_total", 0))
+        yield from request_families(route_snapshots(r))
+        prop = GaugeMetricFamily(f"{PREFIX}_propagation_delay_ms", "registry change to table swap, over the last "
+                                 "256 changes (quantile 1 = max)", labels=["quantile"])
+        summary = st.propagation_summary()
+        for q, name in (("0.5", "p50_ms"), ("0.9", "p90_ms"), ("1", "max_ms")):
+            v = summary[name]
+            if v is not None:
+                prop.add_metric([q], float(v))
+        yield prop
+        yield CounterMetricFamily(f"{PREFIX}_propagations", "table swaps after a registry change",
+                                  value=st.propagation_count)
         ejected = GaugeMetricFamily(f"{PREFIX}_upstream_ejected", "1 while the instance gets no traffic after "
                                     "consecutive connect failures", labels=["target"])
         for host, port in ej.ejected_targets():
