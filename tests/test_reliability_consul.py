@@ -102,7 +102,9 @@ def test_consul_hung_is_noticed_and_health_reports_stale_sync(relay, consul_agen
         errs = [e["error"] for e in status(router)["recent_errors"]]
         assert any("Timeout" in e for e in errs), errs
         assert httpx.get(router.ui + "/health", timeout=5).status_code == 503
-        assert relay.hung > 0  # the relay really holds requests: a hang, not a refusal
+        # the relay really holds requests (a hang, not a refusal); right after a timeout every watch may be
+        # in its backoff pause, so wait for the next held request
+        wait_until(lambda: relay.hung > 0, timeout=10, message="a request held by the hung relay")
         assert routed(router, f"/{svc}")  # last good table still served
         # Back to normal: the watcher reconnects on its own and follows a change made meanwhile.
         svc2 = f"hung2-{uid()}"
