@@ -9,7 +9,6 @@ from __future__ import annotations
 import random
 import time
 import uuid
-from collections.abc import Iterator
 
 import httpx
 import pytest
@@ -48,13 +47,6 @@ def consul_rows(http_url: str, prefix: str) -> set[tuple[str, str, str]]:
                         out.add((n, t[len("urlprefix-"):], f"http://{s['Address']}:{s['Port']}/"))
         return out
 
-
-@pytest.fixture
-def backends() -> Iterator[list[Backend]]:
-    started: list[Backend] = []
-    yield started
-    for b in started:
-        b.stop()
 
 
 def test_deregister_three_of_four_leaves_exactly_one(consul_agent, backends) -> None:
