@@ -292,8 +292,9 @@ class Upstream:
     """One pool of connections to every upstream; created inside the running event loop."""
 
     def __init__(self, *, dial_timeout: float = 30.0, idle_timeout: float = 15.0, max_idle: int = 10000,
-                 keepalive: float = 0.0) -> None:
+                 keepalive: float = 0.0, tls: ssl.SSLContext | None = None) -> None:
         self.dial_timeout = dial_timeout or None
+        self.tls = tls  # used for every https:// dial instead of the default contexts (Consul's CA, client cert)
         self.idle_timeout = idle_timeout
         self.max_idle = max_idle
         self.keepalive = keepalive
@@ -366,7 +367,7 @@ class Upstream:
     async def _dial(self, key: tuple) -> _Conn:
         scheme, host, port, verify = key
         loop = asyncio.get_running_loop()
-        tls = self._ssl_context(verify) if scheme == "https" else None
+        tls = (self.tls or self._ssl_context(verify)) if scheme == "https" else None
         try:
             coro = loop.create_connection(lambda: _Conn(self, key, loop), host, port, ssl=tls,
                                           server_hostname=host if tls else None)

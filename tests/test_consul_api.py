@@ -69,9 +69,9 @@ def run(coro):  # type: ignore[no-untyped-def]
     return asyncio.new_event_loop().run_until_complete(coro)
 
 
-@respx.mock
-def test_blocking_get_sends_index_wait_consistency_and_token() -> None:
-    route = respx.get("http://c:8500/v1/health/state/any").mock(
+@respx.mock(using="httpx")
+def test_blocking_get_sends_index_wait_consistency_and_token(respx_mock: respx.MockRouter) -> None:
+    route = respx_mock.route(method="GET", host="c", port=8500, path="/v1/health/state/any").mock(
         return_value=httpx.Response(200, json=[], headers={"X-Consul-Index": "42"})
     )
     api = ConsulAPI("c:8500", "tok", consistency="consistent", wait=30)
@@ -83,19 +83,19 @@ def test_blocking_get_sends_index_wait_consistency_and_token() -> None:
     assert req.headers["x-consul-token"] == "tok"
 
 
-@respx.mock
-def test_index_header_is_case_insensitive_and_404_is_returned() -> None:
-    respx.get("http://c:8500/v1/kv/x").mock(return_value=httpx.Response(404, headers={"x-consul-index": "3"}))
+@respx.mock(using="httpx")
+def test_index_header_is_case_insensitive_and_404_is_returned(respx_mock: respx.MockRouter) -> None:
+    respx_mock.get("http://c:8500/v1/kv/x").mock(return_value=httpx.Response(404, headers={"x-consul-index": "3"}))
     r = run(ConsulAPI("c:8500").get("/v1/kv/x"))
     assert (r.status, r.index, r.body) == (404, 3, None)
 
 
-@respx.mock
-def test_errors_raise_consul_error_with_context() -> None:
-    respx.get("http://c:8500/v1/catalog/services").mock(return_value=httpx.Response(500, text="No cluster leader"))
+@respx.mock(using="httpx")
+def test_errors_raise_consul_error_with_context(respx_mock: respx.MockRouter) -> None:
+    respx_mock.get("http://c:8500/v1/catalog/services").mock(return_value=httpx.Response(500, text="No cluster leader"))
     with pytest.raises(ConsulError, match="HTTP 500: No cluster leader"):
         run(ConsulAPI("c:8500").get("/v1/catalog/services"))
-    respx.get("http://c:8500/v1/agent/self").mock(side_effect=httpx.ConnectError("refused"))
+    respx_mock.get("http://c:8500/v1/agent/self").mock(side_effect=httpx.ConnectError("refused"))
     with pytest.raises(ConsulError, match="ConnectError"):
         run(ConsulAPI("c:8500").get("/v1/agent/self"))
 

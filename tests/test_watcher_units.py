@@ -82,10 +82,10 @@ def test_propagation_summary_nearest_rank() -> None:
     assert (s["count"], s["p50_ms"], s["p90_ms"], s["max_ms"], s["last_ms"]) == (10, 5.0, 9.0, 10.0, 10.0)
 
 
-@respx.mock
-def test_startup_falls_back_to_per_service_mode_when_dump_is_missing() -> None:
+@respx.mock(using="httpx")
+def test_startup_falls_back_to_per_service_mode_when_dump_is_missing(respx_mock: respx.MockRouter) -> None:
     """Without /v1/internal/ui/nodes at startup, a catalog change re-reads every tagged service."""
-    respx.get("http://c:8500/v1/internal/ui/nodes").mock(return_value=httpx.Response(404))
+    respx_mock.get("http://c:8500/v1/internal/ui/nodes").mock(return_value=httpx.Response(404))
     w = ConsulWatcher(ConsulAPI("c:8500"), lambda s, m: None)
     w._catalog_tags = {"web": ("urlprefix-/web",), "api": ("urlprefix-/api",)}
 
@@ -96,12 +96,12 @@ def test_startup_falls_back_to_per_service_mode_when_dump_is_missing() -> None:
     asyncio.run(run())
     assert w._pending == {"web", "api"}
     assert w._dump_ok is False
-    assert respx.calls.call_count == 1  # the missing endpoint is not asked again
+    assert respx_mock.calls.call_count == 1  # the missing endpoint is not asked again
 
 
-@respx.mock
-def test_dump_failure_after_startup_is_an_error_not_a_mode_switch() -> None:
-    respx.get("http://c:8500/v1/internal/ui/nodes").mock(return_value=httpx.Response(404))
+@respx.mock(using="httpx")
+def test_dump_failure_after_startup_is_an_error_not_a_mode_switch(respx_mock: respx.MockRouter) -> None:
+    respx_mock.get("http://c:8500/v1/internal/ui/nodes").mock(return_value=httpx.Response(404))
     w = ConsulWatcher(ConsulAPI("c:8500"), lambda s, m: None)
     w.status.ready = True
     with pytest.raises(ConsulError):
