@@ -128,14 +128,16 @@ def _dump_entries(nodes: list[dict[str, Any]], prefix: str) -> dict[str, list[di
     out: dict[str, list[dict[str, Any]]] = {}
     tagged: set[str] = set()
     for n in nodes:
-        checks = n.get("Checks") or []
-        node_checks = [c for c in checks if not c.get("ServiceID")]
+        by_service: dict[str, list[dict[str, Any]]] = {}  # grouped once: a node may carry thousands
+        for c in n.get("Checks") or ():
+            by_service.setdefault(c.get("ServiceID") or "", []).append(c)
+        node_checks = by_service.get("", [])
         node = {"Node": n.get("Node", ""), "Address": n.get("Address", ""), "Datacenter": n.get("Datacenter", "")}
         for svc in n.get("Services") or []:
             name = svc.get("Service", "")
             if any(t.strip().startswith(prefix) for t in svc.get("Tags") or ()):
                 tagged.add(name)
-            own = [c for c in checks if c.get("ServiceID") == svc.get("ID")]
+            own = by_service.get(svc.get("ID") or "", []) if svc.get("ID") else []
             out.setdefault(name, []).append({"Node": node, "Service": svc, "Checks": node_checks + own})
     return {name: entries for name, entries in out.items() if name in tagged}
 
@@ -235,6 +237,8 @@ class ConsulWatcher:
         self._wake = asyncio.Event()
         self._kv_text: list[tuple[str, str]] | None = None
         self._env: dict[str, str] = {}
+        self._reconciler: asyncio.Future[None] | None = None
+        self._reconcile_backoff = Backoff()
 
     # ------------------------------------------------------------------ public
 
@@ -494,23 +498,33 @@ class ConsulWatcher:
         backoff = Backoff()
         while True:
             await self._wake.wait()
-            reconcile_failed = False
-            if self._reconcile:
-                try:
-                    await self._reconcile_instances()
-                except ConsulError as e:
-                    reconcile_failed = True
-                    self.status.error(f"catalog reconcile: {e}")
             since, self._pending_since = self._pending_since, None
+            if self._reconcile and (self._reconciler is None or self._reconciler.done()):
+                # The instance dump runs beside the per-service reads: at 30,000 instances it takes seconds,
+                # and a check change meanwhile must not wait for it.
+                self._reconcile = False
+                self._reconciler = asyncio.ensure_future(self._reconcile_in_background(since))
             changes, failed = await self._collect()
             if changes:
                 self._emit(changes, None, since)
-            if failed or reconcile_failed:  # retry after a pause; new changes meanwhile just queue up
-                self._reconcile = self._reconcile or reconcile_failed
+            if failed:  # retry after a pause; new changes meanwhile just queue up
                 await asyncio.sleep(backoff.next())
                 self._wake.set()
             else:
                 backoff.reset()
+
+    async def _reconcile_in_background(self, since: float | None) -> None:
+        """One instance reconcile; its changes go through the fetch loop like any other."""
+        try:
+            await self._reconcile_instances()
+            self._reconcile_backoff.reset()
+        except ConsulError as e:
+            self.status.error(f"catalog reconcile: {e}")
+            await asyncio.sleep(self._reconcile_backoff.next())
+            self._reconcile = True
+        if self._pending and since is not None:
+            self._pending_since = since if self._pending_since is None else min(since, self._pending_since)
+        self._wake.set()  # also when nothing changed: a reconcile asked for meanwhile is started now
 
     async def _collect(self) -> tuple[dict[str, list[RouteCmd] | None], set[str]]:
         """Re-read every pending service; return their new commands. Failed reads stay pending."""
