@@ -62,6 +62,7 @@ class RegistryStatus:
     # ms from "a watch returned a new Consul index" to "the table with that change was swapped in"
     propagation_ms: deque[float] = field(default_factory=lambda: deque(maxlen=256))
     propagation_count: int = 0
+    last_dump: dict[str, float] = field(default_factory=dict)  # the latest /v1/internal/ui/nodes read
 
     def propagated(self, ms: float) -> None:
         self.propagation_ms.append(ms)
@@ -436,7 +437,9 @@ class ConsulWatcher:
         """Every tagged service's entries in one read; None when the endpoint is not available."""
         if not self._dump_ok:
             return None
+        t0 = time.perf_counter()
         r = await self.api.get("/v1/internal/ui/nodes")
+        t1 = time.perf_counter()
         self.status.requests += 1
         if r.status != 200 or not isinstance(r.body, list):
             if self.status.ready:  # the mode was chosen at startup; a later failure is just an error
@@ -444,7 +447,11 @@ class ConsulWatcher:
             self._dump_ok = False
             log.warning("/v1/internal/ui/nodes unavailable: falling back to one read per service")
             return None
-        return _dump_entries(r.body, self.prefix)
+        entries = _dump_entries(r.body, self.prefix)
+        # what a reconcile costs at this size (read + JSON decode, then regrouping), for /api/status
+        self.status.last_dump = {"at": time.time(), "nodes": len(r.body), "read_ms": round((t1 - t0) * 1000, 1),
+                                 "group_ms": round((time.perf_counter() - t1) * 1000, 1)}
+        return entries
 
     async def _reconcile_instances(self) -> None:
         """Enqueue the services whose instances (address, port, tags) differ from the last dump."""

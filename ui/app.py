@@ -58,6 +58,7 @@ def status_doc(router: Router) -> dict[str, Any]:
             "indexes": dict(st.indexes),
             "requests": st.requests,
             "propagation": st.propagation_summary(),
+            "last_dump": dict(st.last_dump),
             "error_count": st.error_count,
             "recent_errors": [{"at": t, "error": e} for t, e in list(st.errors)[-20:]],
         },
