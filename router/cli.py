@@ -24,7 +24,8 @@ from registry.static import load_text, watch_file
 from router import __version__
 from router.accesslog import AccessLog
 from router.auth import parse_schemes
-from router.config import Config, ConfigError, load, parse_args
+from router.config import Config, ConfigError, client_idle_timeout, load, parse_args
+from router.fastbody import FastBodyHttpToolsProtocol
 from router.fastwrite import CoalescingHttpToolsProtocol
 from router.headers import ForwardingHeaders
 from router.proxy import ProxyApp
@@ -108,14 +109,16 @@ def auth_schemes(cfg: Config) -> dict:
         raise ConfigError(f"invalid proxy.auth: {e}") from None
 
 
-class ProxyProtocol(GuardedHttpToolsProtocol, CoalescingHttpToolsProtocol):
-    """The proxy listener's HTTP protocol: parser errors with their reason, and coalesced small writes."""
+class ProxyProtocol(GuardedHttpToolsProtocol, FastBodyHttpToolsProtocol, CoalescingHttpToolsProtocol):
+    """The proxy listener's HTTP protocol: parser errors with their reason, request bodies without
+    uvicorn's copies (router/fastbody.py), and coalesced small writes."""
 
 
 def proxy_server_config(proxy: ProxyApp, cfg: Config, app: object = None) -> uvicorn.Config:
     """uvicorn settings of the proxy listener, the same in the main process and in every worker."""
     return _uvicorn_config(app or proxy, cfg["proxy.addr"], http=ProxyProtocol,
-                           ws=tunnel_protocol(proxy), timeout_keep_alive=75)
+                           ws=tunnel_protocol(proxy),
+                           timeout_keep_alive=client_idle_timeout(cfg.raw.get("proxy.addr", ":9999")))
 
 
 class Router:

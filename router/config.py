@@ -102,8 +102,36 @@ def list_of(*allowed: str) -> Callable[[str], tuple[str, ...]]:
     return parse
 
 
+def listener_options(text: str) -> dict[str, str]:
+    """The `;name=value` options of the first listener in a fabio listen address (`:9999;it=30s`)."""
+    opts: dict[str, str] = {}
+    for part in text.split(",")[0].split(";")[1:]:
+        if part.strip():
+            name, _, value = part.partition("=")
+            opts[name.strip()] = value.strip()
+    return opts
+
+
+def client_idle_timeout(text: str) -> float:
+    """fabio's `it=` listener option: how long an idle client keep-alive connection is kept.
+
+    fabio's default (no `it=`, no read timeout) never closes idle clients; ours keeps uvicorn's 75 s so
+    idle connections cannot pile up without bound, and `it=0` means "never" (one day) as in fabio.
+    """
+    it = listener_options(text).get("it")
+    if it is None:
+        return 75.0
+    seconds = parse_duration(it)
+    return seconds if seconds > 0 else 86400.0
+
+
 def parse_addr(text: str) -> tuple[str, int]:
     """`[host]:port[;opts]` -> (host, port); an empty host means every interface, as in fabio."""
+    if "it" in listener_options(text):
+        try:
+            client_idle_timeout(text)
+        except ValueError as e:
+            raise ValueError(f"it= must be a duration such as 30s ({e})") from None
     addr = text.split(",")[0].split(";")[0].strip()
     host, sep, port = addr.rpartition(":")
     if not sep:
@@ -134,7 +162,8 @@ class Key:
 
 KEYS: tuple[Key, ...] = (
     # proxy
-    Key("proxy.addr", ":9999", parse_addr, "listen address of the HTTP proxy"),
+    Key("proxy.addr", ":9999", parse_addr,
+        "listen address of the HTTP proxy; option it=<duration>: idle client keep-alive timeout (default 75s)"),
     Key("proxy.strategy", "rnd", choice("rnd", "rr"), "how a target is picked: rnd (random) or rr (round robin)"),
     Key("proxy.matcher", "prefix", choice("prefix", "iprefix", "glob"), "how paths are matched"),
     Key("proxy.noroutestatus", "404", int_range(100, 999), "status when no route matches"),

@@ -134,11 +134,15 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def __init__(self, *args: object, **kwargs: object) -> None:
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
-        self.parser = _RecordingParser(self)
+        self.parser = self.new_parser()
+
+    def new_parser(self) -> httptools.HttpRequestParser:
+        parser = _RecordingParser(self)
         try:  # as uvicorn does: answer the first of pipelined requests even after a parse error
-            self.parser.set_dangerous_leniencies(lenient_data_after_close=True)
+            parser.set_dangerous_leniencies(lenient_data_after_close=True)
         except AttributeError:  # older httptools
             pass
+        return parser
 
     def send_400_response(self, msg: str) -> None:
         reason = getattr(self.parser, "error", "")
