@@ -79,6 +79,8 @@ class Tunnel(asyncio.Protocol):
         self.closed = False
         self.desc = "?"
         self.task: asyncio.Task | None = None
+        self.scope: dict | None = None  # the upgrade request as an ASGI-like scope, for the access log
+        self.target: Any = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.client = transport  # type: ignore[assignment]
@@ -116,6 +118,18 @@ class Tunnel(asyncio.Protocol):
         self.client.close()
         self.closed = True
         log.info("websocket %s -> %s", self.desc, status)
+        self._access(int(status[:3]), len(text))
+
+    def _access(self, status: int, size: int) -> None:
+        """One access-log line per upgrade, written when the tunnel ends (size: bytes sent to the client)."""
+        alog = self.proxy.access_log
+        if alog is None:
+            return
+        scope = self.scope or {"type": "http", "method": "GET", "headers": [], "path": "-", "raw_path": b"-",
+                               "query_string": b"", "http_version": "1.1", "client": None}
+        tap = alog.tap(None)
+        tap.status, tap.size = status, size
+        alog.log(scope, tap, self.target, time.monotonic() - self.started)
 
     def close(self) -> None:
         """Either side closed: close the other (after what is buffered has been written) and log once."""
@@ -132,6 +146,8 @@ class Tunnel(asyncio.Protocol):
         status = self.upstream.status.decode("latin-1") if self.upstream is not None else "-"
         log.info("websocket %s status=%s up=%dB down=%dB duration=%.3fs", self.desc, status or "-",
                  self.up, self.down, time.monotonic() - self.started)
+        if self.scope is not None:  # a connection that never sent a whole head made no request
+            self._access(int(status) if status.isdigit() else 0, self.down)
 
     async def _open(self) -> None:
         proxy = self.proxy
@@ -147,7 +163,8 @@ class Tunnel(asyncio.Protocol):
                  "scheme": "wss" if self.client.get_extra_info("sslcontext") else "ws"}
         host = next((v.decode("latin-1") for n, v in headers if n == b"host"), "")
         decoded = unquote(raw_path)
-        scope.update(path=decoded, raw_path=raw_path.encode("latin-1"))
+        scope.update(path=decoded, raw_path=raw_path.encode("latin-1"), query_string=query.encode("latin-1"))
+        self.scope = scope
         if (reject := check_request(scope)) is not None:  # the same guard as plain requests
             status, text = reject
             self._fail(f"{status} {HTTPStatus(status).phrase}", text)
@@ -164,7 +181,7 @@ class Tunnel(asyncio.Protocol):
         if target is None:
             self._fail("503 Service Unavailable", "no healthy instance for this route\n")
             return
-        target = proxy.ejector.choose(route, target, proxy.strategy)
+        target = self.target = proxy.ejector.choose(route, target, proxy.strategy)
         # the route's access rules and auth apply to upgrades exactly as to plain requests
         if target.opts and not access.permitted(target.opts, scope):
             self._fail("403 Forbidden", "access denied\n")
@@ -203,7 +220,7 @@ class Tunnel(asyncio.Protocol):
                     self._fail("502 Bad Gateway", "upstream unreachable\n")
                     return
                 proxy.ejector.retries += 1
-                target = proxy.ejector.choose(route, nxt, proxy.strategy, tried)
+                target = self.target = proxy.ejector.choose(route, nxt, proxy.strategy, tried)
         self.desc += f" -> {target.host}:{target.port}{raw}"
         if self.closed:  # the client left while we connected
             up.transport.close()  # type: ignore[union-attr]

@@ -94,3 +94,25 @@ def test_every_worker_logs(backend: Backend) -> None:
             assert httpx.get(f"{r.url}/a/w{i}", headers={"Connection": "close"}).status_code == 200
         lines = lines_matching(r, r'"GET /a/w\d+ HTTP/1.1" 200 2$', n=30)
         assert sorted(int(re.search(r"/a/w(\d+)", x).group(1)) for x in lines) == list(range(30))  # type: ignore[union-attr]
+
+
+def test_websocket_gets_one_line_when_it_ends(backend: Backend) -> None:
+    """An upgraded connection is logged once, when the tunnel closes: 101, bytes sent to the client."""
+    import asyncio
+
+    import aiohttp
+
+    async def talk(url: str) -> None:
+        async with aiohttp.ClientSession() as s, s.ws_connect(url) as ws:
+            await ws.send_str("hello")
+            assert (await ws.receive(timeout=5)).data == "a:hello"
+
+    fmt = "S=$response_status M=$request_method U=$request_uri UP=$upstream_addr B=$response_body_size"
+    with start(backend, "-log.access.format", fmt) as r:
+        asyncio.run(talk(r.url.replace("http:", "ws:") + "/a/ws?q=1"))
+        lines = lines_matching(r, r"^S=101 ")
+        assert len(lines) == 1, r.output()
+        m = re.fullmatch(rf"S=101 M=GET U=/a/ws\?q=1 UP=127\.0\.0\.1:{backend.port} B=(\d+)", lines[0])
+        assert m and int(m.group(1)) > len("a:hello"), lines[0]  # the 101 head and the echoed frame
+        assert httpx.get(r.url + "/nowhere-ws", headers={"Connection": "Upgrade", "Upgrade": "websocket"}).status_code == 404
+        assert lines_matching(r, r"^S=404 M=GET U=/nowhere-ws ")
