@@ -18,7 +18,6 @@ Chunked bodies still go through llhttp (it strips the framing) but skip the byte
 from __future__ import annotations
 
 import collections
-import types
 from typing import Any
 
 import httptools
@@ -27,27 +26,37 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResp
 BODY_HIGH_WATER = 1 << 20  # buffered request-body bytes per connection at which reading pauses
 
 
-async def _receive(self: RequestResponseCycle) -> dict[str, Any]:
-    """uvicorn's `receive()` with a chunk queue instead of a bytearray (same events, same waiting)."""
-    if self.waiting_for_100_continue and not self.transport.is_closing():
-        self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-        self.waiting_for_100_continue = False
-    if not self.disconnected and not self.response_complete:
-        self.flow.resume_reading()
-        await self.message_event.wait()
-        self.message_event.clear()
-    if self.disconnected or self.response_complete:
-        return {"type": "http.disconnect"}
-    chunks: collections.deque[bytes] = self.chunks  # type: ignore[attr-defined]
-    if not chunks:
-        body = b""
-    elif len(chunks) == 1:
-        body = chunks.popleft()
-    else:
-        body = b"".join(chunks)
-        chunks.clear()
-    self.buffered = 0  # type: ignore[attr-defined]
-    return {"type": "http.request", "body": body, "more_body": self.more_body}
+class _BodyCycle(RequestResponseCycle):
+    """uvicorn's request cycle with a chunk queue instead of a bytearray (same events, same waiting).
+
+    Requests with a body get this class by `__class__` assignment. Not a bound method stored on the
+    instance: that would make every request's cycle a reference cycle, left for the garbage collector,
+    and the collections it caused cost ~20% throughput and doubled p99 in an A/B.
+    """
+
+    chunks: collections.deque[bytes]
+    buffered: int
+
+    async def receive(self) -> Any:
+        if self.waiting_for_100_continue and not self.transport.is_closing():
+            self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            self.waiting_for_100_continue = False
+        if not self.disconnected and not self.response_complete:
+            self.flow.resume_reading()
+            await self.message_event.wait()
+            self.message_event.clear()
+        if self.disconnected or self.response_complete:
+            return {"type": "http.disconnect"}
+        chunks = self.chunks
+        if not chunks:
+            body = b""
+        elif len(chunks) == 1:
+            body = chunks.popleft()
+        else:
+            body = b"".join(chunks)
+            chunks.clear()
+        self.buffered = 0
+        return {"type": "http.request", "body": body, "more_body": self.more_body}
 
 
 class FastBodyHttpToolsProtocol(HttpToolsProtocol):
@@ -65,10 +74,8 @@ class FastBodyHttpToolsProtocol(HttpToolsProtocol):
         cycle = self.cycle
         if cycle is None or cycle is before:  # an upgrade: uvicorn made no request cycle
             return
-        cycle.chunks = collections.deque()  # type: ignore[attr-defined]
-        cycle.buffered = 0  # type: ignore[attr-defined]
-        cycle.receive = types.MethodType(_receive, cycle)  # type: ignore[method-assign]
         length = -1
+        chunked = False
         for name, value in self.headers:
             if name == b"content-length":
                 try:
@@ -76,8 +83,13 @@ class FastBodyHttpToolsProtocol(HttpToolsProtocol):
                 except ValueError:
                     return
             elif name == b"transfer-encoding":
-                return
-        if length > 0:
+                chunked = True
+        if length <= 0 and not chunked:
+            return  # no body: uvicorn's cycle as it is, nothing to allocate
+        cycle.__class__ = _BodyCycle
+        cycle.chunks = collections.deque()  # type: ignore[attr-defined]
+        cycle.buffered = 0  # type: ignore[attr-defined]
+        if length > 0 and not chunked:
             self.raw_left = length  # on_body counts down what arrived with the head
 
     def on_body(self, body: bytes) -> None:
@@ -87,7 +99,7 @@ class FastBodyHttpToolsProtocol(HttpToolsProtocol):
 
     def _deliver(self, body: bytes) -> None:
         cycle = self.cycle
-        if cycle is None or cycle.response_complete or not hasattr(cycle, "chunks"):
+        if cycle is None or cycle.response_complete or not isinstance(cycle, _BodyCycle):
             return
         cycle.chunks.append(body)
         cycle.buffered += len(body)
