@@ -170,8 +170,12 @@ class ConsulAPI:
             params["wait"] = f"{int(self.wait * 1000)}ms"
         return params
 
-    async def get(self, path: str, *, index: int | None = None, params: dict[str, Any] | None = None) -> Response:
-        """GET a JSON endpoint; with `index` it is a blocking query. 404 is returned, not raised (KV)."""
+    async def get(self, path: str, *, index: int | None = None, params: dict[str, Any] | None = None,
+                  decode: bool = True) -> Response:
+        """GET a JSON endpoint; with `index` it is a blocking query. 404 is returned, not raised (KV).
+
+        `decode=False` leaves the body as bytes, for a caller that decodes it elsewhere (registry/dump.py).
+        """
         try:
             r = await self._client.get(path, params=self._params(index, params))
         except httpx.HTTPError as e:
@@ -185,6 +189,8 @@ class ConsulAPI:
             return Response(404, None, idx, r.headers)
         if r.status_code != 200:
             raise ConsulError(f"GET {path}: HTTP {r.status_code}: {r.text.strip()[:200]}")
+        if not decode:
+            return Response(200, r.content, idx, r.headers)
         try:
             body = orjson.loads(r.content)
         except ValueError as e:

@@ -22,7 +22,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
+
 from registry.consul_api import Backoff, ConsulAPI, ConsulError, TokenBucket, decode_kv, next_index
+from registry.dump import DumpDecoder, Instances, dump_entries
 from registry.health import Verdict, judge_all
 from registry.tags import TagError, route_cmds
 from router.routecmd import LineError, RouteCmd, parse
@@ -120,55 +123,6 @@ def _health_fingerprints(checks: list[dict[str, Any]], prefix: str) -> dict[str,
     return out
 
 
-def _dump_entries(nodes: list[dict[str, Any]], prefix: str) -> dict[str, list[dict[str, Any]]]:
-    """`/v1/internal/ui/nodes` -> per tagged service, entries shaped like `/v1/health/service/<name>`.
-
-    One request gives every node with its services and checks, so the initial load and the catalog
-    reconcile cost one read instead of one per service.
-    """
-    out: dict[str, list[dict[str, Any]]] = {}
-    tagged: set[str] = set()
-    for n in nodes:
-        by_service: dict[str, list[dict[str, Any]]] = {}  # grouped once: a node may carry thousands
-        for c in n.get("Checks") or ():
-            by_service.setdefault(c.get("ServiceID") or "", []).append(c)
-        node_checks = by_service.get("", [])
-        node = {"Node": n.get("Node", ""), "Address": n.get("Address", ""), "Datacenter": n.get("Datacenter", "")}
-        for svc in n.get("Services") or []:
-            name = svc.get("Service", "")
-            if any(t.strip().startswith(prefix) for t in svc.get("Tags") or ()):
-                tagged.add(name)
-            own = by_service.get(svc.get("ID") or "", []) if svc.get("ID") else []
-            out.setdefault(name, []).append({"Node": node, "Service": svc, "Checks": node_checks + own})
-    return {name: entries for name, entries in out.items() if name in tagged}
-
-
-def _catalog_fingerprints(entries: dict[str, list[dict[str, Any]]]) -> dict[str, frozenset]:
-    """Per service: the instance facts a route depends on besides check status.
-
-    Address, port and tags, and which checks exist: a passing check added to or removed from an
-    instance changes its health without showing up among the non-passing checks.
-    """
-    out: dict[str, frozenset] = {}
-    for name, es in entries.items():
-        out[name] = frozenset(
-            (e["Node"]["Node"], e["Service"].get("ID", ""), e["Service"].get("Address") or e["Node"]["Address"],
-             int(e["Service"].get("Port") or 0), tuple(e["Service"].get("Tags") or ()),
-             tuple(sorted(c.get("CheckID", "") for c in e["Checks"])))
-            for e in es
-        )
-    return out
-
-
-def _node_services(entries: dict[str, list[dict[str, Any]]]) -> dict[str, set[str]]:
-    """node -> tagged services with an instance on it (a node check's change affects all of them)."""
-    out: dict[str, set[str]] = {}
-    for name, es in entries.items():
-        for e in es:
-            out.setdefault(e["Node"]["Node"], set()).add(name)
-    return out
-
-
 # Watched separately instead of `/v1/health/state/any?filter=Status != "passing"`: Consul answers these from
 # its status index, touching only checks in that state (3.5 ms at 30,000 instances, woken only when a check
 # enters or leaves the state), while the filter evaluated every check on every change (97 ms at 30,000).
@@ -226,7 +180,8 @@ class ConsulWatcher:
         self._pending: set[str] = set()
         self._pending_since: float | None = None  # monotonic time the oldest unapplied change was seen
         self._answered_at = 0.0  # monotonic time of the latest watch answer
-        self._instance_fp: dict[str, frozenset] = {}
+        self._instance_fp: dict[str, bytes] = {}
+        self._decoder = DumpDecoder()
         self._reconcile = False  # the catalog index moved: compare instances (address/port) in bulk
         self._dump_ok = True  # False when /v1/internal/ui/nodes is unavailable: reconcile re-reads all
         self._node_services: dict[str, set[str]] = {}
@@ -294,7 +249,7 @@ class ConsulWatcher:
                 indexes = {st: r.index for st, r in states.items()}
                 if dump is not None:
                     self._pending = set()
-                    self._set_instances(dump)
+                    self._set_instances(Instances.of(dump))
                     self._by_state = {st: r.body or [] for st, r in states.items()}
                     self._on_health([c for cs in self._by_state.values() for c in cs])
                     self._pending = set()
@@ -383,14 +338,12 @@ class ConsulWatcher:
             return _nonpassing_fingerprints(checks, self._node_services, self._tagged)
         return _health_fingerprints(checks, self.prefix)
 
-    def _set_instances(self, dump: dict[str, list[dict[str, Any]]]) -> dict[str, frozenset]:
+    def _set_instances(self, instances: Instances) -> None:
         """Remember the instances of a dump; re-derive health fingerprints with the new node map."""
-        fps = _catalog_fingerprints(dump)
-        self._instance_fp = fps
-        self._tagged = fps.keys() | self._catalog_tags.keys()
-        self._node_services = _node_services(dump)
+        self._instance_fp = instances.fingerprints
+        self._tagged = instances.fingerprints.keys() | self._catalog_tags.keys()
+        self._node_services = instances.node_services
         self._health_fp = self._health_fps(self._last_health)
-        return fps
 
     async def _resync_loop(self) -> None:
         """Compare all instances every `resync` seconds: a safety net that costs one read per period."""
@@ -433,35 +386,53 @@ class ConsulWatcher:
         self._reconcile = True
         self._wake.set()
 
-    async def _read_dump(self) -> dict[str, list[dict[str, Any]]] | None:
-        """Every tagged service's entries in one read; None when the endpoint is not available."""
+    async def _read_dump_raw(self) -> bytes | None:
+        """The instance dump's bytes; None when the endpoint is not available (the per-service fallback)."""
         if not self._dump_ok:
             return None
         t0 = time.perf_counter()
-        r = await self.api.get("/v1/internal/ui/nodes")
-        t1 = time.perf_counter()
+        r = await self.api.get("/v1/internal/ui/nodes", decode=False)
         self.status.requests += 1
-        if r.status != 200 or not isinstance(r.body, list):
+        raw = r.body if r.status == 200 else b""
+        if not raw.lstrip()[:1] == b"[":
             if self.status.ready:  # the mode was chosen at startup; a later failure is just an error
-                raise ConsulError(f"/v1/internal/ui/nodes answered HTTP {r.status}")
+                raise ConsulError(f"/v1/internal/ui/nodes answered HTTP {r.status} without a JSON list")
             self._dump_ok = False
             log.warning("/v1/internal/ui/nodes unavailable: falling back to one read per service")
             return None
-        entries = _dump_entries(r.body, self.prefix)
-        # what a reconcile costs at this size (read + JSON decode, then regrouping), for /api/status
-        self.status.last_dump = {"at": time.time(), "nodes": len(r.body), "read_ms": round((t1 - t0) * 1000, 1),
-                                 "group_ms": round((time.perf_counter() - t1) * 1000, 1)}
+        self.status.last_dump = {"at": time.time(), "bytes": len(raw), "read_ms": round((time.perf_counter() - t0) * 1000, 1)}
+        return raw
+
+    async def _read_dump(self) -> dict[str, list[dict[str, Any]]] | None:
+        """Every tagged service's entries in one read (the initial load builds every route from them)."""
+        raw = await self._read_dump_raw()
+        if raw is None:
+            return None
+        t0 = time.perf_counter()
+        try:
+            nodes = orjson.loads(raw)
+        except ValueError as e:
+            raise ConsulError(f"/v1/internal/ui/nodes: invalid JSON: {e}") from e
+        entries = dump_entries(nodes, self.prefix)
+        self.status.last_dump["decode_ms"] = round((time.perf_counter() - t0) * 1000, 1)
         return entries
 
     async def _reconcile_instances(self) -> None:
         """Enqueue the services whose instances (address, port, tags) differ from the last dump."""
         self._reconcile = False
-        dump = await self._read_dump()
-        if dump is None:
+        raw = await self._read_dump_raw()
+        if raw is None:
             self._enqueue(set(self._catalog_tags))
             return
+        t0 = time.perf_counter()
+        try:
+            instances = await self._decoder.summarize(raw, self.prefix)  # decoded in the helper process
+        except ValueError as e:
+            raise ConsulError(f"/v1/internal/ui/nodes: {e}") from e
+        self.status.last_dump["decode_ms"] = round((time.perf_counter() - t0) * 1000, 1)
         before = self._instance_fp
-        fps = self._set_instances(dump)
+        self._set_instances(instances)
+        fps = instances.fingerprints
         self._enqueue({n for n in fps.keys() | before.keys() if fps.get(n) != before.get(n)})
 
     def _enqueue(self, names: set[str]) -> None:

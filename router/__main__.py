@@ -1,3 +1,4 @@
 from router.cli import main
 
-raise SystemExit(main())
+if __name__ == "__main__":  # not when a spawned helper process (registry/dump.py) imports this module
+    raise SystemExit(main())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Any
 
 import httpx
@@ -13,12 +14,13 @@ from registry.consul_api import ConsulAPI, ConsulError
 from registry.consul_watcher import (
     ConsulWatcher,
     RegistryStatus,
-    _catalog_fingerprints,
-    _dump_entries,
     _health_fingerprints,
-    _node_services,
     _nonpassing_fingerprints,
 )
+from registry.dump import DumpDecoder, Instances, summarize
+from registry.dump import catalog_fingerprints as _catalog_fingerprints
+from registry.dump import dump_entries as _dump_entries
+from registry.dump import node_services as _node_services
 from registry.health import judge_all
 
 
@@ -118,3 +120,39 @@ def test_nonpassing_fingerprint_maps_node_checks_to_the_services_on_that_node() 
     db_down = _nonpassing_fingerprints([dict(check("db-1-ttl", "critical", "db-1"), ServiceName="db")], nodes, tagged)
     assert healthy == {} and db_down == {}  # db is not routed: its checks do not matter
     assert set(n1_down) == {"web"}
+
+
+def test_helper_process_gives_what_the_watcher_would_compute_itself() -> None:
+    """The reconcile's decoding in the spawned helper equals the in-process result (digests cross processes)."""
+    raw = json.dumps(DUMP).encode()
+    local = Instances.of(_dump_entries(DUMP, "urlprefix-"))
+    decoder = DumpDecoder()
+
+    async def run() -> Instances:
+        return await decoder.summarize(raw, "urlprefix-")
+
+    try:
+        remote = asyncio.run(run())
+    finally:
+        decoder.close()
+    assert remote == local == summarize(raw, "urlprefix-")
+    assert decoder._broken is False  # it really ran in the helper
+    assert set(remote.fingerprints) == {"web"} and remote.node_services == {"n1": {"web"}, "n2": {"web"}}
+
+
+def test_broken_helper_falls_back_to_decoding_in_process() -> None:
+    decoder = DumpDecoder()
+
+    class Broken:
+        def submit(self, *a: Any, **k: Any) -> Any:
+            from concurrent.futures.process import BrokenProcessPool
+            raise BrokenProcessPool("helper died")
+
+        def shutdown(self, **k: Any) -> None:
+            pass
+
+    decoder._pool = Broken()  # type: ignore[assignment]
+    got = asyncio.run(decoder.summarize(json.dumps(DUMP).encode(), "urlprefix-"))
+    assert got == Instances.of(_dump_entries(DUMP, "urlprefix-")) and decoder._broken
+    with pytest.raises(ValueError, match="not a JSON list"):
+        summarize(b"{}", "urlprefix-")
