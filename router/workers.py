@@ -88,6 +88,7 @@ class _Worker:
     routes: int | None = None
     route_stats: dict[Any, Any] = field(default_factory=dict)  # stats.Key -> stats.Snapshot, latest
     counters: dict[str, int] = field(default_factory=dict)
+    ejected: list[tuple[str, int]] = field(default_factory=list)  # instances this worker ejects now
 
 
 class WorkerPool:
@@ -173,12 +174,13 @@ class WorkerPool:
                 if len(msg) > 4:
                     w.route_stats.update(msg[4]["routes"])
                     w.counters = msg[4]["counters"]
+                    w.ejected = msg[4].get("ejected", [])
         # the worker is gone
         self.retired_routes = merge([self.retired_routes, w.route_stats])
         for k, v in w.counters.items():
             if k != "websockets_open":
                 self.retired_counters[k] = self.retired_counters.get(k, 0) + v
-        w.route_stats, w.counters = {}, {}
+        w.route_stats, w.counters, w.ejected = {}, {}, []
         code = await asyncio.get_running_loop().run_in_executor(None, w.proc.wait)
         w.writer.close()
         if self.stopping or not w.listening.done():
@@ -202,6 +204,14 @@ class WorkerPool:
         for w in self.workers:
             for k, v in w.counters.items():
                 out[k] = out.get(k, 0) + v
+        return out
+
+    def ejected_targets(self) -> dict[tuple[str, int], int]:
+        """(host, port) -> how many workers eject that instance now (each worker has its own ejector)."""
+        out: dict[tuple[str, int], int] = {}
+        for w in self.workers:
+            for host, port in w.ejected:
+                out[(host, port)] = out.get((host, port), 0) + 1
         return out
 
     def status(self) -> list[dict[str, Any]]:
@@ -291,10 +301,11 @@ async def _worker(pipe: socket.socket) -> int:
         routes = len(state.table) if state.table is not None else -1
         counters = proxy_counters(proxy)
         changed = proxy.stats.changed()
-        if changed or [app.requests, routes, counters] != reported[0]:
-            reported[0] = [app.requests, routes, counters]
+        ejected = [tuple(k) for k in proxy.ejector.ejected_targets()]
+        if changed or [app.requests, routes, counters, ejected] != reported[0]:
+            reported[0] = [app.requests, routes, counters, ejected]
             writer.write(_frame(("stats", os.getpid(), app.requests, None if routes < 0 else routes,
-                                 {"routes": changed, "counters": counters})))
+                                 {"routes": changed, "counters": counters, "ejected": ejected})))
 
     async def commands() -> None:
         while (msg := await _read(reader)) is not None:

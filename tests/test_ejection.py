@@ -85,3 +85,22 @@ def test_refusing_instance_is_ejected_and_comes_back(backend: Backend) -> None:
         assert _metric(r, "upstream_connect_failures_total") == 3
         assert _metric(r, "upstream_ejections_total") == 2
         assert "ejected for 2.0s" in r.output()
+
+
+def test_ejected_gauge_sums_the_workers(backend: Backend) -> None:
+    """With two worker processes each ejects on its own; /metrics shows how many eject the instance."""
+    dead = free_port()
+    routes = f"route add svc /ej http://127.0.0.1:{dead}/\nroute add svc /ej http://127.0.0.1:{backend.port}/"
+    with RouterProc("-registry.backend", "static", "-registry.static.routes", routes, "-proxy.strategy", "rr",
+                    "-proxy.workers", "2", "-proxy.eject.failures", "1", "-proxy.eject.duration", "60s") as r:
+        gauge = f'consul_router_upstream_ejected{{target="127.0.0.1:{dead}"}} '
+        deadline = time.monotonic() + 15
+        value = 0.0
+        while time.monotonic() < deadline and value < 2:
+            with httpx.Client() as c:  # a new connection each round: the kernel spreads them over the workers
+                assert c.get(r.url + "/ej").status_code == 200
+            text = httpx.get(r.ui + "/metrics").text
+            line = next((ln for ln in text.splitlines() if ln.startswith(gauge)), "")
+            value = float(line.rsplit(" ", 1)[1]) if line else 0.0
+        assert value == 2.0, text  # both workers met the dead instance and eject it
+        assert _metric(r, "upstream_ejections_total") == 2

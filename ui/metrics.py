@@ -121,10 +121,12 @@ class RouterCollector(Collector):
         yield prop
         yield CounterMetricFamily(f"{PREFIX}_propagations", "table swaps after a registry change",
                                   value=st.propagation_count)
-        ejected = GaugeMetricFamily(f"{PREFIX}_upstream_ejected", "1 while the instance gets no traffic after "
-                                    "consecutive connect failures", labels=["target"])
-        for host, port in ej.ejected_targets():
-            ejected.add_metric([f"{host}:{port}"], 1.0)
+        ejected = GaugeMetricFamily(f"{PREFIX}_upstream_ejected", "proxy processes in which the instance gets no "
+                                    "traffic after consecutive connect failures (1 with one worker)", labels=["target"])
+        pool = getattr(r, "workers", None)
+        now = pool.ejected_targets() if pool is not None else dict.fromkeys(ej.ejected_targets(), 1)
+        for (host, port), n in sorted(now.items()):
+            ejected.add_metric([f"{host}:{port}"], float(n))
         yield ejected
 
 
