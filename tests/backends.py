@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
+import pytest
 from aiohttp import web
 
 
@@ -104,3 +106,15 @@ class Backend:
     @property
     def hits(self) -> int:
         return len(self.requests)
+
+
+def module_backend(name: str) -> Callable[[], Iterator[Backend]]:
+    """A module-scoped `backend` fixture: `backend = module_backend("b1")` in a test module."""
+
+    @pytest.fixture(scope="module")
+    def backend() -> Iterator[Backend]:
+        b = Backend(name).start()
+        yield b
+        b.stop()
+
+    return backend

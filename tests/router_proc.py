@@ -77,6 +77,11 @@ class RouterProc:
                 self.proc.kill()
                 self.proc.wait()
 
+    @classmethod
+    def static(cls, routes: str, *flags: str) -> RouterProc:
+        """A router on static routes (no Consul): for tests of the proxy itself."""
+        return cls("-registry.backend", "static", "-registry.static.routes", routes, *flags)
+
     def __enter__(self) -> RouterProc:
         return self.start()
 

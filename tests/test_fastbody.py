@@ -13,23 +13,18 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.backends import Backend
+from tests.backends import Backend, module_backend
 from tests.router_proc import RouterProc
 from tests.test_hostile_http import head
 from tests.test_protocol import Conn
 
-
-@pytest.fixture(scope="module")
-def backend() -> Iterator[Backend]:
-    b = Backend("fb").start()
-    yield b
-    b.stop()
+backend = module_backend("fb")
 
 
 @pytest.fixture(scope="module")
 def router(backend: Backend) -> Iterator[RouterProc]:
     routes = f"route add svc /up http://127.0.0.1:{backend.port}/"
-    with RouterProc("-registry.backend", "static", "-registry.static.routes", routes) as r:
+    with RouterProc.static(routes) as r:
         yield r
 
 

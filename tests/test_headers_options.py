@@ -20,7 +20,7 @@ import bcrypt
 import httpx
 import pytest
 
-from tests.backends import Backend
+from tests.backends import Backend, module_backend
 from tests.router_proc import RouterProc, free_port
 
 
@@ -53,11 +53,7 @@ def tls_backend(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
     server.shutdown()
 
 
-@pytest.fixture(scope="module")
-def backend() -> Iterator[Backend]:
-    b = Backend("opt").start()
-    yield b
-    b.stop()
+backend = module_backend("opt")
 
 
 @pytest.fixture(scope="module")

@@ -12,24 +12,20 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.backends import Backend
+from tests.backends import Backend, module_backend
 from tests.router_proc import RouterProc
 from tests.test_protocol import Conn
 
 SMUGGLED = b"GET /public/smuggled HTTP/1.1\r\nHost: a\r\n\r\n"
 
 
-@pytest.fixture(scope="module")
-def backend() -> Iterator[Backend]:
-    b = Backend("h1").start()
-    yield b
-    b.stop()
+backend = module_backend("h1")
 
 
 @pytest.fixture(scope="module")
 def router(backend: Backend) -> Iterator[RouterProc]:
     routes = f"route add svc /public http://127.0.0.1:{backend.port}/"
-    with RouterProc("-registry.backend", "static", "-registry.static.routes", routes) as r:
+    with RouterProc.static(routes) as r:
         yield r
 
 

@@ -13,15 +13,10 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from tests.backends import Backend
+from tests.backends import Backend, module_backend
 from tests.router_proc import RouterProc
 
-
-@pytest.fixture(scope="module")
-def backend() -> Iterator[Backend]:
-    b = Backend("p1").start()
-    yield b
-    b.stop()
+backend = module_backend("p1")
 
 
 @pytest.fixture(scope="module")
@@ -30,8 +25,7 @@ def router(backend: Backend) -> Iterator[RouterProc]:
         f"route add svc /plain http://127.0.0.1:{backend.port}/",
         f"route add other /other http://127.0.0.1:{backend.port}/",
     ])
-    with RouterProc("-registry.backend", "static", "-registry.static.routes", routes,
-                    "-proxy.maxheaderbytes", "65536") as r:
+    with RouterProc.static(routes, "-proxy.maxheaderbytes", "65536") as r:
         yield r
 
 

@@ -9,15 +9,10 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from tests.backends import Backend
+from tests.backends import Backend, module_backend
 from tests.router_proc import RouterProc, free_port
 
-
-@pytest.fixture(scope="module")
-def backend() -> Iterator[Backend]:
-    b = Backend("b1").start()
-    yield b
-    b.stop()
+backend = module_backend("b1")
 
 
 @pytest.fixture(scope="module")
@@ -34,8 +29,7 @@ def router(backend: Backend) -> Iterator[RouterProc]:
         f'route add svc /go http://127.0.0.1:{backend.port}/ opts "redirect=301"',
         'route add svc /moved https://new.example.com$path opts "redirect=302"',
     ])
-    with RouterProc("-registry.backend", "static", "-registry.static.routes", routes,
-                    "-proxy.strategy", "rr") as r:
+    with RouterProc.static(routes, "-proxy.strategy", "rr") as r:
         yield r
 
 

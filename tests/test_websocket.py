@@ -12,15 +12,10 @@ from collections.abc import Iterator
 import aiohttp
 import pytest
 
-from tests.backends import Backend
+from tests.backends import Backend, module_backend
 from tests.router_proc import RouterProc, free_port
 
-
-@pytest.fixture(scope="module")
-def backend() -> Iterator[Backend]:
-    b = Backend("wsb").start()
-    yield b
-    b.stop()
+backend = module_backend("wsb")
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +26,7 @@ def router(backend: Backend) -> Iterator[RouterProc]:
         f"route add ws /dead http://127.0.0.1:{free_port()}/",
         f'route add ws /private http://127.0.0.1:{backend.port}/ opts "deny=ip:127.0.0.0/8"',
     ])
-    with RouterProc("-registry.backend", "static", "-registry.static.routes", routes) as r:
+    with RouterProc.static(routes) as r:
         yield r
 
 
