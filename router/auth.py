@@ -2,8 +2,8 @@
 
 `proxy.auth = name=a;type=basic;file=/etc/users.htpasswd;realm=Team;refresh=30s` (several schemes
 separated by commas). The file is read once at startup and again every `refresh` (checked lazily on
-use, by modification time), never per request. Hashes: bcrypt (`$2y$`, `$2a$`, `$2b$`) and `{SHA}`;
-other lines are skipped with a warning naming the file and line.
+use, by modification time), never per request. Hash formats: router/htpasswd.py (bcrypt, `$apr1$`,
+`$1$`, `{SHA}`); other lines are skipped with a warning naming the file and line.
 
 bcrypt is slow on purpose, so checks run in a worker thread, and a successful check is remembered (by
 a SHA-256 digest of the header value, per file version) so a client reusing its credentials costs one
@@ -16,45 +16,15 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
-import hmac
 import logging
 import os
 import time
 from dataclasses import dataclass, field
 
-import bcrypt
-
+from router import htpasswd
 from router.config import parse_duration
 
 log = logging.getLogger("router.auth")
-
-
-def _check_hash(stored: str, password: str) -> bool:
-    if stored.startswith(("$2y$", "$2a$", "$2b$")):
-        try:
-            return bcrypt.checkpw(password.encode(), stored.encode())
-        except ValueError:
-            return False
-    if stored.startswith("{SHA}"):
-        digest = base64.b64encode(hashlib.sha1(password.encode()).digest()).decode()  # noqa: S324 - htpasswd -s
-        return hmac.compare_digest(digest, stored[5:])
-    return False
-
-
-def read_htpasswd(path: str) -> dict[str, str]:
-    """user -> hash for the formats we can check; other lines are logged and skipped."""
-    users: dict[str, str] = {}
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            line = line.strip()
-            if not line or line.startswith("#"):
-                continue
-            user, sep, stored = line.partition(":")
-            if not sep or not stored.startswith(("$2y$", "$2a$", "$2b$", "{SHA}")):
-                log.warning("%s:%d: unsupported htpasswd entry (only bcrypt and {SHA}); skipped", path, n)
-                continue
-            users[user] = stored
-    return users
 
 
 @dataclass
@@ -69,7 +39,7 @@ class BasicAuth:
     _ok: set[bytes] = field(default_factory=set)
 
     def load(self) -> None:
-        self.users = read_htpasswd(self.file)
+        self.users = htpasswd.read(self.file)
         self._mtime = os.stat(self.file).st_mtime
         self._checked = time.monotonic()
         self._ok = set()
@@ -102,7 +72,7 @@ class BasicAuth:
         stored = self.users.get(user)
         if not sep or stored is None:
             return False, False
-        ok = await asyncio.to_thread(_check_hash, stored, password)
+        ok = await asyncio.to_thread(htpasswd.check, stored, password)
         if ok:
             self._ok.add(key)
         return ok, False

@@ -236,7 +236,7 @@ KEYS: tuple[Key, ...] = (
         "/health answers 503 when the last Consul answer is older than this (0 = off; must exceed wait*17/16) (ours)"),
     Key("ui.title", "", parse_str, "title shown in the UI"),
     Key("ui.color", "light-green", parse_str, "colour of the UI's navigation bar", todo='no effect yet'),
-    Key("ui.auth.htpasswd", "", parse_str, "htpasswd file ({SHA} entries) for override saves from non-loopback (ours)"),
+    Key("ui.auth.htpasswd", "", parse_str, "htpasswd file (bcrypt, $apr1$, $1$ or {SHA} entries) for override saves from non-loopback (ours)"),
     Key("ui.auth.token", "", parse_str, "bearer token for override saves from non-loopback (ours)", secret=True),
     # logs
     Key("log.level", "INFO", choice("TRACE", "DEBUG", "INFO", "WARN", "ERROR", "FATAL"), "log level"),

@@ -61,7 +61,8 @@ def htpasswd(tmp_path_factory: pytest.TempPathFactory) -> Path:
     p = tmp_path_factory.mktemp("auth") / "users.htpasswd"
     sha = "{SHA}" + base64.b64encode(hashlib.sha1(b"shapw").digest()).decode()  # noqa: S324 - htpasswd -s format
     bc = bcrypt.hashpw(b"bcpw", bcrypt.gensalt(rounds=4)).decode().replace("$2b$", "$2y$", 1)
-    p.write_text(f"alice:{bc}\nbob:{sha}\ncarol:$apr1$xyz$unsupported\n")
+    apr1 = "$apr1$xyz$HXgo9gtz4gpj4JWTLYmjB0"  # `openssl passwd -apr1 -salt xyz secret` (htpasswd's default)
+    p.write_text(f"alice:{bc}\nbob:{sha}\ncarol:{apr1}\ndave:plaintext\n")
     return p
 
 
@@ -152,8 +153,9 @@ def test_basic_auth(router: RouterProc, backend: Backend) -> None:
     assert r.headers["www-authenticate"] == 'Basic realm="Team Realm"'
     r = httpx.get(router.url + "/auth", auth=("alice", "wrong"))
     assert r.status_code == 401 and "www-authenticate" not in r.headers
-    assert httpx.get(router.url + "/auth", auth=("carol", "x")).status_code == 401  # unsupported hash: no user
-    for user, pw in (("alice", "bcpw"), ("bob", "shapw"), ("alice", "bcpw")):
+    assert httpx.get(router.url + "/auth", auth=("dave", "plaintext")).status_code == 401  # unsupported: no user
+    assert httpx.get(router.url + "/auth", auth=("carol", "Secret")).status_code == 401
+    for user, pw in (("alice", "bcpw"), ("bob", "shapw"), ("alice", "bcpw"), ("carol", "secret")):
         r = httpx.get(router.url + "/auth", auth=(user, pw))
         assert r.status_code == 200, (user, r.text)
         assert "authorization" not in last(backend)  # consumed here, not passed upstream

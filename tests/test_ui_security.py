@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import subprocess
 import uuid
 import warnings
 from collections.abc import Iterator
@@ -15,10 +16,11 @@ from pathlib import Path
 
 import pytest
 
+from router import htpasswd
 from router.cli import Router
 from router.config import load
 from tests.consul_helpers import make_client
-from ui.security import check_password, is_loopback, load_htpasswd
+from ui.security import is_loopback
 
 with warnings.catch_warnings():  # Starlette would like httpx2; httpx is what we have and it works
     warnings.simplefilter("ignore")
@@ -37,12 +39,18 @@ def test_is_loopback() -> None:
     assert not is_loopback("192.0.2.10") and not is_loopback("testclient") and not is_loopback(None)
 
 
-def test_htpasswd_sha_entries(tmp_path: Path) -> None:
+def test_htpasswd_entries(tmp_path: Path) -> None:
     f = tmp_path / "htpasswd"
-    f.write_text(sha_entry("ann", "s3cret") + "\nbob:$apr1$xyz$abc\n# comment\n")
-    users = load_htpasswd(str(f))
-    assert list(users) == ["ann"]  # unsupported hash formats are skipped, not guessed at
-    assert check_password(users["ann"], "s3cret") and not check_password(users["ann"], "S3cret")
+    apr1 = subprocess.run(["openssl", "passwd", "-apr1", "-salt", "Zq9.x/ab", "pw2"], capture_output=True,
+                          text=True, check=True).stdout.strip()
+    md5 = subprocess.run(["openssl", "passwd", "-1", "-salt", "s4lt", "längeres passwort 1234567890"],
+                         capture_output=True, text=True, check=True).stdout.strip()
+    f.write_text(sha_entry("ann", "s3cret") + f"\ncid:{apr1}\ndee:{md5}\nbob:plaintext\neve:abJnggxhB/yWI\n# c\n")
+    users = htpasswd.read(str(f))
+    assert list(users) == ["ann", "cid", "dee"]  # plain text and DES-crypt are skipped, not guessed at
+    assert htpasswd.check(users["ann"], "s3cret") and not htpasswd.check(users["ann"], "S3cret")
+    assert htpasswd.check(users["cid"], "pw2") and not htpasswd.check(users["cid"], "pw3")
+    assert htpasswd.check(users["dee"], "längeres passwort 1234567890") and not htpasswd.check(users["dee"], "x")
 
 
 @pytest.fixture

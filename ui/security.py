@@ -10,14 +10,14 @@ htpasswd file, or a bearer token). The peer address is the socket's: forwarding 
 from __future__ import annotations
 
 import base64
-import hashlib
 import hmac
 import ipaddress
 import logging
-from pathlib import Path
 
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
+
+from router import htpasswd as htpasswd_file
 
 log = logging.getLogger("ui.security")
 
@@ -29,29 +29,6 @@ def is_loopback(host: str | None) -> bool:
         return False
 
 
-def load_htpasswd(path: str) -> dict[str, str]:
-    """user -> hash from an htpasswd file. Only `{SHA}` entries (`htpasswd -s`) are understood here."""
-    users: dict[str, str] = {}
-    for n, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        user, sep, hashed = line.partition(":")
-        if not sep:
-            log.warning("%s line %d: not user:hash, ignored", path, n)
-            continue
-        if not hashed.startswith("{SHA}"):
-            log.warning("%s line %d: only {SHA} hashes are supported (htpasswd -s), user %s ignored", path, n, user)
-            continue
-        users[user] = hashed
-    return users
-
-
-def check_password(hashed: str, password: str) -> bool:
-    digest = "{SHA}" + base64.b64encode(hashlib.sha1(password.encode()).digest()).decode()
-    return hmac.compare_digest(digest.encode(), hashed.encode())
-
-
 class WriteGuard:
     """Decides whether one request may write; configured from ui.access and ui.auth.*."""
 
@@ -59,7 +36,7 @@ class WriteGuard:
         self.read_only = access == "ro"
         self.token = token
         self.htpasswd = htpasswd
-        self.users = load_htpasswd(htpasswd) if htpasswd else {}
+        self.users = htpasswd_file.read(htpasswd) if htpasswd else {}
 
     @property
     def has_credentials(self) -> bool:
@@ -99,7 +76,7 @@ class WriteGuard:
             except (ValueError, UnicodeDecodeError):
                 return False
             hashed = self.users.get(user)
-            return hashed is not None and check_password(hashed, password)
+            return hashed is not None and htpasswd_file.check(hashed, password)
         return False
 
 
