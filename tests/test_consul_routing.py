@@ -78,6 +78,26 @@ def test_critical_instance_gets_nothing_then_returns(consul_agent, backends) -> 
         wait_until(lambda: "c2" in routed_names(r.url + path, 3))
 
 
+def test_warning_and_status_setting_follow_every_check_state(consul_agent, backends) -> None:
+    """The watcher sees passing -> warning -> critical -> passing (two per-state watches); which states
+    route is `registry.consul.service.status`: the default routes passing only, `passing,warning` both."""
+    c = make_client(consul_agent.port)
+    svc, path = f"warn-{uid()}", f"/warn-{uid()}"
+    (b,) = start_backends(backends, "w1")
+    register(c, svc, f"{svc}-1", b.port, tags=[f"urlprefix-{path}"])
+    with router_for(consul_agent) as strict, router_for(consul_agent, "-registry.consul.service.status",
+                                                        "passing,warning") as lenient:
+        def routed(r: RouterProc) -> bool:
+            return get(r.url + path).status_code == 200
+
+        wait_until(lambda: routed(strict) and routed(lenient), message="passing: routed by both")
+        for status, by_strict, by_lenient in (("warning", False, True), ("critical", False, False),
+                                               ("warning", False, True), ("passing", True, True)):
+            set_check(c, f"{svc}-1", status)
+            wait_until(lambda: (routed(strict), routed(lenient)) == (by_strict, by_lenient),  # noqa: B023
+                       message=f"{status}: strict {by_strict}, lenient {by_lenient}")
+
+
 def test_host_routes(consul_agent, backends) -> None:
     """Acceptance 3: `urlprefix-mysite.com/foo` needs that host and that prefix."""
     c = make_client(consul_agent.port)
