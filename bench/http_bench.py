@@ -18,6 +18,7 @@ import argparse
 import contextlib
 import dataclasses
 import datetime as dt
+import json
 import os
 import platform
 import re
@@ -40,7 +41,8 @@ REPO = Path(__file__).resolve().parent.parent
 BENCH_BODY = "hello from backend\n"  # 19 bytes, the same size fabio's own benchmarks use
 BIG_NAME = "big.bin"
 BIG_SIZE = 200 * 1000 * 1000  # 200 MB
-ALL_TARGETS = ("direct", "router", "nginx", "traefik", "caddy")
+ALL_TARGETS = ("direct", "router", "router-consul", "nginx", "traefik", "caddy")
+ROUTERS = ("router", "router-consul")  # static routes; routes from Consul tags (a real dev agent)
 REFERENCES = ("caddy", "traefik", "nginx")
 MARK_START = "<!-- http-bench:start -->"
 MARK_END = "<!-- http-bench:end -->"
@@ -55,6 +57,7 @@ class Procs:
 
     def __init__(self) -> None:
         self.procs: list[subprocess.Popen[bytes]] = []
+        self.cleanups: list[Callable[[], None]] = []  # things started by others (the Consul agent)
 
     def start(self, name: str, argv: list[str], logdir: Path, env: dict[str, str] | None = None,
               cwd: Path | None = None) -> subprocess.Popen[bytes]:
@@ -86,6 +89,10 @@ class Procs:
         for proc in reversed(self.procs):
             self.stop(proc)
         self.procs.clear()
+        for cleanup in reversed(self.cleanups):
+            with contextlib.suppress(Exception):
+                cleanup()
+        self.cleanups.clear()
 
 
 def _raise_keyboard_interrupt(signum: int, frame: object) -> None:
@@ -280,6 +287,37 @@ def router_routes(be: Backends) -> str:
     ])
 
 
+def consul_services(be: Backends) -> list[dict[str, object]]:
+    """The same three routes as ``router_routes`` as Consul registrations with ``urlprefix-`` tags,
+    each with a TTL check set passing (24 h: it never lapses during a run)."""
+    def svc(name: str, port: int, tags: list[str]) -> dict[str, object]:
+        return {"Name": name, "ID": f"{name}-1", "Address": "127.0.0.1", "Port": port, "Tags": tags,
+                "Check": {"CheckID": f"{name}-1-ttl", "TTL": "24h", "Status": "passing"}}
+    return [svc("bench", be.web, ["urlprefix-/bench", "urlprefix-/download"]),
+            svc("sink", be.sink, ["urlprefix-/upload"])]
+
+
+def start_consul(procs: Procs) -> str:
+    """A real ``consul agent -dev`` on free loopback ports (the test suite's helper), stopped with the
+    other processes; returns its ``host:port``."""
+    sys.path.insert(0, str(REPO))
+    from tests.consul_agent import ConsulAgent  # the bench shares the suite's agent runner
+
+    agent = ConsulAgent()
+    procs.cleanups.append(agent.cleanup)
+    agent.start()
+    return agent.addr
+
+
+def register_services(addr: str, be: Backends) -> None:
+    for svc in consul_services(be):
+        req = urllib.request.Request(f"http://{addr}/v1/agent/service/register",
+                                     data=json.dumps(svc).encode(), method="PUT")
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            if resp.status != 200:
+                raise RuntimeError(f"registering {svc['Name']} in Consul: status {resp.status}")
+
+
 # --------------------------------------------------------------------------- targets
 
 
@@ -430,10 +468,16 @@ def start_target(name: str, procs: Procs, tools: Tools, tmp: Path, be: Backends,
             argv = [tools.caddy, "run", "--config", str(cfile), "--adapter", "caddyfile"]
             env |= {"XDG_CONFIG_HOME": str(tmp / "caddy-config"), "XDG_DATA_HOME": str(tmp / "caddy-data")}
             target.version = command_output([tools.caddy, "version"])
-        elif name == "router":
-            argv = [sys.executable, "-m", "router", "-registry.backend", "static",
-                    "-registry.static.routes", router_routes(be),
-                    "-proxy.addr", f"127.0.0.1:{target.port}", "-ui.addr", f"127.0.0.1:{free_port()}"]
+        elif name in ROUTERS:
+            if name == "router":
+                argv = [sys.executable, "-m", "router", "-registry.backend", "static",
+                        "-registry.static.routes", router_routes(be)]
+            else:
+                addr = start_consul(procs)
+                register_services(addr, be)
+                argv = [sys.executable, "-m", "router", "-registry.backend", "consul",
+                        "-registry.consul.addr", addr]
+            argv += ["-proxy.addr", f"127.0.0.1:{target.port}", "-ui.addr", f"127.0.0.1:{free_port()}"]
             if workers:
                 argv += ["-proxy.workers", str(workers)]
             src = args.router_src.resolve()
@@ -442,11 +486,11 @@ def start_target(name: str, procs: Procs, tools: Tools, tmp: Path, be: Backends,
             target.version = router_version(src) + (f" ({commit})" if commit else "") + f", from {src}"
         else:
             raise RuntimeError(f"unknown target {name}")
-        proc = procs.start(name, argv, tmp, env=env, cwd=args.router_src if name == "router" else REPO)
+        proc = procs.start(name, argv, tmp, env=env, cwd=args.router_src if name in ROUTERS else REPO)
         target.pid = proc.pid
         wait_ready(target.url("/bench"), proc, args.ready_timeout, expect=BENCH_BODY)
         target.rss_idle = tree_rss_mb(proc.pid)
-    except (RuntimeError, OSError) as exc:
+    except (RuntimeError, OSError, ImportError) as exc:
         target.error = f"{exc}; log: {log_tail(tmp, name)}"
         if proc is not None:
             procs.stop(proc)
@@ -678,17 +722,15 @@ def ratio_table(targets: list[Target]) -> list[str]:
     """router/X: above 1 means the router is better for req/s and MB/s,
     below 1 means better for p99 (it is a latency)."""
     by = {t.name: t for t in targets}
-    router = by.get("router")
-    if router is None:
+    pairs = [(by[mine], by[ref]) for mine in ROUTERS for ref in REFERENCES if mine in by and ref in by]
+    if not pairs:
         return []
     rows = ["| ratio | req/s | p99 latency | download MB/s | upload MB/s |", "|---|---:|---:|---:|---:|"]
-    for ref in REFERENCES:
-        other = by.get(ref)
-        if other is None:
-            continue
+    for mine, other in pairs:
         rows.append(
-            f"| router/{ref} | {paired_ratio(router.rps, other.rps)} | {paired_ratio(router.p99, other.p99)} "
-            f"| {paired_ratio(router.down, other.down)} | {paired_ratio(router.up, other.up)} |"
+            f"| {mine.name}/{other.name} | {paired_ratio(mine.rps, other.rps)} "
+            f"| {paired_ratio(mine.p99, other.p99)} "
+            f"| {paired_ratio(mine.down, other.down)} | {paired_ratio(mine.up, other.up)} |"
         )
     return rows
 

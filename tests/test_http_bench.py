@@ -54,3 +54,21 @@ def test_write_block_appends_when_absent(tmp_path: Path) -> None:
     out.write_text("# B\n")
     hb.write_block(out, f"{hb.MARK_START}\nx\n{hb.MARK_END}\n")
     assert out.read_text() == f"# B\n\n{hb.MARK_START}\nx\n{hb.MARK_END}\n"
+
+
+def test_consul_services_carry_the_static_routes_as_tags() -> None:
+    be = hb.Backends(web=1111, sink=2222)
+    svcs = {s["Name"]: s for s in hb.consul_services(be)}
+    assert svcs["bench"]["Port"] == 1111 and svcs["sink"]["Port"] == 2222
+    assert svcs["bench"]["Tags"] == ["urlprefix-/bench", "urlprefix-/download"]
+    assert svcs["sink"]["Tags"] == ["urlprefix-/upload"]
+    assert all(s["Check"]["Status"] == "passing" for s in svcs.values())
+
+
+def test_ratio_table_has_rows_for_both_router_targets() -> None:
+    def t(name: str, rps: list[float]) -> object:
+        return hb.Target(name, rps=rps, p99=[1.0], down=[1.0], up=[1.0])
+    rows = hb.ratio_table([t("router", [4.0]), t("router-consul", [3.0]), t("caddy", [2.0])])
+    assert rows[2].startswith("| router/caddy | 2.00 ")
+    assert rows[3].startswith("| router-consul/caddy | 1.50 ")
+    assert len(rows) == 4
