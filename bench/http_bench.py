@@ -1,7 +1,7 @@
 """Side-by-side HTTP benchmark: the router against nginx, Traefik and Caddy.
 
 Every target proxies to the same backends on 127.0.0.1: an nginx that serves a
-19-byte ``/bench`` and a 200 MB ``/download/big.bin``, and ``upload_sink.py``
+19-byte ``/bench`` and a 200 MB (``--stream-mb``) ``/download/big.bin``, and ``upload_sink.py``
 that swallows ``/upload`` bodies and reports how many bytes arrived. The
 machine is small and shared, so absolute numbers drift; what holds is the
 comparison *within one run*: targets are interleaved in rotated order over
@@ -40,7 +40,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 BENCH_BODY = "hello from backend\n"  # 19 bytes, the same size fabio's own benchmarks use
 BIG_NAME = "big.bin"
-BIG_SIZE = 200 * 1000 * 1000  # 200 MB
+BIG_MB = 200  # default size of the streamed file, MB (10**6 bytes); --stream-mb 1074 is 1 GiB
 ALL_TARGETS = ("direct", "router", "router-consul", "nginx", "traefik", "caddy")
 ROUTERS = ("router", "router-consul")  # static routes; routes from Consul tags (a real dev agent)
 REFERENCES = ("caddy", "traefik", "nginx")
@@ -142,7 +142,7 @@ def tree_rss_mb(root: int) -> float:
 
 class RssSampler:
     """Samples a process tree's RSS in the background to catch the peak while a
-    transfer runs: a proxy that buffers a 200 MB body shows it here."""
+    transfer runs: a proxy that buffers a whole body shows it here."""
 
     def __init__(self, pid: int, interval: float = 0.05) -> None:
         self.pid, self.interval, self.peak = pid, interval, 0.0
@@ -497,11 +497,11 @@ def start_target(name: str, procs: Procs, tools: Tools, tmp: Path, be: Backends,
     return target
 
 
-def start_backends(procs: Procs, tools: Tools, tmp: Path) -> Backends:
+def start_backends(procs: Procs, tools: Tools, tmp: Path, stream_mb: int) -> Backends:
     """The origin nginx and the upload sink; without them nothing can run, so errors raise."""
     files = tmp / "files"
     files.mkdir()
-    make_big_file(files / BIG_NAME)
+    make_big_file(files / BIG_NAME, stream_mb * 1000 * 1000)
     be = Backends(web=free_port(), sink=free_port())
     conf = tmp / "backend.conf"
     conf.write_text(backend_nginx_conf(tmp, be.web))
@@ -517,11 +517,11 @@ def start_backends(procs: Procs, tools: Tools, tmp: Path) -> Backends:
     return be
 
 
-def make_big_file(path: Path) -> None:
-    """200 MB of incompressible bytes (a repeated random MiB), written once per run."""
+def make_big_file(path: Path, size: int) -> None:
+    """``size`` incompressible bytes (a repeated random MiB), written once per run."""
     block = os.urandom(1 << 20)
     with open(path, "wb") as fh:
-        left = BIG_SIZE
+        left = size
         while left:
             n = min(left, len(block))
             fh.write(block[:n])
@@ -587,12 +587,13 @@ def curl_metrics(argv: list[str], timeout: float) -> tuple[str, dict[str, float]
     return body, metrics
 
 
-def download_mbps(tools: Tools, target: Target, timeout: float) -> float:
+def download_mbps(tools: Tools, target: Target, big: Path, timeout: float) -> float:
     """Downloads the big file through the target to /dev/null; checks every byte came."""
+    size = big.stat().st_size
     _, m = curl_metrics([tools.curl, "-o", "/dev/null", target.url(f"/download/{BIG_NAME}")], timeout)
-    if m["code"] != 200 or m["down"] != BIG_SIZE:
-        raise RuntimeError(f"download: status {m['code']:.0f}, {m['down']:.0f} of {BIG_SIZE} bytes")
-    return BIG_SIZE / 1e6 / m["time"]
+    if m["code"] != 200 or m["down"] != size:
+        raise RuntimeError(f"download: status {m['code']:.0f}, {m['down']:.0f} of {size} bytes")
+    return size / 1e6 / m["time"]
 
 
 def upload_mbps(tools: Tools, target: Target, big: Path, timeout: float) -> float:
@@ -600,9 +601,10 @@ def upload_mbps(tools: Tools, target: Target, big: Path, timeout: float) -> floa
     Expect: 100-continue) and checks the sink's count of received bytes."""
     body, m = curl_metrics([tools.curl, "-X", "POST", "-H", "Expect:", "-T", str(big),
                             target.url("/upload")], timeout)
-    if m["code"] != 200 or body.strip() != f"received {BIG_SIZE}":
+    size = big.stat().st_size
+    if m["code"] != 200 or body.strip() != f"received {size}":
         raise RuntimeError(f"upload: status {m['code']:.0f}, sink said {body.strip()[:80]!r}")
-    return BIG_SIZE / 1e6 / m["time"]
+    return size / 1e6 / m["time"]
 
 
 def rotated(items: list[Target], k: int) -> list[Target]:
@@ -634,7 +636,7 @@ def load_rounds(targets: list[Target], tools: Tools, args: argparse.Namespace) -
             t.p50.append(r.p50_ms)
             t.p99.append(r.p99_ms)
             t.errors += r.errors
-            log(f"round {rnd + 1} {t.name:8} {r.rps:10.0f} req/s  p50 {r.p50_ms:.2f} ms  "
+            log(f"round {rnd + 1} {t.name:13} {r.rps:10.0f} req/s  p50 {r.p50_ms:.2f} ms  "
                 f"p99 {r.p99_ms:.2f} ms  errors {r.errors}")
     for t in live:
         if t.ok and t.pid:
@@ -642,7 +644,7 @@ def load_rounds(targets: list[Target], tools: Tools, args: argparse.Namespace) -
 
 
 def stream_rounds(targets: list[Target], tools: Tools, big: Path, args: argparse.Namespace) -> None:
-    """One 200 MB download and one 200 MB upload per target per round, interleaved,
+    """One download and one upload of the big file per target per round, interleaved,
     sampling each proxy's RSS meanwhile."""
     live = [t for t in targets if t.ok]
     for rnd in range(args.stream_rounds):
@@ -652,14 +654,14 @@ def stream_rounds(targets: list[Target], tools: Tools, big: Path, args: argparse
             sampler = RssSampler(t.pid) if t.pid else contextlib.nullcontext()
             try:
                 with sampler:
-                    t.down.append(download_mbps(tools, t, args.stream_timeout))
+                    t.down.append(download_mbps(tools, t, big, args.stream_timeout))
                     t.up.append(upload_mbps(tools, t, big, args.stream_timeout))
             except (RuntimeError, KeyError, ValueError, subprocess.TimeoutExpired) as exc:
                 t.error = f"streaming round {rnd + 1}: {exc}"
                 continue
             if isinstance(sampler, RssSampler):
                 t.rss_peak_stream = max(t.rss_peak_stream or 0.0, sampler.peak)
-            log(f"stream {rnd + 1} {t.name:8} down {t.down[-1]:8.1f} MB/s  up {t.up[-1]:8.1f} MB/s")
+            log(f"stream {rnd + 1} {t.name:13} down {t.down[-1]:8.1f} MB/s  up {t.up[-1]:8.1f} MB/s")
     for t in live:
         if t.pid and t.ok:
             t.rss_after_stream = tree_rss_mb(t.pid)
@@ -748,7 +750,8 @@ def render(targets: list[Target], args: argparse.Namespace, command: str, tools:
         f"- command: `{command}`",
         f"- load: wrk -t{args.threads} -c{args.connections} -d{args.duration:g}s --latency on `GET /bench` "
         f"(19-byte body), {args.rounds} interleaved rounds in rotated order, median shown; "
-        f"{args.stream_rounds} round(s) of a 200 MB download and a 200 MB upload per target",
+        f"{args.stream_rounds} round(s) of a {args.stream_mb} MB download and a {args.stream_mb} MB upload "
+        "per target",
         f"- workers: {args.workers or 'each proxy default'} per proxy (nginx worker_processes, "
         "router -proxy.workers, GOMAXPROCS for Traefik and Caddy); the backend is one nginx worker "
         "plus a Python upload sink",
@@ -798,7 +801,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="workers per proxy (nginx worker_processes, router -proxy.workers, GOMAXPROCS); "
                         "0 leaves each proxy at its own default")
     p.add_argument("--targets", default=",".join(ALL_TARGETS))
-    p.add_argument("--stream-rounds", type=int, default=3, help="200 MB down+up transfers per target")
+    p.add_argument("--stream-rounds", type=int, default=3, help="down+up transfers of the big file per target")
+    p.add_argument("--stream-mb", type=int, default=BIG_MB,
+                   help="size of the streamed file in MB (10**6 bytes); 1074 is just over 1 GiB")
     p.add_argument("--stream-timeout", type=float, default=120)
     p.add_argument("--ready-timeout", type=float, default=30, help="seconds for a proxy to come up")
     p.add_argument("--router-src", type=Path, default=REPO,
@@ -835,7 +840,7 @@ def run(args: argparse.Namespace, command: str) -> str:
     try:
         with workdir(args.keep_tmp) as tmp:
             try:
-                be = start_backends(procs, tools, tmp)
+                be = start_backends(procs, tools, tmp, args.stream_mb)
                 targets = []
                 for name in args.targets:
                     t = start_target(name, procs, tools, tmp, be, args)
