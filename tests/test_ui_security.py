@@ -20,7 +20,7 @@ from router import htpasswd
 from router.cli import Router
 from router.config import load
 from tests.consul_helpers import make_client
-from ui.security import is_loopback
+from ui.security import host_name, is_local_host, is_loopback
 
 with warnings.catch_warnings():  # Starlette would like httpx2; httpx is what we have and it works
     warnings.simplefilter("ignore")
@@ -37,6 +37,20 @@ def sha_entry(user: str, password: str) -> str:
 def test_is_loopback() -> None:
     assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("127.8.9.1")
     assert not is_loopback("192.0.2.10") and not is_loopback("testclient") and not is_loopback(None)
+
+
+def test_local_host_names() -> None:
+    assert host_name("LocalHost:9998") == "localhost" and host_name("[::1]:9998") == "::1"
+    assert host_name("localhost.") == "localhost" and host_name("::1") == "::1" and host_name(None) == ""
+    for ok in ("localhost", "localhost:9998", "127.0.0.1:9998", "127.8.9.1", "[::1]:9998", "[::1]"):
+        assert is_local_host(ok), ok
+    for bad in ("evil.example:9998", "localhost.evil.example", "127.0.0.1.evil.example", "0.0.0.0:9998",
+                "192.0.2.7:9998", "", None, "[::]:9998"):
+        assert not is_local_host(bad), bad
+    # ui.addr's own literal host counts; a wildcard ui.addr (the default :9998) adds nothing
+    assert is_local_host("192.0.2.7:9998", "192.0.2.7") and is_local_host("Router.Lan:9998", "router.lan")
+    assert not is_local_host("0.0.0.0:9998", "0.0.0.0") and not is_local_host("[::]:9998", "::")
+    assert not is_local_host("evil.example", "router.lan")
 
 
 def test_htpasswd_entries(tmp_path: Path) -> None:
@@ -61,10 +75,11 @@ def app_factory(consul_agent, tmp_path: Path) -> Iterator:  # type: ignore[no-un
     htpasswd.write_text(sha_entry("ann", "s3cret") + "\n")
     clients: list[TestClient] = []
 
-    def make(peer: tuple[str, int], *flags: str, with_htpasswd: bool = False) -> TestClient:
+    def make(peer: tuple[str, int], *flags: str, with_htpasswd: bool = False,
+             base_url: str = "http://127.0.0.1:9998") -> TestClient:
         extra = ["-ui.auth.htpasswd", str(htpasswd)] if with_htpasswd else []
         cfg = load(["-registry.consul.addr", consul_agent.addr, "-registry.consul.kvpath", kvpath, *extra, *flags])
-        client = TestClient(Router(cfg).ui, client=peer, base_url="http://127.0.0.1:9998")
+        client = TestClient(Router(cfg).ui, client=peer, base_url=base_url)
         client.__enter__()
         clients.append(client)
         return client
@@ -159,3 +174,49 @@ def test_read_only_refuses_even_with_credentials(consul_agent, app_factory) -> N
     assert save(local, "route del e\n", authorization="Bearer tok") == 403
     assert local.get("/api/paths").status_code == 403
     assert stored(consul_agent, key) is None
+
+
+def browser_save(client: TestClient, origin: str, value: str, **headers: str) -> int:
+    """A save as our own editor sends it from a page at `origin` (same-origin fetch, JSON body)."""
+    return client.put("/api/manual", json={"value": value, "version": "0"},
+                      headers={"origin": origin, "sec-fetch-site": "same-origin", **headers}).status_code
+
+
+@pytest.mark.consul
+def test_dns_rebinding_from_loopback_needs_credentials(consul_agent, app_factory) -> None:
+    """evil.example resolving to 127.0.0.1: loopback peer, Host and Origin evil.example, same-origin."""
+    make, key = app_factory
+    evil = "http://evil.example:9998"
+    rebound = make(LOOPBACK, base_url=evil)
+    assert browser_save(rebound, evil, "route del rebound\n") == 403
+    assert "DNS rebinding" in rebound.put("/api/manual", json={"value": "x", "version": "0"}).text
+    assert stored(consul_agent, key) is None
+    # with credentials configured, the rebound page gets the remote peer's answer: 401 unless it has them
+    guarded = make(LOOPBACK, "-ui.auth.token", "tok-rb", base_url=evil)
+    assert browser_save(guarded, evil, "route del rebound\n") == 401
+    assert stored(consul_agent, key) is None
+    assert browser_save(guarded, evil, "route del rebound\n", authorization="Bearer tok-rb") == 200
+    assert stored(consul_agent, key) == "route del rebound\n"
+
+
+@pytest.mark.consul
+@pytest.mark.parametrize("base_url", ["http://localhost:9998", "http://127.0.0.1:9998", "http://127.3.4.5:9998",
+                                      "http://[::1]:9998", "http://localhost"])
+def test_plain_loopback_use_needs_no_credentials(consul_agent, app_factory, base_url) -> None:
+    make, key = app_factory
+    local = make(LOOPBACK, "-ui.auth.token", "tok-unused", base_url=base_url)
+    assert browser_save(local, base_url, "route del local\n") == 200
+    assert stored(consul_agent, key) == "route del local\n"
+
+
+@pytest.mark.consul
+def test_ui_addr_host_counts_as_local(consul_agent, app_factory) -> None:
+    """-ui.addr router.lan:9998 (or an IP): a browser on the router's host may use that name without credentials;
+    the wildcard default (:9998 = 0.0.0.0) adds no name."""
+    make, key = app_factory
+    named = make(LOOPBACK, "-ui.addr", "router.lan:9998", base_url="http://router.lan:9998")
+    assert browser_save(named, "http://router.lan:9998", "route del named\n") == 200
+    assert stored(consul_agent, key) == "route del named\n"
+    wildcard = make(LOOPBACK, base_url="http://0.0.0.0:9998")
+    assert browser_save(wildcard, "http://0.0.0.0:9998", "route del wild\n") == 403
+    assert stored(consul_agent, key) == "route del named\n"

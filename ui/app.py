@@ -134,7 +134,7 @@ def create_app(router: Router) -> Starlette:
     detail_page = resources.files("ui").joinpath("service.html").read_text(encoding="utf-8")
     manual_page = resources.files("ui").joinpath("manual.html").read_text(encoding="utf-8")
     cfg = router.cfg
-    guard = WriteGuard(cfg["ui.access"], cfg["ui.auth.htpasswd"], cfg["ui.auth.token"])
+    guard = WriteGuard(cfg["ui.access"], cfg["ui.auth.htpasswd"], cfg["ui.auth.token"], ui_host=cfg["ui.addr"][0])
     kvpath = cfg["registry.consul.kvpath"]
     metrics_registry = registry_for(router)
 

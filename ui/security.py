@@ -29,11 +29,36 @@ def is_loopback(host: str | None) -> bool:
         return False
 
 
-class WriteGuard:
-    """Decides whether one request may write; configured from ui.access and ui.auth.*."""
+def host_name(header: str | None) -> str:
+    """`Host` header -> its host part, lower-case, without port, brackets or a trailing dot ("" if absent)."""
+    h = (header or "").strip().lower()
+    if h.startswith("["):
+        h = h[1:].partition("]")[0]
+    elif h.count(":") == 1:
+        h = h.partition(":")[0]
+    return h.rstrip(".")
 
-    def __init__(self, access: str = "rw", htpasswd: str = "", token: str = "") -> None:
+
+def is_local_host(header: str | None, ui_host: str = "") -> bool:
+    """True if `Host` names this machine in a way DNS cannot rebind: localhost, a loopback literal, or
+    the literal host of ui.addr (not a wildcard such as 0.0.0.0)."""
+    h = host_name(header)
+    if not h:
+        return False
+    if h == "localhost" or is_loopback(h):
+        return True
+    own = ui_host.strip("[]").lower().rstrip(".")
+    if not own or own in ("0.0.0.0", "::"):
+        return False
+    return h == own
+
+
+class WriteGuard:
+    """Decides whether one request may write; configured from ui.access, ui.auth.* and ui.addr's host."""
+
+    def __init__(self, access: str = "rw", htpasswd: str = "", token: str = "", ui_host: str = "") -> None:
         self.read_only = access == "ro"
+        self.ui_host = ui_host
         self.token = token
         self.htpasswd = htpasswd
         self.users = htpasswd_file.read(htpasswd) if htpasswd else {}
@@ -55,12 +80,16 @@ class WriteGuard:
         if (why := cross_site(request)) is not None:
             return PlainTextResponse(f"forbidden: {why}\n", status_code=403)
         peer = request.client.host if request.client else None
-        if is_loopback(peer) or self.authenticated(request):
+        local = is_loopback(peer) and is_local_host(request.headers.get("host"), self.ui_host)
+        if local or self.authenticated(request):
             return None
         if not self.has_credentials:
-            return PlainTextResponse(
-                "forbidden: writes from other hosts than loopback need ui.auth.token or ui.auth.htpasswd\n",
-                status_code=403)
+            if is_loopback(peer):
+                why = (f"Host {request.headers.get('host', '')!r} is not localhost, a loopback address or "
+                       "ui.addr's host (DNS rebinding?); such writes need ui.auth.token or ui.auth.htpasswd")
+            else:
+                why = "writes from other hosts than loopback need ui.auth.token or ui.auth.htpasswd"
+            return PlainTextResponse(f"forbidden: {why}\n", status_code=403)
         return PlainTextResponse("credentials required\n", status_code=401,
                                  headers={"WWW-Authenticate": 'Basic realm="consul-router", charset="UTF-8"'})
 
