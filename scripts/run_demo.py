@@ -9,7 +9,6 @@ Extra router flags: `make run ARGS="-proxy.strategy rr"`.
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -22,7 +21,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from registry.consul_api import consul_base_url  # noqa: E402
-from router.config import parse_addr  # noqa: E402
+from router.config import ConfigError, load  # noqa: E402
 from tests.backends import Backend  # noqa: E402
 from tests.consul_agent import ConsulAgent  # noqa: E402
 from tests.consul_helpers import make_client  # noqa: E402
@@ -35,10 +34,19 @@ def consul_answers(addr: str) -> bool:
         return False
 
 
+def local_url(addr: tuple[str, int]) -> str:
+    """Where to reach a listener from this machine: a wildcard bind is reached on loopback."""
+    host, port = addr
+    return f"http://{'localhost' if host in ('', '0.0.0.0', '::') else host}:{port}"
+
+
 def main(args: list[str]) -> int:
-    addr = os.environ.get("FABIO_REGISTRY_CONSUL_ADDR", "localhost:8500")
-    if "-registry.consul.addr" in args:
-        addr = args[args.index("-registry.consul.addr") + 1]
+    try:  # the router's own loader: flags, FABIO_* / bare environment names and -cfg, as the router reads them
+        cfg = load(args)
+    except ConfigError as e:
+        print(f"make run: {e}", file=sys.stderr)
+        return 2
+    addr = cfg["registry.consul.addr"]
     agent: ConsulAgent | None = None
     if consul_answers(addr):
         print(f"using the Consul agent at {addr}")
@@ -62,8 +70,7 @@ def main(args: list[str]) -> int:
          "false", *args],
         cwd=ROOT,
     )
-    ui_host, ui_port = parse_addr(args[args.index("-ui.addr") + 1] if "-ui.addr" in args else ":9998")
-    ui = f"http://{'127.0.0.1' if ui_host == '0.0.0.0' else ui_host}:{ui_port}"
+    ui, proxy = local_url(cfg["ui.addr"]), local_url(cfg["proxy.addr"])
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and router.poll() is None:
         try:
@@ -76,9 +83,9 @@ def main(args: list[str]) -> int:
         print("the demo route did not appear within 60 s; see the router's log above")
     print(
         "\nThe router is up and routes /demo to two instances.\n"
-        "  curl -s localhost:9999/demo        # answered by demo-1 or demo-2\n"
-        "  open http://localhost:9998/routes  # the routing table\n"
-        "  curl -s localhost:9998/api/routes?raw\n"
+        f"  curl -s {proxy}/demo        # answered by demo-1 or demo-2\n"
+        f"  open {ui}/routes  # the routing table\n"
+        f"  curl -s '{ui}/api/routes?raw'\n"
         "Register your own service with a tag like urlprefix-/myapp and a passing health check.\n"
         "Ctrl-C stops the router, the demo backends"
         + (" and the Consul agent." if agent else ".")
