@@ -40,7 +40,14 @@ def local_url(addr: tuple[str, int]) -> str:
     return f"http://{'localhost' if host in ('', '0.0.0.0', '::') else host}:{port}"
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def main(args: list[str]) -> int:
+    # Ctrl-C and SIGTERM both stop what we started, even where the shell started us with SIGINT ignored.
+    signal.signal(signal.SIGINT, _interrupt)
+    signal.signal(signal.SIGTERM, _interrupt)
     try:  # the router's own loader: flags, FABIO_* / bare environment names and -cfg, as the router reads them
         cfg = load(args)
     except ConfigError as e:
