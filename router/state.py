@@ -18,6 +18,8 @@ from router.table import Table, TableBuilder
 
 log = logging.getLogger("router.table")
 
+ALL_LIMIT = 10_000  # log.routes.format=all renders the whole table only up to this many routes
+
 
 @dataclass(frozen=True, slots=True)
 class Swap:
@@ -63,10 +65,11 @@ class RouterState:
         table: Table,
         ms: float,
     ) -> None:
-        """Log what changed, at a cost proportional to the change (never a render of the whole table)."""
-        if self.routes_log == "all" and len(table) <= 10000:
-            log.info("routing table (%d routes, built in %.1f ms):\n%s", len(table), ms, table.render())
-            return
+        """Log what changed, at a cost proportional to the change (`delta`, and `detail` which logs alike).
+
+        `all` logs the whole table instead while it has at most ALL_LIMIT entries (len(table)), and the
+        changes above that; the per-service lines are kept in every mode, so the switch logs a true delta.
+        """
         lines: list[str] = []
         changes = dict(services)
         if manual is not None:
@@ -81,6 +84,9 @@ class RouterState:
             before_set, after_set = set(before), set(after)
             lines += [f"- {x}" for x in before if x not in after_set]
             lines += [f"+ {x}" for x in after if x not in before_set]
+        if self.routes_log == "all" and len(table) <= ALL_LIMIT:
+            log.info("routing table (%d routes, built in %.1f ms):\n%s", len(table), ms, table.render())
+            return
         if lines:
             shown = lines if len(lines) <= 200 else lines[:200] + [f"... and {len(lines) - 200} more"]
             log.info("routing table changed (%d routes, built in %.1f ms):\n%s", len(table), ms, "\n".join(shown))

@@ -133,6 +133,7 @@ def create_app(router: Router) -> Starlette:
     page = resources.files("ui").joinpath("routes.html").read_text(encoding="utf-8")
     detail_page = resources.files("ui").joinpath("service.html").read_text(encoding="utf-8")
     manual_page = resources.files("ui").joinpath("manual.html").read_text(encoding="utf-8")
+    status_page = resources.files("ui").joinpath("status.html").read_text(encoding="utf-8")
     cfg = router.cfg
     guard = WriteGuard(cfg["ui.access"], cfg["ui.auth.htpasswd"], cfg["ui.auth.token"], ui_host=cfg["ui.addr"][0])
     kvpath = cfg["registry.consul.kvpath"]
@@ -291,6 +292,9 @@ def create_app(router: Router) -> Starlette:
     async def service_page(request: Request) -> Response:
         return HTMLResponse(detail_page.replace("{{TITLE}}", _title()).replace("{{VERSION}}", __version__))
 
+    async def status_view(request: Request) -> Response:
+        return HTMLResponse(status_page.replace("{{TITLE}}", _title()).replace("{{VERSION}}", __version__))
+
     async def api_config(request: Request) -> Response:
         return _json(router.cfg.redacted(), request)
 
@@ -320,6 +324,7 @@ def create_app(router: Router) -> Starlette:
         Route("/api/services", api_services),
         Route("/api/services/{name:path}", api_service),
         Route("/service", service_page),
+        Route("/status", status_view),
         Route("/api/config", api_config),
         Route("/api/version", api_version),
         Route("/manual", manual_editor),

@@ -1,0 +1,140 @@
+"""What an operator reads without a browser: /api/version, the pages' self-containment, /status, and the
+route-change log that `log.routes.format` selects (router/state.py), all in-process (no Consul needed)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import warnings
+
+import pytest
+
+import router
+from router.cli import Router
+from router.config import load
+from router.routecmd import parse
+from router.state import ALL_LIMIT, RouterState
+
+with warnings.catch_warnings():  # Starlette would like httpx2; httpx is what we have and it works
+    warnings.simplefilter("ignore")
+    from starlette.testclient import TestClient
+
+PAGES = ["/routes", "/service?name=a", "/manual", "/status"]
+
+
+def static_router(*flags: str) -> Router:
+    return Router(load(["-registry.backend", "static", "-registry.static.routes",
+                        "route add a /a http://127.0.0.1:5/", *flags]))
+
+
+def test_api_version_is_the_package_version() -> None:
+    with TestClient(static_router().ui) as client:
+        r = client.get("/api/version")
+        assert r.status_code == 200 and r.text.strip() == router.__version__
+        assert client.get("/api/status").json()["version"] == router.__version__
+        assert f"v{router.__version__}" in client.get("/routes").text
+
+
+def test_pages_load_nothing_from_other_hosts() -> None:
+    """Every served page is self-contained: no http(s):// URL, no protocol-relative src/href, no @import."""
+    with TestClient(static_router().ui, base_url="http://127.0.0.1:9998") as client:
+        for path in PAGES:
+            r = client.get(path)
+            assert r.status_code == 200 and r.headers["content-type"].startswith("text/html"), path
+            html = r.text
+            assert re.findall(r"(?i)\bhttps?://[^\s\"'<>`]+", html) == [], path
+            assert re.findall(r"(?i)\b(?:src|href|action|srcset)\s*=\s*[\"']?\s*//", html) == [], path
+            assert "@import" not in html and not re.search(r"(?i)url\(\s*[\"']?\s*(?:https?:)?//", html), path
+            # and the scripts' own fetches all go to absolute paths on this host
+            for target in re.findall(r"fetch\(\s*[\"'`]([^\"'`]*)", html):
+                assert target.startswith("/") and not target.startswith("//"), (path, target)
+
+
+def test_status_page_is_served_and_config_stays_redacted() -> None:
+    r = static_router("-ui.auth.token", "tok-SECRET-9", "-ui.title", "edge")
+    with TestClient(r.ui) as client:
+        page = client.get("/status")
+        assert page.status_code == 200 and "edge" in page.text
+        assert "/api/status" in page.text and "/api/config" in page.text
+        assert "SECRET" not in client.get("/api/config").text
+        assert client.get("/api/config").json()["ui.auth.token"] == "<redacted>"
+        for path in PAGES:  # every page links to the status page
+            assert 'href="/status"' in client.get(path).text, path
+
+
+def test_status_reports_sync_time_and_recent_errors() -> None:
+    r = static_router()
+    r.status.error("kv watch: connection refused")
+    asyncio.run(r.registry())  # the static source counts as a sync
+    with TestClient(r.ui) as client:
+        reg = client.get("/api/status").json()["registry"]
+    assert reg["last_sync"] == r.status.last_sync > 0 and reg["sync_age_seconds"] >= 0
+    assert reg["error_count"] == 1 and reg["recent_errors"][0]["error"] == "kv watch: connection refused"
+
+
+# ----------------------------------------------------------------------------- log.routes.format
+
+
+def cmds(text: str) -> list:
+    parsed, errors = parse(text)
+    assert not errors
+    return parsed
+
+
+def messages(caplog: pytest.LogCaptureFixture) -> list[str]:
+    out = [rec.getMessage() for rec in caplog.records if rec.name == "router.table"]
+    caplog.clear()
+    return out
+
+
+def test_routes_log_delta(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="router.table")
+    st = RouterState(routes_log="delta")
+    st.apply({"a": cmds("route add a /a http://127.0.0.1:5/\nroute add a /b http://127.0.0.1:5/")})
+    [m] = messages(caplog)
+    assert m.startswith("routing table changed (2 routes")
+    assert m.splitlines()[1:] == ["+ route add a /a http://127.0.0.1:5/", "+ route add a /b http://127.0.0.1:5/"]
+    st.apply({"b": cmds("route add b /c http://127.0.0.1:6/")})
+    [m] = messages(caplog)
+    assert m.splitlines()[1:] == ["+ route add b /c http://127.0.0.1:6/"]  # a's routes are not repeated
+    st.apply({"a": cmds("route add a /a http://127.0.0.1:5/")})
+    [m] = messages(caplog)
+    assert m.splitlines()[1:] == ["- route add a /b http://127.0.0.1:5/"]
+    st.apply({"a": cmds("route add a /a http://127.0.0.1:5/")})  # nothing changed: nothing logged
+    assert messages(caplog) == []
+    st.apply({"b": None})
+    [m] = messages(caplog)
+    assert m.splitlines()[1:] == ["- route add b /c http://127.0.0.1:6/"]
+
+
+def test_routes_log_detail_logs_like_delta(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="router.table")
+    st = RouterState(routes_log="detail")
+    st.apply({"a": cmds("route add a /a http://127.0.0.1:5/")})
+    [m] = messages(caplog)
+    assert m.startswith("routing table changed") and m.splitlines()[1:] == ["+ route add a /a http://127.0.0.1:5/"]
+
+
+def test_routes_log_all_switches_to_delta_above_the_limit(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="router.table")
+    assert ALL_LIMIT == 10_000  # docs/operators.md states this number
+    st = RouterState(routes_log="all")
+    st.apply({"a": cmds("route add a /a http://127.0.0.1:5/")})
+    st.apply({"b": cmds("route add b /b http://127.0.0.1:6/")})
+    [first, second] = messages(caplog)
+    # the whole table each time, the unchanged service's route included
+    assert first.startswith("routing table (1 routes") and "route add a /a" in first
+    assert second.startswith("routing table (2 routes") and "route add a /a" in second and "route add b /b" in second
+    big = "\n".join(f"route add big /big/{i} http://127.0.0.1:7/" for i in range(ALL_LIMIT - 2))
+    st.apply({"big": cmds(big)})  # exactly ALL_LIMIT entries: still the whole table
+    [m] = messages(caplog)
+    assert m.startswith(f"routing table ({ALL_LIMIT} routes") and len(m.splitlines()) > ALL_LIMIT
+    st.apply({"c": cmds("route add c /c http://127.0.0.1:8/")})  # one more: only the change
+    [m] = messages(caplog)
+    assert m.startswith(f"routing table changed ({ALL_LIMIT + 1} routes")
+    assert m.splitlines()[1:] == ["+ route add c /c http://127.0.0.1:8/"]
+    # a change to a service seen while still in "all" mode is a true delta too, not all its lines again
+    st.apply({"big": cmds(big + "\nroute add big /big/extra http://127.0.0.1:7/")})
+    [m] = messages(caplog)
+    assert m.splitlines()[1:] == ["+ route add big /big/extra http://127.0.0.1:7/"]
