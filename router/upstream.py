@@ -443,7 +443,10 @@ class Upstream:
             try:
                 return await self._exchange(conn, method, head, body, chunked, header_timeout)
             except _Stale as e:
-                if not (replayable and (method in IDEMPOTENT or body is None)):
+                # The head (and any body) was written, so the upstream may have acted on it: send it
+                # again only if it can be rebuilt (no streamed body) AND the method is idempotent
+                # (RFC 9110 9.2.2, RFC 9112 9.3.1). A bodiless POST or PATCH is not resent: 502.
+                if not (replayable and method in IDEMPOTENT):
                     raise UpstreamError("reused upstream connection closed before answering") from e
         conn = await self._dial(key)
         try:

@@ -156,16 +156,23 @@ def test_interim_100_continue_is_skipped() -> None:
     asyncio.run(main())
 
 
-def _dropping_server() -> Handler:
-    """Answers the first request on a connection, then drops the connection on the second one."""
+def _dropping_server(heads: list[bytes] | None = None) -> Handler:
+    """Answers the first request on a connection, then drops the connection on the second one.
+
+    Every request head that arrives is appended to `heads` (when given), answered or not.
+    """
 
     async def handler(r: asyncio.StreamReader, w: asyncio.StreamWriter, n: int) -> None:
         head = await read_head(r)
+        if heads is not None:
+            heads.append(head)
         if b"content-length" in head.lower() or b"chunked" in head.lower():
             await r.read(1)
         w.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\nconn %d" % (len(b"conn %d" % n), n))
         await w.drain()
-        await read_head(r)  # the second request arrives: close without a word
+        second = await read_head(r)  # the second request arrives: close without a word
+        if heads is not None:
+            heads.append(second)
 
     return handler
 
@@ -177,6 +184,44 @@ def test_stale_pooled_connection_is_retried_once_on_a_fresh_one() -> None:
             assert await fetch(up, srv.url + "/") == (200, b"conn 1", {b"content-length": b"6"})
             assert (await fetch(up, srv.url + "/"))[:2] == (200, b"conn 2")
             assert srv.connections == 2
+            await up.close()
+
+    asyncio.run(main())
+
+
+def test_stale_connection_does_not_resend_a_bodiless_post() -> None:
+    """No body does not make a request safe to repeat: the POST head was written, the server may have
+    acted on it, so it is not sent again (UpstreamError: 502 from the proxy, as Go's net/http does)."""
+
+    async def main() -> None:
+        heads: list[bytes] = []
+        async with RawServer(_dropping_server(heads)) as srv:
+            up = Upstream()
+            assert (await fetch(up, srv.url + "/first"))[:2] == (200, b"conn 1")
+            with pytest.raises(UpstreamError, match="reused upstream connection"):
+                await fetch(up, srv.url + "/order", method="POST")
+            await asyncio.sleep(0.05)  # a resend, had there been one, would be on a new connection by now
+            assert srv.connections == 1
+            assert [h.split(b" ", 2)[:2] for h in heads] == [[b"GET", b"/first"], [b"POST", b"/order"]]
+            # the pool holds nothing broken: the next request dials afresh and is answered
+            assert (await fetch(up, srv.url + "/"))[:2] == (200, b"conn 2")
+            await up.close()
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("method", ["GET", "HEAD", "PUT", "DELETE"])
+def test_stale_connection_resends_idempotent_methods_without_a_streamed_body(method: str) -> None:
+    async def main() -> None:
+        heads: list[bytes] = []
+        async with RawServer(_dropping_server(heads)) as srv:
+            up = Upstream()
+            await fetch(up, srv.url + "/")
+            body = b"v" if method == "PUT" else None
+            status, data, _ = await fetch(up, srv.url + "/again", method=method, body=body)
+            assert status == 200 and data == (b"" if method == "HEAD" else b"conn 2")
+            assert srv.connections == 2
+            assert [h.split(b" ", 1)[0] for h in heads] == [b"GET", method.encode(), method.encode()]
             await up.close()
 
     asyncio.run(main())
