@@ -230,8 +230,14 @@ class WorkerPool:
             while w.proc.poll() is None and time.monotonic() < deadline:
                 await asyncio.sleep(0.05)
             if w.proc.poll() is None:
+                log.warning("proxy worker %d (pid %d) still running %.0fs after stop; killing it",
+                            w.index, w.proc.pid, timeout)
                 w.proc.kill()
                 w.proc.wait()
+            else:  # the exit code of each worker is visible in the log (tests/test_shutdown.py reads it)
+                code = w.proc.returncode
+                log.log(logging.INFO if code == 0 else logging.WARNING, "proxy worker %d (pid %d) exited with %s",
+                        w.index, w.proc.pid, code)
             if w.reader_task is not None:
                 w.reader_task.cancel()
             w.writer.close()

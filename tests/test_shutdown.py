@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
 import threading
@@ -22,9 +23,47 @@ def backend() -> Iterator[Backend]:
     b.stop()
 
 
+SHUTTING_DOWN = "shutting down: /health reports 503"  # logged right after the main process sets its flag
+
+
+def wait_for(cond, what: str, timeout: float = 15.0):  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if value := cond():
+            return value
+        time.sleep(0.01)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def health(r: RouterProc) -> int:
+    try:
+        return httpx.get(r.ui + "/health", timeout=5).status_code
+    except httpx.HTTPError as e:
+        raise AssertionError(r.output()) from e
+
+
+def first_health_after_sigterm(r: RouterProc, send_signal) -> int:  # type: ignore[no-untyped-def]
+    """Send SIGTERM, then return the first /health answer that can only have come after it was handled.
+
+    A probe sent right after kill() races the router's event loop, which has not necessarily run its
+    signal handler yet; a 200 then says nothing. So the probe waits for the log line the main process
+    writes right after it sets the shutting-down flag (same loop step, no await in between): from then
+    on every /health must be 503. Before the signal it was 200, so a 503 is the flag's doing.
+    """
+    assert health(r) == 200
+    assert SHUTTING_DOWN not in r.output()
+    send_signal()
+    wait_for(lambda: SHUTTING_DOWN in r.output(), "the router to log that it got SIGTERM")
+    return health(r)
+
+
+def wait_in_flight(backend: Backend, prefix: str) -> None:
+    wait_for(lambda: any(q.path.startswith(prefix) for q in backend.requests), "the slow request upstream")
+
+
 def test_sigterm_drains(backend: Backend) -> None:
     routes = f"route add svc /plain http://127.0.0.1:{backend.port}/"
-    r = RouterProc("-registry.backend", "static", "-registry.static.routes", routes, "-proxy.shutdownwait", "2s")
+    r = RouterProc.static(routes, "-proxy.shutdownwait", "2s")
     with r:
         assert r.proc is not None
         results: dict[str, int] = {}
@@ -34,20 +73,87 @@ def test_sigterm_drains(backend: Backend) -> None:
 
         t = threading.Thread(target=slow)
         t.start()
-        deadline = time.monotonic() + 5
-        while not any(q.path.startswith("/plain/slow") for q in backend.requests) and time.monotonic() < deadline:
-            time.sleep(0.02)
-        r.proc.send_signal(signal.SIGTERM)
-        try:
-            health = [httpx.get(r.ui + "/health", timeout=5).status_code for _ in range(3)]
-        except httpx.HTTPError as e:
-            raise AssertionError(r.output()) from e
-        assert 503 in health  # at once, long before proxy.shutdownwait ends
+        wait_in_flight(backend, "/plain/slow")
+        assert first_health_after_sigterm(r, lambda: r.proc.send_signal(signal.SIGTERM)) == 503
+        assert health(r) == 503  # and it stays so
         assert httpx.get(r.url + "/plain/new", timeout=5).status_code == 200  # still serving
         assert r.proc.poll() is None
         t.join(20)
         assert results == {"slow": 200}  # in flight past the end of the wait, and still finished
         assert r.proc.wait(15) == 0
+
+
+def _worker_pids(r: RouterProc) -> list[int]:
+    return [w["pid"] for w in httpx.get(r.ui + "/api/status", timeout=5).json()["workers"]]
+
+
+def _worker_requests(r: RouterProc) -> dict[int, int]:
+    return {w["pid"]: w["requests"] for w in httpx.get(r.ui + "/api/status", timeout=5).json()["workers"]}
+
+
+@pytest.mark.parametrize("target", ["main", "group"])
+def test_sigterm_drains_with_two_workers(backend: Backend, target: str) -> None:
+    """-proxy.workers 2 (production runs one worker per core). SIGTERM to the main process only (as
+    `docker stop` sends it to PID 1) or to the whole process group (systemd, Ctrl-C in a terminal): /health
+    is 503 at once, both workers keep serving new connections during proxy.shutdownwait, a request in
+    flight past the end of the wait completes, and every process exits 0."""
+    routes = f"route add svc /w2 http://127.0.0.1:{backend.port}/"
+    r = RouterProc.static(routes, "-proxy.workers", "2", "-proxy.shutdownwait", "4s")
+    with r:
+        proc = r.proc
+        assert proc is not None
+        pids = _worker_pids(r)
+        assert len(pids) == 2
+        results: dict[str, object] = {}
+
+        def slow() -> None:
+            resp = httpx.get(r.url + f"/w2/{target}/slow?s=6", timeout=30)
+            results["slow"] = (resp.status_code, resp.text)
+
+        t = threading.Thread(target=slow)
+        t.start()
+        wait_in_flight(backend, f"/w2/{target}/slow")
+        before = _worker_requests(r)
+
+        def sigterm() -> None:
+            if target == "main":
+                proc.send_signal(signal.SIGTERM)
+            else:  # RouterProc starts the router in its own session: its pid is the group id
+                os.killpg(proc.pid, signal.SIGTERM)
+
+        assert first_health_after_sigterm(r, sigterm) == 503
+
+        # During the wait: fresh connections (the kernel spreads them over both workers' sockets) are
+        # all served, until each worker has served some of them since the signal (reports every 0.5 s).
+        sent = 0
+        while True:
+            for _ in range(10):
+                resp = httpx.get(r.url + "/w2/new", headers={"Connection": "close"}, timeout=5)
+                assert (resp.status_code, resp.text) == (200, "s1\n")
+                sent += 1
+            after = _worker_requests(r)
+            if all(after[p] > before[p] for p in pids):
+                break
+            assert sent < 200, f"a worker stopped serving during the wait: {before} -> {after}"
+            time.sleep(0.2)
+        assert health(r) == 503
+        assert proc.poll() is None and "slow" not in results  # still inside proxy.shutdownwait
+
+        t.join(30)
+        assert results == {"slow": (200, "s1\n")}  # in flight past the end of the wait, and still finished
+        assert proc.wait(30) == 0
+        log = r.output()
+        for pid in pids:
+            assert f"(pid {pid}) exited with 0" in log, log
+            assert not _pid_alive(pid)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 class Closer:
@@ -87,3 +193,60 @@ def test_post_that_reached_an_upstream_is_not_resent(backend: Backend) -> None:
     assert sorted(statuses) == [200, 200, 502, 502]  # rr: half went to the closer
     assert closer.connections == 2  # one attempt per failed POST: it had been (partly) sent
     assert backend.hits - before == 2  # and the failed ones were not resent to the other instance
+
+
+class Dropper:
+    """An upstream that answers the first request on each connection (keep-alive), then reads the next
+    request's head and hangs up without answering: a pooled connection that dies under a request."""
+
+    def __init__(self) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.heads: list[tuple[int, str]] = []  # (connection number, "METHOD /path") of every request seen
+        self.connections = 0
+        threading.Thread(target=self._run, daemon=True).start()
+
+    def _run(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.connections += 1
+            threading.Thread(target=self._serve, args=(conn, self.connections), daemon=True).start()
+
+    def _head(self, conn: socket.socket, n: int, data: bytes) -> bytes | None:
+        while b"\r\n\r\n" not in data:
+            chunk = conn.recv(65536)
+            if not chunk:
+                return None
+            data += chunk
+        head, _, rest = data.partition(b"\r\n\r\n")
+        self.heads.append((n, " ".join(head.split(b"\r\n")[0].decode().split(" ")[:2])))
+        return rest
+
+    def _serve(self, conn: socket.socket, n: int) -> None:
+        with conn:
+            conn.settimeout(10)
+            if self._head(conn, n, b"") is None:
+                return
+            body = b"conn %d" % n
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%b" % (len(body), body))
+            self._head(conn, n, b"")  # the next request on this connection: close without a word
+
+
+def test_bodiless_post_on_a_dead_pooled_connection_is_502_not_resent() -> None:
+    """The pooled connection dies after the POST head was written: the upstream may have acted on it, so
+    the proxy answers 502 instead of sending it again (Go's net/http does the same). A GET in the same
+    spot is sent once more on a fresh connection and answered."""
+    d = Dropper()
+    with RouterProc.static(f"route add svc /d http://127.0.0.1:{d.port}/") as r:
+        with httpx.Client(timeout=10) as c:
+            assert c.get(r.url + "/d/a").text == "conn 1"  # connection 1 now idle in the router's pool
+            post = c.post(r.url + "/d/order")  # no body (Content-Length: 0)
+            assert post.status_code == 502, post.text
+            assert c.get(r.url + "/d/b").text == "conn 2"  # the dead one was not pooled again
+            assert c.get(r.url + "/d/c").text == "conn 3"  # connection 2 dropped it: resent on a fresh one
+    d.sock.close()
+    assert [h for h in d.heads if h[1] == "POST /d/order"] == [(1, "POST /d/order")]  # seen exactly once
+    assert d.heads == [(1, "GET /d/a"), (1, "POST /d/order"), (2, "GET /d/b"), (2, "GET /d/c"), (3, "GET /d/c")]
