@@ -104,3 +104,52 @@ def test_ejected_gauge_sums_the_workers(backend: Backend) -> None:
             value = float(line.rsplit(" ", 1)[1]) if line else 0.0
         assert value == 2.0, text  # both workers met the dead instance and eject it
         assert _metric(r, "upstream_ejections_total") == 2
+
+
+def _dead_routes(n: int, live: Backend | None = None) -> tuple[str, list[int]]:
+    """A route /rt on `n` free ports (nothing listens: every connect is refused), then `live` if given."""
+    ports = [free_port() for _ in range(n)]
+    lines = [f"route add svc /rt http://127.0.0.1:{p}/" for p in ports]
+    if live is not None:
+        lines.append(f"route add svc /rt http://127.0.0.1:{live.port}/")
+    return "\n".join(lines), ports
+
+
+@pytest.mark.parametrize("attempts", [1, 2, 3])
+def test_retry_attempts_bound_the_dials_per_request(attempts: int) -> None:
+    """proxy.retry.attempts is the number of connects per request in all (1 = no retry): with more dead
+    instances than that, one request dials exactly `attempts` of them, then answers 502."""
+    routes, _ = _dead_routes(6)
+    with RouterProc.static(routes, "-proxy.retry.attempts", str(attempts), "-proxy.eject.failures", "0") as r:
+        resp = httpx.get(r.url + "/rt", timeout=10)
+        assert (resp.status_code, resp.text) == (502, "upstream unreachable\n")
+        assert _metric(r, "upstream_connect_failures_total") == attempts
+        assert _metric(r, "upstream_retries_total") == attempts - 1
+        assert r.output().count("unreachable") == 1  # one 502, logged once, after the last attempt
+
+
+def test_retries_never_dial_an_instance_twice() -> None:
+    """Fewer instances than proxy.retry.attempts: each is tried once, then 502 (no second lap)."""
+    routes, _ = _dead_routes(2)
+    with RouterProc.static(routes, "-proxy.retry.attempts", "5", "-proxy.eject.failures", "0") as r:
+        assert httpx.get(r.url + "/rt", timeout=10).status_code == 502
+        assert _metric(r, "upstream_connect_failures_total") == 2
+        assert _metric(r, "upstream_retries_total") == 1
+
+
+def test_retry_bound_with_a_live_instance_behind_the_dead_ones(backend: Backend) -> None:
+    """rr over 4 dead instances and a live one, 3 attempts: the first request meets only dead ones and is
+    502 (it stopped at the bound although a live instance existed); the next one gets through."""
+    routes, _ = _dead_routes(4, live=backend)
+    before = backend.hits
+    with RouterProc.static(routes, "-proxy.strategy", "rr", "-proxy.retry.attempts", "3",
+                           "-proxy.eject.failures", "0") as r:
+        assert httpx.get(r.url + "/rt", timeout=10).status_code == 502  # dead 1, 2, 3
+        assert (_metric(r, "upstream_connect_failures_total"), _metric(r, "upstream_retries_total")) == (3, 2)
+        assert backend.hits == before
+        # The next request reaches the live one, after at most dead 4. (Today rr goes straight there: the
+        # proxy picked the next instance before checking the bound, so the 502 used up dead 4's turn.)
+        resp = httpx.get(r.url + "/rt", timeout=10)
+        assert (resp.status_code, resp.text) == (200, "live\n")
+        assert _metric(r, "upstream_connect_failures_total") in (3, 4)
+        assert backend.hits == before + 1
