@@ -179,3 +179,30 @@ def test_stalled_instance_gets_504_others_unaffected(consul_agent) -> None:
         good.stop()
         deregister(c, f"{svc_s}-1")
         deregister(c, f"{svc_g}-1")
+
+
+def test_route_timeout_overrides_the_global_header_timeout_for_that_route_only(consul_agent) -> None:
+    """One slow instance behind two routes: `timeout=1s` on one of them answers 504 while the global
+    proxy.responseheadertimeout is 30s; the other route, without the option, waits for the answer (~2 s)."""
+    slow = Backend("slowpoke").start()
+    c = make_client(consul_agent.port)
+    svc = f"rto-{uid()}"
+    register(c, svc, f"{svc}-1", slow.port, tags=[f"urlprefix-/{svc}-short timeout=1s", f"urlprefix-/{svc}-long"])
+    router = start_router(consul_agent, "-proxy.responseheadertimeout", "30s")
+    try:
+        wait_until(lambda: len(table_rows(router, svc)) == 2, message="both routes")
+        with httpx.Client(timeout=60, trust_env=False) as client:
+            t0 = time.monotonic()
+            short = client.get(router.url + f"/{svc}-short/slow?s=2")
+            waited = time.monotonic() - t0
+            long = client.get(router.url + f"/{svc}-long/slow?s=2")
+        assert short.status_code == 504, short.text
+        assert waited < 30  # the route's timeout fired, not the global one
+        assert (long.status_code, long.text) == (200, "slowpoke\n")  # the global 30s applies here
+        # both reached the one instance: the 504 is the router's timeout, not a missing upstream
+        assert [q.path for q in slow.requests] == [f"/{svc}-short/slow?s=2", f"/{svc}-long/slow?s=2"]
+        assert total(router, "upstream_connect_failures") == 0
+    finally:
+        router.stop()
+        slow.stop()
+        deregister(c, f"{svc}-1")
