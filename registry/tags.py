@@ -3,6 +3,12 @@
 `urlprefix-host/path opt=v opt2` -> `route add <svc> host/path http://addr:port/ [weight w] tags "<other
 tags>" opts "opt=v opt2"`. A malformed tag is returned as an error naming the service and instance; it
 never affects the instance's other tags or other services.
+
+Route forms, as in fabio 1.7.3 (registry/consul/routecmd.go): `host/path` gets `$DC`/`${DC}` expanded
+and the host lowercased; `/path` is `host/path` with an empty host; `:port` (TCP) and a route without
+any slash (`mysite.com`, `1.1.1.1:999`) are taken verbatim, and the table reads a slash-less route as
+host `mysite.com`, path `/`. (Older fabio releases refused slash-less tags with "You need to have a
+trailing slash!"; 1.7.3 accepts them.) A verbatim route that contains a variable is refused here.
 """
 
 from __future__ import annotations
@@ -63,9 +69,15 @@ def route_cmds(
         if not inst.address or inst.port <= 0:
             bad("instance has no address or port")
             continue
-        if not src.startswith(":") and "/" in src:
+        if "/" in src and not src.startswith(":"):
             host, _, path = src.partition("/")
             src = expand(host, env).lower() + "/" + expand(path, env)
+        elif _VAR.search(src):
+            # fabio 1.7.3 takes `:port` and slash-less routes verbatim, so `urlprefix-$DC` would route the
+            # literal host "$dc", which no client sends: report it instead (ours).
+            bad("variables such as $DC are expanded only in the host/path form: add a slash, "
+                "e.g. urlprefix-$DC.example.com/")
+            continue
         if any(c in src for c in "\"'") or any(ord(c) < 0x21 or ord(c) == 0x7F for c in src):
             bad("route contains quotes or control characters")
             continue

@@ -27,6 +27,15 @@ def inst(*tags: str, address: str = "10.0.0.1", port: int = 8080) -> Instance:
         ("urlprefix-$DC.example.com/", 'route add svc dc1.example.com/ http://10.0.0.1:8080/'),
         ("urlprefix-/x blimp", 'route add svc /x http://10.0.0.1:8080/ opts "blimp"'),
         ("  urlprefix-/trim  ", 'route add svc /trim http://10.0.0.1:8080/'),
+        # fabio 1.7.3 takes `:port` and slash-less routes verbatim (the table reads `host` as host/ path /)
+        ("urlprefix-mysite.com", 'route add svc mysite.com http://10.0.0.1:8080/'),
+        ("urlprefix-MySite.com strip=/x", 'route add svc MySite.com http://10.0.0.1:8080/ opts "strip=/x"'),
+        ("urlprefix-1.1.1.1:999 proto=tcp", 'route add svc 1.1.1.1:999 tcp://10.0.0.1:8080'),
+        ("urlprefix-:1234", 'route add svc :1234 http://10.0.0.1:8080/'),
+        # only the host/path form expands variables; unknown ones become "" as in fabio 1.7.3
+        ("urlprefix-${DC}/p/$DC", 'route add svc dc1/p/dc1 http://10.0.0.1:8080/'),
+        ("urlprefix-$NOPE/p", 'route add svc /p http://10.0.0.1:8080/'),
+        ("urlprefix-a.com/$", 'route add svc a.com/$ http://10.0.0.1:8080/'),
     ],
 )
 def test_tag_to_command(tag: str, expected: str) -> None:
@@ -67,6 +76,13 @@ def test_custom_prefix() -> None:
         ("urlprefix-/r redirect=301", "redirect="),
         ("urlprefix-/p proto=gopher", "unknown proto"),
         ('urlprefix-/q opt="x"', "quote"),
+        ('urlprefix-/a"b', "quotes or control characters"),
+        ("urlprefix-/a\x01b", "quotes or control characters"),
+        # slash-less routes are taken verbatim, so a variable in one would route a literal "$dc" host
+        ("urlprefix-$DC", "add a slash"),
+        ("urlprefix-${DC}.example.com", "add a slash"),
+        ("urlprefix-$DC.example.com strip=/x", "add a slash"),
+        ("urlprefix-:$PORT proto=tcp", "add a slash"),
     ],
 )
 def test_bad_tag_is_reported_and_others_survive(tag: str, reason: str) -> None:
@@ -74,9 +90,28 @@ def test_bad_tag_is_reported_and_others_survive(tag: str, reason: str) -> None:
     assert [c.src for c in cmds] == ["/good", "/also-good"]
     assert len(errors) == 1
     text = str(errors[0])
-    assert reason in text and "svc" in text and "svc-1" in text and tag in text
+    assert errors[0].tag == tag
+    assert reason in text and "service svc " in text and "instance svc-1" in text and repr(tag) in text
 
 
 def test_instance_without_address_is_reported() -> None:
     cmds, errors = route_cmds(inst("urlprefix-/a", address=""))
     assert cmds == [] and "no address" in str(errors[0])
+
+
+@pytest.mark.parametrize(("tag", "host", "path"), [
+    ("urlprefix-mysite.com", "mysite.com", "/anything"),
+    ("urlprefix-MySite.COM", "mysite.com", "/"),
+    ("urlprefix-mysite.com/", "mysite.com", "/x"),
+])
+def test_slash_less_tag_routes_the_whole_host(tag: str, host: str, path: str) -> None:
+    """fabio 1.7.3: `urlprefix-mysite.com` is the host `mysite.com` with path `/` (a catch-all for it)."""
+    from router.table import TableBuilder
+
+    cmds, errors = route_cmds(inst(tag))
+    assert errors == []
+    table, table_errors = TableBuilder().update({"svc": cmds})
+    assert table_errors == []
+    route = table.lookup(host, path)
+    assert route is not None and route.path == "/"
+    assert table.lookup("other.com", path) is None
