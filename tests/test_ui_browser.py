@@ -6,21 +6,28 @@ Playwright's own browser downloads are never used: the browser is /usr/bin/chrom
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
 
 from tests.backends import Backend
 from tests.consul_helpers import kv_put, make_client, register, wait_until
-from tests.router_proc import RouterProc
+from tests.router_proc import RouterProc, free_port
 from tests.test_consul_routing import router_for, uid
+from tests.test_ui_security import sha_entry
 
 CHROMIUM = "/usr/bin/chromium"
+# router.test resolves to 127.0.0.1 inside this browser only: a loopback UI reached under a name that is not
+# a loopback name, as after DNS rebinding or through a hosts-file alias
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+        "--disable-background-networking", "--disable-component-update", "--disable-sync",
+        "--host-resolver-rules=MAP router.test 127.0.0.1"]
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 
 pytestmark = [
@@ -145,3 +152,151 @@ def test_routes_page_with_1500_routes(page) -> None:
         assert len(visible_rows(page)) == 1 and "/big/0042" in visible_rows(page)[0]
         page.fill("#filter", "big14")
         page.wait_for_function("document.getElementById('count').textContent === '111 of 1500 routes'")
+
+
+def kvpath_of(r: RouterProc) -> str:
+    return r.flags[r.flags.index("-registry.consul.kvpath") + 1].strip("/")
+
+
+def stored(c, key: str) -> str | None:  # type: ignore[no-untyped-def]
+    item = c.kv.get(key)[1]
+    return None if item is None else item["Value"].decode()
+
+
+def shown_time(epoch: float) -> str:
+    """What the pages' utc() shows for an epoch (JS Date truncates to whole milliseconds)."""
+    return datetime.fromtimestamp(math.floor(epoch * 1000) / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+LAST_SYNC = "() => { const e = document.getElementById('last-sync'); return [e.dataset.epoch || null, e.textContent]; }"
+
+
+def test_status_page_shows_sync_time_errors_and_redacted_config(consul_agent, page) -> None:
+    requested: list[str] = []
+    page.on("request", lambda req: requested.append(req.url))
+    with router_for(consul_agent, "-ui.auth.token", "tok-SECRET-5", "-registry.consul.token", "") as r:
+        page.goto(r.ui + "/status")
+        page.wait_for_selector("#last-sync[data-epoch]")
+        epoch, text = page.evaluate(LAST_SYNC)
+        assert text.startswith(shown_time(float(epoch))) and text.endswith("s ago)")
+        assert page.inner_text("#errors") == "none"
+        page.wait_for_selector("#cfgrows td:text-is('ui.auth.token')")
+        row = page.locator("#cfgrows tr", has=page.locator("td:text-is('ui.auth.token')"))
+        assert row.locator("td").nth(1).inner_text() == "<redacted>"
+        assert "SECRET" not in page.content()
+        page.fill("#cfgfilter", "ui.auth.token")
+        assert page.locator("#cfgrows tr:not([hidden])").count() == 1
+        assert page.inner_text("#builds") != "no table built yet"
+        # the routes page's compact status shows the sync time as well
+        page.goto(r.ui + "/routes")
+        page.wait_for_selector("#last-sync[data-epoch]")
+        epoch, text = page.evaluate(LAST_SYNC)
+        assert text.startswith("last sync: " + shown_time(float(epoch)))
+        assert page.locator("#recent-errors").count() == 0
+        port = r.ui_port
+    # nothing was fetched from anywhere but the router's UI
+    assert requested and {urlsplit(u).netloc for u in requested} == {f"127.0.0.1:{port}"}
+
+
+def test_status_pages_list_recent_watch_errors(page) -> None:
+    nothing = f"127.0.0.1:{free_port()}"  # no Consul there: every read is refused
+    with RouterProc("-registry.consul.addr", nothing, wait_ready=False) as r:
+        page.goto(r.ui + "/status")
+        page.wait_for_selector("#errors td:has-text('initial sync')")
+        assert page.inner_text("#last-sync") == "never"
+        first = page.locator("#errors tr").first.locator("td")
+        assert first.nth(0).inner_text().endswith(" UTC") and "initial sync" in first.nth(1).inner_text()
+        assert "shown of" in page.inner_text("#errcount")
+        page.goto(r.ui + "/routes")
+        page.wait_for_selector("#recent-errors summary:has-text('initial sync')")
+        assert page.inner_text("#last-sync") == "last sync: never"
+        page.click("#recent-errors summary")
+        page.wait_for_selector("#recent-errors li:has-text('initial sync')")
+        assert page.locator("#recent-errors a[href='/status']").count() == 1
+
+
+def test_manual_opens_the_key_in_the_url_and_keeps_it(consul_agent, page) -> None:
+    c = make_client(consul_agent.port)
+    text_is = "value => document.getElementById('text').value === value"
+    with router_for(consul_agent) as r:
+        key = kvpath_of(r)
+        kv_put(c, key, "route del main\n")
+        kv_put(c, f"{key}/maint", "route del m\n")
+        page.goto(r.ui + "/manual?key=/maint")
+        page.wait_for_function(text_is, arg="route del m\n")
+        assert page.input_value("#path") == "/maint"
+        # switching keys keeps the URL in step, so a reload (or a shared link) opens the same key
+        page.select_option("#path", "")
+        page.wait_for_function(text_is, arg="route del main\n")
+        assert urlsplit(page.url).query == ""
+        page.select_option("#path", "/maint")
+        page.wait_for_function(text_is, arg="route del m\n")
+        assert urlsplit(page.url).query == "key=/maint"
+        page.reload()
+        page.wait_for_function(text_is, arg="route del m\n")
+        assert page.input_value("#path") == "/maint"
+        page.goto(r.ui + "/manual?key=maint")  # the leading slash is optional
+        page.wait_for_function(text_is, arg="route del m\n")
+        assert page.input_value("#path") == "/maint"
+        # a key that does not exist yet opens empty and a save creates it
+        page.goto(r.ui + "/manual?key=/later")
+        page.wait_for_function("document.getElementById('version').textContent === '0'")
+        assert page.input_value("#path") == "/later" and page.input_value("#text") == ""
+        page.fill("#text", "route del later\n")
+        page.click("#save")
+        page.wait_for_selector("#message.ok")
+        assert stored(c, f"{key}/later") == "route del later\n"
+        page.click("#add")  # "open" with an empty box goes to the main key
+        page.wait_for_function(text_is, arg="route del main\n")
+        assert urlsplit(page.url).query == ""
+
+
+def test_editor_sends_the_bearer_token(consul_agent, page) -> None:
+    """The UI reached as router.test (resolving to 127.0.0.1): loopback peer, but not a loopback name."""
+    c = make_client(consul_agent.port)
+    with router_for(consul_agent, "-ui.auth.token", "tok-browser") as r:
+        key = kvpath_of(r)
+        page.goto(f"http://router.test:{r.ui_port}/manual")
+        page.wait_for_function("document.getElementById('version').textContent !== '-'")
+        page.fill("#text", "route del tokened\n")
+        page.click("#save")
+        page.wait_for_selector("#message.bad:has-text('credentials required')")
+        assert stored(c, key) is None
+        page.fill("#token", "wrong")
+        page.click("#save")
+        page.wait_for_selector("#message.bad:has-text('credentials required')")
+        assert stored(c, key) is None
+        page.fill("#token", "tok-browser")
+        page.click("#save")
+        page.wait_for_selector("#message.ok")
+        assert stored(c, key) == "route del tokened\n"
+        # kept for this tab only: in sessionStorage across a reload, never in localStorage or another tab
+        page.reload()
+        page.wait_for_function("document.getElementById('version').textContent !== '-'")
+        assert page.input_value("#token") == "tok-browser"
+        assert page.evaluate("localStorage.length") == 0
+        other = page.context.new_page()
+        other.goto(f"http://router.test:{r.ui_port}/manual")
+        other.wait_for_function("document.getElementById('version').textContent !== '-'")
+        assert other.input_value("#token") == ""
+
+
+def test_editor_save_with_basic_auth(consul_agent, browser, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """With ui.auth.htpasswd the 401 is a Basic challenge: the browser's own login (here Playwright's) answers it."""
+    c = make_client(consul_agent.port)
+    users = tmp_path / "htpasswd"
+    users.write_text(sha_entry("ann", "s3cret") + "\n")
+    ctx = browser.new_context(http_credentials={"username": "ann", "password": "s3cret"})
+    try:
+        page = ctx.new_page()
+        page.set_default_timeout(TIMEOUT_MS)
+        with router_for(consul_agent, "-ui.auth.htpasswd", str(users)) as r:
+            key = kvpath_of(r)
+            page.goto(f"http://router.test:{r.ui_port}/manual")
+            page.wait_for_function("document.getElementById('version').textContent !== '-'")
+            page.fill("#text", "route del basic\n")
+            page.click("#save")
+            page.wait_for_selector("#message.ok")
+            assert stored(c, key) == "route del basic\n"
+    finally:
+        ctx.close()

@@ -115,7 +115,8 @@ def test_remote_write_with_token(consul_agent, app_factory) -> None:
     make, key = app_factory
     remote = make(REMOTE, "-ui.auth.token", "tok-123")
     r = remote.put("/api/manual", json={"value": "route del b\n", "version": "0"})
-    assert r.status_code == 401 and r.headers["www-authenticate"].startswith("Basic")
+    # a token only: the challenge names Bearer, so a browser shows no login prompt it could not satisfy
+    assert r.status_code == 401 and r.headers["www-authenticate"].startswith("Bearer")
     assert save(remote, "route del b\n", authorization="Bearer wrong") == 401
     assert stored(consul_agent, key) is None
     assert save(remote, "route del b\n", authorization="Bearer tok-123") == 200
@@ -128,6 +129,8 @@ def test_remote_write_with_htpasswd(consul_agent, app_factory) -> None:
     remote = make(REMOTE, with_htpasswd=True)
     bad = "Basic " + base64.b64encode(b"ann:nope").decode()
     good = "Basic " + base64.b64encode(b"ann:s3cret").decode()
+    r = remote.put("/api/manual", json={"value": "route del c\n", "version": "0"})
+    assert r.status_code == 401 and r.headers["www-authenticate"].startswith("Basic")
     assert save(remote, "route del c\n", authorization=bad) == 401
     assert stored(consul_agent, key) is None
     assert save(remote, "route del c\n", authorization=good) == 200

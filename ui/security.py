@@ -90,8 +90,11 @@ class WriteGuard:
             else:
                 why = "writes from other hosts than loopback need ui.auth.token or ui.auth.htpasswd"
             return PlainTextResponse(f"forbidden: {why}\n", status_code=403)
-        return PlainTextResponse("credentials required\n", status_code=401,
-                                 headers={"WWW-Authenticate": 'Basic realm="consul-router", charset="UTF-8"'})
+        # Basic only when there are users to check: a browser answers it with a login prompt, which is no
+        # use with just a token (the editor sends that itself), so then the challenge names Bearer.
+        challenge = ('Basic realm="consul-router", charset="UTF-8"' if self.users
+                     else 'Bearer realm="consul-router"')
+        return PlainTextResponse("credentials required\n", status_code=401, headers={"WWW-Authenticate": challenge})
 
     def authenticated(self, request: Request) -> bool:
         auth = request.headers.get("authorization", "")
