@@ -28,7 +28,7 @@ lint: deps
 test: deps consul browser lint
 	CONSUL="$$(scripts/get-consul.sh)" $(PY) -m pytest -q $(PYTEST_ARGS)
 
-# The long variants (10-minute soak, a minute of Consul errors, 20 s churn); rewrites docs/reliability.md's figures.
+# The long variants (10-minute soak, a minute of Consul errors); rewrites docs/reliability.md's figures.
 # `-m soak` on the command line overrides pyproject's `-m 'not soak'`.
 soak: deps consul
 	CONSUL="$$(scripts/get-consul.sh)" $(PY) -m pytest -q -s -m soak $(PYTEST_ARGS)
