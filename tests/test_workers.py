@@ -9,13 +9,17 @@ from __future__ import annotations
 import os
 import signal
 import time
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
 import httpx
 import pytest
+from aiohttp import web
 
 from tests.backends import Backend
+from tests.consul_faults import ConsulRelay
+from tests.consul_helpers import deregister, make_client, register, uid
 from tests.router_proc import RouterProc
 
 
@@ -142,3 +146,99 @@ def test_workers_apply_every_route_option_and_pass_websockets(tmp_path: Path, ba
             assert len(a.requests[-1].headers.get("x-request-id", "")) == 36
             assert upgrade(r.proxy_port, "/open/ws").startswith(b"HTTP/1.1 101")
         assert all(w["requests"] > 0 for w in workers(r)), workers(r)
+
+
+class HoldCountingRelay(ConsulRelay):
+    """The fault relay in pass mode, counting per path the blocking queries (`index=`) it holds right
+    now and the most it held at once since `reset()`: one watcher holds one query per watched path."""
+
+    def __init__(self, upstream: str) -> None:
+        super().__init__(upstream)
+        self.holding: Counter[str] = Counter()
+        self.peak: Counter[str] = Counter()
+
+    def reset(self) -> None:
+        self.peak = Counter(+self.holding)
+
+    def peaks(self) -> dict[str, int]:
+        """Path -> most blocking queries held at once; the router's own KV path shows as /v1/kv/*."""
+        out: Counter[str] = Counter()
+        for p, n in self.peak.items():
+            out["/v1/kv/*" if p.startswith("/v1/kv/") else p] += n
+        return dict(+out)
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        if "index" not in request.query:
+            return await super()._handle(request)
+        path = request.path
+        self.holding[path] += 1
+        self.peak[path] = max(self.peak[path], self.holding[path])
+        try:
+            return await super()._handle(request)
+        finally:
+            self.holding[path] -= 1
+
+
+CONSUL_WAIT = 2.0  # registry.consul.wait here: every watch re-issues its query at least this often
+
+
+def consul_router(relay: ConsulRelay, workers_flag: str) -> RouterProc:
+    return RouterProc("-registry.consul.addr", relay.addr, "-registry.consul.kvpath", f"/t-{uid()}/config",
+                      "-registry.consul.noroutehtmlpath", "", "-registry.consul.wait", f"{CONSUL_WAIT:g}s",
+                      "-proxy.workers", workers_flag)
+
+
+def held_queries(relay: HoldCountingRelay, during: Callable[[], None] = lambda: None) -> dict[str, int]:
+    """The peak blocking queries per path over a window in which every watch re-issued its query."""
+    relay.reset()
+    t0 = time.monotonic()
+    during()
+    time.sleep(max(0.0, 2.5 * CONSUL_WAIT - (time.monotonic() - t0)))
+    return relay.peaks()
+
+
+@pytest.mark.consul
+def test_one_consul_watcher_whatever_the_worker_count(consul_agent, backends: list[Backend]) -> None:
+    """With -proxy.workers 2 the router holds the same blocking queries on Consul as with one worker (one
+    per watched path: one watcher, in the main process), and a service registered after start is routed
+    by both workers."""
+    c = make_client(consul_agent.port)
+    svc = f"onewatch-{uid()}"
+    a, _ = backends
+    relays = [HoldCountingRelay(consul_agent.http_url).start() for _ in range(2)]
+    try:
+        with consul_router(relays[0], "1") as single:
+            assert httpx.get(single.ui + "/api/status", timeout=5).json()["workers"] is None
+            one = held_queries(relays[0])
+
+        with consul_router(relays[1], "2") as r:
+            assert len(workers(r)) == 2
+
+            def register_and_wait() -> None:  # while the window runs: the watches answer and re-issue
+                register(c, svc, f"{svc}-1", a.port, tags=[f"urlprefix-/{svc}"])
+                wait_for(lambda: httpx.get(r.url + f"/{svc}/", timeout=5).status_code == 200, "the new route")
+
+            two = held_queries(relays[1], register_and_wait)
+            # a watcher in each worker would hold its own query on every path: 2 or 3 per path
+            assert set(two) == set(one) and len(one) >= 3, (one, two)
+            assert set(one.values()) == {1} and set(two.values()) == {1}, (one, two)
+
+            table = len(httpx.get(r.ui + "/api/routes", timeout=5).json())
+            wait_for(lambda: all(w["routes"] == table for w in workers(r)), "both workers to have the table")
+            before = {w["pid"]: w["requests"] for w in workers(r)}
+            hits, sent = a.hits, 0
+            while True:  # fresh connections: the kernel spreads them over both workers' sockets
+                for _ in range(20):
+                    resp = httpx.get(r.url + f"/{svc}/x", headers={"Connection": "close"}, timeout=5)
+                    assert (resp.status_code, resp.text) == (200, "a\n")
+                    sent += 1
+                time.sleep(0.6)  # workers report every 0.5 s
+                now = {w["pid"]: w["requests"] for w in workers(r)}
+                if all(now[p] > before[p] for p in before):
+                    break
+                assert sent < 400, f"one worker never served the new route: {before} -> {now}"
+            assert a.hits - hits == sent
+    finally:
+        deregister(c, f"{svc}-1")
+        for relay in relays:
+            relay.stop()
