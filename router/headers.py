@@ -134,9 +134,7 @@ class ForwardingHeaders:
         if target.strip:
             out = [(n, v) for n, v in out if n != "x-forwarded-prefix"]
             out.append(("x-forwarded-prefix", target.strip))
-        if target.host_header == "dst":
-            out.append(("host", f"{target.host}:{target.port}"))
-        elif target.host_header:
+        if target.host_header:  # host=<name>, or for host=dst the target URL's host as written (table.py)
             out.append(("host", target.host_header))
         elif host:
             out.append(("host", host))

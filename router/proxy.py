@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator, Callable
+from functools import lru_cache
 from time import perf_counter
 from typing import TYPE_CHECKING
-from urllib.parse import quote
+from urllib.parse import quote, unquote
 
 from router import access, redirect
 from router.auth import BasicAuth, authorise
@@ -55,7 +56,7 @@ def normalise_path(path: str) -> str:
 
 
 def upstream_path(target, path: str) -> str:  # type: ignore[no-untyped-def]
-    """The path sent upstream: `strip=` removed (a leading slash kept), then `prepend=` added."""
+    """The (decoded) path sent upstream: `strip=` removed (a leading slash kept), then `prepend=` added."""
     up_path = path
     if target.strip and (up_path == target.strip or up_path.startswith(target.strip.rstrip("/") + "/")):
         up_path = up_path[len(target.strip.rstrip("/")) :] or "/"
@@ -64,6 +65,77 @@ def upstream_path(target, path: str) -> str:  # type: ignore[no-untyped-def]
     if target.prepend:
         up_path = target.prepend.rstrip("/") + up_path
     return up_path
+
+
+# RFC 3986 pchar plus "/", without "%": when a decoded path has to be encoded, a literal "%" becomes %25.
+_PATH_SAFE = "/:@!$&'()*+,;=-._~"
+_HEX2 = frozenset(a + b for a in "0123456789abcdefABCDEF" for b in "0123456789abcdefABCDEF")
+
+
+@lru_cache(maxsize=1024)
+def _encoded_prepend(prepend: str) -> str:
+    return quote(prepend.rstrip("/"), safe=_PATH_SAFE)  # prepend= is a decoded path, as in fabio
+
+
+def _raw_prefix_len(raw: str, prefix: str) -> int:
+    """Length of the start of `raw` that decodes to `prefix`, or -1 if none does."""
+    if "%" not in prefix and raw.startswith(prefix):
+        return len(prefix)
+    want, n, i, end = len(prefix.encode("utf-8")), 0, 0, len(raw)
+    while n < want and i < end:
+        i += 3 if raw[i] == "%" and raw[i + 1 : i + 3] in _HEX2 else 1
+        n += 1
+    return i if n == want and unquote(raw[:i]) == prefix else -1
+
+
+def _normalise_raw(raw: str) -> str:
+    """normalise_path on the raw path: dot segments are recognised by their decoded value (`%2e%2e`)."""
+    out: list[str] = []
+    segs = raw.split("/")
+    for seg in segs:
+        d = unquote(seg) if "%" in seg else seg
+        if d in ("", "."):
+            continue
+        if d == "..":
+            if out:
+                out.pop()
+            continue
+        out.append(seg)
+    clean = "/" + "/".join(out)
+    last = unquote(segs[-1])
+    if clean != "/" and (last == "" or last in (".", "..")):
+        clean += "/"
+    return clean
+
+
+def upstream_raw_path(target, path: str, scope: dict, up_path: str = "") -> str:  # type: ignore[no-untyped-def]
+    """The upstream path in the client's own encoding (`%2F` stays `%2F`, `%25` stays `%25`).
+
+    strip=/prepend= are decided on `path` (the normalised decoded path, see upstream_path) and applied to
+    scope["raw_path"] at the same place. Where the raw path can't be cut the same way (an encoded `/` at
+    the cut, or dot segments hidden in `%2F`), the decoded result is encoded instead.
+    """
+    up_path = up_path or upstream_path(target, path)
+    raw_bytes = scope.get("raw_path")
+    decoded = scope["path"]
+    if not raw_bytes:
+        return quote(up_path, safe=_PATH_SAFE)
+    raw = raw_bytes.decode("latin-1")
+    if up_path == decoded:
+        return raw
+    if path != decoded:
+        raw = _normalise_raw(raw)
+    strip = target.strip
+    if strip and (path == strip or path.startswith(strip.rstrip("/") + "/")):
+        cut = _raw_prefix_len(raw, strip.rstrip("/"))
+        if cut < 0:
+            return quote(up_path, safe=_PATH_SAFE)
+        raw = raw[cut:] or "/"
+        if not raw.startswith("/"):
+            raw = "/" + raw
+    if target.prepend:
+        raw = _encoded_prepend(target.prepend) + raw
+    return raw if unquote(raw) == up_path else quote(up_path, safe=_PATH_SAFE)
 
 
 def _status_response(status: int, text: str) -> tuple[dict, dict]:
@@ -133,7 +205,7 @@ class ProxyApp:
             await self.handle(scope, receive, send)
         elif kind == "lifespan":
             await self._lifespan(receive, send)
-        else:  # websocket: not passed through yet (issue: data path)
+        else:  # an ASGI "websocket" scope: not used (upgrades are tunnelled by router/websocket.py); refuse it
             await send({"type": "websocket.close", "code": 1011})
 
     async def _lifespan(self, receive: Callable, send: Callable) -> None:
@@ -195,7 +267,8 @@ class ProxyApp:
         if self.ejector.ejected(target):
             target = self.ejector.choose(route, target, self.strategy)
         if target.redirect_code and redirect.is_loop(
-                redirect.location(target.redirect_url, upstream_path(target, path), host, b""), scope, host, path):
+                redirect.location(target.redirect_url, upstream_raw_path(target, path, scope), host, b""),
+                scope, host, path):
             route, target = self._next_without_loop(table, route, scope, host, path, tls)
             if target is None:
                 await self._noroute(send)
@@ -209,16 +282,16 @@ class ProxyApp:
                 await self._unauthorised(send, challenge)
                 return route, target, 401
 
-        # upstream path: strip, then prepend; keep the client's encoding when nothing changed
+        # upstream path: strip, then prepend, in the client's encoding
         up_path = upstream_path(target, path)
         if up_path == scope["path"] and scope.get("raw_path"):
             raw = scope["raw_path"].decode("latin-1")
         else:
-            raw = quote(up_path, safe="/:@!$&'()*+,;=-._~%")
+            raw = upstream_raw_path(target, path, scope, up_path)
         query = scope.get("query_string") or b""
 
         if target.redirect_code:
-            url = redirect.location(target.redirect_url, up_path, host, query)
+            url = redirect.location(target.redirect_url, raw, host, query)
             await send({
                 "type": "http.response.start",
                 "status": target.redirect_code,
@@ -313,7 +386,7 @@ class ProxyApp:
             if t is None:
                 continue
             if t.redirect_code and redirect.is_loop(
-                    redirect.location(t.redirect_url, upstream_path(t, path), host, b""), scope, host, path):
+                    redirect.location(t.redirect_url, upstream_raw_path(t, path, scope), host, b""), scope, host, path):
                 continue
             return route, t
         return None, None

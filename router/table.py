@@ -19,12 +19,16 @@ Why it looks like this (user-voice items 14-17):
 Deliberate differences from fabio 1.7.3:
 
 * A bad command is reported (:class:`LineError` with source and line) and skipped; fabio drops the table.
-* Host precedence is exact host > longest ``*.`` wildcard > shorter wildcard > "" (fabio's reversed-string
-  sort gets wildcard order wrong, user-voice item 17).  Other glob hosts rank by pattern length.
+* Host precedence is exact host > longest ``*.`` wildcard > shorter wildcard > "".  Other glob hosts rank
+  by pattern length.  fabio's reversed-string sort agrees for ``*.`` wildcards but can put a glob before
+  an exact host: ``*foo.com`` (or ``{a,b}.foo.com``) before ``foo.com`` (``a.foo.com``) (user-voice item 17).
 * ``route del``/``route weight`` lowercase the host of their source like ``route add`` does.
-* Within a route, targets are ordered by service name, then by the order of that service's commands,
-  then manual additions; so a table does not depend on the order in which services were updated.
 * With the ``glob`` matcher ``*`` stays within a path segment and ``**`` crosses segments.
+
+Within a route, targets are in fabio's order: the service targets in descending order of their
+``route add`` text (fabio sorts the generated service lines in reverse before adding them), then the
+manual additions in their order; so a table does not depend on the order in which services were updated,
+and ``render()`` compares line by line with fabio's ``Table.String()``.
 """
 
 from __future__ import annotations
@@ -254,29 +258,45 @@ def _bad_duration(text: str) -> float:
     raise _CmdError(f"invalid duration {text!r}")
 
 
-_URL = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*)://(?:[^/?#@]*@)?(\[[^\]/?#]*\]|[^:/?#]*)(?::([^/?#]*))?(?:[/?#]|$)")
+_URL = re.compile(
+    r"([A-Za-z][A-Za-z0-9+.-]*)://(?:[^/?#@]*@)?((\[[^\]/?#]*\]|[^:/?#]*)(?::([^/?#]*))?)(?:[/?#]|$)")
 
 
-def _split_url(url: str) -> tuple[str, str, int | None]:
-    """(scheme, host, port or None) of an absolute URL; one regex match, since this runs per target."""
+def _split_url(url: str) -> tuple[str, str, int | None, str]:
+    """(scheme, host, port or None, host[:port] as written) of an absolute URL; one regex match per target.
+
+    The last one is Go's ``url.Host`` (brackets of an IPv6 address kept, no port added), which is what
+    fabio sends as ``Host`` for ``host=dst``.
+    """
     m = _URL.match(url)
     if m is None:
         raise _CmdError(f"invalid destination URL {url!r}: scheme://host[:port] expected")
-    scheme, host, port_text = m.groups()
+    scheme, written, host, port_text = m.groups()
     if not host:
         raise _CmdError(f"invalid destination URL {url!r}: no host")
     if host[0] == "[":
         host = host[1:-1]
     if not port_text:  # "http://h:" is accepted by Go's url.Parse too
-        return scheme.lower(), host, None
+        return scheme.lower(), host, None, written
     if not port_text.isdigit() or int(port_text) > 65535:
         raise _CmdError(f"invalid destination URL {url!r}: bad port {port_text!r}")
-    return scheme.lower(), host, int(port_text)
+    return scheme.lower(), host, int(port_text), written
 
 
 KNOWN_OPTS = frozenset({"strip", "prepend", "host", "proto", "tlsskipverify", "redirect", "allow", "deny", "auth",
                         "register", "timeout", "pxyproto", "grpcservername"})
 _reported_opts: set[str] = set()
+_reported_redirects: set[tuple[str, str]] = set()
+
+
+def _note_bad_redirect(code: str, cmd: RouteCmd) -> None:
+    """fabio logs a redirect= that is not a 3xx code and proxies the route; so do we (once per service/value)."""
+    if (cmd.service, code) in _reported_redirects:
+        return
+    if len(_reported_redirects) < 10000:
+        _reported_redirects.add((cmd.service, code))
+    log.error("route option redirect=%r (service %s, %s line %d): a 3xx status code is expected; the redirect is "
+              "ignored and the route is proxied to %s", code, cmd.service, cmd.source or "-", cmd.line, cmd.dst)
 
 
 def _note_unknown_opts(opts: Mapping[str, str], service: str) -> None:
@@ -290,7 +310,7 @@ def make_target(cmd: RouteCmd) -> Target:
     """Compile a ``route add`` into a Target (weight 1.0 until the route is weighed).  Raises _CmdError."""
     if not cmd.src or not cmd.dst:
         raise _CmdError("source and destination must not be empty")
-    scheme, host, port = _split_url(cmd.dst)
+    scheme, host, port, written_host = _split_url(cmd.dst)
     opts = dict(cmd.opts)
     if opts and not opts.keys() <= KNOWN_OPTS:
         _note_unknown_opts(opts, cmd.service)
@@ -300,9 +320,10 @@ def make_target(cmd: RouteCmd) -> Target:
     redirect_code, redirect_url = 0, ""
     if "redirect" in opts:
         code = opts["redirect"]
-        if not code.isdigit() or not 300 <= int(code) <= 399:
-            raise _CmdError(f"invalid option redirect={code!r}: a 3xx status code is expected")
-        redirect_code, redirect_url = int(code), cmd.dst
+        if code.isdigit() and 300 <= int(code) <= 399:
+            redirect_code, redirect_url = int(code), cmd.dst
+        else:
+            _note_bad_redirect(code, cmd)
     if opts.get("proto") == "https" and scheme == "http":
         scheme = "https"
     if port is None:
@@ -313,8 +334,11 @@ def make_target(cmd: RouteCmd) -> Target:
     except ValueError as e:
         raise _CmdError(f"invalid access rules: {e}") from None
     skip = opts.get("tlsskipverify", "").lower() in ("true", "1", "t")
+    host_header = opts.get("host", "")
+    if host_header == "dst":
+        host_header = written_host
     return _new_target(cmd.service, cmd.tags, MappingProxyType(opts) if opts else _EMPTY_OPTS, cmd.dst, scheme,
-                       host, port, cmd.weight, 1.0, strip, opts.get("prepend", ""), opts.get("host", ""), skip,
+                       host, port, cmd.weight, 1.0, strip, opts.get("prepend", ""), host_header, skip,
                        redirect_code, redirect_url, timeout)
 
 
@@ -706,6 +730,14 @@ class _Manual:
         return targets
 
 
+def _service_order(contrib: Mapping[str, object]) -> list[str]:
+    """Services of one route in fabio's order: its `route add <svc> ...` lines sorted in reverse.
+
+    Service names have no spaces, so comparing two services' lines is comparing ``name + " "``.
+    """
+    return sorted(contrib, key=lambda n: n + " ", reverse=True)
+
+
 def _same(a: Target, b: Target) -> bool:
     return a.service == b.service and a.url == b.url and a.fixed_weight == b.fixed_weight and a.tags == b.tags
 
@@ -803,8 +835,10 @@ class TableBuilder:
             self._cmds.pop(name, None)
             return set(old)
         self._cmds[name] = cmds
-        # Group by key, de-duplicating on fabio's identity (service, url, fixed weight, tags).
-        by_key: dict[Key, dict[tuple, RouteCmd]] = {}
+        # Group by key in fabio's order (it adds the service lines sorted in reverse, so a route's targets
+        # are in descending order of their `route add` text), de-duplicating on fabio's identity (service,
+        # url, fixed weight, tags): the first in that order is kept.
+        grouped: dict[Key, list[RouteCmd]] = {}
         errors: list[LineError] = []
         for cmd in cmds:
             if cmd.op != "add":
@@ -815,7 +849,14 @@ class TableBuilder:
             except _CmdError as e:
                 errors.append(_err(cmd, str(e)))
                 continue
-            by_key.setdefault(hostpath(cmd.src), {}).setdefault((cmd.service, cmd.dst, cmd.weight, cmd.tags), cmd)
+            grouped.setdefault(hostpath(cmd.src), []).append(cmd)
+        by_key: dict[Key, dict[tuple, RouteCmd]] = {}
+        for key, group in grouped.items():
+            if len(group) > 1:
+                group.sort(key=str, reverse=True)
+            d = by_key[key] = {}
+            for cmd in group:
+                d.setdefault((cmd.service, cmd.dst, cmd.weight, cmd.tags), cmd)
         # The same instance usually appears on several routes: compile each distinct target once and share
         # the (immutable) Target objects between routes.  Weights are computed as if the service were alone
         # on the key, which is the common case and then needs no copies at rebuild time.
@@ -864,7 +905,7 @@ class TableBuilder:
         elif len(c) == 1:
             (base,) = c.values()  # already weighed as a lone service
         else:
-            base = [t for name in sorted(c) for t in c[name]]
+            base = [t for name in _service_order(c) for t in c[name]]
         out = self._manual.apply(key, base, errors)
         if out is base and len(c or ()) == 1:
             return out  # type: ignore[return-value]
@@ -902,7 +943,7 @@ class TableBuilder:
                     elif len(c) == 1:
                         (targets,) = c.values()
                     else:
-                        targets = _weigh([x for name in sorted(c) for x in c[name]])
+                        targets = _weigh([x for name in _service_order(c) for x in c[name]])
                 else:
                     targets = self._targets(key, errs)
                     if errs:

@@ -1,15 +1,19 @@
 """fabio's documented examples, as tables: tags (reference §2.7), route commands (§2.1), lookup order
-(§2.3), weights (§2.5) and forwarding headers (§3, through the real proxy)."""
+(§2.3), weights (§2.5), redirect URLs (§2.7, fabio's BuildRedirectURL cases) and forwarding headers (§3,
+through the real proxy)."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from urllib.parse import unquote
 
 import httpx
 import pytest
 
 from registry.health import Instance
 from registry.tags import route_cmds
+from router import redirect
+from router.proxy import normalise_path, upstream_raw_path
 from router.routecmd import RouteCmd, parse
 from router.table import Table, TableBuilder
 from tests.backends import Backend
@@ -160,6 +164,93 @@ def test_weight_examples(text: str, manual: str, expected: list) -> None:
 def test_render_example() -> None:
     t = table("route add svc-a / http://aaa.com/\nroute add svc-b / http://bbb.com/ weight 0.5")
     assert "route add svc-b / http://bbb.com/ weight 0.5000" in t.render()
+
+
+# ---- redirect URLs (§2.7): fabio's BuildRedirectURL cases, request Host "foo.com"
+
+REQS = ["/", "/abc", "/a/b/c", "/?aaa=1", "/abc/?aaa=1"]
+REDIRECTS = [
+    # (target URL [opts], expected Location for each of REQS)
+    ("http://bar.com/", ["http://bar.com/"] * 5),  # no $path: the request path and query are not used
+    ("http://bar.com/a/b/c?foo=bar", ["http://bar.com/a/b/c?foo=bar"] * 5),
+    ("https://$host/", ["https://foo.com/"] * 5),
+    ("http://bar.com/$path",  # the "/" before $path is dropped: no "//abc"
+     ["http://bar.com/", "http://bar.com/abc", "http://bar.com/a/b/c", "http://bar.com/?aaa=1",
+      "http://bar.com/abc/?aaa=1"]),
+    ("https://$host/$path",
+     ["https://foo.com/", "https://foo.com/abc", "https://foo.com/a/b/c", "https://foo.com/?aaa=1",
+      "https://foo.com/abc/?aaa=1"]),
+    ("http://bar.com$path",  # $path glued to the host
+     ["http://bar.com/", "http://bar.com/abc", "http://bar.com/a/b/c", "http://bar.com/?aaa=1",
+      "http://bar.com/abc/?aaa=1"]),
+    ("https://$host$path",
+     ["https://foo.com/", "https://foo.com/abc", "https://foo.com/a/b/c", "https://foo.com/?aaa=1",
+      "https://foo.com/abc/?aaa=1"]),
+    ("http://bar.com/bbb/$path",
+     ["http://bar.com/bbb/", "http://bar.com/bbb/abc", "http://bar.com/bbb/a/b/c", "http://bar.com/bbb/?aaa=1",
+      "http://bar.com/bbb/abc/?aaa=1"]),
+    ("https://$host/bbb/$path",
+     ["https://foo.com/bbb/", "https://foo.com/bbb/abc", "https://foo.com/bbb/a/b/c", "https://foo.com/bbb/?aaa=1",
+      "https://foo.com/bbb/abc/?aaa=1"]),
+    ("http://bar.com/bbb$path",
+     ["http://bar.com/bbb/", "http://bar.com/bbb/abc", "http://bar.com/bbb/a/b/c", "http://bar.com/bbb/?aaa=1",
+      "http://bar.com/bbb/abc/?aaa=1"]),
+    ("https://$host/bbb$path",
+     ["https://foo.com/bbb/", "https://foo.com/bbb/abc", "https://foo.com/bbb/a/b/c", "https://foo.com/bbb/?aaa=1",
+      "https://foo.com/bbb/abc/?aaa=1"]),
+]
+REDIRECT_CASES = [(dst, req, want) for dst, wants in REDIRECTS for req, want in zip(REQS, wants, strict=True)]
+REDIRECT_CASES += [
+    # the request path in the client's encoding
+    ("http://bar.com/$path", "/%20", "http://bar.com/%20"),
+    ("http://bar.com/$path", "/a%2fbc", "http://bar.com/a%2fbc"),
+    ("http://bar.com/$path", "/a/b%22/c", "http://bar.com/a/b%22/c"),
+    ("http://bar.com/$path", "/a%2fb/c%25d?aaa=1", "http://bar.com/a%2fb/c%25d?aaa=1"),
+    # fabio's unit test has "/%2f/" -> "/%2f/" and "/%20/a%2f/" -> "/%20/a%2f/", calling BuildRedirectURL
+    # directly; through a proxy the decoded path "///" / "/ /a//" is normalised first (empty segments
+    # removed) and the raw path is cut the same way, so the Location is the normalised path:
+    ("http://bar.com/$path", "/%2f/?aaa=1", "http://bar.com/?aaa=1"),
+    ("http://bar.com/$path", "/%20/a%2f/", "http://bar.com/%20/a/"),
+    # $path is the path after strip= (and prepend=)
+    ('http://bar.com/$path opts "strip=/stripme"', "/stripme/", "http://bar.com/"),
+    ('http://bar.com/$path opts "strip=/stripme"', "/stripme/abc", "http://bar.com/abc"),
+    ('http://bar.com/$path opts "strip=/stripme"', "/stripme/a/b/c", "http://bar.com/a/b/c"),
+    ('http://bar.com/$path opts "strip=/stripme"', "/stripme/?aaa=1", "http://bar.com/?aaa=1"),
+    ('http://bar.com/$path opts "strip=/stripme"', "/stripme/abc/?aaa=1", "http://bar.com/abc/?aaa=1"),
+    ('http://bar.com/$path opts "prepend=/p"', "/abc", "http://bar.com/p/abc"),
+    # the URL's own query wins; only the first $path is replaced; fragment and user info are not sent
+    ("http://bar.com/$path?x=1", "/abc?aaa=1", "http://bar.com/abc?x=1"),
+    ("http://bar.com/$path/$path", "/abc", "http://bar.com/abc/$path"),
+    ("http://u@bar.com/$path#frag", "/abc", "http://bar.com/abc"),
+]
+
+
+def redirect_location(dst: str, req: str, host: str = "foo.com") -> str:
+    """The Location the proxy answers for request target `req` on a `route add svc / <dst>` redirect."""
+    opts = dst.partition(" opts ")[2].strip('"')
+    line = f'route add svc / {dst.partition(" opts ")[0]} opts "redirect=301 {opts}"'
+    raw, _, query = req.partition("?")
+    scope = {"raw_path": raw.encode(), "path": unquote(raw), "query_string": query.encode(), "headers": []}
+    path = normalise_path(scope["path"])
+    r = table("", line).lookup(host, path)
+    assert r is not None
+    t = r.targets[0]
+    assert t.redirect_code == 301
+    return redirect.location(t.redirect_url, upstream_raw_path(t, path, scope), host, query.encode())
+
+
+@pytest.mark.parametrize(("dst", "req", "want"), REDIRECT_CASES)
+def test_redirect_examples(dst: str, req: str, want: str) -> None:
+    assert redirect_location(dst, req) == want
+
+
+@pytest.mark.parametrize(("host", "want"), [
+    ("foo.com:8080", "https://foo.com:8080/abc"),  # $host is the request's Host as sent, port included
+    ("foo.com", "https://foo.com/abc"),
+    ("[::1]:81", "https://[::1]:81/abc"),
+])
+def test_redirect_host_keeps_the_port(host: str, want: str) -> None:
+    assert redirect_location("https://$host$path", "/abc", host) == want
 
 
 # ---- headers (§3), through the real proxy

@@ -91,8 +91,8 @@ def test_hop_by_hop_removed_and_connection_cannot_drop_forwarding_headers() -> N
 def test_strip_sets_prefix_and_host_option() -> None:
     d = as_dict(ForwardingHeaders().request_headers(scope(("host", "h")), "h", target(strip="/api"))[0])
     assert d["x-forwarded-prefix"] == "/api"
-    d = as_dict(ForwardingHeaders().request_headers(scope(("host", "h")), "h", target(host_header="dst"))[0])
-    assert d["host"] == "10.0.0.1:8080"
+    d = as_dict(ForwardingHeaders().request_headers(scope(("host", "h")), "h", target(host_header="10.0.0.1"))[0])
+    assert d["host"] == "10.0.0.1"  # host=dst is resolved to the URL's host when the table is built
     d = as_dict(ForwardingHeaders().request_headers(scope(("host", "h")), "h", target(host_header="api.int"))[0])
     assert d["host"] == "api.int"
 
@@ -101,3 +101,56 @@ def test_response_hop_by_hop_removed() -> None:
     raw = [(b"Content-Type", b"text/plain"), (b"Connection", b"close, X-Drop"), (b"X-Drop", b"1"),
            (b"Transfer-Encoding", b"chunked"), (b"X-Keep", b"1")]
     assert ForwardingHeaders.response_headers(raw) == [(b"content-type", b"text/plain"), (b"x-keep", b"1")]
+
+
+# ---- the upstream path in the client's encoding (strip=/prepend= applied to scope["raw_path"])
+
+
+def raw_scope(raw: str) -> dict:
+    """What uvicorn puts in the scope for a request target's path: the raw bytes and their decoding."""
+    from urllib.parse import unquote
+
+    return {"raw_path": raw.encode(), "path": unquote(raw), "headers": []}
+
+
+@pytest.mark.parametrize(
+    ("strip", "prepend", "raw", "sent"),
+    [
+        ("", "", "/a%2Fb%25c", "/a%2Fb%25c"),         # nothing changes: the raw path as it came
+        ("/foo", "", "/foo/a%25b", "/a%25b"),          # %25 stays %25 (was sent as a bare "%")
+        ("/foo", "", "/foo/a%2Fb", "/a%2Fb"),          # %2F stays %2F (was decoded to "/")
+        ("/foo", "", "/foo/x%20y/%7E", "/x%20y/%7E"),  # the client's spelling of every escape is kept
+        ("/foo", "", "/foo", "/"),
+        ("/foo", "", "/foo/", "/"),
+        ("/foo/", "", "/foo/a%2F", "/a%2F"),
+        ("/foo", "", "/fool/a%2F", "/fool/a%2F"),     # no segment match: not stripped
+        ("/foo", "", "/%66oo/a%2Fb", "/a%2Fb"),        # the strip prefix itself sent encoded
+        ("/f o", "", "/f%20o/a%2Fb", "/a%2Fb"),        # a strip= with a character that must be encoded
+        ("", "/in", "/v2/a%2Fb", "/in/v2/a%2Fb"),
+        ("", "/in%", "/v2/a", "/in%25/v2/a"),          # prepend= is a decoded path (as in fabio): % -> %25
+        ("/foo", "/bar", "/foo/a%25b%2F", "/bar/a%25b%2F"),
+        ("/foo", "", "/foo%2Fa", "/a"),                # the cut is inside an encoded "/": the decoded result
+        ("/foo", "", "/x/../foo/a%2Fb", "/a%2Fb"),     # dot segments removed from the raw path as well
+        ("/foo", "", "/x/%2e%2e/foo/a%2Fb", "/a%2Fb"),
+        ("", "", "/x//y/./a%2Fb", "/x/y/a%2Fb"),
+        ("/foo", "", "/a%2F..%2Ffoo/b", "/b"),         # %2F-hidden dots: routed as /foo/b, sent as decoded
+    ],
+)
+def test_upstream_raw_path(strip: str, prepend: str, raw: str, sent: str) -> None:
+    from urllib.parse import unquote
+
+    from router.proxy import upstream_path, upstream_raw_path
+
+    t = SimpleNamespace(strip=strip, prepend=prepend)
+    s = raw_scope(raw)
+    path = normalise_path(s["path"])
+    got = upstream_raw_path(t, path, s)
+    assert got == sent
+    assert unquote(got) == upstream_path(t, path)  # always the path the routing decision was made on
+
+
+def test_upstream_raw_path_without_raw_path_encodes_the_decoded_one() -> None:
+    from router.proxy import upstream_raw_path
+
+    t = SimpleNamespace(strip="/foo", prepend="")
+    assert upstream_raw_path(t, "/foo/a%b c", {"path": "/foo/a%b c", "headers": []}) == "/a%25b%20c"

@@ -22,7 +22,8 @@ def build(services: str = "", manual: str = "", **kw) -> tuple[Table, list]:
 
 
 def weights(t: Table) -> list[tuple[str, str, str, float]]:
-    return [(r["service"], r["src"], r["dst"], round(r["weight"], 6)) for r in t.routes()]
+    """(service, src, dst, weight) rows, sorted (the row order is tested by the rendering tests)."""
+    return sorted((r["service"], r["src"], r["dst"], round(r["weight"], 6)) for r in t.routes())
 
 
 # ---------------------------------------------------------------------------------------------- weights
@@ -146,7 +147,13 @@ def test_manual_commands_apply_after_services_in_order() -> None:
         ("route add s / http://[::1]:90/", "host", "::1"),
         ('route add s / http://h/ opts "strip=/foo"', "strip", "/foo"),
         ('route add s / http://h/ opts "prepend=/bar"', "prepend", "/bar"),
-        ('route add s / http://h/ opts "host=dst"', "host_header", "dst"),
+        # host=dst: the target URL's host as written (Go's url.Host), resolved when the table is built
+        ('route add s / http://h/ opts "host=dst"', "host_header", "h"),
+        ('route add s / http://h:8080/ opts "host=dst"', "host_header", "h:8080"),
+        ('route add s / http://[::1]:90/ opts "host=dst"', "host_header", "[::1]:90"),
+        ('route add s / http://[fe80::1]/ opts "host=dst"', "host_header", "[fe80::1]"),
+        ('route add s / http://u:p@h:81/ opts "host=dst"', "host_header", "h:81"),
+        ('route add s / http://h/ opts "host=api.internal"', "host_header", "api.internal"),
         ('route add s / https://h/ opts "tlsskipverify=true"', "tls_skip_verify", True),
         ('route add s / https://e.com$path opts "redirect=301"', "redirect_code", 301),
         ('route add s / https://e.com$path opts "redirect=301"', "redirect_url", "https://e.com$path"),
@@ -168,8 +175,6 @@ def test_target_fields(line: str, field: str, value: object) -> None:
         ("route add s / not-a-url", "invalid destination URL"),
         ("route add s / http://h:99999/", "bad port"),
         ("route add s / http:///x", "no host"),
-        ('route add s / http://h/ opts "redirect=200"', "3xx"),
-        ('route add s / http://h/ opts "redirect=abc"', "3xx"),
         ('route add s / http://h/ opts "strip=foo"', "must start with '/'"),
         ('route add s / http://h/ opts "timeout=2x"', "invalid duration"),
     ],
@@ -182,6 +187,19 @@ def test_build_errors_skip_only_that_command(line: str, reason: str) -> None:
     assert [r["dst"] for r in t.routes()] == ["http://ok/"]
     _, errs = TableBuilder().update(manual=cmds)
     assert len(errs) == 1 and errs[0].line == 2
+
+
+@pytest.mark.parametrize("code", ["200", "abc", "404", "3011"])
+def test_bad_redirect_code_is_ignored_and_the_route_proxied(code: str, caplog: pytest.LogCaptureFixture) -> None:
+    """fabio: a redirect= that is not 3xx is logged as an error and the target is an ordinary one."""
+    cmds, _ = parse(f'route add s{code} /r http://h:81/ opts "redirect={code}"', "service:s")
+    with caplog.at_level("ERROR", logger="router.table"):
+        t, errs = TableBuilder().update(services={f"s{code}": cmds})
+    assert errs == []
+    target = t.lookup("any", "/r").targets[0]
+    assert (target.redirect_code, target.redirect_url, target.host, target.port) == (0, "", "h", 81)
+    assert target.opts["redirect"] == code  # kept, as fabio keeps it in the route's opts
+    assert [r.getMessage() for r in caplog.records if f"redirect={code!r}" in r.getMessage()]
 
 
 def test_service_errors_go_away_with_the_service() -> None:
@@ -248,6 +266,46 @@ def test_lookup_order(host: str, path: str, tls: bool, want: str) -> None:
     t, _ = build(LOOKUP_TABLE)
     r = t.lookup(host, path, tls=tls)
     assert r is not None and r.targets[0].url == want
+
+
+def fabio_host_order(patterns: list[str], host: str) -> list[str]:
+    """fabio 1.7.3's matchingHosts: the patterns that glob-match, sorted by their reversed text, descending."""
+    from router.table import glob_regex
+
+    hits = [p for p in patterns if glob_regex(p, None).fullmatch(host)]
+    return sorted(hits, key=lambda p: p[::-1], reverse=True)
+
+
+@pytest.mark.parametrize(
+    "exact, pattern, host",
+    [
+        ("foo.com", "*foo.com", "foo.com"),              # reversed, "moc.oof*" sorts above "moc.oof"
+        ("www.foo.com", "*www.foo.com", "www.foo.com"),
+        ("a.foo.com", "{a,b}.foo.com", "a.foo.com"),     # "}" sorts after every host character
+        ("api.foo.com", "api.foo.com*", "api.foo.com"),  # control: here fabio agrees
+    ],
+)
+def test_exact_host_beats_any_glob(exact: str, pattern: str, host: str) -> None:
+    """Exact host first, always (fabio #506/#786). fabio's reversed-string sort gets some of these wrong."""
+    t, _ = build(f"route add exact {exact}/ http://exact/\nroute add glob {pattern}/ http://glob/")
+    assert t.lookup(host, "/").targets[0].url == "http://exact/"
+    fabio = fabio_host_order([exact, pattern], host)
+    assert set(fabio) == {exact, pattern}  # both match the host
+    if pattern != "api.foo.com*":
+        assert fabio[0] == pattern  # fabio would route to the glob
+
+
+@pytest.mark.parametrize(
+    "host, want",
+    [("api.edge.foo.com", "http://edge/"), ("a.b.edge.foo.com", "http://edge/"), ("api.foo.com", "http://foo/")],
+)
+def test_longer_wildcard_first_agrees_with_fabio(host: str, want: str) -> None:
+    """For `*.` wildcards fabio's order (since 1.5.7, #506) is right too: the longer suffix wins."""
+    t, _ = build("route add a *.foo.com/ http://foo/\nroute add b *.edge.foo.com/ http://edge/\n"
+                 "route add c *.com/ http://com/")
+    assert t.lookup(host, "/").targets[0].url == want
+    first = fabio_host_order(["*.foo.com", "*.edge.foo.com", "*.com"], host)[0]
+    assert {"*.foo.com": "http://foo/", "*.edge.foo.com": "http://edge/"}[first] == want
 
 
 def test_lookup_without_glob_matching_treats_patterns_literally() -> None:
@@ -363,7 +421,7 @@ def test_rnd_distribution_follows_weights() -> None:
 def test_zero_weight_targets_are_never_picked() -> None:
     t, _ = build("route add a / http://a/ weight 1\nroute add b / http://b/")
     r = t.lookup("h", "/")
-    assert [x.weight for x in r.targets] == [1.0, 0.0]
+    assert [(x.service, x.weight) for x in r.targets] == [("b", 0.0), ("a", 1.0)]
     assert {r.pick(s).url for s in ("rr", "rnd") for _ in range(50)} == {"http://a/"}
 
 
@@ -391,6 +449,71 @@ def test_render_format_and_order() -> None:
         "route add a /z http://z/",
         "route add d / http://d/ weight 1.0000",
     ]) + "\n"  # http://a/ has weight 0 next to a fixed weight of 1: not rendered
+
+
+def fabio_render(service_lines: list[str], manual_lines: list[str]) -> str:
+    """fabio's Table.String() for these lines (no weights): the service lines sorted in reverse, then the
+    manual ones, added in that order; hosts descending ("" last), paths descending, targets as added."""
+    routes: dict[tuple[str, str], list[str]] = {}
+    seen = set()
+    for line in sorted(service_lines, reverse=True) + manual_lines:
+        _, _, svc, src, dst, *rest = line.split(" ")
+        host, path = (src.split("/", 1)[0], "/" + src.split("/", 1)[1]) if "/" in src else (src, "/")
+        if (host, path, svc, dst) in seen:
+            continue
+        seen.add((host, path, svc, dst))
+        routes.setdefault((host, path), []).append(" ".join(["route add", svc, host + path, dst, *rest]))
+    keys = sorted(routes, key=lambda k: (k[0] != "", k[0], k[1]), reverse=True)
+    return "".join(line + "\n" for k in keys for line in routes[k])
+
+
+RENDER_SERVICES = [
+    "route add web / http://10.0.0.1:80/",
+    "route add web / http://10.0.0.2:80/",
+    "route add web-api / http://10.0.0.3:80/",
+    "route add api / http://10.0.0.9:80/",
+    "route add web a.com/ http://10.0.0.1:80/",
+    'route add api a.com/ http://10.0.0.9:80/ tags "x"',
+    "route add api a.com/ http://10.0.0.10:80/",
+    "route add web a.com/x http://10.0.0.2:80/",
+]
+
+
+def test_render_target_order_is_fabios() -> None:
+    """Targets of a route: service lines in reverse order (web-api > web: "-" sorts after " "), then manual."""
+    t, errs = build("\n".join(reversed(RENDER_SERVICES)), "route add zz / http://m/\nroute add aa / http://n/")
+    assert errs == []
+    want = "\n".join([
+        "route add web a.com/x http://10.0.0.2:80/",
+        "route add web a.com/ http://10.0.0.1:80/",
+        'route add api a.com/ http://10.0.0.9:80/ tags "x"',
+        "route add api a.com/ http://10.0.0.10:80/",
+        "route add web-api / http://10.0.0.3:80/",
+        "route add web / http://10.0.0.2:80/",
+        "route add web / http://10.0.0.1:80/",
+        "route add api / http://10.0.0.9:80/",
+        "route add zz / http://m/",
+        "route add aa / http://n/",
+    ]) + "\n"
+    assert t.render() == want
+    assert t.render() == fabio_render(RENDER_SERVICES, ["route add zz / http://m/", "route add aa / http://n/"])
+    assert [r["dst"] for r in t.routes() if r["src"] == "/"] == [  # /api/routes rows: the same order
+        "http://10.0.0.3:80/", "http://10.0.0.2:80/", "http://10.0.0.1:80/", "http://10.0.0.9:80/",
+        "http://m/", "http://n/"]
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_render_matches_fabio_for_random_services(seed: int) -> None:
+    rng = random.Random(seed)
+    names = ["a", "ab", "a-b", "b", "b.c", "svc", "svc2", "svc-x"]
+    srcs = ["/", "/p", "/p/q", "x.com/", "x.com/p", "*.x.com/", "y.x.com/"]
+    lines = [f"route add {rng.choice(names)} {rng.choice(srcs)} http://10.0.{rng.randrange(3)}.{rng.randrange(12)}:80/"
+             for _ in range(rng.randrange(1, 30))]
+    manual = [f"route add m{i} {rng.choice(srcs)} http://m{i}/" for i in range(rng.randrange(3))]
+    rng.shuffle(lines)
+    t, errs = build("\n".join(lines), "\n".join(manual))
+    assert errs == []
+    assert t.render() == fabio_render(lines, manual)
 
 
 def test_routes_rows() -> None:
