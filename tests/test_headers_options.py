@@ -77,6 +77,10 @@ def router(backend: Backend, tls_backend: int, htpasswd: Path) -> Iterator[Route
         f'route add svc /tlsopt http://127.0.0.1:{tls_backend}/ opts "proto=https tlsskipverify=true"',
         f"route add svc /tlsverify https://127.0.0.1:{tls_backend}/",
         'route add svc /r https://$host$path opts "redirect=301"',
+        'route add svc /rs https://x.test/$path opts "redirect=302"',
+        'route add svc /rf https://x.test/fixed opts "redirect=302"',
+        'route add svc /rq https://x.test/$path?src=tag opts "redirect=302"',
+        f'route add svc /bad200 {b} opts "redirect=200"',
         f"route add svc /lp {b}",
         'route add svc loop.test/ https://loop.test$path opts "redirect=308"',
         'route add svc onlyloop.test/ https://onlyloop.test$path opts "redirect=301"',
@@ -100,6 +104,19 @@ def last(backend: Backend) -> dict[str, str]:
     return backend.requests[-1].headers
 
 
+def raw_request(router: RouterProc, target: str, host: str) -> tuple[int, dict[str, str], bytes]:
+    """One GET with the request target sent byte for byte (an HTTP client would normalise it)."""
+    with socket.create_connection(("127.0.0.1", router.proxy_port), timeout=10) as s:
+        s.sendall(f"GET {target} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = {k.strip().lower(): v.strip() for k, _, v in (ln.partition(":") for ln in lines[1:])}
+    return int(lines[0].split()[1]), headers, body
+
+
 def test_host_option(router: RouterProc, backend: Backend) -> None:
     httpx.get(router.url + "/plain", headers={"Host": "client.example"})
     assert last(backend)["host"] == "client.example"  # passed through by default
@@ -117,9 +134,26 @@ def test_https_upstream(router: RouterProc, tls_backend: int) -> None:
     assert httpx.get(router.url + "/tlsverify").status_code == 502  # self-signed, verification on
 
 
+@pytest.mark.parametrize(("target", "host", "location"), [
+    ("/r/a?q=1", "site.test:8080", "https://site.test:8080/r/a?q=1"),  # $host: the request's Host, port kept
+    ("/r/a?q=1", "site.test", "https://site.test/r/a?q=1"),
+    ("/rs/a%2Fb%25c?q=1", "h", "https://x.test/rs/a%2Fb%25c?q=1"),  # no "//" before $path; raw encoding kept
+    ("/rf/a?q=1", "h", "https://x.test/fixed"),                     # no $path: no request path, no query
+    ("/rq/a?q=1", "h", "https://x.test/rq/a?src=tag"),              # the URL's own query wins
+])
+def test_redirect_location(router: RouterProc, target: str, host: str, location: str) -> None:
+    status, headers, _ = raw_request(router, target, host)
+    assert status in (301, 302) and headers["location"] == location
+
+
+def test_redirect_with_a_non_3xx_code_is_proxied(router: RouterProc, backend: Backend) -> None:
+    """As in fabio: redirect=200 is ignored (an error is logged) and the route goes to its target."""
+    r = httpx.get(router.url + "/bad200/x")
+    assert r.status_code == 200 and backend.requests[-1].path == "/bad200/x"
+    assert "redirect='200'" in router.output()
+
+
 def test_redirect_and_loop_guard(router: RouterProc, backend: Backend) -> None:
-    r = httpx.get(router.url + "/r/a?q=1", headers={"Host": "site.test:8080"})
-    assert r.status_code == 301 and r.headers["location"] == "https://site.test/r/a?q=1"
     # same scheme/host/path as the request: that host is skipped and the next one (no-host /lp) is used
     r = httpx.get(router.url + "/lp", headers={"Host": "loop.test", "X-Forwarded-Proto": "https"})
     assert r.status_code == 200 and backend.requests[-1].path == "/lp"

@@ -53,6 +53,32 @@ def test_strip_and_prepend(router: RouterProc, backend: Backend) -> None:
     assert last_path(backend) == "/internal/v2/items"
 
 
+def raw_get(router: RouterProc, target: str) -> int:
+    """GET with the request target sent byte for byte (httpx would normalise dot segments)."""
+    with socket.create_connection(("127.0.0.1", router.proxy_port), timeout=10) as s:
+        s.sendall(f"GET {target} HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n".encode())
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    return int(data.split(b" ", 2)[1])
+
+
+@pytest.mark.parametrize(("target", "upstream"), [
+    ("/api/a%25b", "/a%25b"),                  # strip=/api: %25 stays %25 (not a bare "%")
+    ("/api/a%2Fb", "/a%2Fb"),                  # %2F stays %2F (not "/")
+    ("/api/x%20y/%7e?q=%2F&r=%25", "/x%20y/%7e?q=%2F&r=%25"),
+    ("/%61pi/a%2Fb", "/a%2Fb"),                # the stripped prefix itself sent encoded
+    ("/api", "/"),
+    ("/v2/a%2Fb%25", "/internal/v2/a%2Fb%25"),  # prepend=/internal
+    ("/x/../api/a%2Fb", "/a%2Fb"),             # normalised, then stripped, encoding kept
+    ("/plain/a%2Fb%25c", "/plain/a%2Fb%25c"),  # no strip/prepend: the raw target as it came
+])
+def test_upstream_keeps_the_client_encoding(router: RouterProc, backend: Backend, target: str,
+                                            upstream: str) -> None:
+    assert raw_get(router, target) == 200
+    assert last_path(backend) == upstream  # the backend's raw request target
+
+
 def test_dot_segments_are_routed_after_normalisation(router: RouterProc, backend: Backend) -> None:
     r = httpx.get(router.url + "/nothing/../plain/a")
     assert r.status_code == 200
