@@ -84,9 +84,6 @@ def test_routes_page_live_updates_and_filter(consul_agent, backend, page, tmp_pa
         register(c, second, second, backend.port, tags=[f"urlprefix-/{second}"])
         page.wait_for_selector(f"#routes a:text-is('{second}')", timeout=TIMEOUT_MS)
         assert page.evaluate("window.__notReloaded") is True
-        DOCS.mkdir(exist_ok=True)
-        shot = DOCS / "ui-routes.png" if os.environ.get("UPDATE_SCREENSHOT") else tmp_path / "ui-routes.png"
-        page.screenshot(path=str(shot), full_page=True)
         # the filter narrows the rows and lives in the URL
         assert len([t for t in visible_rows(page) if first in t]) == 4  # 3 instances share one address
         page.fill("#filter", second)
@@ -100,6 +97,17 @@ def test_routes_page_live_updates_and_filter(consul_agent, backend, page, tmp_pa
             assert httpx.get(f"{r.url}/{second}/x").status_code == 200
         wait_until(lambda: row.locator("td.rate").inner_text() != "-", timeout=10)
         assert float(row.locator("td.p99").inner_text()) > 0
+        # the screenshot for the docs: every row, with traffic on some (UPDATE_SCREENSHOT=1 writes docs/)
+        for i in range(3):
+            for _ in range(5):
+                assert httpx.get(f"{r.url}/{first}/v{i}/x").status_code == 200
+        page.fill("#filter", "")
+        wait_until(lambda: len(visible_rows(page)) == 5, timeout=5)
+        wait_until(lambda: page.locator("#routes td.rate:text-is('-')").count() <= 1, timeout=10)
+        shot = DOCS / "ui-routes.png" if os.environ.get("UPDATE_SCREENSHOT") else tmp_path / "ui-routes.png"
+        page.screenshot(path=str(shot), full_page=True)
+        page.fill("#filter", second)
+        wait_until(lambda: len(visible_rows(page)) == 1, timeout=5)
         assert f"filter={second}" in page.url
         page.reload()
         page.wait_for_selector(f"#routes a:text-is('{second}')")
