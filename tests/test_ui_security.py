@@ -15,12 +15,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from starlette.requests import Request
 
 from router import htpasswd
 from router.cli import Router
 from router.config import load
 from tests.consul_helpers import make_client
-from ui.security import host_name, is_local_host, is_loopback
+from ui.security import WriteGuard, host_name, is_local_host, is_loopback
 
 with warnings.catch_warnings():  # Starlette would like httpx2; httpx is what we have and it works
     warnings.simplefilter("ignore")
@@ -51,6 +52,28 @@ def test_local_host_names() -> None:
     assert is_local_host("192.0.2.7:9998", "192.0.2.7") and is_local_host("Router.Lan:9998", "router.lan")
     assert not is_local_host("0.0.0.0:9998", "0.0.0.0") and not is_local_host("[::]:9998", "::")
     assert not is_local_host("evil.example", "router.lan")
+
+
+def request(peer: str, host: str, **headers: str) -> Request:
+    hs = {"host": host, "content-type": "application/json", **headers}
+    return Request({"type": "http", "method": "PUT", "path": "/api/manual", "headers":
+                    [(k.encode(), v.encode()) for k, v in hs.items()], "client": (peer, 40000)})
+
+
+def test_write_guard_decisions() -> None:
+    """The rule on its own: a loopback peer is trusted only under a local Host, and only if trust_loopback."""
+    open_guard = WriteGuard()
+    assert open_guard.write_refusal(request("127.0.0.1", "localhost:9998")) is None
+    assert open_guard.write_refusal(request("::1", "[::1]:9998")) is None
+    assert open_guard.write_refusal(request("127.0.0.1", "evil.example:9998")).status_code == 403
+    assert open_guard.write_refusal(request("192.0.2.1", "localhost:9998")).status_code == 403  # Host is not the peer
+    tok = WriteGuard(token="t0k")
+    assert tok.write_refusal(request("127.0.0.1", "evil.example")).headers["www-authenticate"].startswith("Bearer")
+    assert tok.write_refusal(request("127.0.0.1", "evil.example", authorization="Bearer t0k")) is None
+    strict = WriteGuard(token="t0k", trust_loopback=False)  # for a reverse proxy on the router's host
+    assert strict.write_refusal(request("127.0.0.1", "127.0.0.1:9998")).status_code == 401
+    assert strict.write_refusal(request("127.0.0.1", "127.0.0.1:9998", authorization="Bearer t0k")) is None
+    assert WriteGuard(trust_loopback=False).write_refusal(request("127.0.0.1", "localhost")).status_code == 403
 
 
 def test_htpasswd_entries(tmp_path: Path) -> None:

@@ -135,7 +135,10 @@ def create_app(router: Router) -> Starlette:
     manual_page = resources.files("ui").joinpath("manual.html").read_text(encoding="utf-8")
     status_page = resources.files("ui").joinpath("status.html").read_text(encoding="utf-8")
     cfg = router.cfg
-    guard = WriteGuard(cfg["ui.access"], cfg["ui.auth.htpasswd"], cfg["ui.auth.token"], ui_host=cfg["ui.addr"][0])
+    # ui.auth.loopback (proposed key, bool, default true): false makes loopback writes need credentials too,
+    # for a reverse proxy or port-forward on this host. Until router/config.py defines it, the default holds.
+    guard = WriteGuard(cfg["ui.access"], cfg["ui.auth.htpasswd"], cfg["ui.auth.token"], ui_host=cfg["ui.addr"][0],
+                       trust_loopback=cfg.values.get("ui.auth.loopback", True))
     kvpath = cfg["registry.consul.kvpath"]
     metrics_registry = registry_for(router)
 

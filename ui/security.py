@@ -56,9 +56,11 @@ def is_local_host(header: str | None, ui_host: str = "") -> bool:
 class WriteGuard:
     """Decides whether one request may write; configured from ui.access, ui.auth.* and ui.addr's host."""
 
-    def __init__(self, access: str = "rw", htpasswd: str = "", token: str = "", ui_host: str = "") -> None:
+    def __init__(self, access: str = "rw", htpasswd: str = "", token: str = "", ui_host: str = "",
+                 trust_loopback: bool = True) -> None:
         self.read_only = access == "ro"
         self.ui_host = ui_host
+        self.trust_loopback = trust_loopback  # False: every write needs credentials, loopback too
         self.token = token
         self.htpasswd = htpasswd
         self.users = htpasswd_file.read(htpasswd) if htpasswd else {}
@@ -80,11 +82,14 @@ class WriteGuard:
         if (why := cross_site(request)) is not None:
             return PlainTextResponse(f"forbidden: {why}\n", status_code=403)
         peer = request.client.host if request.client else None
-        local = is_loopback(peer) and is_local_host(request.headers.get("host"), self.ui_host)
+        local = (self.trust_loopback and is_loopback(peer)
+                 and is_local_host(request.headers.get("host"), self.ui_host))
         if local or self.authenticated(request):
             return None
         if not self.has_credentials:
-            if is_loopback(peer):
+            if is_loopback(peer) and not self.trust_loopback:
+                why = "writes need ui.auth.token or ui.auth.htpasswd (loopback is not trusted)"
+            elif is_loopback(peer):
                 why = (f"Host {request.headers.get('host', '')!r} is not localhost, a loopback address or "
                        "ui.addr's host (DNS rebinding?); such writes need ui.auth.token or ui.auth.htpasswd")
             else:
