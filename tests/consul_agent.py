@@ -2,6 +2,7 @@
 
     agent = ConsulAgent()            # `consul agent -dev`: in memory, state lost on restart
     agent = ConsulAgent(data_dir=d)  # single non-dev server (-bootstrap-expect=1) that keeps its data
+    agent = ConsulAgent(data_dir=d, join=server)  # a client agent (no -server) joined to `server`'s LAN pool
     agent.start()                    # blocks until the agent has a leader and serves the catalog
     agent.http_url                   # "http://127.0.0.1:PORT"
     agent.pause(); agent.resume()    # SIGSTOP / SIGCONT
@@ -132,7 +133,11 @@ class ConsulAgent:
         workdir: str | os.PathLike[str] | None = None,
         extra_args: list[str] | tuple[str, ...] = (),
         ready_timeout: float = 30.0,
+        join: ConsulAgent | None = None,
     ) -> None:
+        if join is not None and data_dir is None:
+            raise ValueError("a client agent needs a data_dir")
+        self.join = join
         self.binary = binary or consul_binary()
         self.data_dir = Path(data_dir).resolve() if data_dir is not None else None
         self.node = node or f"test-{os.getpid()}-{next(_node_seq)}-{uuid.uuid4().hex[:6]}"
@@ -174,7 +179,7 @@ class ConsulAgent:
 
     @property
     def mode(self) -> str:
-        return "dev" if self.data_dir is None else "server"
+        return "dev" if self.data_dir is None else "client" if self.join is not None else "server"
 
     def is_running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
@@ -186,6 +191,9 @@ class ConsulAgent:
         cmd = [self.binary, "agent"]
         if self.data_dir is None:
             cmd.append("-dev")
+        elif self.join is not None:  # the machine's local agent, as routers run next to one in production
+            cmd += [f"-data-dir={self.data_dir}", f"-retry-join={HOST}:{self.join.ports['serf_lan']}",
+                    "-retry-interval=1s"]
         else:
             cmd += ["-server", "-bootstrap-expect=1", f"-data-dir={self.data_dir}",
                     "-hcl", "performance { raft_multiplier = 1 }"]
