@@ -123,6 +123,8 @@ def upstream_raw_path(target, path: str, scope: dict, up_path: str = "") -> str:
     raw = raw_bytes.decode("latin-1")
     if up_path == decoded:
         return raw
+    if path == decoded and not target.prepend and "%" not in raw:
+        return up_path  # nothing encoded, nothing normalised: the raw path is the decoded one, cut alike
     if path != decoded:
         raw = _normalise_raw(raw)
     strip = target.strip
