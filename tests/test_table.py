@@ -327,6 +327,16 @@ def test_general_glob_hosts_and_catch_all() -> None:
     assert t.lookup("x.org", "/").targets[0].url == "http://star/"
 
 
+def test_iprefix_takes_the_longest_match() -> None:
+    """fabio tries paths in case-sensitive reverse order, so "/foo" comes before "/FOO/bar" and would win
+    for /FOO/bar/x; we take the longest case-insensitive prefix (docs/compat.md)."""
+    t, _ = build("route add a /foo http://foo/\nroute add b /FOO/bar http://foobar/", matcher="iprefix")
+    assert t.lookup("h", "/FOO/bar/x").targets[0].url == "http://foobar/"
+    assert sorted(["/foo", "/FOO/bar"], reverse=True)[0] == "/foo"  # fabio's first candidate
+    t, _ = build("route add a /foo http://lower/\nroute add b /Foo http://upper/", matcher="iprefix")
+    assert t.lookup("h", "/FOO").targets[0].url == "http://lower/"  # equal but for case: fabio's first
+
+
 @pytest.mark.parametrize(
     "path, want",
     [("/FOO/x", "http://foo/"), ("/foo", "http://foo/"), ("/Foo/Bar/z", "http://foobar/"), ("/other", None)],
