@@ -26,7 +26,7 @@ import orjson
 
 from registry.consul_api import Backoff, ConsulAPI, ConsulError, TokenBucket, decode_kv, next_index
 from registry.dump import DumpDecoder, Instances, dump_entries
-from registry.health import Verdict, judge_all
+from registry.health import UNRUN_HOLD, Verdict, judge_all
 from registry.tags import TagError, route_cmds
 from router.routecmd import LineError, RouteCmd, parse
 
@@ -177,6 +177,7 @@ class ConsulWatcher:
         self._health_fp: dict[str, frozenset] = {}
         self._catalog_tags: dict[str, tuple[str, ...]] = {}
         self._routed: set[str] = set()  # services that currently have routes in the table
+        self._hold_started: dict[str, float] = {}  # service -> when its routed instances began waiting for unrun checks
         self._pending: set[str] = set()
         self._pending_since: float | None = None  # monotonic time the oldest unapplied change was seen
         self._answered_at = 0.0  # monotonic time of the latest watch answer
@@ -526,13 +527,31 @@ class ConsulWatcher:
             self._wake.set()
         return changes, failed
 
+    def _holdable(self, name: str) -> set[str]:
+        """Instances of `name` routed now whose not-yet-run checks may still count as passing."""
+        prev = self.status.services.get(name)
+        started = self._hold_started.get(name)
+        if prev is None or (started is not None and time.monotonic() - started >= UNRUN_HOLD):
+            return set()
+        return {v.instance.id for v in prev.verdicts if v.healthy}
+
+    def _track_holds(self, name: str, verdicts: list[Verdict]) -> None:
+        """A hold lasts UNRUN_HOLD at most: then the service is re-read and its unrun checks count as failing."""
+        if not any(v.held for v in verdicts):
+            self._hold_started.pop(name, None)
+        elif name not in self._hold_started:
+            self._hold_started[name] = time.monotonic()
+            log.info("service %s: keeping routed instances whose checks have not run yet (agent restart?)", name)
+            asyncio.get_running_loop().call_later(UNRUN_HOLD, self._enqueue, {name})
+
     async def _service_cmds(self, name: str) -> list[RouteCmd] | None:
         r = await self.api.get(f"/v1/health/service/{name}")
         self.status.requests += 1
         return self._cmds_from_entries(name, r.body if r.status == 200 and r.body else [])
 
     def _cmds_from_entries(self, name: str, entries: list[dict[str, Any]]) -> list[RouteCmd] | None:
-        verdicts = judge_all(entries, self.statuses, self.checks_all)
+        verdicts = judge_all(entries, self.statuses, self.checks_all, self._holdable(name))
+        self._track_holds(name, verdicts)
         cmds: list[RouteCmd] = []
         errors: list[TagError] = []
         tagged = False

@@ -6,13 +6,16 @@ that bears on it (node checks such as serfHealth and maintenance included).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 NODE_MAINT = "_node_maintenance"
 SERVICE_MAINT_PREFIX = "_service_maintenance:"
 SERF = "serfHealth"
+# How long a routed instance keeps its route while a check has not run yet (see `not_yet_run`): longer
+# than the usual check intervals (10-30 s), so a restarted agent runs every check well within it.
+UNRUN_HOLD = 45.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +33,18 @@ class Verdict:
     instance: Instance
     healthy: bool
     reason: str  # why it is not routed ("" when healthy)
+    held: bool = False  # healthy only because a check that has not run yet was given the benefit of the doubt
+
+
+def not_yet_run(check: dict[str, Any]) -> bool:
+    """Consul's state for a check it has not run since it was loaded: critical with no output.
+
+    A restarted agent reloads its checks from its data dir this way (TTL checks keep their state; every
+    other kind produces output when it runs) and syncs that to the catalog until each check's first run,
+    up to an interval later. Taken at its word, that drops every healthy instance of the node for seconds
+    (fabio #861). It is not evidence of failure, so an instance that was routed keeps its route then.
+    """
+    return check.get("Status") == "critical" and not check.get("Output") and check.get("Type") not in (None, "", "ttl")
 
 
 def instance_of(entry: dict[str, Any]) -> Instance:
@@ -46,12 +61,15 @@ def instance_of(entry: dict[str, Any]) -> Instance:
 
 
 def judge(
-    entry: dict[str, Any], allowed: Iterable[str] = ("passing",), all_required: bool = False
+    entry: dict[str, Any], allowed: Iterable[str] = ("passing",), all_required: bool = False,
+    hold: bool = False,
 ) -> Verdict:
-    """Decide whether one instance is routable and say why not."""
+    """Decide whether one instance is routable and say why not. With `hold` (the instance is routed now),
+    a check that has not run yet counts as passing."""
     inst = instance_of(entry)
     allowed = set(allowed)
     total = passing = 0
+    held = False
     failing: list[str] = []
     for check in entry.get("Checks") or ():
         cid = check.get("CheckID", "")
@@ -71,19 +89,24 @@ def judge(
         total += 1
         if status in allowed:
             passing += 1
+        elif hold and not_yet_run(check):
+            passing += 1
+            held = True
         else:
-            failing.append(f"{cid}={status}")
+            failing.append(f"{cid}={status}" + (" (not run yet)" if not_yet_run(check) else ""))
     if total == 0:
         return Verdict(inst, False, "no health checks (only instances with passing checks are routed)")
     if passing == 0:
         return Verdict(inst, False, "no check in an allowed status: " + ", ".join(failing))
     if all_required and passing != total:
         return Verdict(inst, False, "checksRequired=all and not all checks pass: " + ", ".join(failing))
-    return Verdict(inst, True, "")
+    return Verdict(inst, True, "", held)
 
 
 def judge_all(
-    entries: Sequence[dict[str, Any]], allowed: Iterable[str] = ("passing",), all_required: bool = False
+    entries: Sequence[dict[str, Any]], allowed: Iterable[str] = ("passing",), all_required: bool = False,
+    hold: Collection[str] = (),
 ) -> list[Verdict]:
+    """`hold`: IDs of the instances routed now, which keep their route while a check has not run yet."""
     allowed = tuple(allowed)
-    return [judge(e, allowed, all_required) for e in entries]
+    return [judge(e, allowed, all_required, instance_of(e).id in hold) for e in entries]

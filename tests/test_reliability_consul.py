@@ -249,14 +249,24 @@ def test_consul_killed_30s_under_load(local_agent, backend) -> None:
         router.stop()
 
 
-def test_agent_restart_with_data_kept_keeps_routes(durable_consul, backend) -> None:
-    """Restart a server agent with its data dir under load: no instant without the healthy route (fabio #861)."""
+@pytest.mark.parametrize("check", ["ttl", "http"])
+def test_agent_restart_with_data_kept_keeps_routes(durable_consul, backend, check: str) -> None:
+    """Restart a server agent with its data dir under load: no instant without the healthy route (fabio #861).
+
+    A TTL check's state survives the restart. An HTTP check (Registrator's SERVICE_CHECK_HTTP) comes back
+    critical with no output until its first run, up to an interval later: a check that has not run is
+    not evidence, so the instance keeps its route until the check has run (docs/discovery.md)."""
     c = make_client(durable_consul.port)
     svc = f"rst-{uid()}"
-    register(c, svc, f"{svc}-1", backend.port, tags=[f"urlprefix-/{svc}"])
+    if check == "ttl":
+        register(c, svc, f"{svc}-1", backend.port, tags=[f"urlprefix-/{svc}"])
+    else:
+        c.agent.service.register(svc, service_id=f"{svc}-1", address="127.0.0.1", port=backend.port,
+                                 tags=[f"urlprefix-/{svc}"],
+                                 check={"HTTP": f"http://127.0.0.1:{backend.port}/health", "Interval": "10s"})
     router = start_router(durable_consul.addr)
     try:
-        wait_until(lambda: routed(router, f"/{svc}"), timeout=15, message="route")
+        wait_until(lambda: routed(router, f"/{svc}"), timeout=20, message="route")
         expected = table_rows(router, svc)
         load = Load(router.url + f"/{svc}", rate=100, threads=6).start()
         missing, samples = 0, 0
