@@ -322,8 +322,8 @@ class ProxyApp:
             except ConnectFailed as e:
                 self.ejector.failed(target)
                 tried.append(target)
-                nxt = self._another(route, tried)
-                if nxt is None or len(tried) >= self.connect_attempts:
+                # the bound first: picking another would use up that instance's round-robin turn for nothing
+                if len(tried) >= self.connect_attempts or (nxt := self._another(route, tried)) is None:
                     log.warning("upstream %s:%s unreachable: %s", target.host, target.port, e)
                     await send_status(send, 502, "upstream unreachable\n")
                     return route, target, 502
