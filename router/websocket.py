@@ -16,11 +16,11 @@ import ssl
 import time
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
-from urllib.parse import quote, unquote
+from urllib.parse import unquote
 
 from router import access
 from router.auth import authorise
-from router.proxy import normalise_path, upstream_path
+from router.proxy import normalise_path, upstream_raw_path
 from router.request_guard import check_request
 
 if TYPE_CHECKING:
@@ -191,9 +191,7 @@ class Tunnel(asyncio.Protocol):
             if status:
                 self._fail("401 Unauthorized", "authorization failed\n")
                 return
-        up_path = upstream_path(target, path)
-        # forward the client's spelling only when it decodes to exactly the routed path
-        raw = raw_path if up_path == decoded else quote(up_path, safe="/:@!$&'()*+,;=-._~%")
+        raw = upstream_raw_path(target, path, scope)  # the client's encoding, cut like the plain requests
         fwd, _ = proxy.forwarding.request_headers(scope, host, target)
         upgrade = next((v for n, v in headers if n == b"upgrade"), b"websocket").decode("latin-1")
         out = [f"{method} {raw}{'?' + query if query else ''} HTTP/1.1"]

@@ -131,3 +131,18 @@ def test_no_route_and_dead_upstream(router: RouterProc) -> None:
 
     assert asyncio.run(status("/nowhere/ws")) == 404
     assert asyncio.run(status("/dead/ws")) == 502
+
+
+def test_handshake_keeps_the_clients_percent_encoding_through_strip(router: RouterProc, backend: Backend) -> None:
+    """`%2F` and `%25` reach the upstream as the client wrote them, as for plain requests."""
+    key = base64.b64encode(os.urandom(16))
+    with socket.create_connection(("127.0.0.1", router.proxy_port), timeout=5) as s:
+        s.sendall(b"GET /chat/a%2Fb%25c/ws HTTP/1.1\r\nHost: example.test\r\nUpgrade: websocket\r\n"
+                  b"Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: " + key + b"\r\n\r\n")
+        head = b""
+        while b"\r\n\r\n" not in head:
+            chunk = s.recv(4096)
+            assert chunk, head
+            head += chunk
+    assert head.startswith(b"HTTP/1.1 101"), head
+    assert backend.requests[-1].path == "/a%2Fb%25c/ws"
