@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Any
 
-from router.proxy import normalise_path, upstream_path
+from router.proxy import normalise_path, upstream_raw_path
 
 COMMON = '$remote_host - - [$time_common] "$request" $response_status $response_body_size'
 COMBINED = COMMON + ' "$header.Referer" "$header.User-Agent"'
@@ -79,7 +79,7 @@ class Entry:
         if self.target is None:
             return "-"
         q = self.scope.get("query_string") or b""
-        path = upstream_path(self.target, normalise_path(self.scope["path"]))
+        path = upstream_raw_path(self.target, normalise_path(self.scope["path"]), self.scope)  # as sent
         return path + ("?" + q.decode("latin-1") if q else "")
 
 
