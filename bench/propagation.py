@@ -29,6 +29,7 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -215,6 +216,32 @@ def measure_table(routes: int) -> dict[str, object]:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def measure_router_rss(routes: int) -> dict[str, object]:
+    """The whole router process (one worker) serving `routes` routes from the file backend: RSS once the
+    table is loaded, and after 2,000 requests spread over the routes."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "routes.txt"
+        per = 3
+        path.write_text("".join(f"route add s{i // per:05d} /s{i // per:05d} http://127.0.0.1:{20000 + i % 30000}/\n"
+                                for i in range(routes)))
+        router = RouterProc("-registry.backend", "file", "-registry.file.path", str(path), "-log.routes.format",
+                            "delta", "-proxy.workers", "1")
+        t0 = time.monotonic()
+        router.start()
+        try:
+            wait_for(lambda: len(httpx.get(router.ui + "/api/routes", timeout=30).json()) == routes, timeout=120)
+            ready = time.monotonic() - t0
+            assert router.proc is not None
+            rss_loaded = _rss_kb(router.proc.pid) / 1024
+            with httpx.Client(timeout=10) as c:
+                for k in range(2000):
+                    c.get(f"{router.url}/s{(k * 7919) % (routes // per):05d}")  # 502s: no backends, the lookup is what counts
+            return {"routes": routes, "router_ready_s": round(ready, 2), "router_rss_mb": round(rss_loaded, 1),
+                    "router_rss_mb_after_requests": round(_rss_kb(router.proc.pid) / 1024, 1)}
+        finally:
+            router.stop()
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--instances", type=int, nargs="*", default=[0, 1000, 10000])
@@ -234,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(r), flush=True)
     if not a.no_table:
         for n in a.routes:
-            r = measure_table(n)
+            r = measure_table(n) | measure_router_rss(n)
             results["table"].append(r)
             print(json.dumps(r), flush=True)
     if a.json:
