@@ -4,10 +4,12 @@ the image's default properties are all known keys, and docs/configuration.md mat
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -146,3 +148,52 @@ def test_configuration_doc_is_up_to_date() -> None:
     r = subprocess.run([sys.executable, str(ROOT / "scripts" / "gen_config_docs.py"), "--check"],
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
+
+
+def test_the_wheel_ships_a_router_that_starts(tmp_path: Path) -> None:
+    """What `pip install .` installs: every module, the UI pages, the console script; started from the
+    unpacked wheel alone (not this checkout), it serves /api/version and the routes page."""
+    import zipfile
+
+    import httpx
+
+    from router import __version__
+    from tests.router_proc import free_port
+
+    out = tmp_path / "dist"
+    r = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
+                        "-w", str(out), str(ROOT)], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    (wheel,) = out.glob("consul_router-*.whl")
+    with zipfile.ZipFile(wheel) as z:
+        names = set(z.namelist())
+        entry_points = next(z.read(n).decode() for n in names if n.endswith(".dist-info/entry_points.txt"))
+        z.extractall(tmp_path / "site")
+    tracked = {str(p.relative_to(ROOT)) for pkg in ("router", "registry", "ui") for p in (ROOT / pkg).iterdir()
+               if p.suffix in (".py", ".html", ".css", ".js", ".png", ".svg")}
+    assert tracked <= names, sorted(tracked - names)
+    assert "consul-router = router.cli:main" in entry_points
+    proxy, ui = free_port(), free_port()
+    env = {**{k: v for k, v in os.environ.items() if k != "PYTHONPATH"}, "PYTHONPATH": str(tmp_path / "site")}
+    proc = subprocess.Popen([sys.executable, "-m", "router", "-registry.backend", "static", "-registry.static.routes",
+                             "route add a /a http://127.0.0.1:1/", "-proxy.addr", f"127.0.0.1:{proxy}",
+                             "-ui.addr", f"127.0.0.1:{ui}", "-proxy.workers", "1",
+                             "-registry.consul.register.enabled", "false"],
+                            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            assert proc.poll() is None, proc.stdout.read().decode() if proc.stdout else ""
+            try:
+                if httpx.get(f"http://127.0.0.1:{ui}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, "the router from the wheel did not become ready"
+            time.sleep(0.1)
+        assert httpx.get(f"http://127.0.0.1:{ui}/api/version", timeout=5).text.strip().strip('"') == __version__
+        page = httpx.get(f"http://127.0.0.1:{ui}/routes", timeout=5)
+        assert page.status_code == 200 and "<table" in page.text
+    finally:
+        proc.terminate()
+        proc.wait(15)
