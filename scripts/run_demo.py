@@ -81,7 +81,7 @@ def main(args: list[str]) -> int:
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and router.poll() is None:
         try:
-            if any(r["service"] == "demo" for r in httpx.get(ui + "/api/routes", timeout=1).json()):
+            if sum(r["service"] == "demo" for r in httpx.get(ui + "/api/routes", timeout=1).json()) == len(backends):
                 break
         except (httpx.HTTPError, ValueError):
             pass
