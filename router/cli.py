@@ -173,6 +173,8 @@ class Router:
         cfg = self.cfg
         backend = cfg["registry.backend"]
         if backend == "static":
+            if cfg["registry.static.noroutehtml"]:  # fabio's static backend serves it as the no-route page
+                self._set_noroute(cfg["registry.static.noroutehtml"])
             load_text(cfg["registry.static.routes"], "static", self.state.apply, self.status)
             return
         if backend == "file":

@@ -9,6 +9,7 @@ still starts us.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from collections.abc import Callable, Iterable, Mapping
@@ -53,39 +54,106 @@ def parse_bool(text: str) -> bool:
     raise ValueError("true or false")
 
 
+_INT = re.compile(r"[+-]?\d+")
+_FLOAT = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
+
+
 def parse_int(text: str) -> int:
-    try:
-        return int(text.strip())
-    except ValueError:
-        raise ValueError("a whole number") from None
+    """A decimal whole number, as Go's strconv.Atoi reads it (no `1_000`, no `1.0`)."""
+    if not _INT.fullmatch(text.strip()):
+        raise ValueError("a whole number")
+    return int(text.strip())
 
 
 def parse_float(text: str) -> float:
-    try:
-        return float(text.strip())
-    except ValueError:
-        raise ValueError("a number") from None
+    """A finite decimal number (`nan`, `inf` and `1e999` are refused)."""
+    v = text.strip()
+    if not _FLOAT.fullmatch(v) or not math.isfinite(float(v)):
+        raise ValueError("a number")
+    return float(v)
 
 
 def parse_list(text: str) -> tuple[str, ...]:
     return tuple(p.strip() for p in text.split(",") if p.strip())
 
 
-def choice(*allowed: str) -> Callable[[str], str]:
+def choice(*allowed: str, any_case: bool = False) -> Callable[[str], str]:
+    """One of `allowed`; with `any_case` the value is upper-cased first (fabio's log.level)."""
+
     def parse(text: str) -> str:
-        v = text.strip()
+        v = text.strip().upper() if any_case else text.strip()
         if v not in allowed:
-            raise ValueError("one of " + ", ".join(allowed))
+            raise ValueError("one of " + ", ".join(allowed) + (" (in any case)" if any_case else ""))
         return v
 
     return parse
 
 
-def int_range(lo: int, hi: int) -> Callable[[str], int]:
+def int_range(lo: int, hi: int | None = None, zero: str = "") -> Callable[[str], int]:
+    """A whole number from `lo` to `hi` (no upper bound if None); `zero`: what 0 means, for the message."""
+    if hi is not None:
+        accepted = f"a whole number from {lo} to {hi}"
+    else:
+        accepted = f"a whole number, {lo} or more"
+    if zero:
+        accepted += f" (0 = {zero})"
+
     def parse(text: str) -> int:
-        v = parse_int(text)
-        if not lo <= v <= hi:
-            raise ValueError(f"a whole number from {lo} to {hi}")
+        try:
+            v = parse_int(text)
+        except ValueError:
+            raise ValueError(accepted) from None
+        if v < lo or (hi is not None and v > hi):
+            raise ValueError(accepted)
+        return v
+
+    return parse
+
+
+def positive_number(text: str) -> float:
+    """A finite number greater than 0."""
+    try:
+        v = parse_float(text)
+    except ValueError:
+        v = 0.0
+    if not v > 0:
+        raise ValueError("a number greater than 0, such as 20 or 0.5")
+    return v
+
+
+GO_MAX_DURATION = (2**63 - 1) / 1e9  # seconds: Go's time.Duration is an int64 of nanoseconds (~292 years)
+
+
+def _fmt_seconds(seconds: float) -> str:
+    for unit, size in (("h", 3600.0), ("m", 60.0), ("s", 1.0), ("ms", 1e-3)):
+        if seconds >= size and (seconds / size).is_integer():
+            return f"{int(seconds / size)}{unit}"
+    return f"{seconds:g}s"
+
+
+def duration(lo: float = 0.0, hi: float = GO_MAX_DURATION, zero: str = "", hi_why: str = "") -> Callable[[str], float]:
+    """A Go duration from `lo` to `hi` seconds. `zero`: what 0 means (0 is then accepted even if lo > 0).
+
+    Go's syntax has no nan/inf, and negative durations are refused everywhere.
+    """
+    bounds = [f"at least {_fmt_seconds(lo)}"] if lo > 0 else [] if zero else ["0 or more"]
+    if hi < GO_MAX_DURATION:
+        bounds.append(f"at most {_fmt_seconds(hi)}{hi_why}")
+    if zero:
+        accepted = f"0 ({zero}) or a positive duration" + (" of " + " and ".join(bounds) + "," if bounds else "")
+    else:
+        accepted = "a duration of " + " and ".join(bounds) + ","
+    accepted += " such as 500ms, 10s or 1m30s"
+
+    def parse(text: str) -> float:
+        try:
+            v = parse_duration(text)
+        except ValueError:
+            raise ValueError(accepted) from None
+        if v == 0 and zero:
+            return 0.0
+        if not (math.isfinite(v) and lo <= v <= hi):
+            raise ValueError(accepted)
         return v
 
     return parse
@@ -102,14 +170,70 @@ def list_of(*allowed: str) -> Callable[[str], tuple[str, ...]]:
     return parse
 
 
+# --- listeners: fabio's `addr[;opt=value...][,addr2;...]` (config/load.go parseListen)
+
+FABIO_LISTENER_PROTOS = ("http", "https", "tcp", "tcp+sni", "tcp-dynamic", "https+tcp+sni", "grpc", "grpcs",
+                         "prometheus")
+SUPPORTED_LISTENER_OPTIONS = {"proxy.addr": ("proto", "it"), "ui.addr": ("proto",)}
+_LISTENER_OPTION_NOTES = {
+    "rt": "no read timeout is applied",
+    "wt": "no write timeout is applied",
+    "it": "the UI keeps uvicorn's idle timeout",
+    "pxyproto": "a PROXY protocol header is not read: such connections get 400",
+    "pxytimeout": "the PROXY protocol is not supported",
+    "strictmatch": "there are no TLS listeners",
+    "tlsmin": "there are no TLS listeners",
+    "tlsmax": "there are no TLS listeners",
+    "tlsciphers": "there are no TLS listeners",
+    "refresh": "tcp-dynamic listeners are not supported",
+}
+
+
+def _split_unquoted(text: str, sep: str) -> list[str]:
+    """Split at `sep` outside single or double quotes (fabio's kv lists allow quoted values)."""
+    parts, cur, quote = [], [], ""
+    for c in text:
+        if quote:
+            quote = "" if c == quote else quote
+        elif c in "\"'":
+            quote = c
+        elif c == sep:
+            parts.append("".join(cur))
+            cur = []
+            continue
+        cur.append(c)
+    parts.append("".join(cur))
+    return parts
+
+
+def split_listeners(text: str) -> list[tuple[str, list[tuple[str, str]]]]:
+    """`:9999;proto=http;it=30s,:443;cs=x` -> [(":9999", [("proto", "http"), ("it", "30s")]), (":443", ...)].
+
+    The address is the part without `=` (or `addr=`); values lose surrounding quotes.
+    """
+    out = []
+    for listener in _split_unquoted(text, ","):
+        if not listener.strip():
+            continue
+        addr, opts = "", []
+        for part in _split_unquoted(listener, ";"):
+            part = part.strip()
+            if not part:
+                continue
+            name, eq, value = part.partition("=")
+            name, value = name.strip(), value.strip().strip("\"'")
+            if not eq or name == "addr":
+                addr = value if eq else name
+            else:
+                opts.append((name, value))
+        out.append((addr, opts))
+    return out
+
+
 def listener_options(text: str) -> dict[str, str]:
     """The `;name=value` options of the first listener in a fabio listen address (`:9999;it=30s`)."""
-    opts: dict[str, str] = {}
-    for part in text.split(",")[0].split(";")[1:]:
-        if part.strip():
-            name, _, value = part.partition("=")
-            opts[name.strip()] = value.strip()
-    return opts
+    listeners = split_listeners(text)
+    return dict(listeners[0][1]) if listeners else {}
 
 
 def client_idle_timeout(text: str) -> float:
@@ -121,30 +245,103 @@ def client_idle_timeout(text: str) -> float:
     it = listener_options(text).get("it")
     if it is None:
         return 75.0
-    seconds = parse_duration(it)
+    seconds = _IDLE_TIMEOUT(it)
     return seconds if seconds > 0 else 86400.0
 
 
-def parse_addr(text: str) -> tuple[str, int]:
-    """`[host]:port[;opts]` -> (host, port); an empty host means every interface, as in fabio."""
-    if "it" in listener_options(text):
+_IDLE_TIMEOUT = duration(zero="never close idle connections")
+
+
+def listen_addr(key: str) -> Callable[[str], tuple[str, int]]:
+    """Parser of proxy.addr / ui.addr: the first listener -> (host, port). It must be plain HTTP."""
+
+    def parse(text: str) -> tuple[str, int]:
+        listeners = split_listeners(text)
+        if not listeners:
+            raise ValueError("host:port, e.g. :9999 or 127.0.0.1:9999")
+        if key == "ui.addr" and len(listeners) > 1:
+            raise ValueError("exactly one listener (as in fabio)")
+        addr, opts = listeners[0]
+        o = dict(opts)
+        proto = o.get("proto", "")
+        if proto and proto not in FABIO_LISTENER_PROTOS:
+            raise ValueError(f"a listener with a known proto= ({', '.join(FABIO_LISTENER_PROTOS)}), got {proto!r}")
+        if "cs" in o or (proto and proto != "http"):
+            shown = f"proto={proto}" if proto else f"cs={o['cs']}"
+            raise ValueError(
+                f"a plain HTTP listener ([host]:port or [host]:port;proto=http): {shown} would need TLS, TCP or "
+                "gRPC listeners, which this router does not have; terminate TLS in front of it")
+        if "it" in o and key == "proxy.addr":
+            try:
+                _IDLE_TIMEOUT(o["it"])
+            except ValueError as e:
+                raise ValueError(f"it= must be {e}") from None
+        host, sep, port = addr.rpartition(":")
+        if not sep:
+            raise ValueError("host:port, e.g. :9999 or 127.0.0.1:9999")
+        host = host.strip("[]") or "0.0.0.0"
         try:
-            client_idle_timeout(text)
-        except ValueError as e:
-            raise ValueError(f"it= must be a duration such as 30s ({e})") from None
-    addr = text.split(",")[0].split(";")[0].strip()
-    host, sep, port = addr.rpartition(":")
-    if not sep:
-        raise ValueError("host:port, e.g. :9999 or 127.0.0.1:9999")
-    host = host.strip("[]") or "0.0.0.0"
-    p = parse_int(port)
-    if not 0 <= p <= 65535:
-        raise ValueError("a port from 0 to 65535")
-    return host, p
+            p = parse_int(port)
+        except ValueError:
+            p = -1
+        if not 0 <= p <= 65535:
+            raise ValueError("a port from 0 to 65535")
+        return host, p
+
+    return parse
+
+
+def listener_warnings(key: str, text: str) -> list[str]:
+    """What of a (valid) listen address is not acted on: unsupported options, listeners after the first."""
+    out = []
+    listeners = split_listeners(text)
+    supported = SUPPORTED_LISTENER_OPTIONS[key]
+    for name, value in listeners[0][1] if listeners else ():
+        if name not in supported:
+            note = _LISTENER_OPTION_NOTES.get(name, "fabio does not know it either")
+            out.append(f"{key}: listener option {name}={value} is not supported here; ignored ({note})")
+    for addr, opts in listeners[1:]:
+        shown = ";".join([addr, *(f"{n}={v}" for n, v in opts)])
+        out.append(f"{key}: only the first listener is served; the listener {shown} is ignored")
+    return out
+
+
+def parse_consul_addr(text: str) -> str:
+    """`host:port`, `http://host:port` or `https://host:port`; the scheme in any case (as fabio reads it)."""
+    v = text.strip()
+    m = re.match(r"([A-Za-z][A-Za-z0-9+.-]*)://", v)
+    if m:
+        scheme = m.group(1).lower()
+        if scheme not in ("http", "https"):
+            raise ValueError("host:port, http://host:port or https://host:port")
+        v = scheme + v[len(m.group(1)) :]
+    if v in ("http://", "https://"):
+        raise ValueError("host:port, http://host:port or https://host:port")
+    return v  # empty: refused in load() when the Consul backend is used
 
 
 def parse_str(text: str) -> str:
     return text.strip()
+
+
+# --- secrets inside values
+
+_URL_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)([^\s/?#]*)@")
+_BARE_USERINFO = re.compile(r"^([^\s/?#@:]+):([^\s/?#]*)@(?=[^\s@/]+(?:/|$))")
+
+
+def redact_userinfo(value: str) -> str:
+    """Passwords in URL-like values: `https://user:pw@host` -> `https://user:<redacted>@host`.
+
+    A user name alone (`https://token@host`) may itself be the secret, so it is redacted too.
+    """
+
+    def url(m: re.Match[str]) -> str:
+        user, sep, _ = m.group(2).partition(":")
+        return m.group(1) + (f"{user}:<redacted>" if sep else "<redacted>") + "@"
+
+    value = _URL_USERINFO.sub(url, value)
+    return _BARE_USERINFO.sub(lambda m: f"{m.group(1)}:<redacted>@", value)
 
 
 # ----------------------------------------------------------------------------- the keys
@@ -158,28 +355,32 @@ class Key:
     help: str
     secret: bool = False
     todo: str = ""  # non-empty: accepted but not acting yet; said at startup when set and in the example file
+    lenient: bool = False  # an invalid value is warned about and the default used (fabio's log.routes.format)
 
 
 KEYS: tuple[Key, ...] = (
     # proxy
-    Key("proxy.addr", ":9999", parse_addr,
-        "listen address of the HTTP proxy; option it=<duration>: idle client keep-alive timeout (default 75s)"),
+    Key("proxy.addr", ":9999", listen_addr("proxy.addr"),
+        "listen address of the HTTP proxy (one plain HTTP listener; other listener options and listeners are "
+        "warned about and ignored); option it=<duration>: idle client keep-alive timeout (default 75s)"),
     Key("proxy.strategy", "rnd", choice("rnd", "rr"), "how a target is picked: rnd (random) or rr (round robin)"),
     Key("proxy.matcher", "prefix", choice("prefix", "iprefix", "glob"), "how paths are matched"),
     Key("proxy.noroutestatus", "404", int_range(100, 999), "status when no route matches"),
-    Key("proxy.dialtimeout", "30s", parse_duration, "timeout for connecting to an upstream"),
-    Key("proxy.responseheadertimeout", "0", parse_duration, "timeout for the upstream's response headers (0 = none)"),
-    Key("proxy.keepalivetimeout", "0", parse_duration, "TCP keep-alive period for upstream connections"),
-    Key("proxy.idleconntimeout", "15s", parse_duration, "how long an idle upstream connection is kept"),
-    Key("proxy.maxconn", "10000", parse_int, "idle upstream connections kept per host", todo='not enforced yet: the pool keeps idle connections by proxy.idleconntimeout only'),
-    Key("proxy.shutdownwait", "0", parse_duration, "how long to keep serving after SIGTERM"),
-    Key("proxy.deregistergraceperiod", "0", parse_duration, "wait after deregistering before shutdown"),
+    Key("proxy.dialtimeout", "30s", duration(zero="no timeout"), "timeout for connecting to an upstream"),
+    Key("proxy.responseheadertimeout", "0", duration(zero="no timeout"),
+        "timeout for the upstream's response headers"),
+    Key("proxy.keepalivetimeout", "0", duration(hi=32767, zero="no keep-alive probes", hi_why=" (Linux's limit)"),
+        "TCP keep-alive idle time for upstream connections (whole seconds, at least 1s)"),
+    Key("proxy.idleconntimeout", "15s", duration(zero="no limit"), "how long an idle upstream connection is kept"),
+    Key("proxy.maxconn", "10000", int_range(0), "idle upstream connections kept per host", todo='not enforced yet: the pool keeps idle connections by proxy.idleconntimeout only'),
+    Key("proxy.shutdownwait", "0", duration(), "how long to keep serving after SIGTERM"),
+    Key("proxy.deregistergraceperiod", "0", duration(), "wait after deregistering before shutdown"),
     Key("proxy.localip", "", parse_str, "this host's IP, used in Forwarded: by="),
     Key("proxy.header.clientip", "", parse_str, "request header set to the client's IP (empty = off)"),
     Key("proxy.header.tls", "", parse_str, "request header set on TLS requests, removed from plain ones"),
     Key("proxy.header.tls.value", "", parse_str, "value of proxy.header.tls"),
     Key("proxy.header.requestid", "", parse_str, "request header set to a new UUID per request (empty = off)"),
-    Key("proxy.header.sts.maxage", "0", parse_int, "HSTS max-age on TLS responses (0 = no HSTS header)"),
+    Key("proxy.header.sts.maxage", "0", int_range(0, zero="no HSTS header"), "HSTS max-age (seconds) on TLS responses"),
     Key("proxy.header.sts.subdomains", "false", parse_bool, "add includeSubdomains to the HSTS header"),
     Key("proxy.header.sts.preload", "false", parse_bool, "add preload to the HSTS header"),
     Key("proxy.auth", "", parse_str, "auth schemes: name=a;type=basic;file=<htpasswd>;realm=r;refresh=30s[,...]"),
@@ -190,15 +391,19 @@ KEYS: tuple[Key, ...] = (
         "connect attempts per request, each on another instance of the route (ours)"),
     Key("proxy.eject.failures", "3", int_range(0, 1000),
         "consecutive connect failures after which an instance gets no traffic for a while (0 = never) (ours)"),
-    Key("proxy.eject.duration", "10s", parse_duration,
-        "how long an ejected instance gets no traffic before it is tried again (ours)"),
+    Key("proxy.eject.duration", "10s", duration(lo=0.001),
+        "how long an ejected instance gets no traffic before it is tried again; to turn ejection off, set "
+        "proxy.eject.failures=0 (ours)"),
     # registry
     Key("registry.backend", "consul", choice("consul", "static", "file"), "where routes come from"),
-    Key("registry.timeout", "10s", parse_duration, "how long to retry the registry at startup", todo='no effect: the router retries Consul forever with capped backoff and answers 503 until the first table'),
-    Key("registry.retry", "500ms", parse_duration, "retry interval at startup", todo='no effect: see registry.timeout'),
+    Key("registry.timeout", "10s", duration(), "how long to retry the registry at startup", todo='no effect: the router retries Consul forever with capped backoff and answers 503 until the first table'),
+    Key("registry.retry", "500ms", duration(), "retry interval at startup", todo='no effect: see registry.timeout'),
     Key("registry.static.routes", "", parse_str, "route commands for registry.backend=static"),
+    Key("registry.static.noroutehtml", "", parse_str,
+        "HTML page answered when no route matches, for registry.backend=static"),
     Key("registry.file.path", "", parse_str, "route command file for registry.backend=file"),
-    Key("registry.consul.addr", "localhost:8500", parse_str, "Consul agent address (http:// or https://)"),
+    Key("registry.consul.addr", "localhost:8500", parse_consul_addr,
+        "Consul agent address: host:port, http://host:port or https://host:port (scheme in any case)"),
     Key("registry.consul.token", "", parse_str, "Consul ACL token", secret=True),
     Key("registry.consul.tls.keyfile", "", parse_str, "client key for an https:// Consul"),
     Key("registry.consul.tls.certfile", "", parse_str, "client certificate for an https:// Consul"),
@@ -217,35 +422,40 @@ KEYS: tuple[Key, ...] = (
     Key("registry.consul.checksRequired", "one", choice("one", "all"), "one passing check or all of them"),
     Key("registry.consul.requireConsistent", "true", parse_bool, "consistent reads from Consul"),
     Key("registry.consul.allowStale", "false", parse_bool, "stale reads from Consul"),
-    Key("registry.consul.pollInterval", "0", parse_duration, "poll instead of blocking queries (0 = block)", todo='not implemented yet: blocking queries are always used'),
+    Key("registry.consul.pollInterval", "0", duration(zero="blocking queries"), "poll instead of blocking queries (0 = block)", todo='not implemented yet: blocking queries are always used'),
     Key("registry.consul.register.enabled", "true", parse_bool, "register the router itself in Consul"),
     Key("registry.consul.register.name", "fabio", parse_str, "service name of the self-registration"),
     Key("registry.consul.register.addr", "", parse_str, "address of the self-registration (default ui.addr)"),
     Key("registry.consul.register.tags", "", parse_list, "tags of the self-registration"),
-    Key("registry.consul.register.checkInterval", "1s", parse_duration, "health check interval"),
-    Key("registry.consul.register.checkTimeout", "3s", parse_duration, "health check timeout"),
+    Key("registry.consul.register.checkInterval", "1s", duration(lo=0.001), "health check interval"),
+    Key("registry.consul.register.checkTimeout", "3s", duration(zero="Consul's default"), "health check timeout"),
     Key("registry.consul.register.checkTLSSkipVerify", "false", parse_bool, "skip TLS verification in the check"),
     Key("registry.consul.register.checkDeregisterCriticalServiceAfter", "90m", parse_str,
         "accepted for compatibility; no effect in fabio 1.7.3 either"),
-    Key("registry.consul.wait", "60s", parse_duration, "blocking query wait time (ours; Consul's default is 5m)"),
-    Key("registry.consul.maxrate", "20", parse_float, "blocking queries per second per watch, at most (ours)"),
+    Key("registry.consul.wait", "60s", duration(lo=0.001, hi=600, hi_why=" (Consul's maximum)"),
+        "blocking query wait time (ours; Consul's default is 5m)"),
+    Key("registry.consul.maxrate", "20", positive_number, "blocking queries per second per watch, at most (ours)"),
     # ui
-    Key("ui.addr", ":9998", parse_addr, "listen address of the admin UI"),
+    Key("ui.addr", ":9998", listen_addr("ui.addr"),
+        "listen address of the admin UI (one plain HTTP listener; listener options are warned about and ignored)"),
     Key("ui.access", "rw", choice("ro", "rw"), "ro closes the override editor and its API"),
-    Key("ui.health.maxsyncage", "0", parse_duration,
-        "/health answers 503 when the last Consul answer is older than this (0 = off; must exceed wait*17/16) (ours)"),
+    Key("ui.health.maxsyncage", "0", duration(zero="off"),
+        "/health answers 503 when the last Consul answer is older than this (must exceed wait*17/16) (ours)"),
     Key("ui.title", "", parse_str, "title shown in the UI"),
     Key("ui.color", "light-green", parse_str, "colour of the UI's navigation bar", todo='no effect yet'),
     Key("ui.auth.htpasswd", "", parse_str, "htpasswd file (bcrypt, $apr1$, $1$ or {SHA} entries) for override saves from non-loopback (ours)"),
     Key("ui.auth.token", "", parse_str, "bearer token for override saves from non-loopback (ours)", secret=True),
     # logs
-    Key("log.level", "INFO", choice("TRACE", "DEBUG", "INFO", "WARN", "ERROR", "FATAL"), "log level"),
+    Key("log.level", "INFO", choice("TRACE", "DEBUG", "INFO", "WARN", "ERROR", "FATAL", any_case=True),
+        "log level (upper-cased first, as in fabio)"),
     Key("log.access.target", "", choice("", "stdout"), "access log target: empty (off) or stdout"),
     Key("log.access.format", "common", parse_str, "access log format: common, combined or a template of $field names"),
-    Key("log.routes.format", "delta", choice("delta", "all", "detail"), "how route changes are logged"),
+    Key("log.routes.format", "delta", choice("delta", "all", "detail"),
+        "how route changes are logged; any other value is warned about and delta is used, as in fabio",
+        lenient=True),
     # matching
     Key("glob.matching.disabled", "false", parse_bool, "match hosts exactly, without wildcards"),
-    Key("glob.cache.size", "1000", parse_int, "size of the glob cache", todo='no effect: glob patterns are compiled once per table build'),
+    Key("glob.cache.size", "1000", int_range(0), "size of the glob cache", todo='no effect: glob patterns are compiled once per table build'),
 )
 
 KEYS_BY_NAME: Mapping[str, Key] = {k.name: k for k in KEYS}
@@ -316,13 +526,21 @@ class Config:
         return self.values[name]
 
     def redacted(self) -> dict[str, str]:
-        """Raw values with every secret replaced, for the UI and /api/config."""
-        out = {}
-        for name, value in sorted(self.raw.items()):
-            key = KEYS_BY_NAME.get(name)
-            secret = (key.secret if key else False) or any(h in name.lower() for h in SECRET_HINTS)
-            out[name] = "<redacted>" if secret and value else value
-        return out
+        """Raw values with every secret replaced, for the UI and /api/config.
+
+        Secret keys (by flag or by name) are replaced whole; in every other value the password of a URL's
+        userinfo is (`https://user:pw@consul:8501` -> `https://user:<redacted>@consul:8501`).
+        """
+        return {name: shown(name, value) for name, value in sorted(self.raw.items())}
+
+
+def shown(name: str, value: str) -> str:
+    """A raw value as it may be displayed or logged: secrets replaced (see Config.redacted)."""
+    key = KEYS_BY_NAME.get(name)
+    secret = (key.secret if key else False) or any(h in name.lower() for h in SECRET_HINTS)
+    if secret and value:
+        return "<redacted>"
+    return redact_userinfo(value)
 
 
 @dataclass
@@ -382,6 +600,10 @@ def load(
     cmd = parse_args(argv)
     if properties is None:
         properties = {}
+        if cmd.cfg_path and re.match(r"(?i)https?://", cmd.cfg_path):
+            raise ConfigError(
+                f"-cfg {redact_userinfo(cmd.cfg_path)}: loading the properties from a URL is not supported "
+                "(fabio can); download the file and give its path, or set the keys as flags or FABIO_* variables")
         if cmd.cfg_path:
             try:
                 with open(cmd.cfg_path, encoding="utf-8") as f:
@@ -426,10 +648,16 @@ def load(
         try:
             values[key.name] = key.parse(raw[key.name])
         except ValueError as e:
-            shown = "<redacted>" if key.secret else raw[key.name]
-            raise ConfigError(
-                f"invalid value {shown!r} for {key.name} (from {origin[key.name]}): expected {e}"
-            ) from None
+            problem = f"invalid value {shown(key.name, raw[key.name])!r} for {key.name} (from {origin[key.name]})"
+            if not key.lenient:
+                raise ConfigError(f"{problem}: expected {e}") from None
+            warnings.append(f"{problem}: expected {e}; using {key.default} (as fabio does)")
+            values[key.name] = key.parse(key.default)
+    for name in ("proxy.addr", "ui.addr"):
+        warnings += [f"{origin[name]}: {w}" for w in listener_warnings(name, raw[name])]
+    if values["registry.static.noroutehtml"] and values["registry.backend"] != "static":
+        warnings.append(f"{origin['registry.static.noroutehtml']}: registry.static.noroutehtml has an effect only "
+                        "with registry.backend=static (as in fabio); ignored")
     if values["registry.consul.requireConsistent"] and values["registry.consul.allowStale"] and (
         origin["registry.consul.requireConsistent"] != "default"
     ):
@@ -442,6 +670,8 @@ def load(
     if age and age <= wait * 17 / 16:
         # A healthy idle blocking query answers up to wait + wait/16 after the previous answer.
         raise ConfigError(f"ui.health.maxsyncage ({age:g}s) must exceed registry.consul.wait * 17/16 ({wait * 17 / 16:g}s)")
+    if values["registry.backend"] == "consul" and not values["registry.consul.addr"]:
+        raise ConfigError("registry.consul.addr is empty: expected host:port, http://host:port or https://host:port")
     if values["registry.backend"] == "file" and not values["registry.file.path"]:
         raise ConfigError("registry.file.path is required when registry.backend=file")
     return Config(values=values, raw=raw, origin=origin, warnings=tuple(warnings))

@@ -7,6 +7,8 @@
 
 from __future__ import annotations
 
+import ast
+import re
 import sys
 from pathlib import Path
 
@@ -30,14 +32,72 @@ def accepts(key: Key) -> str:
     return "any text"
 
 
-def in_use(key: Key) -> bool:
-    """Whether any module besides router/config.py reads the key (by its quoted name)."""
-    needle = f'"{key.name}"'
+def _names_read(tree: ast.AST) -> tuple[set[str], list[re.Pattern[str]]]:
+    """Every string constant of a module, plus the key patterns its f-strings can produce.
+
+    An f-string whose placeholders are all loop variables over literal tuples (as in
+    `cfg[f"registry.consul.tls.{k}"] for k in ("cafile", ...)`) is expanded exactly; any other
+    f-string that starts with a dotted literal (`f"proxy.{x}"`) counts as a pattern in which each placeholder
+    stands for any text; f-strings that start with a placeholder are messages, not key names.
+    """
+    names: set[str] = set()
+    patterns: list[re.Pattern[str]] = []
+    loops: dict[str, list[str]] = {}
+    for node in ast.walk(tree):
+        targets = [(g.target, g.iter) for g in node.generators] if isinstance(
+            node, (ast.ListComp, ast.SetComp, ast.GeneratorExp, ast.DictComp)) else (
+            [(node.target, node.iter)] if isinstance(node, (ast.For, ast.AsyncFor)) else [])
+        for target, it in targets:
+            if isinstance(target, ast.Name) and isinstance(it, (ast.Tuple, ast.List)) and all(
+                    isinstance(e, ast.Constant) and isinstance(e.value, str) for e in it.elts):
+                loops.setdefault(target.id, []).extend(e.value for e in it.elts)  # type: ignore[union-attr]
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Constant) and isinstance(node.value, str):
+            names.add(node.value)
+        elif isinstance(node, ast.JoinedStr):
+            parts: list[list[str] | str] = []
+            exact = True
+            for v in node.values:
+                if isinstance(v, ast.Constant):
+                    parts.append(str(v.value))
+                elif isinstance(v, ast.FormattedValue) and isinstance(v.value, ast.Name) and v.value.id in loops:
+                    parts.append(loops[v.value.id])
+                else:
+                    exact = False
+                    parts.append([])
+            if exact:
+                expanded = [""]
+                for part in parts:
+                    expanded = [e + p for e in expanded for p in ([part] if isinstance(part, str) else part)]
+                names.update(expanded)
+            elif isinstance(parts[0], str) and "." in parts[0]:  # f"registry.consul.{x}": a key pattern
+                patterns.append(re.compile("".join(re.escape(p) if isinstance(p, str) else ".+" for p in parts)))
+    return names, patterns
+
+
+def _read_anywhere() -> tuple[set[str], list[re.Pattern[str]]]:
+    names: set[str] = set()
+    patterns: list[re.Pattern[str]] = []
     for pkg in ("router", "registry", "ui"):
-        for f in sorted((ROOT / pkg).glob("*.py")):
-            if f.name != "config.py" and needle in f.read_text(encoding="utf-8"):
-                return True
-    return False
+        for f in sorted((ROOT / pkg).rglob("*.py")):
+            if f.relative_to(ROOT).as_posix() != "router/config.py":
+                n, p = _names_read(ast.parse(f.read_text(encoding="utf-8"), str(f)))
+                names |= n
+                patterns += p
+    return names, patterns
+
+
+_READ: tuple[set[str], list[re.Pattern[str]]] | None = None
+
+
+def in_use(key: Key) -> bool:
+    """Whether any module besides router/config.py reads the key: a string constant equal to its name, in
+    any quoting, or an f-string that builds it (router/cli.py reads `registry.consul.tls.*` that way)."""
+    global _READ
+    if _READ is None:
+        _READ = _read_anywhere()
+    names, patterns = _READ
+    return key.name in names or any(p.fullmatch(key.name) for p in patterns)
 
 
 def env_name(name: str) -> str:

@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
 import pytest
 
-from router.config import ConfigError, load, parse_duration, read_properties
+from router import cli
+from router.config import KEYS_BY_NAME, ConfigError, load, parse_duration, read_properties
+from tests.router_proc import RouterProc
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_defaults_are_fabios() -> None:
@@ -53,7 +62,7 @@ def test_flag_forms_and_cfg_file(tmp_path) -> None:
         ("proxy.strategy", "fastest", "one of rnd, rr"),
         ("proxy.matcher", "regex", "one of prefix, iprefix, glob"),
         ("proxy.noroutestatus", "1000", "from 100 to 999"),
-        ("proxy.dialtimeout", "ten seconds", "a duration"),
+        ("proxy.dialtimeout", "ten seconds", "a positive duration"),
         ("proxy.addr", "9999", "host:port"),
         ("ui.access", "admin", "one of ro, rw"),
         ("registry.consul.checksRequired", "some", "one of one, all"),
@@ -109,3 +118,276 @@ def test_bad_durations(text: str) -> None:
 def test_properties_comments_and_separators() -> None:
     props = read_properties("! bang comment\n#hash\na=1\nb : 2\nc 3\n\nd=\n")
     assert props == {"a": "1", "b": "2", "c": "3", "d": ""}
+
+
+# ----------------------------------------------------------------------------- numeric ranges
+#
+# Every numeric and duration key: values refused (negative, nan/inf, out of range, 0 where it cannot work)
+# and values accepted at the edges (0 where fabio gives it a meaning). fabio's semantics: Go's Dialer and
+# Transport read 0 as "no timeout"/"no limit"; HSTS is off at 0; Consul reads a 0 check timeout as its
+# default. Ours: wait > 0 (0 would turn the hung-agent watchdog into a 5 s alarm), maxrate > 0
+# (TokenBucket divides by it), eject.duration > 0 (use eject.failures=0 to turn ejection off).
+
+NEGATIVE_AND_NOT_FINITE = ("-1", "-1s", "nan", "inf", "-inf", "NaN", "1e999")
+RANGES = {
+    # key: (refused besides NEGATIVE_AND_NOT_FINITE, accepted -> typed value)
+    "proxy.noroutestatus": (("0", "99", "1000", "4O4", "404.0"), {"100": 100, "999": 999}),
+    "proxy.dialtimeout": (("2562048h",), {"0": 0.0, "1ms": 0.001, "30s": 30.0}),
+    "proxy.responseheadertimeout": ((), {"0": 0.0, "1m": 60.0}),
+    "proxy.keepalivetimeout": (("32768s", "10h"), {"0": 0.0, "15s": 15.0, "32767s": 32767.0}),
+    "proxy.idleconntimeout": ((), {"0": 0.0, "90s": 90.0}),
+    "proxy.maxconn": (("1.5", "1_000"), {"0": 0, "10000": 10000}),
+    "proxy.shutdownwait": ((), {"0": 0.0, "5s": 5.0}),
+    "proxy.deregistergraceperiod": ((), {"0": 0.0, "5s": 5.0}),
+    "proxy.header.sts.maxage": (("1.5",), {"0": 0, "31536000": 31536000}),
+    "proxy.workers": (("257",), {"0": 0, "256": 256}),
+    "proxy.maxheaderbytes": (("1023", str((1 << 30) + 1)), {"1024": 1024, str(1 << 30): 1 << 30}),
+    "proxy.retry.attempts": (("0", "17"), {"1": 1, "16": 16}),
+    "proxy.eject.failures": (("1001",), {"0": 0, "1000": 1000}),
+    "proxy.eject.duration": (("0", "0s", "1us"), {"1ms": 0.001, "10s": 10.0}),
+    "registry.timeout": ((), {"0": 0.0, "10s": 10.0}),
+    "registry.retry": ((), {"0": 0.0, "500ms": 0.5}),
+    "registry.consul.pollInterval": ((), {"0": 0.0, "5s": 5.0}),
+    "registry.consul.register.checkInterval": (("0", "0s", "500us"), {"1ms": 0.001, "1s": 1.0}),
+    "registry.consul.register.checkTimeout": ((), {"0": 0.0, "3s": 3.0}),
+    "registry.consul.wait": (("0", "0s", "10m1s", "1h"), {"1ms": 0.001, "60s": 60.0, "10m": 600.0}),
+    "registry.consul.maxrate": (("0", "0.0", "-5", "1_0", "0x10"), {"0.5": 0.5, "20": 20.0, "1e3": 1000.0}),
+    "ui.health.maxsyncage": ((), {"0": 0.0, "2m": 120.0}),
+    "glob.cache.size": (("1.5",), {"0": 0, "1000": 1000}),
+}
+
+
+def test_every_numeric_key_has_a_range_case() -> None:
+    """A key that refuses words (and true/false words) but takes some number or duration is numeric."""
+    numeric = {name for name in KEYS_BY_NAME if _refuses(name, "x") and _refuses(name, "yes")
+               and any(_accepts(name, v) for v in ("0", "1", "100", "1024", "0.5", "1ms", "1s"))}
+    assert numeric == set(RANGES)
+
+
+def _accepts(name: str, value: str) -> bool:
+    try:
+        KEYS_BY_NAME[name].parse(value)
+        return True
+    except ValueError:
+        return False
+
+
+def _refuses(name: str, value: str) -> bool:
+    return not _accepts(name, value)
+
+
+def _load(key: str, value: str):  # type: ignore[no-untyped-def]
+    extra = ["-ui.health.maxsyncage", "0"] if key == "registry.consul.wait" else []
+    if key == "ui.health.maxsyncage" and value != "0":
+        extra = ["-registry.consul.wait", "1s"]
+    return load([f"-{key}={value}", *extra], env={})
+
+
+@pytest.mark.parametrize(("key", "value"), [(k, v) for k, (bad, _) in RANGES.items()
+                                            for v in (*NEGATIVE_AND_NOT_FINITE, *bad)])
+def test_out_of_range_value_names_key_value_and_accepted_values(key: str, value: str) -> None:
+    with pytest.raises(ConfigError) as e:
+        _load(key, value)
+    msg = str(e.value)
+    assert f"invalid value {value!r} for {key} (from flag): expected " in msg
+    assert msg.split("expected ", 1)[1].strip(), msg
+
+
+@pytest.mark.parametrize(("key", "value", "typed"), [(k, v, t) for k, (_, good) in RANGES.items()
+                                                     for v, t in good.items()])
+def test_in_range_value_is_accepted(key: str, value: str, typed: object) -> None:
+    assert _load(key, value)[key] == pytest.approx(typed)
+
+
+@pytest.mark.parametrize(("key", "value", "accepted"), [
+    ("registry.consul.maxrate", "0", "a number greater than 0"),
+    ("registry.consul.wait", "0", "a duration of at least 1ms and at most 10m (Consul's maximum)"),
+    ("proxy.dialtimeout", "-1s", "0 (no timeout) or a positive duration"),
+    ("proxy.responseheadertimeout", "nan", "0 (no timeout) or a positive duration"),
+    ("proxy.keepalivetimeout", "1d", "at most 32767s"),
+    ("proxy.eject.duration", "0", "a duration of at least 1ms"),
+    ("proxy.header.sts.maxage", "-1", "a whole number, 0 or more (0 = no HSTS header)"),
+])
+def test_range_messages(key: str, value: str, accepted: str) -> None:
+    with pytest.raises(ConfigError) as e:
+        load([f"-{key}", value], env={})
+    assert f"invalid value {value!r} for {key} (from flag): expected " in str(e.value) and accepted in str(e.value)
+
+
+def test_main_exits_non_zero_with_the_message(capsys: pytest.CaptureFixture[str]) -> None:
+    for key, value in (("registry.consul.maxrate", "0"), ("registry.consul.wait", "0"), ("proxy.dialtimeout", "-1s")):
+        assert cli.main([f"-{key}", value]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("config error: invalid value") and key in err and repr(value) in err, err
+
+
+@pytest.mark.parametrize(("flags", "needle"), [
+    (["-registry.consul.maxrate", "nan"], "invalid value 'nan' for registry.consul.maxrate (from flag): expected a "
+                                          "number greater than 0"),
+    (["-proxy.addr", ":443;cs=x;proto=https"], "proto=https would need TLS"),
+    (["-cfg", "https://config.example/fabio.properties"], "loading the properties from a URL is not supported"),
+])
+def test_real_startup_refuses_with_the_message(flags: list[str], needle: str) -> None:
+    r = subprocess.run([sys.executable, "-m", "router", *flags], cwd=ROOT, capture_output=True, text=True,
+                       timeout=60, env={"PATH": "/usr/bin:/bin"})
+    assert r.returncode == 2, r.stderr
+    assert needle in r.stderr, r.stderr
+
+
+# ----------------------------------------------------------------------------- fabio's leniency
+
+
+@pytest.mark.parametrize(("value", "level"), [("info", "INFO"), ("Debug", "DEBUG"), ("warn", "WARN"),
+                                              (" error ", "ERROR"), ("TRACE", "TRACE")])
+def test_log_level_in_any_case(value: str, level: str) -> None:
+    assert load(["-log.level", value], env={})["log.level"] == level
+
+
+def test_unknown_log_level_still_stops_startup() -> None:
+    with pytest.raises(ConfigError, match=r"'verbose' for log\.level.*one of TRACE, DEBUG, INFO, WARN, ERROR, FATAL"):
+        load(["-log.level", "verbose"], env={})
+
+
+@pytest.mark.parametrize("value", ["fancy", "DELTA", ""])
+def test_unknown_routes_format_warns_and_uses_delta(value: str) -> None:
+    cfg = load(["-log.routes.format", value], env={})
+    assert cfg["log.routes.format"] == "delta"
+    assert [w for w in cfg.warnings if "log.routes.format" in w] == [
+        f"invalid value {value!r} for log.routes.format (from flag): expected one of delta, all, detail; "
+        "using delta (as fabio does)"]
+
+
+# ----------------------------------------------------------------------------- listeners
+
+@pytest.mark.parametrize(("key", "addr", "typed", "warned"), [
+    ("proxy.addr", ":9999", ("0.0.0.0", 9999), []),
+    ("proxy.addr", "127.0.0.1:9999;proto=http;it=30s", ("127.0.0.1", 9999), []),
+    ("proxy.addr", ":9999;rt=5s;wt=10s", ("0.0.0.0", 9999), ["rt=5s", "wt=10s"]),
+    ("proxy.addr", ":9999;pxyproto=true;pxytimeout=1s", ("0.0.0.0", 9999), ["pxyproto=true", "pxytimeout=1s"]),
+    ("proxy.addr", ":9999;strictmatch=true;bogus=1", ("0.0.0.0", 9999), ["strictmatch=true", "bogus=1"]),
+    ("proxy.addr", ":9999,:443;cs=x;proto=https", ("0.0.0.0", 9999), ["listener :443;cs=x;proto=https"]),
+    ("proxy.addr", ":80;proto=http , :9998;proto=prometheus,:7000", ("0.0.0.0", 80),
+     ["listener :9998;proto=prometheus", "listener :7000"]),
+    ("proxy.addr", ':9999;tlsciphers="0xc02f,0xc030"', ("0.0.0.0", 9999), ["tlsciphers=0xc02f,0xc030"]),
+    ("proxy.addr", "addr=[::1]:9999;it=0", ("::1", 9999), []),
+    ("ui.addr", "127.0.0.1:9998;proto=http", ("127.0.0.1", 9998), []),
+    ("ui.addr", ":9998;it=30s;rt=1s", ("0.0.0.0", 9998), ["it=30s", "rt=1s"]),
+])
+def test_listener_options_and_extra_listeners_are_warned_about(key: str, addr: str, typed: tuple, warned: list) -> None:
+    cfg = load([f"-{key}", addr], env={})
+    assert cfg[key] == typed
+    mine = [w for w in cfg.warnings if w.startswith(f"flag: {key}: ")]
+    assert len(mine) == len(warned), mine
+    for w, needle in zip(mine, warned, strict=True):
+        assert needle in w and ("not supported" in w or "only the first listener is served" in w), w
+
+
+@pytest.mark.parametrize(("key", "addr", "expected"), [
+    ("proxy.addr", ":443;cs=x;proto=https", "proto=https would need TLS"),
+    ("proxy.addr", ":443;cs=x", "cs=x would need TLS"),  # fabio: cs= makes the listener https
+    ("proxy.addr", ":1234;proto=tcp", "proto=tcp would need"),
+    ("proxy.addr", ":9998;proto=prometheus", "proto=prometheus would need"),
+    ("proxy.addr", ":9999;proto=gopher", "a listener with a known proto="),
+    ("proxy.addr", ":9999;it=soon", "it= must be"),
+    ("proxy.addr", ";proto=http", "host:port"),
+    ("proxy.addr", ":99999", "a port from 0 to 65535"),
+    ("ui.addr", ":9998;proto=https;cs=ui", "proto=https would need TLS"),
+    ("ui.addr", ":9998,:9997", "exactly one listener"),
+])
+def test_listeners_that_cannot_be_served_as_configured_stop_startup(key: str, addr: str, expected: str) -> None:
+    with pytest.raises(ConfigError) as e:
+        load([f"-{key}", addr], env={})
+    assert f"invalid value {addr!r} for {key}" in str(e.value) and expected in str(e.value)
+
+
+# ----------------------------------------------------------------------------- other fabio keys
+
+
+@pytest.mark.parametrize(("addr", "typed"), [
+    ("HTTPS://consul.example:8501", "https://consul.example:8501"),
+    ("Http://127.0.0.1:8500", "http://127.0.0.1:8500"),
+    ("https://consul.example:8501", "https://consul.example:8501"),
+    ("consul:8500", "consul:8500"),
+])
+def test_consul_scheme_in_any_case(addr: str, typed: str) -> None:
+    from registry.consul_api import consul_base_url
+
+    cfg = load(["-registry.consul.addr", addr], env={})
+    assert cfg["registry.consul.addr"] == typed
+    assert consul_base_url(cfg["registry.consul.addr"]).startswith(("http://", "https://"))
+    assert consul_base_url(cfg["registry.consul.addr"]).split("://")[0] == (
+        "https" if addr.lower().startswith("https") else "http")
+
+
+@pytest.mark.parametrize("addr", ["ftp://consul:8500", "https://", ""])
+def test_bad_consul_addr_stops_startup(addr: str) -> None:
+    with pytest.raises(ConfigError, match=r"registry\.consul\.addr.*host:port, http://host:port or https://host:port"):
+        load(["-registry.consul.addr", addr], env={})
+
+
+def test_empty_consul_addr_is_fine_without_consul() -> None:
+    assert load(["-registry.consul.addr", "", "-registry.backend", "static"], env={})["registry.consul.addr"] == ""
+
+
+@pytest.mark.parametrize("url", ["http://cfg.example/fabio.properties", "HTTPS://u:pw@cfg.example/f.properties"])
+def test_cfg_url_is_a_clear_error(url: str) -> None:
+    with pytest.raises(ConfigError) as e:
+        load(["-cfg", url], env={})
+    msg = str(e.value)
+    assert msg.startswith("-cfg ") and "from a URL is not supported" in msg and "pw" not in msg
+
+
+def test_static_noroutehtml_is_a_known_key() -> None:
+    cfg = load(["-registry.backend", "static", "-registry.static.noroutehtml", "<h1>nothing here</h1>"], env={})
+    assert cfg["registry.static.noroutehtml"] == "<h1>nothing here</h1>"
+    assert cfg.warnings == ()
+    other = load(["-registry.static.noroutehtml", "<p>x</p>"], env={})  # consul backend: fabio ignores it too
+    assert any("registry.static.noroutehtml has an effect only with registry.backend=static" in w
+               for w in other.warnings)
+
+
+def test_static_noroutehtml_is_the_no_route_page() -> None:
+    with RouterProc.static("route add svc /known http://127.0.0.1:1/", "-registry.static.noroutehtml",
+                           "<h1>nothing here</h1>") as r:
+        resp = httpx.get(r.url + "/unknown", timeout=10)
+    assert resp.status_code == 404 and resp.text == "<h1>nothing here</h1>"
+
+
+# ----------------------------------------------------------------------------- secrets in values
+
+
+@pytest.mark.parametrize(("key", "value", "shown"), [
+    ("registry.consul.addr", "https://user:s3cr3t@consul.example:8501", "https://user:<redacted>@consul.example:8501"),
+    ("registry.consul.addr", "HTTPS://user:s3cr3t@consul:8501", "HTTPS://user:<redacted>@consul:8501"),  # raw
+    ("registry.consul.addr", "http://s3cr3t@consul:8500", "http://<redacted>@consul:8500"),
+    ("registry.consul.addr", "user:s3cr3t@consul:8500", "user:<redacted>@consul:8500"),
+    ("registry.consul.addr", "https://us%40er:s3c@r3t@consul:8501/x", "https://us%40er:<redacted>@consul:8501/x"),
+    ("registry.static.routes", "route add a / http://u:s3cr3t@10.0.0.1/\nroute add b /b https://x:s3cr3t@h/",
+     "route add a / http://u:<redacted>@10.0.0.1/\nroute add b /b https://x:<redacted>@h/"),
+    ("ui.title", "mail me at ops@example.com", "mail me at ops@example.com"),
+    ("registry.consul.addr", "consul.example:8500", "consul.example:8500"),
+])
+def test_passwords_in_url_values_are_redacted(key: str, value: str, shown: str) -> None:
+    cfg = load([f"-{key}", value, "-registry.backend", "static"], env={})
+    red = cfg.redacted()
+    assert red[key] == shown
+    assert "s3cr3t" not in repr(red) and "r3t" not in repr(red)
+
+
+def test_password_in_an_invalid_value_is_not_in_the_error() -> None:
+    with pytest.raises(ConfigError) as e:
+        load(["-registry.consul.addr", "ftp://user:s3cr3t@consul:8500"], env={})
+    assert "s3cr3t" not in str(e.value) and "ftp://user:<redacted>@consul:8500" in str(e.value)
+
+
+def test_config_doc_counts_keys_read_through_f_strings_as_used() -> None:
+    from router.config import KEYS
+    from scripts.gen_config_docs import in_use
+
+    for name in ("registry.consul.tls.cafile", "registry.consul.tls.capath", "registry.consul.tls.certfile",
+                 "registry.consul.tls.keyfile", "registry.consul.tls.insecureskipverify",
+                 "registry.consul.register.checkInterval", "registry.consul.register.checkTimeout",
+                 "registry.static.noroutehtml", "proxy.addr"):
+        assert in_use(KEYS_BY_NAME[name]), name
+    for key in KEYS:  # a key said to have no effect is read nowhere
+        assert not (key.todo and in_use(key)), key.name

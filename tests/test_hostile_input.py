@@ -287,7 +287,7 @@ def _bad_values(key) -> list[str]:  # type: ignore[no-untyped-def]
     return bad
 
 
-@pytest.mark.parametrize("key", [k for k in KEYS if _bad_values(k)], ids=lambda k: k.name)
+@pytest.mark.parametrize("key", [k for k in KEYS if _bad_values(k) and not k.lenient], ids=lambda k: k.name)
 def test_every_invalid_config_value_stops_startup_naming_the_key(key) -> None:  # type: ignore[no-untyped-def]
     value = _bad_values(key)[0]
     with pytest.raises(ConfigError) as e:
@@ -295,3 +295,11 @@ def test_every_invalid_config_value_stops_startup_naming_the_key(key) -> None:  
     msg = str(e.value)
     assert key.name in msg and "expected" in msg
     assert (repr(value) in msg) or key.secret
+
+
+@pytest.mark.parametrize("key", [k for k in KEYS if k.lenient], ids=lambda k: k.name)
+def test_lenient_keys_warn_and_keep_the_default(key) -> None:  # type: ignore[no-untyped-def]
+    value = _bad_values(key)[0]
+    cfg = load([f"-{key.name}", value], env={})
+    assert cfg[key.name] == key.parse(key.default)
+    assert any(key.name in w and repr(value) in w and "expected" in w for w in cfg.warnings)
