@@ -2,9 +2,12 @@
 
 Sources, strongest first: command-line flags (`-key value` / `-key=value`), environment variables
 (`FABIO_<KEY>` then `<KEY>`, upper-cased, dots as underscores), the properties file given with `-cfg`,
-then the built-in defaults. A value that does not parse stops startup with a message naming the key and
-what it accepts; a key nobody knows is warned about and ignored, so a fabio.properties from a newer fabio
-still starts us.
+then the built-in defaults. A value that does not parse, or is out of its key's range, stops startup with
+a message naming the key, the value and what the key accepts; a key nobody knows is warned about and
+ignored, so a fabio.properties from a newer fabio still starts us. Where fabio is lenient we are too:
+`log.level` in any case, an unknown `log.routes.format` warned about and replaced by `delta`. Listener
+options we do not act on, and listeners after the first, are warned about; a listener that would need
+TLS, TCP or gRPC (`proto=https`, `cs=`) stops startup rather than serving plain HTTP on it.
 """
 
 from __future__ import annotations
