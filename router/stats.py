@@ -80,6 +80,10 @@ class RequestStats:
     def snapshots(self) -> dict[Key, Snapshot]:
         return {k: rs.snapshot() for k, rs in self.by_key.items()}
 
+    def prune(self, table: Any) -> None:
+        prune(self.by_key, table)
+        prune(self._sent, table)
+
     def changed(self) -> dict[Key, Snapshot]:
         """Snapshots of the keys that saw requests since the last call (a worker's report to the main)."""
         out = {}
@@ -88,6 +92,16 @@ class RequestStats:
                 self._sent[k] = rs.count
                 out[k] = rs.snapshot()
         return out
+
+
+def prune(counters: dict[Key, Any], table: Any) -> None:
+    """Drop the counters of targets that are no longer in `table`, as fabio drops their metrics: with
+    instances coming and going (new container addresses) the series would otherwise grow without bound.
+    O(counters), so it runs when counters are read or every minute, never per table swap or request."""
+    if table is None:
+        return
+    for key in [k for k in counters if not table.has_target(k[1], k[0], k[2])]:
+        del counters[key]
 
 
 def merge(parts: Iterable[Mapping[Key, Snapshot]]) -> dict[Key, Snapshot]:

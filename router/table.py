@@ -550,6 +550,15 @@ class Table:
     def __len__(self) -> int:
         return self._len
 
+    def has_target(self, route: str, service: str, url: str) -> bool:
+        """Whether `service`'s target `url` is on route `route` (host + path, the request counters' key):
+        counters of targets that left the table are dropped (router/stats.py, `prune`)."""
+        cut = route.find("/")
+        host, path = (route, "") if cut < 0 else (route[:cut], route[cut:])
+        h = self._hosts.get(host)
+        r = h.routes.get(path) if h is not None else None
+        return r is not None and any(t.url == url and t.service == service for t in r.targets)
+
     def lookup(self, host: str, path: str, *, tls: bool = False) -> Route | None:
         """Exact host, then longest wildcard host, then shorter ones, then routes without a host.
 

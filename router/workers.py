@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import itertools
 import logging
 import os
 import pickle
@@ -35,7 +36,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from router.stats import merge
+from router.stats import merge, prune
 
 log = logging.getLogger("router.workers")
 _LEN = struct.Struct(">I")
@@ -194,8 +195,12 @@ class WorkerPool:
         with contextlib.suppress(OSError):
             await self._wait_listening(nw)
 
-    def route_stats(self) -> dict[Any, Any]:
-        """Per-route counters summed over every worker (stats.Key -> stats.Snapshot)."""
+    def route_stats(self, table: Any = None) -> dict[Any, Any]:
+        """Per-route counters summed over every worker (stats.Key -> stats.Snapshot); with `table`, the
+        counters of targets no longer in it are dropped first (each worker drops its own every minute)."""
+        if table is not None:
+            for part in (self.retired_routes, *(w.route_stats for w in self.workers)):
+                prune(part, table)
         return merge([self.retired_routes, *(w.route_stats for w in self.workers)])
 
     def counters(self) -> dict[str, int]:
@@ -325,8 +330,10 @@ async def _worker(pipe: socket.socket) -> int:
         server.should_exit = True  # told to stop, or the main process is gone
 
     async def reporter() -> None:
-        while True:
+        for tick in itertools.count(1):
             await asyncio.sleep(0.5)
+            if tick % 120 == 0:  # once a minute: counters of targets that left the table
+                proxy.stats.prune(state.table)
             report()
 
     def on_signal() -> None:  # SIGTERM: keep serving for proxy.shutdownwait, as the main process does

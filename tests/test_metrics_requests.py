@@ -139,3 +139,56 @@ def test_open_websockets_gauge(backend: Backend) -> None:
 
         asyncio.run(session())
         wait_for(lambda: value(scrape(r), "consul_router_websockets_open") == 0, "the tunnel to be counted closed")
+
+
+def test_prune_drops_counters_of_targets_that_left_the_table() -> None:
+    from router.routecmd import parse
+    from router.stats import RequestStats, prune
+    from router.table import TableBuilder
+
+    b = TableBuilder()
+    cmds, _ = parse("route add a /a http://10.0.0.1:80/\nroute add a /a http://10.0.0.2:80/\n"
+                    "route add h h.com/x http://10.0.0.3:80/")
+    table, _ = b.update({}, cmds)
+    stats = RequestStats()
+    for host, path in (("other.test", "/a"), ("h.com", "/x")):
+        route = table.lookup(host, path)
+        assert route is not None
+        for t in route.targets:
+            stats.attach(route, t).record(200, 0.01)
+    assert len(stats.by_key) == 3
+    cmds, _ = parse("route add a /a http://10.0.0.2:80/\nroute add b h.com/x http://10.0.0.3:80/")
+    table, _ = b.update({}, cmds)
+    stats.prune(table)  # 10.0.0.1 left; h.com/x is service b's now, so h's counter goes too
+    assert sorted(stats.by_key) == [("a", "/a", "http://10.0.0.2:80/")]
+    snaps = {("a", "/a", "http://10.0.0.2:80/"): stats.by_key[("a", "/a", "http://10.0.0.2:80/")].snapshot(),
+             ("gone", "/z", "http://10.0.0.9:80/"): (1, 0.1, (0,) * (len(BOUNDS) + 1), (0, 1, 0, 0, 0))}
+    prune(snaps, table)
+    assert list(snaps) == [("a", "/a", "http://10.0.0.2:80/")]
+    prune(snaps, None)  # no table yet: nothing is dropped
+    assert len(snaps) == 1
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_metrics_of_a_target_that_left_the_table_disappear(tmp_path, workers: str) -> None:
+    """Instances come and go (new container addresses): their series must not pile up in /metrics."""
+    a, b = Backend("a").start(), Backend("b").start()
+    routes = tmp_path / "routes.txt"
+    routes.write_text(f"route add svc /p http://127.0.0.1:{a.port}/\n")
+    try:
+        with RouterProc("-registry.backend", "file", "-registry.file.path", str(routes),
+                        "-proxy.workers", workers) as r, httpx.Client() as c:
+            old = {"service": "svc", "route": "/p", "target": f"http://127.0.0.1:{a.port}/"}
+            new = {"service": "svc", "route": "/p", "target": f"http://127.0.0.1:{b.port}/"}
+            for _ in range(5):
+                assert c.get(r.url + "/p", headers={"Connection": "close"}).text.strip() == "a"
+            wait_for(lambda: value(scrape(r), "consul_router_requests_total", **old) == 5, "old target counted")
+            routes.write_text(f"route add svc /p http://127.0.0.1:{b.port}/\n")
+            wait_for(lambda: c.get(r.url + "/p", headers={"Connection": "close"}).text.strip() == "b", "reload")
+            wait_for(lambda: value(scrape(r), "consul_router_requests_total", **new), "new target counted")
+            m = scrape(r)
+            assert value(m, "consul_router_requests_total", **old) == 0  # gone, not kept at 5
+            assert not [k for k in m if ("target", old["target"]) in k[1]]
+    finally:
+        a.stop()
+        b.stop()

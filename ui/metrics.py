@@ -40,7 +40,10 @@ LABELS = ["service", "route", "target"]
 def route_snapshots(router: Router) -> dict[Key, Snapshot]:
     """Per-route counters: the workers' sums, or the in-process proxy's (proxy.workers=1)."""
     pool = getattr(router, "workers", None)
-    return pool.route_stats() if pool is not None else router.proxy.stats.snapshots()
+    if pool is not None:
+        return pool.route_stats(router.state.table)
+    router.proxy.stats.prune(router.state.table)
+    return router.proxy.stats.snapshots()
 
 
 def counters(router: Router) -> dict[str, int]:
