@@ -448,6 +448,8 @@ KEYS: tuple[Key, ...] = (
     Key("ui.color", "light-green", parse_str, "colour of the UI's navigation bar", todo='no effect yet'),
     Key("ui.auth.htpasswd", "", parse_str, "htpasswd file (bcrypt, $apr1$, $1$ or {SHA} entries) for override saves from non-loopback (ours)"),
     Key("ui.auth.token", "", parse_str, "bearer token for override saves from non-loopback (ours)", secret=True),
+    Key("ui.auth.loopback", "true", parse_bool,
+        "trust loopback peers to save overrides without credentials; set false behind a local reverse proxy (ours)"),
     # logs
     Key("log.level", "INFO", choice("TRACE", "DEBUG", "INFO", "WARN", "ERROR", "FATAL", any_case=True),
         "log level (upper-cased first, as in fabio)"),

@@ -246,3 +246,14 @@ def test_ui_addr_host_counts_as_local(consul_agent, app_factory) -> None:
     wildcard = make(LOOPBACK, base_url="http://0.0.0.0:9998")
     assert browser_save(wildcard, "http://0.0.0.0:9998", "route del wild\n") == 403
     assert stored(consul_agent, key) == "route del named\n"
+
+
+@pytest.mark.consul
+def test_loopback_trust_can_be_switched_off(consul_agent, app_factory) -> None:
+    """-ui.auth.loopback false (a reverse proxy on the router's host): loopback saves need credentials too."""
+    make, key = app_factory
+    strict = make(LOOPBACK, "-ui.auth.loopback", "false", "-ui.auth.token", "tok-9")
+    assert save(strict, "route del strict\n") == 401
+    assert stored(consul_agent, key) is None
+    assert save(strict, "route del strict\n", authorization="Bearer tok-9") == 200
+    assert stored(consul_agent, key) == "route del strict\n"

@@ -135,10 +135,10 @@ def create_app(router: Router) -> Starlette:
     manual_page = resources.files("ui").joinpath("manual.html").read_text(encoding="utf-8")
     status_page = resources.files("ui").joinpath("status.html").read_text(encoding="utf-8")
     cfg = router.cfg
-    # ui.auth.loopback (proposed key, bool, default true): false makes loopback writes need credentials too,
-    # for a reverse proxy or port-forward on this host. Until router/config.py defines it, the default holds.
+    # ui.auth.loopback=false makes loopback writes need credentials too (a reverse proxy or port-forward on
+    # this host makes every caller look like loopback)
     guard = WriteGuard(cfg["ui.access"], cfg["ui.auth.htpasswd"], cfg["ui.auth.token"], ui_host=cfg["ui.addr"][0],
-                       trust_loopback=cfg.values.get("ui.auth.loopback", True))
+                       trust_loopback=cfg["ui.auth.loopback"])
     kvpath = cfg["registry.consul.kvpath"]
     metrics_registry = registry_for(router)
 
