@@ -156,8 +156,8 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-class Closer:
-    """An upstream that accepts, reads the request head, and hangs up without answering."""
+class RawUpstream:
+    """A loopback upstream that serves each accepted connection with `_serve` in a thread of its own."""
 
     def __init__(self) -> None:
         self.sock = socket.create_server(("127.0.0.1", 0))
@@ -172,14 +172,24 @@ class Closer:
             except OSError:
                 return
             self.connections += 1
-            data = b""
-            with conn:
-                conn.settimeout(5)
-                while b"\r\n\r\n" not in data:
-                    chunk = conn.recv(65536)
-                    if not chunk:
-                        break
-                    data += chunk
+            threading.Thread(target=self._serve, args=(conn, self.connections), daemon=True).start()
+
+    def _serve(self, conn: socket.socket, n: int) -> None:
+        raise NotImplementedError
+
+
+class Closer(RawUpstream):
+    """An upstream that accepts, reads the request head, and hangs up without answering."""
+
+    def _serve(self, conn: socket.socket, n: int) -> None:
+        data = b""
+        with conn:
+            conn.settimeout(5)
+            while b"\r\n\r\n" not in data:
+                chunk = conn.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
 
 
 def test_post_that_reached_an_upstream_is_not_resent(backend: Backend) -> None:
@@ -195,25 +205,13 @@ def test_post_that_reached_an_upstream_is_not_resent(backend: Backend) -> None:
     assert backend.hits - before == 2  # and the failed ones were not resent to the other instance
 
 
-class Dropper:
+class Dropper(RawUpstream):
     """An upstream that answers the first request on each connection (keep-alive), then reads the next
     request's head and hangs up without answering: a pooled connection that dies under a request."""
 
     def __init__(self) -> None:
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
         self.heads: list[tuple[int, str]] = []  # (connection number, "METHOD /path") of every request seen
-        self.connections = 0
-        threading.Thread(target=self._run, daemon=True).start()
-
-    def _run(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            self.connections += 1
-            threading.Thread(target=self._serve, args=(conn, self.connections), daemon=True).start()
+        super().__init__()
 
     def _head(self, conn: socket.socket, n: int, data: bytes) -> bytes | None:
         while b"\r\n\r\n" not in data:
