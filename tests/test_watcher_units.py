@@ -126,22 +126,29 @@ def test_helper_process_gives_what_the_watcher_would_compute_itself() -> None:
     """The reconcile's decoding in the spawned helper equals the in-process result (digests cross processes)."""
     raw = json.dumps(DUMP).encode()
     local = Instances.of(_dump_entries(DUMP, "urlprefix-"))
-    decoder = DumpDecoder()
+    decoder = DumpDecoder(in_process_bytes=0)  # every dump goes to the helper
 
     async def run() -> Instances:
         return await decoder.summarize(raw, "urlprefix-")
 
     try:
         remote = asyncio.run(run())
+        helper_started = decoder._pool is not None
     finally:
         decoder.close()
     assert remote == local == summarize(raw, "urlprefix-")
-    assert decoder._broken is False  # it really ran in the helper
+    assert decoder._broken is False and helper_started  # it really ran in the helper
     assert set(remote.fingerprints) == {"web"} and remote.node_services == {"n1": {"web"}, "n2": {"web"}}
 
 
+def test_small_dumps_start_no_helper_process() -> None:
+    decoder = DumpDecoder()  # the default threshold: a small catalog's dump is decoded in the watcher
+    got = asyncio.run(decoder.summarize(json.dumps(DUMP).encode(), "urlprefix-"))
+    assert got == Instances.of(_dump_entries(DUMP, "urlprefix-")) and decoder._pool is None
+
+
 def test_broken_helper_falls_back_to_decoding_in_process() -> None:
-    decoder = DumpDecoder()
+    decoder = DumpDecoder(in_process_bytes=0)
 
     class Broken:
         def submit(self, *a: Any, **k: Any) -> Any:
