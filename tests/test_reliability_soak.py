@@ -78,7 +78,9 @@ def write_report(text: str) -> None:
 
 def test_soak(consul_agent) -> None:
     seconds = float(os.environ.get("SOAK_SECONDS", "600"))
-    warmup = min(60.0, seconds / 5)
+    # RSS ramps for about two minutes (38 -> ~60 MiB in the first, then +1 MiB or so in the second: caches,
+    # pools and allocator arenas reaching their working size) before it flattens; growth is judged after that.
+    warmup = min(120.0, seconds / 5)
     rate = 100.0
     c = make_client(consul_agent.port)
     stable = [BackendProc(f"stable{i}").start() for i in range(2)]
@@ -144,12 +146,14 @@ def test_soak(consul_agent) -> None:
             f"({growth:+.1f} %) |",
             f"| router open fds after warm-up (most of 3 samples) -> end (fewest of 3), without its connections "
             f"to Consul | {base_fd} -> {end_fd} |",
+            f"| router RSS every minute (MiB) | {' / '.join(f'{x[1] / 1024:.1f}' for x in samples[::12])} |",
             f"| router connections to Consul, most at any sample (bound: 4 watches + 1 dump + 16 reads + 16 pooled) | "
             f"{most_consul} |",
             "",
         ]))
         print(f"soak: {ticks} ticks, {total} requests, {failed} failed, RSS {base_rss}->{end_rss} KiB "
               f"({growth:+.1f}%), fds {base_fd}->{end_fd}, connections to Consul at most {most_consul}")
+        print("RSS MiB every minute:", [round(s[1] / 1024, 1) for s in samples[::12]])
         print("open fds by kind after warm-up, at the end:", [k for k in kinds if k[0] >= warmup][:1], kinds[-1:])
         if failed:
             wall0 = time.time() - (time.monotonic() - t0)
