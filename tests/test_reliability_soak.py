@@ -78,8 +78,8 @@ def write_report(text: str) -> None:
 
 def test_soak(consul_agent) -> None:
     seconds = float(os.environ.get("SOAK_SECONDS", "600"))
-    # RSS ramps for about two minutes (38 -> ~60 MiB in the first, then +1 MiB or so in the second: caches,
-    # pools and allocator arenas reaching their working size) before it flattens; growth is judged after that.
+    # RSS ramps in the first minute (38 -> ~60 MiB: caches, pools and allocator arenas reaching their working
+    # size), and where the ramp ends varies by tens of seconds; growth is judged from two minutes on.
     warmup = min(120.0, seconds / 5)
     rate = 100.0
     c = make_client(consul_agent.port)
