@@ -169,13 +169,18 @@ def measure_propagation(instances: int, samples: int, flags: list[str]) -> dict[
 
 
 def _rss_kb(pid: int) -> int:
+    """VmRSS of `pid` and of its children (the instance-dump helper and proxy workers count too)."""
+    total = 0
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
             if line.startswith("VmRSS:"):
-                return int(line.split()[1])
+                total = int(line.split()[1])
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            for child in (task / "children").read_text().split():
+                total += _rss_kb(int(child))
     except OSError:
         pass
-    return 0
+    return total
 
 
 _TABLE_CHILD = r"""
