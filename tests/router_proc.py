@@ -21,6 +21,16 @@ def free_port() -> int:
     return free_ports(1)[0]
 
 
+def pid_alive(pid: int) -> bool:
+    """Whether `pid` is a live process; a zombie (exited, not yet reaped) counts as gone."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    stat = Path(f"/proc/{pid}/stat")
+    return stat.exists() and stat.read_text().split(")")[-1].split()[0] != "Z"
+
+
 class RouterProc:
     def __init__(self, *flags: str, wait_ready: bool = True, env: dict[str, str] | None = None) -> None:
         self.proxy_port = free_port()

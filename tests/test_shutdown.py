@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from tests.backends import Backend
-from tests.router_proc import RouterProc
+from tests.router_proc import RouterProc, pid_alive
 
 
 @pytest.fixture(scope="module")
@@ -145,15 +145,9 @@ def test_sigterm_drains_with_two_workers(backend: Backend, target: str) -> None:
         log = r.output()
         for pid in pids:
             assert f"(pid {pid}) exited with 0" in log, log
-            assert not _pid_alive(pid)
+            assert not pid_alive(pid)
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 class RawUpstream:

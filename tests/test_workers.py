@@ -20,7 +20,7 @@ from aiohttp import web
 from tests.backends import Backend
 from tests.consul_faults import ConsulRelay
 from tests.consul_helpers import deregister, make_client, register, uid
-from tests.router_proc import RouterProc
+from tests.router_proc import RouterProc, pid_alive
 
 
 def wait_for(cond: Callable[[], object], what: str, timeout: float = 15.0) -> object:
@@ -37,14 +37,6 @@ def workers(r: RouterProc) -> list[dict]:
     return httpx.get(r.ui + "/api/status", timeout=5).json()["workers"]
 
 
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    # a zombie (exited, not yet reaped by its dead parent's reaper) counts as gone
-    stat = Path(f"/proc/{pid}/stat")
-    return stat.exists() and stat.read_text().split(")")[-1].split()[0] != "Z"
 
 
 @pytest.fixture
