@@ -859,21 +859,18 @@ class TableBuilder:
                 errors.append(_err(cmd, str(e)))
                 continue
             grouped.setdefault(hostpath(cmd.src), []).append(cmd)
-        by_key: dict[Key, dict[tuple, RouteCmd]] = {}
+        # The same instance usually appears on several routes: compile each distinct target once and share
+        # the (immutable) Target objects between routes.  A line that does not compile is reported and left
+        # out *before* de-duplication, so it never displaces a valid twin.  Weights are computed as if the
+        # service were alone on the key, which is the common case and then needs no copies at rebuild time.
+        compiled: dict[tuple, Target | str] = {}
+        new: dict[Key, tuple[Target, ...]] = {}
         for key, group in grouped.items():
             if len(group) > 1:
                 group.sort(key=str, reverse=True)
-            d = by_key[key] = {}
+            kept: dict[tuple, Target] = {}
             for cmd in group:
-                d.setdefault((cmd.service, cmd.dst, cmd.weight, cmd.tags), cmd)
-        # The same instance usually appears on several routes: compile each distinct target once and share
-        # the (immutable) Target objects between routes.  Weights are computed as if the service were alone
-        # on the key, which is the common case and then needs no copies at rebuild time.
-        compiled: dict[tuple, Target | str] = {}
-        new: dict[Key, tuple[Target, ...]] = {}
-        for key, group in by_key.items():
-            ts: list[Target] = []
-            for ident, cmd in group.items():
+                ident = (cmd.service, cmd.dst, cmd.weight, cmd.tags)
                 ck = (ident, cmd.opts)
                 t = compiled.get(ck)
                 if t is None:
@@ -885,7 +882,8 @@ class TableBuilder:
                 if isinstance(t, str):
                     errors.append(_err(cmd, t))
                 else:
-                    ts.append(t)
+                    kept.setdefault(ident, t)
+            ts = list(kept.values())
             if len(ts) == 1:
                 new[key] = (ts[0],)  # compiled with weight 1.0, which is what a lone target gets
             elif ts:

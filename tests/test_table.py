@@ -642,3 +642,16 @@ def test_unchanged_update_returns_the_same_table() -> None:
     t1, _ = b.update(services={"a": cmds}, manual=[])
     t2, _ = b.update(services={"a": list(cmds)}, manual=[])
     assert t2 is t1
+
+
+def test_a_rejected_line_never_displaces_its_valid_twin() -> None:
+    """Two tags of one instance on one route, the same target, one with a bad option: the bad line is
+    reported and skipped, and the valid one routes (found by the property test over random tags)."""
+    good = RouteCmd("add", "svc", "/w", "http://10.0.0.1:8080/", weight=0.5, source="service:svc")
+    bad = RouteCmd("add", "svc", "/w", "http://10.0.0.1:8080/", weight=0.5, opts=(("timeout", "xx"),),
+                   source="service:svc")
+    for cmds in ([good, bad], [bad, good]):
+        table, errors = TableBuilder().update({"svc": cmds})
+        route = table.lookup("", "/w")
+        assert route is not None and [t.url for t in route.targets] == ["http://10.0.0.1:8080/"]
+        assert [e.reason for e in errors] == ["invalid duration 'xx'"]
