@@ -399,27 +399,51 @@ def glob_regex(pattern: str, sep: str | None) -> re.Pattern[str]:
 # Per-host structure and the Table.
 
 
+def _len_key(path: str) -> tuple[int, int]:
+    """Where ``path``'s second ``/`` is (-1: none) and its length: the prefix matcher's index key.
+
+    A route ``P`` is a string prefix of a request path ``R`` only if ``P``'s second ``/`` (if any) is
+    also ``R``'s, at the same place; without one ``P`` is no longer than ``R``'s first segment.  So once
+    ``R``'s second ``/`` is found, only the lengths that can still match are tried: one or two dict
+    probes for ``/svc7/deep/path`` where plain longest-first would try every length of the host.  Fewer
+    probes also mean fewer cache misses, which is what a lookup costs in a table of 60k routes.
+    """
+    return path.find("/", 1), len(path)
+
+
 class _Host:
     """The routes of one raw table host, indexed for the table's matcher.
 
-    ``prefix`` (the default) is maintained incrementally (a count of routes per path length is copied and
-    adjusted).  ``iprefix`` and ``glob`` rebuild their per-host index from the host's routes on every change
-    of that host, which is O(routes of that host): fine for the usual per-host route counts.
+    ``prefix`` (the default) is maintained incrementally (a count of routes per :func:`_len_key` is
+    copied and adjusted), and a host with one route (``urlprefix-host/``, the usual case) keeps it in
+    ``only`` so its lookup touches no dict.  ``iprefix`` and ``glob`` rebuild their per-host index from
+    the host's routes on every change of that host, which is O(routes of that host): fine for the usual
+    per-host route counts.
     """
 
-    __slots__ = ("host", "routes", "lens", "lengths", "ilookup", "ilengths", "globs", "ntargets")
+    __slots__ = ("host", "routes", "lens", "only", "only_path", "shallow", "deep", "ilookup", "ilengths",
+                 "globs", "ntargets")
 
-    def __init__(self, host: str, routes: dict[str, Route], lens: dict[int, int], matcher: str,
+    def __init__(self, host: str, routes: dict[str, Route], lens: dict[tuple[int, int], int], matcher: str,
                  ntargets: int) -> None:
         self.host = host
         self.routes = routes
         self.lens = lens
-        self.lengths = tuple(sorted(lens, reverse=True))
         self.ntargets = ntargets
+        self.only: Route | None = None
+        self.only_path = ""
+        deep: dict[int, list[int]] = {}
+        for seg, ln in sorted(lens, reverse=True):
+            deep.setdefault(seg, []).append(ln)
+        self.shallow = tuple(deep.pop(-1, ()))
+        self.deep = {seg: tuple(lns) for seg, lns in deep.items()}
         self.ilookup: dict[str, Route] | None = None
         self.ilengths: tuple[int, ...] = ()
         self.globs: tuple[tuple[re.Pattern[str], Route], ...] = ()
-        if matcher == "iprefix":
+        if matcher == "prefix":
+            if len(routes) == 1:
+                (self.only_path, self.only), = routes.items()
+        elif matcher == "iprefix":
             il: dict[str, Route] = {}
             for p in sorted(routes):  # ascending, so the reverse-lexicographic first one wins
                 il[p.lower()] = routes[p]
@@ -430,9 +454,21 @@ class _Host:
 
     def match(self, path: str, matcher: str) -> Route | None:
         if matcher == "prefix":
+            only = self.only
+            if only is not None:
+                return only if path.startswith(self.only_path) else None
             routes, n = self.routes, len(path)
-            for ln in self.lengths:
-                if ln <= n:
+            seg = path.find("/", 1)
+            if seg < 0:
+                seg = n
+            elif self.deep:
+                for ln in self.deep.get(seg, ()):
+                    if ln <= n:
+                        r = routes.get(path[:ln])
+                        if r is not None:
+                            return r
+            for ln in self.shallow:
+                if ln <= seg:
                     r = routes.get(path[:ln])
                     if r is not None:
                         return r
@@ -467,7 +503,7 @@ class _Index:
     __slots__ = ("exact", "wild", "general")
 
     def __init__(self) -> None:
-        self.exact: dict[str, tuple[_Host, ...]] = {}
+        self.exact: dict[str, _Host | tuple[_Host, ...]] = {}  # a tuple only for ``h`` and ``h:80`` both
         self.wild: dict[str, tuple[_Host, ...]] = {}
         self.general: tuple[tuple[int, re.Pattern[str], _Host], ...] = ()
 
@@ -495,14 +531,15 @@ class _Index:
                         pass
                 self.general = tuple(keep)
         elif cands:
-            self.exact[norm] = cands
+            self.exact[norm] = cands if len(cands) > 1 else cands[0]  # a bare _Host: one object less per lookup
         else:
             self.exact.pop(norm, None)
 
     def candidates(self, h: str, glob: bool, skip_exact: bool = False) -> Iterable[_Host]:
         """Hosts to try for request host ``h`` (normalised), most specific first; "" not included."""
         if not skip_exact:
-            yield from self.exact.get(h, ())
+            e = self.exact.get(h, ())
+            yield from (e if type(e) is tuple else (e,))
         if not glob:
             return
         wild, general = self.wild, self.general
@@ -572,10 +609,22 @@ class Table:
             h = h[:-3]
         matcher = self.matcher
         idx = self._tls if tls else self._plain
-        for hr in idx.exact.get(h, ()):
-            r = hr.match(path, matcher)
-            if r is not None:
-                return r
+        hr = idx.exact.get(h)
+        if hr is not None:
+            if type(hr) is _Host:
+                only = hr.only  # inlined fast path of _Host.match: one route on the host
+                if only is not None and matcher == "prefix":
+                    if path.startswith(hr.only_path):
+                        return only
+                else:
+                    r = hr.match(path, matcher)
+                    if r is not None:
+                        return r
+            else:
+                for x in hr:
+                    r = x.match(path, matcher)
+                    if r is not None:
+                        return r
         if self.glob_matching and (idx.wild or idx.general):
             # inlined fast path of _Index.candidates: suffixes at each '.', longest first, then "*"
             if idx.general:
@@ -965,17 +1014,18 @@ class TableBuilder:
                     ntargets += len(targets)
                     if r is None:
                         routes[p] = Route(h, p, tuple(targets))
-                        ln = len(p)
-                        lens[ln] = lens.get(ln, 0) + 1
+                        lk = _len_key(p)
+                        lens[lk] = lens.get(lk, 0) + 1
                     elif r.targets != targets:
                         routes[p] = Route(h, p, tuple(targets))
                 elif r is not None:
                     del routes[p]
-                    n = lens[len(p)] - 1
+                    lk = _len_key(p)
+                    n = lens[lk] - 1
                     if n:
-                        lens[len(p)] = n
+                        lens[lk] = n
                     else:
-                        del lens[len(p)]
+                        del lens[lk]
             if routes:
                 hr = _Host(h, routes, lens, matcher, ntargets)
                 hosts[h] = hr

@@ -4,6 +4,8 @@ import random
 from collections import Counter
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from router.routecmd import RouteCmd, parse
 from router.table import Table, TableBuilder, Target, parse_duration
@@ -655,3 +657,30 @@ def test_a_rejected_line_never_displaces_its_valid_twin() -> None:
         route = table.lookup("", "/w")
         assert route is not None and [t.url for t in route.targets] == ["http://10.0.0.1:8080/"]
         assert [e.reason for e in errors] == ["invalid duration 'xx'"]
+
+
+# ------------------------------------------------------------------------- prefix index against a naive rule
+
+_PATH_CHARS = st.sampled_from(["/", "a", "b"])
+_PATHS = st.builds(lambda s: "/" + s, st.text(_PATH_CHARS, max_size=5))
+
+
+@given(st.lists(st.lists(_PATHS, max_size=6), min_size=1, max_size=4), st.lists(_PATHS, min_size=1, max_size=12))
+def test_prefix_lookup_is_the_longest_string_prefix(generations: list[list[str]], requests: list[str]) -> None:
+    """The prefix index (second-slash position + length, router/table.py `_len_key`) must pick what plain
+    longest-string-prefix picks -- also "/a" for "/ab/x" -- after routes come and go incrementally."""
+    b = TableBuilder()
+    for gen, paths in enumerate(generations):
+        cmds = [RouteCmd("add", "s", f"h.com{p}", f"http://g{gen}/{i}/") for i, p in enumerate(dict.fromkeys(paths))]
+        nohost = [RouteCmd("add", "n", p, "http://n/") for p in paths[:2]]
+        t, errs = b.update(services={"s": cmds, "n": nohost})
+        assert errs == []
+        for req in requests:
+            r = t.lookup("h.com", req)
+            hits = [p for p in paths if req.startswith(p)]
+            want = max(hits, key=len) if hits else None
+            if want is None:
+                nh = [p for p in paths[:2] if req.startswith(p)]
+                assert (r and r.host, r and r.path) == (("", max(nh, key=len)) if nh else (None, None))
+            else:
+                assert r is not None and (r.host, r.path) == ("h.com", want)
