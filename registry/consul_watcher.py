@@ -379,9 +379,14 @@ class ConsulWatcher:
         tags = {n: tuple(t) for n, t in services.items() if any(x.strip().startswith(self.prefix) for x in t)}
         changed = {n for n in tags.keys() | self._catalog_tags.keys() if tags.get(n) != self._catalog_tags.get(n)}
         self._catalog_tags = tags
+        self._enqueue(changed)
         if changed:
             self._tagged = self._instance_fp.keys() | tags.keys()
-        self._enqueue(changed)
+            # A service tagged just now had its non-passing checks left out of the last fingerprints (they
+            # only cover tagged services): without this, its check turning passing would look like no
+            # change until the next instance reconcile (seconds at 30,000 instances).  Diffed, not set
+            # silently: the re-read it may queue is issued after this answer, so it sees at least as much.
+            self._on_health(self._last_health)
         # The services index also moves when only an instance's address or port changed; neither the
         # tag union nor the checks show that, so compare the instances in bulk (one request).
         self._reconcile = True

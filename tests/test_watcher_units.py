@@ -163,3 +163,18 @@ def test_broken_helper_falls_back_to_decoding_in_process() -> None:
     assert got == Instances.of(_dump_entries(DUMP, "urlprefix-")) and decoder._broken
     with pytest.raises(ValueError, match="not a JSON list"):
         summarize(b"{}", "urlprefix-")
+
+
+def test_a_service_tagged_after_its_failing_check_was_seen_notices_the_check_passing() -> None:
+    """The health answer that shows a new instance's critical check can come before the catalog answer
+    that shows its urlprefix tag; its check then turning passing must still count as a change (found at
+    30,000 instances: the route waited seconds for the instance reconcile)."""
+    w = ConsulWatcher(ConsulAPI("c:8500"), lambda s, m: None)
+    critical = [dict(check("fresh-1-ttl", "critical", "fresh-1"), ServiceName="fresh")]
+    w._on_health(critical)  # not tagged yet: ignored
+    assert w._pending == set()
+    w._on_catalog({"fresh": ["urlprefix-/fresh"]})
+    assert w._pending == {"fresh"}  # the tag change itself
+    w._pending.clear()
+    w._on_health([])  # the check passes
+    assert w._pending == {"fresh"}
