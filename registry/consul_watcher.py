@@ -552,7 +552,23 @@ class ConsulWatcher:
     async def _service_cmds(self, name: str) -> list[RouteCmd] | None:
         r = await self.api.get(f"/v1/health/service/{name}")
         self.status.requests += 1
-        return self._cmds_from_entries(name, r.body if r.status == 200 and r.body else [])
+        entries = r.body if r.status == 200 and r.body else []
+        self._learn_nodes(name, entries)
+        return self._cmds_from_entries(name, entries)
+
+    def _learn_nodes(self, name: str, entries: list[dict[str, Any]]) -> None:
+        """Map the nodes of a re-read service before the next instance reconcile does: a new instance's node
+        check (serfHealth) failing must count for it meanwhile.  The reconcile's dump replaces the map."""
+        if not self._dump_ok or name not in self._tagged:
+            return
+        new = False
+        for e in entries:
+            names = self._node_services.setdefault((e.get("Node") or {}).get("Node", ""), set())
+            if name not in names:
+                names.add(name)
+                new = True
+        if new:  # diffed, not set: the last answer may be newer than this read
+            self._on_health(self._last_health)
 
     def _cmds_from_entries(self, name: str, entries: list[dict[str, Any]]) -> list[RouteCmd] | None:
         verdicts = judge_all(entries, self.statuses, self.checks_all, self._holdable(name))

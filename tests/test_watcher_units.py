@@ -178,3 +178,20 @@ def test_a_service_tagged_after_its_failing_check_was_seen_notices_the_check_pas
     w._pending.clear()
     w._on_health([])  # the check passes
     assert w._pending == {"fresh"}
+
+
+def test_a_new_instance_node_check_counts_before_the_next_reconcile() -> None:
+    """The node -> services map comes from the instance dump; a service re-read meanwhile adds its nodes,
+    so a node check failing on a new instance's node is a change for it right away."""
+    w = ConsulWatcher(ConsulAPI("c:8500"), lambda s, m: None)
+    w._on_catalog({"fresh": ["urlprefix-/fresh"]})
+    entry = {"Node": {"Node": "n9", "Address": "10.0.0.9"},
+             "Service": {"ID": "fresh-1", "Service": "fresh", "Port": 80, "Tags": ["urlprefix-/fresh"]},
+             "Checks": [check("serfHealth", "passing", node_name="n9"), check("fresh-1-ttl", "passing", "fresh-1", "n9")]}
+    w._learn_nodes("fresh", [entry])
+    w._pending.clear()
+    w._on_health([check("serfHealth", "critical", node_name="n9")])
+    assert w._pending == {"fresh"}
+    w._pending.clear()
+    w._learn_nodes("fresh", [entry])  # known already: nothing re-diffed, nothing queued
+    assert w._pending == set()
