@@ -176,7 +176,7 @@ class ConsulWatcher:
         self.fetch_concurrency = fetch_concurrency
         self._health_fp: dict[str, frozenset] = {}
         self._catalog_tags: dict[str, tuple[str, ...]] = {}
-        self._routed: set[str] = set()  # services that currently have routes in the table
+        self._sent: dict[str, list[RouteCmd]] = {}  # the commands the table has per service (see _emit)
         self._hold_started: dict[str, float] = {}  # service -> when its routed instances began waiting for unrun checks
         self._pending: set[str] = set()
         self._pending_since: float | None = None  # monotonic time the oldest unapplied change was seen
@@ -267,6 +267,7 @@ class ConsulWatcher:
                 self._pending_since = None
                 manual = self._manual_from(k)
                 self.sink(changes, manual if manual is not None else [])
+                self._sent = {n: c for n, c in changes.items() if c is not None}
                 self.status.synced()
                 self.status.ready = True
                 indexes.update(catalog=c.index, kv=k.index)
@@ -471,8 +472,22 @@ class ConsulWatcher:
     def _emit(
         self, changes: dict[str, list[RouteCmd] | None], manual: list[RouteCmd] | None, since: float | None
     ) -> None:
-        """Hand a change to the table and record how long it took from the watch answer to the swap."""
+        """Hand a change to the table and record how long it took from the watch answer to the swap.
+
+        Services whose commands equal what the table has are left out, and a change that leaves nothing
+        is no swap: an instance reconcile re-reads every service it cannot rule out, and timing those
+        no-op re-reads against the reconcile's trigger reported seconds for changes applied in ms.
+        """
+        sent = self._sent
+        changes = {n: c for n, c in changes.items() if sent.get(n) != c}
+        if not changes and manual is None:
+            return
         self.sink(changes, manual)
+        for n, c in changes.items():
+            if c is None:
+                sent.pop(n, None)
+            else:
+                sent[n] = c
         if since is not None:
             self.status.propagated((time.monotonic() - since) * 1000)
 
@@ -590,8 +605,4 @@ class ConsulWatcher:
             self.status.services[name] = ServiceStatus(name, verdicts, errors, len(cmds), time.time())
         else:
             self.status.services.pop(name, None)
-        if cmds:
-            self._routed.add(name)
-            return cmds
-        self._routed.discard(name)
-        return None
+        return cmds or None

@@ -23,6 +23,10 @@ import httptools
 
 HIGH_WATER = 1 << 20  # buffered response bytes at which we stop reading the upstream socket
 LOW_WATER = 1 << 18  # ... and resume once the consumer drained below this
+# Bytes of one response head (status line, headers, 1xx heads before it) we read before giving up: an
+# upstream that never ends its head would otherwise be buffered until memory runs out (httptools sets no
+# limit).  Go's Transport, fabio's, allows 10 MB; 1 MiB is ample for any real response (nginx: 4-8 KB).
+MAX_HEAD = 1 << 20
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 
 
@@ -145,6 +149,7 @@ class _Conn(asyncio.Protocol):
         # Content-Length body bytes still to come. Once the head is parsed, such a body bypasses
         # httptools: its on_body copies every chunk, which was a third of a big download's CPU.
         self.raw_left = -1
+        self.head_left = MAX_HEAD  # reset for each request (see MAX_HEAD)
 
     # --- asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -160,6 +165,13 @@ class _Conn(asyncio.Protocol):
         if self.raw_left > 0:
             self._raw_body(resp, data)
             return
+        if not resp._headers_fut.done():
+            self.head_left -= len(data)
+            if self.head_left < 0:
+                self.reusable = False
+                resp._fail(UpstreamError(f"upstream response head longer than {MAX_HEAD} bytes"))
+                self.abort()
+                return
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -458,6 +470,7 @@ class Upstream:
                         chunked: bool, header_timeout: float) -> Response:
         resp = Response(conn, method == "HEAD")
         conn.resp = resp
+        conn.head_left = MAX_HEAD
         conn.uses += 1
         transport = conn.transport
         assert transport is not None

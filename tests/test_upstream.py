@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 
-from router.upstream import HIGH_WATER, ConnectFailed, Upstream, UpstreamError, UpstreamTimeout
+from router.upstream import HIGH_WATER, MAX_HEAD, ConnectFailed, Upstream, UpstreamError, UpstreamTimeout
 from tests.backends import Backend
 from tests.router_proc import free_port
 
@@ -387,6 +387,33 @@ def test_body_arriving_after_the_head_then_reuse() -> None:
             for i in range(3):
                 assert (await fetch(up, srv.url + "/"))[:2] == (200, b"abcdefgh%d\n" % i)
             assert srv.connections == 1
+            await up.close()
+
+    asyncio.run(main())
+
+
+def test_endless_response_head_is_an_error_not_memory() -> None:
+    """An upstream that keeps sending header lines (broken or hostile) must not make the router buffer them
+    until memory runs out: past MAX_HEAD bytes the response is a 502-class error and the connection closes."""
+    sent = 0
+
+    async def handler(r: asyncio.StreamReader, w: asyncio.StreamWriter, n: int) -> None:
+        nonlocal sent
+        await read_head(r)
+        w.write(b"HTTP/1.1 200 OK\r\n")
+        line = b"X-Filler: " + b"f" * 1000 + b"\r\n"
+        while sent < 64 * MAX_HEAD:  # never ends the head; stops only when the router hangs up
+            w.write(line * 64)
+            sent += len(line) * 64
+            await w.drain()
+        await asyncio.sleep(30)
+
+    async def main() -> None:
+        async with RawServer(handler) as srv:
+            up = Upstream()
+            with pytest.raises(UpstreamError, match="head"):
+                await asyncio.wait_for(up.request("GET", srv.url + "/", [], None), 20)
+            assert sent < 32 * MAX_HEAD  # it hung up near the limit (plus what socket buffers hold)
             await up.close()
 
     asyncio.run(main())

@@ -195,3 +195,21 @@ def test_a_new_instance_node_check_counts_before_the_next_reconcile() -> None:
     w._pending.clear()
     w._learn_nodes("fresh", [entry])  # known already: nothing re-diffed, nothing queued
     assert w._pending == set()
+
+
+def test_an_unchanged_service_is_no_swap_and_no_propagation_sample() -> None:
+    """A reconcile re-reads services it cannot rule out; when their commands are what the table has, the
+    table is not touched and the router-observed delay is not sampled (it reported seconds for them)."""
+    from router.routecmd import RouteCmd
+
+    swaps: list[dict] = []
+    w = ConsulWatcher(ConsulAPI("c:8500"), lambda s, m: swaps.append(dict(s)))
+    cmds = [RouteCmd("add", "web", "/web", "http://10.0.0.1:80/")]
+    w._emit({"web": cmds}, None, 0.0)
+    w._emit({"web": list(cmds)}, None, 0.0)  # equal commands: nothing to do
+    w._emit({"gone": None}, None, 0.0)  # removing what the table does not have: nothing either
+    assert swaps == [{"web": cmds}] and w.status.propagation_count == 1
+    w._emit({"web": None, "db": None}, None, 0.0)
+    assert swaps[-1] == {"web": None} and w.status.propagation_count == 2
+    w._emit({}, [], 0.0)  # an override change always goes through
+    assert len(swaps) == 3 and w.status.propagation_count == 3
