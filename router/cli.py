@@ -76,6 +76,7 @@ def build_proxy(cfg: Config, state: RouterState) -> ProxyApp:
         header_timeout=cfg["proxy.responseheadertimeout"],
         dial_timeout=cfg["proxy.dialtimeout"],
         idle_timeout=cfg["proxy.idleconntimeout"],
+        max_idle=cfg["proxy.maxconn"],
         keepalive=cfg["proxy.keepalivetimeout"],
         local_ip=cfg["proxy.localip"],
         forwarding=ForwardingHeaders(

@@ -327,6 +327,54 @@ def parse_str(text: str) -> str:
     return text.strip()
 
 
+# fabio's UI is built with Materialize, and `ui.color` names one of its colour classes for the nav bar:
+# a base colour (its 500 shade below, Material Design's published values), optionally with a modifier
+# (`light-green darken-2`).  Our UI has no Materialize, so a modifier is approximated by mixing the base
+# with white (lighten-N, N=1..5) or black (darken-N, N=1..4); accent-N keeps the base.  A CSS hex colour
+# (`#2e7d32`) is accepted too (ours).
+_MATERIAL = {
+    "red": "f44336", "pink": "e91e63", "purple": "9c27b0", "deep-purple": "673ab7", "indigo": "3f51b5",
+    "blue": "2196f3", "light-blue": "03a9f4", "cyan": "00bcd4", "teal": "009688", "green": "4caf50",
+    "light-green": "8bc34a", "lime": "cddc39", "yellow": "ffeb3b", "amber": "ffc107", "orange": "ff9800",
+    "deep-orange": "ff5722", "brown": "795548", "grey": "9e9e9e", "blue-grey": "607d8b", "black": "000000",
+    "white": "ffffff",
+}
+_MODIFIER = re.compile(r"(lighten|darken|accent)-([1-5])")
+_HEX = re.compile(r"#(?:[0-9a-f]{3}|[0-9a-f]{6})")
+
+
+def _nav_rgb(text: str) -> tuple[int, int, int]:
+    v = " ".join(text.lower().split())
+    if _HEX.fullmatch(v):
+        h = v[1:] if len(v) == 7 else "".join(c * 2 for c in v[1:])
+        return int(h[0:2], 16), int(h[2:4], 16), int(h[4:6], 16)
+    base, _, mod = v.partition(" ")
+    if base not in _MATERIAL:
+        raise ValueError("a Materialize colour (light-green, blue, red darken-2, ...) or a CSS hex colour (#2e7d32)")
+    rgb = tuple(int(_MATERIAL[base][i:i + 2], 16) for i in (0, 2, 4))
+    if not mod:
+        return rgb  # type: ignore[return-value]
+    m = _MODIFIER.fullmatch(mod)
+    if m is None or (m[1] == "darken" and m[2] == "5"):
+        raise ValueError("a modifier lighten-1..5, darken-1..4 or accent-1..4 after the colour name")
+    share = {"lighten": 0.17, "darken": 0.12, "accent": 0.0}[m[1]] * int(m[2])
+    target = 255 if m[1] == "lighten" else 0
+    return tuple(round(c + (target - c) * share) for c in rgb)  # type: ignore[return-value]
+
+
+def parse_ui_color(text: str) -> str:
+    """`ui.color`, checked here so that a typo stops startup instead of giving a colourless bar."""
+    _nav_rgb(text)
+    return " ".join(text.lower().split())
+
+
+def nav_colors(text: str) -> tuple[str, str]:
+    """CSS background and text colour of the UI's nav bar: dark text on light colours (yellow, lime, white)."""
+    r, g, b = _nav_rgb(text)
+    light = 0.299 * r + 0.587 * g + 0.114 * b > 170
+    return f"#{r:02x}{g:02x}{b:02x}", ("#212121" if light else "#ffffff")
+
+
 # --- secrets inside values
 
 _URL_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)([^\s/?#]*)@")
@@ -375,7 +423,7 @@ KEYS: tuple[Key, ...] = (
     Key("proxy.keepalivetimeout", "0", duration(hi=32767, zero="no keep-alive probes", hi_why=" (Linux's limit)"),
         "TCP keep-alive idle time for upstream connections (whole seconds, at least 1s)"),
     Key("proxy.idleconntimeout", "15s", duration(zero="no limit"), "how long an idle upstream connection is kept"),
-    Key("proxy.maxconn", "10000", int_range(0), "idle upstream connections kept per host", todo='not enforced yet: the pool keeps idle connections by proxy.idleconntimeout only'),
+    Key("proxy.maxconn", "10000", int_range(0), "idle upstream connections kept per host (0: 2, as Go's default)"),
     Key("proxy.shutdownwait", "0", duration(), "how long to keep serving after SIGTERM"),
     Key("proxy.deregistergraceperiod", "0", duration(), "wait after deregistering before shutdown"),
     Key("proxy.localip", "", parse_str, "this host's IP, used in Forwarded: by="),
@@ -445,7 +493,7 @@ KEYS: tuple[Key, ...] = (
     Key("ui.health.maxsyncage", "0", duration(zero="off"),
         "/health answers 503 when the last Consul answer is older than this (must exceed wait*17/16) (ours)"),
     Key("ui.title", "", parse_str, "title shown in the UI"),
-    Key("ui.color", "light-green", parse_str, "colour of the UI's navigation bar", todo='no effect yet'),
+    Key("ui.color", "light-green", parse_ui_color, "colour of the UI's navigation bar (a Materialize colour class, as in fabio, or #rrggbb)"),
     Key("ui.auth.htpasswd", "", parse_str, "htpasswd file (bcrypt, $apr1$, $1$ or {SHA} entries) for override saves from non-loopback (ours)"),
     Key("ui.auth.token", "", parse_str, "bearer token for override saves from non-loopback (ours)", secret=True),
     Key("ui.auth.loopback", "true", parse_bool,

@@ -179,12 +179,15 @@ class ProxyApp:
         eject_failures: int = 3,
         eject_duration: float = 10.0,
         access_log: AccessLog | None = None,
+        max_idle: int = 10000,
     ) -> None:
         self.state = state
         self.strategy = strategy
         self.noroute_status = noroute_status
         self.header_timeout = header_timeout
-        self.upstream = Upstream(dial_timeout=dial_timeout, idle_timeout=idle_timeout, keepalive=keepalive)
+        # proxy.maxconn is Go's MaxIdleConnsPerHost, whose 0 means its default of 2
+        self.upstream = Upstream(dial_timeout=dial_timeout, idle_timeout=idle_timeout, keepalive=keepalive,
+                                 max_idle=max_idle or 2)
         self.forwarding = forwarding or ForwardingHeaders(local_ip=local_ip)
         self.auth_schemes = auth_schemes or {}
         self.noroute_html = ""  # set by registry.noroute when registry.consul.noroutehtmlpath has a value

@@ -391,3 +391,15 @@ def test_config_doc_counts_keys_read_through_f_strings_as_used() -> None:
         assert in_use(KEYS_BY_NAME[name]), name
     for key in KEYS:  # a key said to have no effect is read nowhere
         assert not (key.todo and in_use(key)), key.name
+
+
+@pytest.mark.parametrize("value", ["light-gren", "blue darken-5", "blue lighten", "#12345", "red; background: x"])
+def test_a_bad_ui_color_is_refused_naming_what_is_accepted(value: str) -> None:
+    with pytest.raises(ValueError, match="Materialize colour|modifier"):
+        KEYS_BY_NAME["ui.color"].parse(value)
+
+
+@pytest.mark.parametrize("value, kept", [("light-green", "light-green"), ("Red  Darken-2", "red darken-2"),
+                                         ("#ABC", "#abc"), ("teal accent-3", "teal accent-3")])
+def test_ui_color_accepts_fabio_class_names_and_hex(value: str, kept: str) -> None:
+    assert KEYS_BY_NAME["ui.color"].parse(value) == kept

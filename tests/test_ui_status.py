@@ -138,3 +138,23 @@ def test_routes_log_all_switches_to_delta_above_the_limit(caplog: pytest.LogCapt
     st.apply({"big": cmds(big + "\nroute add big /big/extra http://127.0.0.1:7/")})
     [m] = messages(caplog)
     assert m.splitlines()[1:] == ["+ route add big /big/extra http://127.0.0.1:7/"]
+
+
+@pytest.mark.parametrize("color, bg, fg", [
+    ("light-green", "#8bc34a", "#ffffff"),  # fabio's default
+    ("blue darken-2", "#1972b9", "#ffffff"),  # modifier: 24 % black (Materialize: #1976d2)
+    ("yellow", "#ffeb3b", "#212121"),  # a light colour gets dark text
+    ("#2E7D32", "#2e7d32", "#ffffff"),
+])
+def test_ui_color_paints_every_nav_bar(color: str, bg: str, fg: str) -> None:
+    with TestClient(static_router("-ui.color", color).ui) as client:
+        for path in PAGES:
+            text = client.get(path).text
+            assert f"nav {{ background: {bg}; color: {fg};" in text, path
+            assert "{{" not in text, path  # every placeholder filled
+
+
+def test_ui_title_is_escaped_in_the_pages() -> None:
+    with TestClient(static_router("-ui.title", "<b>edge</b>").ui) as client:
+        text = client.get("/routes").text
+        assert "consul-router - &lt;b&gt;edge&lt;/b&gt;" in text and "<b>edge</b>" not in text

@@ -417,3 +417,26 @@ def test_endless_response_head_is_an_error_not_memory() -> None:
             await up.close()
 
     asyncio.run(main())
+
+
+def test_idle_connections_per_host_are_capped_by_proxy_maxconn(backend: Backend) -> None:
+    """proxy.maxconn is Go's MaxIdleConnsPerHost: of three connections that finish together, the pool keeps
+    that many idle ones and closes the rest; 0 means Go's default of 2."""
+    from router.cli import build_proxy
+    from router.config import load
+    from router.state import RouterState
+
+    def pool(maxconn: str) -> Upstream:
+        cfg = load(["-registry.backend", "static", "-proxy.maxconn", maxconn])
+        return build_proxy(cfg, RouterState()).upstream
+
+    async def main() -> None:
+        up = pool("1")
+        url = f"http://127.0.0.1:{backend.port}/slow?s=0.2"  # in flight together, so three connections
+        await asyncio.gather(*(fetch(up, url) for _ in range(3)))
+        key = ("http", "127.0.0.1", backend.port, True)
+        assert len(up._idle[key]) == 1
+        await up.close()
+        assert pool("0").max_idle == 2 and pool("10000").max_idle == 10000
+
+    asyncio.run(main())

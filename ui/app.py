@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import html
 import json
 import time
 from collections.abc import AsyncIterator
@@ -23,6 +24,7 @@ from starlette.routing import Route
 
 from registry.consul_api import ConsulError
 from router import __version__
+from router.config import nav_colors
 from router.stats import RateWindow
 from ui import overrides
 from ui.metrics import registry_for, route_snapshots
@@ -130,11 +132,20 @@ def _error(status: int, message: str) -> Response:
 
 
 def create_app(router: Router) -> Starlette:
-    page = resources.files("ui").joinpath("routes.html").read_text(encoding="utf-8")
-    detail_page = resources.files("ui").joinpath("service.html").read_text(encoding="utf-8")
-    manual_page = resources.files("ui").joinpath("manual.html").read_text(encoding="utf-8")
-    status_page = resources.files("ui").joinpath("status.html").read_text(encoding="utf-8")
     cfg = router.cfg
+    title = html.escape(("consul-router - " + cfg["ui.title"]) if cfg["ui.title"] else "consul-router")
+    nav_bg, nav_fg = nav_colors(cfg["ui.color"])
+    fill = {"{{TITLE}}": title, "{{VERSION}}": __version__, "{{NAVBG}}": nav_bg, "{{NAVFG}}": nav_fg}
+
+    def _page(name: str) -> str:
+        """A page with title, version and nav colours filled in: fixed for the process, so done once."""
+        text = resources.files("ui").joinpath(name).read_text(encoding="utf-8")
+        for placeholder, value in fill.items():
+            text = text.replace(placeholder, value)
+        return text
+
+    page, detail_page = _page("routes.html"), _page("service.html")
+    manual_page, status_page = _page("manual.html"), _page("status.html")
     # ui.auth.loopback=false makes loopback writes need credentials too (a reverse proxy or port-forward on
     # this host makes every caller look like loopback)
     guard = WriteGuard(cfg["ui.access"], cfg["ui.auth.htpasswd"], cfg["ui.auth.token"], ui_host=cfg["ui.addr"][0],
@@ -145,14 +156,10 @@ def create_app(router: Router) -> Starlette:
     async def metrics(request: Request) -> Response:
         return Response(generate_latest(metrics_registry), media_type=CONTENT_TYPE_LATEST)
 
-    def _title() -> str:
-        title = cfg["ui.title"]
-        return ("consul-router - " + title) if title else "consul-router"
-
     async def manual_editor(request: Request) -> Response:
         if (refused := guard.ro_refusal()) is not None:
             return refused
-        return HTMLResponse(manual_page.replace("{{TITLE}}", _title()).replace("{{VERSION}}", __version__))
+        return HTMLResponse(manual_page)
 
     def _key(request: Request) -> str:
         return overrides.key_for(kvpath, request.path_params.get("key", ""))
@@ -220,7 +227,7 @@ def create_app(router: Router) -> Starlette:
         return RedirectResponse("/routes", status_code=303)
 
     async def routes_page(request: Request) -> Response:
-        return HTMLResponse(page.replace("{{TITLE}}", _title()).replace("{{VERSION}}", __version__))
+        return HTMLResponse(page)
 
     # rate1/pct99 of the routes page: the request counters' growth since a snapshot ~1 minute old
     window = RateWindow()
@@ -293,10 +300,10 @@ def create_app(router: Router) -> Starlette:
         return _json(doc, request)
 
     async def service_page(request: Request) -> Response:
-        return HTMLResponse(detail_page.replace("{{TITLE}}", _title()).replace("{{VERSION}}", __version__))
+        return HTMLResponse(detail_page)
 
     async def status_view(request: Request) -> Response:
-        return HTMLResponse(status_page.replace("{{TITLE}}", _title()).replace("{{VERSION}}", __version__))
+        return HTMLResponse(status_page)
 
     async def api_config(request: Request) -> Response:
         return _json(router.cfg.redacted(), request)
