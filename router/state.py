@@ -65,10 +65,11 @@ class RouterState:
         table: Table,
         ms: float,
     ) -> None:
-        """Log what changed, at a cost proportional to the change (`delta`, and `detail` which logs alike).
+        """Log what changed, at a cost proportional to the change (`delta`).
 
-        `all` logs the whole table instead while it has at most ALL_LIMIT entries (len(table)), and the
-        changes above that; the per-service lines are kept in every mode, so the switch logs a true delta.
+        `all` (fabio's route lines) and `detail` (its host/path/target tree, `Table.dump`) log the whole
+        table instead while it has at most ALL_LIMIT entries (len(table)), and the changes above that; the
+        per-service lines are kept in every mode, so the switch logs a true delta.
         """
         lines: list[str] = []
         changes = dict(services)
@@ -84,8 +85,9 @@ class RouterState:
             before_set, after_set = set(before), set(after)
             lines += [f"- {x}" for x in before if x not in after_set]
             lines += [f"+ {x}" for x in after if x not in before_set]
-        if self.routes_log == "all" and len(table) <= ALL_LIMIT:
-            log.info("routing table (%d routes, built in %.1f ms):\n%s", len(table), ms, table.render())
+        if self.routes_log in ("all", "detail") and len(table) <= ALL_LIMIT:
+            text = table.render() if self.routes_log == "all" else table.dump()
+            log.info("routing table (%d routes, built in %.1f ms):\n%s", len(table), ms, text)
             return
         if lines:
             shown = lines if len(lines) <= 200 else lines[:200] + [f"... and {len(lines) - 200} more"]

@@ -710,6 +710,28 @@ class Table:
                 lines.append(s)
         return "".join(line + "\n" for line in lines)
 
+    def dump(self) -> str:
+        """The tree of fabio's ``log.routes.format=detail``: hosts ascending, their paths, each target's
+        address, weight and its share of a 10,000-slot ring (fabio's ``int(10000*w)``; our pickers need no
+        ring, so the slots are what fabio would give it)."""
+        out: list[str] = []
+        hosts = sorted(self._hosts)
+        for i, h in enumerate(hosts):
+            out.append(f"+-- host={h}")
+            stem = "    " if i == len(hosts) - 1 else "|   "
+            routes = self._hosts[h].routes
+            paths = sorted(routes, reverse=True)
+            for j, p in enumerate(paths):
+                last_path = j == len(paths) - 1
+                out.append(f"{stem}{'+-- ' if last_path else '|-- '}path={p}")
+                targets = routes[p].targets
+                for k, t in enumerate(targets):
+                    branch = "+-- " if k == len(targets) - 1 else "|-- "
+                    addr = t.url.split("://", 1)[-1].split("/", 1)[0]  # Go's url.Host: as written
+                    out.append(f"{stem}{'    ' if last_path else '|   '}{branch}addr={addr} "
+                               f"weight {t.weight:.2f} slots {int(_FABIO_SLOTS * t.weight)}/{_FABIO_SLOTS}")
+        return "".join(line + "\n" for line in out)
+
     def services(self) -> set[str]:
         return {t.service for hr in self._hosts.values() for r in hr.routes.values() for t in r.targets}
 

@@ -108,12 +108,26 @@ def test_routes_log_delta(caplog: pytest.LogCaptureFixture) -> None:
     assert m.splitlines()[1:] == ["- route add b /c http://127.0.0.1:6/"]
 
 
-def test_routes_log_detail_logs_like_delta(caplog: pytest.LogCaptureFixture) -> None:
+def test_routes_log_detail_is_fabios_tree(caplog: pytest.LogCaptureFixture) -> None:
+    """`detail`: hosts ascending, paths, and per target its address, weight and share of fabio's ring."""
     caplog.set_level(logging.INFO, logger="router.table")
     st = RouterState(routes_log="detail")
-    st.apply({"a": cmds("route add a /a http://127.0.0.1:5/")})
+    st.apply({"a": cmds("route add a /a http://127.0.0.1:5/\nroute add a /a http://127.0.0.2:5/"),
+              "b": cmds("route add b b.com/ http://b:80/ weight 0.25\nroute add b b.com/x http://b2/")})
     [m] = messages(caplog)
-    assert m.startswith("routing table changed") and m.splitlines()[1:] == ["+ route add a /a http://127.0.0.1:5/"]
+    assert m.splitlines() == [
+        m.splitlines()[0],
+        "+-- host=",
+        "|   +-- path=/a",
+        "|       |-- addr=127.0.0.2:5 weight 0.50 slots 5000/10000",
+        "|       +-- addr=127.0.0.1:5 weight 0.50 slots 5000/10000",
+        "+-- host=b.com",
+        "    |-- path=/x",
+        "    |   +-- addr=b2 weight 1.00 slots 10000/10000",
+        "    +-- path=/",
+        "        +-- addr=b:80 weight 1.00 slots 10000/10000",
+    ]
+    assert m.startswith("routing table (4 routes")
 
 
 def test_routes_log_all_switches_to_delta_above_the_limit(caplog: pytest.LogCaptureFixture) -> None:
