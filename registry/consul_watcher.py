@@ -164,6 +164,7 @@ class ConsulWatcher:
         status: RegistryStatus | None = None,
         fetch_concurrency: int = 16,
         resync: float = 60.0,
+        unrun_hold: float = UNRUN_HOLD,
     ) -> None:
         self.api = api
         self.sink = sink
@@ -191,6 +192,7 @@ class ConsulWatcher:
         self._last_health: list[dict[str, Any]] = []
         self._by_state: dict[str, list[dict[str, Any]]] = {st: [] for st in NONPASSING_STATES}
         self.resync = resync
+        self.unrun_hold = unrun_hold  # registry.consul.unrunhold; 0: an unrun check counts as failing at once
         self._wake = asyncio.Event()
         self._kv_text: list[tuple[str, str]] | None = None
         self._env: dict[str, str] = {}
@@ -551,18 +553,18 @@ class ConsulWatcher:
         """Instances of `name` routed now whose not-yet-run checks may still count as passing."""
         prev = self.status.services.get(name)
         started = self._hold_started.get(name)
-        if prev is None or (started is not None and time.monotonic() - started >= UNRUN_HOLD):
+        if prev is None or self.unrun_hold <= 0 or (started is not None and time.monotonic() - started >= self.unrun_hold):
             return set()
         return {v.instance.id for v in prev.verdicts if v.healthy}
 
     def _track_holds(self, name: str, verdicts: list[Verdict]) -> None:
-        """A hold lasts UNRUN_HOLD at most: then the service is re-read and its unrun checks count as failing."""
+        """A hold lasts `unrun_hold` at most: then the service is re-read and its unrun checks count as failing."""
         if not any(v.held for v in verdicts):
             self._hold_started.pop(name, None)
         elif name not in self._hold_started:
             self._hold_started[name] = time.monotonic()
             log.info("service %s: keeping routed instances whose checks have not run yet (agent restart?)", name)
-            asyncio.get_running_loop().call_later(UNRUN_HOLD, self._enqueue, {name})
+            asyncio.get_running_loop().call_later(self.unrun_hold, self._enqueue, {name})
 
     async def _service_cmds(self, name: str) -> list[RouteCmd] | None:
         r = await self.api.get(f"/v1/health/service/{name}")

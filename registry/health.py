@@ -13,8 +13,9 @@ from typing import Any
 NODE_MAINT = "_node_maintenance"
 SERVICE_MAINT_PREFIX = "_service_maintenance:"
 SERF = "serfHealth"
-# How long a routed instance keeps its route while a check has not run yet (see `not_yet_run`): longer
-# than the usual check intervals (10-30 s), so a restarted agent runs every check well within it.
+# The default of registry.consul.unrunhold: how long a routed instance keeps its route while a check has
+# not run yet (see `not_yet_run`). Longer than the usual check intervals (10-30 s), so a restarted agent
+# runs every check well within it.
 UNRUN_HOLD = 45.0
 
 

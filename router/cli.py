@@ -195,6 +195,7 @@ class Router:
             kvpath=cfg["registry.consul.kvpath"],
             statuses=cfg["registry.consul.service.status"],
             checks_all=cfg["registry.consul.checksRequired"] == "all",
+            unrun_hold=cfg["registry.consul.unrunhold"],
             max_rate=cfg["registry.consul.maxrate"],
             status=self.status,
         )

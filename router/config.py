@@ -471,6 +471,8 @@ KEYS: tuple[Key, ...] = (
         "check statuses that make an instance routable",
     ),
     Key("registry.consul.checksRequired", "one", choice("one", "all"), "one passing check or all of them"),
+    Key("registry.consul.unrunhold", "45s", duration(zero="off"),
+        "how long a routed instance keeps its route while a check has not run since its agent restarted (ours)"),
     Key("registry.consul.requireConsistent", "true", parse_bool, "consistent reads from Consul"),
     Key("registry.consul.allowStale", "false", parse_bool, "stale reads from Consul"),
     Key("registry.consul.pollInterval", "0", duration(zero="blocking queries"), "poll instead of blocking queries (0 = block)", todo='not implemented yet: blocking queries are always used'),

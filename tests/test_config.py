@@ -151,6 +151,7 @@ RANGES = {
     "registry.consul.register.checkInterval": (("0", "0s", "500us"), {"1ms": 0.001, "1s": 1.0}),
     "registry.consul.register.checkTimeout": ((), {"0": 0.0, "3s": 3.0}),
     "registry.consul.wait": (("0", "0s", "10m1s", "1h"), {"1ms": 0.001, "60s": 60.0, "10m": 600.0}),
+    "registry.consul.unrunhold": ((), {"0": 0.0, "45s": 45.0, "2m": 120.0}),
     "registry.consul.maxrate": (("0", "0.0", "-5", "1_0", "0x10"), {"0.5": 0.5, "20": 20.0, "1e3": 1000.0}),
     "ui.health.maxsyncage": ((), {"0": 0.0, "2m": 120.0}),
     "glob.cache.size": (("1.5",), {"0": 0, "1000": 1000}),

@@ -213,3 +213,22 @@ def test_an_unchanged_service_is_no_swap_and_no_propagation_sample() -> None:
     assert swaps[-1] == {"web": None} and w.status.propagation_count == 2
     w._emit({}, [], 0.0)  # an override change always goes through
     assert len(swaps) == 3 and w.status.propagation_count == 3
+
+
+@pytest.mark.parametrize("hold, kept", [(45.0, True), (0.0, False)])
+def test_unrun_hold_keeps_a_routed_instance_unless_turned_off(hold: float, kept: bool) -> None:
+    """registry.consul.unrunhold: a routed instance whose check has not run since its agent restarted
+    (critical, no output, not TTL) keeps its route for that long; 0 turns the hold off."""
+    w = ConsulWatcher(ConsulAPI("c:8500"), lambda s, m: None, unrun_hold=hold)
+
+    def entry(status: str, output: str) -> dict[str, Any]:
+        c = dict(check("web-1-http", status, "web-1"), Type="http", Output=output)
+        return {"Node": {"Node": "n1", "Address": "10.0.0.1"},
+                "Service": {"ID": "web-1", "Service": "web", "Port": 80, "Tags": ["urlprefix-/web"]}, "Checks": [c]}
+
+    async def main() -> tuple[Any, Any]:
+        before = w._cmds_from_entries("web", [entry("passing", "HTTP GET: 200 OK")])
+        return before, w._cmds_from_entries("web", [entry("critical", "")])  # reloaded, not run yet
+
+    before, after = asyncio.run(main())
+    assert before and (after is not None) is kept
