@@ -64,6 +64,17 @@ def summary(xs: list[float]) -> dict[str, float]:
             "mean": round(statistics.fmean(xs), 1)}
 
 
+DEAD_PORT = 9  # nothing listens there: synthetic instances refuse connections at once
+
+
+def dead_addr(i: int) -> str:
+    """A distinct loopback address for synthetic instance i, at DEAD_PORT.  Not 127.0.0.1:<20000+i> as
+    before: the test helpers pick the router's own ports from 20000-32000, so a synthetic route could
+    point at the router itself, and a request on it looped through the router until memory ran out
+    (hundreds of MB in the RSS figures of some runs)."""
+    return f"127.{1 + i // 65536 % 254}.{i // 256 % 256}.{i % 256}"
+
+
 def register_background(http_url: str, instances: int, workers: int = 16) -> float:
     """N instances over ceil(N/3) services on 100 external nodes; returns seconds taken."""
     t0 = time.monotonic()
@@ -76,7 +87,7 @@ def register_background(http_url: str, instances: int, workers: int = 16) -> flo
         sid = f"{svc}-{i % PER_SERVICE}"
         body = {
             "Node": node, "Address": "127.0.0.1", "SkipNodeUpdate": True,
-            "Service": {"ID": sid, "Service": svc, "Address": "127.0.0.1", "Port": 20000 + i % 30000,
+            "Service": {"ID": sid, "Service": svc, "Address": dead_addr(i), "Port": DEAD_PORT,
                         "Tags": [f"urlprefix-/{svc}"]},
             "Checks": [{"CheckID": f"{sid}-chk", "Name": "bg", "Status": "passing", "ServiceID": sid}],
         }
@@ -194,7 +205,7 @@ routes = int(sys.argv[1]); per = 3
 svcs = {}
 for i in range(routes):
     s = f"s{i // per:05d}"
-    svcs.setdefault(s, []).append(RouteCmd("add", s, f"/{s}", f"http://127.0.0.1:{20000 + i % 30000}/",
+    svcs.setdefault(s, []).append(RouteCmd("add", s, f"/{s}", f"http://127.{1 + i // 65536 % 254}.{i // 256 % 256}.{i % 256}:9/",
                                            source=f"service:{s}"))
 def rss():
     for line in Path("/proc/self/status").read_text().splitlines():
@@ -228,9 +239,8 @@ def measure_router_rss(routes: int) -> dict[str, object]:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "routes.txt"
         per = 3
-        path.write_text("".join(f"route add s{i // per:05d} /s{i // per:05d} http://127.0.0.1:{20000 + i % 30000}/\n"
+        path.write_text("".join(f"route add s{i // per:05d} /s{i // per:05d} http://{dead_addr(i)}:{DEAD_PORT}/\n"
                                 for i in range(routes)))
-        # responseheadertimeout: a synthetic port may belong to some other listener on this machine
         router = RouterProc("-registry.backend", "file", "-registry.file.path", str(path), "-log.routes.format",
                             "delta", "-proxy.workers", "1", "-proxy.responseheadertimeout", "1s")
         t0 = time.monotonic()

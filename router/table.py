@@ -421,7 +421,8 @@ class _Host:
     per-host route counts.
     """
 
-    __slots__ = ("host", "routes", "lens", "only", "only_path", "shallow", "deep", "ilookup", "ilengths",
+    # `only` and `only_path` first: right after the object header, in the cache line a lookup touches anyway
+    __slots__ = ("only", "only_path", "routes", "shallow", "deep", "host", "lens", "ilookup", "ilengths",
                  "globs", "ntargets")
 
     def __init__(self, host: str, routes: dict[str, Route], lens: dict[tuple[int, int], int], matcher: str,
@@ -614,8 +615,8 @@ class Table:
         hr = idx.exact.get(h)
         if hr is not None:
             if type(hr) is _Host:
-                only = hr.only  # inlined fast path of _Host.match: one route on the host
-                if only is not None and matcher == "prefix":
+                only = hr.only  # inlined fast path of _Host.match: one route on the host (prefix matcher)
+                if only is not None:
                     if path.startswith(hr.only_path):
                         return only
                 else:
