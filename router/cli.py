@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import signal
+import socket
 import sys
 from collections.abc import Iterator, Sequence
 
@@ -83,7 +85,8 @@ def build_proxy(cfg: Config, state: RouterState) -> ProxyApp:
             cfg["proxy.localip"], request_id=cfg["proxy.header.requestid"],
             client_ip=cfg["proxy.header.clientip"], tls_header=cfg["proxy.header.tls"],
             tls_value=cfg["proxy.header.tls.value"], sts_maxage=cfg["proxy.header.sts.maxage"],
-            sts_subdomains=cfg["proxy.header.sts.subdomains"], sts_preload=cfg["proxy.header.sts.preload"]),
+            sts_subdomains=cfg["proxy.header.sts.subdomains"], sts_preload=cfg["proxy.header.sts.preload"],
+            via_id=via_id(cfg)),
         auth_schemes=auth_schemes(cfg),
         max_header_bytes=cfg["proxy.maxheaderbytes"],
         connect_attempts=cfg["proxy.retry.attempts"],
@@ -91,6 +94,13 @@ def build_proxy(cfg: Config, state: RouterState) -> ProxyApp:
         eject_duration=cfg["proxy.eject.duration"],
         access_log=access_log(cfg),
     )
+
+
+def via_id(cfg: Config) -> str:
+    """This router's name in `Via` (router/headers.py): the same in every worker, different for another
+    router (host name and proxy listener), and revealing neither."""
+    digest = hashlib.blake2b(f"{socket.gethostname()} {cfg['proxy.addr']!r}".encode(), digest_size=4).hexdigest()
+    return f"consul-router-{digest}"
 
 
 def access_log(cfg: Config) -> AccessLog | None:

@@ -3,6 +3,10 @@
 Hop-by-hop headers are dropped both ways; the forwarding headers (X-Forwarded-*, X-Real-Ip,
 Forwarded) are added. A client cannot make us drop a forwarding header by naming it in `Connection`
 (fabio's protection against that trick), because those names are ignored there.
+
+Ours: each forwarded request gets this router's `Via` entry (RFC 9110 7.6.3), and a request that
+already carries it MAX_VISITS - 1 times is refused (508) instead of forwarded: a route whose target
+is the router itself (or a chain of routers back to it) would otherwise loop until memory runs out.
 """
 
 from __future__ import annotations
@@ -24,6 +28,13 @@ HOP_BY_HOP = frozenset(
         "upgrade",
     }
 )
+MAX_VISITS = 5  # a request that reaches this router the 5th time is a loop: a legitimate chain repeats less
+
+
+class RoutingLoop(Exception):
+    """The request already went through this router MAX_VISITS - 1 times (its own Via entries)."""
+
+
 PROTECTED = frozenset(
     {
         "forwarded",
@@ -59,14 +70,16 @@ class ForwardingHeaders:
 
     def __init__(self, local_ip: str = "", *, request_id: str = "", client_ip: str = "", tls_header: str = "",
                  tls_value: str = "", sts_maxage: int = 0, sts_subdomains: bool = False,
-                 sts_preload: bool = False) -> None:
+                 sts_preload: bool = False, via_id: str = "") -> None:
         self.local_ip = local_ip
+        self.via = f"1.1 {via_id}" if via_id else ""  # this router's Via entry (see the module docstring)
         self.request_id = request_id.lower()
         # fabio ignores clientip when it names a header it already sets
         self.client_ip = "" if client_ip.lower() in ("x-forwarded-for", "x-real-ip") else client_ip.lower()
         self.tls_header = tls_header.lower()
         self.tls_value = tls_value
-        self.protected = PROTECTED | {h for h in (self.request_id, self.client_ip, self.tls_header) if h}
+        self.own = frozenset(h for h in (self.request_id, self.client_ip, self.tls_header) if h)
+        self.protected = PROTECTED | self.own
         sts = f"max-age={sts_maxage}" if sts_maxage > 0 else ""
         if sts and sts_subdomains:
             sts += "; includeSubdomains"
@@ -78,6 +91,7 @@ class ForwardingHeaders:
         """Headers for the upstream request, and whether the request has a body to stream."""
         out: list[tuple[str, str]] = []
         conn_values: list[str] = []
+        vias: list[str] = []
         seen: dict[str, str] = {}
         has_body = False
         for raw_name, raw_value in scope["headers"]:
@@ -85,6 +99,9 @@ class ForwardingHeaders:
             value = raw_value.decode("latin-1")
             if name == "connection":
                 conn_values.append(value)
+                continue
+            if name == "via":
+                vias.append(value)
                 continue
             if name == "content-length":
                 has_body = value.strip() not in ("", "0")
@@ -109,7 +126,8 @@ class ForwardingHeaders:
         elif scheme == "wss":
             scheme = "https"
         xff = seen.get("x-forwarded-for")
-        out = [(n, v) for n, v in out if n != "x-forwarded-for"]
+        if xff is not None:
+            out = [(n, v) for n, v in out if n != "x-forwarded-for"]
         out.append(("x-forwarded-for", f"{xff}, {ip}" if xff else ip))
         if "x-real-ip" not in seen:
             out.append(("x-real-ip", ip))
@@ -126,13 +144,15 @@ class ForwardingHeaders:
         fwd = seen.get("forwarded")
         if fwd is None:
             fwd = f"for={ip}; proto={proto}"
-        out = [(n, v) for n, v in out if n != "forwarded"]
+        else:
+            out = [(n, v) for n, v in out if n != "forwarded"]
         if self.local_ip:
             fwd += f"; by={self.local_ip}"
         fwd += f"; httpproto=http/{scope.get('http_version', '1.1')}"
         out.append(("forwarded", fwd))
         if target.strip:
-            out = [(n, v) for n, v in out if n != "x-forwarded-prefix"]
+            if "x-forwarded-prefix" in seen:
+                out = [(n, v) for n, v in out if n != "x-forwarded-prefix"]
             out.append(("x-forwarded-prefix", target.strip))
         if target.host_header:  # host=<name>, or for host=dst the target URL's host as written (table.py)
             out.append(("host", target.host_header))
@@ -140,7 +160,17 @@ class ForwardingHeaders:
             out.append(("host", host))
         if "user-agent" not in seen:
             out.append(("user-agent", ""))
-        own = {h for h in (self.request_id, self.client_ip, self.tls_header) if h}
+        if self.via:
+            if vias:
+                before = ", ".join(vias)
+                if before.count(self.via) >= MAX_VISITS - 1:
+                    raise RoutingLoop(f"routing loop: the request has passed this router {MAX_VISITS} times")
+                out.append(("via", f"{before}, {self.via}"))
+            else:
+                out.append(("via", self.via))
+        elif vias:
+            out.append(("via", ", ".join(vias)))
+        own = self.own
         if own:
             out = [(n, v) for n, v in out if n not in own]
             if self.request_id:

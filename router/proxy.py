@@ -18,7 +18,7 @@ from urllib.parse import quote, unquote
 from router import access, redirect
 from router.auth import BasicAuth, authorise
 from router.ejection import Ejector
-from router.headers import ForwardingHeaders
+from router.headers import ForwardingHeaders, RoutingLoop
 from router.request_guard import check_request, send_rejection
 from router.state import RouterState
 from router.stats import CLIENT_GONE, RequestStats
@@ -298,7 +298,12 @@ class ProxyApp:
             await send({"type": "http.response.body", "body": b""})
             return route, target, target.redirect_code
 
-        headers, has_body = self.forwarding.request_headers(scope, host, target)
+        try:
+            headers, has_body = self.forwarding.request_headers(scope, host, target)
+        except RoutingLoop as e:
+            log.warning("%s %s%s: %s (a route's target is this router?)", scope["method"], host, path, e)
+            await send_status(send, 508, f"{e}\n")
+            return route, target, 508
         if target.opts and "auth" in target.opts:  # the credentials are for us, not for the upstream
             headers = [h for h in headers if h[0] != "authorization"]
         body: AsyncIterator[bytes] | None = self._body(receive) if has_body else None

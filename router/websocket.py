@@ -20,6 +20,7 @@ from urllib.parse import unquote
 
 from router import access
 from router.auth import authorise
+from router.headers import RoutingLoop
 from router.proxy import normalise_path, upstream_raw_path
 from router.request_guard import check_request
 
@@ -192,7 +193,11 @@ class Tunnel(asyncio.Protocol):
                 self._fail("401 Unauthorized", "authorization failed\n")
                 return
         raw = upstream_raw_path(target, path, scope)  # the client's encoding, cut like the plain requests
-        fwd, _ = proxy.forwarding.request_headers(scope, host, target)
+        try:
+            fwd, _ = proxy.forwarding.request_headers(scope, host, target)
+        except RoutingLoop as e:
+            self._fail("508 Loop Detected", f"{e}\n")
+            return
         upgrade = next((v for n, v in headers if n == b"upgrade"), b"websocket").decode("latin-1")
         out = [f"{method} {raw}{'?' + query if query else ''} HTTP/1.1"]
         out += [f"{n}: {v}" for n, v in fwd]

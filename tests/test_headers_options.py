@@ -294,3 +294,20 @@ def test_tls_request_headers_and_hsts(backend: Backend) -> None:
 def test_unknown_option_is_logged_once(router: RouterProc) -> None:
     assert router.output().count("route option 'foo'") == 1
     assert "route option 'strip'" not in router.output()
+
+
+def test_a_route_to_the_router_itself_is_a_508_not_a_runaway_loop(backend: Backend) -> None:
+    """A target that is the router's own listener (a misregistered service, a chain of routers back to
+    this one): each pass adds this router's Via entry, and the fifth pass is answered 508 instead of
+    forwarded again, so the loop ends at once and every other route keeps working."""
+    r = RouterProc("-registry.backend", "static")
+    r.flags += ["-registry.static.routes",
+                f"route add self /loop http://127.0.0.1:{r.proxy_port}/\nroute add b /b http://127.0.0.1:{backend.port}/"]
+    with r:
+        resp = httpx.get(r.url + "/loop/x", timeout=20)
+        assert resp.status_code == 508 and "routing loop" in resp.text
+        assert resp.headers.get("content-type", "").startswith("text/plain")
+        ok = httpx.get(r.url + "/b/x", timeout=5)
+        assert ok.status_code == 200 and ok.headers["x-backend"] == backend.name
+        assert backend.requests[-1].headers["via"].startswith("1.1 consul-router-")  # the upstream sees it
+        assert "routing loop" in r.output()

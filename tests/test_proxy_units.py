@@ -154,3 +154,27 @@ def test_upstream_raw_path_without_raw_path_encodes_the_decoded_one() -> None:
 
     t = SimpleNamespace(strip="/foo", prepend="")
     assert upstream_raw_path(t, "/foo/a%b c", {"path": "/foo/a%b c", "headers": []}) == "/a%25b%20c"
+
+
+def test_incoming_forwarded_and_prefix_are_replaced_once() -> None:
+    s = scope(("host", "h"), ("forwarded", "for=1.1.1.1; proto=https"), ("x-forwarded-prefix", "/client"))
+    d = as_dict(ForwardingHeaders().request_headers(s, "h", target(strip="/api"))[0])  # no duplicates
+    assert d["forwarded"] == "for=1.1.1.1; proto=https; httpproto=http/1.1"
+    assert d["x-forwarded-prefix"] == "/api"
+    d = as_dict(ForwardingHeaders().request_headers(s, "h", target())[0])
+    assert d["x-forwarded-prefix"] == "/client"  # no strip=: the client's is passed on
+
+
+def test_via_is_appended_and_a_fifth_visit_is_a_routing_loop() -> None:
+    from router.headers import MAX_VISITS, RoutingLoop
+
+    fwd = ForwardingHeaders(via_id="r-1")
+    assert as_dict(fwd.request_headers(scope(("host", "h")), "h", target())[0])["via"] == "1.1 r-1"
+    two = scope(("host", "h"), ("via", "1.0 edge"), ("via", "1.1 r-1"))
+    assert as_dict(fwd.request_headers(two, "h", target())[0])["via"] == "1.0 edge, 1.1 r-1, 1.1 r-1"
+    seen = ", ".join(["1.1 r-1"] * (MAX_VISITS - 1))
+    with pytest.raises(RoutingLoop, match=f"{MAX_VISITS} times"):
+        fwd.request_headers(scope(("host", "h"), ("via", seen)), "h", target())
+    # another router's entries do not count; without an id the client's Via is passed on unchanged
+    assert fwd.request_headers(scope(("host", "h"), ("via", seen.replace("r-1", "r-2"))), "h", target())
+    assert as_dict(ForwardingHeaders().request_headers(two, "h", target())[0])["via"] == "1.0 edge, 1.1 r-1"
