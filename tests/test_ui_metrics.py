@@ -6,12 +6,14 @@ from __future__ import annotations
 import asyncio
 import math
 import time
+import types
 import warnings
 
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from registry import consul_watcher
 from router.cli import Router
 from router.config import load
 from tests.consul_helpers import make_client, register, wait_until
@@ -46,8 +48,11 @@ def labelled(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
             for fam in text_string_to_metric_families(text) for s in fam.samples}
 
 
-def test_registry_errors_sync_age_and_propagation_from_the_status() -> None:
-    """In-process: the RegistryStatus the Consul watcher feeds (error(), synced(), propagated()) -> /metrics."""
+def test_registry_errors_sync_age_and_propagation_from_the_status(monkeypatch: pytest.MonkeyPatch) -> None:
+    """In-process: the RegistryStatus the Consul watcher feeds (error(), synced(), propagated()) -> /metrics.
+    The watcher's wall clock is frozen, so the exported sync age is exactly the one set."""
+    now = time.time()
+    monkeypatch.setattr(consul_watcher, "time", types.SimpleNamespace(time=lambda: now, monotonic=time.monotonic))
     router = Router(load(["-registry.consul.addr", "127.0.0.1:1"]))  # never started: no request is made
     st = router.status
     with TestClient(router.ui) as client:
@@ -58,16 +63,15 @@ def test_registry_errors_sync_age_and_propagation_from_the_status() -> None:
         st.synced()
         st.error("health watch: connection refused")
         st.error("kv watch: HTTP 500")
-        st.last_sync = time.time() - 42  # the last good answer was 42 s ago
+        st.last_sync = now - 42  # the last good answer was 42 s ago
         for ms in (5.0, 10.0, 100.0):
             st.propagated(ms)
         text = client.get("/metrics").text
-        age_after = st.sync_age()
         status = client.get("/api/status").json()["registry"]
     m, q = samples(text), labelled(text)
     assert m["consul_router_registry_errors_total"] == 2 == status["error_count"]
     assert m["consul_router_registry_connected"] == 0  # an error after the sync: not connected
-    assert 42 <= m["consul_router_registry_last_sync_age_seconds"] <= age_after
+    assert m["consul_router_registry_last_sync_age_seconds"] == 42.0 == status["sync_age_seconds"]
     assert m["consul_router_propagations_total"] == 3
     delay = {dict(k[1])["quantile"]: v for k, v in q.items() if k[0] == "consul_router_propagation_delay_ms"}
     assert delay == {"0.5": 10.0, "0.9": 100.0, "1": 100.0}
@@ -96,7 +100,7 @@ def test_real_watch_change_is_a_propagation(consul_agent) -> None:
     with router_for(consul_agent) as r:
         before = scrape(r)
         assert before["consul_router_registry_connected"] == 1 and before["consul_router_registry_errors_total"] == 0
-        assert before["consul_router_registry_last_sync_age_seconds"] >= 0
+        assert not math.isnan(before["consul_router_registry_last_sync_age_seconds"])  # synced (NaN: never)
         svc = f"prop-{uid()}"
         register(c, svc, svc, 5005, tags=[f"urlprefix-/{svc}"])
         wait_until(lambda: scrape(r)["consul_router_propagations_total"] > before["consul_router_propagations_total"])

@@ -6,11 +6,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import time
+import types
 import warnings
 
 import pytest
 
 import router
+from registry import consul_watcher
 from router.cli import Router
 from router.config import load
 from router.routecmd import parse
@@ -63,13 +66,15 @@ def test_status_page_is_served_and_config_stays_redacted() -> None:
             assert 'href="/status"' in client.get(path).text, path
 
 
-def test_status_reports_sync_time_and_recent_errors() -> None:
+def test_status_reports_sync_time_and_recent_errors(monkeypatch: pytest.MonkeyPatch) -> None:
+    now = time.time()  # the status's wall clock, frozen: the sync is at `now` and its age exactly 0
+    monkeypatch.setattr(consul_watcher, "time", types.SimpleNamespace(time=lambda: now, monotonic=time.monotonic))
     r = static_router()
     r.status.error("kv watch: connection refused")
     asyncio.run(r.registry())  # the static source counts as a sync
     with TestClient(r.ui) as client:
         reg = client.get("/api/status").json()["registry"]
-    assert reg["last_sync"] == r.status.last_sync > 0 and reg["sync_age_seconds"] >= 0
+    assert reg["last_sync"] == r.status.last_sync == now and reg["sync_age_seconds"] == 0.0
     assert reg["error_count"] == 1 and reg["recent_errors"][0]["error"] == "kv watch: connection refused"
 
 
