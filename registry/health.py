@@ -90,11 +90,13 @@ def judge(
         total += 1
         if status in allowed:
             passing += 1
-        elif hold and not_yet_run(check):
+            continue
+        unrun = not_yet_run(check)
+        if hold and unrun:
             passing += 1
             held = True
         else:
-            failing.append(f"{cid}={status}" + (" (not run yet)" if not_yet_run(check) else ""))
+            failing.append(f"{cid}={status}" + (" (not run yet)" if unrun else ""))
     if total == 0:
         return Verdict(inst, False, "no health checks (only instances with passing checks are routed)")
     if passing == 0:
@@ -110,4 +112,6 @@ def judge_all(
 ) -> list[Verdict]:
     """`hold`: IDs of the instances routed now, which keep their route while a check has not run yet."""
     allowed = tuple(allowed)
+    if not hold:  # the usual case: no instance to look up
+        return [judge(e, allowed, all_required) for e in entries]
     return [judge(e, allowed, all_required, instance_of(e).id in hold) for e in entries]

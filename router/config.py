@@ -343,7 +343,8 @@ _MODIFIER = re.compile(r"(lighten|darken|accent)-([1-5])")
 _HEX = re.compile(r"#(?:[0-9a-f]{3}|[0-9a-f]{6})")
 
 
-def _nav_rgb(text: str) -> tuple[int, int, int]:
+def ui_color_rgb(text: str) -> tuple[int, int, int]:
+    """The colour `ui.color` names, as (r, g, b); ValueError for anything else."""
     v = " ".join(text.lower().split())
     if _HEX.fullmatch(v):
         h = v[1:] if len(v) == 7 else "".join(c * 2 for c in v[1:])
@@ -364,15 +365,9 @@ def _nav_rgb(text: str) -> tuple[int, int, int]:
 
 def parse_ui_color(text: str) -> str:
     """`ui.color`, checked here so that a typo stops startup instead of giving a colourless bar."""
-    _nav_rgb(text)
-    return " ".join(text.lower().split())
-
-
-def nav_colors(text: str) -> tuple[str, str]:
-    """CSS background and text colour of the UI's nav bar: dark text on light colours (yellow, lime, white)."""
-    r, g, b = _nav_rgb(text)
-    light = 0.299 * r + 0.587 * g + 0.114 * b > 170
-    return f"#{r:02x}{g:02x}{b:02x}", ("#212121" if light else "#ffffff")
+    v = " ".join(text.lower().split())
+    ui_color_rgb(v)
+    return v
 
 
 # --- secrets inside values

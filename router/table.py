@@ -433,17 +433,20 @@ class _Host:
         self.ntargets = ntargets
         self.only: Route | None = None
         self.only_path = ""
-        deep: dict[int, list[int]] = {}
-        for seg, ln in sorted(lens, reverse=True):
-            deep.setdefault(seg, []).append(ln)
-        self.shallow = tuple(deep.pop(-1, ()))
-        self.deep = {seg: tuple(lns) for seg, lns in deep.items()}
+        self.shallow: tuple[int, ...] = ()
+        self.deep: dict[int, tuple[int, ...]] = {}
         self.ilookup: dict[str, Route] | None = None
         self.ilengths: tuple[int, ...] = ()
         self.globs: tuple[tuple[re.Pattern[str], Route], ...] = ()
         if matcher == "prefix":
-            if len(routes) == 1:
+            if len(routes) == 1:  # match() needs no length index then
                 (self.only_path, self.only), = routes.items()
+                return
+            deep: dict[int, list[int]] = {}
+            for seg, ln in sorted(lens, reverse=True):
+                deep.setdefault(seg, []).append(ln)
+            self.shallow = tuple(deep.pop(-1, ()))
+            self.deep = {seg: tuple(lns) for seg, lns in deep.items()}
         elif matcher == "iprefix":
             il: dict[str, Route] = {}
             for p in sorted(routes):  # ascending, so the reverse-lexicographic first one wins

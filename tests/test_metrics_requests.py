@@ -14,6 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from router.stats import BOUNDS, RateWindow, RouteStats, merge, quantile
 from tests.backends import Backend
+from tests.consul_helpers import wait_until
 from tests.router_proc import RouterProc
 
 Sample = tuple[str, tuple[tuple[str, str], ...]]
@@ -30,12 +31,7 @@ def value(m: dict[Sample, float], name: str, **labels: str) -> float:
 
 
 def wait_for(cond: Callable[[], object], what: str, timeout: float = 15.0) -> object:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if v := cond():
-            return v
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
+    return wait_until(cond, timeout=timeout, interval=0.1, message=f"timed out waiting for {what}")
 
 
 @pytest.fixture

@@ -70,6 +70,16 @@ def visible_rows(page) -> list[str]:  # type: ignore[no-untyped-def]
     return page.locator("#routes tr:not(.hidden)").all_inner_texts()
 
 
+def wait_loaded(page) -> None:  # type: ignore[no-untyped-def]
+    """The editor has loaded the override text (its version field is filled in)."""
+    page.wait_for_function("document.getElementById('version').textContent !== '-'")
+
+
+def open_editor(page, url: str) -> None:  # type: ignore[no-untyped-def]
+    page.goto(url)
+    wait_loaded(page)
+
+
 def test_routes_page_live_updates_and_filter(consul_agent, backend, page, tmp_path) -> None:
     c = make_client(consul_agent.port)
     tag = uid()
@@ -126,8 +136,7 @@ def test_override_editor_marks_bad_line_and_shows_conflict(consul_agent, page) -
     with router_for(consul_agent) as r:
         key = r.flags[r.flags.index("-registry.consul.kvpath") + 1].strip("/")
         kv_put(c, key, "route del nothing\n")
-        page.goto(r.ui + "/manual")
-        page.wait_for_function("document.getElementById('version').textContent !== '-'")
+        open_editor(page, r.ui + "/manual")
         assert page.input_value("#text") == "route del nothing\n"
         # one bad line: refused, and that line is marked
         page.fill("#text", "route del nothing\nroute ad oops\nroute del other\n")
@@ -264,8 +273,7 @@ def test_editor_sends_the_bearer_token(consul_agent, page) -> None:
     c = make_client(consul_agent.port)
     with router_for(consul_agent, "-ui.auth.token", "tok-browser") as r:
         key = kvpath_of(r)
-        page.goto(f"http://router.test:{r.ui_port}/manual")
-        page.wait_for_function("document.getElementById('version').textContent !== '-'")
+        open_editor(page, f"http://router.test:{r.ui_port}/manual")
         page.fill("#text", "route del tokened\n")
         page.click("#save")
         page.wait_for_selector("#message.bad:has-text('credentials required')")
@@ -280,12 +288,11 @@ def test_editor_sends_the_bearer_token(consul_agent, page) -> None:
         assert stored(c, key) == "route del tokened\n"
         # kept for this tab only: in sessionStorage across a reload, never in localStorage or another tab
         page.reload()
-        page.wait_for_function("document.getElementById('version').textContent !== '-'")
+        wait_loaded(page)
         assert page.input_value("#token") == "tok-browser"
         assert page.evaluate("localStorage.length") == 0
         other = page.context.new_page()
-        other.goto(f"http://router.test:{r.ui_port}/manual")
-        other.wait_for_function("document.getElementById('version').textContent !== '-'")
+        open_editor(other, f"http://router.test:{r.ui_port}/manual")
         assert other.input_value("#token") == ""
 
 
@@ -300,8 +307,7 @@ def test_editor_save_with_basic_auth(consul_agent, browser, tmp_path) -> None:  
         page.set_default_timeout(TIMEOUT_MS)
         with router_for(consul_agent, "-ui.auth.htpasswd", str(users)) as r:
             key = kvpath_of(r)
-            page.goto(f"http://router.test:{r.ui_port}/manual")
-            page.wait_for_function("document.getElementById('version').textContent !== '-'")
+            open_editor(page, f"http://router.test:{r.ui_port}/manual")
             page.fill("#text", "route del basic\n")
             page.click("#save")
             page.wait_for_selector("#message.ok")

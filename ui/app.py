@@ -24,7 +24,7 @@ from starlette.routing import Route
 
 from registry.consul_api import ConsulError
 from router import __version__
-from router.config import nav_colors
+from router.config import ui_color_rgb
 from router.stats import RateWindow
 from ui import overrides
 from ui.metrics import registry_for, route_snapshots
@@ -129,6 +129,13 @@ def service_doc(router: Router, name: str) -> dict[str, Any] | None:
 
 def _error(status: int, message: str) -> Response:
     return Response(json.dumps({"error": message}), status_code=status, media_type="application/json")
+
+
+def nav_colors(color: str) -> tuple[str, str]:
+    """CSS background and text colour of the nav bar for `ui.color`: dark text on light colours."""
+    r, g, b = ui_color_rgb(color)
+    light = 0.299 * r + 0.587 * g + 0.114 * b > 170
+    return f"#{r:02x}{g:02x}{b:02x}", ("#212121" if light else "#ffffff")
 
 
 def create_app(router: Router) -> Starlette:
