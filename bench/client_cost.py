@@ -49,7 +49,7 @@ async def run_aiohttp(url: str, n: int, conc: int) -> None:
 
 
 async def run_lean(url: str, n: int, conc: int) -> None:
-    from router.upstream import Upstream
+    from router.proxy.upstream import Upstream
 
     up = Upstream()
 

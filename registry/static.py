@@ -10,8 +10,8 @@ import asyncio
 import logging
 import os
 
-from registry.consul_watcher import RegistryStatus, Sink
-from router.routecmd import parse
+from registry.consul.watcher import RegistryStatus, Sink
+from router.table.routecmd import parse
 
 log = logging.getLogger("registry.static")
 

@@ -17,8 +17,8 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from registry.health import Instance
-from router.routecmd import RouteCmd
+from registry.consul.health import Instance
+from router.table.routecmd import RouteCmd
 
 _VAR = re.compile(r"\$(\{(\w*)\}|(\w+))")
 _PROTOS = {"https": "https://", "tcp": "tcp://", "grpc": "grpc://", "grpcs": "grpcs://", "http": "http://"}

@@ -20,8 +20,8 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from registry.consul_api import consul_base_url  # noqa: E402
-from router.config import ConfigError, load  # noqa: E402
+from registry.consul.api import consul_base_url  # noqa: E402
+from router.config.settings import ConfigError, load  # noqa: E402
 from tests.backends import Backend  # noqa: E402
 from tests.consul_agent import ConsulAgent  # noqa: E402
 from tests.consul_helpers import make_client  # noqa: E402

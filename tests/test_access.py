@@ -1,10 +1,10 @@
-"""allow=/deny= rule parsing and evaluation (router/access.py)."""
+"""allow=/deny= rule parsing and evaluation (router/table/access.py)."""
 
 from __future__ import annotations
 
 import pytest
 
-from router.access import permitted, rules_for
+from router.table.access import permitted, rules_for
 
 
 def scope(peer: str, *xff: str) -> dict:

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from router.accesslog import compile_format
+from router.proxy.accesslog import compile_format
 from tests.backends import Backend
 from tests.router_proc import RouterProc
 
@@ -77,7 +77,7 @@ def test_batches_keep_whole_lines_within_pipe_buf() -> None:
     """Workers share stdout: each write must hold whole lines and stay atomic on a pipe."""
     import select
 
-    from router.accesslog import AccessLog
+    from router.proxy.accesslog import AccessLog
 
     writes: list[bytes] = []
     log = AccessLog("$request_uri", write=writes.append)

@@ -1,4 +1,4 @@
-"""proxy.auth parsing and htpasswd checks (router/auth.py)."""
+"""proxy.auth parsing and htpasswd checks (router/proxy/auth.py)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pathlib import Path
 import bcrypt
 import pytest
 
-from router.auth import authorise, parse_schemes
+from router.proxy.auth import authorise, parse_schemes
 
 
 def basic(user: str, pw: str) -> dict:

@@ -9,8 +9,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from router import cli
-from router.config import KEYS_BY_NAME, ConfigError, load, parse_duration, read_properties
+from router.config.settings import KEYS_BY_NAME, ConfigError, load, parse_duration, read_properties
+from router.run import cli
 from tests.router_proc import RouterProc
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -311,7 +311,7 @@ def test_listeners_that_cannot_be_served_as_configured_stop_startup(key: str, ad
     ("consul:8500", "consul:8500"),
 ])
 def test_consul_scheme_in_any_case(addr: str, typed: str) -> None:
-    from registry.consul_api import consul_base_url
+    from registry.consul.api import consul_base_url
 
     cfg = load(["-registry.consul.addr", addr], env={})
     assert cfg["registry.consul.addr"] == typed
@@ -382,7 +382,7 @@ def test_password_in_an_invalid_value_is_not_in_the_error() -> None:
 
 
 def test_config_doc_counts_keys_read_through_f_strings_as_used() -> None:
-    from router.config import KEYS
+    from router.config.settings import KEYS
     from scripts.gen_config_docs import in_use
 
     for name in ("registry.consul.tls.cafile", "registry.consul.tls.capath", "registry.consul.tls.certfile",

@@ -9,7 +9,7 @@ import httpx
 import pytest
 import respx
 
-from registry.consul_api import (
+from registry.consul.api import (
     Backoff,
     ConsulAPI,
     ConsulError,

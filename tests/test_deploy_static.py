@@ -1,6 +1,6 @@
 """Static checks of the deployment files (no container engine here): the Dockerfile passes hadolint and
 says what the docs promise, the compose stack has the services, ports and tags deploy/README.md relies on,
-the image's default properties are all known keys, and docs/configuration.md matches router/config.py."""
+the image's default properties are all known keys, and docs/configuration.md matches router/config/settings.py."""
 
 from __future__ import annotations
 
@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from registry.health import Instance
+from registry.consul.health import Instance
 from registry.tags import route_cmds
-from router.config import load, read_properties
+from router.config.settings import load, read_properties
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCKERFILE = ROOT / "Dockerfile"
@@ -172,7 +172,7 @@ def test_the_wheel_ships_a_router_that_starts(tmp_path: Path) -> None:
     tracked = {str(p.relative_to(ROOT)) for pkg in ("router", "registry", "ui") for p in (ROOT / pkg).iterdir()
                if p.suffix in (".py", ".html", ".css", ".js", ".png", ".svg")}
     assert tracked <= names, sorted(tracked - names)
-    assert "consul-router = router.cli:main" in entry_points
+    assert "consul-router = router.run.cli:main" in entry_points
     proxy, ui = free_port(), free_port()
     env = {**{k: v for k, v in os.environ.items() if k != "PYTHONPATH"}, "PYTHONPATH": str(tmp_path / "site")}
     proc = subprocess.Popen([sys.executable, "-m", "router", "-registry.backend", "static", "-registry.static.routes",

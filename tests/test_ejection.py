@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from router.ejection import Ejector
+from router.proxy.ejection import Ejector
 from tests.backends import Backend
 from tests.router_proc import RouterProc, free_port
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from registry.consul_api import ConsulAPI, ConsulError, ConsulTLS
+from registry.consul.api import ConsulAPI, ConsulError, ConsulTLS
 
 
 class _Agent(BaseHTTPRequestHandler):

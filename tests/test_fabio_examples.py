@@ -10,12 +10,12 @@ from urllib.parse import unquote
 import httpx
 import pytest
 
-from registry.health import Instance
+from registry.consul.health import Instance
 from registry.tags import route_cmds
-from router import redirect
-from router.proxy import normalise_path, upstream_raw_path
-from router.routecmd import RouteCmd, parse
-from router.table import Table, TableBuilder
+from router.proxy import redirect
+from router.proxy.paths import normalise_path, upstream_raw_path
+from router.table.routecmd import RouteCmd, parse
+from router.table.routes import Table, TableBuilder
 from tests.backends import Backend
 from tests.router_proc import RouterProc
 

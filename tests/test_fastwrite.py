@@ -1,10 +1,10 @@
-"""router/fastwrite.py: small writes of one loop pass leave as one, in order, and close flushes."""
+"""router/listen/fastwrite.py: small writes of one loop pass leave as one, in order, and close flushes."""
 
 from __future__ import annotations
 
 import asyncio
 
-from router.fastwrite import DIRECT, _CoalescingTransport
+from router.listen.fastwrite import DIRECT, _CoalescingTransport
 
 
 class FakeTransport:

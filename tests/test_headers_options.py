@@ -253,10 +253,10 @@ def test_tls_request_headers_and_hsts(backend: Backend) -> None:
     """A TLS request (scheme https in the ASGI scope) gets the TLS header upstream and HSTS back."""
     import asyncio
 
-    from router.headers import ForwardingHeaders
-    from router.proxy import ProxyApp
-    from router.routecmd import parse
-    from router.state import RouterState
+    from router.proxy.handler import ProxyApp
+    from router.proxy.headers import ForwardingHeaders
+    from router.table.routecmd import parse
+    from router.table.state import RouterState
 
     state = RouterState()
     cmds, errors = parse(f"route add svc /plain http://127.0.0.1:{backend.port}/", source="t")

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from registry.health import judge, judge_all, not_yet_run
+from registry.consul.health import judge, judge_all, not_yet_run
 
 
 def entry(*checks: tuple[str, str, str], address: str = "", node_addr: str = "10.0.0.9") -> dict[str, Any]:

@@ -3,7 +3,7 @@
 Each refused request must get a 4xx whose body names the problem, the connection must be closed after
 it (so bytes behind it cannot become a second, smuggled request), and the recording backend must see
 nothing. Most framing errors are refused by uvicorn's llhttp parser, whose reason we pass on
-(router/request_guard.py); the rest by check_request() in the app.
+(router/proxy/request_guard.py); the rest by check_request() in the app.
 """
 
 from __future__ import annotations

@@ -12,11 +12,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from registry.health import Instance
+from registry.consul.health import Instance
 from registry.tags import route_cmds
-from router.config import KEYS, ConfigError, load
-from router.routecmd import parse
-from router.table import TableBuilder
+from router.config.settings import KEYS, ConfigError, load
+from router.table.routecmd import parse
+from router.table.routes import TableBuilder
 
 PREFIX = "urlprefix-"
 GOOD_TAGS = ("urlprefix-/good", "urlprefix-example.com/api strip=/api", "urlprefix-/w weight=0.5")

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from router.config import ConfigError, client_idle_timeout, load
+from router.config.settings import ConfigError, client_idle_timeout, load
 from tests.router_proc import RouterProc
 
 

@@ -12,7 +12,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from router.stats import BOUNDS, RateWindow, RouteStats, merge, quantile
+from router.proxy.stats import BOUNDS, RateWindow, RouteStats, merge, quantile
 from tests.backends import Backend
 from tests.consul_helpers import wait_until
 from tests.router_proc import RouterProc
@@ -138,9 +138,9 @@ def test_open_websockets_gauge(backend: Backend) -> None:
 
 
 def test_prune_drops_counters_of_targets_that_left_the_table() -> None:
-    from router.routecmd import parse
-    from router.stats import RequestStats, prune
-    from router.table import TableBuilder
+    from router.proxy.stats import RequestStats, prune
+    from router.table.routecmd import parse
+    from router.table.routes import TableBuilder
 
     b = TableBuilder()
     cmds, _ = parse("route add a /a http://10.0.0.1:80/\nroute add a /a http://10.0.0.2:80/\n"

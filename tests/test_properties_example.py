@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from router.config import KEYS, load, read_properties
+from router.config.settings import KEYS, load, read_properties
 from scripts.gen_properties_example import render
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -6,8 +6,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from router.headers import ForwardingHeaders
-from router.proxy import normalise_path
+from router.proxy.headers import ForwardingHeaders
+from router.proxy.paths import normalise_path
 
 
 @pytest.mark.parametrize(
@@ -139,7 +139,7 @@ def raw_scope(raw: str) -> dict:
 def test_upstream_raw_path(strip: str, prepend: str, raw: str, sent: str) -> None:
     from urllib.parse import unquote
 
-    from router.proxy import upstream_path, upstream_raw_path
+    from router.proxy.paths import upstream_path, upstream_raw_path
 
     t = SimpleNamespace(strip=strip, prepend=prepend)
     s = raw_scope(raw)
@@ -150,7 +150,7 @@ def test_upstream_raw_path(strip: str, prepend: str, raw: str, sent: str) -> Non
 
 
 def test_upstream_raw_path_without_raw_path_encodes_the_decoded_one() -> None:
-    from router.proxy import upstream_raw_path
+    from router.proxy.paths import upstream_raw_path
 
     t = SimpleNamespace(strip="/foo", prepend="")
     assert upstream_raw_path(t, "/foo/a%b c", {"path": "/foo/a%b c", "headers": []}) == "/a%25b%20c"
@@ -166,7 +166,7 @@ def test_incoming_forwarded_and_prefix_are_replaced_once() -> None:
 
 
 def test_via_is_appended_and_a_fifth_visit_is_a_routing_loop() -> None:
-    from router.headers import MAX_VISITS, RoutingLoop
+    from router.proxy.headers import MAX_VISITS, RoutingLoop
 
     fwd = ForwardingHeaders(via_id="r-1")
     assert as_dict(fwd.request_headers(scope(("host", "h")), "h", target())[0])["via"] == "1.1 r-1"

@@ -8,8 +8,8 @@ import uuid
 
 import pytest
 
-from registry.consul_api import ConsulAPI
-from registry.register import Registrar, Registration
+from registry.consul.api import ConsulAPI
+from registry.consul.register import Registrar, Registration
 from tests.consul_helpers import make_client, wait_until
 from tests.router_proc import RouterProc
 

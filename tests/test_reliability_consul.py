@@ -13,8 +13,8 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from registry.consul_api import Backoff, ConsulAPI
-from router.config import ConfigError, load
+from registry.consul.api import Backoff, ConsulAPI
+from router.config.settings import ConfigError, load
 from tests.backend_proc import Load
 from tests.backends import Backend
 from tests.consul_agent import ConsulAgent

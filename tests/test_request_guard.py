@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from router.request_guard import NON_ORIGIN_TARGET, check_request
+from router.proxy.request_guard import NON_ORIGIN_TARGET, check_request
 
 
 def scope(*headers: tuple[bytes, bytes], path: str = "/public/x", method: str = "GET", version: str = "1.1",

@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from router.routecmd import LineError, RouteCmd, parse
+from router.table.routecmd import LineError, RouteCmd, parse
 
 
 @pytest.mark.parametrize(

@@ -13,9 +13,9 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from registry import consul_watcher
-from router.cli import Router
-from router.config import load
+from registry.consul import watcher as consul_watcher
+from router.config.settings import load
+from router.run.router import Router
 from tests.consul_helpers import make_client, register, wait_until
 from tests.router_proc import RouterProc, free_port
 from tests.test_consul_routing import router_for, uid

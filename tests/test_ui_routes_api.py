@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 import warnings
 
-from router.cli import Router
-from router.config import load
-from router.routecmd import parse
+from router.config.settings import load
+from router.run.router import Router
+from router.table.routecmd import parse
 
 with warnings.catch_warnings():  # Starlette would like httpx2; httpx is what we have and it works
     warnings.simplefilter("ignore")

@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 from starlette.requests import Request
 
-from router import htpasswd
-from router.cli import Router
-from router.config import load
+from router.config.settings import load
+from router.proxy import htpasswd
+from router.run.router import Router
 from tests.consul_helpers import make_client
 from ui.security import WriteGuard, host_name, is_local_host, is_loopback
 

@@ -1,5 +1,5 @@
 """What an operator reads without a browser: /api/version, the pages' self-containment, /status, and the
-route-change log that `log.routes.format` selects (router/state.py), all in-process (no Consul needed)."""
+route-change log that `log.routes.format` selects (router/table/state.py), all in-process (no Consul needed)."""
 
 from __future__ import annotations
 
@@ -13,11 +13,11 @@ import warnings
 import pytest
 
 import router
-from registry import consul_watcher
-from router.cli import Router
-from router.config import load
-from router.routecmd import parse
-from router.state import ALL_LIMIT, RouterState
+from registry.consul import watcher as consul_watcher
+from router.config.settings import load
+from router.run.router import Router
+from router.table.routecmd import parse
+from router.table.state import ALL_LIMIT, RouterState
 
 with warnings.catch_warnings():  # Starlette would like httpx2; httpx is what we have and it works
     warnings.simplefilter("ignore")

@@ -1,4 +1,4 @@
-"""The hot-path upstream client (router/upstream.py) against real servers.
+"""The hot-path upstream client (router/proxy/upstream.py) against real servers.
 
 Raw asyncio servers let a test shape the bytes exactly (close-delimited bodies, 1xx, a pooled
 connection the server dropped); tests/backends.py's aiohttp Backend covers ordinary traffic.
@@ -12,7 +12,14 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 
-from router.upstream import HIGH_WATER, MAX_HEAD, ConnectFailed, Upstream, UpstreamError, UpstreamTimeout
+from router.proxy.upstream import (
+    HIGH_WATER,
+    MAX_HEAD,
+    ConnectFailed,
+    Upstream,
+    UpstreamError,
+    UpstreamTimeout,
+)
 from tests.backends import Backend
 from tests.router_proc import free_port
 
@@ -422,9 +429,9 @@ def test_endless_response_head_is_an_error_not_memory() -> None:
 def test_idle_connections_per_host_are_capped_by_proxy_maxconn(backend: Backend) -> None:
     """proxy.maxconn is Go's MaxIdleConnsPerHost: of three connections that finish together, the pool keeps
     that many idle ones and closes the rest; 0 means Go's default of 2."""
-    from router.cli import build_proxy
-    from router.config import load
-    from router.state import RouterState
+    from router.config.settings import load
+    from router.run.assemble import build_proxy
+    from router.table.state import RouterState
 
     def pool(maxconn: str) -> Upstream:
         cfg = load(["-registry.backend", "static", "-proxy.maxconn", maxconn])

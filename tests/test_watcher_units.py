@@ -10,18 +10,18 @@ import httpx
 import pytest
 import respx
 
-from registry.consul_api import ConsulAPI, ConsulError
-from registry.consul_watcher import (
+from registry.consul.api import ConsulAPI, ConsulError
+from registry.consul.dump import DumpDecoder, Instances, summarize
+from registry.consul.dump import catalog_fingerprints as _catalog_fingerprints
+from registry.consul.dump import dump_entries as _dump_entries
+from registry.consul.dump import node_services as _node_services
+from registry.consul.health import judge_all
+from registry.consul.watcher import (
     ConsulWatcher,
     RegistryStatus,
     _health_fingerprints,
     _nonpassing_fingerprints,
 )
-from registry.dump import DumpDecoder, Instances, summarize
-from registry.dump import catalog_fingerprints as _catalog_fingerprints
-from registry.dump import dump_entries as _dump_entries
-from registry.dump import node_services as _node_services
-from registry.health import judge_all
 
 
 def node(name: str, services: list[dict[str, Any]], checks: list[dict[str, Any]]) -> dict[str, Any]:
@@ -200,7 +200,7 @@ def test_a_new_instance_node_check_counts_before_the_next_reconcile() -> None:
 def test_an_unchanged_service_is_no_swap_and_no_propagation_sample() -> None:
     """A reconcile re-reads services it cannot rule out; when their commands are what the table has, the
     table is not touched and the router-observed delay is not sampled (it reported seconds for them)."""
-    from router.routecmd import RouteCmd
+    from router.table.routecmd import RouteCmd
 
     swaps: list[dict] = []
     w = ConsulWatcher(ConsulAPI("c:8500"), lambda s, m: swaps.append(dict(s)))

@@ -22,16 +22,16 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, PlainTextResponse, RedirectResponse, Response
 from starlette.routing import Route
 
-from registry.consul_api import ConsulError
+from registry.consul.api import ConsulError
 from router import __version__
-from router.config import ui_color_rgb
-from router.stats import RateWindow
+from router.config.settings import ui_color_rgb
+from router.proxy.stats import RateWindow
 from ui import overrides
 from ui.metrics import registry_for, route_snapshots
 from ui.security import WriteGuard
 
 if TYPE_CHECKING:
-    from router.cli import Router
+    from router.run.router import Router
 
 
 def _json(data: Any, request: Request) -> Response:
@@ -49,7 +49,7 @@ def status_doc(router: Router) -> dict[str, Any]:
         "uptime_seconds": round(time.time() - router.state.started, 1),
         "ready": router.state.ready,
         "shutting_down": router.shutting_down,
-        "workers": router.workers.status() if getattr(router, "workers", None) else None,  # router/workers.py
+        "workers": router.workers.status() if getattr(router, "workers", None) else None,  # router/run/workers.py
         "registry": {
             "backend": st.backend,
             "addr": st.addr,

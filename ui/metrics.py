@@ -2,7 +2,7 @@
 counters, read at scrape time.
 
 A collector rather than gauges that the router keeps updating, so nothing here costs anything between
-scrapes; the proxy only bumps plain ints (router/stats.py) and this turns them into metric families.
+scrapes; the proxy only bumps plain ints (router/proxy/stats.py) and this turns them into metric families.
 Request metrics are labelled service, route (host+path of the table) and target (the instance URL), so
 their cardinality is bounded by the table, never by raw request paths. Each app gets its own CollectorRegistry so several
 routers in one process (tests) do not clash.
@@ -25,13 +25,12 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from router import __version__
-from router.stats import BOUNDS, CLASSES, Key, Snapshot
-from router.workers import proxy_counters
+from router.proxy.stats import BOUNDS, CLASSES, Key, Snapshot, proxy_counters
 
 if TYPE_CHECKING:
     from prometheus_client import Metric
 
-    from router.cli import Router
+    from router.run.router import Router
 
 PREFIX = "consul_router"
 LABELS = ["service", "route", "target"]

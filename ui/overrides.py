@@ -9,8 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from registry.consul_api import ConsulAPI
-from router.routecmd import parse
+from registry.consul.api import ConsulAPI
+from router.table.routecmd import parse
 
 
 class Conflict(Exception):

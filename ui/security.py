@@ -17,7 +17,7 @@ import logging
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 
-from router import htpasswd as htpasswd_file
+from router.proxy import htpasswd as htpasswd_file
 
 log = logging.getLogger("ui.security")
 

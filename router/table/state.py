@@ -13,8 +13,8 @@ from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from router.routecmd import LineError, RouteCmd
-from router.table import Table, TableBuilder
+from router.table.routecmd import LineError, RouteCmd
+from router.table.routes import Table, TableBuilder
 
 log = logging.getLogger("router.table")
 

@@ -13,7 +13,7 @@ SIGTERM keep serving for proxy.shutdownwait like the main process does.
 Frames on the pipe: 4-byte big-endian length + pickle. Main -> worker: ("config", Config),
 ("apply", services, manual), ("noroute", html), ("stop",). Worker -> main: ("listening", pid),
 ("stats", pid, requests, routes, counters), where counters holds the per-route request counters that
-changed since the last report (router/stats.py) and the process-wide ones (no-route, WebSockets, upstream
+changed since the last report (router/proxy/stats.py) and the process-wide ones (no-route, WebSockets, upstream
 connect failures, retries, ejections); the main process sums them for /metrics and the routes page. Only the main process and its own children hold the pipe ends.
 """
 
@@ -36,7 +36,10 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from router.stats import merge, prune
+from router.listen.uvicorn_server import Server, proxy_server_config
+from router.proxy.stats import merge, proxy_counters, prune
+from router.run.assemble import LEVELS, build_proxy
+from router.table.state import RouterState
 
 log = logging.getLogger("router.workers")
 _LEN = struct.Struct(">I")
@@ -146,7 +149,7 @@ class WorkerPool:
     async def _spawn(self, index: int) -> _Worker:
         parent, child = socket.socketpair()
         proc = subprocess.Popen(
-            [sys.executable, "-m", "router.workers", str(child.fileno())],
+            [sys.executable, "-m", "router.run.workers", str(child.fileno())],
             pass_fds=(child.fileno(),), stdin=subprocess.DEVNULL,
         )
         child.close()
@@ -264,13 +267,6 @@ class _Counting:
         await self.app(scope, receive, send)
 
 
-def proxy_counters(proxy: Any) -> dict[str, int]:
-    """The process-wide counters of one proxy (ProxyApp), by name; the main process sums the workers'."""
-    st, ej = proxy.stats, proxy.ejector
-    return {"noroute": st.noroute, "websockets_open": st.websockets_open, "websockets_total": st.websockets_total,
-            "connect_failures": ej.connect_failures, "retries": ej.retries, "ejections": ej.ejections}
-
-
 def _listen_socket(addr: tuple[str, int]) -> socket.socket:
     family = socket.AF_INET6 if ":" in addr[0] else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
@@ -283,15 +279,12 @@ def _listen_socket(addr: tuple[str, int]) -> socket.socket:
 
 
 async def _worker(pipe: socket.socket) -> int:
-    from router.cli import _LEVELS, _Server, build_proxy, proxy_server_config
-    from router.state import RouterState
-
     reader, writer = await asyncio.open_connection(sock=pipe)
     first = await _read(reader)
     if first is None or first[0] != "config":
         return 1
     cfg = first[1]
-    logging.basicConfig(level=_LEVELS[cfg["log.level"]], stream=sys.stderr,
+    logging.basicConfig(level=LEVELS[cfg["log.level"]], stream=sys.stderr,
                         format=f"%(asctime)s %(levelname)s %(name)s[worker {os.getpid()}]: %(message)s")
     logging.getLogger("router.table").setLevel(logging.ERROR)  # the main process logs table changes once
     state = RouterState(matcher=cfg["proxy.matcher"], glob_matching=not cfg["glob.matching.disabled"],
@@ -299,7 +292,7 @@ async def _worker(pipe: socket.socket) -> int:
     proxy = build_proxy(cfg, state)
     app = _Counting(proxy)
     tune_gc()
-    server = _Server(proxy_server_config(proxy, cfg, app))
+    server = Server(proxy_server_config(proxy, cfg, app))
     try:
         sock = _listen_socket(cfg["proxy.addr"])
     except OSError as e:

@@ -5,7 +5,7 @@ Why not aiohttp's client: profiling one worker (docs/datapath.md) showed aiohttp
 whole rest of the proxy. A proxy needs far less: write the request head in one `transport.write`,
 feed received bytes to httptools, hand body chunks over as they come. This module does only that.
 
-Contract used by router/proxy.py: `Upstream.request(...)` returns a `Response` once its headers
+Contract used by router/proxy/handler.py: `Upstream.request(...)` returns a `Response` once its headers
 arrived (`.status`, `.raw_headers`, `.content.iter_any()`, `.release()`, `.close()`), or raises
 ConnectFailed (nothing sent: another instance may be tried), UpstreamTimeout or UpstreamError.
 """

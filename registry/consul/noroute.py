@@ -11,7 +11,7 @@ import asyncio
 import logging
 from collections.abc import Callable
 
-from registry.consul_api import Backoff, ConsulAPI, ConsulError, TokenBucket, decode_kv, next_index
+from registry.consul.api import Backoff, ConsulAPI, ConsulError, TokenBucket, decode_kv, next_index
 
 log = logging.getLogger("registry.noroute")
 

@@ -18,14 +18,14 @@ from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
-from router import access
-from router.auth import authorise
-from router.headers import RoutingLoop
-from router.proxy import normalise_path, upstream_raw_path
-from router.request_guard import check_request
+from router.proxy.auth import authorise
+from router.proxy.headers import RoutingLoop
+from router.proxy.paths import normalise_path, upstream_raw_path
+from router.proxy.request_guard import check_request
+from router.table import access
 
 if TYPE_CHECKING:
-    from router.proxy import ProxyApp
+    from router.proxy.handler import ProxyApp
 
 log = logging.getLogger("router.websocket")
 

@@ -6,7 +6,7 @@ that into bytes again; it also stops reading the socket at 64 KiB buffered. Prof
 the router put that at ~40% of its CPU (docs/datapath.md), and the upload ran at about half the download
 speed. Here:
 
-* a Content-Length body bypasses llhttp once the head is parsed (as router/upstream.py does for
+* a Content-Length body bypasses llhttp once the head is parsed (as router/proxy/upstream.py does for
   responses): the socket's chunks are queued as they are and counted down; at the end a fresh parser
   takes over for the next request on the connection;
 * `receive()` returns the queued chunks (joined only when several are waiting), and reading pauses at
@@ -60,7 +60,7 @@ class _BodyCycle(RequestResponseCycle):
 
 
 class FastBodyHttpToolsProtocol(HttpToolsProtocol):
-    """Mix into the proxy's uvicorn protocol class (router/cli.py)."""
+    """Mix into the proxy's uvicorn protocol class (router/listen/uvicorn_server.py)."""
 
     raw_left = 0  # Content-Length body bytes still to come for the current request
 

@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Any
 
-from router.proxy import normalise_path, upstream_raw_path
+from router.proxy.paths import normalise_path, upstream_raw_path
 
 COMMON = '$remote_host - - [$time_common] "$request" $response_status $response_body_size'
 COMBINED = COMMON + ' "$header.Referer" "$header.User-Agent"'

@@ -1,4 +1,4 @@
-"""An httpx transport over router/upstream.py's lean keep-alive client, for the Consul watcher.
+"""An httpx transport over router/proxy/upstream.py's lean keep-alive client, for the Consul watcher.
 
 Why: every Consul change costs the router at least two requests (the watch's answer and the re-read of
 the changed service), and httpx's default transport (httpcore + anyio) spent about 1.4 ms of CPU per
@@ -14,7 +14,7 @@ import ssl
 
 import httpx
 
-from router.upstream import ConnectFailed, Upstream, UpstreamError, UpstreamTimeout
+from router.proxy.upstream import ConnectFailed, Upstream, UpstreamError, UpstreamTimeout
 
 
 class UpstreamTransport(httpx.AsyncBaseTransport):

@@ -2,7 +2,7 @@
 
 `proxy.auth = name=a;type=basic;file=/etc/users.htpasswd;realm=Team;refresh=30s` (several schemes
 separated by commas). The file is read once at startup and again every `refresh` (checked lazily on
-use, by modification time), never per request. Hash formats: router/htpasswd.py (bcrypt, `$apr1$`,
+use, by modification time), never per request. Hash formats: router/proxy/htpasswd.py (bcrypt, `$apr1$`,
 `$1$`, `{SHA}`); other lines are skipped with a warning naming the file and line.
 
 bcrypt is slow on purpose, so checks run in a worker thread, and a successful check is remembered (by
@@ -21,8 +21,8 @@ import os
 import time
 from dataclasses import dataclass, field
 
-from router import htpasswd
-from router.config import parse_duration
+from router.config.settings import parse_duration
+from router.proxy import htpasswd
 
 log = logging.getLogger("router.auth")
 

@@ -44,9 +44,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
 
-from router import access
-from router.config import parse_duration as config_duration
-from router.routecmd import LineError, RouteCmd
+from router.config.settings import parse_duration as config_duration
+from router.table import access
+from router.table.routecmd import LineError, RouteCmd
 
 __all__ = ["TableBuilder", "Table", "Route", "Target"]
 
@@ -595,7 +595,7 @@ class Table:
 
     def has_target(self, route: str, service: str, url: str) -> bool:
         """Whether `service`'s target `url` is on route `route` (host + path, the request counters' key):
-        counters of targets that left the table are dropped (router/stats.py, `prune`)."""
+        counters of targets that left the table are dropped (router/proxy/stats.py, `prune`)."""
         cut = route.find("/")
         host, path = (route, "") if cut < 0 else (route[:cut], route[cut:])
         h = self._hosts.get(host)

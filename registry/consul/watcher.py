@@ -24,11 +24,11 @@ from typing import Any
 
 import orjson
 
-from registry.consul_api import Backoff, ConsulAPI, ConsulError, TokenBucket, decode_kv, next_index
-from registry.dump import DumpDecoder, Instances, dump_entries
-from registry.health import UNRUN_HOLD, Verdict, judge_all
+from registry.consul.api import Backoff, ConsulAPI, ConsulError, TokenBucket, decode_kv, next_index
+from registry.consul.dump import DumpDecoder, Instances, dump_entries
+from registry.consul.health import UNRUN_HOLD, Verdict, judge_all
 from registry.tags import TagError, route_cmds
-from router.routecmd import LineError, RouteCmd, parse
+from router.table.routecmd import LineError, RouteCmd, parse
 
 log = logging.getLogger("registry.consul")
 

@@ -2,7 +2,7 @@
 
 Why our own and not python-consul2 here: the watcher needs per-request read timeouts tied to the
 `wait` value, case-insensitive index headers, and the index rules below; httpx gives all of that in a
-few lines. The bytes go through registry/consul_transport.py (httpx's own transport cost ~1.4 ms of CPU
+few lines. The bytes go through registry/consul/transport.py (httpx's own transport cost ~1.4 ms of CPU
 per request, more than the rest of a change). python-consul2 is used by the tests to register services, as any user's tooling would.
 """
 
@@ -18,7 +18,7 @@ from typing import Any
 import httpx
 import orjson
 
-from registry.consul_transport import UpstreamTransport
+from registry.consul.transport import UpstreamTransport
 
 
 class ConsulError(Exception):
@@ -174,7 +174,7 @@ class ConsulAPI:
                   decode: bool = True) -> Response:
         """GET a JSON endpoint; with `index` it is a blocking query. 404 is returned, not raised (KV).
 
-        `decode=False` leaves the body as bytes, for a caller that decodes it elsewhere (registry/dump.py).
+        `decode=False` leaves the body as bytes, for a caller that decodes it elsewhere (registry/consul/dump.py).
         """
         try:
             r = await self._client.get(path, params=self._params(index, params))

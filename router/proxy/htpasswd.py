@@ -1,6 +1,6 @@
 """htpasswd files: the hash formats Apache's `htpasswd` writes, read once per file version.
 
-Used by `proxy.auth` (router/auth.py) and by the admin UI's `ui.auth.htpasswd` (ui/security.py), so
+Used by `proxy.auth` (router/proxy/auth.py) and by the admin UI's `ui.auth.htpasswd` (ui/security.py), so
 one file works for both. Formats: bcrypt (`$2y$`, `$2a$`, `$2b$`, `htpasswd -B`), Apache MD5
 (`$apr1$`, what `htpasswd` writes by default) and MD5-crypt (`$1$`), and `{SHA}` (`htpasswd -s`).
 Plain-text and DES-crypt entries are refused: they are not safe to keep, and a line that is skipped is

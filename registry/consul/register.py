@@ -17,7 +17,7 @@ import socket
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from registry.consul_api import ConsulAPI, ConsulError
+from registry.consul.api import ConsulAPI, ConsulError
 
 log = logging.getLogger("registry.register")
 

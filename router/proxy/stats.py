@@ -9,7 +9,7 @@ only when /metrics is scraped, and the routes page derives rate1/pct99 from the 
 Counters are keyed by (service, route, target) strings and outlive table rebuilds, so Prometheus counters
 stay monotonic when the table changes; the key set is bounded by the routes the tables ever held (never
 raw request paths). With proxy.workers > 1 each worker sends its changed counters to the main process
-(router/workers.py), which sums them.
+(router/run/workers.py), which sums them.
 """
 
 from __future__ import annotations
@@ -168,3 +168,10 @@ class RateWindow:
             db = tuple(x - y for x, y in zip(b, old[2], strict=True)) if old else b
             out[k] = (dn / span, quantile(0.99, db) * 1000.0)
         return out
+
+
+def proxy_counters(proxy: Any) -> dict[str, int]:
+    """The process-wide counters of one proxy (ProxyApp), by name; the main process sums the workers'."""
+    st, ej = proxy.stats, proxy.ejector
+    return {"noroute": st.noroute, "websockets_open": st.websockets_open, "websockets_total": st.websockets_total,
+            "connect_failures": ej.connect_failures, "retries": ej.retries, "ejections": ej.ejections}

@@ -1,0 +1,1 @@
+"""Configuration: fabio's keys, their defaults, parsing and precedence. The bottom layer: imports nothing of ours."""

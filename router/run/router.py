@@ -1,0 +1,150 @@
+"""The running router: state, registry, proxy and UI in one event loop. SIGTERM/SIGINT: /health turns 503
+at once, the proxy keeps serving for proxy.shutdownwait, then both servers stop and in-flight requests
+finish."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+
+from registry.consul.api import ConsulAPI, ConsulTLS
+from registry.consul.noroute import watch_noroute
+from registry.consul.register import Registrar, Registration, aliases
+from registry.consul.watcher import ConsulWatcher, RegistryStatus
+from registry.static import load_text, watch_file
+from router.config.settings import Config
+from router.listen.uvicorn_server import Server, proxy_server_config, uvicorn_config
+from router.run.assemble import build_proxy
+from router.run.workers import WorkerPool, worker_count
+from router.table.state import RouterState
+
+log = logging.getLogger("router")
+
+
+class Router:
+    """The running router: state, registry, proxy and UI."""
+
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+        self.state = RouterState(
+            matcher=cfg["proxy.matcher"],
+            glob_matching=not cfg["glob.matching.disabled"],
+            routes_log=cfg["log.routes.format"],
+        )
+        self.status = RegistryStatus(backend=cfg["registry.backend"])
+        self.shutting_down = False
+        self.api: ConsulAPI | None = None
+        if cfg["registry.backend"] == "consul":
+            consistency = "consistent" if cfg["registry.consul.requireConsistent"] else (
+                "stale" if cfg["registry.consul.allowStale"] else "")
+            self.api = ConsulAPI(
+                cfg["registry.consul.addr"], cfg["registry.consul.token"],
+                consistency=consistency, wait=cfg["registry.consul.wait"],
+                tls=ConsulTLS(*(cfg[f"registry.consul.tls.{k}"]
+                                for k in ("cafile", "capath", "certfile", "keyfile", "insecureskipverify"))),
+            )
+            self.status.addr = self.api.base_url
+        self.proxy = build_proxy(cfg, self.state)
+        # several workers: they serve proxy.addr, this process keeps the one registry watcher and the UI
+        n = worker_count(cfg["proxy.workers"])
+        self.workers = WorkerPool(cfg, n) if n > 1 else None
+        if self.workers is not None:
+            self.state.apply = self.workers.forwarding(self.state.apply)  # type: ignore[method-assign]
+        self.registrar: Registrar | None = None
+        if self.api is not None and cfg["registry.consul.register.enabled"]:
+            reg_addr = cfg["registry.consul.register.addr"] or "{}:{}".format(*cfg["ui.addr"])
+            self.registrar = Registrar(self.api, Registration(
+                cfg["registry.consul.register.name"], reg_addr,
+                cfg["registry.consul.register.tags"],
+                f"{int(cfg['registry.consul.register.checkInterval'] * 1000)}ms",
+                f"{int(cfg['registry.consul.register.checkTimeout'] * 1000)}ms",
+                cfg["registry.consul.register.checkTLSSkipVerify"],
+            ), alias_source=lambda: aliases(self.state.table.iter_targets()) if self.state.table else set())
+        from ui.app import create_app  # the UI depends on the router, not the other way round
+
+        self.ui = create_app(self)
+
+    def _set_noroute(self, html: str) -> None:
+        self.proxy.noroute_html = html
+        if self.workers is not None:
+            self.workers.set_noroute(html)
+
+    async def registry(self) -> None:
+        cfg = self.cfg
+        backend = cfg["registry.backend"]
+        if backend == "static":
+            if cfg["registry.static.noroutehtml"]:  # fabio's static backend serves it as the no-route page
+                self._set_noroute(cfg["registry.static.noroutehtml"])
+            load_text(cfg["registry.static.routes"], "static", self.state.apply, self.status)
+            return
+        if backend == "file":
+            await watch_file(cfg["registry.file.path"], self.state.apply, self.status)
+            return
+        assert self.api is not None
+        extra = []
+        if cfg["registry.consul.noroutehtmlpath"]:
+            extra.append(asyncio.create_task(watch_noroute(self.api, cfg["registry.consul.noroutehtmlpath"],
+                                                           self._set_noroute, max_rate=cfg["registry.consul.maxrate"])))
+        if self.registrar is not None:
+            extra.append(asyncio.create_task(self.registrar.run()))
+        watcher = ConsulWatcher(
+            self.api,
+            self.state.apply,
+            tagprefix=cfg["registry.consul.tagprefix"],
+            kvpath=cfg["registry.consul.kvpath"],
+            statuses=cfg["registry.consul.service.status"],
+            checks_all=cfg["registry.consul.checksRequired"] == "all",
+            unrun_hold=cfg["registry.consul.unrunhold"],
+            max_rate=cfg["registry.consul.maxrate"],
+            status=self.status,
+        )
+        try:
+            await watcher.run()
+        finally:
+            for t in extra:
+                t.cancel()
+
+    async def serve(self) -> None:
+        proxy_server = Server(proxy_server_config(self.proxy, self.cfg))
+        ui_server = Server(uvicorn_config(self.ui, self.cfg["ui.addr"]))
+        servers = (ui_server,) if self.workers else (proxy_server, ui_server)
+        if self.workers:
+            await self.workers.start()  # before the registry: no table update can miss a worker
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+
+        registry = asyncio.create_task(self.registry(), name="registry")
+        serving = [asyncio.create_task(s.serve(), name="server") for s in servers]
+        waiter = asyncio.create_task(stop.wait())
+        done, _ = await asyncio.wait([waiter, *serving], return_when=asyncio.FIRST_COMPLETED)
+        if waiter not in done:  # a server failed to start (port in use, ...)
+            for t in done:
+                if t.exception():
+                    raise t.exception()  # type: ignore[misc]
+        self.shutting_down = True
+        if self.registrar is not None:
+            await self.registrar.deregister_all()
+            grace = self.cfg["proxy.deregistergraceperiod"]
+            if grace > 0:
+                log.info("deregistered from Consul; waiting %.1fs (proxy.deregistergraceperiod)", grace)
+                await asyncio.sleep(grace)
+        wait = self.cfg["proxy.shutdownwait"]
+        if wait > 0:
+            log.info("shutting down: /health reports 503, still serving for %.1fs", wait)
+            await asyncio.sleep(wait)
+        for s in servers:
+            s.should_exit = True
+        if self.workers:
+            await self.workers.stop()
+        await asyncio.gather(*serving, return_exceptions=True)
+        registry.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await registry
+        if self.api is not None:
+            await self.api.close()
+
+
