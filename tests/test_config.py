@@ -84,9 +84,9 @@ def test_both_consistency_modes_is_an_error() -> None:
 
 
 def test_unknown_and_unsupported_keys_warn_but_start() -> None:
-    cfg = load([], env={}, properties={"proxy.gzip.contenttype": "text/.*", "no.such.key": "1", "proxy.strategy": "rr"})
+    cfg = load([], env={}, properties={"proxy.flushinterval": "1s", "no.such.key": "1", "proxy.strategy": "rr"})
     assert cfg["proxy.strategy"] == "rr"
-    assert any("proxy.gzip.contenttype" in w and "not support" in w for w in cfg.warnings)
+    assert any("proxy.flushinterval" in w and "not support" in w for w in cfg.warnings)
     assert any("unknown key no.such.key" in w for w in cfg.warnings)
 
 
@@ -145,6 +145,7 @@ RANGES = {
     "proxy.retry.attempts": (("0", "17"), {"1": 1, "16": 16}),
     "proxy.eject.failures": (("1001",), {"0": 0, "1000": 1000}),
     "proxy.eject.duration": (("0", "0s", "1us"), {"1ms": 0.001, "10s": 10.0}),
+    "proxy.compress.minsize": (("1.5", "1k"), {"0": 0, "1024": 1024}),
     "registry.timeout": ((), {"0": 0.0, "10s": 10.0}),
     "registry.retry": ((), {"0": 0.0, "500ms": 0.5}),
     "registry.consul.pollInterval": ((), {"0": 0.0, "5s": 5.0}),
@@ -404,3 +405,10 @@ def test_a_bad_ui_color_is_refused_naming_what_is_accepted(value: str) -> None:
                                          ("#ABC", "#abc"), ("teal accent-3", "teal accent-3")])
 def test_ui_color_accepts_fabio_class_names_and_hex(value: str, kept: str) -> None:
     assert KEYS_BY_NAME["ui.color"].parse(value) == kept
+
+
+def test_gzip_contenttype_is_checked_as_a_regexp() -> None:
+    cfg = load(["-proxy.gzip.contenttype", "^text/.*$"], env={})
+    assert cfg["proxy.gzip.contenttype"] == "^text/.*$" and cfg["proxy.compress.minsize"] == 1024
+    with pytest.raises(ConfigError, match="proxy.gzip.contenttype"):
+        load(["-proxy.gzip.contenttype", "text/(.*"], env={})

@@ -327,6 +327,15 @@ def parse_str(text: str) -> str:
     return text.strip()
 
 
+def parse_regexp(text: str) -> str:
+    """A regular expression, checked now (kept as text; its users compile it)."""
+    try:
+        re.compile(text.strip())
+    except re.error:
+        raise ValueError("a regular expression (Python's re syntax, which agrees with Go's for content types)") from None
+    return text.strip()
+
+
 # fabio's UI is built with Materialize, and `ui.color` names one of its colour classes for the nav bar:
 # a base colour (its 500 shade below, Material Design's published values), optionally with a modifier
 # (`light-green darken-2`).  Our UI has no Materialize, so a modifier is approximated by mixing the base
@@ -440,6 +449,11 @@ KEYS: tuple[Key, ...] = (
     Key("proxy.eject.duration", "10s", duration(lo=0.001),
         "how long an ejected instance gets no traffic before it is tried again; to turn ejection off, set "
         "proxy.eject.failures=0 (ours)"),
+    Key("proxy.gzip.contenttype", "", parse_regexp,
+        "regexp of response content types to compress when the client accepts it (empty = off); "
+        "zstd and br as well as gzip (ours), and the route option compress= turns it on or off per route"),
+    Key("proxy.compress.minsize", "1024", int_range(0),
+        "responses with a Content-Length below this many bytes are not compressed (ours)"),
     # registry
     Key("registry.backend", "consul", choice("consul", "static", "file"), "where routes come from"),
     Key("registry.timeout", "10s", duration(), "how long to retry the registry at startup", todo='no effect: the router retries Consul forever with capped backoff and answers 503 until the first table'),
@@ -515,7 +529,6 @@ _BY_LOWER: Mapping[str, Key] = {k.name.lower(): k for k in KEYS}
 UNSUPPORTED_PREFIXES = (
     "proxy.cs",
     "proxy.tls",
-    "proxy.gzip",
     "proxy.flushinterval",
     "proxy.globalflushinterval",
     "proxy.readtimeout",

@@ -18,6 +18,7 @@ from router.proxy.auth import BasicAuth, authorise
 from router.proxy.ejection import Ejector
 from router.proxy.headers import ForwardingHeaders, RoutingLoop
 from router.proxy.paths import normalise_path, upstream_path, upstream_raw_path
+from router.proxy.policies.engine import Policies
 from router.proxy.request_guard import check_request, send_rejection
 from router.proxy.stats import CLIENT_GONE, RequestStats
 from router.proxy.upstream import ConnectFailed, Upstream, UpstreamError, UpstreamTimeout
@@ -83,6 +84,7 @@ class ProxyApp:
         eject_duration: float = 10.0,
         access_log: AccessLog | None = None,
         max_idle: int = 10000,
+        policies: Policies | None = None,
     ) -> None:
         self.state = state
         self.strategy = strategy
@@ -99,6 +101,7 @@ class ProxyApp:
         self.ejector = Ejector(eject_failures, eject_duration)
         self.stats = RequestStats()  # per-route counters, read by /metrics and the routes page
         self.access_log: AccessLog | None = access_log
+        self.policies = policies or Policies()  # issue 19's route options (router/proxy/policies/)
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
         kind = scope["type"]
@@ -161,7 +164,17 @@ class ProxyApp:
         if route is None:
             await self._noroute(send)
             return None, None, self.noroute_status
-        target = route.pick(self.strategy)
+        ctx = None
+        if route.policy is None:
+            target = route.pick(self.strategy)
+        else:  # header variants, rate limit, sticky pick (router/proxy/policies/engine.py)
+            ctx = await self.policies.enter(route, table, scope, host, path, tls, self.strategy, self.ejector, send)
+            if ctx.route is None:
+                await self._noroute(send)
+                return None, None, self.noroute_status
+            if ctx.status:
+                return ctx.route, None, ctx.status
+            route, target = ctx.route, ctx.target
         if target is None:
             await send_status(send, 503, "no healthy instance for this route\n")
             return route, None, 503
@@ -209,6 +222,8 @@ class ProxyApp:
             return route, target, 508
         if target.opts and "auth" in target.opts:  # the credentials are for us, not for the upstream
             headers = [h for h in headers if h[0] != "authorization"]
+        if target.policy is not None and target.policy.req is not None:
+            headers = self.policies.request_headers(target, headers)
         body: AsyncIterator[bytes] | None = self._body(receive) if has_body else None
         path_qs = raw + ("?" + query.decode("latin-1") if query else "")
         timeout = target.timeout or self.header_timeout
@@ -247,6 +262,11 @@ class ProxyApp:
             out_headers = self.forwarding.response_headers(resp.raw_headers)
             if tls:
                 out_headers = self.forwarding.tls_response_headers(out_headers)
+            if ctx is not None or target.policy is not None or self.policies.compress_all:
+                out_headers, enc = self.policies.response(ctx, target, scope, resp.status, out_headers)
+                if enc is not None:  # compressed (router/proxy/policies/compress.py)
+                    await enc.send(send, resp, out_headers, scope.get("http_version") == "1.0")
+                    return route, target, resp.status
             if scope.get("http_version") == "1.0" and _needs_length(scope, resp.status, out_headers):
                 await self._send_buffered(send, resp, out_headers)
                 return route, target, resp.status

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import socket
 
 from router.config.settings import Config, ConfigError
@@ -12,6 +13,7 @@ from router.proxy.accesslog import AccessLog
 from router.proxy.auth import parse_schemes
 from router.proxy.handler import ProxyApp
 from router.proxy.headers import ForwardingHeaders
+from router.proxy.policies.engine import Policies
 from router.table.state import RouterState
 
 LEVELS = {"TRACE": logging.DEBUG, "DEBUG": logging.DEBUG, "INFO": logging.INFO, "WARN": logging.WARNING,
@@ -43,6 +45,7 @@ def build_proxy(cfg: Config, state: RouterState) -> ProxyApp:
         eject_failures=cfg["proxy.eject.failures"],
         eject_duration=cfg["proxy.eject.duration"],
         access_log=access_log(cfg),
+        policies=policies(cfg),
     )
 
 
@@ -70,3 +73,11 @@ def auth_schemes(cfg: Config) -> dict:
         raise ConfigError(f"invalid proxy.auth: {e}") from None
 
 
+
+
+def policies(cfg: Config) -> Policies:
+    """Compression for every route (proxy.gzip.contenttype, as in fabio) and the worker count that the rate
+    limits are divided by (router/proxy/policies/ratelimit.py)."""
+    workers = cfg["proxy.workers"] or os.cpu_count() or 1  # as router/run/workers.py counts them
+    return Policies(gzip_types=cfg["proxy.gzip.contenttype"], min_size=cfg["proxy.compress.minsize"],
+                    workers=workers)
