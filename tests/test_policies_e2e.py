@@ -14,6 +14,7 @@ import json
 import shutil
 import subprocess
 import threading
+import time
 from collections.abc import Iterator
 
 import brotli
@@ -22,7 +23,7 @@ import pytest
 import zstandard
 from aiohttp import web
 
-from tests.backends import Backend
+from tests.backends import Backend, Seen
 from tests.router_proc import RouterProc
 
 JSON_BODY = json.dumps([{"id": i, "name": f"item {i}", "tags": ["a", "b"]} for i in range(400)]).encode()
@@ -46,6 +47,8 @@ class PolicyBackend(Backend):
             return web.Response(body=gzip.compress(JSON_BODY),
                                 headers={"Content-Type": "application/json", "Content-Encoding": "gzip"})
         if p.endswith("/powered"):
+            joined = {k.lower(): ", ".join(request.headers.getall(k)) for k in request.headers}
+            self.requests.append(Seen(request.method, request.raw_path, joined, b""))
             return web.Response(text="ok\n", headers={"Server": "Apache/2.4.1", "X-Powered-By": "PHP/5.6",
                                                       "X-Keep": "1"})
         if p.endswith("/gated-sse"):
@@ -203,3 +206,135 @@ def test_compress_on_without_global_setting(b1: PolicyBackend) -> None:
         assert h["content-encoding"] == "br" and brotli.decompress(body) == JSON_BODY
         _, h, body = _raw_get(r.proxy_port, "/p/json", {"Accept-Encoding": "br"})
         assert "content-encoding" not in h and "vary" not in h and body == JSON_BODY
+
+
+# ------------------------------------------------------------------------------------------ header rewriting
+
+
+def test_header_rewriting_both_ways(b1: PolicyBackend) -> None:
+    opts = ("reqhdr.set=X-Env:prod|X-Quote:a%20b reqhdr.add=X-Multi:2 reqhdr.del=X-Secret "
+            "resphdr.del=Server,X-Powered-By resphdr.set=Content-Security-Policy:default-src%20'self'")
+    with RouterProc.static(f'route add app /h/ http://127.0.0.1:{b1.port}/ opts "{opts}"') as r:
+        before = len(b1.requests)
+        status, h, body = _raw_get(r.proxy_port, "/h/powered", {
+            "X-Secret": "s3", "X-Env": "dev", "X-Multi": "1", "X-Forwarded-For": "192.0.2.9"})
+        assert status == 200 and body == b"ok\n"
+        seen = b1.requests[before].headers
+        assert seen["x-env"] == "prod" and seen["x-quote"] == "a b" and "x-secret" not in seen
+        assert seen["x-multi"] == "1, 2"  # added next to the client's value
+        assert seen["x-forwarded-for"] == "192.0.2.9, 127.0.0.1"  # forwarding headers stay the router's
+        assert "server" not in h and "x-powered-by" not in h and h["x-keep"] == "1"
+        assert h["content-security-policy"] == "default-src 'self'"
+
+
+# ------------------------------------------------------------------------------------------ header routing
+
+
+@pytest.fixture(scope="module")
+def match_router(b1: PolicyBackend, b2: PolicyBackend) -> Iterator[RouterProc]:
+    routes = "\\n".join([
+        f"route add v1 /api/ http://127.0.0.1:{b1.port}/",
+        f'route add v2 /api/ http://127.0.0.1:{b2.port}/ opts "match=X-Version=2"',
+        f'route add acc /api/ http://127.0.0.1:{b2.port}/ opts "match=Accept~vnd%5C.v3%5C%2B"',  # vnd\.v3\+
+        f'route add v2only /m/ http://127.0.0.1:{b2.port}/ opts "match=X-Version"',
+        f"route add root / http://127.0.0.1:{b1.port}/",
+    ])
+    with RouterProc.static(routes) as r:
+        yield r
+
+
+@pytest.mark.parametrize(("path", "headers", "want"), [
+    ("/api/x", {}, "b1"),
+    ("/api/x", {"X-Version": "2"}, "b2"),
+    ("/api/x", {"X-Version": "3"}, "b1"),
+    ("/api/x", {"Accept": "application/vnd.v3+json"}, "b2"),
+    ("/m/x", {"X-Version": "anything"}, "b2"),
+    ("/m/x", {}, "b1"),  # no variant matches and /m/ has no default pool: the next shorter path serves
+])
+def test_header_routing(match_router: RouterProc, path: str, headers: dict, want: str) -> None:
+    status, _, body = _raw_get(match_router.proxy_port, path, headers)
+    assert (status, body) == (200, f"{want}\n".encode())
+
+
+def test_api_routes_show_match_and_precedence(match_router: RouterProc) -> None:
+    rows = httpx.get(match_router.ui + "/api/routes", timeout=5).json()
+    by = {r["service"]: r for r in rows}
+    assert by["v2"]["policies"] == {"match": "X-Version=2", "precedence": 1}
+    assert by["acc"]["policies"]["precedence"] == 2  # an equal value outranks a regex
+    assert "policies" not in by["v1"]
+
+
+# ------------------------------------------------------------------------------------------ rate limits
+
+
+def _blast(port: int, path: str, seconds: float, threads: int, fresh: bool) -> tuple[int, list[str], float]:
+    """Requests as fast as `threads` clients can send them for about `seconds`: (passed, Retry-After values
+    of the 429s, seconds from the first request to the last answer)."""
+    lock = threading.Lock()
+    ok, retry, stamps = [0], [], []
+    stop = time.monotonic() + seconds
+
+    def run() -> None:
+        c = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        while True:
+            t0 = time.monotonic()
+            if t0 >= stop:
+                break
+            if fresh:
+                c.close()
+                c = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+            c.request("GET", path)
+            r = c.getresponse()
+            r.read()
+            with lock:
+                stamps.append(t0)
+                stamps.append(time.monotonic())
+                if r.status == 200:
+                    ok[0] += 1
+                else:
+                    assert r.status == 429
+                    retry.append(r.getheader("retry-after"))
+        c.close()
+
+    ts = [threading.Thread(target=run) for _ in range(threads)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    return ok[0], retry, max(stamps) - min(stamps)
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_rate_limit_holds_within_ten_percent(b1: PolicyBackend, workers: int) -> None:
+    """Counted, not timed: what passed is the burst plus the rate times the span the requests covered."""
+    rate, burst = 40, 20
+    route = f'route add app /rl/ http://127.0.0.1:{b1.port}/ opts "ratelimit={rate}/s,burst={burst}"'
+    with RouterProc.static(route, "-proxy.workers", str(workers)) as r:
+        passed, retry, span = _blast(r.proxy_port, "/rl/x", 3.0, 8, fresh=workers > 1)
+        expected = burst + rate * span
+        assert abs(passed - expected) <= 0.1 * expected, (passed, expected, span)
+        assert retry and set(retry) == {"1"}
+        deadline = time.monotonic() + 15  # workers report their counters to the main process now and then
+        while True:
+            metrics = httpx.get(r.ui + "/metrics", timeout=5).text
+            line = next(ln for ln in metrics.splitlines() if ln.startswith("consul_router_ratelimited_total "))
+            if float(line.split()[-1]) == len(retry) or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert float(line.split()[-1]) == len(retry)
+
+
+def test_rate_limit_per_client_address(b1: PolicyBackend) -> None:
+    route = f'route add app /rc/ http://127.0.0.1:{b1.port}/ opts "ratelimit=1/m,burst=2,per=client"'
+    with RouterProc.static(route) as r:
+        def get(src: str) -> tuple[int, str | None]:
+            c = http.client.HTTPConnection("127.0.0.1", r.proxy_port, timeout=10, source_address=(src, 0))
+            c.request("GET", "/rc/x")
+            resp = c.getresponse()
+            resp.read()
+            c.close()
+            return resp.status, resp.getheader("retry-after")
+        assert [get("127.0.0.1")[0] for _ in range(2)] == [200, 200]
+        assert get("127.0.0.1") == (429, "60")
+        assert [get("127.0.0.2")[0] for _ in range(2)] == [200, 200]  # another client has its own bucket
+        assert get("127.0.0.2")[0] == 429

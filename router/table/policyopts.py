@@ -2,7 +2,8 @@
 
 Each policy is a route option in fabio's ``key=value`` style, so it works the same in a ``urlprefix-`` tag,
 in ``route add ... opts "..."`` and in the static/file sources. Option values hold no spaces (options are
-split on whitespace everywhere), so header values are percent-encoded where they need one (``%20``).
+split on whitespace everywhere), so header values and match patterns are percent-decoded: a space is
+written ``%20``, a ``|`` ``%7C``, an ``&`` ``%26`` and a ``%`` ``%25``.
 
 =====================  ==========================================================================
 option                 value
@@ -237,7 +238,7 @@ def parse_match(text: str) -> Match:
         elif item[i] == "=":
             conds.append(Cond(name, "equal", _value("match", item[i + 1 :])))
         else:
-            pattern = item[i + 1 :]
+            pattern = unquote(item[i + 1 :])
             try:
                 rx = re.compile(pattern)
             except re.error as e:
