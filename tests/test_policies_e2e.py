@@ -23,6 +23,7 @@ import pytest
 import zstandard
 from aiohttp import web
 
+from tests.backend_proc import BackendProc
 from tests.backends import Backend, Seen
 from tests.router_proc import RouterProc
 
@@ -338,3 +339,93 @@ def test_rate_limit_per_client_address(b1: PolicyBackend) -> None:
         assert get("127.0.0.1") == (429, "60")
         assert [get("127.0.0.2")[0] for _ in range(2)] == [200, 200]  # another client has its own bucket
         assert get("127.0.0.2")[0] == 429
+
+
+# ------------------------------------------------------------------------------------------ sticky sessions
+
+
+def _get_as(port: int, path: str, headers: dict[str, str]) -> tuple[str, str | None]:
+    status, h, body = _raw_get(port, path, headers)
+    assert status == 200
+    return body.decode().strip(), h.get("set-cookie")
+
+
+def _wait_targets(r: RouterProc, n: int) -> None:
+    deadline = time.monotonic() + 15
+    while len(httpx.get(r.ui + "/api/routes", timeout=5).json()) != n:
+        assert time.monotonic() < deadline, "the table did not change"
+        time.sleep(0.1)
+
+
+def test_sticky_cookie_keeps_the_instance_and_moves_only_its_clients(b1: PolicyBackend, b2: PolicyBackend,
+                                                                      tmp_path) -> None:  # type: ignore[no-untyped-def]
+    opts = 'opts "sticky=cookie,name=S,maxage=1h,secure"'
+    lines = {name: f"route add app /s/ http://127.0.0.1:{b.port}/ {opts}" for name, b in (("b1", b1), ("b2", b2))}
+    f = tmp_path / "routes.txt"
+    f.write_text("\n".join(lines.values()) + "\n")
+    with RouterProc("-registry.backend", "file", "-registry.file.path", str(f), "-proxy.strategy", "rr") as r:
+        clients: dict[str, str] = {}  # backend -> that client's cookie
+        for _ in range(2):  # round robin: the first two new clients get one instance each
+            served, cookie = _get_as(r.proxy_port, "/s/x", {})
+            assert cookie is not None and cookie.startswith("S=")
+            assert "Path=/s/" in cookie and "Max-Age=3600" in cookie and "HttpOnly" in cookie
+            assert "Secure" in cookie and "SameSite=Lax" in cookie
+            clients[served] = cookie.split(";")[0]
+        assert set(clients) == {"b1", "b2"}
+        for name, cookie in clients.items():  # each keeps its instance, whatever round robin says
+            for _ in range(6):
+                assert _get_as(r.proxy_port, "/s/x", {"Cookie": f"a=1; {cookie}"}) == (name, None)
+        f.write_text(lines["b2"] + "\n")  # b1 leaves the table
+        _wait_targets(r, 1)
+        served, cookie = _get_as(r.proxy_port, "/s/x", {"Cookie": clients["b1"]})
+        assert served == "b2" and cookie is not None and cookie.split(";")[0] != clients["b1"]  # re-pinned
+        assert _get_as(r.proxy_port, "/s/x", {"Cookie": clients["b2"]}) == ("b2", None)  # b2's client: unmoved
+        metrics = httpx.get(r.ui + "/metrics", timeout=5).text
+        values = {ln.split()[0]: float(ln.split()[1]) for ln in metrics.splitlines()
+                  if ln.startswith("consul_router_sticky")}
+        assert values == {"consul_router_sticky_hits_total": 13.0, "consul_router_sticky_repins_total": 1.0}
+
+
+@pytest.fixture(scope="module")
+def procs() -> Iterator[tuple[BackendProc, BackendProc]]:
+    """Backends in their own processes: 10,000 requests should not queue behind the test's own GIL."""
+    a, b = BackendProc("b1").start(), BackendProc("b2").start()
+    yield a, b
+    a.stop()
+    b.stop()
+
+
+def test_sticky_hash_canary_gets_ten_percent_of_10000_clients(procs: tuple[BackendProc, BackendProc]) -> None:
+    """fabio #202's sticky canary: a 10% canary by weight, consistent hashing on a header; each of 10,000
+    distinct users lands on one instance and stays there, and the canary gets 10% +- 1% of them."""
+    opts = 'opts "sticky=hash,header=X-User"'
+    b1, b2 = procs
+    routes = "\\n".join([f"route add stable /k/ http://127.0.0.1:{b1.port}/ {opts}",
+                         f"route add canary /k/ http://127.0.0.1:{b2.port}/ {opts}",
+                         "route weight canary /k/ weight 0.1"])
+    with RouterProc.static(routes) as r:
+        users = [f"user-{i}" for i in range(10_000)]
+        first = _serve_users(r.proxy_port, users)
+        canary = sum(1 for v in first.values() if v == "b2")
+        assert 900 <= canary <= 1100, canary
+        again = _serve_users(r.proxy_port, users[:1000])
+        assert all(again[u] == first[u] for u in again)  # sticky
+
+
+def _serve_users(port: int, users: list[str], threads: int = 4) -> dict[str, str]:
+    out: dict[str, str] = {}
+
+    def run(part: list[str]) -> None:
+        c = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        for u in part:
+            c.request("GET", "/k/x", headers={"X-User": u})
+            resp = c.getresponse()
+            out[u] = resp.read().decode().strip()
+        c.close()
+
+    ts = [threading.Thread(target=run, args=(users[i::threads],)) for i in range(threads)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    return out
