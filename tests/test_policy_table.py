@@ -109,3 +109,18 @@ def test_render_and_api_rows_keep_the_option_text() -> None:
     (row,) = t.routes()
     assert row["policies"] == {"resphdr": {"del": ["server"], "set": {}, "add": []},
                                "sticky": {"mode": "cookie", "cookie": "S"}}
+
+
+def test_default_pool_is_its_own_route_so_retries_stay_in_it() -> None:
+    manual = "\n".join([
+        'route add v2 /api http://10.0.0.2:80/ opts "match=X-Version=2 ratelimit=5/s"',
+        'route add v1 /api http://10.0.0.1:80/ opts "ratelimit=5/s"',
+        'route add v1 /api http://10.0.0.3:80/ opts "ratelimit=5/s"',
+    ])
+    t, _ = build(manual)
+    r = t.lookup("h", "/api")
+    d = r.policy.default_route
+    assert [x.url for x in d.targets] == ["http://10.0.0.1:80/", "http://10.0.0.3:80/"]
+    (_, v2), = r.policy.variants
+    # the same option on two pools: two buckets (the pool names its match)
+    assert d.policy.pool == "" and v2.policy.pool == "X-Version=2"

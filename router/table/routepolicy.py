@@ -30,12 +30,15 @@ __all__ = ["RoutePolicy", "route_policy", "describe"]
 class RoutePolicy:
     """What the proxy needs about one pool's policy; ``limiter`` and ``ids`` are filled by the proxy."""
 
-    __slots__ = ("variants", "default", "ratelimit", "sticky", "ids")
+    __slots__ = ("variants", "default", "default_route", "pool", "ratelimit", "sticky", "ids")
 
-    def __init__(self, variants: tuple[tuple[Match, Any], ...], default: tuple, ratelimit: RateSpec | None,
-                 sticky: StickySpec | None) -> None:
+    def __init__(self, variants: tuple[tuple[Match, Any], ...], default: tuple, default_route: Any, pool: str,
+                 ratelimit: RateSpec | None, sticky: StickySpec | None) -> None:
         self.variants = variants  # ((Match, Route), ...) in precedence order
         self.default = default  # the targets without match= (the route's own pool)
+        # with variants: a Route of the default targets alone, so retries never reach a variant's instance
+        self.default_route = default_route
+        self.pool = pool  # the match text of a variant's pool, "" for the default one (keys its rate limit)
         self.ratelimit = ratelimit
         self.sticky = sticky
         self.ids: dict[str, Any] | None = None  # cookie value -> target, built on first use
@@ -63,7 +66,12 @@ def route_policy(targets: Sequence[Any], variant: bool, make_route: Callable[[tu
     """
     default: tuple = tuple(targets)
     variants: tuple[tuple[Match, Any], ...] = ()
-    if not variant:
+    default_route = None
+    pool = ""
+    if variant:  # a variant's targets share one match; the default pool's have none
+        first = targets[0].policy
+        pool = first.match.text if first is not None and first.match is not None else ""
+    else:
         groups: dict[Match | None, list] = {}
         for t in targets:
             m = t.policy.match if t.policy is not None else None
@@ -72,10 +80,12 @@ def route_policy(targets: Sequence[Any], variant: bool, make_route: Callable[[tu
             default = tuple(groups.pop(None, ()))
             ordered = sorted(groups.items(), key=lambda kv: kv[0].rank)  # type: ignore[union-attr]
             variants = tuple((m, make_route(tuple(g))) for m, g in ordered)  # type: ignore[misc]
+            if default:
+                default_route = make_route(default)
     rl, st = _first(default, "ratelimit"), _first(default, "sticky")
     if not variants and rl is None and st is None:
         return None
-    return RoutePolicy(variants, default, rl, st)
+    return RoutePolicy(variants, default, default_route, pool, rl, st)
 
 
 def describe(policy: Any, route_policy: RoutePolicy | None) -> dict[str, object]:

@@ -115,7 +115,7 @@ class Policies:
         for m, r in route.policy.variants:
             if m.test(headers):
                 return r
-        return route if route.policy.default else None
+        return route.policy.default_route
 
     def _fall_through(self, route: Any, table: Any, host: str, tls: bool, headers: list) -> Any:
         """No variant matched and the route has no default pool: the route of the next shorter path that
@@ -133,7 +133,7 @@ class Policies:
 
     def _limiter(self, route: Any, spec: Any) -> Limiter:
         # keyed by route and spec, not the Route object: a table rebuild keeps the bucket's state
-        key = (route.host, route.path, spec)
+        key = (route.host, route.path, route.policy.pool, spec)
         lim = self._limiters.get(key)
         if lim is None:
             if len(self._limiters) > 10000:
