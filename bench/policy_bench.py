@@ -166,7 +166,7 @@ def compression(proc: subprocess.Popen, port: int, enc: str, n: int) -> tuple[fl
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--base", type=Path, required=True, help="checkout to compare the plain route with")
+    p.add_argument("--base", type=Path, help="another checkout to compare the plain route with (default: none)")
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--duration", type=float, default=5)
     p.add_argument("--json-requests", type=int, default=40)
@@ -183,16 +183,21 @@ def main(argv: list[str] | None = None) -> int:
         procs = []
         try:
             wait(f"http://127.0.0.1:{bport}/")
-            base = start_router(args.base.resolve(), bport, tmpd, "base")
             this = start_router(REPO, bport, tmpd, "this")
-            procs = [base[0], this[0]]
+            procs = [this[0]]
+            base = None
+            if args.base is not None:
+                base = start_router(args.base.resolve(), bport, tmpd, "base")
+                procs.append(base[0])
             with urllib.request.urlopen(f"http://127.0.0.1:{this[1]}/sticky") as r:
                 cookie = r.headers["Set-Cookie"].split(";")[0]
-            res: dict[str, list[float]] = {"base plain": [], "this plain": [], "this sticky": []}
+            res: dict[str, list[float]] = {"this plain": [], "this sticky": []}
+            runs = [("this plain", this, "/plain", ()), ("this sticky", this, "/sticky", (f"Cookie: {cookie}",))]
+            if base is not None:
+                res["base plain"] = []
+                runs.append(("base plain", base, "/plain", ()))
             for rnd in range(args.rounds):
-                order = [("base plain", base, "/plain", ()), ("this plain", this, "/plain", ()),
-                         ("this sticky", this, "/sticky", (f"Cookie: {cookie}",))]
-                order = order[rnd % 3:] + order[: rnd % 3]
+                order = runs[rnd % len(runs):] + runs[: rnd % len(runs)]
                 for name, (proc, port), path, hs in order:
                     res[name].append(us_per_request(proc, port, path, args.duration, hs))
             print(f"# policy bench ({args.rounds} rounds of {args.duration:.0f} s wrk -t1 -c20, alternating; "
@@ -200,8 +205,10 @@ def main(argv: list[str] | None = None) -> int:
             for name, vals in res.items():
                 print(f"{name:12s} {statistics.median(vals):8.1f} us/request   rounds: "
                       + " / ".join(f"{v:.1f}" for v in vals))
-            print(f"this/base plain: {statistics.median(res['this plain']) / statistics.median(res['base plain']):.3f}"
-                  f"   sticky/plain: {statistics.median(res['this sticky']) / statistics.median(res['this plain']):.3f}")
+            if base is not None:
+                print(f"this/base plain: "
+                      f"{statistics.median(res['this plain']) / statistics.median(res['base plain']):.3f}")
+            print(f"sticky/plain: {statistics.median(res['this sticky']) / statistics.median(res['this plain']):.3f}")
             others = []
             if args.traefik and Path(args.traefik).exists():
                 others.append(("traefik", start_traefik(args.traefik, bport, tmpd), ("gzip", "br", "zstd")))
