@@ -146,6 +146,7 @@ RANGES = {
     "proxy.eject.failures": (("1001",), {"0": 0, "1000": 1000}),
     "proxy.eject.duration": (("0", "0s", "1us"), {"1ms": 0.001, "10s": 10.0}),
     "proxy.compress.minsize": (("1.5", "1k"), {"0": 0, "1024": 1024}),
+    "proxy.maxbodybytes": (("1.5", "1MB"), {"0": 0, "1048576": 1048576}),
     "registry.timeout": ((), {"0": 0.0, "10s": 10.0}),
     "registry.retry": ((), {"0": 0.0, "500ms": 0.5}),
     "registry.consul.pollInterval": ((), {"0": 0.0, "5s": 5.0}),

@@ -429,3 +429,38 @@ def _serve_users(port: int, users: list[str], threads: int = 4) -> dict[str, str
     for t in ts:
         t.join()
     return out
+
+
+# ------------------------------------------------------------------------------------------ body size
+
+
+def _post(port: int, path: str, body: bytes, chunked: bool) -> int:
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        if chunked:
+            c.request("POST", path, body=iter([body[i:i + 500] for i in range(0, len(body), 500)]),
+                      encode_chunked=True, headers={"Transfer-Encoding": "chunked"})
+        else:
+            c.request("POST", path, body=body)
+        r = c.getresponse()
+        r.read()
+        return r.status
+    finally:
+        c.close()
+
+
+def test_body_size_limits(b1: PolicyBackend) -> None:
+    routes = "\\n".join([f'route add app /small/ http://127.0.0.1:{b1.port}/ opts "maxbody=1KB"',
+                         f'route add app /free/ http://127.0.0.1:{b1.port}/ opts "maxbody=0"',
+                         f"route add app /dflt/ http://127.0.0.1:{b1.port}/"])
+    with RouterProc.static(routes, "-proxy.maxbodybytes", "3000") as r:
+        before = len(b1.requests)
+        assert _post(r.proxy_port, "/small/echo", b"x" * 1001, chunked=False) == 413
+        assert len(b1.requests) == before  # refused before the upstream saw anything
+        assert _post(r.proxy_port, "/small/echo", b"x" * 2000, chunked=True) == 413
+        assert _post(r.proxy_port, "/small/echo", b"x" * 1000, chunked=False) == 200
+        assert _post(r.proxy_port, "/small/echo", b"x" * 1000, chunked=True) == 200
+        assert _post(r.proxy_port, "/dflt/echo", b"x" * 3001, chunked=False) == 413  # proxy.maxbodybytes
+        assert _post(r.proxy_port, "/dflt/echo", b"x" * 3000, chunked=False) == 200
+        assert _post(r.proxy_port, "/free/echo", b"x" * 10_000, chunked=False) == 200  # maxbody=0: no limit
+        assert [s.body for s in b1.requests[before:]] == [b"x" * 1000] * 2 + [b"x" * 3000, b"x" * 10_000]

@@ -17,6 +17,7 @@ from router.table.policyopts import (
     parse_header_pairs,
     parse_match,
     parse_ratelimit,
+    parse_size,
     parse_sticky,
     target_policy,
 )
@@ -165,3 +166,17 @@ def test_header_pairs_round_trip(pairs: list[tuple[str, str]]) -> None:
     text = "|".join(f"{n}:{quote(v, safe='')}" for n, v in pairs)
     got = parse_header_pairs("reqhdr.add", text, REQ)
     assert got == tuple((n.lower(), v.strip(" \t")) for n, v in pairs)
+
+
+@pytest.mark.parametrize(("text", "want"), [
+    ("0", 0), ("1048576", 1048576), ("512KB", 512_000), ("10MB", 10_000_000), ("1GiB", 1 << 30),
+    ("64kib", 65536), ("2m", 2_000_000), ("7b", 7),
+])
+def test_maxbody(text: str, want: int) -> None:
+    assert parse_size(text) == want
+
+
+@pytest.mark.parametrize("text", ["", "-1", "1.5MB", "10 MB", "ten", "1TB", "0x10"])
+def test_maxbody_rejects(text: str) -> None:
+    with pytest.raises(PolicyError, match="maxbody="):
+        parse_size(text)

@@ -454,6 +454,8 @@ KEYS: tuple[Key, ...] = (
         "zstd and br as well as gzip (ours), and the route option compress= turns it on or off per route"),
     Key("proxy.compress.minsize", "1024", int_range(0),
         "responses with a Content-Length below this many bytes are not compressed (ours)"),
+    Key("proxy.maxbodybytes", "0", int_range(0, zero="no limit"),
+        "largest request body in bytes, answered 413 above it; the route option maxbody= overrides it (ours)"),
     # registry
     Key("registry.backend", "consul", choice("consul", "static", "file"), "where routes come from"),
     Key("registry.timeout", "10s", duration(), "how long to retry the registry at startup", todo='no effect: the router retries Consul forever with capped backoff and answers 503 until the first table'),

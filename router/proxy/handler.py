@@ -18,6 +18,7 @@ from router.proxy.auth import BasicAuth, authorise
 from router.proxy.ejection import Ejector
 from router.proxy.headers import ForwardingHeaders, RoutingLoop
 from router.proxy.paths import normalise_path, upstream_path, upstream_raw_path
+from router.proxy.policies.bodylimit import BodyTooLarge
 from router.proxy.policies.engine import Policies
 from router.proxy.request_guard import check_request, send_rejection
 from router.proxy.stats import CLIENT_GONE, RequestStats
@@ -225,6 +226,11 @@ class ProxyApp:
         if target.policy is not None and target.policy.req is not None:
             headers = self.policies.request_headers(target, headers)
         body: AsyncIterator[bytes] | None = self._body(receive) if has_body else None
+        if body is not None and (self.policies.max_body or target.policy is not None):
+            body, too_large = self.policies.body_limit(target, scope, body)  # maxbody=, proxy.maxbodybytes
+            if too_large:
+                await send_status(send, 413, "request body too large\n")
+                return route, target, 413
         path_qs = raw + ("?" + query.decode("latin-1") if query else "")
         timeout = target.timeout or self.header_timeout
 
@@ -251,6 +257,9 @@ class ProxyApp:
             except UpstreamTimeout:
                 await send_status(send, 504, "upstream timed out\n")
                 return route, target, 504
+            except BodyTooLarge:
+                await send_status(send, 413, "request body too large\n")
+                return route, target, 413
             except (UpstreamError, ClientGone) as e:
                 if isinstance(e, ClientGone):
                     return route, target, CLIENT_GONE

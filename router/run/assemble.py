@@ -80,4 +80,4 @@ def policies(cfg: Config) -> Policies:
     limits are divided by (router/proxy/policies/ratelimit.py)."""
     workers = cfg["proxy.workers"] or os.cpu_count() or 1  # as router/run/workers.py counts them
     return Policies(gzip_types=cfg["proxy.gzip.contenttype"], min_size=cfg["proxy.compress.minsize"],
-                    workers=workers)
+                    workers=workers, max_body=cfg["proxy.maxbodybytes"])

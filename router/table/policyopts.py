@@ -16,6 +16,7 @@ option                 value
 ``match``              ``Cond[&Cond...]``, Cond = ``Name`` (present), ``Name=value`` (equal) or
                        ``Name~regex`` (search): the route serves only requests that match
 ``ratelimit``          ``<n>/s|m|h[,burst=<n>][,per=client]``: token bucket, 429 above it
+``maxbody``            a size (``10MB``, ``512KiB``, bytes): a longer request body is answered 413
 ``sticky``             ``cookie[,name=..][,maxage=<dur>][,secure][,httponly=false][,samesite=..]`` or
                        ``hash[,header=<Name>]`` (consistent hashing on the client address or a header)
 =====================  ==========================================================================
@@ -37,7 +38,7 @@ __all__ = ["PolicyError", "TargetPolicy", "HeaderEdit", "header_edit", "Match", 
 
 ENCODINGS = ("zstd", "br", "gzip")
 HEADER_OPTS = ("reqhdr.set", "reqhdr.add", "reqhdr.del", "resphdr.set", "resphdr.add", "resphdr.del")
-POLICY_OPTS = frozenset(("compress", "match", "ratelimit", "sticky", *HEADER_OPTS))
+POLICY_OPTS = frozenset(("compress", "match", "ratelimit", "sticky", "maxbody", *HEADER_OPTS))
 
 # Forwarding headers are the router's (router/proxy/headers.py): a route cannot set or remove them, nor
 # Host (that is `host=`), nor hop-by-hop headers, which never pass a proxy.
@@ -157,6 +158,7 @@ class TargetPolicy:
     match: Match | None = None
     ratelimit: RateSpec | None = None
     sticky: StickySpec | None = None
+    maxbody: int | None = None  # bytes; 0 = no limit on this route (whatever proxy.maxbodybytes says)
 
 
 # ------------------------------------------------------------------------------------------ parsers
@@ -281,6 +283,19 @@ def parse_ratelimit(text: str) -> RateSpec:
     return RateSpec(text, count / _UNITS[unit], burst, per_client)
 
 
+_SIZE = re.compile(r"^(\d+)(|b|kb|k|mb|m|gb|g|kib|mib|gib)$")
+_SIZE_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "m": 10**6, "mb": 10**6, "g": 10**9, "gb": 10**9,
+               "kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30}
+
+
+def parse_size(text: str) -> int:
+    """``maxbody=``: bytes, or with a unit (kB, MB, GB powers of 1000; KiB, MiB, GiB of 1024); 0 = none."""
+    m = _SIZE.match(text.strip().lower())
+    if m is None:
+        raise PolicyError(f"maxbody={text!r}: expected a size such as 1048576, 512KB, 10MB or 1GiB")
+    return int(m.group(1)) * _SIZE_UNITS[m.group(2)]
+
+
 _SAMESITE = {"lax": "Lax", "strict": "Strict", "none": "None", "off": ""}
 _COOKIE_NAME = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
 
@@ -336,4 +351,5 @@ def target_policy(opts: Mapping[str, str], duration) -> TargetPolicy | None:  # 
         match=parse_match(opts["match"]) if "match" in opts else None,
         ratelimit=parse_ratelimit(opts["ratelimit"]) if "ratelimit" in opts else None,
         sticky=parse_sticky(opts["sticky"], duration) if "sticky" in opts else None,
+        maxbody=parse_size(opts["maxbody"]) if "maxbody" in opts else None,
     )

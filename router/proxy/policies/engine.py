@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from router.proxy.policies import compress, rewrite, sticky
+from router.proxy.policies.bodylimit import declared_length, limited
 from router.proxy.policies.ratelimit import Limiter, retry_after
 
 __all__ = ["Policies", "Ctx", "Counters"]
@@ -49,7 +50,8 @@ class Ctx:
 
 
 class Policies:
-    def __init__(self, *, gzip_types: str = "", min_size: int = 1024, workers: int = 1) -> None:
+    def __init__(self, *, gzip_types: str = "", min_size: int = 1024, workers: int = 1, max_body: int = 0) -> None:
+        self.max_body = max_body  # proxy.maxbodybytes; 0 = no limit
         types = re.compile(gzip_types) if gzip_types else None
         self.compress_all = types is not None  # proxy.gzip.contenttype: every route compresses
         self.global_plan = compress.Plan(compress.ENCODINGS, types, min_size) if types is not None else None
@@ -140,6 +142,16 @@ class Policies:
                 self._limiters.clear()
             lim = self._limiters[key] = Limiter(spec.rate, spec.burst, spec.per_client, self.workers)
         return lim
+
+    def body_limit(self, target: Any, scope: dict, body: Any) -> tuple[Any, bool]:
+        """The body wrapped in its limit, and True when its declared length is already over it (413)."""
+        pol = target.policy
+        limit = pol.maxbody if pol is not None and pol.maxbody is not None else self.max_body
+        if not limit:
+            return body, False
+        if declared_length(scope["headers"]) > limit:
+            return body, True
+        return limited(body, limit), False
 
     @staticmethod
     def request_headers(target: Any, headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
