@@ -523,7 +523,10 @@ class _Index:
         port = ":443" if tls else ":80"
         norm = raw[: -len(port)] if raw.endswith(port) else raw
         a, b = hosts.get(norm), hosts.get(norm + port)
-        cands = ((a, b) if b else (a,)) if a else (b,) if b else ()
+        # the host written with the listener's default port first, as fabio orders them (its reversed-text
+        # sort puts `example.com:80` before `example.com`): the usual HTTP->HTTPS redirect `example.com:80/`
+        # then wins over a plain `example.com/` route (fabio #656), with glob matching on and off alike
+        cands = ((b, a) if a else (b,)) if b else (a,) if a else ()
         if glob and not _GLOB_CHARS.isdisjoint(norm):
             rest = norm[1:]
             if norm[0] == "*" and (not rest or rest[0] == ".") and _GLOB_CHARS.isdisjoint(rest):

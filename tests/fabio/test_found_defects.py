@@ -1,0 +1,29 @@
+"""The defects issue 14 lists under "Found already", each end to end through a real router process: what
+fabio does is what we must do (or docs/compat.md says why not)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from tests.fabio.e2e import Server, get, text
+from tests.router_proc import RouterProc
+
+
+@pytest.fixture(scope="module")
+def backend() -> Iterator[Server]:
+    with Server(text("backend")) as s:
+        yield s
+
+
+@pytest.mark.parametrize("glob_disabled", ["false", "true"])
+def test_http_to_https_redirect_wins_over_the_plain_host_route(backend: Server, glob_disabled: str) -> None:
+    """fabio #656 (TestTableLookup_656): `example.com:80/` redirects while `example.com/` proxies."""
+    routes = (f'route add svc example.com:80/ https://example.com$path opts "redirect=301"\n'
+              f"route add svc example.com/ {backend.url}/")
+    with RouterProc.static(routes, "-glob.matching.disabled", glob_disabled) as r:
+        a = get(r.url + "/foo", Host="example.com")
+        assert (a.status, a.headers.get("location")) == (301, "https://example.com/foo")
+        a = get(r.url + "/foo", Host="example.com:80")
+        assert (a.status, a.headers.get("location")) == (301, "https://example.com/foo")
