@@ -27,3 +27,14 @@ def test_http_to_https_redirect_wins_over_the_plain_host_route(backend: Server, 
         assert (a.status, a.headers.get("location")) == (301, "https://example.com/foo")
         a = get(r.url + "/foo", Host="example.com:80")
         assert (a.status, a.headers.get("location")) == (301, "https://example.com/foo")
+
+
+def test_strip_that_takes_the_whole_path_leaves_path_empty_in_a_redirect() -> None:
+    """`strip=/foo` then `redirect=301,https://bar.com/bbb$path`: `/foo` goes to `https://bar.com/bbb`."""
+    routes = ('route add svc /foo https://bar.com/bbb$path opts "redirect=301 strip=/foo"\n'
+              'route add svc /pre https://bar.com/bbb$path opts "redirect=302 strip=/pre prepend=/x"')
+    with RouterProc.static(routes) as r:
+        for path, location in [("/foo", "https://bar.com/bbb"), ("/foo/", "https://bar.com/bbb/"),
+                               ("/foo/a?q=1", "https://bar.com/bbb/a?q=1"), ("/pre", "https://bar.com/bbb/x")]:
+            a = get(r.url + path)
+            assert a.status in (301, 302) and a.headers["location"] == location, path
