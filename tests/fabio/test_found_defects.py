@@ -38,3 +38,11 @@ def test_strip_that_takes_the_whole_path_leaves_path_empty_in_a_redirect() -> No
                                ("/foo/a?q=1", "https://bar.com/bbb/a?q=1"), ("/pre", "https://bar.com/bbb/x")]:
             a = get(r.url + path)
             assert a.status in (301, 302) and a.headers["location"] == location, path
+
+
+@pytest.mark.parametrize("status", ["999", "600"])
+def test_every_noroute_status_the_config_accepts_is_sent(status: str) -> None:
+    """fabio's range for proxy.noroutestatus is 100-999 (TestProxyNoRouteStatus uses 999)."""
+    with RouterProc.static("route add svc /x http://127.0.0.1:1/", "-proxy.noroutestatus", status) as r:
+        a = get(r.url + "/nothing")
+        assert a.status == int(status) and a.body == b"no route\n"
