@@ -46,3 +46,14 @@ def test_every_noroute_status_the_config_accepts_is_sent(status: str) -> None:
     with RouterProc.static("route add svc /x http://127.0.0.1:1/", "-proxy.noroutestatus", status) as r:
         a = get(r.url + "/nothing")
         assert a.status == int(status) and a.body == b"no route\n"
+
+
+def test_forwarded_proto_fills_in_x_forwarded_proto(backend: Server) -> None:
+    """`Forwarded: for=1.2.3.4; proto=https` and no X-Forwarded-Proto: fabio sends X-Forwarded-Proto https."""
+    with RouterProc.static(f"route add svc / {backend.url}/") as r:
+        assert get(r.url + "/a", Forwarded="for=1.2.3.4; proto=https").status == 200
+        assert backend.seen[-1][1]["x-forwarded-proto"] == "https"
+        assert get(r.url + "/b").status == 200
+        assert backend.seen[-1][1]["x-forwarded-proto"] == "http"
+        assert get(r.url + "/c", Forwarded="for=1.2.3.4; proto=https", **{"X-Forwarded-Proto": "http"}).status == 200
+        assert backend.seen[-1][1]["x-forwarded-proto"] == "http"
