@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+import httpx
 import pytest
 
 from tests.fabio.e2e import Server, get, text
@@ -57,3 +58,22 @@ def test_forwarded_proto_fills_in_x_forwarded_proto(backend: Server) -> None:
         assert backend.seen[-1][1]["x-forwarded-proto"] == "http"
         assert get(r.url + "/c", Forwarded="for=1.2.3.4; proto=https", **{"X-Forwarded-Proto": "http"}).status == 200
         assert backend.seen[-1][1]["x-forwarded-proto"] == "http"
+
+
+@pytest.mark.parametrize("value", ["x:10.0.0.0/8", "ip:10/8", "ip:10.0.0.0/255"])
+def test_malformed_access_rules_refuse_the_route_and_are_reported(backend: Server, value: str) -> None:
+    """fabio logs a malformed allow=/deny= value and serves the route without rules; we refuse that route
+    (docs/compat.md: a typo must not open a protected route) and say so under errors in /api/status, and
+    every other route keeps working."""
+    routes = (f'route add svc /guarded {backend.url}/ opts "allow={value}"\n'
+              f'route add svc /denied {backend.url}/ opts "deny={value}"\n'
+              f"route add svc /open {backend.url}/")
+    with RouterProc.static(routes) as r:
+        assert get(r.url + "/open").status == 200
+        assert get(r.url + "/guarded").status == 404
+        assert get(r.url + "/denied").status == 404
+        errors = httpx.get(r.ui + "/api/status").json()["errors"]["table"]
+        for option, path in (("allow", "/guarded"), ("deny", "/denied")):
+            mine = [e for e in errors if f"{option}={value}" in e]
+            assert len(mine) == 1 and path in mine[0] and "invalid access rules" in mine[0]
+            assert value.split(":")[0] in mine[0].split("invalid access rules")[1]
