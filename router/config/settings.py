@@ -482,7 +482,8 @@ KEYS: tuple[Key, ...] = (
         "accepted for compatibility; no effect in fabio 1.7.3 either"),
     Key("registry.consul.wait", "60s", duration(lo=0.001, hi=600, hi_why=" (Consul's maximum)"),
         "blocking query wait time (ours; Consul's default is 5m)"),
-    Key("registry.consul.maxrate", "20", positive_number, "blocking queries per second per watch, at most (ours)"),
+    Key("registry.consul.maxrate", "20", positive_number,
+        "blocking queries per second per watch whose answers bring no new index, after a burst of 2 (ours; real changes are not held)"),
     # ui
     Key("ui.addr", ":9998", listen_addr("ui.addr"),
         "listen address of the admin UI (one plain HTTP listener; listener options are warned about and ignored)"),
