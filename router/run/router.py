@@ -16,6 +16,7 @@ from registry.consul.watcher import ConsulWatcher, RegistryStatus
 from registry.static import load_text, watch_file
 from router.config.settings import Config
 from router.listen.uvicorn_server import Server, proxy_server_config, uvicorn_config
+from router.run import edge
 from router.run.assemble import build_proxy
 from router.run.workers import WorkerPool, worker_count
 from router.table.state import RouterState
@@ -28,6 +29,7 @@ class Router:
 
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
+        edge.check(cfg)  # a listener this router cannot serve stops the start, named
         self.state = RouterState(
             matcher=cfg["proxy.matcher"],
             glob_matching=not cfg["glob.matching.disabled"],
