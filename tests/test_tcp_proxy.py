@@ -384,3 +384,62 @@ def test_half_close_is_passed_on() -> None:
         return answer
 
     assert asyncio.run(main()) == b"got question"
+
+
+def test_rt_closes_a_connection_whose_client_stays_silent() -> None:
+    async def main() -> tuple:
+        up = Upstream()
+        up_port = await up.start()
+        sock = bind("127.0.0.1", 0)
+        port = sock.getsockname()[1]
+        t = table(f"route add db :{port} tcp://127.0.0.1:{up_port}\n")
+        acc = Acceptor(sock, TCPProxy("tcp", lambda: t, read_timeout=0.3))
+        asyncio.get_running_loop().create_task(acc.serve())
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"a")
+        assert await asyncio.wait_for(reader.readexactly(1), 5) == b"a"
+        for _ in range(4):  # busy for longer than rt: each read resets it
+            await asyncio.sleep(0.15)
+            writer.write(b"b")
+            assert await asyncio.wait_for(reader.readexactly(1), 5) == b"b"
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        gone = await asyncio.wait_for(reader.read(1), 5)  # then silent: closed after about rt
+        took = loop.time() - t0
+        writer.close()
+        acc.close()
+        up.close()
+        return gone, took
+
+    gone, took = asyncio.run(main())
+    assert gone == b"" and took < 3
+
+
+def test_wt_closes_a_connection_whose_client_does_not_read() -> None:
+    async def main() -> tuple:
+        up = Upstream(greet=b"z" * (64 << 20))  # far more than the kernel's socket buffers hold
+        up_port = await up.start()
+        sock = bind("127.0.0.1", 0)
+        port = sock.getsockname()[1]
+        t = table(f"route add db :{port} tcp://127.0.0.1:{up_port}\n")
+        counters = TCPCounters()
+        acc = Acceptor(sock, TCPProxy("tcp", lambda: t, write_timeout=0.3, counters=counters))
+        asyncio.get_running_loop().create_task(acc.serve())
+        c = socket.create_connection(("127.0.0.1", port))
+        c.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+        c.setblocking(False)
+        loop = asyncio.get_running_loop()
+        await asyncio.sleep(0.2)
+        t0 = loop.time()
+        while counters.open or loop.time() - t0 < 0.1:  # the router closes its side once writes stall for wt
+            await asyncio.sleep(0.05)
+            if loop.time() - t0 > 10:
+                break
+        took = loop.time() - t0
+        c.close()
+        acc.close()
+        up.close()
+        return took, counters.open
+
+    took, still_open = asyncio.run(main())
+    assert still_open == 0 and took < 5, took

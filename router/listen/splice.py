@@ -9,7 +9,10 @@ passed on as a FIN (half-close) where the transport can send one; when either si
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
+
+_now = time.monotonic
 
 HIGH_WATER = 256 * 1024  # bytes buffered towards a slow reader before its source stops reading
 
@@ -37,6 +40,7 @@ class Side(asyncio.Protocol):
         self.done = asyncio.get_running_loop().create_future()
 
     def data_received(self, data: bytes) -> None:
+        self.last_read = _now()
         if self.count is not None:
             self.count(len(data))
         peer = self.peer
@@ -94,3 +98,36 @@ class Side(asyncio.Protocol):
     def close(self) -> None:
         if self.transport is not None:
             self.transport.close()
+
+
+def watchdog(client: Side, read_timeout: float, write_timeout: float) -> asyncio.TimerHandle | None:
+    """fabio's rt=/wt= on a TCP connection (a deadline per read and per write of the client socket):
+    close it when the client sent nothing for `read_timeout`, or when bytes towards the client have
+    waited unsent for `write_timeout`. One timer per connection, re-armed at a quarter of the shorter."""
+    if not (read_timeout > 0 or write_timeout > 0):
+        return None
+    loop = asyncio.get_running_loop()
+    tick = min(t for t in (read_timeout, write_timeout) if t > 0) / 4
+    client.last_read = _now()
+    stuck_since = [0.0]
+    handle: list[asyncio.TimerHandle] = []
+
+    def check() -> None:
+        if client.closed or client.transport is None:
+            return
+        now = _now()
+        if read_timeout > 0 and now - client.last_read > read_timeout:
+            client.transport.abort()
+            return
+        if write_timeout > 0:
+            if client.transport.get_write_buffer_size() > 0:
+                stuck_since[0] = stuck_since[0] or now
+                if now - stuck_since[0] > write_timeout:
+                    client.transport.abort()  # close() would wait for the unsent bytes
+                    return
+            else:
+                stuck_since[0] = 0.0
+        handle[0] = loop.call_later(tick, check)
+
+    handle.append(loop.call_later(tick, check))
+    return handle[0]

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 from router.listen import clienthello, proxyproto
 from router.listen.accept import Closed, peek
-from router.listen.splice import Side
+from router.listen.splice import Side, watchdog
 
 log = logging.getLogger("router.tcp")
 
@@ -153,6 +153,7 @@ class TCPProxy:
             sock.close()
             return
         down.attach(up)
+        watchdog(down, self.read_timeout, self.write_timeout)
         c.open += 1
         try:
             await asyncio.gather(up.done, down.done)  # type: ignore[arg-type]
