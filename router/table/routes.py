@@ -660,6 +660,12 @@ class Table:
             return self._nohost.match(path, matcher)
         return None
 
+    def lookup_host(self, host: str) -> Route | None:
+        """fabio's `LookupHost` for TCP and SNI routes: exactly this table host (`:3306`, `db.example.com`),
+        its first route that prefix-matches "/"; no wildcards, no fallback to routes without a host."""
+        h = self._hosts.get(host.lower())
+        return h.match("/", "prefix") if h is not None else None
+
     def lookup_all(self, host: str, path: str, *, tls: bool = False) -> Iterable[Route]:
         """Every host's first path match, in :meth:`lookup` order (the redirect-loop guard's slow path)."""
         h = host.lower()
