@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-RANK = {"router": 0, "router.config": 1, "router.table": 2, "router.proxy": 3, "router.listen": 4,
+RANK = {"router": 0, "router.config": 1, "router.table": 2, "router.proxy": 3, "router.cert": 3, "router.listen": 4,
         "registry": 4, "ui": 5, "router.run": 6}
 
 

@@ -14,6 +14,7 @@ from router.proxy.auth import parse_schemes
 from router.proxy.handler import ProxyApp
 from router.proxy.headers import ForwardingHeaders
 from router.proxy.policies.engine import Policies
+from router.proxy.resilience import Resilience
 from router.table.state import RouterState
 
 LEVELS = {"TRACE": logging.DEBUG, "DEBUG": logging.DEBUG, "INFO": logging.INFO, "WARN": logging.WARNING,
@@ -45,6 +46,7 @@ def build_proxy(cfg: Config, state: RouterState) -> ProxyApp:
         eject_failures=cfg["proxy.eject.failures"],
         eject_duration=cfg["proxy.eject.duration"],
         access_log=access_log(cfg),
+        resilience=Resilience.from_config(cfg),
         policies=policies(cfg),
     )
 

@@ -64,9 +64,11 @@ class Policies:
 
     # ----------------------------------------------------------------------------- before the upstream
 
-    async def enter(self, route: Any, table: Any, scope: dict, host: str, path: str, tls: bool, strategy: str,
-                    ejector: Any, send: Callable) -> Ctx:
-        """Header variant, rate limit and sticky pick for a route whose ``policy`` is set."""
+    async def enter(self, route: Any, table: Any, scope: dict, host: str, tls: bool, send: Callable) -> Ctx:
+        """Header variant and rate limit for a route whose ``policy`` is set; notes a sticky pool in ``pin``.
+
+        The pick itself stays with the route's picker (router/proxy/balance.py): :meth:`sticky` chooses the
+        index only when the pool is sticky."""
         pol = route.policy
         if pol.variants:
             found = self._variant(route, scope["headers"])
@@ -77,7 +79,7 @@ class Policies:
                 return Ctx(None)
             pol = route.policy
             if pol is None:
-                return Ctx(route, route.pick(strategy))
+                return Ctx(route)
         rl = pol.ratelimit
         if rl is not None:
             wait = self._limiter(route, rl).check((scope.get("client") or ("",))[0] or "")
@@ -85,32 +87,36 @@ class Policies:
                 self.counters.ratelimited += 1
                 await _too_many(send, retry_after(wait))
                 return Ctx(route, None, 429)
-        st = pol.sticky
-        if st is None:
-            return Ctx(route, route.pick(strategy))
+        return Ctx(route, None, 0, pol.sticky)
+
+    def sticky(self, ctx: Ctx, picker: Any, scope: dict, now: float) -> int:
+        """The picker index for a sticky pool: the cookie's instance, or the highest rendezvous score among
+        the instances not ejected now; else (a new client, a re-pin) the picker's own choice."""
+        st = ctx.pin
+        targets, states = picker.targets, picker.states
         if st.mode == "hash":
+            ctx.pin = None  # nothing to set on the response
             key = ""
             if st.header:
                 name = st.header.encode("latin-1")
                 key = next((v.decode("latin-1") for n, v in scope["headers"] if n == name), "")
             if not key:
                 key = (scope.get("client") or ("",))[0] or ""
-            t = sticky.best(sticky.key_hash(key), pol.default, lambda t: not ejector.ejected(t))
-            return Ctx(route, t)
-        ids = pol.ids
-        if ids is None:
-            ids = pol.ids = {sticky.target_id(t.service, t.url): t for t in pol.default if t.weight > 0}
+            i = sticky.best_index(sticky.key_hash(key), targets, [s.until > now for s in states])
+            return i if i >= 0 else picker.pick(now)
         have = sticky.cookie_value(scope["headers"], st.cookie.encode("latin-1"))
         if have:
+            ids = ctx.route.policy.ids
+            if ids is None:
+                ids = ctx.route.policy.ids = {sticky.target_id(t.service, t.url): t for t in ctx.route.targets}
             t = ids.get(have)
-            if t is not None and not ejector.ejected(t):
+            i = picker.index(t) if t is not None else -1
+            if i >= 0 and not states[i].until > now:
                 self.counters.sticky_hits += 1
-                return Ctx(route, t, 0, st, t)
+                ctx.pinned = targets[i]
+                return i
             self.counters.sticky_repins += 1
-        t = route.pick(strategy)
-        if t is not None and ejector.ejected(t):
-            t = ejector.choose(route, t, strategy)
-        return Ctx(route, t, 0, st)
+        return picker.pick(now)
 
     @staticmethod
     def _variant(route: Any, headers: list) -> Any:

@@ -69,6 +69,17 @@ def best(h: int, pool: Sequence[Any], usable: Callable[[Any], bool]) -> Any:
     return top
 
 
+def best_index(h: int, pool: Sequence[Any], skip: Sequence[bool]) -> int:
+    """:func:`best` by index over a picker's targets, leaving out those whose ``skip`` is true; -1: none."""
+    top, top_score = -1, -1.0
+    for i, t in enumerate(pool):
+        if not skip[i] and t.weight > 0:
+            s = _score(h, t)
+            if s > top_score:
+                top, top_score = i, s
+    return top
+
+
 def cookie_value(headers: Iterable[tuple[bytes, bytes]], name: bytes) -> str:
     """The value of cookie ``name`` in the request's Cookie headers, "" when it has none."""
     for n, v in headers:
