@@ -464,3 +464,35 @@ def test_body_size_limits(b1: PolicyBackend) -> None:
         assert _post(r.proxy_port, "/dflt/echo", b"x" * 3000, chunked=False) == 200
         assert _post(r.proxy_port, "/free/echo", b"x" * 10_000, chunked=False) == 200  # maxbody=0: no limit
         assert [s.body for s in b1.requests[before:]] == [b"x" * 1000] * 2 + [b"x" * 3000, b"x" * 10_000]
+
+
+def test_sticky_clients_of_a_dead_instance_move_and_only_they() -> None:
+    """An instance that stops answering (killed: connects fail, it is retried elsewhere and ejected): its
+    cookie clients are re-pinned and its hashed users spread over the others; everyone else stays put."""
+    bs = [BackendProc(f"k{i}").start() for i in range(3)]
+    try:
+        lines = []
+        for b in bs:
+            lines.append(f'route add app /c/ http://127.0.0.1:{b.port}/ opts "sticky=cookie"')
+            lines.append(f'route add app /h/ http://127.0.0.1:{b.port}/ opts "sticky=hash,header=X-User"')
+        with RouterProc.static("\\n".join(lines), "-proxy.strategy", "rr") as r:
+            cookies: dict[str, str] = {}
+            for _ in range(3):
+                served, cookie = _get_as(r.proxy_port, "/c/x", {})
+                cookies[served] = cookie.split(";")[0]
+            assert set(cookies) == {"k0", "k1", "k2"}
+            users = [f"u{i}" for i in range(300)]
+            before = {u: _get_as(r.proxy_port, "/h/x", {"X-User": u})[0] for u in users}
+            assert set(before.values()) == {"k0", "k1", "k2"}
+            bs[0].kill()
+            served, cookie = _get_as(r.proxy_port, "/c/x", {"Cookie": cookies["k0"]})
+            assert served in ("k1", "k2") and cookie is not None  # retried elsewhere and re-pinned there
+            for name in ("k1", "k2"):
+                assert _get_as(r.proxy_port, "/c/x", {"Cookie": cookies[name]}) == (name, None)
+            after = {u: _get_as(r.proxy_port, "/h/x", {"X-User": u})[0] for u in users}
+            moved = {u for u in users if after[u] != before[u]}
+            assert moved == {u for u in users if before[u] == "k0"}
+            assert {after[u] for u in moved} == {"k1", "k2"}
+    finally:
+        for b in bs:
+            b.stop()
