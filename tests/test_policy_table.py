@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from registry.consul.health import Instance
 from registry.tags import route_cmds
@@ -124,3 +126,26 @@ def test_default_pool_is_its_own_route_so_retries_stay_in_it() -> None:
     (_, v2), = r.policy.variants
     # the same option on two pools: two buckets (the pool names its match)
     assert d.policy.pool == "" and v2.policy.pool == "X-Version=2"
+
+
+_VALID = {
+    "compress": ["on", "off", "gzip", "zstd,br"],
+    "reqhdr.set": ["X-A:1", "X-B:a%20b|X-C:"],
+    "resphdr.del": ["Server", "Server,X-Powered-By"],
+    "match": ["X-V", "X-V=2", "Accept~json&X-V=3"],
+    "ratelimit": ["10/s", "5/m,burst=2,per=client"],
+    "sticky": ["cookie", "cookie,name=S,maxage=1h,secure", "hash,header=X-User"],
+    "maxbody": ["0", "10MB"],
+}
+
+
+@given(st.dictionaries(st.sampled_from(sorted(_VALID)), st.integers(0, 3), min_size=1))
+def test_policies_survive_render_and_reparse(choice: dict[str, int]) -> None:
+    """/api/routes?raw (fabio's text form) read back as overrides gives the same policies."""
+    opts = " ".join(f"{k}={_VALID[k][i % len(_VALID[k])]}" for k, i in sorted(choice.items()))
+    t1, e1 = build(f'route add a /x http://10.0.0.1:8080/ opts "{opts}"')
+    assert not e1
+    t2, e2 = build(t1.render())
+    assert not e2
+    (a,), (b,) = t1.routes(), t2.routes()
+    assert a == b and set(a["policies"]) >= {k.split(".")[0] for k in choice}

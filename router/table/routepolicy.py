@@ -102,6 +102,8 @@ def describe(policy: Any, route_policy: RoutePolicy | None) -> dict[str, object]
     if policy.ratelimit is not None:
         r = policy.ratelimit
         out["ratelimit"] = {"per_second": r.rate, "burst": r.burst, "per": "client" if r.per_client else "route"}
+    if policy.maxbody is not None:
+        out["maxbody"] = policy.maxbody
     if policy.sticky is not None:
         s = policy.sticky
         out["sticky"] = {"mode": s.mode, **({"cookie": s.cookie} if s.mode == "cookie" else
