@@ -172,7 +172,7 @@ def _share(pool: list[T], n: int, keyfmt: str = "10.{}.{}.{}") -> dict[str, int]
     counts: dict[str, int] = {}
     for i in range(n):
         key = keyfmt.format(i >> 16 & 255, i >> 8 & 255, i & 255)
-        t = sticky.best(sticky.key_hash(key), pool, lambda t: True)
+        t = pool[sticky.best_index(sticky.key_hash(key), pool, [False] * len(pool))]
         counts[t.url] = counts.get(t.url, 0) + 1
     return counts
 
@@ -186,9 +186,12 @@ def test_hash_canary_share_over_10000_clients() -> None:
 def test_hash_only_departed_clients_move() -> None:
     pool = [T("app", f"http://10.1.0.{i}:80/", 0.25) for i in range(4)]
     keys = [f"user-{i}" for i in range(5000)]
-    before = {k: sticky.best(sticky.key_hash(k), pool, lambda t: True).url for k in keys}
+    def pick(k: str, skip: list[bool]) -> str:
+        return pool[sticky.best_index(sticky.key_hash(k), pool, skip)].url
+
+    before = {k: pick(k, [False] * 4) for k in keys}
     gone = pool[2].url
-    after = {k: sticky.best(sticky.key_hash(k), pool, lambda t: t.url != gone).url for k in keys}
+    after = {k: pick(k, [False, False, True, False]) for k in keys}
     moved = {k for k in keys if before[k] != after[k]}
     assert moved == {k for k in keys if before[k] == gone} and moved
     assert all(after[k] != gone for k in keys)
@@ -196,12 +199,16 @@ def test_hash_only_departed_clients_move() -> None:
     assert len({after[k] for k in moved}) == 3
 
 
-def test_ranked_agrees_with_best() -> None:
+def test_best_index_skips_ejected_and_weightless() -> None:
     pool = [T("a", f"u{i}", 1.0) for i in range(5)] + [T("a", "dead", 0.0)]
     for k in ("x", "y", "z"):
         h = sticky.key_hash(k)
-        order = sticky.ranked(h, pool)
-        assert order[0] is sticky.best(h, pool, lambda t: True) and "dead" not in [t.url for t in order]
+        first = sticky.best_index(h, pool, [False] * 6)
+        assert 0 <= first < 5
+        skip = [i == first for i in range(6)]
+        second = sticky.best_index(h, pool, skip)
+        assert second not in (first, 5) and second >= 0
+    assert sticky.best_index(1, pool, [True] * 5 + [False]) == -1  # only the weight-0 one is left
 
 
 def test_cookie_value_and_set_cookie() -> None:

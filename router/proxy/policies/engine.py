@@ -1,8 +1,8 @@
 """The proxy's side of the traffic policies (issue 19): the hooks router/proxy/handler.py calls.
 
-A route without policy options pays one attribute test (``route.policy is None``) before its pick and one
-(``target.policy is None``) on the response, plus one when ``proxy.gzip.contenttype`` turns compression on
-for every route. Everything a policy needs that does not depend on the request (parsed options, variant
+A route without policy options pays one attribute test (``route.policy is None``) before its pick, one
+(``target.policy is None``) before the request goes up and one on the response, plus one when
+``proxy.gzip.contenttype`` turns compression on for every route. Everything a policy needs that does not depend on the request (parsed options, variant
 routes, compiled regexps) was built with the table (router/table/policyopts.py, routepolicy.py).
 """
 
@@ -38,15 +38,13 @@ class Counters:
 class Ctx:
     """What the route-level hook decided for one request."""
 
-    __slots__ = ("route", "target", "status", "pin", "pinned")
+    __slots__ = ("route", "status", "pin", "pinned")
 
-    def __init__(self, route: Any, target: Any = None, status: int = 0, pin: Any = None,
-                 pinned: Any = None) -> None:
-        self.route = route  # None: no route serves the request (the proxy answers no-route)
-        self.target = target
+    def __init__(self, route: Any, status: int = 0, pin: Any = None) -> None:
+        self.route = route  # the route (or header variant) that serves; None: none does (no-route answer)
         self.status = status  # non-zero: already answered with this status (429)
-        self.pin = pin  # the StickySpec of a cookie route
-        self.pinned = pinned  # the target the client's valid cookie names (None: it needs a Set-Cookie)
+        self.pin = pin  # the StickySpec of a sticky pool (None after a hash pick: no cookie to set)
+        self.pinned: Any = None  # the target a valid cookie named (None: the response gets a Set-Cookie)
 
 
 class Policies:
@@ -86,8 +84,8 @@ class Policies:
             if wait:
                 self.counters.ratelimited += 1
                 await _too_many(send, retry_after(wait))
-                return Ctx(route, None, 429)
-        return Ctx(route, None, 0, pol.sticky)
+                return Ctx(route, 429)
+        return Ctx(route, 0, pol.sticky)
 
     def sticky(self, ctx: Ctx, picker: Any, scope: dict, now: float) -> int:
         """The picker index for a sticky pool: the cookie's instance, or the highest rendezvous score among

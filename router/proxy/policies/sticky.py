@@ -17,11 +17,11 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from functools import lru_cache
 from typing import Any
 
-__all__ = ["target_id", "key_hash", "ranked", "cookie_value", "set_cookie"]
+__all__ = ["target_id", "key_hash", "best_index", "cookie_value", "set_cookie"]
 
 _M64 = (1 << 64) - 1
 
@@ -53,24 +53,9 @@ def _score(h: int, t: Any) -> float:
     return t.weight / -math.log(u)
 
 
-def ranked(h: int, pool: Sequence[Any]) -> list[Any]:
-    """The pool's live instances in rendezvous order for key hash ``h``: the first is the client's."""
-    return sorted((t for t in pool if t.weight > 0), key=lambda t: _score(h, t), reverse=True)
-
-
-def best(h: int, pool: Sequence[Any], usable: Callable[[Any], bool]) -> Any:
-    """The highest-scoring live instance that is ``usable`` (not ejected); None if there is none."""
-    top, top_score = None, -1.0
-    for t in pool:
-        if t.weight > 0 and usable(t):
-            s = _score(h, t)
-            if s > top_score:
-                top, top_score = t, s
-    return top
-
-
 def best_index(h: int, pool: Sequence[Any], skip: Sequence[bool]) -> int:
-    """:func:`best` by index over a picker's targets, leaving out those whose ``skip`` is true; -1: none."""
+    """The index of the instance with the highest rendezvous score for key hash ``h``, leaving out those whose
+    ``skip`` is true (ejected now) and those of weight 0; -1 when none is left."""
     top, top_score = -1, -1.0
     for i, t in enumerate(pool):
         if not skip[i] and t.weight > 0:
