@@ -149,3 +149,14 @@ def test_policies_survive_render_and_reparse(choice: dict[str, int]) -> None:
     assert not e2
     (a,), (b,) = t1.routes(), t2.routes()
     assert a == b and set(a["policies"]) >= {k.split(".")[0] for k in choice}
+
+
+def test_operators_csp_example_works_as_a_tag() -> None:
+    """The cookbook's tag (quotes percent-encoded: a tag may not hold quotes) gives the intended headers."""
+    tag = ("urlprefix-shop.example.com/ resphdr.del=Server,X-Powered-By "
+           "resphdr.set=Content-Security-Policy:default-src%20%27self%27|X-Frame-Options:DENY")
+    t, errors = build(shop=[tag])
+    assert not errors
+    edit = t.lookup("shop.example.com", "/").targets[0].policy.resp
+    assert edit.remove == {"server", "x-powered-by"}
+    assert edit.set == (("content-security-policy", "default-src 'self'"), ("x-frame-options", "DENY"))
