@@ -160,3 +160,21 @@ def test_operators_csp_example_works_as_a_tag() -> None:
     edit = t.lookup("shop.example.com", "/").targets[0].policy.resp
     assert edit.remove == {"server", "x-powered-by"}
     assert edit.set == (("content-security-policy", "default-src 'self'"), ("x-frame-options", "DENY"))
+
+
+def test_every_cookbook_tag_is_accepted() -> None:
+    """Each urlprefix- tag of the traffic-policy cookbook (docs/operators.md) and of README's tag table builds
+    a route without errors."""
+    import re
+    from pathlib import Path
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "operators.md").read_text()
+    section = doc[doc.index("### Traffic policies"):doc.index("## UI tour")]
+    tags = [m.group(1).strip() for m in re.finditer(r"(urlprefix-[^\n#`]*)", section)]
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    tags += re.findall(r"^\| `(urlprefix-[^`]*)`", readme, re.M)  # README's tag table
+    assert len(tags) >= 20
+    for tag in tags:
+        cmds, errs = route_cmds(Instance("svc", "svc-1", "n1", "10.0.0.1", 8080, (tag,)))
+        assert not errs, tag
+        _, errors = TableBuilder().update({"svc": cmds})
+        assert not errors, (tag, errors)
