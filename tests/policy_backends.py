@@ -31,7 +31,8 @@ class PolicyBackend(Backend):
             n = int(request.query.get("n", len(JSON_BODY)))
             extra = {k[2:]: v for k, v in request.query.items() if k.startswith("h-")}
             return web.Response(body=(JSON_BODY * (n // len(JSON_BODY) + 1))[:n],
-                                headers={"Content-Type": "application/json", "ETag": '"v1"', **extra})
+                                headers={"Content-Type": "application/json", "ETag": '"v1"', "Accept-Ranges": "bytes",
+                                         **extra})
         if p.endswith("/png"):
             return web.Response(body=b"\x89PNG" + b"\0" * 5000, headers={"Content-Type": "image/png"})
         if p.endswith("/pregz"):

@@ -9,7 +9,7 @@ docs/compat.md):
   (zstd, br, gzip, or the route's ``compress=`` list); ``gzip;q=0`` is a refusal, not an acceptance;
 * never for ``Cache-Control: no-transform``, for bodies shorter than ``proxy.compress.minsize``, for
   HEAD, 1xx/204/206/304 answers, or for ranges;
-* a strong ``ETag`` becomes weak (the bytes differ from the upstream's);
+* a strong ``ETag`` becomes weak (the bytes differ from the upstream's) and ``Accept-Ranges`` is dropped;
 * a body of known length up to BUFFER_MAX is compressed in one piece and sent with a Content-Length
   (as Go's server does for small bodies); anything else is streamed, each upstream chunk compressed and
   flushed on its own, so server-sent events still arrive event by event.
@@ -163,7 +163,8 @@ def sniff(data: bytes) -> bytes:
 
 
 def _weak_etag(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
-    return [(n, b"W/" + v if n == b"etag" and v[:2] != b"W/" else v) for n, v in headers]
+    """A strong ETag made weak, and Accept-Ranges dropped: ranges of the encoded body are not served."""
+    return [(n, b"W/" + v if n == b"etag" and v[:2] != b"W/" else v) for n, v in headers if n != b"accept-ranges"]
 
 
 class Encoder:
