@@ -130,3 +130,16 @@ def test_response_header_edit_and_global_compression_vary() -> None:
     plain = SimpleNamespace(policy=None)
     headers, enc = p.response(None, plain, scope(), 200, [(b"content-type", b"text/plain")])
     assert enc is None and headers == [(b"content-type", b"text/plain"), (b"vary", b"Accept-Encoding")]
+
+
+def test_sticky_instance_at_its_inflight_limit_yields_to_the_picker() -> None:
+    t = table("\n".join(f'route add a /s http://10.0.0.{i}:80/ opts "sticky=hash"' for i in (1, 2)))
+    p = Policies()
+    s = scope()
+    ctx, _ = asyncio.run(_enter(p, t, "/s", s))
+    lb = Balancer("rr", max_inflight=1)
+    picker = lb.picker(ctx.route)
+    i = p.sticky(ctx, picker, s, 0.0)
+    picker.states[i].outstanding = 1
+    ctx, _ = asyncio.run(_enter(p, t, "/s", s))
+    assert p.sticky(ctx, picker, s, 0.0) == 1 - i

@@ -89,7 +89,8 @@ class Policies:
 
     def sticky(self, ctx: Ctx, picker: Any, scope: dict, now: float) -> int:
         """The picker index for a sticky pool: the cookie's instance, or the highest rendezvous score among
-        the instances not ejected now; else (a new client, a re-pin) the picker's own choice."""
+        the instances not ejected now; else (a new client, a re-pin, or that instance at proxy.maxinflight)
+        the picker's own choice."""
         st = ctx.pin
         targets, states = picker.targets, picker.states
         if st.mode == "hash":
@@ -101,7 +102,7 @@ class Policies:
             if not key:
                 key = (scope.get("client") or ("",))[0] or ""
             i = sticky.best_index(sticky.key_hash(key), targets, [s.until > now for s in states])
-            return i if i >= 0 else picker.pick(now)
+            return i if i >= 0 and not _full(picker, i) else picker.pick(now)
         have = sticky.cookie_value(scope["headers"], st.cookie.encode("latin-1"))
         if have:
             ids = ctx.route.policy.ids
@@ -109,7 +110,7 @@ class Policies:
                 ids = ctx.route.policy.ids = {sticky.target_id(t.service, t.url): t for t in ctx.route.targets}
             t = ids.get(have)
             i = picker.index(t) if t is not None else -1
-            if i >= 0 and not states[i].until > now:
+            if i >= 0 and not states[i].until > now and not _full(picker, i):
                 self.counters.sticky_hits += 1
                 ctx.pinned = targets[i]
                 return i
@@ -194,6 +195,12 @@ class Policies:
         if p is None:
             p = self._plans[encodings] = compress.Plan(encodings, self.default_types, self.min_size)
         return p
+
+
+def _full(picker: Any, i: int) -> bool:
+    """The instance has proxy.maxinflight requests in flight: the picker chooses instead (or answers 503)."""
+    cap = picker.lb.max_inflight
+    return bool(cap) and picker.states[i].outstanding >= cap
 
 
 async def _too_many(send: Callable, seconds: int) -> None:
