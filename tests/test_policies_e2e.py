@@ -222,3 +222,18 @@ def test_body_size_limits(b1: PolicyBackend) -> None:
         assert _post(r.proxy_port, "/free/echo", b"x" * 10_000, chunked=False) == 200  # maxbody=0: no limit
         assert [s.body for s in b1.requests[before:]] == [b"x" * 1000] * 2 + [b"x" * 3000, b"x" * 10_000]
 
+
+
+def test_websocket_upgrades_follow_header_routing(match_router: RouterProc) -> None:
+    import asyncio
+
+    import aiohttp
+
+    async def talk(headers: dict[str, str]) -> str:
+        async with aiohttp.ClientSession() as session, \
+                session.ws_connect(match_router.url + "/api/ws", headers=headers) as ws:
+            await ws.send_str("hi")
+            return (await ws.receive(timeout=10)).data
+
+    assert asyncio.run(talk({"X-Version": "2"})) == "b2:hi"
+    assert asyncio.run(talk({})) == "b1:hi"

@@ -117,6 +117,12 @@ class Policies:
             self.counters.sticky_repins += 1
         return picker.pick(now)
 
+    def variant(self, route: Any, table: Any, host: str, tls: bool, headers: list) -> Any:
+        """The header variant (or default pool, or next shorter path) that serves; None: none does. For
+        WebSocket upgrades (router/proxy/websocket.py), which take no other policy."""
+        found = self._variant(route, headers)
+        return found if found is not None else self._fall_through(route, table, host, tls, headers)
+
     @staticmethod
     def _variant(route: Any, headers: list) -> Any:
         for m, r in route.policy.variants:
