@@ -94,9 +94,10 @@ def table(fabio_file: str, fabio_test: str, rows: Sequence[Row]) -> list[Any]:
     out = []
     for r in rows:
         key = (fabio_file, fabio_test, r.id)
-        if key not in _SEEN:  # a module imported twice (pytest and the count script) counts once
-            _SEEN.add(key)
-            REGISTRY.append(Recorded(fabio_file, fabio_test, r.id, r.outcome))
+        if key in _SEEN:
+            raise ValueError(f"{fabio_file} {fabio_test}: two rows named {r.id!r}")
+        _SEEN.add(key)
+        REGISTRY.append(Recorded(fabio_file, fabio_test, r.id, r.outcome))
         marks: list[Any] = []
         if r.outcome.kind == "waiting":
             marks.append(pytest.mark.xfail(strict=True, reason=f"waits for issue {r.outcome.issue}: {r.outcome.note}"))
