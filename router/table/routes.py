@@ -78,6 +78,7 @@ class Target:
     redirect_code: int
     redirect_url: str
     timeout: float = 0.0  # seconds, from opts "timeout=2s"; 0 = no per-route timeout
+    source: str = ""  # where the command came from (a Consul instance: "service:<name>/<ID>"): the instance's identity
 
     def __hash__(self) -> int:
         # opts is a mapping (unhashable); equal Targets agree on these fields, so this is a valid hash.
@@ -97,7 +98,7 @@ class _RawTarget:
     __slots__ = Target.__slots__
 
     def __init__(self, service, tags, opts, url, scheme, host, port, fixed_weight, weight, strip,
-                 prepend, host_header, tls_skip_verify, redirect_code, redirect_url, timeout) -> None:
+                 prepend, host_header, tls_skip_verify, redirect_code, redirect_url, timeout, source="") -> None:
         self.service = service
         self.tags = tags
         self.opts = opts
@@ -114,6 +115,7 @@ class _RawTarget:
         self.redirect_code = redirect_code
         self.redirect_url = redirect_url
         self.timeout = timeout
+        self.source = source
 
 
 assert _RawTarget.__slots__ == tuple(f for f in Target.__dataclass_fields__)
@@ -129,12 +131,14 @@ def _reweighted(t: Target, w: float) -> Target:
     if t.weight == w:
         return t
     return _new_target(t.service, t.tags, t.opts, t.url, t.scheme, t.host, t.port, t.fixed_weight, w, t.strip,
-                       t.prepend, t.host_header, t.tls_skip_verify, t.redirect_code, t.redirect_url, t.timeout)
+                       t.prepend, t.host_header, t.tls_skip_verify, t.redirect_code, t.redirect_url, t.timeout,
+                       t.source)
 
 
 def _refixed(t: Target, fixed: float) -> Target:
     return _new_target(t.service, t.tags, t.opts, t.url, t.scheme, t.host, t.port, fixed, t.weight, t.strip,
-                       t.prepend, t.host_header, t.tls_skip_verify, t.redirect_code, t.redirect_url, t.timeout)
+                       t.prepend, t.host_header, t.tls_skip_verify, t.redirect_code, t.redirect_url, t.timeout,
+                       t.source)
 
 
 class Route:
@@ -148,10 +152,11 @@ class Route:
     Targets with weight 0 are never picked.
     """
 
-    __slots__ = ("host", "path", "targets", "_pool", "_cum", "_ring", "_count", "_regex", "stats")
+    __slots__ = ("host", "path", "targets", "_pool", "_cum", "_ring", "_count", "_regex", "stats", "lb")
 
     def __init__(self, host: str, path: str, targets: tuple[Target, ...]) -> None:
         self.stats: dict | None = None  # target URL -> router.stats.RouteStats, filled on first requests
+        self.lb = None  # router.proxy.balance.RoutePicker, built on the first request (per table build)
         self.host = host
         self.path = path
         self.targets = targets
@@ -343,7 +348,7 @@ def make_target(cmd: RouteCmd) -> Target:
         host_header = written_host
     return _new_target(cmd.service, cmd.tags, MappingProxyType(opts) if opts else _EMPTY_OPTS, cmd.dst, scheme,
                        host, port, cmd.weight, 1.0, strip, opts.get("prepend", ""), host_header, skip,
-                       redirect_code, redirect_url, timeout)
+                       redirect_code, redirect_url, timeout, cmd.source)
 
 
 def _err(cmd: RouteCmd, reason: str) -> LineError:
@@ -659,6 +664,12 @@ class Table:
         if self._nohost is not None:
             return self._nohost.match(path, matcher)
         return None
+
+    def lookup_host(self, host: str) -> Route | None:
+        """fabio's `LookupHost` for TCP and SNI routes: exactly this table host (`:3306`, `db.example.com`),
+        its first route that prefix-matches "/"; no wildcards, no fallback to routes without a host."""
+        h = self._hosts.get(host.lower())
+        return h.match("/", "prefix") if h is not None else None
 
     def lookup_all(self, host: str, path: str, *, tls: bool = False) -> Iterable[Route]:
         """Every host's first path match, in :meth:`lookup` order (the redirect-loop guard's slow path)."""
