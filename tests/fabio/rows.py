@@ -58,7 +58,6 @@ def na(why: str) -> Outcome:
 
 
 TLS = waiting(16, "TLS listeners and certificate sources")
-TCP = waiting(16, "TCP, TCP+SNI and gRPC listeners")
 GZIP = waiting(19, "gzip compression (proxy.gzip.contenttype)")
 
 

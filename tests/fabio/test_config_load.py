@@ -21,7 +21,7 @@ import pytest
 
 from router.config.settings import ConfigError, load, parse_args
 from router.proxy.auth import parse_schemes
-from tests.fabio.rows import GZIP, TCP, TLS, Outcome, differs, row, table, waiting
+from tests.fabio.rows import GZIP, TLS, Outcome, differs, row, table, waiting
 
 FILE = "config/load_test.go"
 
@@ -83,19 +83,17 @@ MAIN = [
         outcome=differs(NOT_YET, Warned("profile.path"))),
     row("-proxy.addr :5555", ["-proxy.addr", ":5555"], {}, None, Values({"proxy.addr": ADDR})),
     row("-proxy.addr :5555;proto=http", ["-proxy.addr", ":5555;proto=http"], {}, None, Values({"proxy.addr": ADDR})),
-    row("-proxy.addr :5555;proto=tcp", ["-proxy.addr", ":5555;proto=tcp"], {}, None, Values({"proxy.addr": ADDR}),
-        outcome=TCP),
+    row("-proxy.addr :5555;proto=tcp", ["-proxy.addr", ":5555;proto=tcp"], {}, None, Values({"proxy.addr": ADDR})),
     row("-proxy.addr :5555;proto=tcp+sni", ["-proxy.addr", ":5555;proto=tcp+sni"], {}, None,
-        Values({"proxy.addr": ADDR}), outcome=TCP),
-    row("-proxy.addr :5555;proto=grpc", ["-proxy.addr", ":5555;proto=grpc"], {}, None, Values({"proxy.addr": ADDR}),
-        outcome=TCP),
+        Values({"proxy.addr": ADDR})),
+    row("-proxy.addr :5555;proto=grpc", ["-proxy.addr", ":5555;proto=grpc"], {}, None, Values({"proxy.addr": ADDR})),
     row("-proxy.addr with tls configs",
         ["-proxy.addr", ':5555;rt=1s;wt=2s;tlsmin=0x0300;tlsmax=0x305;tlsciphers="0x123,0x456"'], {}, None,
         Values({"proxy.addr": ADDR}, silent="listener option"), outcome=LISTEN_OPTS),
     row("-proxy.addr with named tls configs",
         ["-proxy.addr", ':5555;rt=1s;wt=2s;tlsmin=tls10;tlsmax=TLS11;'
                         'tlsciphers="TLS_RSA_WITH_RC4_128_SHA,tls_ecdhe_ecdsa_with_aes_256_gcm_sha384"'], {}, None,
-        Values({"proxy.addr": ADDR}, silent="listener option"), outcome=LISTEN_OPTS),
+        Values({"proxy.addr": ADDR}, silent="listener option")),
     *[row(f"-proxy.addr with {kind} cert source", ["-proxy.addr", ":5555;cs=name", "-proxy.cs",
                                                    f"cs=name;type={kind};cert=value"], {}, None,
           Values({"proxy.addr": ADDR}), outcome=TLS) for kind in ("file", "path", "http", "consul", "vault")],
@@ -226,7 +224,7 @@ MAIN = [
         Values({"proxy.addr": ADDR})),
     # errors
     row("-proxy.addr with unknown cert source 'foo'", ["-proxy.addr", ":5555;cs=foo"], {}, None, Error(("proxy.addr", "foo"))),
-    row("-proxy.addr with unknown proto 'foo'", ["-proxy.addr", ":5555;proto=foo"], {}, None, Error(("proxy.addr", "'foo'"))),
+    row("-proxy.addr with unknown proto 'foo'", ["-proxy.addr", ":5555;proto=foo"], {}, None, Error(("proxy.addr", "proto=foo"))),
     row("-proxy.addr with proto 'https' requires cert source", ["-proxy.addr", ":5555;proto=https"], {}, None,
         Error(("proxy.addr", "https"))),
     row("-proxy.addr with proto 'grpcs' requires cert source", ["-proxy.addr", ":5555;proto=grpcs"], {}, None,
