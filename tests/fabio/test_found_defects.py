@@ -47,6 +47,9 @@ def test_http_to_https_redirect_wins_over_the_plain_host_route(router: RouterPro
     for host in ("example.com", "example.com:80"):
         a = get(router.url + "/foo", Host=host)
         assert (a.status, a.headers.get("location")) == (301, "https://example.com/foo")
+    # behind a TLS terminator (X-Forwarded-Proto: https) the redirect would loop: the plain route serves it
+    a = get(router.url + "/foo", Host="example.com", **{"X-Forwarded-Proto": "https"})
+    assert (a.status, a.body) == (200, b"backend")
 
 
 def test_strip_that_takes_the_whole_path_leaves_path_empty_in_a_redirect(router: RouterProc) -> None:
