@@ -59,6 +59,8 @@ def status_doc(router: RouterView) -> dict[str, Any]:
             "sync_age_seconds": None if age is None else round(age, 3),
             "indexes": dict(st.indexes),
             "requests": st.requests,
+            "paced": st.paced,
+            "dumps": st.dumps,
             "propagation": st.propagation_summary(),
             "last_dump": dict(st.last_dump),
             "error_count": st.error_count,
