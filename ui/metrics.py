@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import (
@@ -109,6 +109,7 @@ class RouterCollector(Collector):
                                   "failure", value=c.get("retries", 0))
         yield CounterMetricFamily(f"{PREFIX}_upstream_ejections", "times an instance was ejected",
                                   value=c.get("ejections", 0))
+        yield from resilience_families(r.proxy.ejector, c)
         yield CounterMetricFamily(f"{PREFIX}_noroute", "requests that matched no route", value=c.get("noroute", 0))
         yield gauge("websockets_open", "WebSocket tunnels open now", float(c.get("websockets_open", 0)))
         yield CounterMetricFamily(f"{PREFIX}_websockets", "WebSocket tunnels opened", value=c.get("websockets_total", 0))
@@ -130,6 +131,27 @@ class RouterCollector(Collector):
         for (host, port), n in sorted(now.items()):
             ejected.add_metric([f"{host}:{port}"], float(n))
         yield ejected
+
+
+def resilience_families(lb: Any, c: dict[str, int]) -> Iterator[Metric]:
+    """Issue 17: hedges, budget refusals, and each instance's in-flight count and latency estimate (this
+    process's view: with proxy.workers > 1 the workers' own estimates are not merged here)."""
+    yield CounterMetricFamily(f"{PREFIX}_upstream_hedges", "second connects or requests sent to another instance "
+                              "while the first had not answered", value=c.get("hedges", 0))
+    yield CounterMetricFamily(f"{PREFIX}_upstream_retry_budget_exhausted", "retries or hedges refused by the "
+                              "route's retry budget (proxy.retry.budget)", value=c.get("budget_exhausted", 0))
+    yield CounterMetricFamily(f"{PREFIX}_upstream_inflight_full", "requests answered 503 because every instance "
+                              "had proxy.maxinflight requests in flight", value=c.get("inflight_full", 0))
+    inflight = GaugeMetricFamily(f"{PREFIX}_upstream_in_flight", "requests in flight to the instance",
+                                 labels=["service", "target"])
+    latency = GaugeMetricFamily(f"{PREFIX}_upstream_latency_estimate_seconds", "the picker's peak-EWMA latency "
+                                "estimate for the instance (0: nothing recent)", labels=["service", "target"])
+    now = time.perf_counter()
+    for st in sorted(lb.states(), key=lambda s: (s.service, s.addr)):
+        inflight.add_metric([st.service, st.addr], float(st.outstanding))
+        latency.add_metric([st.service, st.addr], st.estimate(now, lb.tau))
+    yield inflight
+    yield latency
 
 
 def registry_for(router: Router) -> CollectorRegistry:
