@@ -88,7 +88,6 @@ def serve(port: int, name: str) -> None:
             resp.content_length = len(body)
             await resp.prepare(request)
             await resp.write(body[:100])
-            await resp.drain()
             sock = request.transport.get_extra_info("socket") if request.transport else None
             if sock is not None:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")

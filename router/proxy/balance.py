@@ -340,6 +340,11 @@ class Balancer:
         now = time.perf_counter()
         return [s for s in self._states.values() if s.until > now]
 
+    def instance_docs(self) -> dict[str, dict[str, Any]]:
+        """Each known instance's state for /api/services, keyed "<source>|<host:port>" (see merge_docs)."""
+        now = time.perf_counter()
+        return {f"{s.key[0]}|{s.addr}": s.doc(now, self.tau) for s in self._states.values()}
+
     # --- the interface router/proxy/websocket.py uses (by target)
     def ejected_targets(self) -> list[tuple[str, int]]:
         return sorted({(s.key[2], s.key[3]) for s in self.ejected_now()})
@@ -363,3 +368,22 @@ class Balancer:
     def failed(self, target: Any) -> None:
         now = time.perf_counter()
         self.try_failed(self.state(target), 0.0, now, "connect failed", connect=True)
+
+
+def merge_docs(parts: Sequence[dict[str, dict[str, Any]]]) -> dict[str, dict[str, Any]]:
+    """Several processes' instance_docs as one: counts summed, the highest latency estimate, ejected if
+    any process ejects it (until the latest time, with that process's reason)."""
+    out: dict[str, dict[str, Any]] = {}
+    for part in parts:
+        for key, d in part.items():
+            m = out.get(key)
+            if m is None:
+                out[key] = dict(d)
+                continue
+            for k in ("in_flight", "failures", "ejections"):
+                m[k] += d[k]
+            m["latency_ms"] = max(m["latency_ms"], d["latency_ms"])
+            m["consecutive_failures"] = max(m["consecutive_failures"], d["consecutive_failures"])
+            if d["state"] == "ejected" and (m["state"] != "ejected" or d["ejected_until"] > m["ejected_until"]):
+                m["state"], m["ejected_until"], m["reason"] = "ejected", d["ejected_until"], d["reason"]
+    return out
