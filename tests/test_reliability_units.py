@@ -186,3 +186,10 @@ def test_max_inflight_picks_another_then_answers_full() -> None:
     assert {p.pick(0.0) for _ in range(6)} == {1}
     p.states[1].outstanding = 2
     assert p.pick(0.0) == FULL
+
+
+def test_rr_with_weights_walks_fabios_ring() -> None:
+    """rr with unequal weights gives the same sequence as the table's own smooth weighted ring."""
+    route = _canary_route()
+    p = Balancer("rr").picker(route)
+    assert [p.targets[p.pick(0.0)] for _ in range(40)] == [route.pick("rr") for _ in range(40)]

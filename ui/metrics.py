@@ -30,13 +30,13 @@ from router.proxy.stats import BOUNDS, CLASSES, Key, Snapshot, proxy_counters
 if TYPE_CHECKING:
     from prometheus_client import Metric
 
-    from router.run.router import Router
+    from ui.view import RouterView
 
 PREFIX = "consul_router"
 LABELS = ["service", "route", "target"]
 
 
-def route_snapshots(router: Router) -> dict[Key, Snapshot]:
+def route_snapshots(router: RouterView) -> dict[Key, Snapshot]:
     """Per-route counters: the workers' sums, or the in-process proxy's (proxy.workers=1)."""
     pool = getattr(router, "workers", None)
     if pool is not None:
@@ -45,7 +45,7 @@ def route_snapshots(router: Router) -> dict[Key, Snapshot]:
     return router.proxy.stats.snapshots()
 
 
-def counters(router: Router) -> dict[str, int]:
+def counters(router: RouterView) -> dict[str, int]:
     """No-route, WebSocket and upstream counters: summed over the workers, or the in-process proxy's."""
     pool = getattr(router, "workers", None)
     return pool.counters() if pool is not None else proxy_counters(router.proxy)
@@ -77,7 +77,7 @@ def request_families(snaps: dict[Key, Snapshot]) -> Iterator[Metric]:
 
 
 class RouterCollector(Collector):
-    def __init__(self, router: Router) -> None:
+    def __init__(self, router: RouterView) -> None:
         self.router = router
 
     def collect(self) -> Iterator[Metric]:
@@ -109,7 +109,8 @@ class RouterCollector(Collector):
                                   "failure", value=c.get("retries", 0))
         yield CounterMetricFamily(f"{PREFIX}_upstream_ejections", "times an instance was ejected",
                                   value=c.get("ejections", 0))
-        yield from resilience_families(r.proxy.ejector, c)
+        pool = getattr(r, "workers", None)
+        yield from resilience_families(pool.instance_docs() if pool is not None else r.proxy.ejector.instance_docs(), c)
         yield CounterMetricFamily(f"{PREFIX}_noroute", "requests that matched no route", value=c.get("noroute", 0))
         yield gauge("websockets_open", "WebSocket tunnels open now", float(c.get("websockets_open", 0)))
         yield CounterMetricFamily(f"{PREFIX}_websockets", "WebSocket tunnels opened", value=c.get("websockets_total", 0))
@@ -133,9 +134,9 @@ class RouterCollector(Collector):
         yield ejected
 
 
-def resilience_families(lb: Any, c: dict[str, int]) -> Iterator[Metric]:
-    """Issue 17: hedges, budget refusals, and each instance's in-flight count and latency estimate (this
-    process's view: with proxy.workers > 1 the workers' own estimates are not merged here)."""
+def resilience_families(docs: dict[str, dict[str, Any]], c: dict[str, int]) -> Iterator[Metric]:
+    """Issue 17: hedges, budget refusals, and each instance's in-flight count and latency estimate (summed
+    and the highest over the workers: router/proxy/balance.py merge_docs)."""
     yield CounterMetricFamily(f"{PREFIX}_upstream_hedges", "second connects or requests sent to another instance "
                               "while the first had not answered", value=c.get("hedges", 0))
     yield CounterMetricFamily(f"{PREFIX}_upstream_retry_budget_exhausted", "retries or hedges refused by the "
@@ -143,18 +144,18 @@ def resilience_families(lb: Any, c: dict[str, int]) -> Iterator[Metric]:
     yield CounterMetricFamily(f"{PREFIX}_upstream_inflight_full", "requests answered 503 because every instance "
                               "had proxy.maxinflight requests in flight", value=c.get("inflight_full", 0))
     inflight = GaugeMetricFamily(f"{PREFIX}_upstream_in_flight", "requests in flight to the instance",
-                                 labels=["service", "target"])
-    latency = GaugeMetricFamily(f"{PREFIX}_upstream_latency_estimate_seconds", "the picker's peak-EWMA latency "
-                                "estimate for the instance (0: nothing recent)", labels=["service", "target"])
-    now = time.perf_counter()
-    for st in sorted(lb.states(), key=lambda s: (s.service, s.addr)):
-        inflight.add_metric([st.service, st.addr], float(st.outstanding))
-        latency.add_metric([st.service, st.addr], st.estimate(now, lb.tau))
+                                 labels=["instance", "target"])
+    latency = GaugeMetricFamily(f"{PREFIX}_upstream_latency_estimate_seconds", "the picker's latency estimate "
+                                "for the instance (0: nothing recent)", labels=["instance", "target"])
+    for key in sorted(docs):
+        source, _, addr = key.rpartition("|")
+        inflight.add_metric([source, addr], float(docs[key]["in_flight"]))
+        latency.add_metric([source, addr], docs[key]["latency_ms"] / 1000.0)
     yield inflight
     yield latency
 
 
-def registry_for(router: Router) -> CollectorRegistry:
+def registry_for(router: RouterView) -> CollectorRegistry:
     reg = CollectorRegistry(auto_describe=False)
     reg.register(RouterCollector(router))
     return reg

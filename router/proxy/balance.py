@@ -129,9 +129,10 @@ class RoutePicker:
     """
 
     __slots__ = ("lb", "targets", "states", "budget", "est", "est_stamp", "_groups", "_cum", "_vgroups",
-                 "_vcum", "_vepoch", "_vuntil", "_rr")
+                 "_vcum", "_vepoch", "_vuntil", "_rr", "_ring")
 
-    def __init__(self, lb: Balancer, targets: Sequence[Any], budget: RetryBudget) -> None:
+    def __init__(self, lb: Balancer, targets: Sequence[Any], budget: RetryBudget,
+                 ring: Sequence[Any] = ()) -> None:
         self.lb = lb
         pool = tuple(t for t in targets if t.weight > 0)
         self.targets = pool
@@ -144,6 +145,9 @@ class RoutePicker:
         self._vepoch = -1
         self._vuntil = 0.0
         self._rr = [itertools.count() for _ in self._groups]
+        # rr with unequal weights walks fabio's smooth weighted ring (the Route's), as indices
+        ids = {id(t): i for i, t in enumerate(pool)}
+        self._ring = tuple(ids[id(t)] for t in ring if id(t) in ids)
 
     def _view(self, now: float) -> tuple[tuple[tuple[int, ...], ...], list[float] | None]:
         """The groups without the instances skipped for ejection (bounded by EjectPolicy.cap)."""
@@ -172,6 +176,8 @@ class RoutePicker:
         groups, cum = self._view(now)
         if not groups:
             return -1
+        if self._ring:
+            return self._ring_pick(groups, exclude)
         gi = 0 if cum is None else min(bisect_right(cum, random.random() * cum[-1]), len(groups) - 1)
         g = groups[gi]
         lb = self.lb
@@ -215,6 +221,23 @@ class RoutePicker:
         else:
             i = g[random.randrange(n)]
         cap = lb.max_inflight
+        if cap and self.states[i].outstanding >= cap:
+            return self._least_loaded(groups, exclude, cap)
+        return i
+
+    def _ring_pick(self, groups: Sequence[Sequence[int]], exclude: Sequence[int]) -> int:
+        ring, c, n = self._ring, self._rr[0], len(self._ring)
+        if not exclude and groups is self._groups:
+            i = ring[next(c) % n]
+        else:
+            ok = {i for g in groups for i in g}
+            for _ in range(n):
+                i = ring[next(c) % n]
+                if i in ok and i not in exclude:
+                    break
+            else:
+                return self._fallback(groups, exclude)
+        cap = self.lb.max_inflight
         if cap and self.states[i].outstanding >= cap:
             return self._least_loaded(groups, exclude, cap)
         return i
@@ -290,7 +313,8 @@ class Balancer:
             b = self._budgets.get(key)
             if b is None:
                 b = self._budgets[key] = RetryBudget(self.budget_ratio, self.budget_floor)
-            p = route.lb = RoutePicker(self, route.targets, b)
+            ring = route.ring() if self.strategy == "rr" else ()
+            p = route.lb = RoutePicker(self, route.targets, b, ring)
         return p
 
     def state(self, target: Any) -> InstanceState:

@@ -18,7 +18,7 @@ from router.proxy.attempts import Failed
 from router.proxy.auth import BasicAuth, authorise
 from router.proxy.balance import FULL
 from router.proxy.headers import ForwardingHeaders, RoutingLoop
-from router.proxy.paths import normalise_path, upstream_path, upstream_raw_path
+from router.proxy.paths import normalise_path, redirect_path, upstream_path, upstream_raw_path
 from router.proxy.request_guard import check_request, send_rejection
 from router.proxy.resilience import Resilience
 from router.proxy.stats import CLIENT_GONE, RequestStats
@@ -174,7 +174,8 @@ class ProxyApp:
             return route, None, await self._unavailable(send, idx)
         target = picker.targets[idx]
         if target.redirect_code and redirect.is_loop(
-                redirect.location(target.redirect_url, upstream_raw_path(target, path, scope), host, b""),
+                redirect.location(target.redirect_url,
+                                  redirect_path(target, path, upstream_raw_path(target, path, scope)), host, b""),
                 scope, host, path):
             route, target = self._next_without_loop(table, route, scope, host, path, tls)
             if target is None:
@@ -200,7 +201,7 @@ class ProxyApp:
         query = scope.get("query_string") or b""
 
         if target.redirect_code:
-            url = redirect.location(target.redirect_url, raw, host, query)
+            url = redirect.location(target.redirect_url, redirect_path(target, path, raw), host, query)
             await send({
                 "type": "http.response.start",
                 "status": target.redirect_code,
@@ -290,7 +291,8 @@ class ProxyApp:
             if t is None:
                 continue
             if t.redirect_code and redirect.is_loop(
-                    redirect.location(t.redirect_url, upstream_raw_path(t, path, scope), host, b""), scope, host, path):
+                    redirect.location(t.redirect_url, redirect_path(t, path, upstream_raw_path(t, path, scope)), host,
+                                      b""), scope, host, path):
                 continue
             return route, t
         return None, None

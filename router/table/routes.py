@@ -147,7 +147,8 @@ class Route:
     Pickers: with equal weights (the usual case) ``rnd`` picks from the target tuple and ``rr`` walks it
     with a per-route counter, so no ring is allocated.  With unequal weights ``rnd`` bisects a cumulative
     weight array and ``rr`` walks a smooth weighted ring whose slot counts follow fabio's
-    ``int(10000*w)`` (at least 1), reduced by their gcd and scaled down to at most ``_RING_MAX`` slots.
+    ``int(10000*w)`` (at least 1), reduced by their gcd and scaled down towards ``_RING_MAX`` slots,
+    but never so far that the smallest share would need less than one slot.
     Targets with weight 0 are never picked.
     """
 
@@ -190,6 +191,12 @@ class Route:
         i = bisect.bisect_right(cum, random.random() * cum[-1])
         return pool[min(i, n - 1)]
 
+    def ring(self) -> tuple[Target, ...]:
+        """The rr ring for unequal weights (empty with equal ones: then rr simply walks the targets)."""
+        if self._cum is None:
+            return ()
+        return self._ring or self._build_ring()
+
     def _build_ring(self) -> tuple[Target, ...]:
         """Smooth weighted round robin over the reduced slot counts (built once, on the first rr pick)."""
         slots = [max(1, int(_FABIO_SLOTS * t.weight)) for t in self._pool]
@@ -197,7 +204,10 @@ class Route:
         slots = [s // g for s in slots]
         total = sum(slots)
         if total > _RING_MAX:
-            slots = [max(1, round(s * _RING_MAX / total)) for s in slots]
+            # never scale the smallest share below one slot: with many targets (fabio's "more than 1000
+            # routes" table row) that would round every small target up and starve the big one
+            scale = max(_RING_MAX / total, 1 / min(slots))
+            slots = [max(1, round(s * scale)) for s in slots]
             total = sum(slots)
         current = [0] * len(slots)
         ring = []
@@ -528,7 +538,10 @@ class _Index:
         port = ":443" if tls else ":80"
         norm = raw[: -len(port)] if raw.endswith(port) else raw
         a, b = hosts.get(norm), hosts.get(norm + port)
-        cands = ((a, b) if b else (a,)) if a else (b,) if b else ()
+        # the host written with the listener's default port first, as fabio orders them (its reversed-text
+        # sort puts `example.com:80` before `example.com`): the usual HTTP->HTTPS redirect `example.com:80/`
+        # then wins over a plain `example.com/` route (fabio #656), with glob matching on and off alike
+        cands = ((b, a) if a else (b,)) if b else (a,) if a else ()
         if glob and not _GLOB_CHARS.isdisjoint(norm):
             rest = norm[1:]
             if norm[0] == "*" and (not rest or rest[0] == ".") and _GLOB_CHARS.isdisjoint(rest):
@@ -658,6 +671,12 @@ class Table:
             return self._nohost.match(path, matcher)
         return None
 
+    def lookup_host(self, host: str) -> Route | None:
+        """fabio's `LookupHost` for TCP and SNI routes: exactly this table host (`:3306`, `db.example.com`),
+        its first route that prefix-matches "/"; no wildcards, no fallback to routes without a host."""
+        h = self._hosts.get(host.lower())
+        return h.match("/", "prefix") if h is not None else None
+
     def lookup_all(self, host: str, path: str, *, tls: bool = False) -> Iterable[Route]:
         """Every host's first path match, in :meth:`lookup` order (the redirect-loop guard's slow path)."""
         h = host.lower()
@@ -720,9 +739,10 @@ class Table:
         return "".join(line + "\n" for line in lines)
 
     def dump(self) -> str:
-        """The tree of fabio's ``log.routes.format=detail``: hosts ascending, their paths, each target's
-        address, weight and its share of a 10,000-slot ring (fabio's ``int(10000*w)``; our pickers need no
-        ring, so the slots are what fabio would give it)."""
+        """The tree of fabio's ``log.routes.format=detail`` (its Table.Dump), character for character: hosts
+        ascending, their paths, each target's address, weight and the slots fabio's rr ring gives it (one
+        per target when no target has a fixed weight, else ``int(10000*w)``, at least 1; our pickers need
+        no ring, so these are what fabio would allocate)."""
         out: list[str] = []
         hosts = sorted(self._hosts)
         for i, h in enumerate(hosts):
@@ -734,11 +754,16 @@ class Table:
                 last_path = j == len(paths) - 1
                 out.append(f"{stem}{'+-- ' if last_path else '|-- '}path={p}")
                 targets = routes[p].targets
+                if any(t.fixed_weight > 0 for t in targets):
+                    slots = [int(_FABIO_SLOTS * t.weight) or (1 if t.weight > 0 else 0) for t in targets]
+                else:
+                    slots = [1] * len(targets)
+                total = sum(slots)
                 for k, t in enumerate(targets):
                     branch = "+-- " if k == len(targets) - 1 else "|-- "
                     addr = t.url.split("://", 1)[-1].split("/", 1)[0]  # Go's url.Host: as written
-                    out.append(f"{stem}{'    ' if last_path else '|   '}{branch}addr={addr} "
-                               f"weight {t.weight:.2f} slots {int(_FABIO_SLOTS * t.weight)}/{_FABIO_SLOTS}")
+                    out.append(f"{stem}{'    ' if last_path else '|    '}{branch}addr={addr} "
+                               f"weight {t.weight:.2f} slots {slots[k]}/{total}")
         return "".join(line + "\n" for line in out)
 
     def services(self) -> set[str]:
