@@ -141,6 +141,8 @@ class RouterCollector(Collector):
                                   "failure", value=c.get("retries", 0))
         yield CounterMetricFamily(f"{PREFIX}_upstream_ejections", "times an instance was ejected",
                                   value=c.get("ejections", 0))
+        pool = getattr(r, "workers", None)
+        yield from resilience_families(pool.instance_docs() if pool is not None else r.proxy.ejector.instance_docs(), c)
         yield CounterMetricFamily(f"{PREFIX}_noroute", "requests that matched no route", value=c.get("noroute", 0))
         yield gauge("websockets_open", "WebSocket tunnels open now", float(c.get("websockets_open", 0)))
         yield CounterMetricFamily(f"{PREFIX}_websockets", "WebSocket tunnels opened", value=c.get("websockets_total", 0))
@@ -163,6 +165,27 @@ class RouterCollector(Collector):
         for (host, port), n in sorted(now.items()):
             ejected.add_metric([f"{host}:{port}"], float(n))
         yield ejected
+
+
+def resilience_families(docs: dict[str, dict[str, Any]], c: dict[str, int]) -> Iterator[Metric]:
+    """Issue 17: hedges, budget refusals, and each instance's in-flight count and latency estimate (summed
+    and the highest over the workers: router/proxy/balance.py merge_docs)."""
+    yield CounterMetricFamily(f"{PREFIX}_upstream_hedges", "second connects or requests sent to another instance "
+                              "while the first had not answered", value=c.get("hedges", 0))
+    yield CounterMetricFamily(f"{PREFIX}_upstream_retry_budget_exhausted", "retries or hedges refused by the "
+                              "route's retry budget (proxy.retry.budget)", value=c.get("budget_exhausted", 0))
+    yield CounterMetricFamily(f"{PREFIX}_upstream_inflight_full", "requests answered 503 because every instance "
+                              "had proxy.maxinflight requests in flight", value=c.get("inflight_full", 0))
+    inflight = GaugeMetricFamily(f"{PREFIX}_upstream_in_flight", "requests in flight to the instance",
+                                 labels=["instance", "target"])
+    latency = GaugeMetricFamily(f"{PREFIX}_upstream_latency_estimate_seconds", "the picker's latency estimate "
+                                "for the instance (0: nothing recent)", labels=["instance", "target"])
+    for key in sorted(docs):
+        source, _, addr = key.rpartition("|")
+        inflight.add_metric([source, addr], float(docs[key]["in_flight"]))
+        latency.add_metric([source, addr], docs[key]["latency_ms"] / 1000.0)
+    yield inflight
+    yield latency
 
 
 def registry_for(router: RouterView) -> CollectorRegistry:
