@@ -203,7 +203,7 @@ export CT_DOCKER_HOST="$DOCKER_HOST" CT_DOCKER="$DOCKER" CT_COMPOSE="$COMPOSE" C
        CT_CACHE="$CACHE" CT_BUILD_SECONDS="$BUILD_SECONDS"
 rm -f "$CACHE/figures.json"
 log "running tests/container/ in the network namespace of $NETNS (pid $NSPID)"
-nsenter --net="/proc/$NSPID/ns/net" -- "$PY" -m pytest -q -p no:cacheprovider -o addopts= -rA tests/container \
+nsenter --net="/proc/$NSPID/ns/net" -- "$PY" -m pytest -q -p no:cacheprovider -o addopts= -ra tests/container \
     ${PYTEST_ARGS:-}
 if [[ -s "$CACHE/figures.json" ]]; then
     echo "container-test figures ($CACHE/figures.json):"
