@@ -183,11 +183,16 @@ class ConsulWatcher:
         self._sent: dict[str, list[RouteCmd]] = {}  # the commands the table has per service (see _emit)
         self._hold_started: dict[str, float] = {}  # service -> when its routed instances began waiting for unrun checks
         self._pending: set[str] = set()
-        self._pending_since: float | None = None  # monotonic time the oldest unapplied change was seen
+        self._since: dict[str, float] = {}  # pending service -> monotonic time the change was first seen
+        self._inflight: dict[str, float | None] = {}  # service being re-read -> when its change was seen
+        self._ready: dict[str, list[RouteCmd] | None] = {}  # re-read results not yet handed to the table
+        self._ready_since: float | None = None
+        self._fetch_backoff = Backoff()
         self._answered_at = 0.0  # monotonic time of the latest watch answer
         self._instance_fp: dict[str, bytes] = {}
         self._decoder = DumpDecoder()
         self._reconcile = False  # the catalog index moved: compare instances (address/port) in bulk
+        self._reconcile_since: float | None = None  # the answer that asked for the pending reconcile
         self._dump_ok = True  # False when /v1/internal/ui/nodes is unavailable: reconcile re-reads all
         self._node_services: dict[str, set[str]] = {}
         self._tagged: set[str] = set()  # the two maps' keys, kept once per change instead of per health answer
@@ -269,7 +274,7 @@ class ConsulWatcher:
                     changes, failed = await self._collect()
                     if failed:
                         raise ConsulError(f"initial reads of {len(failed)} services failed")
-                self._pending_since = None
+                self._since = {}
                 manual = self._manual_from(k)
                 self.sink(changes, manual if manual is not None else [])
                 self._sent = {n: c for n, c in changes.items() if c is not None}
@@ -345,9 +350,9 @@ class ConsulWatcher:
                 self._on_catalog(r.body if r.status == 200 else {}, moved=news)
             else:
                 handle(r.body if r.status == 200 else [])
-            if (self._pending or self._reconcile) and self._pending_since is None:
+            if self._reconcile and self._reconcile_since is None:
                 # the clock for the router-observed delay starts at the answer that brought the work
-                self._pending_since = self._answered_at
+                self._reconcile_since = self._answered_at
 
     def _health_fps(self, checks: list[dict[str, Any]]) -> dict[str, frozenset]:
         if self._dump_ok:
@@ -442,12 +447,12 @@ class ConsulWatcher:
         self.status.last_dump["decode_ms"] = round((time.perf_counter() - t0) * 1000, 1)
         return entries
 
-    async def _reconcile_instances(self) -> None:
+    async def _reconcile_instances(self, since: float | None = None) -> None:
         """Enqueue the services whose instances (address, port, tags) differ from the last dump."""
         self._reconcile = False
         raw = await self._read_dump_raw()
         if raw is None:
-            self._enqueue(set(self._catalog_tags))
+            self._enqueue(set(self._catalog_tags), since)
             return
         t0 = time.perf_counter()
         try:
@@ -458,10 +463,15 @@ class ConsulWatcher:
         before = self._instance_fp
         self._set_instances(instances)
         fps = instances.fingerprints
-        self._enqueue({n for n in fps.keys() | before.keys() if fps.get(n) != before.get(n)})
+        self._enqueue({n for n in fps.keys() | before.keys() if fps.get(n) != before.get(n)}, since)
 
-    def _enqueue(self, names: set[str]) -> None:
+    def _enqueue(self, names: set[str], since: float | None = None) -> None:
+        """Mark services for a re-read; `since` (default: now) is when the change that needs it was seen."""
         if names:
+            at = time.monotonic() if since is None else since
+            for n in names:
+                if n not in self._since or at < self._since[n]:
+                    self._since[n] = at
             self._pending |= names
             self._wake.set()
 
@@ -512,39 +522,81 @@ class ConsulWatcher:
     # ------------------------------------------------------------------ per-service reads
 
     async def _fetch_loop(self) -> None:
-        backoff = Backoff()
-        while True:
-            await self._wake.wait()
-            since, self._pending_since = self._pending_since, None
-            if self._reconcile and (self._reconciler is None or self._reconciler.done()):
-                # The instance dump runs beside the per-service reads: at 30,000 instances it takes seconds,
-                # and a check change meanwhile must not wait for it.
-                self._reconcile = False
-                self._reconciler = asyncio.ensure_future(self._reconcile_in_background(since))
-            changes, failed = await self._collect()
-            if changes:
-                self._emit(changes, None, since)
-            if failed:  # retry after a pause; new changes meanwhile just queue up
-                await asyncio.sleep(backoff.next())
+        """Re-read each pending service at once, beside the reads already in flight, and hand the results
+        to the table as they arrive (those finished in the same event-loop turn in one swap).
+
+        It used to re-read in batches: a change seen while a batch was in flight waited for the whole
+        batch (its slowest read) before its own read started, which doubled the delay of a burst of
+        changes (issue 18). A service that changes again while it is being read is read once more after.
+        """
+        sem = asyncio.Semaphore(self.fetch_concurrency)
+        tasks: set[asyncio.Future[None]] = set()
+        try:
+            while True:
+                await self._wake.wait()
+                self._wake.clear()
+                if self._reconcile and (self._reconciler is None or self._reconciler.done()):
+                    # The instance dump runs beside the per-service reads: at 30,000 instances it takes
+                    # seconds, and a check change meanwhile must not wait for it.
+                    since, self._reconcile_since = self._reconcile_since, None
+                    self._reconcile = False
+                    self._reconciler = asyncio.ensure_future(self._reconcile_in_background(since))
+                for name in sorted(self._pending - self._inflight.keys()):
+                    self._pending.discard(name)
+                    self._inflight[name] = self._since.pop(name, None)
+                    task = asyncio.ensure_future(self._read_one(name, sem))
+                    tasks.add(task)
+                    task.add_done_callback(tasks.discard)
+        finally:
+            for task in list(tasks):
+                task.cancel()
+            if self._reconciler is not None:
+                self._reconciler.cancel()
+
+    async def _read_one(self, name: str, sem: asyncio.Semaphore) -> None:
+        """One service's re-read; its result waits in `_ready` for the next `_flush` (scheduled once per turn)."""
+        since = self._inflight.get(name)
+        try:
+            async with sem:
+                cmds = await self._service_cmds(name)
+        except ConsulError as e:
+            self.status.error(f"service {name}: {e}")
+            # retried after a pause, keeping the time of its change; new changes meanwhile read at once
+            asyncio.get_running_loop().call_later(self._fetch_backoff.next(), self._enqueue, {name}, since)
+            return
+        finally:
+            self._inflight.pop(name, None)
+            if name in self._pending:  # changed again while being read: read it again
                 self._wake.set()
-            else:
-                backoff.reset()
+        self._fetch_backoff.reset()
+        if not self._ready:
+            asyncio.get_running_loop().call_soon(self._flush)
+        self._ready[name] = cmds
+        if since is not None:
+            self._ready_since = since if self._ready_since is None else min(since, self._ready_since)
+
+    def _flush(self) -> None:
+        changes, self._ready = self._ready, {}
+        since, self._ready_since = self._ready_since, None
+        if changes:
+            self._emit(changes, None, since)
 
     async def _reconcile_in_background(self, since: float | None) -> None:
         """One instance reconcile; its changes go through the fetch loop like any other."""
         try:
-            await self._reconcile_instances()
+            await self._reconcile_instances(since)
             self._reconcile_backoff.reset()
         except ConsulError as e:
             self.status.error(f"catalog reconcile: {e}")
             await asyncio.sleep(self._reconcile_backoff.next())
             self._reconcile = True
-        if self._pending and since is not None:
-            self._pending_since = since if self._pending_since is None else min(since, self._pending_since)
+            if self._reconcile_since is None:
+                self._reconcile_since = since
         self._wake.set()  # also when nothing changed: a reconcile asked for meanwhile is started now
 
     async def _collect(self) -> tuple[dict[str, list[RouteCmd] | None], set[str]]:
-        """Re-read every pending service; return their new commands. Failed reads stay pending."""
+        """Re-read every pending service at once (the initial load without the dump); return their new
+        commands. Failed reads stay pending."""
         self._wake.clear()
         names, self._pending = self._pending, set()
         sem = asyncio.Semaphore(self.fetch_concurrency)
