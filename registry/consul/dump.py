@@ -13,6 +13,7 @@ import asyncio
 import hashlib
 import logging
 import multiprocessing
+import os
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
@@ -118,7 +119,10 @@ class DumpDecoder:
             try:
                 if self._pool is None:
                     # spawn, not fork: the parent runs an event loop and threads that a fork would copy mid-state
-                    self._pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
+                    # niced: its decoding is a background comparison, and on a small machine it must not take
+                    # the CPU from the event loop or from Consul answering the next change (issue 18)
+                    self._pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"),
+                                                     initializer=os.nice, initargs=(10,))
                 return await asyncio.get_running_loop().run_in_executor(self._pool, summarize, raw, prefix)
             except (BrokenProcessPool, OSError, RuntimeError) as e:
                 log.warning("instance dump helper process failed (%s); decoding in the watcher from now on", e)
