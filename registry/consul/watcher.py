@@ -278,6 +278,7 @@ class ConsulWatcher:
                 manual = self._manual_from(k)
                 self.sink(changes, manual if manual is not None else [])
                 self._sent = {n: c for n, c in changes.items() if c is not None}
+                self._decoder.warm(int(self.status.last_dump.get("bytes", 0)))
                 self.status.synced()
                 self.status.ready = True
                 indexes.update(catalog=c.index, kv=k.index)
