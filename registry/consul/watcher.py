@@ -27,6 +27,7 @@ import orjson
 from registry.consul.api import Backoff, ConsulAPI, ConsulError, decode_kv, next_index
 from registry.consul.dump import DumpDecoder, Instances, dump_entries
 from registry.consul.health import UNRUN_HOLD, Verdict, judge_all
+from registry.consul.hot import HOT_LIMIT, HotWatches
 from registry.consul.pacing import WatchPacer
 from registry.tags import TagError, route_cmds
 from router.table.routecmd import LineError, RouteCmd, parse
@@ -168,6 +169,7 @@ class ConsulWatcher:
         fetch_concurrency: int = 16,
         resync: float = 60.0,
         unrun_hold: float = UNRUN_HOLD,
+        hot_limit: int = HOT_LIMIT,
     ) -> None:
         self.api = api
         self.sink = sink
@@ -188,6 +190,8 @@ class ConsulWatcher:
         self._ready: dict[str, list[RouteCmd] | None] = {}  # re-read results not yet handed to the table
         self._ready_since: float | None = None
         self._fetch_backoff = Backoff()
+        self._svc_index: dict[str, int] = {}  # service -> the per-service Consul index of the state applied
+        self._hot = HotWatches(api, self._hot_answer, limit=hot_limit, max_rate=max_rate, count=self._count)
         self._answered_at = 0.0  # monotonic time of the latest watch answer
         self._instance_fp: dict[str, bytes] = {}
         self._decoder = DumpDecoder()
@@ -221,13 +225,19 @@ class ConsulWatcher:
                       for state in NONPASSING_STATES]
         else:
             health = [self._watch("any", "/v1/health/state/any", indexes["any"], self._on_health)]
-        await asyncio.gather(
-            *health,
-            self._resync_loop(),
-            self._watch("catalog", "/v1/catalog/services", indexes["catalog"], self._on_catalog),
-            self._watch("kv", f"/v1/kv/{self.kvpath}", indexes["kv"], self._on_kv, params={"recurse": ""}),
-            self._fetch_loop(),
-        )
+        try:
+            await asyncio.gather(
+                *health,
+                self._resync_loop(),
+                self._watch("catalog", "/v1/catalog/services", indexes["catalog"], self._on_catalog),
+                self._watch("kv", f"/v1/kv/{self.kvpath}", indexes["kv"], self._on_kv, params={"recurse": ""}),
+                self._fetch_loop(),
+            )
+        finally:
+            self._hot.clear()
+
+    def _count(self) -> None:
+        self.status.requests += 1
 
     def _health_handler(self, state: str) -> Callable[[list[dict[str, Any]]], None]:
         """One state's watch answer: the non-passing checks are the union of the states' latest answers."""
@@ -320,6 +330,7 @@ class ConsulWatcher:
             except ConsulError as e:
                 probe = True
                 self.status.requests += 1
+                self._forget_indexes()  # the agent may come back with other data
                 delay = backoff.next()
                 self.status.error(f"{name} watch: {e}")
                 log.warning("%s watch failed (%s); keeping the last routes, retrying in %.1fs", name, e, delay)
@@ -339,6 +350,7 @@ class ConsulWatcher:
                 # reach for a while, so compare every instance now instead of waiting for them.
                 self._reconcile = True
                 self._wake.set()
+                self._forget_indexes()
                 for other, ev in self._resets.items():
                     if other != name:
                         ev.set()
@@ -354,6 +366,10 @@ class ConsulWatcher:
             if self._reconcile and self._reconcile_since is None:
                 # the clock for the router-observed delay starts at the answer that brought the work
                 self._reconcile_since = self._answered_at
+
+    def _forget_indexes(self) -> None:
+        self._svc_index.clear()
+        self._hot.clear()
 
     def _health_fps(self, checks: list[dict[str, Any]]) -> dict[str, frozenset]:
         if self._dump_ok:
@@ -559,7 +575,7 @@ class ConsulWatcher:
         since = self._inflight.get(name)
         try:
             async with sem:
-                cmds = await self._service_cmds(name)
+                entries, index = await self._service_read(name)
         except ConsulError as e:
             self.status.error(f"service {name}: {e}")
             # retried after a pause, keeping the time of its change; new changes meanwhile read at once
@@ -570,6 +586,21 @@ class ConsulWatcher:
             if name in self._pending:  # changed again while being read: read it again
                 self._wake.set()
         self._fetch_backoff.reset()
+        self._hot.touch(name, index)
+        self._accept(name, entries, index, since)
+
+    def _hot_answer(self, name: str, entries: list[dict[str, Any]], index: int, since: float) -> None:
+        """A hot service's own watch answered with a new index (registry/consul/hot.py)."""
+        self._accept(name, entries, index, since)
+
+    def _accept(self, name: str, entries: list[dict[str, Any]], index: int, since: float | None) -> None:
+        """One service's entries, from a re-read or its hot watch: applied unless an answer with a higher
+        per-service index already was (the two may cross); the result waits in `_ready` for `_flush`."""
+        if index < self._svc_index.get(name, 0):
+            return
+        self._svc_index[name] = index
+        self._learn_nodes(name, entries)
+        cmds = self._cmds_from_entries(name, entries)
         if not self._ready:
             asyncio.get_running_loop().call_soon(self._flush)
         self._ready[name] = cmds
@@ -635,10 +666,15 @@ class ConsulWatcher:
             log.info("service %s: keeping routed instances whose checks have not run yet (agent restart?)", name)
             asyncio.get_running_loop().call_later(self.unrun_hold, self._enqueue, {name})
 
-    async def _service_cmds(self, name: str) -> list[RouteCmd] | None:
+    async def _service_read(self, name: str) -> tuple[list[dict[str, Any]], int]:
+        """`/v1/health/service/<name>`: its entries and its X-Consul-Index (the service's own index)."""
         r = await self.api.get(f"/v1/health/service/{name}")
         self.status.requests += 1
-        entries = r.body if r.status == 200 and r.body else []
+        return (r.body if r.status == 200 and r.body else []), r.index
+
+    async def _service_cmds(self, name: str) -> list[RouteCmd] | None:
+        entries, index = await self._service_read(name)
+        self._svc_index[name] = index
         self._learn_nodes(name, entries)
         return self._cmds_from_entries(name, entries)
 
