@@ -75,8 +75,6 @@ def auth_schemes(cfg: Config) -> dict:
         raise ConfigError(f"invalid proxy.auth: {e}") from None
 
 
-
-
 def policies(cfg: Config) -> Policies:
     """Compression for every route (proxy.gzip.contenttype, as in fabio) and the worker count that the rate
     limits are divided by (router/proxy/policies/ratelimit.py)."""
