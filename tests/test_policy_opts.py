@@ -121,7 +121,8 @@ def test_ratelimit_rejects(text: str) -> None:
 def test_sticky() -> None:
     s = parse_sticky("cookie", parse_duration)
     assert (s.mode, s.cookie, s.max_age, s.httponly, s.secure, s.samesite) == ("cookie", "router_sticky", 0, True,
-                                                                                False, "Lax")
+                                                                                None, "Lax")
+    assert parse_sticky("cookie,secure=false", parse_duration).secure is False
     s = parse_sticky("cookie,name=SRV,maxage=1h,secure,httponly=false,samesite=none", parse_duration)
     assert (s.cookie, s.max_age, s.httponly, s.secure, s.samesite) == ("SRV", 3600, False, True, "None")
     assert parse_sticky("hash", parse_duration).header == ""

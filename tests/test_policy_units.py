@@ -222,11 +222,16 @@ def test_cookie_value_and_set_cookie() -> None:
         cookie: str = "S"
         max_age: int = 3600
         httponly: bool = True
-        secure: bool = True
+        secure: bool | None = True
         samesite: str = "Strict"
 
     assert sticky.set_cookie(Spec(), "v", "/api") == b"S=v; Path=/api; Max-Age=3600; HttpOnly; Secure; SameSite=Strict"
     assert sticky.set_cookie(Spec(max_age=0, httponly=False, secure=False, samesite=""), "v", "") == b"S=v; Path=/"
+    auto = Spec(max_age=0, httponly=False, secure=None, samesite="")
+    assert sticky.set_cookie(auto, "v", "/", tls=True) == b"S=v; Path=/; Secure"  # over TLS: Secure by default
+    assert sticky.set_cookie(auto, "v", "/", tls=False) == b"S=v; Path=/"
+    assert sticky.set_cookie(Spec(max_age=0, httponly=False, secure=False, samesite=""), "v", "/", tls=True) \
+        == b"S=v; Path=/"  # secure=false says so
 
 
 def test_target_id_is_stable_and_distinct() -> None:

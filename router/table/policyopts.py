@@ -142,7 +142,7 @@ class StickySpec:
     mode: str  # "cookie" | "hash"
     cookie: str = "router_sticky"
     max_age: int = 0  # seconds; 0 = a session cookie
-    secure: bool = False
+    secure: bool | None = None  # None: Secure when the request came over TLS
     httponly: bool = True
     samesite: str = "Lax"  # "" = attribute left out
     header: str = ""  # hash mode: hash this request header (lower case); "" = the client address

@@ -183,7 +183,8 @@ class Policies:
                 p = self._plan(pol.compress)
         if ctx is not None and ctx.pin is not None and ctx.pinned is not target:
             # a new client, a re-pin, or a retry that went to another instance: name the one that answered
-            cookie = sticky.set_cookie(ctx.pin, sticky.target_id(target.service, target.url), ctx.route.path)
+            cookie = sticky.set_cookie(ctx.pin, sticky.target_id(target.service, target.url), ctx.route.path,
+                                       scope.get("scheme") == "https")
             headers = [*headers, (b"set-cookie", cookie)]
         if p is None:
             return headers, None

@@ -77,14 +77,15 @@ def cookie_value(headers: Iterable[tuple[bytes, bytes]], name: bytes) -> str:
     return ""
 
 
-def set_cookie(spec: Any, value: str, path: str) -> bytes:
-    """The Set-Cookie header value pinning a client to an instance for the route at ``path``."""
+def set_cookie(spec: Any, value: str, path: str, tls: bool = False) -> bytes:
+    """The Set-Cookie header value pinning a client to an instance for the route at ``path``; without an
+    explicit ``secure=``, a request that came over TLS gets a Secure cookie."""
     parts = [f"{spec.cookie}={value}", f"Path={path or '/'}"]
     if spec.max_age:
         parts.append(f"Max-Age={spec.max_age}")
     if spec.httponly:
         parts.append("HttpOnly")
-    if spec.secure:
+    if spec.secure or (spec.secure is None and tls):
         parts.append("Secure")
     if spec.samesite:
         parts.append(f"SameSite={spec.samesite}")
