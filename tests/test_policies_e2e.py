@@ -73,6 +73,15 @@ def test_already_encoded_passes_through(gz_router: RouterProc) -> None:
     assert h["content-encoding"] == "gzip" and gzip.decompress(body) == JSON_BODY  # not compressed twice
 
 
+def test_gzip_answer_decoded_for_a_client_that_does_not_take_it(gz_router: RouterProc) -> None:
+    """What Go's transport does for fabio: a client that does not take gzip (http.client sends identity) gets
+    the body decoded."""
+    status, h, body = raw_get(gz_router.proxy_port, "/c/pregz", {})
+    assert status == 200 and "content-encoding" not in h and body == JSON_BODY
+    status, h, body = raw_get(gz_router.proxy_port, "/off/pregz", {})  # compress=off: passed as it is
+    assert h["content-encoding"] == "gzip" and gzip.decompress(body) == JSON_BODY
+
+
 def test_route_encoding_list(gz_router: RouterProc) -> None:
     _, h, body = raw_get(gz_router.proxy_port, "/gz/json", {"Accept-Encoding": "zstd, br, gzip"})
     assert h["content-encoding"] == "gzip" and gzip.decompress(body) == JSON_BODY

@@ -238,3 +238,14 @@ def test_target_id_is_stable_and_distinct() -> None:
     a = sticky.target_id("svc", "http://10.0.0.1:80/")
     assert a == sticky.target_id("svc", "http://10.0.0.1:80/") and len(a) == 12
     assert a != sticky.target_id("svc", "http://10.0.0.2:80/")
+
+
+def test_plan_decodes_gzip_for_a_client_that_does_not_take_it() -> None:
+    gz = [(b"content-type", b"application/json"), (b"content-encoding", b"gzip")]
+    assert compress.plan(P, "GET", "", 200, gz)[1] == compress.UNGZIP
+    assert compress.plan(P, "GET", "gzip", 200, gz)[1] == ""  # it takes gzip: passed as it is
+    assert compress.plan(P, "GET", "", 200, [*gz, (b"cache-control", b"no-transform")])[1] == ""
+    assert compress.plan(P, "GET", "identity", 200, gz)[1] == compress.UNGZIP
+    assert compress.plan(P, "GET", "br", 200, gz)[1] == compress.UNGZIP  # it does not take gzip
+    assert compress.plan(P, "GET", "", 200, [(b"content-encoding", b"br")])[1] == ""  # only gzip is decoded
+    assert compress.plan(P, "HEAD", "", 200, gz)[1] == ""

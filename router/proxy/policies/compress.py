@@ -10,6 +10,9 @@ docs/compat.md):
 * never for ``Cache-Control: no-transform``, for bodies shorter than ``proxy.compress.minsize``, for
   HEAD, 1xx/204/206/304 answers, or for ranges;
 * a strong ``ETag`` becomes weak (the bytes differ from the upstream's) and ``Accept-Ranges`` is dropped;
+* a gzip answer to a client that does not accept gzip is decoded (Go's transport does this for fabio when
+  the client sent no Accept-Encoding, and asks upstreams for gzip itself; we do it on compressing routes
+  and ask for nothing);
 * a body of known length up to BUFFER_MAX is compressed in one piece and sent with a Content-Length
   (as Go's server does for small bodies); anything else is streamed, each upstream chunk compressed and
   flushed on its own, so server-sent events still arrive event by event.
@@ -36,6 +39,8 @@ __all__ = ["ENCODINGS", "DEFAULT_TYPES", "negotiate", "Plan", "plan", "Encoder",
 # fabio's example in fabio.properties: text, JavaScript, JSON, fonts, XML and +json/+xml vendor types.
 DEFAULT_TYPES = r"^(text/.*|application/(javascript|json|font-woff|xml)|.*\+(json|xml))(;.*)?$"
 BUFFER_MAX = 8 << 20
+UNGZIP = "-gzip"  # plan(): decode a gzip answer for a client that accepts no encoding
+_DECODE_STEP = 1 << 20  # decoded bytes per step: a small, highly compressed chunk cannot blow up memory
 OFFLOAD_MIN = 64 << 10
 _LEVEL = {"gzip": 6, "br": 4, "zstd": 3}  # the speed/ratio points nginx, Caddy and Traefik default to
 
@@ -98,14 +103,17 @@ def plan(p: Plan, method: str, accept: str, status: int,
         headers = [(n, v + b", Accept-Encoding" if n == b"vary" else v) for n, v in headers]
     if method == "HEAD" or status < 200 or status in (204, 206, 304):
         return headers, ""
+    ce = _get(headers, b"content-encoding")
+    cc = _get(headers, b"cache-control")
+    if cc is not None and b"no-transform" in cc.lower():
+        return headers, ""
+    if ce is not None and ce.strip().lower() in (b"gzip", b"x-gzip") and not negotiate(accept, ("gzip",)):
+        # a gzip answer for a client that does not take gzip is decoded (as Go's transport does for fabio)
+        return headers, UNGZIP if _get(headers, b"content-range") is None else ""
     enc = negotiate(accept, p.encodings)
     if not enc:
         return headers, ""
-    ce = _get(headers, b"content-encoding")
     if ce is not None and ce.strip().lower() not in (b"", b"identity"):
-        return headers, ""
-    cc = _get(headers, b"cache-control")
-    if cc is not None and b"no-transform" in cc.lower():
         return headers, ""
     cl = _get(headers, b"content-length")
     if cl is not None and cl.isdigit() and int(cl) < p.min_size:
@@ -178,6 +186,9 @@ class Encoder:
         self.counters = counters
 
     async def send(self, send: Callable, resp: Any, headers: list[tuple[bytes, bytes]], buffer_all: bool) -> None:
+        if self.enc == UNGZIP:
+            await self._send_decoded(send, resp, headers, buffer_all)
+            return
         cl = _get(headers, b"content-length")
         known = cl is not None and cl.isdigit() and int(cl) <= BUFFER_MAX
         if known or buffer_all:
@@ -204,6 +215,32 @@ class Encoder:
         headers += [(b"content-encoding", self.enc.encode()), (b"content-length", str(len(out)).encode())]
         await send({"type": "http.response.start", "status": resp.status, "headers": headers})
         await send({"type": "http.response.body", "body": out})
+
+    @staticmethod
+    async def _send_decoded(send: Callable, resp: Any, headers: list[tuple[bytes, bytes]], buffer_all: bool) -> None:
+        """The gzip answer decoded, streamed (or whole, with its length, for an HTTP/1.0 client)."""
+        d = zlib.decompressobj(31)
+
+        def decode(chunk: bytes) -> list[bytes]:
+            out = [d.decompress(chunk, _DECODE_STEP)]
+            while d.unconsumed_tail:
+                out.append(d.decompress(d.unconsumed_tail, _DECODE_STEP))
+            return out
+
+        headers = [h for h in _weak_etag(headers) if h[0] not in (b"content-length", b"content-encoding")]
+        if buffer_all:
+            parts = [p for chunk in [c async for c in resp.content.iter_any()] for p in decode(chunk)]
+            body = b"".join([*parts, d.flush()])
+            headers.append((b"content-length", str(len(body)).encode()))
+            await send({"type": "http.response.start", "status": resp.status, "headers": headers})
+            await send({"type": "http.response.body", "body": body})
+            return
+        await send({"type": "http.response.start", "status": resp.status, "headers": headers})
+        async for chunk in resp.content.iter_any():
+            for part in decode(chunk):
+                if part:
+                    await send({"type": "http.response.body", "body": part, "more_body": True})
+        await send({"type": "http.response.body", "body": d.flush()})
 
     @staticmethod
     async def _plain(send: Callable, status: int, headers: list, data: bytes) -> None:
