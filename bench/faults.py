@@ -288,7 +288,7 @@ class Row:
 
 
 def summarise(proxy: str, fault: str, load: Load, t_fault: float, t_heal: float, faulted: str,
-              instances: list[Instance]) -> Row:
+              instances: list[Instance], t_healed: float = 0.0) -> Row:
     s = load.samples
     row = Row(proxy, fault, requests=len(s))
     row.idem_failed = sum(1 for x in s if x.method != "POST" and x.outcome != "200")
@@ -296,8 +296,9 @@ def summarise(proxy: str, fault: str, load: Load, t_fault: float, t_heal: float,
     row.slow = sum(1 for x in s if x.latency > 1.0)
     row.p99_before = p99([x.latency for x in s if x.t < t_fault])
     row.p99_during = p99([x.latency for x in s if t_fault <= x.t < t_heal])
-    back = [x.t for x in s if x.t >= t_heal and x.backend == faulted and x.outcome == "200"]
-    row.back_after = round(min(back) - t_heal, 2) if back and faulted else None
+    t_healed = max(t_healed, t_heal)
+    back = [x.t for x in s if x.t >= t_healed and x.backend == faulted and x.outcome == "200"]
+    row.back_after = round(min(back) - t_healed, 2) if back and faulted else None
     row.outcomes = dict(Counter(x.outcome for x in s))
     ids: Counter[str] = Counter()
     for inst in instances:
@@ -487,10 +488,11 @@ def run_row(proxy_kind: str, kind: str, *, rate: float, baseline: float, during:
         t_heal = load.now()
         for inst in bad:
             heal(inst, "failing" if kind == "all-failing" else kind)
+        t_healed = load.now()  # a restarted instance answers from here on: "back after" counts from it
         time.sleep(after)
         load.stop()
         row = summarise(proxy_kind, kind, load, t_fault, t_heal, "" if kind == "all-failing" else bad[0].name,
-                        instances)
+                        instances, t_healed)
         row.retries = proxy.metric("upstream_retries")
         row.hedges = proxy.metric("upstream_hedges")
         return row

@@ -286,11 +286,9 @@ class Sender:
         if left and per_try >= left:
             await resp.headers(left)
             return resp, idx, t0
-        first = resp.headers_future
-        done, _ = await asyncio.wait((first,), timeout=per_try)
-        if done:
-            await resp.headers()
+        if await resp.arrived(per_try):
             return resp, idx, t0
+        first = resp.headers_future
         now = perf_counter()
         j = self._next(picker, tried, now)
         if j < 0:

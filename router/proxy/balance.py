@@ -47,7 +47,7 @@ log = logging.getLogger("router.proxy")
 
 PENALTY = 1e6  # cost of a cold instance per request in flight: it gets one probe at a time
 FAILURE_RTT = 1.0  # a failed try counts as a latency of at least this (seconds)
-STALE = 3.0  # an estimate older than this many proxy.lb.decay is forgotten: the instance is probed again
+STALE = 2.0  # an estimate older than this many proxy.lb.decay is forgotten: the instance is probed again
 FULL = -2  # pick(): every candidate is at proxy.maxinflight
 
 
