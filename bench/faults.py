@@ -66,6 +66,9 @@ def serve(port: int, name: str) -> None:
         if request.path == "/__seen":
             return web.json_response(seen)
         state["mode"] = request.query.get("mode", "ok")
+        if state["mode"] != "stall":  # a stalled process that recovers answers what it had queued
+            never.set()
+            never.clear()
         return web.Response(text=state["mode"])
 
     async def handle(request: web.Request) -> web.StreamResponse:
