@@ -317,6 +317,8 @@ class Sender:
             await resp.headers()  # both failed: the first try's error
             raise UpstreamError("no answer")  # not reached: headers() raised
         finally:
+            if won is None:
+                resp.close()  # both failed, the header timeout passed, or we were cancelled (client gone)
             if not hedge.done():
                 hedge.cancel()
             elif not hedge.cancelled() and hedge.exception() is None and hedge.result()[0] is not won:
