@@ -18,3 +18,12 @@ FAULTS_ARGS ?=
 bench-faults: deps
 	VENV=$(VENV) bench/tools.sh
 	VENV=$(VENV) $(PY) bench/faults.py --out docs/reliability.md $(FAULTS_ARGS)
+
+# Issue 18's propagation patterns (new instance, check/deregistration, burst of 50, rolling deploy of 30) with
+# 0 and 3,000 background instances, registered through one agent and through the catalog on 100 nodes.
+# Larger sizes: make bench-propagation PROPAGATION_ARGS='--background 0 3000 30000'.
+PROPAGATION_ARGS ?=
+
+.PHONY: bench-propagation
+bench-propagation: deps consul
+	CONSUL="$$(scripts/get-consul.sh)" $(PY) -m bench.propagation --patterns $(PROPAGATION_ARGS)

@@ -50,6 +50,7 @@ def status_doc(router: RouterView) -> dict[str, Any]:
         "ready": router.state.ready,
         "shutting_down": router.shutting_down,
         "workers": router.workers.status() if getattr(router, "workers", None) else None,  # router/run/workers.py
+        "listeners": router.edge.describe() if getattr(router, "edge", None) else [],  # router/run/edge.py
         "registry": {
             "backend": st.backend,
             "addr": st.addr,

@@ -76,6 +76,38 @@ def request_families(snaps: dict[Key, Snapshot]) -> Iterator[Metric]:
     yield resp
 
 
+def edge_families(edge: Any) -> Iterator[Metric]:
+    """fabio's tcp.* / tcp_sni.* counters and route.rx/route.tx bytes, and each TLS listener's certificates
+    (router/run/edge.py); nothing without an edge."""
+    if edge is None:
+        return
+    t = edge.tcp
+    for name, doc, values in (("tcp_connections", "TCP connections accepted", t.conn),
+                              ("tcp_connect_failures", "TCP connections whose upstream could not be reached "
+                               "(or whose ClientHello was not one)", t.connfail),
+                              ("tcp_noroute", "TCP connections without a route", t.noroute),
+                              ("tcp_denied", "TCP connections refused by allow=/deny=", t.denied)):
+        fam = CounterMetricFamily(f"{PREFIX}_{name}", doc, labels=["kind"])
+        for kind, v in sorted(values.items()):
+            fam.add_metric([kind], v)
+        yield fam
+    yield GaugeMetricFamily(f"{PREFIX}_tcp_open", "TCP connections spliced now", value=float(t.open))
+    for name, doc, values in (("route_rx_bytes", "bytes from the upstream of a TCP route (fabio's route.rx)", t.rx),
+                              ("route_tx_bytes", "bytes to the upstream of a TCP route (fabio's route.tx)", t.tx)):
+        fam = CounterMetricFamily(f"{PREFIX}_{name}", doc, labels=["service", "route", "target"])
+        for key, v in sorted(values.items()):
+            fam.add_metric(list(key), v)
+        yield fam
+    upd = CounterMetricFamily(f"{PREFIX}_tls_certificate_updates", "certificate sets swapped in", labels=["listener"])
+    miss = CounterMetricFamily(f"{PREFIX}_tls_no_certificate", "handshakes refused for want of a certificate",
+                               labels=["listener"])
+    for c in edge.certs:
+        upd.add_metric([c.listener.addr], c.updates)
+        miss.add_metric([c.listener.addr], c.failed_handshakes)
+    yield upd
+    yield miss
+
+
 class RouterCollector(Collector):
     def __init__(self, router: RouterView) -> None:
         self.router = router
@@ -115,6 +147,7 @@ class RouterCollector(Collector):
         yield gauge("websockets_open", "WebSocket tunnels open now", float(c.get("websockets_open", 0)))
         yield CounterMetricFamily(f"{PREFIX}_websockets", "WebSocket tunnels opened", value=c.get("websockets_total", 0))
         yield from request_families(route_snapshots(r))
+        yield from edge_families(getattr(r, "edge", None))
         prop = GaugeMetricFamily(f"{PREFIX}_propagation_delay_ms", "registry change to table swap, over the last "
                                  "256 changes (quantile 1 = max)", labels=["quantile"])
         summary = st.propagation_summary()
