@@ -220,6 +220,11 @@ def test_a_cold_instance_gets_one_probe_at_a_time_even_with_a_stuck_request() ->
     lb.try_succeeded(warm, 0.005, 10.0)
     picks = [p.pick(10.1) for _ in range(20)]
     assert picks.count(0) == 1  # one probe; then it waits for the probe's answer
+    lb.try_succeeded(warm, 0.005, 12.0)  # the other one keeps answering
     assert [p.pick(10.1 + 2.0) for _ in range(3)].count(0) == 1  # a probe as old as 2 decays is given up
     lb.try_succeeded(cold, 0.005, 12.2)  # the probe answered: warm, compared by load from now on
-    assert cold.probe_at == 0.0 and 0 in {p.pick(12.3) for _ in range(50)}
+    assert cold.probe_at == 0.0
+    assert {p.pick(12.3) for _ in range(50)} == {1}  # compared by load: its stuck request doubles its cost
+    cold.outstanding = 0  # the stuck request ends
+    lb.try_succeeded(warm, 0.006, 12.2)  # and the other one answers a little slower now
+    assert 0 in {p.pick(12.3) for _ in range(50)}
