@@ -254,9 +254,9 @@ class ProxyApp:
         finally:
             resp.release()
 
-    @staticmethod
-    async def _unavailable(send: Callable, idx: int) -> int:
+    async def _unavailable(self, send: Callable, idx: int) -> int:
         if idx == FULL:  # proxy.maxinflight: every instance has its share in flight
+            self.lb.full += 1
             start, body = _status_response(503, "every instance is at its limit of requests in flight\n")
             start["headers"].append((b"retry-after", b"1"))
             await send(start)
