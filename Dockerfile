@@ -38,6 +38,8 @@ RUN python3 -m venv /tmp/buildenv \
 
 # ---- run: the base, the venv, tini; no compiler, no pip, no wheels, not root
 FROM ${BASE}
+# (a global ARG is visible inside a stage only when declared again)
+ARG BASE
 ARG VERSION=unknown
 ARG REVISION=unknown
 LABEL org.opencontainers.image.title="consul-router" \

@@ -76,6 +76,7 @@ def test_dockerfile_promises() -> None:
     labels = " ".join(arg for op, arg in stage if op == "LABEL")
     for key in ("title", "description", "version", "revision"):
         assert f"org.opencontainers.image.{key}=" in labels, key
+    assert ("ARG", "BASE") in stage, "base.name needs the global ARG declared again inside the stage"
     # The public base stays the default for users (make container-test passes BASE/BUILD_BASE to a local one).
     defaults = dict(arg.split("=", 1) for op, arg in instructions() if op == "ARG" and "=" in arg)
     froms = [arg.split()[0] for op, arg in instructions() if op == "FROM"]

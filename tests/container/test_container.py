@@ -79,6 +79,7 @@ def test_image(containers: list[str]) -> None:
     labels = json.loads(docker("image", "inspect", "-f", "{{json .Config.Labels}}", IMAGE))
     assert labels["org.opencontainers.image.title"] == "consul-router"
     assert labels["org.opencontainers.image.version"] == __version__
+    assert labels["org.opencontainers.image.base.name"] == BASE_IMAGE
     size = int(docker("image", "inspect", "-f", "{{.Size}}", IMAGE))
     base = int(docker("image", "inspect", "-f", "{{.Size}}", BASE_IMAGE))
     out = docker("run", "--rm", "--network", "none", "--entrypoint", "/bin/sh", IMAGE, "-c",
