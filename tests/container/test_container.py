@@ -86,6 +86,13 @@ def test_image(containers: list[str]) -> None:
                  "for c in gcc cc c++ g++ clang make; do command -v $c; done; ls -d /wheels /src 2>/dev/null;"
                  " /opt/router/bin/python -m pip --version 2>/dev/null; true")
     assert out == "", f"the final stage should have no compiler, wheels, sources or pip: {out}"
+    # Every extension module loads after `strip` (the build stage strips them).
+    sos = docker("run", "--rm", "--network", "none", "--entrypoint", "/opt/router/bin/python", IMAGE, "-c",
+                 "import importlib, pathlib, sys; site = pathlib.Path(sys.prefix, 'lib/python3.11/site-packages');"
+                 " mods = sorted('.'.join(p.relative_to(site).with_suffix('').with_suffix('').parts)"
+                 " for p in site.rglob('*.so'));"
+                 " [importlib.import_module(m) for m in mods]; print(len(mods))")
+    assert int(sos) >= 5, sos  # uvloop, httptools (2), orjson, bcrypt, cryptography, cffi, ...
     # docs/compat.md: no file capability needed for :80 in a network namespace of its own (Docker 20.10+).
     bound = docker("run", "--rm", "--network", "none", "--entrypoint", "/opt/router/bin/python", IMAGE, "-c",
                    "import os, socket; socket.socket().bind(('127.0.0.1', 80)); print(os.getuid())")
