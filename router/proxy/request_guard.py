@@ -22,10 +22,13 @@ pass over every byte of every header.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import httptools
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+if TYPE_CHECKING:
+    from router.proxy.exchange import Exchange
 
 NON_ORIGIN_TARGET = "router.non_origin_target"  # scope key: the raw target when it does not start with "/"
 
@@ -37,18 +40,17 @@ Rejection = tuple[int, str]
 _CLOSE = [(b"content-type", b"text/plain; charset=utf-8"), (b"connection", b"close")]
 
 
-async def send_rejection(send: Callable, status: int, text: str) -> None:
+async def send_rejection(out: Exchange, status: int, text: str) -> None:
     """Answer a refused request; a 4xx also closes the connection.
 
     After a request whose framing we do not trust, whatever follows on the same connection may be a
-    smuggled request, so it is not read (uvicorn drops keep-alive on `connection: close`).
+    smuggled request, so it is not read (the listener drops keep-alive on `connection: close`).
     """
     body = text.encode()
     headers = [(b"content-length", str(len(body)).encode())]
     if status >= 400:
         headers += _CLOSE
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
+    await out.respond(status, headers, body)
 
 
 def check_request(scope: dict) -> Rejection | None:
