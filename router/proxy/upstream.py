@@ -21,12 +21,16 @@ from collections.abc import AsyncIterator, Sequence
 
 import httptools
 
-HIGH_WATER = 1 << 20  # buffered response bytes at which we stop reading the upstream socket
-LOW_WATER = 1 << 18  # ... and resume once the consumer drained below this
+HIGH_WATER = 1 << 16  # buffered response bytes at which we stop reading the upstream socket (the slow-read bound)
+LOW_WATER = 1 << 14  # ... and resume once the consumer drained below this
 # Bytes of one response head (status line, headers, 1xx heads before it) we read before giving up: an
 # upstream that never ends its head would otherwise be buffered until memory runs out (httptools sets no
 # limit).  Go's Transport, fabio's, allows 10 MB; 1 MiB is ample for any real response (nginx: 4-8 KB).
 MAX_HEAD = 1 << 20
+# Upstream reads are at most this large: what one read brings is buffered whole, so it bounds what a
+# client that reads slowly can make us hold (HIGH_WATER plus one read here, as much on the client side).
+READ_SIZE = 1 << 16
+_READ_BUF = memoryview(bytearray(READ_SIZE))  # one per process: each read is copied out at once
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 
 
@@ -130,8 +134,11 @@ class Response:
             self._conn.finished(self, reusable=False)
 
 
-class _Conn(asyncio.Protocol):
-    """One upstream TCP (or TLS) connection; parses responses with httptools."""
+class _Conn(asyncio.BufferedProtocol):
+    """One upstream TCP (or TLS) connection; parses responses with httptools.
+
+    A BufferedProtocol only to choose the read size (READ_SIZE): the event loop reads into the shared
+    buffer and `buffer_updated` copies the bytes out, one copy as with `data_received`."""
 
     def __init__(self, pool: Upstream, key: tuple, loop: asyncio.AbstractEventLoop) -> None:
         self.pool = pool
@@ -154,6 +161,12 @@ class _Conn(asyncio.Protocol):
     # --- asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return _READ_BUF
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.data_received(_READ_BUF[:nbytes].tobytes())
 
     def data_received(self, data: bytes) -> None:
         resp = self.resp
