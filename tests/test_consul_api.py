@@ -13,7 +13,6 @@ from registry.consul.api import (
     Backoff,
     ConsulAPI,
     ConsulError,
-    TokenBucket,
     consul_base_url,
     decode_kv,
     next_index,
@@ -45,12 +44,6 @@ def test_index_zero_twice_in_a_row_still_blocks() -> None:
 )
 def test_base_url(addr: str, url: str) -> None:
     assert consul_base_url(addr) == url
-
-
-def test_token_bucket_allows_burst_then_limits() -> None:
-    b = TokenBucket(rate=10, burst=2)
-    assert b.delay() == 0 and b.delay() == 0
-    assert b.delay() > 0.05  # the third immediate call must wait ~0.1 s
 
 
 def test_backoff_is_capped_and_resets() -> None:

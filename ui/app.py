@@ -31,7 +31,7 @@ from ui.metrics import registry_for, route_snapshots
 from ui.security import WriteGuard
 
 if TYPE_CHECKING:
-    from router.run.router import Router
+    from ui.view import RouterView
 
 
 def _json(data: Any, request: Request) -> Response:
@@ -39,7 +39,7 @@ def _json(data: Any, request: Request) -> Response:
     return Response(json.dumps(data, indent=indent), media_type="application/json")
 
 
-def status_doc(router: Router) -> dict[str, Any]:
+def status_doc(router: RouterView) -> dict[str, Any]:
     """The registry's and table's health, for /api/status and the status panel."""
     st = router.status
     table = router.state.table
@@ -59,6 +59,8 @@ def status_doc(router: Router) -> dict[str, Any]:
             "sync_age_seconds": None if age is None else round(age, 3),
             "indexes": dict(st.indexes),
             "requests": st.requests,
+            "paced": st.paced,
+            "dumps": st.dumps,
             "propagation": st.propagation_summary(),
             "last_dump": dict(st.last_dump),
             "error_count": st.error_count,
@@ -80,7 +82,7 @@ def status_doc(router: Router) -> dict[str, Any]:
     }
 
 
-def services_doc(router: Router) -> list[dict[str, Any]]:
+def services_doc(router: RouterView) -> list[dict[str, Any]]:
     """Every tagged service with each instance's verdict: the answer to "why is my service not routed"."""
     out = []
     for name in sorted(router.status.services):
@@ -98,7 +100,7 @@ def services_doc(router: Router) -> list[dict[str, Any]]:
     return out
 
 
-def service_doc(router: Router, name: str) -> dict[str, Any] | None:
+def service_doc(router: RouterView, name: str) -> dict[str, Any] | None:
     """One service: its instances' verdicts, its rows in the live table and, if it has none, why."""
     svc = router.status.services.get(name)
     table = router.state.table
@@ -138,7 +140,7 @@ def nav_colors(color: str) -> tuple[str, str]:
     return f"#{r:02x}{g:02x}{b:02x}", ("#212121" if light else "#ffffff")
 
 
-def create_app(router: Router) -> Starlette:
+def create_app(router: RouterView) -> Starlette:
     cfg = router.cfg
     title = html.escape(("consul-router - " + cfg["ui.title"]) if cfg["ui.title"] else "consul-router")
     nav_bg, nav_fg = nav_colors(cfg["ui.color"])

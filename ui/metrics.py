@@ -30,13 +30,13 @@ from router.proxy.stats import BOUNDS, CLASSES, Key, Snapshot, proxy_counters
 if TYPE_CHECKING:
     from prometheus_client import Metric
 
-    from router.run.router import Router
+    from ui.view import RouterView
 
 PREFIX = "consul_router"
 LABELS = ["service", "route", "target"]
 
 
-def route_snapshots(router: Router) -> dict[Key, Snapshot]:
+def route_snapshots(router: RouterView) -> dict[Key, Snapshot]:
     """Per-route counters: the workers' sums, or the in-process proxy's (proxy.workers=1)."""
     pool = getattr(router, "workers", None)
     if pool is not None:
@@ -45,7 +45,7 @@ def route_snapshots(router: Router) -> dict[Key, Snapshot]:
     return router.proxy.stats.snapshots()
 
 
-def counters(router: Router) -> dict[str, int]:
+def counters(router: RouterView) -> dict[str, int]:
     """No-route, WebSocket and upstream counters: summed over the workers, or the in-process proxy's."""
     pool = getattr(router, "workers", None)
     return pool.counters() if pool is not None else proxy_counters(router.proxy)
@@ -77,7 +77,7 @@ def request_families(snaps: dict[Key, Snapshot]) -> Iterator[Metric]:
 
 
 class RouterCollector(Collector):
-    def __init__(self, router: Router) -> None:
+    def __init__(self, router: RouterView) -> None:
         self.router = router
 
     def collect(self) -> Iterator[Metric]:
@@ -132,7 +132,7 @@ class RouterCollector(Collector):
         yield ejected
 
 
-def registry_for(router: Router) -> CollectorRegistry:
+def registry_for(router: RouterView) -> CollectorRegistry:
     reg = CollectorRegistry(auto_describe=False)
     reg.register(RouterCollector(router))
     return reg

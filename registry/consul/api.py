@@ -8,7 +8,6 @@ per request, more than the rest of a change). python-consul2 is used by the test
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import ssl
 import time
@@ -47,32 +46,6 @@ def next_index(previous: int, returned: int) -> int:
     if returned < previous:
         return 0
     return max(returned, 1)
-
-
-class TokenBucket:
-    """Rate limit for a watch loop: runs freely in the happy case, degrades to `rate`/s under churn.
-
-    Consul's blocking-query guidance asks for this (burst 2) rather than a sleep per iteration.
-    """
-
-    def __init__(self, rate: float, burst: int = 2) -> None:
-        self.rate = rate
-        self.burst = burst
-        self.tokens = float(burst)
-        self.stamp = time.monotonic()
-
-    def delay(self) -> float:
-        """Take a token; return how long to wait before using it (0 when one is available)."""
-        now = time.monotonic()
-        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
-        self.stamp = now
-        self.tokens -= 1
-        return 0.0 if self.tokens >= 0 else -self.tokens / self.rate
-
-    async def take(self) -> None:
-        d = self.delay()
-        if d > 0:
-            await asyncio.sleep(d)
 
 
 class Backoff:

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 
-from registry.consul.api import Backoff, ConsulAPI, ConsulError, TokenBucket, decode_kv, next_index
+from registry.consul.api import Backoff, ConsulAPI, ConsulError, decode_kv, next_index
+from registry.consul.pacing import WatchPacer
 
 log = logging.getLogger("registry.noroute")
 
@@ -20,9 +22,11 @@ async def watch_noroute(api: ConsulAPI, path: str, apply: Callable[[str], None],
     """Blocking KV watch on `path` (a prefix); calls `apply(html)` whenever the page text changes."""
     key = path.lstrip("/")
     index, current = 0, None
-    backoff, bucket = Backoff(), TokenBucket(max_rate)
+    backoff, pacer, delay = Backoff(), WatchPacer(max_rate, time.monotonic()), 0.0
     while True:
-        await bucket.take()
+        if delay > 0:  # only after an answer without news (registry/consul/pacing.py)
+            await asyncio.sleep(delay)
+            delay = 0.0
         try:
             r = await api.get(f"/v1/kv/{key}", index=index, params={"recurse": ""})
         except ConsulError as e:
@@ -30,6 +34,7 @@ async def watch_noroute(api: ConsulAPI, path: str, apply: Callable[[str], None],
             await asyncio.sleep(backoff.next())
             continue
         backoff.reset()
+        delay = pacer.after(r.index, time.monotonic())
         html = "" if r.status == 404 else "".join(v for _, v in decode_kv(r.body))
         if html != current:
             current = html

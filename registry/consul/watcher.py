@@ -24,9 +24,10 @@ from typing import Any
 
 import orjson
 
-from registry.consul.api import Backoff, ConsulAPI, ConsulError, TokenBucket, decode_kv, next_index
+from registry.consul.api import Backoff, ConsulAPI, ConsulError, decode_kv, next_index
 from registry.consul.dump import DumpDecoder, Instances, dump_entries
 from registry.consul.health import UNRUN_HOLD, Verdict, judge_all
+from registry.consul.pacing import WatchPacer
 from registry.tags import TagError, route_cmds
 from router.table.routecmd import LineError, RouteCmd, parse
 
@@ -59,6 +60,8 @@ class RegistryStatus:
     errors: deque[tuple[float, str]] = field(default_factory=lambda: deque(maxlen=50))
     error_count: int = 0
     requests: int = 0
+    paced: int = 0  # watch answers without news after which a loop waited for its rate limit (pacing.py)
+    dumps: int = 0  # /v1/internal/ui/nodes reads (each is O(instances) for Consul and for us)
     services: dict[str, ServiceStatus] = field(default_factory=dict)
     manual_errors: list[LineError] = field(default_factory=list)
     datacenter: str = ""
@@ -290,11 +293,14 @@ class ConsulWatcher:
         handle: Callable[[Any], None],
         params: dict[str, str] | None = None,
     ) -> None:
-        bucket = TokenBucket(self.max_rate)
+        pacer = WatchPacer(self.max_rate, time.monotonic(), index)
         backoff = Backoff()
         probe = False
+        delay = 0.0
         while True:
-            await bucket.take()
+            if delay > 0:  # only after an answer without news (registry/consul/pacing.py)
+                await asyncio.sleep(delay)
+                delay = 0.0
             reset = self._resets.setdefault(name, asyncio.Event())
             try:
                 # After an error the agent may have restarted with other data, and a blocking read on an
@@ -316,6 +322,10 @@ class ConsulWatcher:
             self.status.requests += 1
             backoff.reset()
             self.status.synced()
+            delay = pacer.after(r.index, time.monotonic())
+            if delay > 0:
+                self.status.paced += 1
+            news = r.index > index
             new = next_index(index, r.index)
             if new == 0:
                 log.warning("%s watch: index went backwards (%d -> %d); re-reading everything", name, index, r.index)
@@ -331,8 +341,10 @@ class ConsulWatcher:
             index = new
             if name == "kv":
                 handle(r)
+            elif name == "catalog":
+                self._on_catalog(r.body if r.status == 200 else {}, moved=news)
             else:
-                handle(r.body if r.status == 200 else ({} if name == "catalog" else []))
+                handle(r.body if r.status == 200 else [])
             if (self._pending or self._reconcile) and self._pending_since is None:
                 # the clock for the router-observed delay starts at the answer that brought the work
                 self._pending_since = self._answered_at
@@ -378,7 +390,9 @@ class ConsulWatcher:
         self._health_fp = fps
         self._enqueue(changed)
 
-    def _on_catalog(self, services: dict[str, list[str]]) -> None:
+    def _on_catalog(self, services: dict[str, list[str]], moved: bool = True) -> None:
+        """`moved`: the services index moved (False for an idle timeout or an answer without news, which
+        changes no instance: no dump for it)."""
         tags = {n: tuple(t) for n, t in services.items() if any(x.strip().startswith(self.prefix) for x in t)}
         changed = {n for n in tags.keys() | self._catalog_tags.keys() if tags.get(n) != self._catalog_tags.get(n)}
         self._catalog_tags = tags
@@ -392,8 +406,9 @@ class ConsulWatcher:
             self._on_health(self._last_health)
         # The services index also moves when only an instance's address or port changed; neither the
         # tag union nor the checks show that, so compare the instances in bulk (one request).
-        self._reconcile = True
-        self._wake.set()
+        if moved:
+            self._reconcile = True
+            self._wake.set()
 
     async def _read_dump_raw(self) -> bytes | None:
         """The instance dump's bytes; None when the endpoint is not available (the per-service fallback)."""
@@ -402,6 +417,7 @@ class ConsulWatcher:
         t0 = time.perf_counter()
         r = await self.api.get("/v1/internal/ui/nodes", decode=False)
         self.status.requests += 1
+        self.status.dumps += 1
         raw = r.body if r.status == 200 else b""
         if not raw.lstrip()[:1] == b"[":
             if self.status.ready:  # the mode was chosen at startup; a later failure is just an error

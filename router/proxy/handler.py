@@ -2,11 +2,10 @@
 
 lookup (host, normalised path) -> pick a target -> rewrite path and headers -> stream the request body
 up and the response body down. `ProxyApp.serve(request, exchange)` is called by the listener for every
-parsed request (router/listen/: the request record and the Exchange interface are described in
-router/proxy/exchange.py); `ProxyApp.__call__` is the same journey as an ASGI app, for uvicorn while
-that listener can still be chosen. No framework here: this runs for every request, and everything a
-framework adds per request is cost (docs/datapath.md). All per-route work (URL parsing, options,
-weights) was done when the table was built.
+parsed request (router/listen/; the request record and the Exchange interface are described in
+router/proxy/exchange.py); `ProxyApp.__call__` is the same journey as an ASGI app. No framework here:
+this runs for every request, and everything a framework adds per request is cost (docs/datapath.md).
+All per-route work (URL parsing, options, weights) was done when the table was built.
 """
 
 from __future__ import annotations
@@ -18,14 +17,16 @@ from typing import TYPE_CHECKING
 
 from router.proxy import redirect
 from router.proxy.asgi import AsgiExchange
+from router.proxy.attempts import Failed
 from router.proxy.auth import BasicAuth, authorise
-from router.proxy.ejection import Ejector
+from router.proxy.balance import FULL
 from router.proxy.exchange import ClientGone, Exchange
 from router.proxy.headers import ForwardingHeaders, RoutingLoop
-from router.proxy.paths import normalise_path, upstream_path, upstream_raw_path
+from router.proxy.paths import normalise_path, redirect_path, upstream_path, upstream_raw_path
 from router.proxy.request_guard import check_request, send_rejection
+from router.proxy.resilience import Resilience
 from router.proxy.stats import CLIENT_GONE, RequestStats
-from router.proxy.upstream import ConnectFailed, Upstream, UpstreamError, UpstreamTimeout
+from router.proxy.upstream import Upstream
 from router.table import access
 from router.table.state import RouterState
 
@@ -39,11 +40,12 @@ MAX_CONNECT_ATTEMPTS = 3
 
 __all__ = ["ClientGone", "ProxyApp", "send_status"]
 
+_TEXT = (b"content-type", b"text/plain; charset=utf-8")
 
-async def send_status(out: Exchange, status: int, text: str) -> None:
+
+async def send_status(out: Exchange, status: int, text: str, *extra: tuple[bytes, bytes]) -> None:
     body = text.encode()
-    await out.respond(status, [(b"content-type", b"text/plain; charset=utf-8"),
-                               (b"content-length", str(len(body)).encode())], body)
+    await out.respond(status, [_TEXT, (b"content-length", str(len(body)).encode()), *extra], body)
 
 
 class ProxyApp:
@@ -53,7 +55,7 @@ class ProxyApp:
         self,
         state: RouterState,
         *,
-        strategy: str = "rnd",
+        strategy: str = "p2c",
         noroute_status: int = 404,
         header_timeout: float = 0.0,
         dial_timeout: float = 30.0,
@@ -65,9 +67,10 @@ class ProxyApp:
         max_header_bytes: int = 1 << 20,
         connect_attempts: int = MAX_CONNECT_ATTEMPTS,
         eject_failures: int = 3,
-        eject_duration: float = 10.0,
+        eject_duration: float = 1.0,
         access_log: AccessLog | None = None,
         max_idle: int = 10000,
+        resilience: Resilience | None = None,
     ) -> None:
         self.state = state
         self.strategy = strategy
@@ -81,7 +84,10 @@ class ProxyApp:
         self.noroute_html = ""  # set by registry.noroute when registry.consul.noroutehtmlpath has a value
         self.max_header_bytes = max_header_bytes
         self.connect_attempts = connect_attempts
-        self.ejector = Ejector(eject_failures, eject_duration)
+        res = resilience or Resilience(strategy=strategy, attempts=connect_attempts, eject_failures=eject_failures,
+                                       eject_duration=eject_duration)
+        self.lb, self.sender = res.build(self.upstream)  # router/proxy/resilience.py
+        self.ejector = self.lb  # websocket tunnels, workers and /metrics use it by this name
         self.stats = RequestStats()  # per-route counters, read by /metrics and the routes page
         self.access_log: AccessLog | None = access_log
         self.requests = 0  # requests served, for a worker's report (router/run/workers.py)
@@ -154,19 +160,22 @@ class ProxyApp:
         if route is None:
             await self._noroute(out)
             return None, None, self.noroute_status
-        target = route.pick(self.strategy)
-        if target is None:
-            await send_status(out, 503, "no healthy instance for this route\n")
-            return route, None, 503
-        if self.ejector.ejected(target):
-            target = self.ejector.choose(route, target, self.strategy)
+        picker = route.lb or self.lb.picker(route)
+        now = perf_counter()
+        idx = picker.pick(now)
+        if idx < 0:
+            return route, None, await self._unavailable(out, idx)
+        target = picker.targets[idx]
         if target.redirect_code and redirect.is_loop(
-                redirect.location(target.redirect_url, upstream_raw_path(target, path, scope), host, b""),
+                redirect.location(target.redirect_url,
+                                  redirect_path(target, path, upstream_raw_path(target, path, scope)), host, b""),
                 scope, host, path):
             route, target = self._next_without_loop(table, route, scope, host, path, tls)
             if target is None:
                 await self._noroute(out)
                 return None, None, self.noroute_status
+            picker = self.lb.picker(route)
+            idx = picker.index(target)
         if target.opts and not access.permitted(target.opts, scope):
             await send_status(out, 403, "access denied\n")
             return route, target, 403
@@ -185,7 +194,7 @@ class ProxyApp:
         query = scope.get("query_string") or b""
 
         if target.redirect_code:
-            url = redirect.location(target.redirect_url, raw, host, query)
+            url = redirect.location(target.redirect_url, redirect_path(target, path, raw), host, query)
             await out.respond(target.redirect_code,
                               [(b"location", url.encode("latin-1", "replace")), (b"content-length", b"0")])
             return route, target, target.redirect_code
@@ -202,35 +211,14 @@ class ProxyApp:
         path_qs = raw + ("?" + query.decode("latin-1") if query else "")
         timeout = target.timeout or self.header_timeout
 
-        tried: list = []
-        while True:
-            url = f"{target.scheme}://{target.host}:{target.port}{path_qs}"
-            try:
-                resp = await self.upstream.request(
-                    scope["method"], url, headers, body,
-                    header_timeout=timeout, verify_tls=not target.tls_skip_verify,
-                )
-                self.ejector.succeeded(target)
-                break
-            except ConnectFailed as e:
-                self.ejector.failed(target)
-                tried.append(target)
-                # the bound first: picking another would use up that instance's round-robin turn for nothing
-                if len(tried) >= self.connect_attempts or (nxt := self._another(route, tried)) is None:
-                    log.warning("upstream %s:%s unreachable: %s", target.host, target.port, e)
-                    await send_status(out, 502, "upstream unreachable\n")
-                    return route, target, 502
-                self.ejector.retries += 1
-                target = self.ejector.choose(route, nxt, self.strategy, tried)
-            except UpstreamTimeout:
-                await send_status(out, 504, "upstream timed out\n")
-                return route, target, 504
-            except (UpstreamError, ClientGone) as e:
-                if isinstance(e, ClientGone):
-                    return route, target, CLIENT_GONE
-                log.warning("upstream %s:%s failed: %s", target.host, target.port, e)
-                await send_status(out, 502, "upstream error\n")
-                return route, target, 502
+        try:
+            resp, idx = await self.sender.send(picker, idx, scope["method"], path_qs, headers, body, timeout, now)
+        except Failed as e:  # router/proxy/attempts.py: every try failed, or none more was allowed
+            await send_status(out, e.status, e.text)
+            return route, picker.targets[e.idx], e.status
+        except ClientGone:
+            return route, target, CLIENT_GONE
+        target = picker.targets[idx]
 
         try:
             out_headers = self.forwarding.response_headers(resp.raw_headers)
@@ -250,6 +238,14 @@ class ProxyApp:
             raise
         finally:
             resp.release()
+
+    @staticmethod
+    async def _unavailable(out: Exchange, idx: int) -> int:
+        if idx == FULL:  # proxy.maxinflight: every instance has its share in flight
+            await send_status(out, 503, "every instance is at its limit of requests in flight\n", (b"retry-after", b"1"))
+        else:
+            await send_status(out, 503, "no healthy instance for this route\n")
+        return 503
 
     async def _noroute(self, out: Exchange) -> None:
         self.stats.noroute += 1
@@ -275,7 +271,8 @@ class ProxyApp:
             if t is None:
                 continue
             if t.redirect_code and redirect.is_loop(
-                    redirect.location(t.redirect_url, upstream_raw_path(t, path, scope), host, b""), scope, host, path):
+                    redirect.location(t.redirect_url, redirect_path(t, path, upstream_raw_path(t, path, scope)), host,
+                                      b""), scope, host, path):
                 continue
             return route, t
         return None, None

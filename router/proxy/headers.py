@@ -59,6 +59,21 @@ def _connection_tokens(values: Iterable[str], protected: frozenset[str] = PROTEC
     return out
 
 
+_HTTP_SCHEME = {"ws": "http", "wss": "https"}  # X-Forwarded-Proto of an upgrade (fabio #133: java clients)
+
+
+def _request_scheme(xfp: str | None, fwd: str | None, conn_scheme: str) -> str:
+    """fabio's scheme(r): the client's X-Forwarded-Proto when it sent no Forwarded, the `proto=` of its
+    Forwarded when it sent no X-Forwarded-Proto (so each fills in the other), else the connection's."""
+    if xfp and not fwd:
+        return xfp
+    if fwd and not xfp:
+        _, sep, rest = fwd.partition("proto=")
+        if sep:
+            return rest.partition(";")[0]
+    return conn_scheme
+
+
 class ForwardingHeaders:
     """Built once from the config: the forwarding headers plus fabio's optional `proxy.header.*` ones.
 
@@ -120,20 +135,20 @@ class ForwardingHeaders:
 
         client = scope.get("client") or ("", 0)
         ip = client[0] or ""
-        scheme = scope.get("scheme", "http")
-        if scheme == "ws":
-            scheme = "http"
-        elif scheme == "wss":
-            scheme = "https"
+        conn_scheme = scope.get("scheme", "http")  # ws/wss for an upgrade (router/proxy/websocket.py)
+        scheme = _HTTP_SCHEME.get(conn_scheme, conn_scheme)
         xff = seen.get("x-forwarded-for")
         if xff is not None:
             out = [(n, v) for n, v in out if n != "x-forwarded-for"]
         out.append(("x-forwarded-for", f"{xff}, {ip}" if xff else ip))
         if "x-real-ip" not in seen:
             out.append(("x-real-ip", ip))
-        proto = seen.get("x-forwarded-proto") or scheme
-        if "x-forwarded-proto" not in seen:
-            out.append(("x-forwarded-proto", scheme))
+        xfp, fwd = seen.get("x-forwarded-proto"), seen.get("forwarded")
+        proto = _request_scheme(xfp, fwd, conn_scheme)
+        if not xfp:
+            if xfp is not None:
+                out = [(n, v) for n, v in out if n != "x-forwarded-proto"]
+            out.append(("x-forwarded-proto", _HTTP_SCHEME.get(proto, proto)))
         if "x-forwarded-port" not in seen:
             _, sep, port = host.rpartition(":")
             if not (sep and port.isdigit()):
@@ -141,7 +156,6 @@ class ForwardingHeaders:
             out.append(("x-forwarded-port", port))
         if "x-forwarded-host" not in seen and host:
             out.append(("x-forwarded-host", host))
-        fwd = seen.get("forwarded")
         if fwd is None:
             fwd = f"for={ip}; proto={proto}"
         else:
