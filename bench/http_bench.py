@@ -41,10 +41,8 @@ REPO = Path(__file__).resolve().parent.parent
 BENCH_BODY = "hello from backend\n"  # 19 bytes, the same size fabio's own benchmarks use
 BIG_NAME = "big.bin"
 BIG_MB = 200  # default size of the streamed file, MB (10**6 bytes); --stream-mb 1074 is 1 GiB
-ALL_TARGETS = ("direct", "router", "router-consul", "router-uvicorn", "nginx", "traefik", "caddy")
-# static routes; routes from Consul tags (a real dev agent); static routes served by uvicorn's listener
-# (ROUTER_LISTENER=uvicorn, while that listener can still be chosen: issue 15)
-ROUTERS = ("router", "router-consul", "router-uvicorn")
+ALL_TARGETS = ("direct", "router", "router-consul", "nginx", "traefik", "caddy")
+ROUTERS = ("router", "router-consul")  # static routes; routes from Consul tags (a real dev agent)
 REFERENCES = ("caddy", "traefik", "nginx")
 MARK_START = "<!-- http-bench:start -->"
 MARK_END = "<!-- http-bench:end -->"
@@ -471,7 +469,7 @@ def start_target(name: str, procs: Procs, tools: Tools, tmp: Path, be: Backends,
             env |= {"XDG_CONFIG_HOME": str(tmp / "caddy-config"), "XDG_DATA_HOME": str(tmp / "caddy-data")}
             target.version = command_output([tools.caddy, "version"])
         elif name in ROUTERS:
-            if name in ("router", "router-uvicorn"):
+            if name == "router":
                 argv = [sys.executable, "-m", "router", "-registry.backend", "static",
                         "-registry.static.routes", router_routes(be)]
             else:
@@ -484,8 +482,6 @@ def start_target(name: str, procs: Procs, tools: Tools, tmp: Path, be: Backends,
                 argv += ["-proxy.workers", str(workers)]
             src = args.router_src.resolve()
             env = {"PYTHONPATH": str(src)}
-            if name == "router-uvicorn":
-                env["ROUTER_LISTENER"] = "uvicorn"
             commit = git_describe(src)
             target.version = router_version(src) + (f" ({commit})" if commit else "") + f", from {src}"
         else:

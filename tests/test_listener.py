@@ -20,8 +20,7 @@ backend = module_backend("l1")
 @pytest.fixture(scope="module")
 def router(backend: Backend) -> Iterator[RouterProc]:
     routes = f"route add svc /public http://127.0.0.1:{backend.port}/"
-    with RouterProc("-registry.backend", "static", "-registry.static.routes", routes,
-                    env={"ROUTER_LISTENER": "own"}) as r:
+    with RouterProc.static(routes) as r:
         yield r
 
 

@@ -1,9 +1,10 @@
-"""The proxy core behind an ASGI server (uvicorn), for as long as that listener can still be chosen.
+"""The proxy core behind any ASGI server: `ProxyApp.__call__` wraps ASGI's receive/send into an
+:class:`AsgiExchange` and calls the same `ProxyApp.serve` our listener (router/listen/) calls, so there
+is one request journey. The router itself never serves the proxy this way; it is kept so the core can be
+measured under another server (docs/datapath.md) and driven from tests without sockets.
 
-`ProxyApp.__call__` wraps ASGI's receive/send into an :class:`AsgiExchange` and calls the same
-`ProxyApp.serve` the own listener (router/listen/) calls, so there is one request journey. What only
-the ASGI path needs lives here: uvicorn chunks every body without a length, which an HTTP/1.0 client
-cannot read, so for such a client the body is collected and sent with a Content-Length.
+What only the ASGI path needs lives here: ASGI servers chunk every body without a length, which an
+HTTP/1.0 client cannot read, so for such a client the body is collected and sent with a Content-Length.
 """
 
 from __future__ import annotations

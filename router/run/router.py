@@ -15,10 +15,9 @@ from registry.consul.register import Registrar, Registration, aliases
 from registry.consul.watcher import ConsulWatcher, RegistryStatus
 from registry.static import load_text, watch_file
 from router.config.settings import Config
-from router.listen.choose import proxy_server
 from router.listen.uvicorn_server import Server, uvicorn_config
 from router.run import edge
-from router.run.assemble import build_proxy
+from router.run.assemble import build_proxy, proxy_server
 from router.run.workers import WorkerPool, worker_count
 from router.table.state import RouterState
 

@@ -1,7 +1,7 @@
 """Several proxy worker processes fed by the ONE registry watcher of the main process.
 
 Why processes: one Python event loop tops out at one core, and the proxy's per-request cost is
-CPU. Each worker runs the proxy app under uvicorn on proxy.addr with its own SO_REUSEPORT socket
+CPU. Each worker serves the proxy on proxy.addr (router/listen/) with its own SO_REUSEPORT socket
 (the kernel spreads new connections over the workers; one shared socket lets the first awake
 worker grab a whole burst). The main process keeps the registry watcher and the UI, and forwards
 every `RouterState.apply(services, manual)` call to every worker over a socketpair; a worker feeds
@@ -36,10 +36,9 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from router.listen.choose import proxy_server
 from router.listen.server import listen_socket
 from router.proxy.stats import merge, proxy_counters, prune
-from router.run.assemble import LEVELS, build_proxy
+from router.run.assemble import LEVELS, build_proxy, proxy_server
 from router.table.state import RouterState
 
 log = logging.getLogger("router.workers")
