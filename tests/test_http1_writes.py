@@ -8,7 +8,7 @@ import asyncio
 
 import pytest
 
-from router.listen.http1 import COALESCE, Http1Exchange
+from router.listen.http1_exchange import COALESCE, Http1Exchange
 from router.proxy.exchange import ClientGone
 
 
