@@ -2,6 +2,7 @@
 
     CONSUL=/path/to/consul python -m bench.propagation --instances 0 1000 10000 --samples 20
     python -m bench.propagation --table-only          # table build / change time and RSS only
+    CONSUL=... python -m bench.propagation --patterns # issue 18's change patterns (bench/propagation_patterns.py)
 
 For each N it starts a fresh `consul agent -dev`, registers N background instances (3 per service,
 each with a passing check and a `urlprefix-` tag), starts the real router (tests/router_proc.py) and then,
@@ -269,7 +270,28 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-table", action="store_true")
     ap.add_argument("--router-flag", action="append", default=[], help="extra router flag (repeat: -k v)")
     ap.add_argument("--json", help="also write the results here")
+    ap.add_argument("--patterns", action="store_true",
+                    help="issue 18's change patterns instead (bench/propagation_patterns.py)")
+    ap.add_argument("--background", type=int, nargs="*", default=[0, 3000],
+                    help="--patterns: background instances (the issue's sizes: 0 3000 30000; 100000 for catalog)")
+    ap.add_argument("--modes", nargs="*", default=["agent", "catalog"], choices=["agent", "catalog"])
+    ap.add_argument("--rounds", type=int, default=10, help="--patterns: rounds of the new-instance pattern")
+    ap.add_argument("--only", nargs="*", default=["new", "burst", "rolling"], choices=["new", "burst", "rolling"])
     a = ap.parse_args(argv)
+    if a.patterns:
+        from bench import propagation_patterns as pp
+
+        print(f"machine: {os.cpu_count()} cpus, python {sys.version.split()[0]}", flush=True)
+        out = []
+        for n in a.background:
+            for mode in a.modes:
+                r = pp.run_one(mode, n, a.rounds, a.router_flag, set(a.only))
+                out.append(r)
+                print(json.dumps(r), flush=True)
+        print(pp.table(out), flush=True)
+        if a.json:
+            Path(a.json).write_text(json.dumps(out, indent=2))
+        return 0
     results: dict[str, list[dict[str, object]]] = {"propagation": [], "table": []}
     print(f"machine: {os.cpu_count()} cpus, python {sys.version.split()[0]}", flush=True)
     if not a.table_only:

@@ -15,7 +15,8 @@
 # Figures (build time, image size, time to healthy, drain time, requests and failures while scaling) are
 # printed at the end and written to .cache/container/figures.json.
 #
-# Skips (exit 0, saying so) when no engine can start and CI or CONTAINER_TEST_ALLOW_SKIP is set; fails otherwise.
+# Skips (exit 0, saying so) when no engine can start and CI or CONTAINER_TEST_ALLOW_SKIP is set; fails otherwise
+# (`DOCKERD=/bin/false CI=1 make container-test` shows that path). PYTEST_ARGS go to pytest.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -23,6 +24,7 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 CACHE="$ROOT/.cache/container"
 D="$CACHE/docker"
 PY="${PY:-$ROOT/.venv/bin/python}"
+DOCKERD="${DOCKERD:-/usr/sbin/dockerd}"
 DOCKER=/usr/bin/docker          # Debian's client, the same release as its dockerd (not a newer one on PATH)
 COMPOSE=/usr/bin/docker-compose
 BASE_IMAGE=consul-router-ct/bookworm-python:3.11
@@ -118,7 +120,7 @@ trap 'exit 130' INT TERM
 
 mkdir -p "$EXEC_ROOT"
 log "starting dockerd (data root $D/data, socket $SOCK, log $D/dockerd.log)"
-/usr/sbin/dockerd --data-root "$D/data" --exec-root "$EXEC_ROOT" --pidfile "$PIDFILE" -H "$DOCKER_HOST" \
+"$DOCKERD" --data-root "$D/data" --exec-root "$EXEC_ROOT" --pidfile "$PIDFILE" -H "$DOCKER_HOST" \
     --iptables=false --ip-masq=false --bridge=none --log-level=warn >"$D/dockerd.log" 2>&1 &
 DOCKERD_PID=$!
 t=$(now)
@@ -203,7 +205,7 @@ export CT_DOCKER_HOST="$DOCKER_HOST" CT_DOCKER="$DOCKER" CT_COMPOSE="$COMPOSE" C
        CT_CACHE="$CACHE" CT_BUILD_SECONDS="$BUILD_SECONDS"
 rm -f "$CACHE/figures.json"
 log "running tests/container/ in the network namespace of $NETNS (pid $NSPID)"
-nsenter --net="/proc/$NSPID/ns/net" -- "$PY" -m pytest -q -p no:cacheprovider -o addopts= -rA tests/container \
+nsenter --net="/proc/$NSPID/ns/net" -- "$PY" -m pytest -q -p no:cacheprovider -o addopts= -ra tests/container \
     ${PYTEST_ARGS:-}
 if [[ -s "$CACHE/figures.json" ]]; then
     echo "container-test figures ($CACHE/figures.json):"

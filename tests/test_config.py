@@ -20,9 +20,9 @@ def test_defaults_are_fabios() -> None:
     cfg = load([], env={})
     assert cfg["proxy.addr"] == ("0.0.0.0", 9999)
     assert cfg["ui.addr"] == ("0.0.0.0", 9998)
-    assert cfg["proxy.strategy"] == "rnd"
+    assert cfg["proxy.strategy"] == "p2c"  # ours, as docs/compat.md argues (fabio: rnd)
     assert cfg["proxy.noroutestatus"] == 404
-    assert cfg["proxy.dialtimeout"] == 30.0
+    assert cfg["proxy.dialtimeout"] == 1.0  # ours, as docs/compat.md argues (fabio: 30s)
     assert cfg["registry.consul.addr"] == "localhost:8500"
     assert cfg["registry.consul.kvpath"] == "/fabio/config"
     assert cfg["registry.consul.tagprefix"] == "urlprefix-"
@@ -59,7 +59,7 @@ def test_flag_forms_and_cfg_file(tmp_path) -> None:
 @pytest.mark.parametrize(
     ("key", "value", "expected"),
     [
-        ("proxy.strategy", "fastest", "one of rnd, rr"),
+        ("proxy.strategy", "fastest", "one of p2c, rnd, rr"),
         ("proxy.matcher", "regex", "one of prefix, iprefix, glob"),
         ("proxy.noroutestatus", "1000", "from 100 to 999"),
         ("proxy.dialtimeout", "ten seconds", "a positive duration"),
@@ -147,6 +147,15 @@ RANGES = {
     "proxy.retry.attempts": (("0", "17"), {"1": 1, "16": 16}),
     "proxy.eject.failures": (("1001",), {"0": 0, "1000": 1000}),
     "proxy.eject.duration": (("0", "0s", "1us"), {"1ms": 0.001, "10s": 10.0}),
+    "proxy.eject.maxduration": (("0", "-1s"), {"1ms": 0.001, "1m": 60.0}),
+    "proxy.eject.maxshare": (("-0.1", "1.5", "nan", "half"), {"0": 0.0, "0.5": 0.5, "1": 1.0}),
+    "proxy.retry.budget": (("-1", "11", "inf"), {"0": 0.0, "0.2": 0.2, "10": 10.0}),
+    "proxy.retry.budget.min": (("-1", "x"), {"0": 0.0, "10": 10.0}),
+    "proxy.retry.pertrytimeout": (("-1s", "fast"), {"0": 0.0, "250ms": 0.25}),
+    "proxy.retry.buffer": (("-1", "1.5", str((1 << 30) + 1)), {"0": 0, "65536": 65536}),
+    "proxy.hedge.delay": (("-1ms",), {"0": 0.0, "25ms": 0.025}),
+    "proxy.lb.decay": (("0", "1us"), {"1ms": 0.001, "1s": 1.0}),
+    "proxy.maxinflight": (("-1", "2.5"), {"0": 0, "100": 100}),
     "registry.timeout": ((), {"0": 0.0, "10s": 10.0}),
     "registry.retry": ((), {"0": 0.0, "500ms": 0.5}),
     "registry.consul.pollInterval": ((), {"0": 0.0, "5s": 5.0}),

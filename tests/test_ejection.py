@@ -24,6 +24,9 @@ class _Route:
     def __init__(self, *targets: _T) -> None:
         self.host, self.path, self.targets, self.lb = "", "/", targets, None
 
+    def ring(self) -> tuple:
+        return ()
+
 
 def test_ejection_unit() -> None:
     """Consecutive failures eject; the time is up: tried again, one more failure ejects it for twice as

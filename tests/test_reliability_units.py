@@ -148,13 +148,15 @@ def test_failure_state_belongs_to_the_instance_and_leaves_with_it() -> None:
     assert {pb.pick(1.0) for _ in range(20)} == {1 - ib}
 
     new = [_add("svc", "/a", "http://10.0.0.9:80/", "new"), *old[2:3]]  # same address, another instance, one build
-    del table, pa, pb
+    in_flight = table  # a request still running on the old table keeps its routes (and states) alive
     table, _ = builder.update({"svc": new})
     p = lb.picker(table.lookup("", "/a"))
     fresh = next(s for s in p.states if s.addr == "10.0.0.9:80")
     assert (fresh.until, fresh.fails, fresh.failures) == (0.0, 0, 0)
     assert {p.pick(2.0) for _ in range(40)} == {0, 1}
-    assert not [s for s in lb.states() if s.key[0] == "service:svc/old"]  # the old one's state is gone
+    assert pa.states[ia].until == 60.0  # the old instance's state is its own (requests on the old table)
+    del in_flight, pa, pb
+    assert not [s for s in lb.states() if s.key[0] == "service:svc/old"]  # once they are done, it is gone
 
 
 # --- ejection cap and concurrency cap
@@ -184,3 +186,10 @@ def test_max_inflight_picks_another_then_answers_full() -> None:
     assert {p.pick(0.0) for _ in range(6)} == {1}
     p.states[1].outstanding = 2
     assert p.pick(0.0) == FULL
+
+
+def test_rr_with_weights_walks_fabios_ring() -> None:
+    """rr with unequal weights gives the same sequence as the table's own smooth weighted ring."""
+    route = _canary_route()
+    p = Balancer("rr").picker(route)
+    assert [p.targets[p.pick(0.0)] for _ in range(40)] == [route.pick("rr") for _ in range(40)]

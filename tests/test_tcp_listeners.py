@@ -63,6 +63,18 @@ def test_tcp_listener_beside_the_http_one(echo: Echo) -> None:
         assert roundtrip(tport, b"x" * 100_000) == b"x" * 100_000
         assert httpx.get(r.url + "/nothing").status_code == 404  # HTTP still served on its own listener
         assert "TCP proxy listening on 127.0.0.1:%d" % tport in r.output()
+        listeners = httpx.get(r.ui + "/api/status").json()["listeners"]
+        assert [(x["addr"], x["proto"]) for x in listeners] == [(f"127.0.0.1:{r.proxy_port}", "http"),
+                                                                (f"127.0.0.1:{tport}", "tcp")]
+        def closed_metrics() -> str | None:  # the counters as soon as the connection is closed on both sides
+            text = httpx.get(r.ui + "/metrics").text
+            return text if "consul_router_tcp_open 0.0" in text else None
+
+        metrics = wait_until(closed_metrics)
+        labels = f'route=":{tport}",service="db",target="tcp://127.0.0.1:{echo.port}"'
+        assert f"consul_router_route_tx_bytes_total{{{labels}}} 100000.0" in metrics  # fabio's route.tx
+        assert f"consul_router_route_rx_bytes_total{{{labels}}} 100000.0" in metrics
+        assert 'consul_router_tcp_connections_total{kind="tcp"} 1.0' in metrics
 
 
 def test_a_router_with_tcp_listeners_only(echo: Echo) -> None:

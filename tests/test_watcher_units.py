@@ -147,6 +147,29 @@ def test_small_dumps_start_no_helper_process() -> None:
     assert got == Instances.of(_dump_entries(DUMP, "urlprefix-")) and decoder._pool is None
 
 
+def test_warm_starts_the_niced_helper_ahead_only_for_large_dumps() -> None:
+    """The helper is started at startup when the dumps are large (its start fell on the first change), and
+    runs at a lower priority than the watcher (it must not take the CPU from the event loop or Consul)."""
+    import os
+
+    small, large = DumpDecoder(), DumpDecoder(in_process_bytes=100)
+
+    async def run() -> tuple[int | None, int]:
+        assert small.warm(99) is None and small._pool is None
+        fut = large.warm(100)
+        assert fut is not None and large.warm(100) is None  # once
+        pid = await fut
+        nice = await asyncio.get_running_loop().run_in_executor(large._pool, os.nice, 0)
+        return pid, nice
+
+    try:
+        pid, nice = asyncio.run(run())
+    finally:
+        large.close()
+    assert pid != os.getpid()
+    assert nice >= os.nice(0) + 10 or nice == 19  # niced by 10 (capped at 19)
+
+
 def test_broken_helper_falls_back_to_decoding_in_process() -> None:
     decoder = DumpDecoder(in_process_bytes=0)
 

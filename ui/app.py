@@ -50,6 +50,7 @@ def status_doc(router: RouterView) -> dict[str, Any]:
         "ready": router.state.ready,
         "shutting_down": router.shutting_down,
         "workers": router.workers.status() if getattr(router, "workers", None) else None,  # router/run/workers.py
+        "listeners": router.edge.describe() if getattr(router, "edge", None) else [],  # router/run/edge.py
         "registry": {
             "backend": st.backend,
             "addr": st.addr,
@@ -100,6 +101,13 @@ def services_doc(router: RouterView) -> list[dict[str, Any]]:
     return out
 
 
+def proxy_states(router: RouterView) -> dict[str, dict[str, Any]]:
+    """The proxy's view of each instance (healthy or ejected until when and why, latency estimate, in
+    flight; router/proxy/balance.py), merged over the workers; None for an instance not routed yet."""
+    pool = getattr(router, "workers", None)
+    return pool.instance_docs() if pool is not None else router.proxy.ejector.instance_docs()
+
+
 def service_doc(router: RouterView, name: str) -> dict[str, Any] | None:
     """One service: its instances' verdicts, its rows in the live table and, if it has none, why."""
     svc = router.status.services.get(name)
@@ -109,9 +117,11 @@ def service_doc(router: RouterView, name: str) -> dict[str, Any] | None:
         return None
     doc: dict[str, Any] = {"service": name, "routes": rows, "instances": [], "tag_errors": [], "why_not_routed": []}
     if svc is not None:
+        states = proxy_states(router)
         doc["instances"] = [
             {"id": v.instance.id, "node": v.instance.node, "address": f"{v.instance.address}:{v.instance.port}",
-             "tags": list(v.instance.tags), "routed": v.healthy, "reason": v.reason}
+             "tags": list(v.instance.tags), "routed": v.healthy, "reason": v.reason,
+             "proxy": states.get(f"service:{name}/{v.instance.id}|{v.instance.address}:{v.instance.port}")}
             for v in svc.verdicts
         ]
         doc["tag_errors"] = [str(e) for e in svc.tag_errors]

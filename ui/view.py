@@ -20,3 +20,4 @@ class RouterView(Protocol):
     api: ConsulAPI | None  # None unless registry.backend=consul
     workers: Any  # router/run/workers.py WorkerPool, or None with one process
     shutting_down: bool
+    # router/run/edge.py Edge (listeners, TCP counters, certificates); read with getattr: optional

@@ -13,6 +13,7 @@ import asyncio
 import hashlib
 import logging
 import multiprocessing
+import os
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
@@ -113,12 +114,33 @@ class DumpDecoder:
         self._broken = False
         self.in_process_bytes = in_process_bytes
 
+    def _start(self) -> ProcessPoolExecutor:
+        if self._pool is None:
+            # spawn, not fork: the parent runs an event loop and threads that a fork would copy mid-state.
+            # niced: its decoding is a background comparison, and on a small machine it must not take the
+            # CPU from the event loop or from Consul answering the next change (issue 18)
+            self._pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"),
+                                             initializer=os.nice, initargs=(10,))
+        return self._pool
+
+    def warm(self, size: int) -> asyncio.Future[int] | None:
+        """Start the helper now (at startup) if dumps of `size` bytes will need it: its interpreter start
+        (~0.3-1 s of CPU here) otherwise fell on the first change after startup (issue 18: "the first
+        round after the background load up to 1.7 s")."""
+        if self._broken or size < self.in_process_bytes or self._pool is not None:
+            return None
+        try:
+            return asyncio.get_running_loop().run_in_executor(self._start(), os.getpid)
+        except (OSError, RuntimeError) as e:
+            log.warning("instance dump helper process failed to start (%s); decoding in the watcher", e)
+            self._broken = True
+            return None
+
     async def summarize(self, raw: bytes, prefix: str) -> Instances:
         if not self._broken and len(raw) >= self.in_process_bytes:
             try:
-                if self._pool is None:
-                    # spawn, not fork: the parent runs an event loop and threads that a fork would copy mid-state
-                    self._pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
+                self._start()
+                assert self._pool is not None
                 return await asyncio.get_running_loop().run_in_executor(self._pool, summarize, raw, prefix)
             except (BrokenProcessPool, OSError, RuntimeError) as e:
                 log.warning("instance dump helper process failed (%s); decoding in the watcher from now on", e)

@@ -27,6 +27,7 @@ import orjson
 from registry.consul.api import Backoff, ConsulAPI, ConsulError, decode_kv, next_index
 from registry.consul.dump import DumpDecoder, Instances, dump_entries
 from registry.consul.health import UNRUN_HOLD, Verdict, judge_all
+from registry.consul.hot import HOT_LIMIT, HotWatches
 from registry.consul.pacing import WatchPacer
 from registry.tags import TagError, route_cmds
 from router.table.routecmd import LineError, RouteCmd, parse
@@ -168,6 +169,7 @@ class ConsulWatcher:
         fetch_concurrency: int = 16,
         resync: float = 60.0,
         unrun_hold: float = UNRUN_HOLD,
+        hot_limit: int = HOT_LIMIT,
     ) -> None:
         self.api = api
         self.sink = sink
@@ -183,11 +185,18 @@ class ConsulWatcher:
         self._sent: dict[str, list[RouteCmd]] = {}  # the commands the table has per service (see _emit)
         self._hold_started: dict[str, float] = {}  # service -> when its routed instances began waiting for unrun checks
         self._pending: set[str] = set()
-        self._pending_since: float | None = None  # monotonic time the oldest unapplied change was seen
+        self._since: dict[str, float] = {}  # pending service -> monotonic time the change was first seen
+        self._inflight: dict[str, float | None] = {}  # service being re-read -> when its change was seen
+        self._ready: dict[str, list[RouteCmd] | None] = {}  # re-read results not yet handed to the table
+        self._ready_since: float | None = None
+        self._fetch_backoff = Backoff()
+        self._svc_index: dict[str, int] = {}  # service -> the per-service Consul index of the state applied
+        self._hot = HotWatches(api, self._hot_answer, limit=hot_limit, max_rate=max_rate, count=self._count)
         self._answered_at = 0.0  # monotonic time of the latest watch answer
         self._instance_fp: dict[str, bytes] = {}
         self._decoder = DumpDecoder()
         self._reconcile = False  # the catalog index moved: compare instances (address/port) in bulk
+        self._reconcile_since: float | None = None  # the answer that asked for the pending reconcile
         self._dump_ok = True  # False when /v1/internal/ui/nodes is unavailable: reconcile re-reads all
         self._node_services: dict[str, set[str]] = {}
         self._tagged: set[str] = set()  # the two maps' keys, kept once per change instead of per health answer
@@ -216,13 +225,19 @@ class ConsulWatcher:
                       for state in NONPASSING_STATES]
         else:
             health = [self._watch("any", "/v1/health/state/any", indexes["any"], self._on_health)]
-        await asyncio.gather(
-            *health,
-            self._resync_loop(),
-            self._watch("catalog", "/v1/catalog/services", indexes["catalog"], self._on_catalog),
-            self._watch("kv", f"/v1/kv/{self.kvpath}", indexes["kv"], self._on_kv, params={"recurse": ""}),
-            self._fetch_loop(),
-        )
+        try:
+            await asyncio.gather(
+                *health,
+                self._resync_loop(),
+                self._watch("catalog", "/v1/catalog/services", indexes["catalog"], self._on_catalog),
+                self._watch("kv", f"/v1/kv/{self.kvpath}", indexes["kv"], self._on_kv, params={"recurse": ""}),
+                self._fetch_loop(),
+            )
+        finally:
+            self._hot.clear()
+
+    def _count(self) -> None:
+        self.status.requests += 1
 
     def _health_handler(self, state: str) -> Callable[[list[dict[str, Any]]], None]:
         """One state's watch answer: the non-passing checks are the union of the states' latest answers."""
@@ -269,10 +284,11 @@ class ConsulWatcher:
                     changes, failed = await self._collect()
                     if failed:
                         raise ConsulError(f"initial reads of {len(failed)} services failed")
-                self._pending_since = None
+                self._since = {}
                 manual = self._manual_from(k)
                 self.sink(changes, manual if manual is not None else [])
                 self._sent = {n: c for n, c in changes.items() if c is not None}
+                self._decoder.warm(int(self.status.last_dump.get("bytes", 0)))
                 self.status.synced()
                 self.status.ready = True
                 indexes.update(catalog=c.index, kv=k.index)
@@ -314,6 +330,7 @@ class ConsulWatcher:
             except ConsulError as e:
                 probe = True
                 self.status.requests += 1
+                self._forget_indexes()  # the agent may come back with other data
                 delay = backoff.next()
                 self.status.error(f"{name} watch: {e}")
                 log.warning("%s watch failed (%s); keeping the last routes, retrying in %.1fs", name, e, delay)
@@ -333,6 +350,7 @@ class ConsulWatcher:
                 # reach for a while, so compare every instance now instead of waiting for them.
                 self._reconcile = True
                 self._wake.set()
+                self._forget_indexes()
                 for other, ev in self._resets.items():
                     if other != name:
                         ev.set()
@@ -345,9 +363,13 @@ class ConsulWatcher:
                 self._on_catalog(r.body if r.status == 200 else {}, moved=news)
             else:
                 handle(r.body if r.status == 200 else [])
-            if (self._pending or self._reconcile) and self._pending_since is None:
+            if self._reconcile and self._reconcile_since is None:
                 # the clock for the router-observed delay starts at the answer that brought the work
-                self._pending_since = self._answered_at
+                self._reconcile_since = self._answered_at
+
+    def _forget_indexes(self) -> None:
+        self._svc_index.clear()
+        self._hot.clear()
 
     def _health_fps(self, checks: list[dict[str, Any]]) -> dict[str, frozenset]:
         if self._dump_ok:
@@ -442,12 +464,12 @@ class ConsulWatcher:
         self.status.last_dump["decode_ms"] = round((time.perf_counter() - t0) * 1000, 1)
         return entries
 
-    async def _reconcile_instances(self) -> None:
+    async def _reconcile_instances(self, since: float | None = None) -> None:
         """Enqueue the services whose instances (address, port, tags) differ from the last dump."""
         self._reconcile = False
         raw = await self._read_dump_raw()
         if raw is None:
-            self._enqueue(set(self._catalog_tags))
+            self._enqueue(set(self._catalog_tags), since)
             return
         t0 = time.perf_counter()
         try:
@@ -458,10 +480,15 @@ class ConsulWatcher:
         before = self._instance_fp
         self._set_instances(instances)
         fps = instances.fingerprints
-        self._enqueue({n for n in fps.keys() | before.keys() if fps.get(n) != before.get(n)})
+        self._enqueue({n for n in fps.keys() | before.keys() if fps.get(n) != before.get(n)}, since)
 
-    def _enqueue(self, names: set[str]) -> None:
+    def _enqueue(self, names: set[str], since: float | None = None) -> None:
+        """Mark services for a re-read; `since` (default: now) is when the change that needs it was seen."""
         if names:
+            at = time.monotonic() if since is None else since
+            for n in names:
+                if n not in self._since or at < self._since[n]:
+                    self._since[n] = at
             self._pending |= names
             self._wake.set()
 
@@ -512,39 +539,96 @@ class ConsulWatcher:
     # ------------------------------------------------------------------ per-service reads
 
     async def _fetch_loop(self) -> None:
-        backoff = Backoff()
-        while True:
-            await self._wake.wait()
-            since, self._pending_since = self._pending_since, None
-            if self._reconcile and (self._reconciler is None or self._reconciler.done()):
-                # The instance dump runs beside the per-service reads: at 30,000 instances it takes seconds,
-                # and a check change meanwhile must not wait for it.
-                self._reconcile = False
-                self._reconciler = asyncio.ensure_future(self._reconcile_in_background(since))
-            changes, failed = await self._collect()
-            if changes:
-                self._emit(changes, None, since)
-            if failed:  # retry after a pause; new changes meanwhile just queue up
-                await asyncio.sleep(backoff.next())
+        """Re-read each pending service at once, beside the reads already in flight, and hand the results
+        to the table as they arrive (those finished in the same event-loop turn in one swap).
+
+        It used to re-read in batches: a change seen while a batch was in flight waited for the whole
+        batch (its slowest read) before its own read started, which doubled the delay of a burst of
+        changes (issue 18). A service that changes again while it is being read is read once more after.
+        """
+        sem = asyncio.Semaphore(self.fetch_concurrency)
+        tasks: set[asyncio.Future[None]] = set()
+        try:
+            while True:
+                await self._wake.wait()
+                self._wake.clear()
+                if self._reconcile and (self._reconciler is None or self._reconciler.done()):
+                    # The instance dump runs beside the per-service reads: at 30,000 instances it takes
+                    # seconds, and a check change meanwhile must not wait for it.
+                    since, self._reconcile_since = self._reconcile_since, None
+                    self._reconcile = False
+                    self._reconciler = asyncio.ensure_future(self._reconcile_in_background(since))
+                for name in sorted(self._pending - self._inflight.keys()):
+                    self._pending.discard(name)
+                    self._inflight[name] = self._since.pop(name, None)
+                    task = asyncio.ensure_future(self._read_one(name, sem))
+                    tasks.add(task)
+                    task.add_done_callback(tasks.discard)
+        finally:
+            for task in list(tasks):
+                task.cancel()
+            if self._reconciler is not None:
+                self._reconciler.cancel()
+
+    async def _read_one(self, name: str, sem: asyncio.Semaphore) -> None:
+        """One service's re-read; its result waits in `_ready` for the next `_flush` (scheduled once per turn)."""
+        since = self._inflight.get(name)
+        try:
+            async with sem:
+                entries, index = await self._service_read(name)
+        except ConsulError as e:
+            self.status.error(f"service {name}: {e}")
+            # retried after a pause, keeping the time of its change; new changes meanwhile read at once
+            asyncio.get_running_loop().call_later(self._fetch_backoff.next(), self._enqueue, {name}, since)
+            return
+        finally:
+            self._inflight.pop(name, None)
+            if name in self._pending:  # changed again while being read: read it again
                 self._wake.set()
-            else:
-                backoff.reset()
+        self._fetch_backoff.reset()
+        self._hot.touch(name, index)
+        self._accept(name, entries, index, since)
+
+    def _hot_answer(self, name: str, entries: list[dict[str, Any]], index: int, since: float) -> None:
+        """A hot service's own watch answered with a new index (registry/consul/hot.py)."""
+        self._accept(name, entries, index, since)
+
+    def _accept(self, name: str, entries: list[dict[str, Any]], index: int, since: float | None) -> None:
+        """One service's entries, from a re-read or its hot watch: applied unless an answer with a higher
+        per-service index already was (the two may cross); the result waits in `_ready` for `_flush`."""
+        if index < self._svc_index.get(name, 0):
+            return
+        self._svc_index[name] = index
+        self._learn_nodes(name, entries)
+        cmds = self._cmds_from_entries(name, entries)
+        if not self._ready:
+            asyncio.get_running_loop().call_soon(self._flush)
+        self._ready[name] = cmds
+        if since is not None:
+            self._ready_since = since if self._ready_since is None else min(since, self._ready_since)
+
+    def _flush(self) -> None:
+        changes, self._ready = self._ready, {}
+        since, self._ready_since = self._ready_since, None
+        if changes:
+            self._emit(changes, None, since)
 
     async def _reconcile_in_background(self, since: float | None) -> None:
         """One instance reconcile; its changes go through the fetch loop like any other."""
         try:
-            await self._reconcile_instances()
+            await self._reconcile_instances(since)
             self._reconcile_backoff.reset()
         except ConsulError as e:
             self.status.error(f"catalog reconcile: {e}")
             await asyncio.sleep(self._reconcile_backoff.next())
             self._reconcile = True
-        if self._pending and since is not None:
-            self._pending_since = since if self._pending_since is None else min(since, self._pending_since)
+            if self._reconcile_since is None:
+                self._reconcile_since = since
         self._wake.set()  # also when nothing changed: a reconcile asked for meanwhile is started now
 
     async def _collect(self) -> tuple[dict[str, list[RouteCmd] | None], set[str]]:
-        """Re-read every pending service; return their new commands. Failed reads stay pending."""
+        """Re-read every pending service at once (the initial load without the dump); return their new
+        commands. Failed reads stay pending."""
         self._wake.clear()
         names, self._pending = self._pending, set()
         sem = asyncio.Semaphore(self.fetch_concurrency)
@@ -582,10 +666,15 @@ class ConsulWatcher:
             log.info("service %s: keeping routed instances whose checks have not run yet (agent restart?)", name)
             asyncio.get_running_loop().call_later(self.unrun_hold, self._enqueue, {name})
 
-    async def _service_cmds(self, name: str) -> list[RouteCmd] | None:
+    async def _service_read(self, name: str) -> tuple[list[dict[str, Any]], int]:
+        """`/v1/health/service/<name>`: its entries and its X-Consul-Index (the service's own index)."""
         r = await self.api.get(f"/v1/health/service/{name}")
         self.status.requests += 1
-        entries = r.body if r.status == 200 and r.body else []
+        return (r.body if r.status == 200 and r.body else []), r.index
+
+    async def _service_cmds(self, name: str) -> list[RouteCmd] | None:
+        entries, index = await self._service_read(name)
+        self._svc_index[name] = index
         self._learn_nodes(name, entries)
         return self._cmds_from_entries(name, entries)
 

@@ -677,7 +677,10 @@ def parse_args(argv: Iterable[str]) -> CommandLine:
     args = list(argv)
     cfg_path: str | None = None
     flags: dict[str, str] = {}
-    version = False
+    # fabio looks for -v/--version among all arguments before anything else: `-a -v -b` prints the version
+    version = any(a in ("-v", "--version", "-version") for a in args)
+    if version:
+        return CommandLine(None, {}, True)
     i = 0
     while i < len(args):
         a = args[i]
@@ -698,6 +701,8 @@ def parse_args(argv: Iterable[str]) -> CommandLine:
             i += 1
         value = value.strip().strip('"').strip("'") if name == "cfg" else value
         if name == "cfg":
+            if not value:  # fabio: `-cfg=''` is an invalid or missing path, not "no file"
+                raise ConfigError("-cfg needs the path of a properties file")
             cfg_path = value
         else:
             flags[name] = value

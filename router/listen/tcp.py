@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from router.listen import clienthello, proxyproto
+from router.listen import clienthello, kernelsplice, proxyproto
 from router.listen.accept import Closed, peek
 from router.listen.splice import Side, watchdog
 
@@ -119,6 +119,42 @@ class TCPProxy:
         rules = rules_for(target.opts)
         return rules is None or rules.permits([ip])
 
+    async def _dial(self, target) -> socket.socket:  # type: ignore[no-untyped-def]
+        loop = asyncio.get_running_loop()
+        infos = await loop.getaddrinfo(target.host, target.port, type=socket.SOCK_STREAM)
+        last: OSError = OSError(f"{target.host} does not resolve")
+        for family, kind, proto, _, addr in infos:
+            s = socket.socket(family, kind, proto)
+            s.setblocking(False)
+            try:
+                await loop.sock_connect(s, addr)
+            except OSError as e:
+                s.close()
+                last = e
+                continue
+            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            return s
+        raise last
+
+    async def _kernel_splice(self, sock, client, local, target, count_rx, count_tx) -> None:  # type: ignore[no-untyped-def]
+        """Plain on both sides: bytes move in the kernel (router/listen/kernelsplice.py)."""
+        c = self.counters
+        try:
+            up = await asyncio.wait_for(self._dial(target), self.dial_timeout)
+        except (OSError, TimeoutError) as e:
+            c.bump(c.connfail, self.metric)
+            log.warning("%s: cannot connect to upstream %s:%s: %s", self.kind, target.host, target.port, e)
+            sock.close()
+            return
+        if target.opts.get("pxyproto", "").lower() == "true":
+            await asyncio.get_running_loop().sock_sendall(up, proxyproto.v1_header(client, local))
+        c.open += 1
+        try:
+            await kernelsplice.splice(sock, up, count_tx=count_tx, count_rx=count_rx,
+                                      read_timeout=self.read_timeout, write_timeout=self.write_timeout)
+        finally:
+            c.open -= 1
+
     async def _splice(self, sock, client, local, target, key) -> None:  # type: ignore[no-untyped-def]
         loop = asyncio.get_running_loop()
         c = self.counters
@@ -132,6 +168,9 @@ class TCPProxy:
         def count_tx(n: int) -> None:
             tx[key] += n
 
+        if self.tls is None:
+            await self._kernel_splice(sock, client, local, target, count_rx, count_tx)
+            return
         up = Side(count_rx)
         down = Side(count_tx)
         up.peer, down.peer = down, up

@@ -239,9 +239,9 @@ class ProxyApp:
         finally:
             resp.release()
 
-    @staticmethod
-    async def _unavailable(out: Exchange, idx: int) -> int:
+    async def _unavailable(self, out: Exchange, idx: int) -> int:
         if idx == FULL:  # proxy.maxinflight: every instance has its share in flight
+            self.lb.full += 1
             await send_status(out, 503, "every instance is at its limit of requests in flight\n", (b"retry-after", b"1"))
         else:
             await send_status(out, 503, "no healthy instance for this route\n")

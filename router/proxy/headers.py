@@ -74,6 +74,21 @@ def _request_scheme(xfp: str | None, fwd: str | None, conn_scheme: str) -> str:
     return conn_scheme
 
 
+_TLS_NAMES = {0x0300: "ssl30", 0x0301: "tls10", 0x0302: "tls11", 0x0303: "tls12"}  # fabio's; 1.3 is 0x0304
+
+
+def _tls_forwarded(tls: dict) -> str:
+    """`; tlsver=tls12; tlscipher=0xc02f` as fabio appends it to `Forwarded` (unknown versions in hex)."""
+    out = ""
+    v = tls.get("tls_version")
+    if v:
+        out += "; tlsver=" + _TLS_NAMES.get(v, f"0x{v:04x}")
+    c = tls.get("cipher_suite")
+    if c:
+        out += f"; tlscipher=0x{c:04x}"
+    return out
+
+
 class ForwardingHeaders:
     """Built once from the config: the forwarding headers plus fabio's optional `proxy.header.*` ones.
 
@@ -163,6 +178,10 @@ class ForwardingHeaders:
         if self.local_ip:
             fwd += f"; by={self.local_ip}"
         fwd += f"; httpproto=http/{scope.get('http_version', '1.1')}"
+        if scheme == "https":  # fabio adds the TLS version and cipher suite (the ASGI TLS extension's numbers)
+            tls = (scope.get("extensions") or {}).get("tls")
+            if tls:
+                fwd += _tls_forwarded(tls)
         out.append(("forwarded", fwd))
         if target.strip:
             if "x-forwarded-prefix" in seen:

@@ -133,6 +133,22 @@ class Edge:
                 self.dynamic[port] = self._serve(sock, handler, lst, f"{lst.host}:{port}")
             await asyncio.sleep(lst.refresh)
 
+    def describe(self) -> list[dict]:
+        """Each listener of proxy.addr as /api/status shows it: protocol, TLS and its certificates."""
+        certs = {id(c.listener): c for c in self.certs}
+        out = []
+        for lst in self.cfg.listeners:
+            row = {"addr": lst.addr, "proto": lst.proto, "tls": lst.tls, "pxyproto": lst.proxy_proto,
+                   "options": str(lst)}
+            c = certs.get(id(lst))
+            if c is not None:
+                row.update(cert_source=c.spec.name, strictmatch=lst.strict_match, certificates=c.names,
+                           certificate_updates=c.updates, no_certificate=c.failed_handshakes)
+            if lst.proto == "tcp-dynamic":
+                row["ports"] = sorted(self.dynamic)
+            out.append(row)
+        return out
+
     async def stop(self, grace: float = 0.0) -> None:
         for acc in self.acceptors:
             acc.close()

@@ -191,6 +191,12 @@ class Route:
         i = bisect.bisect_right(cum, random.random() * cum[-1])
         return pool[min(i, n - 1)]
 
+    def ring(self) -> tuple[Target, ...]:
+        """The rr ring for unequal weights (empty with equal ones: then rr simply walks the targets)."""
+        if self._cum is None:
+            return ()
+        return self._ring or self._build_ring()
+
     def _build_ring(self) -> tuple[Target, ...]:
         """Smooth weighted round robin over the reduced slot counts (built once, on the first rr pick)."""
         slots = [max(1, int(_FABIO_SLOTS * t.weight)) for t in self._pool]

@@ -85,6 +85,10 @@ def test_image(containers: list[str]) -> None:
                  "for c in gcc cc c++ g++ clang make; do command -v $c; done; ls -d /wheels /src 2>/dev/null;"
                  " /opt/router/bin/python -m pip --version 2>/dev/null; true")
     assert out == "", f"the final stage should have no compiler, wheels, sources or pip: {out}"
+    # docs/compat.md: no file capability needed for :80 in a network namespace of its own (Docker 20.10+).
+    bound = docker("run", "--rm", "--network", "none", "--entrypoint", "/opt/router/bin/python", IMAGE, "-c",
+                   "import os, socket; socket.socket().bind(('127.0.0.1', 80)); print(os.getuid())")
+    assert bound == "10001", bound
     # Reproducible: every distribution in the image is the version constraints.txt pins.
     installed = dict(line.split("==") for line in docker(
         "run", "--rm", "--network", "none", "--entrypoint", "/opt/router/bin/python", IMAGE, "-c",
@@ -146,11 +150,14 @@ def test_image(containers: list[str]) -> None:
     t_stop = time.monotonic()
     stopper = threading.Thread(target=docker, args=("stop", "-t", "30", "ct-router"), kwargs={"timeout": 60})
     stopper.start()
-    while stopper.is_alive() and time.monotonic() - t_stop < 1.5:  # inside proxy.shutdownwait (2 s)
+    # Until the router has the SIGTERM (docker's CLI takes its time on a loaded machine), then one new
+    # request: proxy.shutdownwait (2 s) still serves it.
+    while stopper.is_alive() and time.monotonic() - t_stop < 10:
         health_during.append(status_of(f"{UI}/health", timeout=1))
-        t = time.monotonic()
-        served_during.append((round(t - t_stop, 2), status_of(f"{PROXY}/slow/", timeout=3)))
-        time.sleep(0.1)
+        if health_during[-1] == 503:
+            served_during.append((round(time.monotonic() - t_stop, 2), status_of(f"{PROXY}/slow/", timeout=3)))
+            break
+        time.sleep(0.05)
     stopper.join(60)
     drained = time.monotonic()
     for c in clients:
@@ -158,7 +165,7 @@ def test_image(containers: list[str]) -> None:
     exit_code = int(inspect("ct-router", "{{.State.ExitCode}}"))
     assert exit_code == 0, f"exit code after docker stop: {exit_code} (137 would be the SIGKILL after -t 30)"
     assert 503 in health_during, f"/health while draining: {health_during}"
-    assert 200 in [s for _, s in served_during], f"requests during proxy.shutdownwait: {served_during}"
+    assert [s for _, s in served_during] == [200], f"a request during proxy.shutdownwait: {served_during}"
     assert len(results) == 6 and all(s == 200 for _, _, s in results), results
     assert all(sent < t_stop < done for sent, done, _ in results), "they were in flight at SIGTERM"
     assert drained - t_stop < 30, "within the grace period"
@@ -171,8 +178,8 @@ def test_image(containers: list[str]) -> None:
         "Consul up to /health 200, s": round(ready - t_consul, 1),
         "router start to docker 'healthy', s": round(healthy - t0, 1),
         "docker stop to exit 0 (6 requests in flight, 4 s each, sent 1 s before), s": round(drained - t_stop, 1),
-        "/health during shutdownwait": dict(Counter(health_during)),
-        "new requests during shutdownwait (s after docker stop, status)": served_during,
+        "/health polls after docker stop until 503": dict(Counter(health_during)),
+        "a new request once /health is 503 (s after docker stop, status)": served_during,
     })
 
 
@@ -288,7 +295,6 @@ def test_compose_stack() -> None:
             w.join(30)
         total = sum(outcomes.values())
         failed = total - outcomes["200"]
-        print("registrator stand-in:", *reg.log, sep="\n  ")
         assert reg.errors == [], reg.errors
         assert failed == 0, f"failed requests through the router while scaling: {dict(outcomes)}"
         assert total > 100, f"too few requests to mean anything: {total}"
@@ -299,6 +305,7 @@ def test_compose_stack() -> None:
             "scale demo 3->1: until 1 instance answers, s": round(scaled_down, 1),
             "requests through the router while scaling": total,
             "failed requests while scaling": failed,
+            "registrations (stand-in for Registrator)": reg.log,
             "compose changes": changes,
         })
     finally:

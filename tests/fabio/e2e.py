@@ -8,6 +8,7 @@ import ssl
 import threading
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import httpx
 from aiohttp import web
@@ -105,3 +106,40 @@ def get(url: str, **headers: str) -> Answer:
             return Answer(resp.status_code, resp.headers, b"".join(resp.iter_raw()))
         finally:
             resp.close()
+
+
+def raw_get(port: int, target: str, **headers: str) -> tuple[Answer, int]:
+    """A GET written byte for byte on a socket whose local port is known (the access log's remote_port),
+    with `Connection: close`; returns the answer and the client's port."""
+    import socket
+
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        lines = [f"GET {target} HTTP/1.1", *(f"{k.replace('_', '-')}: {v}" for k, v in headers.items()),
+                 "Connection: close", "", ""]
+        s.sendall("\r\n".join(lines).encode())
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+        local = s.getsockname()[1]
+    head, _, body = data.partition(b"\r\n\r\n")
+    status_line, *hdr_lines = head.decode("latin-1").split("\r\n")
+    hdrs = httpx.Headers([tuple(x.split(": ", 1)) for x in hdr_lines])  # type: ignore[misc]
+    return Answer(int(status_line.split()[1]), hdrs, body), local
+
+
+def self_signed(directory: Path, name: str = "cert") -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 made now with the openssl CLI (never checked in); it is its own CA, so a
+    client that trusts this file verifies the server."""
+    import subprocess
+
+    key, cert = directory / f"{name}-key.pem", directory / f"{name}.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+                    "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True)
+    return cert, key
+
+
+def tls_context(cert: Path, key: Path) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(cert, key)
+    return ctx

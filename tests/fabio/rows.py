@@ -6,7 +6,8 @@ outcome:
 
 * ``AGREE`` (the default): we do what fabio's row expects; an ordinary test.
 * :func:`differs`: a deliberate difference. The test asserts what *we* do (``outcome.want(fabio's)``
-  gives ours), and the outcome quotes the docs/compat.md row that gives the reason (tests/fabio/test_counts.py checks that the quote is there).
+  gives ours), and the outcome quotes the docs/compat.md row that gives the reason
+  (tests/fabio/test_counts.py checks that the quote is there).
 * :func:`waiting`: needs a feature we do not have yet. The test asserts fabio's expectation and is a strict
   expected failure naming the issue that brings the feature, so it turns into a failure (to be made an
   ordinary row) the day that issue lands.
@@ -58,7 +59,6 @@ def na(why: str) -> Outcome:
 
 
 TLS = waiting(16, "TLS listeners and certificate sources")
-TCP = waiting(16, "TCP, TCP+SNI and gRPC listeners")
 GZIP = waiting(19, "gzip compression (proxy.gzip.contenttype)")
 
 
@@ -94,12 +94,14 @@ def table(fabio_file: str, fabio_test: str, rows: Sequence[Row]) -> list[Any]:
     out = []
     for r in rows:
         key = (fabio_file, fabio_test, r.id)
-        if key not in _SEEN:  # a module imported twice (pytest and the count script) counts once
-            _SEEN.add(key)
-            REGISTRY.append(Recorded(fabio_file, fabio_test, r.id, r.outcome))
+        if key in _SEEN:
+            raise ValueError(f"{fabio_file} {fabio_test}: two rows named {r.id!r}")
+        _SEEN.add(key)
+        REGISTRY.append(Recorded(fabio_file, fabio_test, r.id, r.outcome))
         marks: list[Any] = []
         if r.outcome.kind == "waiting":
-            marks.append(pytest.mark.xfail(strict=True, reason=f"waits for issue {r.outcome.issue}: {r.outcome.note}"))
+            reason = f"waits for issue {r.outcome.issue}: {r.outcome.note}"
+            marks.append(pytest.mark.xfail(strict=True, reason=reason))
         elif r.outcome.kind == "n/a":
             marks.append(pytest.mark.skip(reason=f"not applicable: {r.outcome.note}"))
         out.append(pytest.param(*r.values, r.outcome, id=_case_id(f"{fabio_test}/{r.id}"), marks=marks))

@@ -1,0 +1,494 @@
+"""Propagation under the ways Consul really changes (issue 18): new instances, bursts, rolling deploys.
+
+    CONSUL=/path/to/consul python -m bench.propagation --patterns                  # 0 and 3,000, both ways
+    CONSUL=... python -m bench.propagation --patterns --background 0 3000 30000    # the issue's sizes
+    CONSUL=... python -m bench.propagation --patterns --modes catalog --background 100000 --rounds 5
+
+Per (registration mode, background size) a fresh `consul agent -dev`, the background instances, the real
+router (tests/router_proc.py, one worker), then four patterns, each change made through the agent's HTTP
+API as Registrator makes it:
+
+1. new: a new service registered critical, passing 0.2 s later: "pass" -> the first request through the
+   proxy that reaches it (`up`); then failed: "fail" -> the proxy answers 404 (`critical`); then
+   passing again and deregistered: "deregister" -> 404 (`dereg last`).
+2. deregistration of one of two instances of a service (nothing else about the service changes, so only
+   the instance reconcile can see it): "deregister" -> the last request it answered (`dereg one`).
+3. burst: 50 services registered critical beforehand, their 50 checks set passing within 100 ms by 10
+   threads: time from the first update until each is routed (p90, and the last = `burst last`).
+4. rolling deploy: one service with 30 instances under load (2 client threads, back to back); each
+   0.2 s (5/s) a new instance is registered critical and passed, then an old one deregistered; the old
+   backend stops answering (connections reset) 1 s after its deregistration, as with a pre-stop delay.
+   Failed requests = anything but 200; worst change = the longest "pass -> first request reaching the
+   new instance" or "deregister -> last request reaching the old one".
+
+Background, `agent` mode: N instances (3 per service, a TTL check passing, `urlprefix-` tags) that are the
+agent's own services, as Registrator leaves them: loaded from a service-definition file at the agent's
+start (through `PUT /v1/agent/service/register` 3,000 took 37-166 s here, growing with N: the agent
+re-syncs its whole state per registration). `catalog` mode: bench/propagation.py's 100 external nodes
+with catalog-level passing checks. Every backend is one aiohttp server in this process with one listening
+socket per instance on its own loopback address, so an answer names its instance.
+
+Figures are wall-clock on whatever machine runs this: compare sizes and modes within one run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import statistics
+import tempfile
+import threading
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import httpx
+from aiohttp import web
+
+from bench.propagation import DEAD_PORT, PER_SERVICE, _rss_kb, dead_addr, pct, register_background
+from tests.consul_agent import ConsulAgent, free_ports
+from tests.router_proc import RouterProc
+
+
+def stats(xs: list[float]) -> dict[str, float | int]:
+    if not xs:
+        return {"n": 0}
+    return {"n": len(xs), "p50": round(pct(xs, 50), 1), "p90": round(pct(xs, 90), 1), "max": round(max(xs), 1),
+            "mean": round(statistics.fmean(xs), 1)}
+
+
+# ---------------------------------------------------------------- backends
+
+
+class Fleet:
+    """Many backend instances in one thread: instance k listens on 127.0.<net>.<k>:port and answers its name.
+
+    `kill(k)` makes an instance reset every connection (new and kept-alive), as a stopped container would.
+    """
+
+    def __init__(self) -> None:
+        self.port = free_ports(1)[0]
+        self.dead: set[str] = set()
+        self._loop = asyncio.new_event_loop()
+        self._runner: web.AppRunner | None = None
+        self._sites: dict[str, web.TCPSite] = {}
+        self._thread = threading.Thread(target=self._loop.run_forever, name="fleet", daemon=True)
+        self._thread.start()
+        self._call(self._setup())
+
+    def _call(self, coro):  # type: ignore[no-untyped-def]
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(30)
+
+    async def _setup(self) -> None:
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", self._handle)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        addr = request.transport.get_extra_info("sockname")[0] if request.transport else ""
+        if addr in self.dead:  # a kept-alive connection to a stopped instance: reset
+            if request.transport:
+                request.transport.abort()
+        return web.Response(text=addr, headers={"X-Instance": addr})
+
+    async def _add(self, addr: str) -> None:
+        assert self._runner is not None
+        site = web.TCPSite(self._runner, addr, self.port)
+        await site.start()
+        self._sites[addr] = site
+
+    def add(self, addr: str) -> str:
+        self._call(self._add(addr))
+        return addr
+
+    def kill(self, addr: str) -> None:
+        """New connections are refused, kept-alive ones reset."""
+        self.dead.add(addr)
+        site = self._sites.pop(addr, None)
+        if site is not None:
+            self._call(site.stop())
+
+    def stop(self) -> None:
+        if self._runner is not None:
+            self._call(self._runner.cleanup())
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+
+
+def addr(net: int, k: int) -> str:
+    return f"127.0.{net}.{k + 1}"
+
+
+# ---------------------------------------------------------------- Consul
+
+
+class Agent:
+    """The agent HTTP API, as Registrator uses it."""
+
+    def __init__(self, url: str) -> None:
+        self.c = httpx.Client(base_url=url, timeout=30, trust_env=False, limits=httpx.Limits(max_connections=16))
+
+    def register(self, sid: str, name: str, address: str, port: int, path: str, status: str = "critical") -> None:
+        self.c.put("/v1/agent/service/register", json={
+            "ID": sid, "Name": name, "Address": address, "Port": port, "Tags": [f"urlprefix-{path}"],
+            "Check": {"CheckID": f"{sid}-ttl", "TTL": "10h", "Status": status}}).raise_for_status()
+
+    def check(self, sid: str, status: str) -> None:
+        verb = {"passing": "pass", "critical": "fail"}[status]
+        self.c.put(f"/v1/agent/check/{verb}/{sid}-ttl").raise_for_status()
+
+    def deregister(self, sid: str) -> None:
+        self.c.put(f"/v1/agent/service/deregister/{sid}").raise_for_status()
+
+
+def agent_services_file(instances: int, path: Path) -> Path:
+    """N background instances as the agent's own services (a service-definition file read at start)."""
+    services = []
+    for i in range(instances):
+        svc = f"bg{i // PER_SERVICE:05d}"
+        sid = f"{svc}-{i % PER_SERVICE}"
+        services.append({"id": sid, "name": svc, "address": dead_addr(i), "port": DEAD_PORT,
+                         "tags": [f"urlprefix-/{svc}"],
+                         "check": {"id": f"{sid}-ttl", "ttl": "10h", "status": "passing"}})
+    path.write_text(json.dumps({"services": services}))
+    return path
+
+
+def start_consul(mode: str, instances: int, tmp: Path) -> tuple[ConsulAgent, float]:
+    """A dev agent with `instances` background instances registered `mode`'s way; seconds to set up."""
+    t0 = time.monotonic()
+    args = []
+    if mode == "agent" and instances:
+        args = [f"-config-file={agent_services_file(instances, tmp / 'services.json')}"]
+    agent = ConsulAgent(extra_args=args, ready_timeout=900, workdir=tmp / "consul")
+    agent.start()
+    if mode == "catalog" and instances:
+        register_background(agent.http_url, instances)
+    with httpx.Client(base_url=agent.http_url, timeout=120, trust_env=False) as c:
+        deadline = time.monotonic() + 1800
+        while time.monotonic() < deadline:  # the agent syncs its services to the catalog in the background
+            if len(c.get("/v1/health/state/passing").json()) >= instances:
+                break
+            time.sleep(1)
+    return agent, time.monotonic() - t0
+
+
+class CriticalWatch:
+    """Consul's own share: a plain blocking query on /v1/health/state/critical, each answer timed.
+
+    `seen(check_id, critical, after)` is when Consul first answered with that check in (or out of) the
+    critical list after `after`: the floor no watcher can beat, on this machine at this moment.
+    """
+
+    def __init__(self, url: str) -> None:
+        self.answers: list[tuple[float, frozenset[str]]] = []
+        self.wall: list[float] = []  # time.time() of each answer, for comparing with the router's log
+        self._c = httpx.Client(base_url=url, timeout=30, trust_env=False)
+        self._stop = threading.Event()
+        self._t = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        index = "1"
+        while not self._stop.is_set():
+            try:
+                r = self._c.get("/v1/health/state/critical", params={"index": index, "wait": "5s"})
+            except httpx.HTTPError:
+                time.sleep(0.1)
+                continue
+            self.answers.append((time.monotonic(), frozenset(c["CheckID"] for c in r.json())))
+            self.wall.append(time.time())
+            index = r.headers.get("x-consul-index", "1")
+
+    def start(self) -> CriticalWatch:
+        self._t.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def seen_wall(self, check_id: str, critical: bool, after: float) -> float:
+        for t, (_, ids) in zip(self.wall, self.answers, strict=False):
+            if t >= after and (check_id in ids) == critical:
+                return t
+        return float("inf")
+
+    def seen(self, check_id: str, critical: bool, after: float) -> float:
+        for t, ids in self.answers:
+            if t >= after and (check_id in ids) == critical:
+                return t
+        return float("inf")
+
+
+def table_swaps(router: RouterProc) -> list[tuple[float, str, str]]:
+    """(wall time, "+" or "-", target URL) of every route line the router logged with a table change."""
+    out: list[tuple[float, str, str]] = []
+    at = 0.0
+    for line in router.output().splitlines():
+        if "routing table changed" in line:
+            try:
+                at = time.mktime(time.strptime(line[:19], "%Y-%m-%d %H:%M:%S")) + int(line[20:23]) / 1000
+            except ValueError:
+                continue
+        elif line[:2] in ("+ ", "- ") and "route add" in line:
+            out.append((at, line[0], line.rsplit(" ", 1)[-1]))
+    return out
+
+
+# ---------------------------------------------------------------- the router and the client
+
+
+def registry_status(router: RouterProc) -> dict[str, Any]:
+    return httpx.get(router.ui + "/api/status", timeout=30, trust_env=False).json()["registry"]
+
+
+def first(cond, timeout: float = 60.0) -> float:  # type: ignore[no-untyped-def]
+    """Poll cond() back to back; the monotonic time it first held (inf after `timeout`)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if cond():
+                return time.monotonic()
+        except httpx.HTTPError:
+            time.sleep(0.01)
+    return float("inf")
+
+
+def ms(t1: float, t0: float) -> float:
+    return (t1 - t0) * 1000
+
+
+class Load:
+    """Client threads requesting `path` back to back through the proxy; every answer is kept."""
+
+    def __init__(self, url: str, path: str, threads: int = 2) -> None:
+        self.url, self.path = url, path
+        self.log: list[tuple[float, int, str]] = []  # (monotonic time, status or 0 on error, instance)
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(threads)]
+
+    def _run(self) -> None:
+        with httpx.Client(base_url=self.url, timeout=5, trust_env=False) as c:
+            while not self._stop.is_set():
+                try:
+                    r = c.get(self.path)
+                    self.log.append((time.monotonic(), r.status_code, r.headers.get("x-instance", "")))
+                except httpx.HTTPError:
+                    self.log.append((time.monotonic(), 0, ""))
+                time.sleep(0.002)
+
+    def start(self) -> Load:
+        for t in self._threads:
+            t.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join(10)
+
+
+# ---------------------------------------------------------------- the patterns
+
+
+def pattern_new(agent: Agent, fleet: Fleet, proxy: httpx.Client, rounds: int, consul: CriticalWatch) -> dict[str, Any]:
+    up, crit, dereg_last, dereg_one, floor_up, floor_crit = [], [], [], [], [], []
+    for k in range(rounds):
+        svc = f"new{k}-{uuid.uuid4().hex[:4]}"
+        path = f"/{svc}"
+        a = fleet.add(addr(1, 2 * k))
+        b = fleet.add(addr(1, 2 * k + 1))
+        agent.register(f"{svc}-a", svc, a, fleet.port, path)
+        time.sleep(0.2)
+        t0 = time.monotonic()
+        agent.check(f"{svc}-a", "passing")
+        up.append(ms(first(lambda: proxy.get(path).status_code == 200), t0))  # noqa: B023
+        floor_up.append(ms(consul.seen(f"{svc}-a-ttl", False, t0), t0))
+        time.sleep(0.3)
+        t0 = time.monotonic()
+        agent.check(f"{svc}-a", "critical")
+        crit.append(ms(first(lambda: proxy.get(path).status_code == 404), t0))  # noqa: B023
+        floor_crit.append(ms(consul.seen(f"{svc}-a-ttl", True, t0), t0))
+        # a second instance, both passing: then one of them deregistered (only the reconcile sees that)
+        agent.check(f"{svc}-a", "passing")
+        agent.register(f"{svc}-b", svc, b, fleet.port, path, status="passing")
+        first(lambda: {proxy.get(path).headers.get("x-instance") for _ in range(6)} == {a, b})  # noqa: B023
+        time.sleep(0.3)
+        t0 = time.monotonic()
+        agent.deregister(f"{svc}-b")
+        last_b, streak = t0, 0
+        deadline = t0 + 60
+        while streak < 40 and time.monotonic() < deadline:  # 40 answers in a row from a alone: b is gone
+            inst = proxy.get(path).headers.get("x-instance")
+            if inst == b:
+                last_b, streak = time.monotonic(), 0
+            else:
+                streak += 1
+        dereg_one.append(ms(last_b, t0) if streak >= 40 else float("inf"))
+        time.sleep(0.3)
+        t0 = time.monotonic()
+        agent.deregister(f"{svc}-a")
+        dereg_last.append(ms(first(lambda: proxy.get(path).status_code == 404), t0))  # noqa: B023
+        time.sleep(0.3)
+    return {"up": stats(up), "critical": stats(crit), "dereg_one": stats(dereg_one), "dereg_last": stats(dereg_last),
+            "consul_floor_up": stats(floor_up), "consul_floor_critical": stats(floor_crit)}
+
+
+def pattern_burst(agent: Agent, fleet: Fleet, router: RouterProc, consul: CriticalWatch, n: int = 50,
+                  threads: int = 25) -> dict[str, Any]:
+    tag = uuid.uuid4().hex[:4]
+    names = [f"burst{tag}-{i:02d}" for i in range(n)]
+    where = {name: fleet.add(addr(2, i)) for i, name in enumerate(names)}
+    for name in names:
+        agent.register(f"{name}-1", name, where[name], fleet.port, f"/{name}")
+    time.sleep(1.0)  # all registered and settled (critical: not routed)
+    start = threading.Barrier(threads + 1)
+    sent: dict[str, float] = {}
+
+    def flip(chunk: list[str]) -> None:
+        start.wait()
+        for name in chunk:
+            sent[name] = time.time()  # before the request: Consul may pass the change on before it answers
+            agent.check(f"{name}-1", "passing")
+
+    with ThreadPoolExecutor(threads) as ex:
+        futs = [ex.submit(flip, names[j::threads]) for j in range(threads)]
+        start.wait()
+        t0 = time.time()
+        for f in futs:
+            f.result()
+    # "routed" = the table with the change swapped in (the router's log, ms resolution): polling 50 paths
+    # through the proxy from this process measured the client's sweep more than the router
+    time.sleep(3.0)
+    swaps = table_swaps(router)
+    routed = {nm: next((t for t, sg, url in swaps if sg == "+" and f"//{where[nm]}:" in url and t >= sent[nm]),
+                       float("inf")) for nm in names}
+    floor = {nm: consul.seen_wall(f"{nm}-1-ttl", False, sent[nm]) for nm in names}
+    for name in names:
+        agent.deregister(f"{name}-1")
+    return {"updates_spread_ms": round(ms(max(sent.values()), t0), 1),
+            "last_routed_ms": round(ms(max(routed.values()), t0), 1),
+            "per_change": stats([ms(routed[nm], sent[nm]) for nm in names]),
+            "consul_floor_last_ms": round(ms(max(floor.values()), t0), 1),
+            "consul_floor_per_change": stats([ms(floor[nm], sent[nm]) for nm in names])}
+
+
+def pattern_rolling(agent: Agent, fleet: Fleet, router: RouterProc, n: int = 30, per_s: float = 5.0) -> dict[str, Any]:
+    svc = f"roll-{uuid.uuid4().hex[:4]}"
+    path = f"/{svc}"
+    old = [fleet.add(addr(3, i)) for i in range(n)]
+    for i, a in enumerate(old):
+        agent.register(f"{svc}-old{i}", svc, a, fleet.port, path, status="passing")
+    with httpx.Client(base_url=router.url, timeout=5, trust_env=False) as c:
+        first(lambda: len({c.get(path).headers.get("x-instance") for _ in range(3 * n)}) == n, 120)
+    load = Load(router.url, path).start()
+    time.sleep(1.0)
+    passed: dict[str, float] = {}
+    deregistered: dict[str, float] = {}
+    timers: list[threading.Timer] = []
+    t_start = time.monotonic()
+    for i in range(n):
+        step = t_start + i / per_s
+        time.sleep(max(0.0, step - time.monotonic()))
+        new = fleet.add(addr(4, i))
+        agent.register(f"{svc}-new{i}", svc, new, fleet.port, path)
+        passed[new] = time.time()  # before the request: Consul may pass the change on before it answers
+        agent.check(f"{svc}-new{i}", "passing")
+        deregistered[old[i]] = time.time()
+        agent.deregister(f"{svc}-old{i}")
+        t = threading.Timer(1.0, fleet.kill, (old[i],))
+        t.start()
+        timers.append(t)
+    for t in timers:
+        t.join()
+    time.sleep(2.0)
+    load.stop()
+    log = sorted(load.log)
+    # when the table with each change was swapped in: the router's own log of route lines (ms resolution)
+    swaps = table_swaps(router)
+    def swapped(sign: str, a: str, after: float) -> float:
+        return next((t for t, sg, url in swaps if sg == sign and f"//{a}:" in url and t >= after), float("inf"))
+    new_ms = [ms(swapped("+", a, w), w) for a, w in passed.items()]
+    old_ms = [ms(swapped("-", a, w), w) for a, w in deregistered.items()]
+    failed = sum(1 for _, st, _ in log if st != 200)
+    for i in range(n):
+        agent.deregister(f"{svc}-new{i}")
+    return {"requests": len(log), "failed": failed, "new_routed": stats(new_ms), "old_unrouted": stats(old_ms),
+            "worst_change_ms": round(max(new_ms + old_ms), 1), "deploy_s": round(time.monotonic() - t_start - 2.0, 1)}
+
+
+# ---------------------------------------------------------------- one configuration
+
+
+def run_one(mode: str, instances: int, rounds: int, flags: list[str], patterns: set[str]) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix="bench-prop-") as tmpdir:
+        tmp = Path(tmpdir)
+        agent_proc, setup_s = start_consul(mode, instances, tmp)
+        fleet = Fleet()
+        router: RouterProc | None = None
+        try:
+            t0 = time.monotonic()
+            router = RouterProc("-registry.consul.addr", agent_proc.addr, *flags, wait_ready=False).start()
+            proxy = httpx.Client(base_url=router.url, timeout=10, trust_env=False)
+            last_bg = f"/bg{(instances - 1) // PER_SERVICE:05d}"
+            ready = first(lambda: httpx.get(router.ui + "/health", timeout=30, trust_env=False).status_code == 200, 900)
+            if instances:  # every background route in (they point at a dead port: 502, not 404)
+                ready = first(lambda: proxy.get(last_bg).status_code != 404, 900)
+            ready_s = time.monotonic() - t0 if ready != float("inf") else float("inf")
+            time.sleep(2.0)
+            rss_mb = round(_rss_kb(router.proc.pid if router.proc else 0) / 1024, 1)
+            agent = Agent(agent_proc.http_url)
+            out: dict[str, Any] = {"mode": mode, "background": instances, "setup_s": round(setup_s, 1),
+                                   "ready_s": round(ready_s, 2), "rss_mb": rss_mb}
+            s0 = registry_status(router)
+            consul = CriticalWatch(agent_proc.http_url).start()
+            if "new" in patterns:
+                out["new"] = pattern_new(agent, fleet, proxy, rounds, consul)
+                s1 = registry_status(router)
+                changes = rounds * 7  # register, pass, fail, pass, register b, deregister b, deregister a
+                out["new"]["consul_requests_per_change"] = round((s1["requests"] - s0["requests"]) / changes, 1)
+                out["new"]["dumps_per_change"] = round((s1.get("dumps", 0) - s0.get("dumps", 0)) / changes, 2)
+            if "burst" in patterns:
+                out["burst"] = pattern_burst(agent, fleet, router, consul)
+            if "rolling" in patterns:
+                out["rolling"] = pattern_rolling(agent, fleet, router)
+            consul.stop()
+            st = registry_status(router)
+            out["router_observed"] = st.get("propagation")
+            out["paced"] = st.get("paced")
+            out["last_dump"] = st.get("last_dump")
+            out["rss_mb_after"] = round(_rss_kb(router.proc.pid if router.proc else 0) / 1024, 1)
+            return out
+        finally:
+            if router:
+                router.stop()
+            fleet.stop()
+            agent_proc.stop()
+
+
+def table(results: list[dict[str, Any]]) -> str:
+    """The markdown table docs/benchmarks.md shows."""
+    def f(x: Any) -> str:
+        return "–" if x is None else ("∞" if x == float("inf") else f"{x:g}")
+
+    rows = ["| mode | background | new: up p90 / max ms | critical p90 / max | dereg one p90 / max | dereg last "
+            "p90 / max | burst: last routed, p90 per change ms | rolling: failed / requests, worst change ms | "
+            "Consul requests per change (dumps) | Consul alone: up p90, burst last ms | ready s, RSS MB |",
+            "|---|---:|---|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        n, b, ro = r.get("new", {}), r.get("burst", {}), r.get("rolling", {})
+
+        def pm(d: dict[str, Any]) -> str:
+            return f"{f(d.get('p90'))} / {f(d.get('max'))}" if d else "–"
+
+        rows.append(
+            f"| {r['mode']} | {r['background']:,} | {pm(n.get('up', {}))} | {pm(n.get('critical', {}))} | "
+            f"{pm(n.get('dereg_one', {}))} | {pm(n.get('dereg_last', {}))} | "
+            f"{f(b.get('last_routed_ms'))}, {f(b.get('per_change', {}).get('p90'))} | "
+            f"{f(ro.get('failed'))} / {f(ro.get('requests'))}, {f(ro.get('worst_change_ms'))} | "
+            f"{f(n.get('consul_requests_per_change'))} ({f(n.get('dumps_per_change'))}) | "
+            f"{f(n.get('consul_floor_up', {}).get('p90'))}, {f(b.get('consul_floor_last_ms'))} | "
+            f"{f(r['ready_s'])}, {f(r['rss_mb'])} |")
+    return "\n".join(rows)

@@ -1,0 +1,83 @@
+"""Hot-service watches (registry/consul/hot.py) against a real agent: a change that none of the bulk watches
+shows (one of two passing instances deregistered, the tag union unchanged) reaches the table through the
+service's own blocking query, without the instance reconcile."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from registry.consul.api import ConsulAPI
+from registry.consul.watcher import ConsulWatcher
+from tests.consul_helpers import deregister, make_client, register, set_check, uid
+
+pytestmark = pytest.mark.consul
+
+
+def targets(cmds) -> set[str]:  # type: ignore[no-untyped-def]
+    return {c.dst for c in cmds or ()}
+
+
+async def scenario(agent, hot_limit: int) -> tuple[set[str], set[str], int]:  # type: ignore[no-untyped-def]
+    """Two instances; one check flipped (a change the health watch shows: the service becomes hot); then
+    instance b deregistered while passing. The reconcile is switched off, so only a hot watch can see it.
+    Returns the routed targets before and after the deregistration, and the hot watch count."""
+    c = make_client(agent.port)
+    svc = f"hot-{uid()}"
+    register(c, svc, f"{svc}-a", 10001, tags=[f"urlprefix-/{svc}"])
+    register(c, svc, f"{svc}-b", 10002, tags=[f"urlprefix-/{svc}"])
+    table: dict[str, set[str]] = {}
+
+    def sink(changes, manual) -> None:  # type: ignore[no-untyped-def]
+        for name, cmds in changes.items():
+            table[name] = targets(cmds)
+
+    w = ConsulWatcher(ConsulAPI(agent.addr), sink, resync=0, hot_limit=hot_limit)
+
+    async def no_reconcile(since=None) -> None:  # type: ignore[no-untyped-def]
+        w._reconcile = False
+
+    w._reconcile_instances = no_reconcile  # type: ignore[method-assign]
+    task = asyncio.ensure_future(w.run())
+    loop = asyncio.get_running_loop()
+
+    async def until(cond, timeout: float = 10.0) -> bool:  # type: ignore[no-untyped-def]
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if cond():
+                return True
+            await asyncio.sleep(0.02)
+        return False
+
+    try:
+        assert await until(lambda: len(table.get(svc, ())) == 2)
+        await loop.run_in_executor(None, set_check, c, f"{svc}-a", "critical")
+        assert await until(lambda: len(table.get(svc, ())) == 1)
+        await loop.run_in_executor(None, set_check, c, f"{svc}-a", "passing")
+        assert await until(lambda: len(table.get(svc, ())) == 2)
+        before = set(table[svc])
+        hot = len(w._hot)
+        await loop.run_in_executor(None, deregister, c, f"{svc}-b")
+        await until(lambda: len(table.get(svc, ())) == 1, timeout=3.0)
+        return before, set(table[svc]), hot
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await w.api.close()
+        await loop.run_in_executor(None, deregister, c, f"{svc}-a")
+
+
+def test_a_hidden_deregistration_of_a_hot_service_is_seen_without_the_reconcile(fresh_consul) -> None:
+    before, after, hot = asyncio.run(scenario(fresh_consul, hot_limit=32))
+    assert hot == 1
+    assert len(before) == 2 and len(after) == 1 and after < before
+    assert all(t.endswith(":10001/") for t in after)  # b (port 10002) is the one gone
+
+
+def test_without_hot_watches_the_same_change_waits_for_the_reconcile(fresh_consul) -> None:
+    """The control: no hot watch, no reconcile -> the deregistration is not seen (what the dump is for)."""
+    before, after, hot = asyncio.run(scenario(fresh_consul, hot_limit=0))
+    assert hot == 0
+    assert after == before and len(after) == 2
