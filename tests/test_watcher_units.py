@@ -255,3 +255,13 @@ def test_unrun_hold_keeps_a_routed_instance_unless_turned_off(hold: float, kept:
 
     before, after = asyncio.run(main())
     assert before and (after is not None) is kept
+
+
+def test_large_buffers_come_from_mmap_on_glibc() -> None:
+    """The dumps' buffers must not fragment the heap (RSS growing per dump): on glibc mallopt accepts the
+    threshold; elsewhere the call says it changed nothing."""
+    import platform
+
+    from registry.consul.dump import large_buffers_from_mmap
+
+    assert large_buffers_from_mmap() is (platform.libc_ver()[0] == "glibc")
