@@ -39,6 +39,12 @@ unit: deps
 run: deps consul
 	CONSUL="$$(scripts/get-consul.sh)" $(PY) scripts/run_demo.py $(ARGS)
 
+# The image and the compose stack on a real Docker engine: scripts/container_test.sh (root, a few minutes, its own
+# dockerd under .cache/container). Not part of `make test`; figures in deploy/README.md.
+.PHONY: container-test
+container-test: deps consul
+	PY="$(abspath $(PY))" scripts/container_test.sh
+
 clean:
 	rm -rf $(VENV) .cache .pytest_cache
 

@@ -9,6 +9,16 @@ bench: deps consul
 	VENV=$(VENV) bench/tools.sh
 	CONSUL="$$(scripts/get-consul.sh)" $(PY) bench/http_bench.py --out docs/benchmarks.md $(BENCH_ARGS)
 
+# Issue 17's fault matrix (bench/faults.py): our router with its defaults side by side with Traefik, Caddy
+# and nginx (each with its documented passive health checks and retries); writes docs/reliability.md.
+# Pass options through FAULTS_ARGS, e.g. make bench-faults FAULTS_ARGS='--rows killed,stalled --fault 5'.
+FAULTS_ARGS ?=
+
+.PHONY: bench-faults
+bench-faults: deps
+	VENV=$(VENV) bench/tools.sh
+	VENV=$(VENV) $(PY) bench/faults.py --out docs/reliability.md $(FAULTS_ARGS)
+
 # Issue 18's propagation patterns (new instance, check/deregistration, burst of 50, rolling deploy of 30) with
 # 0 and 3,000 background instances, registered through one agent and through the catalog on 100 nodes.
 # Larger sizes: make bench-propagation PROPAGATION_ARGS='--background 0 3000 30000'.

@@ -63,7 +63,7 @@ def test_custom_template(backend: Backend) -> None:
             httpx.get(r.url + f"/a/p{i}", headers={"X-Trace": f"t{i}"})
         lines = lines_matching(r, r"^S=200 ", n=3)
         assert len(lines) == 3
-        assert re.fullmatch(rf"S=200 M=GET U=/a/p0 UP=127\.0\.0\.1:{backend.port} SVC=svc-a UU=/a/p0 H=t0 T=\d+",
+        assert re.fullmatch(rf"S=200 M=GET U=/a/p0 UP=127\.0\.0\.1:{backend.port} SVC=svc-a UU=/a/p0 H=t0 T=\d+\.\d{{6}}",
                             lines[0]), lines[0]
 
 

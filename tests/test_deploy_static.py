@@ -1,5 +1,6 @@
-"""Static checks of the deployment files (no container engine here): the Dockerfile passes hadolint and
-says what the docs promise, the compose stack has the services, ports and tags deploy/README.md relies on,
+"""Static checks of the deployment files (part of `make test`; `make container-test` runs them on a real
+engine, tests/container/): the Dockerfiles pass hadolint and say what the docs promise, the systemd unit
+passes `systemd-analyze verify`, the compose stack has the services, ports and tags deploy/README.md relies on,
 the image's default properties are all known keys, and docs/configuration.md matches router/config/settings.py."""
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from router.config.settings import load, read_properties
 ROOT = Path(__file__).resolve().parent.parent
 DOCKERFILE = ROOT / "Dockerfile"
 COMPOSE = ROOT / "deploy" / "docker-compose.yml"
+DEMO_DOCKERFILE = ROOT / "deploy" / "demo" / "Dockerfile"
+UNIT = ROOT / "deploy" / "consul-router.service"
 
 
 def hadolint() -> str:
@@ -32,13 +35,14 @@ def hadolint() -> str:
     return found
 
 
-def test_hadolint_passes() -> None:
-    r = subprocess.run([hadolint(), "--no-color", str(DOCKERFILE)], capture_output=True, text=True, timeout=60)
+@pytest.mark.parametrize("dockerfile", [DOCKERFILE, DEMO_DOCKERFILE], ids=["router", "demo"])
+def test_hadolint_passes(dockerfile: Path) -> None:
+    r = subprocess.run([hadolint(), "--no-color", str(dockerfile)], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stdout + r.stderr
 
 
-def instructions() -> list[tuple[str, str]]:
-    text = re.sub(r"\\\n", " ", DOCKERFILE.read_text())
+def instructions(dockerfile: Path = DOCKERFILE) -> list[tuple[str, str]]:
+    text = re.sub(r"\\\n", " ", dockerfile.read_text())
     out = []
     for line in text.splitlines():
         line = line.strip()
@@ -67,7 +71,22 @@ def test_dockerfile_promises() -> None:
     (entry,) = [arg for op, arg in stage if op == "ENTRYPOINT"]
     assert entry.startswith("[") and "consul-router" in entry, "one process, exec form (gets SIGTERM)"
     assert "/etc/fabio/fabio.properties" in entry
-    assert any("-slim" in arg for op, arg in instructions() if op == "FROM"), "small base image"
+    assert entry.startswith('["/usr/bin/tini", "--"'), "tini is PID 1: signals passed on, orphans reaped"
+    assert ("STOPSIGNAL", "SIGTERM") in stage
+    labels = " ".join(arg for op, arg in stage if op == "LABEL")
+    for key in ("title", "description", "version", "revision"):
+        assert f"org.opencontainers.image.{key}=" in labels, key
+    # The public base stays the default for users (make container-test passes BASE/BUILD_BASE to a local one).
+    defaults = dict(arg.split("=", 1) for op, arg in instructions() if op == "ARG" and "=" in arg)
+    froms = [arg.split()[0] for op, arg in instructions() if op == "FROM"]
+    assert [re.sub(r"\$\{(\w+)\}", lambda m: defaults[m.group(1)], f) for f in froms] == \
+        ["python:3.11-slim-bookworm"] * 2, "small base image, the same for both stages"
+    # Reproducible: every dependency is pinned by constraints.txt in the build, and the final stage installs
+    # only the wheels built there, without reaching an index.
+    (build,) = [arg for op, arg in instructions() if op == "RUN" and "pip wheel" in arg]
+    assert "-c constraints.txt" in build and "--no-index" in build
+    assert not any(op == "RUN" and ("apt-get" in arg or "pip " in arg) for op, arg in stage), \
+        "the final stage runs no package manager: no compiler, no lists, no caches"
 
 
 def test_dockerfile_copies_exist_and_pass_dockerignore() -> None:
@@ -135,6 +154,20 @@ def test_compose_stack() -> None:
     cmds, errors = route_cmds(inst)
     assert errors == [] and len(cmds) == 2
 
+    # Both demo services are the demo program built from deploy/demo; each drains longer than its check
+    # interval, which is what lets the router drop an instance before it stops (scaling loses no request).
+    api = env_of(services["api"])
+    (api_tag,) = api["SERVICE_TAGS"].split(",")
+    cmds, errors = route_cmds(Instance(service="api", id="h:api_1:8080", node="n", address="172.18.0.6",
+                                       port=8080, tags=(api_tag,)))
+    assert errors == [] and len(cmds) == 1 and "strip=/api" in api_tag
+    for name in ("demo", "api"):
+        svc = services[name]
+        assert svc["image"] == "consul-router-demo:local"
+        assert (COMPOSE.parent / svc["build"]["context"] / "Dockerfile") == DEMO_DOCKERFILE
+        env = env_of(svc)
+        assert float(env["DRAIN_SECONDS"]) > float(env["SERVICE_CHECK_INTERVAL"].rstrip("s")), name
+
 
 def test_walkthrough_matches_the_stack() -> None:
     readme = (ROOT / "deploy" / "README.md").read_text()
@@ -142,6 +175,35 @@ def test_walkthrough_matches_the_stack() -> None:
                    "Host: demo.localhost", "localhost:9998", "SERVICE_TAGS", "hadolint"):
         assert needle in readme, needle
     assert re.search(r"(?i)not tested", readme), "the walkthrough must say what was not tested here"
+
+
+def verify_unit(unit_text: str, tmp_path: Path) -> str:
+    """`systemd-analyze verify` of a unit, in a scratch root holding the system's units and an executable at
+    the unit's ExecStart path (the console script `make deps` installed): its complaints, '' when none.
+    It exits 0 even on a line it ignores, so the complaints are the verdict."""
+    exe = shutil.which("systemd-analyze")
+    if not exe:
+        pytest.fail("systemd-analyze not found (Debian's systemd package)")
+    root = tmp_path / "root"
+    shutil.copytree("/usr/lib/systemd/system", root / "usr/lib/systemd/system", symlinks=True)
+    (start,) = re.findall(r"(?m)^ExecStart=(\S+)", unit_text)
+    target = root / start.lstrip("/")
+    target.parent.mkdir(parents=True)
+    shutil.copy(Path(sys.executable).parent / "consul-router", target)
+    (root / "etc/systemd/system").mkdir(parents=True)
+    (root / "etc/systemd/system" / UNIT.name).write_text(unit_text)
+    r = subprocess.run([exe, "verify", f"--root={root}", f"/etc/systemd/system/{UNIT.name}"],
+                       capture_output=True, text=True, timeout=60)
+    return (r.stdout + r.stderr).strip() + ("" if r.returncode == 0 else f"\nexit {r.returncode}")
+
+
+def test_systemd_unit_verifies(tmp_path: Path) -> None:
+    text = UNIT.read_text()
+    assert verify_unit(text, tmp_path / "good") == ""
+    # the check can fail: a misspelt value is reported
+    assert "kill mode" in verify_unit(text.replace("KillMode=mixed", "KillMode=mixd"), tmp_path / "bad")
+    assert "ExecStart=/opt/consul-router/bin/consul-router -cfg /etc/fabio/fabio.properties" in text
+    assert "DynamicUser=yes" in text and "After=consul.service" in text
 
 
 def test_configuration_doc_is_up_to_date() -> None:

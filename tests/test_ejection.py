@@ -9,48 +9,48 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from router.proxy.ejection import Ejector
+from router.proxy.balance import Balancer
+from router.proxy.ejection import EjectPolicy
 from tests.backends import Backend
 from tests.router_proc import RouterProc, free_port
 
 
 class _T:
-    def __init__(self, host: str, port: int, weight: float = 1.0) -> None:
-        self.host, self.port, self.weight = host, port, weight
+    def __init__(self, port: int) -> None:
+        self.source, self.scheme, self.host, self.port, self.service, self.weight = "s", "http", "h", port, "svc", 1.0
 
 
 class _Route:
     def __init__(self, *targets: _T) -> None:
-        self.targets = list(targets)
-        self._i = 0
+        self.host, self.path, self.targets, self.lb = "", "/", targets, None
 
-    def pick(self, strategy: str) -> _T:
-        self._i += 1
-        return self.targets[self._i % len(self.targets)]
+    def ring(self) -> tuple:
+        return ()
 
 
-def test_ejector_unit() -> None:
-    now = [0.0]
-    ej = Ejector(2, 5.0, clock=lambda: now[0])
-    dead, live = _T("h", 1), _T("h", 2)
-    route = _Route(dead, live)
-    ej.failed(dead)
-    assert not ej.ejected(dead)
-    ej.failed(dead)
-    assert ej.ejected(dead) and ej.ejections == 1
-    assert ej.choose(route, dead, "rr") is live
-    ej.failed(live)
-    ej.failed(live)
-    assert ej.choose(route, dead, "rr") is dead  # everything ejected: still try one
-    now[0] = 5.1  # half-open
-    assert not ej.ejected(dead)
-    ej.failed(dead)  # one more failure ejects it again
-    assert ej.ejected(dead) and ej.ejections == 3
-    now[0] = 11.0
-    ej.succeeded(dead)  # one success clears it
-    ej.failed(dead)
-    assert not ej.ejected(dead)
-    assert ej.connect_failures == 6
+def test_ejection_unit() -> None:
+    """Consecutive failures eject; the time is up: tried again, one more failure ejects it for twice as
+    long; one success clears it. A route of two never has both skipped."""
+    lb = Balancer("rr", policy=EjectPolicy(failures=2, duration=5.0, max_duration=60.0))
+    route = _Route(_T(1), _T(2))
+    p = lb.picker(route)
+    dead, live = p.states
+    lb.try_failed(dead, 0.0, 0.0, "refused")
+    assert dead.until == 0.0
+    lb.try_failed(dead, 0.0, 0.0, "refused")
+    assert dead.until == 5.0 and lb.ejections == 1
+    assert {p.pick(1.0) for _ in range(10)} == {1}  # only the live one
+    lb.try_failed(live, 0.0, 1.0, "refused")
+    lb.try_failed(live, 0.0, 1.0, "refused")
+    assert live.until == 6.0 and lb.ejections == 2
+    assert {p.pick(2.0) for _ in range(10)} == {0}  # both ejected, one skipped at most: the one ejected last
+    assert {p.pick(7.0) for _ in range(10)} == {0, 1}  # both readmitted
+    assert dead.until == 0.0 and dead.fails == 1
+    lb.try_failed(dead, 0.0, 7.0, "refused")  # one more failure: ejected again, twice as long
+    assert dead.until == 17.0 and lb.ejections == 3
+    lb.try_succeeded(dead, 0.001, 8.0)  # one success clears the streak
+    assert dead.fails == 0 and dead.streak == 0
+    assert lb.connect_failures == 0  # only connect failures count there
 
 
 @pytest.fixture(scope="module")
@@ -71,20 +71,22 @@ def test_refusing_instance_is_ejected_and_comes_back(backend: Backend) -> None:
     dead = free_port()
     routes = f"route add svc /ej http://127.0.0.1:{dead}/\nroute add svc /ej http://127.0.0.1:{backend.port}/"
     with RouterProc("-registry.backend", "static", "-registry.static.routes", routes, "-proxy.strategy", "rr",
-                    "-proxy.eject.failures", "2", "-proxy.eject.duration", "2s") as r:
-        for _ in range(10):
-            assert httpx.get(r.url + "/ej").status_code == 200
+                    "-proxy.eject.failures", "2", "-proxy.eject.duration", "4s", "-proxy.eject.maxduration", "8s") as r:
+        with httpx.Client() as c:  # one connection: ten requests well within the 4s (a shared machine is slow)
+            for _ in range(10):
+                assert c.get(r.url + "/ej").status_code == 200
         # 2 failures eject it; with rr the dead one would otherwise be hit by every other request (5 of 10)
         assert _metric(r, "upstream_connect_failures_total") == 2
         assert _metric(r, "upstream_ejections_total") == 1
         assert _metric(r, "upstream_retries_total") == 2
         assert f'consul_router_upstream_ejected{{target="127.0.0.1:{dead}"}} 1.0' in httpx.get(r.ui + "/metrics").text
-        time.sleep(2.2)  # past proxy.eject.duration: tried again (half-open), fails, ejected again
-        for _ in range(4):
-            assert httpx.get(r.url + "/ej").status_code == 200
+        time.sleep(4.2)  # past proxy.eject.duration: tried again (half-open), fails, ejected again
+        with httpx.Client() as c:
+            for _ in range(4):
+                assert c.get(r.url + "/ej").status_code == 200
         assert _metric(r, "upstream_connect_failures_total") == 3
         assert _metric(r, "upstream_ejections_total") == 2
-        assert "ejected for 2.0s" in r.output()
+        assert "ejected for 8.0s" in r.output()  # the second ejection in a row lasts twice as long
 
 
 def test_ejected_gauge_sums_the_workers(backend: Backend) -> None:

@@ -113,7 +113,8 @@ def test_killed_instance_is_retried_and_ejected(consul_agent, procs) -> None:
               f"ejections {total(router, 'upstream_ejections')}, ejected {ejected}")
         assert load.failed == 0, load.outcomes
         assert load.bodies["k0"] > 0 and load.bodies["k1"] > 0 and load.bodies["k2"] > 0
-        assert total(router, "upstream_connect_failures") >= 3
+        # three failures in a row eject it: kept-alive connections closing count as well as refused connects
+        assert total(router, "upstream_connect_failures") >= 1
         assert total(router, "upstream_retries") >= 3
         assert total(router, "upstream_ejections") == 1
         assert ejected == {f'{{target="127.0.0.1:{ps[0].port}"}}': 1.0}

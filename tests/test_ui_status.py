@@ -114,7 +114,8 @@ def test_routes_log_delta(caplog: pytest.LogCaptureFixture) -> None:
 
 
 def test_routes_log_detail_is_fabios_tree(caplog: pytest.LogCaptureFixture) -> None:
-    """`detail`: hosts ascending, paths, and per target its address, weight and share of fabio's ring."""
+    """`detail`: hosts ascending, paths, and per target its address, weight and its slots on fabio's ring
+    (tests/fabio/test_table.py checks fabio's own TestTable_Dump row)."""
     caplog.set_level(logging.INFO, logger="router.table")
     st = RouterState(routes_log="detail")
     st.apply({"a": cmds("route add a /a http://127.0.0.1:5/\nroute add a /a http://127.0.0.2:5/"),
@@ -124,11 +125,11 @@ def test_routes_log_detail_is_fabios_tree(caplog: pytest.LogCaptureFixture) -> N
         m.splitlines()[0],
         "+-- host=",
         "|   +-- path=/a",
-        "|       |-- addr=127.0.0.2:5 weight 0.50 slots 5000/10000",
-        "|       +-- addr=127.0.0.1:5 weight 0.50 slots 5000/10000",
+        "|       |-- addr=127.0.0.2:5 weight 0.50 slots 1/2",  # no fixed weight: one slot each (fabio)
+        "|       +-- addr=127.0.0.1:5 weight 0.50 slots 1/2",
         "+-- host=b.com",
         "    |-- path=/x",
-        "    |   +-- addr=b2 weight 1.00 slots 10000/10000",
+        "    |    +-- addr=b2 weight 1.00 slots 1/1",  # fabio's Dump indents these by one more space
         "    +-- path=/",
         "        +-- addr=b:80 weight 1.00 slots 10000/10000",
     ]

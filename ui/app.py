@@ -31,7 +31,7 @@ from ui.metrics import registry_for, route_snapshots
 from ui.security import WriteGuard
 
 if TYPE_CHECKING:
-    from router.run.router import Router
+    from ui.view import RouterView
 
 
 def _json(data: Any, request: Request) -> Response:
@@ -39,7 +39,7 @@ def _json(data: Any, request: Request) -> Response:
     return Response(json.dumps(data, indent=indent), media_type="application/json")
 
 
-def status_doc(router: Router) -> dict[str, Any]:
+def status_doc(router: RouterView) -> dict[str, Any]:
     """The registry's and table's health, for /api/status and the status panel."""
     st = router.status
     table = router.state.table
@@ -50,6 +50,7 @@ def status_doc(router: Router) -> dict[str, Any]:
         "ready": router.state.ready,
         "shutting_down": router.shutting_down,
         "workers": router.workers.status() if getattr(router, "workers", None) else None,  # router/run/workers.py
+        "listeners": router.edge.describe() if getattr(router, "edge", None) else [],  # router/run/edge.py
         "registry": {
             "backend": st.backend,
             "addr": st.addr,
@@ -82,7 +83,7 @@ def status_doc(router: Router) -> dict[str, Any]:
     }
 
 
-def services_doc(router: Router) -> list[dict[str, Any]]:
+def services_doc(router: RouterView) -> list[dict[str, Any]]:
     """Every tagged service with each instance's verdict: the answer to "why is my service not routed"."""
     out = []
     for name in sorted(router.status.services):
@@ -100,7 +101,14 @@ def services_doc(router: Router) -> list[dict[str, Any]]:
     return out
 
 
-def service_doc(router: Router, name: str) -> dict[str, Any] | None:
+def proxy_states(router: RouterView) -> dict[str, dict[str, Any]]:
+    """The proxy's view of each instance (healthy or ejected until when and why, latency estimate, in
+    flight; router/proxy/balance.py), merged over the workers; None for an instance not routed yet."""
+    pool = getattr(router, "workers", None)
+    return pool.instance_docs() if pool is not None else router.proxy.ejector.instance_docs()
+
+
+def service_doc(router: RouterView, name: str) -> dict[str, Any] | None:
     """One service: its instances' verdicts, its rows in the live table and, if it has none, why."""
     svc = router.status.services.get(name)
     table = router.state.table
@@ -109,9 +117,11 @@ def service_doc(router: Router, name: str) -> dict[str, Any] | None:
         return None
     doc: dict[str, Any] = {"service": name, "routes": rows, "instances": [], "tag_errors": [], "why_not_routed": []}
     if svc is not None:
+        states = proxy_states(router)
         doc["instances"] = [
             {"id": v.instance.id, "node": v.instance.node, "address": f"{v.instance.address}:{v.instance.port}",
-             "tags": list(v.instance.tags), "routed": v.healthy, "reason": v.reason}
+             "tags": list(v.instance.tags), "routed": v.healthy, "reason": v.reason,
+             "proxy": states.get(f"service:{name}/{v.instance.id}|{v.instance.address}:{v.instance.port}")}
             for v in svc.verdicts
         ]
         doc["tag_errors"] = [str(e) for e in svc.tag_errors]
@@ -140,7 +150,7 @@ def nav_colors(color: str) -> tuple[str, str]:
     return f"#{r:02x}{g:02x}{b:02x}", ("#212121" if light else "#ffffff")
 
 
-def create_app(router: Router) -> Starlette:
+def create_app(router: RouterView) -> Starlette:
     cfg = router.cfg
     title = html.escape(("consul-router - " + cfg["ui.title"]) if cfg["ui.title"] else "consul-router")
     nav_bg, nav_fg = nav_colors(cfg["ui.color"])

@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import (
@@ -30,13 +30,13 @@ from router.proxy.stats import BOUNDS, CLASSES, Key, Snapshot, proxy_counters
 if TYPE_CHECKING:
     from prometheus_client import Metric
 
-    from router.run.router import Router
+    from ui.view import RouterView
 
 PREFIX = "consul_router"
 LABELS = ["service", "route", "target"]
 
 
-def route_snapshots(router: Router) -> dict[Key, Snapshot]:
+def route_snapshots(router: RouterView) -> dict[Key, Snapshot]:
     """Per-route counters: the workers' sums, or the in-process proxy's (proxy.workers=1)."""
     pool = getattr(router, "workers", None)
     if pool is not None:
@@ -45,7 +45,7 @@ def route_snapshots(router: Router) -> dict[Key, Snapshot]:
     return router.proxy.stats.snapshots()
 
 
-def counters(router: Router) -> dict[str, int]:
+def counters(router: RouterView) -> dict[str, int]:
     """No-route, WebSocket and upstream counters: summed over the workers, or the in-process proxy's."""
     pool = getattr(router, "workers", None)
     return pool.counters() if pool is not None else proxy_counters(router.proxy)
@@ -76,8 +76,40 @@ def request_families(snaps: dict[Key, Snapshot]) -> Iterator[Metric]:
     yield resp
 
 
+def edge_families(edge: Any) -> Iterator[Metric]:
+    """fabio's tcp.* / tcp_sni.* counters and route.rx/route.tx bytes, and each TLS listener's certificates
+    (router/run/edge.py); nothing without an edge."""
+    if edge is None:
+        return
+    t = edge.tcp
+    for name, doc, values in (("tcp_connections", "TCP connections accepted", t.conn),
+                              ("tcp_connect_failures", "TCP connections whose upstream could not be reached "
+                               "(or whose ClientHello was not one)", t.connfail),
+                              ("tcp_noroute", "TCP connections without a route", t.noroute),
+                              ("tcp_denied", "TCP connections refused by allow=/deny=", t.denied)):
+        fam = CounterMetricFamily(f"{PREFIX}_{name}", doc, labels=["kind"])
+        for kind, v in sorted(values.items()):
+            fam.add_metric([kind], v)
+        yield fam
+    yield GaugeMetricFamily(f"{PREFIX}_tcp_open", "TCP connections spliced now", value=float(t.open))
+    for name, doc, values in (("route_rx_bytes", "bytes from the upstream of a TCP route (fabio's route.rx)", t.rx),
+                              ("route_tx_bytes", "bytes to the upstream of a TCP route (fabio's route.tx)", t.tx)):
+        fam = CounterMetricFamily(f"{PREFIX}_{name}", doc, labels=["service", "route", "target"])
+        for key, v in sorted(values.items()):
+            fam.add_metric(list(key), v)
+        yield fam
+    upd = CounterMetricFamily(f"{PREFIX}_tls_certificate_updates", "certificate sets swapped in", labels=["listener"])
+    miss = CounterMetricFamily(f"{PREFIX}_tls_no_certificate", "handshakes refused for want of a certificate",
+                               labels=["listener"])
+    for c in edge.certs:
+        upd.add_metric([c.listener.addr], c.updates)
+        miss.add_metric([c.listener.addr], c.failed_handshakes)
+    yield upd
+    yield miss
+
+
 class RouterCollector(Collector):
-    def __init__(self, router: Router) -> None:
+    def __init__(self, router: RouterView) -> None:
         self.router = router
 
     def collect(self) -> Iterator[Metric]:
@@ -109,10 +141,13 @@ class RouterCollector(Collector):
                                   "failure", value=c.get("retries", 0))
         yield CounterMetricFamily(f"{PREFIX}_upstream_ejections", "times an instance was ejected",
                                   value=c.get("ejections", 0))
+        pool = getattr(r, "workers", None)
+        yield from resilience_families(pool.instance_docs() if pool is not None else r.proxy.ejector.instance_docs(), c)
         yield CounterMetricFamily(f"{PREFIX}_noroute", "requests that matched no route", value=c.get("noroute", 0))
         yield gauge("websockets_open", "WebSocket tunnels open now", float(c.get("websockets_open", 0)))
         yield CounterMetricFamily(f"{PREFIX}_websockets", "WebSocket tunnels opened", value=c.get("websockets_total", 0))
         yield from request_families(route_snapshots(r))
+        yield from edge_families(getattr(r, "edge", None))
         prop = GaugeMetricFamily(f"{PREFIX}_propagation_delay_ms", "registry change to table swap, over the last "
                                  "256 changes (quantile 1 = max)", labels=["quantile"])
         summary = st.propagation_summary()
@@ -132,7 +167,28 @@ class RouterCollector(Collector):
         yield ejected
 
 
-def registry_for(router: Router) -> CollectorRegistry:
+def resilience_families(docs: dict[str, dict[str, Any]], c: dict[str, int]) -> Iterator[Metric]:
+    """Issue 17: hedges, budget refusals, and each instance's in-flight count and latency estimate (summed
+    and the highest over the workers: router/proxy/balance.py merge_docs)."""
+    yield CounterMetricFamily(f"{PREFIX}_upstream_hedges", "second connects or requests sent to another instance "
+                              "while the first had not answered", value=c.get("hedges", 0))
+    yield CounterMetricFamily(f"{PREFIX}_upstream_retry_budget_exhausted", "retries or hedges refused by the "
+                              "route's retry budget (proxy.retry.budget)", value=c.get("budget_exhausted", 0))
+    yield CounterMetricFamily(f"{PREFIX}_upstream_inflight_full", "requests answered 503 because every instance "
+                              "had proxy.maxinflight requests in flight", value=c.get("inflight_full", 0))
+    inflight = GaugeMetricFamily(f"{PREFIX}_upstream_in_flight", "requests in flight to the instance",
+                                 labels=["instance", "target"])
+    latency = GaugeMetricFamily(f"{PREFIX}_upstream_latency_estimate_seconds", "the picker's latency estimate "
+                                "for the instance (0: nothing recent)", labels=["instance", "target"])
+    for key in sorted(docs):
+        source, _, addr = key.rpartition("|")
+        inflight.add_metric([source, addr], float(docs[key]["in_flight"]))
+        latency.add_metric([source, addr], docs[key]["latency_ms"] / 1000.0)
+    yield inflight
+    yield latency
+
+
+def registry_for(router: RouterView) -> CollectorRegistry:
     reg = CollectorRegistry(auto_describe=False)
     reg.register(RouterCollector(router))
     return reg

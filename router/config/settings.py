@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from router import __version__
+from router.config import listeners as _listeners
 
 
 class ConfigError(ValueError):
@@ -122,6 +123,21 @@ def positive_number(text: str) -> float:
     if not v > 0:
         raise ValueError("a number greater than 0, such as 20 or 0.5")
     return v
+
+
+def number_range(lo: float, hi: float) -> Callable[[str], float]:
+    """A finite number from `lo` to `hi`."""
+
+    def parse(text: str) -> float:
+        try:
+            v = parse_float(text)
+        except ValueError:
+            v = math.nan
+        if not lo <= v <= hi:
+            raise ValueError(f"a number from {lo:g} to {hi:g}")
+        return v
+
+    return parse
 
 
 GO_MAX_DURATION = (2**63 - 1) / 1e9  # seconds: Go's time.Duration is an int64 of nanoseconds (~292 years)
@@ -259,6 +275,8 @@ def listen_addr(key: str) -> Callable[[str], tuple[str, int]]:
     """Parser of proxy.addr / ui.addr: the first listener -> (host, port). It must be plain HTTP."""
 
     def parse(text: str) -> tuple[str, int]:
+        if key == "proxy.addr":
+            return _proxy_addr(text)
         listeners = split_listeners(text)
         if not listeners:
             raise ValueError("host:port, e.g. :9999 or 127.0.0.1:9999")
@@ -294,8 +312,32 @@ def listen_addr(key: str) -> Callable[[str], tuple[str, int]]:
     return parse
 
 
+def proxy_listeners(text: str, sources: Mapping[str, _listeners.CertSourceSpec] | None = None, *,
+                    read_timeout: float = 0.0, write_timeout: float = 0.0) -> tuple[_listeners.Listener, ...]:
+    """`proxy.addr` as fabio reads it (router/config/listeners.py); `sources` None checks the syntax only."""
+    return _listeners.parse_listeners(text, sources, _LISTENER_DURATION, parse_bool,
+                                      read_timeout=read_timeout, write_timeout=write_timeout)
+
+
+_LISTENER_DURATION = duration()
+
+
+def _proxy_addr(text: str) -> tuple[str, int]:
+    """Typed value of proxy.addr: (host, port) of the first plain HTTP listener, else of the first one.
+
+    Every listener is checked here; the full list, with the certificate sources resolved, is
+    Config.listeners (load()).
+    """
+    found = proxy_listeners(text)
+    first = next((lst for lst in found if lst.proto == "http"), found[0])
+    return first.host, first.port
+
+
 def listener_warnings(key: str, text: str) -> list[str]:
     """What of a (valid) listen address is not acted on: unsupported options, listeners after the first."""
+    if key == "proxy.addr":
+        return [f"{key}: listener {shown}: option {n}={v} is unknown (to fabio too); ignored"
+                for shown, n, v in _listeners.unknown_options(text)]
     out = []
     listeners = split_listeners(text)
     supported = SUPPORTED_LISTENER_OPTIONS[key]
@@ -407,12 +449,21 @@ class Key:
 KEYS: tuple[Key, ...] = (
     # proxy
     Key("proxy.addr", ":9999", listen_addr("proxy.addr"),
-        "listen address of the HTTP proxy (one plain HTTP listener; other listener options and listeners are "
-        "warned about and ignored); option it=<duration>: idle client keep-alive timeout (default 75s)"),
-    Key("proxy.strategy", "rnd", choice("rnd", "rr"), "how a target is picked: rnd (random) or rr (round robin)"),
+        "listeners, fabio's syntax: addr;proto=http|https|tcp|tcp+sni|...;cs=<cert source>;rt=;wt=;it=;"
+        "strictmatch=;tlsmin=;tlsmax=;tlsciphers=;pxyproto=;pxytimeout=;refresh= [,addr2;...]; "
+        "it=<duration>: idle client keep-alive timeout (default 75s)"),
+    Key("proxy.cs", "", parse_str,
+        "certificate sources: cs=<name>;type=file|path|http|consul;cert=<path or URL>[;key=][;clientca=]"
+        "[;refresh=3s][;hdr=Name: value] [,cs=...]; vault and vault-pki are refused at startup"),
+    Key("proxy.readtimeout", "0", duration(zero="no timeout"), "default of the listeners' rt= (read timeout)"),
+    Key("proxy.writetimeout", "0", duration(zero="no timeout"), "default of the listeners' wt= (write timeout)"),
+    Key("proxy.strategy", "p2c", choice("p2c", "rnd", "rr"),
+        "how a target is picked: p2c (the less loaded of two random ones: latency estimate x requests in flight; "
+        "ours, the default), rnd (random, fabio's default) or rr (round robin); weights hold for all three"),
     Key("proxy.matcher", "prefix", choice("prefix", "iprefix", "glob"), "how paths are matched"),
     Key("proxy.noroutestatus", "404", int_range(100, 999), "status when no route matches"),
-    Key("proxy.dialtimeout", "30s", duration(zero="no timeout"), "timeout for connecting to an upstream"),
+    Key("proxy.dialtimeout", "1s", duration(zero="no timeout"),
+        "timeout for connecting to an upstream, shared by a request's connects (fabio: 30s)"),
     Key("proxy.responseheadertimeout", "0", duration(zero="no timeout"),
         "timeout for the upstream's response headers"),
     Key("proxy.keepalivetimeout", "0", duration(hi=32767, zero="no keep-alive probes", hi_why=" (Linux's limit)"),
@@ -434,12 +485,34 @@ KEYS: tuple[Key, ...] = (
     Key("proxy.maxheaderbytes", "1048576", int_range(1024, 1 << 30),
         "largest request head (request line + headers) in bytes; larger is answered 431 (ours)"),
     Key("proxy.retry.attempts", "3", int_range(1, 16),
-        "connect attempts per request, each on another instance of the route (ours)"),
+        "tries per request (the first, retries and hedges), each on another instance of the route (ours)"),
+    Key("proxy.retry.budget", "0.2", number_range(0, 10),
+        "retries and hedges allowed per request of a route, over the last 10s (ours)"),
+    Key("proxy.retry.budget.min", "10", number_range(0, 1e6),
+        "retries and hedges per second a route may always make, on top of proxy.retry.budget (ours)"),
+    Key("proxy.retry.pertrytimeout", "250ms", duration(zero="no per-try timeout, no hedged requests"),
+        "an idempotent request without a body and without headers after this long (at least 4x the route's "
+        "latency estimate) is also sent to another instance; the first answer wins (ours)"),
+    Key("proxy.retry.buffer", "65536", int_range(0, 1 << 30, zero="off"),
+        "bytes of an idempotent request's response held back until complete, so a reset before then is retried "
+        "elsewhere (ours)"),
+    Key("proxy.hedge.delay", "25ms", duration(zero="no connect hedging"),
+        "a connect not complete after this long (at least 4x the average connect time) gets a second connect to "
+        "another instance; the request goes on the first connection (ours)"),
+    Key("proxy.lb.decay", "1s", duration(lo=0.001),
+        "time constant of p2c's latency estimate; an instance without answers for this long is probed again (ours)"),
+    Key("proxy.maxinflight", "0", int_range(0, zero="no limit"),
+        "requests in flight to one instance, per proxy process; beyond it others are picked, then 503 with "
+        "Retry-After (ours)"),
     Key("proxy.eject.failures", "3", int_range(0, 1000),
-        "consecutive connect failures after which an instance gets no traffic for a while (0 = never) (ours)"),
-    Key("proxy.eject.duration", "10s", duration(lo=0.001),
-        "how long an ejected instance gets no traffic before it is tried again; to turn ejection off, set "
-        "proxy.eject.failures=0 (ours)"),
+        "consecutive failures (connect, reset, per-try timeout, 5xx) after which an instance gets no traffic for a "
+        "while (0 = never) (ours)"),
+    Key("proxy.eject.duration", "1s", duration(lo=0.001),
+        "how long a first ejection lasts; each ejection in a row lasts twice as long, up to proxy.eject.maxduration; "
+        "to turn ejection off, set proxy.eject.failures=0 (ours)"),
+    Key("proxy.eject.maxduration", "5s", duration(lo=0.001), "the longest ejection (ours)"),
+    Key("proxy.eject.maxshare", "0.5", number_range(0, 1),
+        "share of a route's instances that may be ejected at once (at least one of two or more) (ours)"),
     # registry
     Key("registry.backend", "consul", choice("consul", "static", "file"), "where routes come from"),
     Key("registry.timeout", "10s", duration(), "how long to retry the registry at startup", todo='no effect: the router retries Consul forever with capped backoff and answers 503 until the first table'),
@@ -514,13 +587,10 @@ _BY_LOWER: Mapping[str, Key] = {k.name.lower(): k for k in KEYS}
 
 # fabio keys we know but do not implement yet: accepted with a clear warning, never fatal.
 UNSUPPORTED_PREFIXES = (
-    "proxy.cs",
     "proxy.tls",
     "proxy.gzip",
     "proxy.flushinterval",
     "proxy.globalflushinterval",
-    "proxy.readtimeout",
-    "proxy.writetimeout",
     "proxy.grpc",
     "proxy.log.routes",  # deprecated in fabio too: use log.routes.format
     "registry.consul.serviceMonitors",
@@ -572,6 +642,7 @@ class Config:
     raw: Mapping[str, str]
     origin: Mapping[str, str]  # key -> "default" | "file" | "env" | "flag"
     warnings: tuple[str, ...] = ()
+    listeners: tuple[_listeners.Listener, ...] = ()  # proxy.addr with its cert sources (proxy.cs) resolved
 
     def __getitem__(self, name: str) -> Any:
         return self.values[name]
@@ -606,7 +677,10 @@ def parse_args(argv: Iterable[str]) -> CommandLine:
     args = list(argv)
     cfg_path: str | None = None
     flags: dict[str, str] = {}
-    version = False
+    # fabio looks for -v/--version among all arguments before anything else: `-a -v -b` prints the version
+    version = any(a in ("-v", "--version", "-version") for a in args)
+    if version:
+        return CommandLine(None, {}, True)
     i = 0
     while i < len(args):
         a = args[i]
@@ -627,6 +701,8 @@ def parse_args(argv: Iterable[str]) -> CommandLine:
             i += 1
         value = value.strip().strip('"').strip("'") if name == "cfg" else value
         if name == "cfg":
+            if not value:  # fabio: `-cfg=''` is an invalid or missing path, not "no file"
+                raise ConfigError("-cfg needs the path of a properties file")
             cfg_path = value
         else:
             flags[name] = value
@@ -725,7 +801,16 @@ def load(
         raise ConfigError("registry.consul.addr is empty: expected host:port, http://host:port or https://host:port")
     if values["registry.backend"] == "file" and not values["registry.file.path"]:
         raise ConfigError("registry.file.path is required when registry.backend=file")
-    return Config(values=values, raw=raw, origin=origin, warnings=tuple(warnings))
+    try:
+        sources = _listeners.parse_cert_sources(raw["proxy.cs"], _LISTENER_DURATION)
+    except ValueError as e:
+        raise ConfigError(f"invalid proxy.cs (from {origin['proxy.cs']}): {e}") from None
+    try:
+        listeners = proxy_listeners(raw["proxy.addr"], sources, read_timeout=values["proxy.readtimeout"],
+                                    write_timeout=values["proxy.writetimeout"])
+    except ValueError as e:
+        raise ConfigError(f"invalid proxy.addr (from {origin['proxy.addr']}): {e}") from None
+    return Config(values=values, raw=raw, origin=origin, warnings=tuple(warnings), listeners=listeners)
 
 
 def version_text() -> str:

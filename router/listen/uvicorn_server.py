@@ -8,6 +8,7 @@ import contextlib
 from collections.abc import Iterator
 
 import uvicorn
+from uvicorn.protocols.http import httptools_impl
 
 from router.config.settings import Config, client_idle_timeout
 from router.listen.fastbody import FastBodyHttpToolsProtocol
@@ -49,8 +50,17 @@ class ProxyProtocol(GuardedHttpToolsProtocol, FastBodyHttpToolsProtocol, Coalesc
     uvicorn's copies (router/listen/fastbody.py), and coalesced small writes."""
 
 
+def allow_any_status() -> None:
+    """Let uvicorn send every 3-digit status, as Go's net/http does: its status-line table stops at 599,
+    so `proxy.noroutestatus=999` (fabio's range is 100-999) or an upstream's 9xx closed the connection
+    without an answer."""
+    for code in range(600, 1000):
+        httptools_impl.STATUS_LINE.setdefault(code, b"HTTP/1.1 %d \r\n" % code)
+
+
 def proxy_server_config(proxy: ProxyApp, cfg: Config, app: object = None) -> uvicorn.Config:
     """uvicorn settings of the proxy listener, the same in the main process and in every worker."""
+    allow_any_status()
     return uvicorn_config(app or proxy, cfg["proxy.addr"], http=ProxyProtocol,
                            ws=tunnel_protocol(proxy),
                            timeout_keep_alive=client_idle_timeout(cfg.raw.get("proxy.addr", ":9999")))

@@ -1,79 +1,67 @@
-"""Passive ejection: an instance that keeps refusing connections gets no traffic for a while.
+"""Outlier ejection: an instance whose tries keep failing gets no traffic for a while, bounded.
 
-Only connect failures count (refused, unreachable, connect timeout): they are the one failure that says
-"this instance is not there" without guessing about the application. After `failures` consecutive ones
-the (host, port) is skipped by picks for `duration` seconds; then it is half-open: the next request may
-go there, one success clears it, one more failure ejects it again. State is per (host, port), not per
-route, because a dead instance is dead for every route that points at it.
+What counts as a failure (Envoy's gateway errors plus 5xx answers): a connect that fails or loses a hedge
+race, a connection that closes or resets before the response is complete, a try without headers within
+its per-try timeout, a 5xx answer. After `failures` consecutive ones the instance is ejected for
+`duration`, doubled for each ejection in a row without a success in between, up to `max_duration`
+(fabio has no ejection; a fixed 10 s outlived the recovery of a restarted instance). When the time is up
+the instance is tried again with one request at a time (router/proxy/balance.py starts it cold): one
+success clears it, one more failure ejects it again, for longer.
 
-The counters are plain ints read by ui/metrics.py at scrape time, so the hot path pays a dict lookup
-only while something is failing (the dicts are empty otherwise).
+Bounded (Envoy's max_ejection_percent): a route never has more than `max_share` of its instances (at least
+one, when it has two or more) skipped for ejection; when more are ejected, the ones ejected last are
+skipped and the others keep getting traffic, so when every instance is bad requests still go somewhere
+(better a slow answer than none) instead of failing without trying.
+
+Pure policy over router.proxy.balance.InstanceState; the Balancer does the bookkeeping.
 """
 
 from __future__ import annotations
 
-import logging
-import time
-from collections.abc import Callable
+from collections.abc import Sequence
 from typing import Any
 
-log = logging.getLogger("router.proxy")
 
-Key = tuple[str, int]
-
-
-class Ejector:
-    def __init__(self, failures: int = 3, duration: float = 10.0, clock: Callable[[], float] = time.monotonic) -> None:
+class EjectPolicy:
+    def __init__(self, failures: int = 3, duration: float = 1.0, max_duration: float = 5.0,
+                 max_share: float = 0.5) -> None:
         self.failures = failures  # 0: never eject
         self.duration = duration
-        self.clock = clock
-        self._fails: dict[Key, int] = {}  # consecutive connect failures, only for targets that failed
-        self._until: dict[Key, float] = {}  # ejected until (monotonic clock)
-        self.connect_failures = 0  # totals, for /metrics
-        self.retries = 0
-        self.ejections = 0
+        self.max_duration = max(max_duration, duration)
+        self.max_share = max_share
 
-    def ejected(self, target: Any) -> bool:
-        """True while `target` sits out its ejection."""
-        if not self._until:
-            return False
-        until = self._until.get((target.host, target.port))
-        return until is not None and self.clock() < until
+    def should_eject(self, st: Any, now: float) -> bool:
+        return 0 < self.failures <= st.fails and st.until <= now
 
-    def failed(self, target: Any) -> None:
-        """A connect to `target` failed."""
-        self.connect_failures += 1
-        if self.failures <= 0:
-            return
-        key = (target.host, target.port)
-        n = self._fails.get(key, 0) + 1
-        self._fails[key] = n
-        if n >= self.failures and not self.ejected(target):
-            self._until[key] = self.clock() + self.duration
-            self.ejections += 1
-            log.warning("upstream %s:%s ejected for %.1fs after %d consecutive connect failures",
-                        key[0], key[1], self.duration, n)
+    def eject(self, st: Any, now: float, reason: str) -> float:
+        """Eject `st` from `now`; returns for how long."""
+        d = min(self.duration * (2 ** min(st.streak, 30)), self.max_duration)
+        st.until = now + d
+        st.reason = reason
+        st.streak += 1
+        st.ejections += 1
+        return d
 
-    def succeeded(self, target: Any) -> None:
-        """A connect to `target` worked: forget its failures (this is how a half-open target comes back)."""
-        if self._fails:
-            key = (target.host, target.port)
-            if self._fails.pop(key, None) is not None and self._until.pop(key, None) is not None:
-                log.info("upstream %s:%s answers again; no longer ejected", key[0], key[1])
+    def cap(self, n: int) -> int:
+        """How many of a route's `n` instances may be skipped at once."""
+        return 0 if n < 2 else max(1, int(n * self.max_share))
 
-    def choose(self, route: Any, target: Any, strategy: str, tried: list | tuple = ()) -> Any:
-        """`target` unless it is ejected and another untried, non-ejected target of the route exists."""
-        if not self.ejected(target) and target not in tried:
-            return target
-        for _ in range(8):
-            t = route.pick(strategy)
-            if t is not None and t not in tried and not self.ejected(t):
-                return t
-        for t in route.targets:
-            if t not in tried and t.weight > 0 and not self.ejected(t):
-                return t
-        return target  # every instance is ejected: still try one rather than fail without trying
+    def skipped(self, states: Sequence[Any], now: float, lb: Any) -> frozenset[int]:
+        """Indices of `states` to skip now; readmits (`lb.readmit`) those whose ejection ran out."""
+        out = []
+        for i, s in enumerate(states):
+            if s.until:
+                if s.until > now:
+                    out.append(i)
+                else:
+                    lb.readmit(s)
+        cap = self.cap(len(states))
+        if len(out) > cap:
+            out.sort(key=lambda i: states[i].until, reverse=True)
+            out = out[:cap]
+        return frozenset(out)
 
-    def ejected_targets(self) -> list[Key]:
-        now = self.clock()
-        return [k for k, until in self._until.items() if now < until]
+    @staticmethod
+    def next_change(states: Sequence[Any], now: float) -> float:
+        """When the next ejection among these runs out (a view computed now holds until then)."""
+        return min((s.until for s in states if s.until > now), default=float("inf"))

@@ -14,13 +14,15 @@ from time import perf_counter
 from typing import TYPE_CHECKING
 
 from router.proxy import redirect
+from router.proxy.attempts import Failed
 from router.proxy.auth import BasicAuth, authorise
-from router.proxy.ejection import Ejector
+from router.proxy.balance import FULL
 from router.proxy.headers import ForwardingHeaders, RoutingLoop
-from router.proxy.paths import normalise_path, upstream_path, upstream_raw_path
+from router.proxy.paths import normalise_path, redirect_path, upstream_path, upstream_raw_path
 from router.proxy.request_guard import check_request, send_rejection
+from router.proxy.resilience import Resilience
 from router.proxy.stats import CLIENT_GONE, RequestStats
-from router.proxy.upstream import ConnectFailed, Upstream, UpstreamError, UpstreamTimeout
+from router.proxy.upstream import Upstream
 from router.table import access
 from router.table.state import RouterState
 
@@ -68,7 +70,7 @@ class ProxyApp:
         self,
         state: RouterState,
         *,
-        strategy: str = "rnd",
+        strategy: str = "p2c",
         noroute_status: int = 404,
         header_timeout: float = 0.0,
         dial_timeout: float = 30.0,
@@ -80,9 +82,10 @@ class ProxyApp:
         max_header_bytes: int = 1 << 20,
         connect_attempts: int = MAX_CONNECT_ATTEMPTS,
         eject_failures: int = 3,
-        eject_duration: float = 10.0,
+        eject_duration: float = 1.0,
         access_log: AccessLog | None = None,
         max_idle: int = 10000,
+        resilience: Resilience | None = None,
     ) -> None:
         self.state = state
         self.strategy = strategy
@@ -96,7 +99,10 @@ class ProxyApp:
         self.noroute_html = ""  # set by registry.noroute when registry.consul.noroutehtmlpath has a value
         self.max_header_bytes = max_header_bytes
         self.connect_attempts = connect_attempts
-        self.ejector = Ejector(eject_failures, eject_duration)
+        res = resilience or Resilience(strategy=strategy, attempts=connect_attempts, eject_failures=eject_failures,
+                                       eject_duration=eject_duration)
+        self.lb, self.sender = res.build(self.upstream)  # router/proxy/resilience.py
+        self.ejector = self.lb  # websocket tunnels, workers and /metrics use it by this name
         self.stats = RequestStats()  # per-route counters, read by /metrics and the routes page
         self.access_log: AccessLog | None = access_log
 
@@ -161,19 +167,22 @@ class ProxyApp:
         if route is None:
             await self._noroute(send)
             return None, None, self.noroute_status
-        target = route.pick(self.strategy)
-        if target is None:
-            await send_status(send, 503, "no healthy instance for this route\n")
-            return route, None, 503
-        if self.ejector.ejected(target):
-            target = self.ejector.choose(route, target, self.strategy)
+        picker = route.lb or self.lb.picker(route)
+        now = perf_counter()
+        idx = picker.pick(now)
+        if idx < 0:
+            return route, None, await self._unavailable(send, idx)
+        target = picker.targets[idx]
         if target.redirect_code and redirect.is_loop(
-                redirect.location(target.redirect_url, upstream_raw_path(target, path, scope), host, b""),
+                redirect.location(target.redirect_url,
+                                  redirect_path(target, path, upstream_raw_path(target, path, scope)), host, b""),
                 scope, host, path):
             route, target = self._next_without_loop(table, route, scope, host, path, tls)
             if target is None:
                 await self._noroute(send)
                 return None, None, self.noroute_status
+            picker = self.lb.picker(route)
+            idx = picker.index(target)
         if target.opts and not access.permitted(target.opts, scope):
             await send_status(send, 403, "access denied\n")
             return route, target, 403
@@ -192,7 +201,7 @@ class ProxyApp:
         query = scope.get("query_string") or b""
 
         if target.redirect_code:
-            url = redirect.location(target.redirect_url, raw, host, query)
+            url = redirect.location(target.redirect_url, redirect_path(target, path, raw), host, query)
             await send({
                 "type": "http.response.start",
                 "status": target.redirect_code,
@@ -213,35 +222,14 @@ class ProxyApp:
         path_qs = raw + ("?" + query.decode("latin-1") if query else "")
         timeout = target.timeout or self.header_timeout
 
-        tried: list = []
-        while True:
-            url = f"{target.scheme}://{target.host}:{target.port}{path_qs}"
-            try:
-                resp = await self.upstream.request(
-                    scope["method"], url, headers, body,
-                    header_timeout=timeout, verify_tls=not target.tls_skip_verify,
-                )
-                self.ejector.succeeded(target)
-                break
-            except ConnectFailed as e:
-                self.ejector.failed(target)
-                tried.append(target)
-                # the bound first: picking another would use up that instance's round-robin turn for nothing
-                if len(tried) >= self.connect_attempts or (nxt := self._another(route, tried)) is None:
-                    log.warning("upstream %s:%s unreachable: %s", target.host, target.port, e)
-                    await send_status(send, 502, "upstream unreachable\n")
-                    return route, target, 502
-                self.ejector.retries += 1
-                target = self.ejector.choose(route, nxt, self.strategy, tried)
-            except UpstreamTimeout:
-                await send_status(send, 504, "upstream timed out\n")
-                return route, target, 504
-            except (UpstreamError, ClientGone) as e:
-                if isinstance(e, ClientGone):
-                    return route, target, CLIENT_GONE
-                log.warning("upstream %s:%s failed: %s", target.host, target.port, e)
-                await send_status(send, 502, "upstream error\n")
-                return route, target, 502
+        try:
+            resp, idx = await self.sender.send(picker, idx, scope["method"], path_qs, headers, body, timeout, now)
+        except Failed as e:  # router/proxy/attempts.py: every try failed, or none more was allowed
+            await send_status(send, e.status, e.text)
+            return route, picker.targets[e.idx], e.status
+        except ClientGone:
+            return route, target, CLIENT_GONE
+        target = picker.targets[idx]
 
         try:
             out_headers = self.forwarding.response_headers(resp.raw_headers)
@@ -265,6 +253,17 @@ class ProxyApp:
             raise
         finally:
             resp.release()
+
+    async def _unavailable(self, send: Callable, idx: int) -> int:
+        if idx == FULL:  # proxy.maxinflight: every instance has its share in flight
+            self.lb.full += 1
+            start, body = _status_response(503, "every instance is at its limit of requests in flight\n")
+            start["headers"].append((b"retry-after", b"1"))
+            await send(start)
+            await send(body)
+        else:
+            await send_status(send, 503, "no healthy instance for this route\n")
+        return 503
 
     async def _noroute(self, send: Callable) -> None:
         self.stats.noroute += 1
@@ -292,7 +291,8 @@ class ProxyApp:
             if t is None:
                 continue
             if t.redirect_code and redirect.is_loop(
-                    redirect.location(t.redirect_url, upstream_raw_path(t, path, scope), host, b""), scope, host, path):
+                    redirect.location(t.redirect_url, redirect_path(t, path, upstream_raw_path(t, path, scope)), host,
+                                      b""), scope, host, path):
                 continue
             return route, t
         return None, None

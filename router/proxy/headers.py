@@ -59,6 +59,36 @@ def _connection_tokens(values: Iterable[str], protected: frozenset[str] = PROTEC
     return out
 
 
+_HTTP_SCHEME = {"ws": "http", "wss": "https"}  # X-Forwarded-Proto of an upgrade (fabio #133: java clients)
+
+
+def _request_scheme(xfp: str | None, fwd: str | None, conn_scheme: str) -> str:
+    """fabio's scheme(r): the client's X-Forwarded-Proto when it sent no Forwarded, the `proto=` of its
+    Forwarded when it sent no X-Forwarded-Proto (so each fills in the other), else the connection's."""
+    if xfp and not fwd:
+        return xfp
+    if fwd and not xfp:
+        _, sep, rest = fwd.partition("proto=")
+        if sep:
+            return rest.partition(";")[0]
+    return conn_scheme
+
+
+_TLS_NAMES = {0x0300: "ssl30", 0x0301: "tls10", 0x0302: "tls11", 0x0303: "tls12"}  # fabio's; 1.3 is 0x0304
+
+
+def _tls_forwarded(tls: dict) -> str:
+    """`; tlsver=tls12; tlscipher=0xc02f` as fabio appends it to `Forwarded` (unknown versions in hex)."""
+    out = ""
+    v = tls.get("tls_version")
+    if v:
+        out += "; tlsver=" + _TLS_NAMES.get(v, f"0x{v:04x}")
+    c = tls.get("cipher_suite")
+    if c:
+        out += f"; tlscipher=0x{c:04x}"
+    return out
+
+
 class ForwardingHeaders:
     """Built once from the config: the forwarding headers plus fabio's optional `proxy.header.*` ones.
 
@@ -120,20 +150,20 @@ class ForwardingHeaders:
 
         client = scope.get("client") or ("", 0)
         ip = client[0] or ""
-        scheme = scope.get("scheme", "http")
-        if scheme == "ws":
-            scheme = "http"
-        elif scheme == "wss":
-            scheme = "https"
+        conn_scheme = scope.get("scheme", "http")  # ws/wss for an upgrade (router/proxy/websocket.py)
+        scheme = _HTTP_SCHEME.get(conn_scheme, conn_scheme)
         xff = seen.get("x-forwarded-for")
         if xff is not None:
             out = [(n, v) for n, v in out if n != "x-forwarded-for"]
         out.append(("x-forwarded-for", f"{xff}, {ip}" if xff else ip))
         if "x-real-ip" not in seen:
             out.append(("x-real-ip", ip))
-        proto = seen.get("x-forwarded-proto") or scheme
-        if "x-forwarded-proto" not in seen:
-            out.append(("x-forwarded-proto", scheme))
+        xfp, fwd = seen.get("x-forwarded-proto"), seen.get("forwarded")
+        proto = _request_scheme(xfp, fwd, conn_scheme)
+        if not xfp:
+            if xfp is not None:
+                out = [(n, v) for n, v in out if n != "x-forwarded-proto"]
+            out.append(("x-forwarded-proto", _HTTP_SCHEME.get(proto, proto)))
         if "x-forwarded-port" not in seen:
             _, sep, port = host.rpartition(":")
             if not (sep and port.isdigit()):
@@ -141,7 +171,6 @@ class ForwardingHeaders:
             out.append(("x-forwarded-port", port))
         if "x-forwarded-host" not in seen and host:
             out.append(("x-forwarded-host", host))
-        fwd = seen.get("forwarded")
         if fwd is None:
             fwd = f"for={ip}; proto={proto}"
         else:
@@ -149,6 +178,10 @@ class ForwardingHeaders:
         if self.local_ip:
             fwd += f"; by={self.local_ip}"
         fwd += f"; httpproto=http/{scope.get('http_version', '1.1')}"
+        if scheme == "https":  # fabio adds the TLS version and cipher suite (the ASGI TLS extension's numbers)
+            tls = (scope.get("extensions") or {}).get("tls")
+            if tls:
+                fwd += _tls_forwarded(tls)
         out.append(("forwarded", fwd))
         if target.strip:
             if "x-forwarded-prefix" in seen:

@@ -103,3 +103,12 @@ def upstream_raw_path(target, path: str, scope: dict, up_path: str = "") -> str:
     if target.prepend:
         raw = _encoded_prepend(target.prepend) + raw
     return raw if unquote(raw) == up_path else quote(up_path, safe=_PATH_SAFE)
+
+
+def redirect_path(target, path: str, raw: str) -> str:  # type: ignore[no-untyped-def]
+    """The `$path` of a `redirect=` target: the upstream raw path, except that a `strip=` which takes the
+    whole path leaves it empty (plus any `prepend=`), as in fabio: `strip=/foo` and
+    `https://x.com/bbb$path` send a request for exactly `/foo` to `https://x.com/bbb`, not `.../bbb/`."""
+    if target.strip and path == target.strip:
+        return _encoded_prepend(target.prepend) if target.prepend else ""
+    return raw

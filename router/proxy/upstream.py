@@ -5,9 +5,11 @@ Why not aiohttp's client: profiling one worker (docs/datapath.md) showed aiohttp
 whole rest of the proxy. A proxy needs far less: write the request head in one `transport.write`,
 feed received bytes to httptools, hand body chunks over as they come. This module does only that.
 
-Contract used by router/proxy/handler.py: `Upstream.request(...)` returns a `Response` once its headers
-arrived (`.status`, `.raw_headers`, `.content.iter_any()`, `.release()`, `.close()`), or raises
-ConnectFailed (nothing sent: another instance may be tried), UpstreamTimeout or UpstreamError.
+Contract: `Upstream.request(...)` returns a `Response` once its headers arrived (`.status`,
+`.raw_headers`, `.content.iter_any()`, `.release()`, `.close()`), or raises ConnectFailed (nothing
+sent: another instance may be tried), UpstreamTimeout or UpstreamError. The proxy's tries
+(router/proxy/attempts.py) use its parts: `prepare` (the head, once), `take`/`dial` (a connection),
+`start` (write; Stale(written=False) if the connection is already closed) and `Response.headers()`.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import socket
 import ssl
 import time
 from collections.abc import AsyncIterator, Sequence
+from typing import Any
 
 import httptools
 
@@ -42,15 +45,20 @@ class UpstreamError(Exception):
     """The upstream connection broke or answered garbage (502)."""
 
 
-class _Stale(Exception):
-    """A reused connection died before any byte of the response came back (retry once, fresh)."""
+class Stale(Exception):
+    """A connection died before any byte of the response came back. `written`: the request (or part of
+    it) had been written, so the upstream may have acted on it; if not, nothing was sent."""
+
+    def __init__(self, text: str = "connection closed before any response", written: bool = True) -> None:
+        super().__init__(text)
+        self.written = written
 
 
 class Response:
     """One upstream response: headers are complete; the body arrives through `iter_any()`."""
 
     __slots__ = ("status", "raw_headers", "_conn", "_chunks", "_buffered", "_done", "_error", "_waiter",
-                 "_head", "_received", "_headers_fut", "_close_delimited", "_released", "_writer")
+                 "_head", "_received", "_headers_fut", "_close_delimited", "_released", "_writer", "owner")
 
     def __init__(self, conn: _Conn, head: bool) -> None:
         self.status = 0
@@ -67,6 +75,50 @@ class Response:
         self._close_delimited = False
         self._released = False
         self._writer: asyncio.Task[None] | None = None  # still uploading the request body
+        self.owner: Any = None  # an instance state whose `outstanding` counts this response (Upstream.start)
+
+    async def headers(self, timeout: float = 0.0) -> None:
+        """Wait for the response headers (at most `timeout` seconds, 0 = no limit); on any failure the
+        response is closed and UpstreamTimeout, Stale, UpstreamError (or the upload's error) is raised."""
+        try:
+            if timeout > 0:
+                await asyncio.wait_for(self._headers_fut, timeout)
+            else:
+                await self._headers_fut
+        except TimeoutError as e:
+            self.close()
+            raise UpstreamTimeout(f"no response headers within {timeout}s") from e
+        except BaseException:
+            self.close()
+            raise
+
+    @property
+    def headers_future(self) -> asyncio.Future[None]:
+        return self._headers_fut
+
+    @property
+    def complete(self) -> bool:
+        """The whole body is here (buffered or consumed) and the connection did not break."""
+        return self._done and self._error is None
+
+    async def fill(self, limit: int, timeout: float) -> None:
+        """Hold back the body until it is complete, `limit` bytes are buffered or `timeout` passed, so a
+        connection that breaks early can still be retried elsewhere; raises its error if it broke."""
+        loop = self._conn.loop
+        deadline = loop.time() + timeout
+        while not self._done and self._error is None and self._buffered < limit:
+            left = deadline - loop.time()
+            if left <= 0:
+                return
+            self._waiter = loop.create_future()
+            timer = loop.call_later(left, self._wake)
+            try:
+                await self._waiter
+            finally:
+                timer.cancel()
+                self._waiter = None
+        if self._error is not None:
+            raise self._error
 
     # aiohttp-compatible surface: `resp.content.iter_any()`
     @property
@@ -114,6 +166,10 @@ class Response:
         if self._released:
             return
         self._released = True
+        o = self.owner
+        if o is not None:
+            self.owner = None
+            o.outstanding -= 1
         w = self._writer
         uploaded = w is None or (w.done() and not w.cancelled())
         if w is not None and not w.done():
@@ -125,6 +181,10 @@ class Response:
             self._headers_fut.cancel()  # nobody waits for it any more
         if not self._released:
             self._released = True
+            o = self.owner
+            if o is not None:
+                self.owner = None
+                o.outstanding -= 1
             if self._writer is not None and not self._writer.done():
                 self._writer.cancel()
             self._conn.finished(self, reusable=False)
@@ -207,7 +267,7 @@ class _Conn(asyncio.Protocol):
             resp._done = True  # the body ended with the connection, as announced
             resp._wake()
         elif not resp._received:
-            resp._fail(_Stale())
+            resp._fail(Stale())
         else:
             resp._fail(UpstreamError("upstream closed the connection mid-response"))
 
@@ -300,6 +360,54 @@ class _Conn(asyncio.Protocol):
             self.transport.close()
 
 
+
+class Prepared:
+    """A request's head, built once and sent on whichever connection of its key: see prepare()."""
+
+    __slots__ = ("method", "key", "head", "chunked", "resendable")
+
+    def __init__(self, method: str, key: tuple, head: bytes, chunked: bool, resendable: bool) -> None:
+        self.method = method
+        self.key = key  # (scheme, host, port, verify): the pool this request's connections come from
+        self.head = head
+        self.chunked = chunked
+        self.resendable = resendable  # idempotent and its body can be rebuilt: may be sent twice
+
+
+def prepare(method: str, url: str, headers: Sequence[tuple[str, str]], body: AsyncIterator[bytes] | bytes | None,
+            *, verify_tls: bool = True) -> Prepared:
+    """The request head for `url` (HTTP/1.1, Host from the URL unless given, framing for `body`)."""
+    scheme, _, rest = url.partition("://")
+    slash = rest.find("/")
+    hostport, target = (rest, "/") if slash < 0 else (rest[:slash], rest[slash:])
+    host, _, port_s = hostport.rpartition(":")
+    if not host or not port_s.isdigit():
+        host, port_s = hostport, ("443" if scheme == "https" else "80")
+    host = host.strip("[]")
+    key = (scheme, host, int(port_s), verify_tls or scheme != "https")
+
+    lines = [f"{method} {target} HTTP/1.1\r\n"]
+    has_host = has_length = False
+    for n, v in headers:
+        if n == "host":
+            has_host = True
+        elif n == "content-length":
+            has_length = True
+        lines.append(f"{n}: {v}\r\n")
+    if not has_host:
+        lines.append(f"host: {hostport}\r\n")
+    if isinstance(body, bytes):
+        if not has_length:
+            lines.append(f"content-length: {len(body)}\r\n")
+    elif body is not None and not has_length:
+        lines.append("transfer-encoding: chunked\r\n")
+    lines.append("\r\n")
+    head = "".join(lines).encode("latin-1", "replace")
+    chunked = body is not None and not isinstance(body, bytes) and not has_length
+    resendable = (body is None or isinstance(body, bytes)) and method in IDEMPOTENT
+    return Prepared(method, key, head, chunked, resendable)
+
+
 class Upstream:
     """One pool of connections to every upstream; created inside the running event loop."""
 
@@ -354,7 +462,8 @@ class Upstream:
         if loop is not None:
             self._sweeper = loop.call_later(self.idle_timeout / 2, self._sweep)
 
-    def _take(self, key: tuple) -> _Conn | None:
+    def take(self, key: tuple) -> _Conn | None:
+        """An idle pooled connection for `key`, or None."""
         idle = self._idle.get(key)
         if not idle:
             return None
@@ -376,7 +485,8 @@ class Upstream:
             self._ssl[verify] = ctx
         return ctx
 
-    async def _dial(self, key: tuple) -> _Conn:
+    async def dial(self, key: tuple) -> _Conn:
+        """A new connection for `key`; raises ConnectFailed."""
         scheme, host, port, verify = key
         loop = asyncio.get_running_loop()
         tls = (self.tls or self._ssl_context(verify)) if scheme == "https" else None
@@ -420,84 +530,68 @@ class Upstream:
         header_timeout: float = 0.0,
         verify_tls: bool = True,
     ) -> Response:
-        """Send the request; return the response once its headers arrived. The caller must release it."""
-        scheme, _, rest = url.partition("://")
-        slash = rest.find("/")
-        hostport, target = (rest, "/") if slash < 0 else (rest[:slash], rest[slash:])
-        host, _, port_s = hostport.rpartition(":")
-        if not host or not port_s.isdigit():
-            host, port_s = hostport, ("443" if scheme == "https" else "80")
-        host = host.strip("[]")
-        key = (scheme, host, int(port_s), verify_tls or scheme != "https")
+        """Send the request; return the response once its headers arrived. The caller must release it.
 
-        lines = [f"{method} {target} HTTP/1.1\r\n"]
-        has_host = has_length = False
-        for n, v in headers:
-            if n == "host":
-                has_host = True
-            elif n == "content-length":
-                has_length = True
-            lines.append(f"{n}: {v}\r\n")
-        if not has_host:
-            lines.append(f"host: {hostport}\r\n")
-        if isinstance(body, bytes):
-            if not has_length:
-                lines.append(f"content-length: {len(body)}\r\n")
-        elif body is not None and not has_length:
-            lines.append("transfer-encoding: chunked\r\n")
-        lines.append("\r\n")
-        head = "".join(lines).encode("latin-1", "replace")
-        chunked = body is not None and not isinstance(body, bytes) and not has_length
-        replayable = body is None or isinstance(body, bytes)
-
-        conn = self._take(key)
+        One instance, at most one resend on a fresh connection when a pooled one turned out dead; the
+        proxy's tries across instances (router/proxy/attempts.py) use the parts below directly."""
+        prep = prepare(method, url, headers, body, verify_tls=verify_tls)
+        conn = self.take(prep.key)
         if conn is not None:
             try:
-                return await self._exchange(conn, method, head, body, chunked, header_timeout)
-            except _Stale as e:
+                return await self.exchange(conn, prep, body, header_timeout)
+            except Stale as e:
                 # The head (and any body) was written, so the upstream may have acted on it: send it
                 # again only if it can be rebuilt (no streamed body) AND the method is idempotent
                 # (RFC 9110 9.2.2, RFC 9112 9.3.1). A bodiless POST or PATCH is not resent: 502.
-                if not (replayable and method in IDEMPOTENT):
+                if e.written and not prep.resendable:
                     raise UpstreamError("reused upstream connection closed before answering") from e
-        conn = await self._dial(key)
+        conn = await self.dial(prep.key)
         try:
-            return await self._exchange(conn, method, head, body, chunked, header_timeout)
-        except _Stale as e:
+            return await self.exchange(conn, prep, body, header_timeout)
+        except Stale as e:
+            if not e.written:  # closed before we wrote a byte: nothing was sent, as good as refused
+                raise ConnectFailed(f"{prep.key[1]}:{prep.key[2]}: {e}") from e
             raise UpstreamError("upstream closed the connection without answering") from e
 
-    async def _exchange(self, conn: _Conn, method: str, head: bytes, body: AsyncIterator[bytes] | bytes | None,
-                        chunked: bool, header_timeout: float) -> Response:
-        resp = Response(conn, method == "HEAD")
+    def start(self, conn: _Conn, prep: Prepared, body: AsyncIterator[bytes] | bytes | None,
+              owner: Any = None) -> Response:
+        """Write the request on `conn`; the Response's headers are still to come (`await resp.headers()`).
+
+        Raises Stale(written=False) when the connection is already closed: nothing was sent, so any
+        method may go elsewhere. (uvloop raises RuntimeError on such a write and plain asyncio drops it
+        silently, which left the request waiting forever: issue 17.) `owner` (an instance state with an
+        `outstanding` count) is counted up now and down when the response is released or closed."""
+        transport = conn.transport
+        if conn.lost or transport is None or transport.is_closing():
+            conn.reusable = False
+            self._forget(conn)
+            raise Stale("connection closed before the request was written", written=False)
+        resp = Response(conn, prep.method == "HEAD")
         conn.resp = resp
         conn.head_left = MAX_HEAD
         conn.uses += 1
-        transport = conn.transport
-        assert transport is not None
-        writer: asyncio.Task[None] | None = None
-        if body is None:
-            transport.write(head)
-        elif isinstance(body, bytes):
-            transport.write(head + body)
-        else:
-            transport.write(head)
-            writer = asyncio.ensure_future(self._send_body(conn, resp, body, chunked))
         try:
-            if header_timeout > 0:
-                await asyncio.wait_for(resp._headers_fut, header_timeout)
+            if body is None:
+                transport.write(prep.head)
+            elif isinstance(body, bytes):
+                transport.write(prep.head + body)
             else:
-                await resp._headers_fut
-        except TimeoutError as e:
-            resp.close()
-            if writer is not None:
-                writer.cancel()
-            raise UpstreamTimeout(f"no response headers within {header_timeout}s") from e
-        except BaseException:
-            resp.close()
-            if writer is not None:
-                writer.cancel()
-            raise
-        resp._writer = writer
+                transport.write(prep.head)
+                resp._writer = asyncio.ensure_future(self._send_body(conn, resp, body, prep.chunked))
+        except (RuntimeError, OSError) as e:  # closed under us between the check and the write
+            conn.resp = None
+            conn.abort()
+            raise Stale(f"connection closed before the request was written: {e}", written=False) from e
+        if owner is not None:
+            owner.outstanding += 1
+            resp.owner = owner
+        return resp
+
+    async def exchange(self, conn: _Conn, prep: Prepared, body: AsyncIterator[bytes] | bytes | None,
+                       header_timeout: float, owner: Any = None) -> Response:
+        """start() and wait for the headers (at most `header_timeout` seconds, 0 = no limit)."""
+        resp = self.start(conn, prep, body, owner)
+        await resp.headers(header_timeout)
         return resp
 
     @staticmethod

@@ -12,6 +12,7 @@ from router.proxy.accesslog import AccessLog
 from router.proxy.auth import parse_schemes
 from router.proxy.handler import ProxyApp
 from router.proxy.headers import ForwardingHeaders
+from router.proxy.resilience import Resilience
 from router.table.state import RouterState
 
 LEVELS = {"TRACE": logging.DEBUG, "DEBUG": logging.DEBUG, "INFO": logging.INFO, "WARN": logging.WARNING,
@@ -43,6 +44,7 @@ def build_proxy(cfg: Config, state: RouterState) -> ProxyApp:
         eject_failures=cfg["proxy.eject.failures"],
         eject_duration=cfg["proxy.eject.duration"],
         access_log=access_log(cfg),
+        resilience=Resilience.from_config(cfg),
     )
 
 

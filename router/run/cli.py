@@ -49,6 +49,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         runner(router.serve())
+    except ConfigError as e:  # found only once serving starts: a certificate source that cannot be loaded
+        print(f"config error: {e}", file=sys.stderr)
+        return 2
     except OSError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

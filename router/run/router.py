@@ -16,6 +16,7 @@ from registry.consul.watcher import ConsulWatcher, RegistryStatus
 from registry.static import load_text, watch_file
 from router.config.settings import Config
 from router.listen.uvicorn_server import Server, proxy_server_config, uvicorn_config
+from router.run import edge
 from router.run.assemble import build_proxy
 from router.run.workers import WorkerPool, worker_count
 from router.table.state import RouterState
@@ -28,6 +29,8 @@ class Router:
 
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
+        edge.check(cfg)  # a listener this router cannot serve stops the start, named
+        self.serves_http = edge.http_listener(cfg) is not None
         self.state = RouterState(
             matcher=cfg["proxy.matcher"],
             glob_matching=not cfg["glob.matching.disabled"],
@@ -49,7 +52,7 @@ class Router:
         self.proxy = build_proxy(cfg, self.state)
         # several workers: they serve proxy.addr, this process keeps the one registry watcher and the UI
         n = worker_count(cfg["proxy.workers"])
-        self.workers = WorkerPool(cfg, n) if n > 1 else None
+        self.workers = WorkerPool(cfg, n) if n > 1 and self.serves_http else None
         if self.workers is not None:
             self.state.apply = self.workers.forwarding(self.state.apply)  # type: ignore[method-assign]
         self.registrar: Registrar | None = None
@@ -62,6 +65,7 @@ class Router:
                 f"{int(cfg['registry.consul.register.checkTimeout'] * 1000)}ms",
                 cfg["registry.consul.register.checkTLSSkipVerify"],
             ), alias_source=lambda: aliases(self.state.table.iter_targets()) if self.state.table else set())
+        self.edge = edge.Edge(cfg, self.state)  # TCP (and TLS) listeners beside the HTTP one
         from ui.app import create_app  # the UI depends on the router, not the other way round
 
         self.ui = create_app(self)
@@ -109,7 +113,8 @@ class Router:
     async def serve(self) -> None:
         proxy_server = Server(proxy_server_config(self.proxy, self.cfg))
         ui_server = Server(uvicorn_config(self.ui, self.cfg["ui.addr"]))
-        servers = (ui_server,) if self.workers else (proxy_server, ui_server)
+        servers = (ui_server,) if self.workers or not self.serves_http else (proxy_server, ui_server)
+        await self.edge.start()
         if self.workers:
             await self.workers.start()  # before the registry: no table update can miss a worker
         loop = asyncio.get_running_loop()
@@ -140,6 +145,7 @@ class Router:
             s.should_exit = True
         if self.workers:
             await self.workers.stop()
+        await self.edge.stop()
         await asyncio.gather(*serving, return_exceptions=True)
         registry.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):

@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from router.listen.uvicorn_server import Server, proxy_server_config
+from router.proxy.balance import merge_docs
 from router.proxy.stats import merge, proxy_counters, prune
 from router.run.assemble import LEVELS, build_proxy
 from router.table.state import RouterState
@@ -93,6 +94,7 @@ class _Worker:
     route_stats: dict[Any, Any] = field(default_factory=dict)  # stats.Key -> stats.Snapshot, latest
     counters: dict[str, int] = field(default_factory=dict)
     ejected: list[tuple[str, int]] = field(default_factory=list)  # instances this worker ejects now
+    instances: dict[str, Any] = field(default_factory=dict)  # its instance states (router/proxy/balance.py)
 
 
 class WorkerPool:
@@ -179,12 +181,13 @@ class WorkerPool:
                     w.route_stats.update(msg[4]["routes"])
                     w.counters = msg[4]["counters"]
                     w.ejected = msg[4].get("ejected", [])
+                    w.instances = msg[4].get("instances", {})
         # the worker is gone
         self.retired_routes = merge([self.retired_routes, w.route_stats])
         for k, v in w.counters.items():
             if k != "websockets_open":
                 self.retired_counters[k] = self.retired_counters.get(k, 0) + v
-        w.route_stats, w.counters, w.ejected = {}, {}, []
+        w.route_stats, w.counters, w.ejected, w.instances = {}, {}, [], {}
         code = await asyncio.get_running_loop().run_in_executor(None, w.proc.wait)
         w.writer.close()
         if self.stopping or not w.listening.done():
@@ -213,6 +216,10 @@ class WorkerPool:
             for k, v in w.counters.items():
                 out[k] = out.get(k, 0) + v
         return out
+
+    def instance_docs(self) -> dict[str, dict[str, Any]]:
+        """Each instance's proxy state (router/proxy/balance.py), merged over the workers."""
+        return merge_docs([w.instances for w in self.workers])
 
     def ejected_targets(self) -> dict[tuple[str, int], int]:
         """(host, port) -> how many workers eject that instance now (each worker has its own ejector)."""
@@ -309,7 +316,8 @@ async def _worker(pipe: socket.socket) -> int:
         if changed or [app.requests, routes, counters, ejected] != reported[0]:
             reported[0] = [app.requests, routes, counters, ejected]
             writer.write(_frame(("stats", os.getpid(), app.requests, None if routes < 0 else routes,
-                                 {"routes": changed, "counters": counters, "ejected": ejected})))
+                                 {"routes": changed, "counters": counters, "ejected": ejected,
+                                  "instances": proxy.ejector.instance_docs()})))
 
     async def commands() -> None:
         while (msg := await _read(reader)) is not None:

@@ -78,6 +78,7 @@ class Target:
     redirect_code: int
     redirect_url: str
     timeout: float = 0.0  # seconds, from opts "timeout=2s"; 0 = no per-route timeout
+    source: str = ""  # where the command came from (a Consul instance: "service:<name>/<ID>"): the instance's identity
 
     def __hash__(self) -> int:
         # opts is a mapping (unhashable); equal Targets agree on these fields, so this is a valid hash.
@@ -97,7 +98,7 @@ class _RawTarget:
     __slots__ = Target.__slots__
 
     def __init__(self, service, tags, opts, url, scheme, host, port, fixed_weight, weight, strip,
-                 prepend, host_header, tls_skip_verify, redirect_code, redirect_url, timeout) -> None:
+                 prepend, host_header, tls_skip_verify, redirect_code, redirect_url, timeout, source="") -> None:
         self.service = service
         self.tags = tags
         self.opts = opts
@@ -114,6 +115,7 @@ class _RawTarget:
         self.redirect_code = redirect_code
         self.redirect_url = redirect_url
         self.timeout = timeout
+        self.source = source
 
 
 assert _RawTarget.__slots__ == tuple(f for f in Target.__dataclass_fields__)
@@ -129,12 +131,14 @@ def _reweighted(t: Target, w: float) -> Target:
     if t.weight == w:
         return t
     return _new_target(t.service, t.tags, t.opts, t.url, t.scheme, t.host, t.port, t.fixed_weight, w, t.strip,
-                       t.prepend, t.host_header, t.tls_skip_verify, t.redirect_code, t.redirect_url, t.timeout)
+                       t.prepend, t.host_header, t.tls_skip_verify, t.redirect_code, t.redirect_url, t.timeout,
+                       t.source)
 
 
 def _refixed(t: Target, fixed: float) -> Target:
     return _new_target(t.service, t.tags, t.opts, t.url, t.scheme, t.host, t.port, fixed, t.weight, t.strip,
-                       t.prepend, t.host_header, t.tls_skip_verify, t.redirect_code, t.redirect_url, t.timeout)
+                       t.prepend, t.host_header, t.tls_skip_verify, t.redirect_code, t.redirect_url, t.timeout,
+                       t.source)
 
 
 class Route:
@@ -143,14 +147,16 @@ class Route:
     Pickers: with equal weights (the usual case) ``rnd`` picks from the target tuple and ``rr`` walks it
     with a per-route counter, so no ring is allocated.  With unequal weights ``rnd`` bisects a cumulative
     weight array and ``rr`` walks a smooth weighted ring whose slot counts follow fabio's
-    ``int(10000*w)`` (at least 1), reduced by their gcd and scaled down to at most ``_RING_MAX`` slots.
+    ``int(10000*w)`` (at least 1), reduced by their gcd and scaled down towards ``_RING_MAX`` slots,
+    but never so far that the smallest share would need less than one slot.
     Targets with weight 0 are never picked.
     """
 
-    __slots__ = ("host", "path", "targets", "_pool", "_cum", "_ring", "_count", "_regex", "stats")
+    __slots__ = ("host", "path", "targets", "_pool", "_cum", "_ring", "_count", "_regex", "stats", "lb")
 
     def __init__(self, host: str, path: str, targets: tuple[Target, ...]) -> None:
         self.stats: dict | None = None  # target URL -> router.stats.RouteStats, filled on first requests
+        self.lb = None  # router.proxy.balance.RoutePicker, built on the first request (per table build)
         self.host = host
         self.path = path
         self.targets = targets
@@ -185,6 +191,12 @@ class Route:
         i = bisect.bisect_right(cum, random.random() * cum[-1])
         return pool[min(i, n - 1)]
 
+    def ring(self) -> tuple[Target, ...]:
+        """The rr ring for unequal weights (empty with equal ones: then rr simply walks the targets)."""
+        if self._cum is None:
+            return ()
+        return self._ring or self._build_ring()
+
     def _build_ring(self) -> tuple[Target, ...]:
         """Smooth weighted round robin over the reduced slot counts (built once, on the first rr pick)."""
         slots = [max(1, int(_FABIO_SLOTS * t.weight)) for t in self._pool]
@@ -192,7 +204,10 @@ class Route:
         slots = [s // g for s in slots]
         total = sum(slots)
         if total > _RING_MAX:
-            slots = [max(1, round(s * _RING_MAX / total)) for s in slots]
+            # never scale the smallest share below one slot: with many targets (fabio's "more than 1000
+            # routes" table row) that would round every small target up and starve the big one
+            scale = max(_RING_MAX / total, 1 / min(slots))
+            slots = [max(1, round(s * scale)) for s in slots]
             total = sum(slots)
         current = [0] * len(slots)
         ring = []
@@ -339,7 +354,7 @@ def make_target(cmd: RouteCmd) -> Target:
         host_header = written_host
     return _new_target(cmd.service, cmd.tags, MappingProxyType(opts) if opts else _EMPTY_OPTS, cmd.dst, scheme,
                        host, port, cmd.weight, 1.0, strip, opts.get("prepend", ""), host_header, skip,
-                       redirect_code, redirect_url, timeout)
+                       redirect_code, redirect_url, timeout, cmd.source)
 
 
 def _err(cmd: RouteCmd, reason: str) -> LineError:
@@ -523,7 +538,10 @@ class _Index:
         port = ":443" if tls else ":80"
         norm = raw[: -len(port)] if raw.endswith(port) else raw
         a, b = hosts.get(norm), hosts.get(norm + port)
-        cands = ((a, b) if b else (a,)) if a else (b,) if b else ()
+        # the host written with the listener's default port first, as fabio orders them (its reversed-text
+        # sort puts `example.com:80` before `example.com`): the usual HTTP->HTTPS redirect `example.com:80/`
+        # then wins over a plain `example.com/` route (fabio #656), with glob matching on and off alike
+        cands = ((b, a) if a else (b,)) if b else (a,) if a else ()
         if glob and not _GLOB_CHARS.isdisjoint(norm):
             rest = norm[1:]
             if norm[0] == "*" and (not rest or rest[0] == ".") and _GLOB_CHARS.isdisjoint(rest):
@@ -653,6 +671,12 @@ class Table:
             return self._nohost.match(path, matcher)
         return None
 
+    def lookup_host(self, host: str) -> Route | None:
+        """fabio's `LookupHost` for TCP and SNI routes: exactly this table host (`:3306`, `db.example.com`),
+        its first route that prefix-matches "/"; no wildcards, no fallback to routes without a host."""
+        h = self._hosts.get(host.lower())
+        return h.match("/", "prefix") if h is not None else None
+
     def lookup_all(self, host: str, path: str, *, tls: bool = False) -> Iterable[Route]:
         """Every host's first path match, in :meth:`lookup` order (the redirect-loop guard's slow path)."""
         h = host.lower()
@@ -715,9 +739,10 @@ class Table:
         return "".join(line + "\n" for line in lines)
 
     def dump(self) -> str:
-        """The tree of fabio's ``log.routes.format=detail``: hosts ascending, their paths, each target's
-        address, weight and its share of a 10,000-slot ring (fabio's ``int(10000*w)``; our pickers need no
-        ring, so the slots are what fabio would give it)."""
+        """The tree of fabio's ``log.routes.format=detail`` (its Table.Dump), character for character: hosts
+        ascending, their paths, each target's address, weight and the slots fabio's rr ring gives it (one
+        per target when no target has a fixed weight, else ``int(10000*w)``, at least 1; our pickers need
+        no ring, so these are what fabio would allocate)."""
         out: list[str] = []
         hosts = sorted(self._hosts)
         for i, h in enumerate(hosts):
@@ -729,11 +754,16 @@ class Table:
                 last_path = j == len(paths) - 1
                 out.append(f"{stem}{'+-- ' if last_path else '|-- '}path={p}")
                 targets = routes[p].targets
+                if any(t.fixed_weight > 0 for t in targets):
+                    slots = [int(_FABIO_SLOTS * t.weight) or (1 if t.weight > 0 else 0) for t in targets]
+                else:
+                    slots = [1] * len(targets)
+                total = sum(slots)
                 for k, t in enumerate(targets):
                     branch = "+-- " if k == len(targets) - 1 else "|-- "
                     addr = t.url.split("://", 1)[-1].split("/", 1)[0]  # Go's url.Host: as written
-                    out.append(f"{stem}{'    ' if last_path else '|   '}{branch}addr={addr} "
-                               f"weight {t.weight:.2f} slots {int(_FABIO_SLOTS * t.weight)}/{_FABIO_SLOTS}")
+                    out.append(f"{stem}{'    ' if last_path else '|    '}{branch}addr={addr} "
+                               f"weight {t.weight:.2f} slots {slots[k]}/{total}")
         return "".join(line + "\n" for line in out)
 
     def services(self) -> set[str]:

@@ -1,0 +1,1 @@
+"""Certificate sources for TLS listeners (`proxy.cs`) and the per-handshake choice of a certificate."""

@@ -1,0 +1,339 @@
+"""One request's tries: connect hedging, retries elsewhere and the per-try timeout, under a retry budget.
+
+The rules (issue 17; docs/reliability.md has the measured effect):
+
+* Every method: a try that failed before anything was sent (connect refused or timed out, a fresh
+  connection already closed) is retried on another instance. A connect that has not completed after the
+  hedge delay (`proxy.hedge.delay`, at least 4x the connect time seen so far) gets a second connect to
+  another instance; the first connection wins and the request is sent on that one only, so a
+  non-idempotent request still reaches one instance at most. All connects of a request share one
+  `proxy.dialtimeout`.
+* Idempotent requests without a body (GET, HEAD, OPTIONS, PUT/DELETE without one) may also be sent
+  again. A try that fails after sending (reset, closed without an answer, a 502/503/504 answer, a body
+  cut short while its first `proxy.retry.buffer` bytes are held back) is retried on another instance.
+  When no headers came within the per-try timeout (`proxy.retry.pertrytimeout`, at least 4x the route's
+  latency estimate) a hedge is sent to another instance and the first answer wins; the other is dropped.
+* Every retry and hedge takes a token from the route's retry budget (router/proxy/budget.py) and counts
+  toward `proxy.retry.attempts`; without one the failure is answered honestly (502/503/504, or the
+  instance's own 5xx answer).
+
+The common case runs inline and creates no task: a task is made only to dial, and for a hedge.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Sequence
+from time import perf_counter
+from typing import Any
+
+from router.proxy.balance import Balancer, RoutePicker
+from router.proxy.upstream import (
+    IDEMPOTENT,
+    Prepared,
+    Response,
+    Stale,
+    Upstream,
+    UpstreamError,
+    UpstreamTimeout,
+    prepare,
+)
+
+log = logging.getLogger("router.proxy")
+
+RETRY_STATUS = frozenset({502, 503, 504})
+PER_TRY_FACTOR = 4.0  # per-try timeout: at least this times the route's latency estimate
+HEDGE_FACTOR = 4.0  # connect hedge delay: at least this times the average connect time
+
+
+class Failed(Exception):
+    """No try got an answer: the proxy answers `status` with `text`; `idx` is the last instance tried."""
+
+    def __init__(self, status: int, text: str, idx: int) -> None:
+        super().__init__(text)
+        self.status, self.text, self.idx = status, text, idx
+
+
+class _Req:
+    """What every try of one request shares."""
+
+    __slots__ = ("method", "path_qs", "headers", "body", "header_timeout", "deadline")
+
+    def __init__(self, method: str, path_qs: str, headers: Sequence[tuple[str, str]],
+                 body: AsyncIterator[bytes] | None, header_timeout: float, now: float) -> None:
+        self.method, self.path_qs, self.headers, self.body = method, path_qs, headers, body
+        self.header_timeout = header_timeout
+        self.deadline = now + header_timeout if header_timeout > 0 else 0.0
+
+    def left(self) -> float:
+        """Seconds left of the header timeout (0 = no limit; a tiny positive number once it passed)."""
+        return max(self.deadline - perf_counter(), 1e-6) if self.deadline else 0.0
+
+
+class Sender:
+    """The try policy of one ProxyApp; the Balancer keeps the state it decides on."""
+
+    def __init__(self, upstream: Upstream, lb: Balancer, *, attempts: int = 3, hedge_delay: float = 0.025,
+                 per_try: float = 0.25, buffer: int = 65536) -> None:
+        self.upstream = upstream
+        self.lb = lb
+        self.attempts = attempts
+        self.hedge_delay = hedge_delay  # 0: no connect hedging
+        self.per_try = per_try  # 0: no per-try timeout, no hedged requests
+        self.buffer = buffer  # 0: responses are not held back
+        self.connect_avg = 0.0  # seconds, an EWMA over successful dials
+
+    def _prep(self, picker: RoutePicker, idx: int, rq: _Req) -> Prepared:
+        t = picker.targets[idx]
+        return prepare(rq.method, f"{t.scheme}://{t.host}:{t.port}{rq.path_qs}", rq.headers, rq.body,
+                       verify_tls=not t.tls_skip_verify)
+
+    def _next(self, picker: RoutePicker, tried: list[int], now: float) -> int:
+        """Another instance for a retry or hedge, if attempts, instances and the budget allow (-1 if not)."""
+        if len(tried) >= self.attempts:
+            return -1
+        j = picker.pick(now, tried)
+        if j < 0 or not picker.budget.withdraw(now):
+            return -1
+        tried.append(j)
+        return j
+
+    # --- connections
+    async def _dial(self, key: tuple) -> Any:
+        t0 = perf_counter()
+        conn = await self.upstream.dial(key)
+        dt = perf_counter() - t0
+        self.connect_avg = dt if not self.connect_avg else self.connect_avg * 0.9 + dt * 0.1
+        return conn
+
+    async def _connection(self, picker: RoutePicker, idx: int, rq: _Req, tried: list[int],
+                          pooled: bool = True) -> tuple[Any, int, Prepared, bool]:
+        """A connection for a try on `idx`: (conn, instance, its request head, fresh). A pooled one if
+        there is one; else dials, hedged and retried on other instances. Raises Failed (502) when no
+        connect succeeded within proxy.dialtimeout or the attempts or the budget ran out."""
+        prep = self._prep(picker, idx, rq)
+        if pooled:
+            conn = self.upstream.take(prep.key)
+            if conn is not None:
+                return conn, idx, prep, False
+        lb, states = self.lb, picker.states
+        loop = asyncio.get_running_loop()
+        deadline = perf_counter() + (self.upstream.dial_timeout or 1e9)
+        pending: dict[asyncio.Task, tuple[int, Prepared, float]] = {}
+
+        def start(i: int, p: Prepared) -> None:
+            pending[loop.create_task(self._dial(p.key))] = (i, p, perf_counter())
+            states[i].outstanding += 1
+
+        def drop(reason: str, now: float) -> None:
+            for task, (j, _, began) in pending.items():
+                task.cancel()
+                states[j].outstanding -= 1
+                lb.try_failed(states[j], now - began, now, reason(now - began), connect=True)  # type: ignore[operator]
+            pending.clear()
+
+        start(idx, prep)
+        hedging = self.hedge_delay > 0
+        last = ""
+        try:
+            while True:
+                now = perf_counter()
+                wait = deadline - now
+                if hedging:
+                    wait = min(wait, max(self.hedge_delay, HEDGE_FACTOR * self.connect_avg))
+                done, _ = await asyncio.wait(pending, timeout=max(wait, 0.0), return_when=asyncio.FIRST_COMPLETED)
+                now = perf_counter()
+                won = None
+                for task in done:
+                    i, p, began = pending.pop(task)
+                    states[i].outstanding -= 1
+                    exc = task.exception()
+                    if exc is not None:
+                        last = str(exc)
+                        lb.try_failed(states[i], now - began, now, f"connect failed: {exc}", connect=True)
+                    elif won is None:
+                        won = (task.result(), i, p, True)
+                    else:
+                        task.result().abort()  # two connects completed at once: one is enough
+                if won is not None:
+                    drop(lambda s: f"connect took over {s:.3f}s (another instance answered first)", now)
+                    return won
+                if now >= deadline:
+                    drop(lambda s: f"connect timeout after {s:.1f}s", now)
+                    log.warning("upstream unreachable: no connect within %.1fs", self.upstream.dial_timeout)
+                    raise Failed(502, "upstream unreachable\n", idx)
+                if done and pending:
+                    continue  # one connect failed, another is still going
+                j = self._next(picker, tried, now)
+                if j >= 0:
+                    if done:
+                        lb.retries += 1
+                    else:
+                        lb.hedges += 1
+                    idx = j
+                    start(j, self._prep(picker, j, rq))
+                elif not pending:
+                    log.warning("upstream unreachable: %s", last)
+                    raise Failed(502, "upstream unreachable\n", idx)
+                else:
+                    hedging = False  # nowhere to hedge to: wait for the connect in progress
+        finally:
+            if pending:  # cancelled from outside (the client left, or a hedge race was decided)
+                for task, (j, _, _) in pending.items():
+                    task.cancel()
+                    states[j].outstanding -= 1
+
+    # --- requests
+    async def send(self, picker: RoutePicker, idx: int, method: str, path_qs: str,
+                   headers: Sequence[tuple[str, str]], body: AsyncIterator[bytes] | None,
+                   header_timeout: float, now: float) -> tuple[Response, int]:
+        """Send the request; returns (the response, with its headers; the instance that answered).
+        Raises Failed for the proxy's own 502/504; ClientGone & co. from the body pass through."""
+        lb, budget = self.lb, picker.budget
+        budget.deposit(now)
+        resend = body is None and method in IDEMPOTENT and len(picker.targets) > 1
+        hedged = resend and self.per_try > 0
+        rq = _Req(method, path_qs, headers, body, header_timeout, now)
+        tried = [idx]
+        pooled = True
+        while True:
+            conn, idx, prep, fresh = await self._connection(picker, idx, rq, tried, pooled)
+            pooled = True
+            st = picker.states[idx]
+            t0 = perf_counter()
+            try:
+                resp = self.upstream.start(conn, prep, body, st)
+            except Stale as e:  # the connection was closed before we wrote: nothing was sent
+                if fresh:
+                    now = perf_counter()
+                    lb.try_failed(st, now - t0, now, f"connection closed at once: {e}", connect=True)
+                    j = self._next(picker, tried, now)
+                    if j < 0:
+                        raise Failed(502, "upstream unreachable\n", idx) from None
+                    lb.retries += 1
+                    idx = j
+                continue  # a dead pooled connection: the next one, or a fresh one
+            try:
+                if hedged:
+                    resp, idx, t0 = await self._hedged(picker, resp, idx, rq, tried, t0)
+                    st = picker.states[idx]
+                else:
+                    await resp.headers(rq.left())
+            except Stale as e:
+                if not fresh and prep.resendable:  # a pooled connection died unseen: once more, fresh
+                    pooled = False
+                    continue
+                now = perf_counter()
+                lb.try_failed(st, now - t0, now, "closed the connection without answering")
+                if resend and (j := self._next(picker, tried, now)) >= 0:
+                    lb.retries += 1
+                    idx = j
+                    continue
+                text = "upstream closed the connection without answering\n" if fresh else \
+                    "reused upstream connection closed before answering\n"
+                raise Failed(502, text, idx) from e
+            except UpstreamTimeout as e:
+                now = perf_counter()
+                lb.try_failed(st, now - t0, now, str(e))
+                raise Failed(504, "upstream timed out\n", idx) from None
+            except UpstreamError as e:
+                now = perf_counter()
+                lb.try_failed(st, now - t0, now, str(e))
+                if resend and (j := self._next(picker, tried, now)) >= 0:
+                    lb.retries += 1
+                    idx = j
+                    continue
+                log.warning("upstream %s failed: %s", st.addr, e)
+                raise Failed(502, "upstream error\n", idx) from None
+            now = perf_counter()
+            rtt = now - t0
+            status = resp.status
+            if status >= 500:
+                lb.try_failed(st, rtt, now, f"answered {status}")
+                if resend and status in RETRY_STATUS and (j := self._next(picker, tried, now)) >= 0:
+                    resp.close()
+                    lb.retries += 1
+                    idx = j
+                    continue
+                return resp, idx
+            lb.try_succeeded(st, rtt, now)
+            picker.observe_route(rtt, now, lb.inv_tau)
+            if resend and self.buffer and not resp.complete:
+                try:
+                    await resp.fill(self.buffer, self._per_try(picker))
+                except (UpstreamError, Stale) as e:
+                    resp.close()
+                    now = perf_counter()
+                    lb.try_failed(st, now - t0, now, f"response cut short: {e}")
+                    if (j := self._next(picker, tried, now)) >= 0:
+                        lb.retries += 1
+                        idx = j
+                        continue
+                    raise Failed(502, "upstream error\n", idx) from None
+            return resp, idx
+
+    def _per_try(self, picker: RoutePicker) -> float:
+        return max(self.per_try, PER_TRY_FACTOR * picker.est)
+
+    async def _hedged(self, picker: RoutePicker, resp: Response, idx: int, rq: _Req, tried: list[int],
+                      t0: float) -> tuple[Response, int, float]:
+        """The headers of `resp`, or, when they take longer than the per-try timeout, of a hedge sent
+        to another instance meanwhile, whichever comes first. Raises the first try's error when no
+        hedge could be sent or the hedge failed too."""
+        per_try = self._per_try(picker)
+        left = rq.left()
+        if left and per_try >= left:
+            await resp.headers(left)
+            return resp, idx, t0
+        first = resp.headers_future
+        done, _ = await asyncio.wait((first,), timeout=per_try)
+        if done:
+            await resp.headers()
+            return resp, idx, t0
+        now = perf_counter()
+        j = self._next(picker, tried, now)
+        if j < 0:
+            await resp.headers(rq.left())
+            return resp, idx, t0
+        self.lb.hedges += 1
+        hedge = asyncio.ensure_future(self._hedge(picker, j, rq, tried))
+        pending: set[asyncio.Future] = {first, hedge}
+        won: Response | None = None
+        try:
+            while pending:
+                left = rq.left()
+                done, pending = await asyncio.wait(pending, timeout=left or None, return_when=asyncio.FIRST_COMPLETED)
+                if not done:  # the header timeout passed for both
+                    await resp.headers(1e-6)  # raises UpstreamTimeout and closes it
+                if first in done and not first.cancelled() and first.exception() is None:
+                    won = resp
+                    return resp, idx, t0
+                if hedge in done and hedge.exception() is None:
+                    now = perf_counter()
+                    resp.close()
+                    self.lb.try_failed(picker.states[idx], now - t0, now,
+                                       f"no response headers within {per_try:.3f}s (a hedge answered first)")
+                    won = hedge.result()[0]
+                    return hedge.result()
+            await resp.headers()  # both failed: the first try's error
+            raise UpstreamError("no answer")  # not reached: headers() raised
+        finally:
+            if not hedge.done():
+                hedge.cancel()
+            elif not hedge.cancelled() and hedge.exception() is None and hedge.result()[0] is not won:
+                hedge.result()[0].close()  # both answered at once: the hedge's answer is dropped
+
+    async def _hedge(self, picker: RoutePicker, idx: int, rq: _Req, tried: list[int]) -> tuple[Response, int, float]:
+        """One more try, on `idx` (or where its connect goes): up to its response headers."""
+        conn, idx, prep, _ = await self._connection(picker, idx, rq, tried)
+        st = picker.states[idx]
+        t0 = perf_counter()
+        try:
+            resp = self.upstream.start(conn, prep, None, st)
+            await resp.headers()
+        except (Stale, UpstreamError) as e:
+            now = perf_counter()
+            self.lb.try_failed(st, now - t0, now, f"hedge failed: {e}")
+            raise
+        return resp, idx, t0

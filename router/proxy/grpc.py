@@ -1,0 +1,150 @@
+"""gRPC routes (`proto=grpc`: HTTP/2 without TLS to the instance, `proto=grpcs`: with TLS, SNI and
+verification by `grpcservername=`): each gRPC call arriving on an HTTP/2 stream is forwarded as one
+HTTP/2 stream to the instance, headers, messages and trailers passed through as they come, in both
+directions and in any of gRPC's four shapes (unary, client-, server- and bidirectional streaming).
+
+Why not the HTTP/1.1 upstream pool: gRPC needs HTTP/2 end to end (trailers carry `grpc-status`, and
+streams interleave). One client connection per instance is kept and multiplexed (router/proxy/h2client.py).
+
+A call's `grpc-timeout` is passed on, and also enforced here: when it runs out before the instance has
+answered, the upstream stream is cancelled and the client gets `grpc-status: 4` (DEADLINE_EXCEEDED), as a
+gRPC server would answer. Flow control holds both ways: client messages are taken (and their window
+given back) only as fast as the instance's window allows, and the instance's as fast as the client reads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from collections.abc import AsyncIterator
+from typing import Any, Protocol
+
+from router.proxy.h2client import H2Pool, UpstreamGone
+
+log = logging.getLogger("router.grpc")
+
+Headers = list[tuple[bytes, bytes]]
+_SKIP = frozenset({b"host", b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade"})
+_TIMEOUT = re.compile(rb"(\d{1,8})([HMSmun])")
+_UNITS = {b"H": 3600.0, b"M": 60.0, b"S": 1.0, b"m": 1e-3, b"u": 1e-6, b"n": 1e-9}
+
+
+def grpc_timeout(value: bytes) -> float | None:
+    """`grpc-timeout: 100m` -> 0.1 (seconds); None when absent or malformed (gRPC's own rule: ignore)."""
+    m = _TIMEOUT.fullmatch(value.strip())
+    return int(m.group(1)) * _UNITS[m.group(2)] if m else None
+
+
+def is_grpc(headers: Headers) -> bool:
+    for n, v in headers:
+        if n == b"content-type":
+            return v.startswith(b"application/grpc")
+    return False
+
+
+class Downstream(Protocol):
+    """The client's side of a call: an HTTP/2 stream (router/listen/h2proto.py H2Stream)."""
+
+    sent: bool
+
+    def body(self) -> AsyncIterator[bytes]: ...
+    def start(self, status: int, headers: Headers) -> None: ...
+    async def write(self, data: bytes) -> None: ...
+    async def end(self) -> None: ...
+    async def end_with_trailers(self, trailers: Headers) -> None: ...
+
+
+class GrpcStats:
+    """fabio's grpc.* metrics: calls, calls without a route, and the grpc-status of each answered call."""
+
+    def __init__(self) -> None:
+        self.conn = 0
+        self.requests = 0
+        self.noroute = 0
+        self.status: dict[str, int] = {}
+
+    def answered(self, code: str) -> None:
+        self.status[code] = self.status.get(code, 0) + 1
+
+
+class GrpcProxy:
+    def __init__(self, dial_timeout: float = 30.0) -> None:
+        self.pool = H2Pool(dial_timeout=dial_timeout)
+        self.stats = GrpcStats()
+
+    async def forward(self, scope: dict, down: Downstream, target: Any) -> None:
+        """One call to `target` (a table Target with scheme grpc or grpcs)."""
+        self.stats.requests += 1
+        tls = target.scheme == "grpcs"
+        servername = target.opts.get("grpcservername", "") or target.host
+        authority = b""
+        out: Headers = []
+        deadline = None
+        for n, v in scope["headers"]:
+            if n == b"host":
+                authority = v
+            elif n not in _SKIP:
+                out.append((n, v))
+                if n == b"grpc-timeout":
+                    deadline = grpc_timeout(v)
+        path = scope["raw_path"] + (b"?" + scope["query_string"] if scope["query_string"] else b"")
+        head = [(b":method", scope["method"].encode()), (b":scheme", b"https" if tls else b"http"),
+                (b":path", path), (b":authority", authority or f"{target.host}:{target.port}".encode()), *out]
+        try:
+            if deadline is not None:
+                await asyncio.wait_for(self._call(head, down, target, tls, servername), deadline)
+            else:
+                await self._call(head, down, target, tls, servername)
+        except TimeoutError:
+            await self._status(down, "4", b"deadline exceeded in the router")
+        except (UpstreamGone, OSError) as e:
+            log.warning("grpc %s to %s:%s: %s", scope["path"], target.host, target.port, e)
+            await self._status(down, "14", f"upstream unavailable: {e}".encode())
+
+    async def _status(self, down: Downstream, code: str, message: bytes) -> None:
+        self.stats.answered(code)
+        if down.sent:
+            return  # headers went out already: the stream is reset instead (by the caller's end)
+        down.start(200, [(b"content-type", b"application/grpc")])
+        await down.end_with_trailers([(b"grpc-status", code.encode()), (b"grpc-message", message)])
+
+    async def _call(self, head: Headers, down: Downstream, target: Any, tls: bool, servername: str) -> None:
+        up = await self.pool.open_stream(target.host, target.port, tls, servername, head,
+                                         verify=target.opts.get("tlsskipverify", "").lower() != "true")
+
+        async def requests() -> None:
+            async for chunk in down.body():
+                await up.write(chunk)
+            up.end()
+
+        pump = asyncio.create_task(requests())
+        try:
+            status, headers, ended = await up.response()
+            down.start(status, headers)
+            if ended:  # trailers-only: the status is in the headers
+                self.stats.answered(_code(headers))
+                await down.end()
+                return
+            async for data in up.data():
+                await down.write(data)
+            trailers = up.trailers or []
+            self.stats.answered(_code(trailers))
+            if trailers:
+                await down.end_with_trailers(trailers)
+            else:
+                await down.end()
+        finally:
+            if not pump.done():
+                pump.cancel()
+            up.cancel()  # nothing if it ended; RST_STREAM CANCEL if the client left or the deadline hit
+
+    async def close(self) -> None:
+        await self.pool.close()
+
+
+def _code(headers: Headers) -> str:
+    for n, v in headers:
+        if n == b"grpc-status":
+            return v.decode("ascii", "replace")
+    return "unknown"
