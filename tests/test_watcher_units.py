@@ -265,3 +265,41 @@ def test_large_buffers_come_from_mmap_on_glibc() -> None:
     from registry.consul.dump import large_buffers_from_mmap
 
     assert large_buffers_from_mmap() is (platform.libc_ver()[0] == "glibc")
+
+
+@pytest.mark.parametrize(
+    ("tags", "prefix", "counted"),
+    [
+        (["urlprefix-/new"], "urlprefix-", True),  # its own tags say it is routed: counted before the catalog does
+        ([" urlprefix-/new"], "urlprefix-", True),  # tags are matched stripped, as everywhere
+        (["other"], "urlprefix-", False),
+        ([], "urlprefix-", False),
+        (["urlprefix-/new"], None, False),  # without the prefix only the known tagged set counts
+    ],
+)
+def test_a_new_services_own_check_tags_make_it_count(tags: list[str], prefix: str | None, counted: bool) -> None:
+    c = dict(check("new-1-ttl", "critical", "new-1"), ServiceName="new", ServiceTags=tags)
+    fps = _nonpassing_fingerprints([c], {}, set(), prefix)
+    assert ("new" in fps) is counted
+
+
+CATALOG_SEQUENCES = [
+    [{"a": ["urlprefix-/a"], "b": ["x"]}, {"a": ["urlprefix-/a"], "b": ["urlprefix-/b"]}, {"b": ["urlprefix-/b"]}],
+    [{"a": ["urlprefix-/a"]}, {"a": ["urlprefix-/a", "v2"]}, {"a": ["v2"]}, {}],
+    [{}, {"c": [" urlprefix-/c"]}, {"c": [" urlprefix-/c"], "d": []}, {"c": [" urlprefix-/c"], "d": []}],
+]
+
+
+@pytest.mark.parametrize("answers", CATALOG_SEQUENCES)
+def test_catalog_answers_compared_by_difference_give_the_full_computation(answers: list[dict[str, list[str]]]) -> None:
+    """`_on_catalog` only looks at names whose tag list changed; the result must equal a full recomputation,
+    and exactly the services whose route-tag union changed become pending."""
+    w = ConsulWatcher(ConsulAPI("c:8500"), lambda s, m: None)
+    before: dict[str, tuple[str, ...]] = {}
+    for services in answers:
+        w._pending.clear()
+        w._on_catalog(services)
+        full = {n: tuple(t) for n, t in services.items() if any(x.strip().startswith("urlprefix-") for x in t)}
+        assert w._catalog_tags == full
+        assert w._pending == {n for n in full.keys() | before.keys() if full.get(n) != before.get(n)}
+        before = full
