@@ -303,3 +303,65 @@ def test_catalog_answers_compared_by_difference_give_the_full_computation(answer
         assert w._catalog_tags == full
         assert w._pending == {n for n in full.keys() | before.keys() if full.get(n) != before.get(n)}
         before = full
+
+
+def _entry(sid: str, port: int, status: str = "passing") -> dict[str, Any]:
+    return {"Node": {"Node": "n1", "Address": "10.0.0.1"},
+            "Service": {"ID": sid, "Service": "web", "Port": port, "Tags": ["urlprefix-/web"]},
+            "Checks": [{"CheckID": f"{sid}-ttl", "Status": status, "ServiceID": sid}]}
+
+
+def test_a_result_with_a_lower_service_index_never_replaces_a_newer_one() -> None:
+    """A re-read and the service's hot watch may cross: the per-service index orders them."""
+    applied: list[dict[str, Any]] = []
+    w = ConsulWatcher(ConsulAPI("c:8500"), lambda s, m: applied.append(s))
+
+    async def run() -> None:
+        w._accept("web", [_entry("web-1", 81)], 20, None)  # the hot watch's newer answer
+        w._accept("web", [_entry("web-1", 80)], 19, None)  # a re-read that left earlier, answered later
+        await asyncio.sleep(0)
+        w._accept("web", [_entry("web-1", 82)], 21, None)
+        await asyncio.sleep(0)
+
+    asyncio.run(run())
+    ports = [{c.dst for c in batch["web"]} for batch in applied]
+    assert ports == [{"http://10.0.0.1:81/"}, {"http://10.0.0.1:82/"}]
+
+
+def test_a_service_changed_during_its_read_is_read_again_and_others_do_not_wait() -> None:
+    """Reads run beside each other: a slow read of `a` does not hold `b`'s result, and `a` changing while
+    it is read gets a second read whose result is the one kept."""
+    applied: list[dict[str, Any]] = []
+    w = ConsulWatcher(ConsulAPI("c:8500"), lambda s, m: applied.append(dict(s)), hot_limit=0)  # no I/O
+    gate = asyncio.Event()
+    reads: list[str] = []
+
+    async def read(name: str) -> tuple[list[dict[str, Any]], int]:
+        reads.append(name)
+        n = reads.count(name)
+        if name == "a" and n == 1:
+            await gate.wait()  # the first read of a is slow
+        return [dict(_entry(f"{name}-1", 80 + n), Service={**_entry(f"{name}-1", 80 + n)["Service"], "Service": name})], n
+
+    w._service_read = read  # type: ignore[method-assign]
+
+    async def run() -> None:
+        loop = asyncio.ensure_future(w._fetch_loop())
+        w._enqueue({"a", "b"})
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert [set(x) for x in applied] == [{"b"}]  # b did not wait for a
+        w._enqueue({"a"})  # a changes while its first read is in flight
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert reads.count("a") == 1  # never two reads of one service at once
+        gate.set()
+        for _ in range(10):
+            await asyncio.sleep(0)
+        loop.cancel()
+        await asyncio.gather(loop, return_exceptions=True)
+
+    asyncio.run(run())
+    assert reads.count("a") == 2
+    last_a = [x["a"] for x in applied if "a" in x][-1]
+    assert {c.dst for c in last_a} == {"http://10.0.0.1:82/"}  # the second read's state
