@@ -149,3 +149,4 @@ def test_no_busy_loop_when_the_index_does_not_move(fresh_consul) -> None:
     assert w.status.paced > 0
     assert w.status.dumps == 1  # answers without news start no instance dump
     assert w.status.requests <= bound, f"{w.status.requests} requests in {elapsed:.1f}s (bound {bound:.0f})"
+

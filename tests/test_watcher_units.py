@@ -365,3 +365,31 @@ def test_a_service_changed_during_its_read_is_read_again_and_others_do_not_wait(
     assert reads.count("a") == 2
     last_a = [x["a"] for x in applied if "a" in x][-1]
     assert {c.dst for c in last_a} == {"http://10.0.0.1:82/"}  # the second read's state
+
+
+def test_hot_watches_keep_the_most_recently_changed_within_the_limit() -> None:
+    """At most `limit` services are watched; the least recently changed one is dropped for a new one."""
+    import asyncio
+
+    from registry.consul.hot import HotWatches
+
+    class BlockingAPI:
+        async def get(self, path: str, **kw):  # type: ignore[no-untyped-def]
+            await asyncio.Event().wait()  # a blocking query that never answers
+
+    async def run() -> tuple[set[str], set[str]]:
+        hot = HotWatches(BlockingAPI(), lambda *a: None, limit=2)  # type: ignore[arg-type]
+        hot.touch("a", 10)
+        await asyncio.sleep(0.01)
+        hot.touch("b", 11)
+        await asyncio.sleep(0.01)
+        hot.touch("a", 12)  # a changed again: now b is the coldest
+        first = hot.names()
+        hot.touch("c", 13)
+        second = hot.names()
+        hot.clear()
+        return first, second
+
+    first, second = asyncio.run(run())
+    assert first == {"a", "b"}
+    assert second == {"a", "c"}
