@@ -111,18 +111,18 @@ class Router:
                 t.cancel()
 
     async def serve(self) -> None:
-        proxy_server = Server(proxy_server_config(self.proxy, self.cfg))
+        proxy_srv = Server(proxy_server_config(self.proxy, self.cfg))
         ui_server = Server(uvicorn_config(self.ui, self.cfg["ui.addr"]))
         plain, others = self.edge.http_split()
         servers: list = [ui_server]
         serving = []
         if plain and not self.workers:
-            servers.append(proxy_server)  # it binds the first plain HTTP listener itself
+            servers.append(proxy_srv)  # it binds the first plain HTTP listener itself
         elif others:  # TLS, more plain listeners, the PROXY protocol: the main process's server, no socket of its own
-            serving.append(asyncio.create_task(proxy_server.serve(sockets=[]), name="server"))
+            serving.append(asyncio.create_task(proxy_srv.serve(sockets=[]), name="server"))
         await self.edge.start()
         if others:
-            await self.edge.start_http(proxy_server)
+            await self.edge.start_http(proxy_srv)
         if self.workers:
             await self.workers.start()  # before the registry: no table update can miss a worker
         loop = asyncio.get_running_loop()
@@ -149,7 +149,7 @@ class Router:
         if wait > 0:
             log.info("shutting down: /health reports 503, still serving for %.1fs", wait)
             await asyncio.sleep(wait)
-        for s in [*servers, proxy_server]:
+        for s in [*servers, proxy_srv]:
             s.should_exit = True
         if self.workers:
             await self.workers.stop()
