@@ -198,6 +198,7 @@ class H2(asyncio.Protocol):
         })
         self.h2.decoder.max_header_list_size = head_limit  # enforced from the first HEADERS (h2 waits for the ACK)
         self.streams: dict[int, H2Stream] = {}
+        self.flush_pending = False
         self.lost = False
         self.closing = False
         self.write_paused = False
@@ -247,6 +248,14 @@ class H2(asyncio.Protocol):
         await w
 
     def flush(self) -> None:
+        """Write what h2 has queued, once per event-loop turn: the frames of every stream answered in one
+        turn leave in one TLS record instead of one each (TLS records, not frames, are the cost here)."""
+        if not self.flush_pending:
+            self.flush_pending = True
+            self.loop.call_soon(self.flush_now)
+
+    def flush_now(self) -> None:
+        self.flush_pending = False
         data = self.h2.data_to_send()
         if data and not self.lost:
             self.transport.write(data)
@@ -256,7 +265,7 @@ class H2(asyncio.Protocol):
             events = self.h2.receive_data(data)
         except h2.exceptions.ProtocolError as e:  # h2 has queued its GOAWAY (PROTOCOL_ERROR, ENHANCE_YOUR_CALM)
             log.info("h2 %s: %s; closing the connection", self.client[0] if self.client else "?", e)
-            self.flush()
+            self.flush_now()
             self._close_all()
             return
         for ev in events:
@@ -311,7 +320,7 @@ class H2(asyncio.Protocol):
         log.info("h2 %s: %s; closing the connection", self.client[0] if self.client else "?", why)
         try:
             self.h2.close_connection(error_code=code)
-            self.flush()
+            self.flush_now()
         except h2.exceptions.ProtocolError:
             pass
         self._close_all()
@@ -410,6 +419,7 @@ class H2(asyncio.Protocol):
         if not self.streams:
             self.idle_since = self.listener.now
             if self.closing and not self.lost:
+                self.flush_now()
                 self.transport.close()
 
     # --- the listener's housekeeping
@@ -419,7 +429,7 @@ class H2(asyncio.Protocol):
         if not self.lost:
             try:
                 self.h2.close_connection()
-                self.flush()
+                self.flush_now()
             except h2.exceptions.ProtocolError:
                 pass
             if not self.streams:
