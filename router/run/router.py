@@ -15,9 +15,9 @@ from registry.consul.register import Registrar, Registration, aliases
 from registry.consul.watcher import ConsulWatcher, RegistryStatus
 from registry.static import load_text, watch_file
 from router.config.settings import Config
-from router.listen.uvicorn_server import Server, proxy_server_config, uvicorn_config
+from router.listen.uvicorn_server import Server, uvicorn_config
 from router.run import edge
-from router.run.assemble import build_proxy
+from router.run.assemble import build_proxy, proxy_server
 from router.run.workers import WorkerPool, worker_count
 from router.table.state import RouterState
 
@@ -111,7 +111,7 @@ class Router:
                 t.cancel()
 
     async def serve(self) -> None:
-        proxy_srv = Server(proxy_server_config(self.proxy, self.cfg))
+        proxy_srv = proxy_server(self.proxy, self.cfg)
         ui_server = Server(uvicorn_config(self.ui, self.cfg["ui.addr"]))
         plain, others = self.edge.http_split()
         servers: list = [ui_server]
