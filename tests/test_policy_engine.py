@@ -25,14 +25,20 @@ def scope(headers: dict[str, str] | None = None, client: str = "10.0.0.9") -> di
             "method": "GET"}
 
 
+class Answers:
+    """The one Exchange call the route hook makes (respond: its 429), recorded."""
+
+    def __init__(self) -> None:
+        self.sent: list[dict] = []
+
+    async def respond(self, status: int, headers: list, body: bytes = b"") -> None:
+        self.sent.append({"status": status, "headers": headers, "body": body})
+
+
 async def _enter(p: Policies, t, path: str, s: dict):  # type: ignore[no-untyped-def]
-    sent: list[dict] = []
-
-    async def send(msg: dict) -> None:
-        sent.append(msg)
-
+    out = Answers()
     route = t.lookup("h", path)
-    return await p.enter(route, t, s, "h", False, send), sent
+    return await p.enter(route, t, s, "h", False, out), out.sent
 
 
 def test_variant_default_and_fall_through() -> None:

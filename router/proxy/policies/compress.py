@@ -185,79 +185,79 @@ class Encoder:
         self.types = types
         self.counters = counters
 
-    async def send(self, send: Callable, resp: Any, headers: list[tuple[bytes, bytes]], buffer_all: bool) -> None:
+    async def send(self, out: Any, resp: Any, headers: list[tuple[bytes, bytes]], buffer_all: bool) -> None:
+        """Write the answer on ``out``, the request's Exchange (router/proxy/exchange.py)."""
         if self.enc == UNGZIP:
-            await self._send_decoded(send, resp, headers, buffer_all)
+            await self._send_decoded(out, resp, headers, buffer_all)
             return
         cl = _get(headers, b"content-length")
         known = cl is not None and cl.isdigit() and int(cl) <= BUFFER_MAX
         if known or buffer_all:
-            await self._send_whole(send, resp, headers)
+            await self._send_whole(out, resp, headers)
         else:
-            await self._send_stream(send, resp, headers)
+            await self._send_stream(out, resp, headers)
 
-    async def _send_whole(self, send: Callable, resp: Any, headers: list[tuple[bytes, bytes]]) -> None:
+    async def _send_whole(self, out: Any, resp: Any, headers: list[tuple[bytes, bytes]]) -> None:
         data = b"".join([chunk async for chunk in resp.content.iter_any()])
         if _get(headers, b"content-type") is None:
             ctype = sniff(data)
             headers = [*headers, (b"content-type", ctype)]
             if not self.types.search(ctype.decode()):
-                await self._plain(send, resp.status, headers, data)
+                await out.respond(resp.status, headers, data)
                 return
         if len(data) >= OFFLOAD_MIN:
-            out = await asyncio.to_thread(compress_all, self.enc, data)
+            packed = await asyncio.to_thread(compress_all, self.enc, data)
         else:
-            out = compress_all(self.enc, data)
+            packed = compress_all(self.enc, data)
         c = self.counters
         c.compressed_in += len(data)
-        c.compressed_out += len(out)
+        c.compressed_out += len(packed)
         headers = [h for h in _weak_etag(headers) if h[0] != b"content-length"]
-        headers += [(b"content-encoding", self.enc.encode()), (b"content-length", str(len(out)).encode())]
-        await send({"type": "http.response.start", "status": resp.status, "headers": headers})
-        await send({"type": "http.response.body", "body": out})
+        headers += [(b"content-encoding", self.enc.encode()), (b"content-length", str(len(packed)).encode())]
+        await out.respond(resp.status, headers, packed)
 
     @staticmethod
-    async def _send_decoded(send: Callable, resp: Any, headers: list[tuple[bytes, bytes]], buffer_all: bool) -> None:
+    async def _send_decoded(out: Any, resp: Any, headers: list[tuple[bytes, bytes]], buffer_all: bool) -> None:
         """The gzip answer decoded, streamed (or whole, with its length, for an HTTP/1.0 client)."""
         d = zlib.decompressobj(31)
 
         def decode(chunk: bytes) -> list[bytes]:
-            out = [d.decompress(chunk, _DECODE_STEP)]
+            parts = [d.decompress(chunk, _DECODE_STEP)]
             while d.unconsumed_tail:
-                out.append(d.decompress(d.unconsumed_tail, _DECODE_STEP))
-            return out
+                parts.append(d.decompress(d.unconsumed_tail, _DECODE_STEP))
+            return parts
 
         headers = [h for h in _weak_etag(headers) if h[0] not in (b"content-length", b"content-encoding")]
         if buffer_all:
             parts = [p for chunk in [c async for c in resp.content.iter_any()] for p in decode(chunk)]
             body = b"".join([*parts, d.flush()])
             headers.append((b"content-length", str(len(body)).encode()))
-            await send({"type": "http.response.start", "status": resp.status, "headers": headers})
-            await send({"type": "http.response.body", "body": body})
+            await out.respond(resp.status, headers, body)
             return
-        await send({"type": "http.response.start", "status": resp.status, "headers": headers})
+        out.start(resp.status, headers)
         async for chunk in resp.content.iter_any():
             for part in decode(chunk):
                 if part:
-                    await send({"type": "http.response.body", "body": part, "more_body": True})
-        await send({"type": "http.response.body", "body": d.flush()})
+                    await out.write(part)
+        tail = d.flush()
+        if tail:
+            await out.write(tail)
+        await out.end()
 
-    @staticmethod
-    async def _plain(send: Callable, status: int, headers: list, data: bytes) -> None:
-        await send({"type": "http.response.start", "status": status, "headers": headers})
-        await send({"type": "http.response.body", "body": data})
-
-    async def _send_stream(self, send: Callable, resp: Any, headers: list[tuple[bytes, bytes]]) -> None:
+    async def _send_stream(self, out: Any, resp: Any, headers: list[tuple[bytes, bytes]]) -> None:
+        """Each upstream chunk compressed and flushed on its own: a server-sent event leaves when it comes."""
         compress, flush, finish = _compressor(self.enc)
         headers = [h for h in _weak_etag(headers) if h[0] != b"content-length"]
         headers.append((b"content-encoding", self.enc.encode()))
-        await send({"type": "http.response.start", "status": resp.status, "headers": headers})
+        out.start(resp.status, headers)
         c = self.counters
         async for chunk in resp.content.iter_any():
-            out = compress(chunk) + flush()
+            packed = compress(chunk) + flush()
             c.compressed_in += len(chunk)
-            c.compressed_out += len(out)
-            await send({"type": "http.response.body", "body": out, "more_body": True})
+            c.compressed_out += len(packed)
+            await out.write(packed)
         tail = finish()
         c.compressed_out += len(tail)
-        await send({"type": "http.response.body", "body": tail})
+        if tail:
+            await out.write(tail)
+        await out.end()

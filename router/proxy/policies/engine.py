@@ -9,7 +9,6 @@ routes, compiled regexps) was built with the table (router/table/policyopts.py, 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
 from typing import Any
 
 from router.proxy.policies import compress, rewrite, sticky
@@ -62,7 +61,7 @@ class Policies:
 
     # ----------------------------------------------------------------------------- before the upstream
 
-    async def enter(self, route: Any, table: Any, scope: dict, host: str, tls: bool, send: Callable) -> Ctx:
+    async def enter(self, route: Any, table: Any, scope: dict, host: str, tls: bool, out: Any) -> Ctx:
         """Header variant and rate limit for a route whose ``policy`` is set; notes a sticky pool in ``pin``.
 
         The pick itself stays with the route's picker (router/proxy/balance.py): :meth:`sticky` chooses the
@@ -83,7 +82,7 @@ class Policies:
             wait = self._limiter(route, rl).check((scope.get("client") or ("",))[0] or "")
             if wait:
                 self.counters.ratelimited += 1
-                await _too_many(send, retry_after(wait))
+                await _too_many(out, retry_after(wait))
                 return Ctx(route, 429)
         return Ctx(route, 0, pol.sticky)
 
@@ -210,9 +209,8 @@ def _full(picker: Any, i: int) -> bool:
     return bool(cap) and picker.states[i].outstanding >= cap
 
 
-async def _too_many(send: Callable, seconds: int) -> None:
+async def _too_many(out: Any, seconds: int) -> None:
+    """429 on the request's Exchange (router/proxy/exchange.py)."""
     body = b"too many requests\n"
-    await send({"type": "http.response.start", "status": 429, "headers": [
-        (b"content-type", b"text/plain; charset=utf-8"), (b"content-length", str(len(body)).encode()),
-        (b"retry-after", str(seconds).encode())]})
-    await send({"type": "http.response.body", "body": body})
+    await out.respond(429, [(b"content-type", b"text/plain; charset=utf-8"),
+                            (b"content-length", str(len(body)).encode()), (b"retry-after", str(seconds).encode())], body)
