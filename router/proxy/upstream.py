@@ -53,6 +53,10 @@ class UpstreamError(Exception):
     """The upstream connection broke or answered garbage (502)."""
 
 
+class _Interrupted(Exception):
+    """Response.arrived(): the wait ended, the response did not."""
+
+
 class Stale(Exception):
     """A connection died before any byte of the response came back. `written`: the request (or part of
     it) had been written, so the upstream may have acted on it; if not, nothing was sent."""
@@ -99,6 +103,33 @@ class Response:
         except BaseException:
             self.close()
             raise
+
+    async def arrived(self, timeout: float) -> bool:
+        """Wait up to `timeout` seconds for the headers; False if they have not come yet (the response
+        stays pending, `headers_future` is then a new future for the same headers). Failures raise as in
+        headers(). Costs one timer, not asyncio.wait's future, set and callbacks: it runs for every GET."""
+        fut = self._headers_fut
+        if not fut.done():
+            timer = self._conn.loop.call_later(timeout, self._interrupt)
+            try:
+                await fut
+            except _Interrupted:
+                return False
+            except BaseException:
+                self.close()
+                raise
+            finally:
+                timer.cancel()
+        elif fut.exception() is not None:
+            self.close()
+            raise fut.exception()  # type: ignore[misc]
+        return True
+
+    def _interrupt(self) -> None:
+        old = self._headers_fut
+        if not old.done():
+            self._headers_fut = self._conn.loop.create_future()  # the connection resolves this one now
+            old.set_exception(_Interrupted())
 
     @property
     def headers_future(self) -> asyncio.Future[None]:
