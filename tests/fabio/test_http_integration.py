@@ -25,7 +25,7 @@ from aiohttp import web
 
 from router.proxy.accesslog import Entry, Tap, compile_format
 from tests.fabio.e2e import Server, echo_host, get, raw_get, self_signed, text, tls_context
-from tests.fabio.rows import GZIP, TLS, Outcome, row, table
+from tests.fabio.rows import GZIP, Outcome, row, table
 from tests.router_proc import RouterProc, free_port
 
 FILE = "proxy/http_integration_test.go"
@@ -168,7 +168,7 @@ def test_request_id_header(outcome: Outcome, main: RouterProc, hdr: Server) -> N
     assert ids[0] != ids[1]
 
 
-@pytest.mark.parametrize("outcome", table(FILE, "TestProxySTSHeader", [row("HSTS on a TLS listener", outcome=TLS)]))
+@pytest.mark.parametrize("outcome", table(FILE, "TestProxySTSHeader", [row("HSTS on a TLS listener")]))
 def test_sts_header(outcome: Outcome, hdr: Server, tmp_path: Path) -> None:
     cert, key = self_signed(tmp_path)
     port = free_port()
