@@ -10,7 +10,8 @@ seconds. Faults:
   accepted, so SYNs are dropped and connects hang (a real blackhole). Healed: restarted.
 - stalled: accepts and reads requests, never answers. slow: answers in 10x the others' time.
 - failing: answers every request 503. reset: sends the headers and part of the body, then a TCP reset.
-- all-failing: all three answer 503 (honest 503s expected; retries must stay within the budget).
+- all-failing, all-blackholed, all-stalled: all three at once (honest 502/503/504 expected, retries
+  within the budget; with no response-header timeout configured, a stall can only end at the client).
 
 Per row: idempotent requests failed, requests slower than 1 s, p99 before and during the fault, POSTs that
 failed, POST ids that reached two instances (must be 0: a witness), seconds from healing until the
@@ -45,7 +46,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 BASE_LATENCY = 0.005  # seconds an instance takes to answer; slow: 10x
-ROWS = ("killed", "blackholed", "stalled", "slow", "failing", "reset", "all-failing")
+ROWS = ("killed", "blackholed", "stalled", "slow", "failing", "reset", "all-failing", "all-blackholed", "all-stalled")
 PROXIES = ("router", "traefik", "caddy", "nginx")
 MARK_START = "<!-- faults-bench:start -->"
 MARK_END = "<!-- faults-bench:end -->"
@@ -66,6 +67,9 @@ def serve(port: int, name: str) -> None:
         if request.path == "/__seen":
             return web.json_response(seen)
         state["mode"] = request.query.get("mode", "ok")
+        if state["mode"] != "stall":  # a stalled process that recovers answers what it had queued
+            never.set()
+            never.clear()
         return web.Response(text=state["mode"])
 
     async def handle(request: web.Request) -> web.StreamResponse:
@@ -288,7 +292,7 @@ class Row:
 
 
 def summarise(proxy: str, fault: str, load: Load, t_fault: float, t_heal: float, faulted: str,
-              instances: list[Instance]) -> Row:
+              instances: list[Instance], t_healed: float = 0.0) -> Row:
     s = load.samples
     row = Row(proxy, fault, requests=len(s))
     row.idem_failed = sum(1 for x in s if x.method != "POST" and x.outcome != "200")
@@ -296,8 +300,9 @@ def summarise(proxy: str, fault: str, load: Load, t_fault: float, t_heal: float,
     row.slow = sum(1 for x in s if x.latency > 1.0)
     row.p99_before = p99([x.latency for x in s if x.t < t_fault])
     row.p99_during = p99([x.latency for x in s if t_fault <= x.t < t_heal])
-    back = [x.t for x in s if x.t >= t_heal and x.backend == faulted and x.outcome == "200"]
-    row.back_after = round(min(back) - t_heal, 2) if back and faulted else None
+    t_healed = max(t_healed, t_heal)
+    back = [x.t for x in s if x.t >= t_healed and x.backend == faulted and x.outcome == "200"]
+    row.back_after = round(min(back) - t_healed, 2) if back and faulted else None
     row.outcomes = dict(Counter(x.outcome for x in s))
     ids: Counter[str] = Counter()
     for inst in instances:
@@ -480,17 +485,19 @@ def run_row(proxy_kind: str, kind: str, *, rate: float, baseline: float, during:
         load = Load(proxy.url, rate=rate).start()
         time.sleep(baseline)
         t_fault = load.now()
-        bad = instances if kind == "all-failing" else instances[:1]
+        every = kind.startswith("all-")
+        what = kind[4:] if every else kind
+        bad = instances if every else instances[:1]
         for inst in bad:
-            fault(inst, "failing" if kind == "all-failing" else kind)
+            fault(inst, what)
         time.sleep(during)
         t_heal = load.now()
         for inst in bad:
-            heal(inst, "failing" if kind == "all-failing" else kind)
+            heal(inst, what)
+        t_healed = load.now()  # a restarted instance answers from here on: "back after" counts from it
         time.sleep(after)
         load.stop()
-        row = summarise(proxy_kind, kind, load, t_fault, t_heal, "" if kind == "all-failing" else bad[0].name,
-                        instances)
+        row = summarise(proxy_kind, kind, load, t_fault, t_heal, "" if every else bad[0].name, instances, t_healed)
         row.retries = proxy.metric("upstream_retries")
         row.hedges = proxy.metric("upstream_hedges")
         return row

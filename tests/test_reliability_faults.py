@@ -17,7 +17,7 @@ import pytest
 from bench.faults import run_row
 
 RATE = 100.0  # requests/s from 16 clients; the machine is shared
-HEAL = 6.0  # seconds of load after healing: more than proxy.eject.maxduration (5s), the longest ejection
+HEAL = 4.0  # seconds of load after healing: twice proxy.eject.maxduration (2s), the longest ejection
 
 
 @pytest.mark.parametrize("fault", ["killed", "blackholed", "stalled", "slow", "failing", "reset"])

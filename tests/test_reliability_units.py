@@ -193,3 +193,38 @@ def test_rr_with_weights_walks_fabios_ring() -> None:
     route = _canary_route()
     p = Balancer("rr").picker(route)
     assert [p.targets[p.pick(0.0)] for _ in range(40)] == [route.pick("rr") for _ in range(40)]
+
+
+def test_budgets_of_idle_routes_are_dropped_so_the_dict_stays_bounded() -> None:
+    lb = Balancer("p2c")
+    lb._budgets_floor = lb._budgets_limit = 4
+    tables = []
+    for n in range(12):  # twelve different routes, each used once long ago (budgets stamped at second 0)
+        cmds = {f"s{n}": [_add(f"s{n}", f"/r{n}", "http://10.0.0.1:80/", f"i{n}")]}
+        tables.append(TableBuilder().update(cmds)[0])
+        lb.picker(tables[-1].lookup("", f"/r{n}"))
+    assert len(lb._budgets) <= 5  # pruned whenever it passed the limit: idle budgets went
+    b = RetryBudget()
+    b.deposit(100.0)
+    assert not b.idle(100.0 + WINDOW - 1) and b.idle(100.0 + WINDOW)
+
+
+def test_a_cold_instance_gets_one_probe_at_a_time_even_with_a_stuck_request() -> None:
+    """An instance that was ejected (cold again) still holding a request that will never end (a POST to a
+    stalled process) is probed: a probe is what is counted, not its old requests in flight."""
+    lb = Balancer("p2c", decay=1.0)
+    cmds = {"svc": [_add("svc", "/x", f"http://10.0.0.{i}:80/", f"i{i}") for i in range(2)]}
+    p = lb.picker(TableBuilder().update(cmds)[0].lookup("", "/x"))
+    cold, warm = p.states
+    cold.outstanding = 1  # stuck
+    lb.try_succeeded(warm, 0.005, 10.0)
+    picks = [p.pick(10.1) for _ in range(20)]
+    assert picks.count(0) == 1  # one probe; then it waits for the probe's answer
+    lb.try_succeeded(warm, 0.005, 12.0)  # the other one keeps answering
+    assert [p.pick(10.1 + 2.0) for _ in range(3)].count(0) == 1  # a probe as old as 2 decays is given up
+    lb.try_succeeded(cold, 0.005, 12.2)  # the probe answered: warm, compared by load from now on
+    assert cold.probe_at == 0.0
+    assert {p.pick(12.3) for _ in range(50)} == {1}  # compared by load: its stuck request doubles its cost
+    cold.outstanding = 0  # the stuck request ends
+    lb.try_succeeded(warm, 0.006, 12.2)  # and the other one answers a little slower now
+    assert 0 in {p.pick(12.3) for _ in range(50)}

@@ -99,3 +99,32 @@ def test_request_to_an_instance_that_accepts_and_resets_fails_cleanly(loop: str)
     outcomes = LOOPS[loop](main())
     assert len(outcomes) == 20 and set(outcomes) <= {"ConnectFailed", "UpstreamError"}
     srv.close()
+
+
+def test_arrived_returns_false_and_the_response_still_completes() -> None:
+    """Response.arrived(t): False while the headers are late, and the same response then completes."""
+
+    async def main() -> tuple[bool, bool, int, bytes]:
+        release = asyncio.Event()
+
+        async def handler(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+            await r.readuntil(b"\r\n\r\n")
+            await release.wait()
+            w.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+            await w.drain()
+
+        srv = await asyncio.start_server(handler, "127.0.0.1", 0)
+        port = srv.sockets[0].getsockname()[1]
+        up = Upstream()
+        prep = prepare("GET", f"http://127.0.0.1:{port}/", [], None)
+        resp = up.start(await up.dial(prep.key), prep, None)
+        early = await resp.arrived(0.05)
+        release.set()
+        late = await resp.arrived(5)
+        body = b"".join([c async for c in resp.content.iter_any()])
+        resp.release()
+        await up.close()
+        srv.close()
+        return early, late, resp.status, body
+
+    assert uvloop.run(main()) == (False, True, 200, b"ok")

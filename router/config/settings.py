@@ -510,7 +510,8 @@ KEYS: tuple[Key, ...] = (
     Key("proxy.eject.duration", "1s", duration(lo=0.001),
         "how long a first ejection lasts; each ejection in a row lasts twice as long, up to proxy.eject.maxduration; "
         "to turn ejection off, set proxy.eject.failures=0 (ours)"),
-    Key("proxy.eject.maxduration", "5s", duration(lo=0.001), "the longest ejection (ours)"),
+    Key("proxy.eject.maxduration", "2s", duration(lo=0.001),
+        "the longest ejection: an instance that is back gets traffic again within this (ours)"),
     Key("proxy.eject.maxshare", "0.5", number_range(0, 1),
         "share of a route's instances that may be ejected at once (at least one of two or more) (ours)"),
     # registry

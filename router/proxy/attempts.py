@@ -286,11 +286,9 @@ class Sender:
         if left and per_try >= left:
             await resp.headers(left)
             return resp, idx, t0
-        first = resp.headers_future
-        done, _ = await asyncio.wait((first,), timeout=per_try)
-        if done:
-            await resp.headers()
+        if await resp.arrived(per_try):
             return resp, idx, t0
+        first = resp.headers_future
         now = perf_counter()
         j = self._next(picker, tried, now)
         if j < 0:
@@ -319,6 +317,8 @@ class Sender:
             await resp.headers()  # both failed: the first try's error
             raise UpstreamError("no answer")  # not reached: headers() raised
         finally:
+            if won is None:
+                resp.close()  # both failed, the header timeout passed, or we were cancelled (client gone)
             if not hedge.done():
                 hedge.cancel()
             elif not hedge.cancelled() and hedge.exception() is None and hedge.result()[0] is not won:

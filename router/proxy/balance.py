@@ -6,7 +6,8 @@ one with the lower load, `latency estimate x (requests in flight + 1)`: a slow o
 getting traffic after a few requests, with no threshold to tune. The estimate is an EWMA weighted by
 time (`proxy.lb.decay`), which decays while nothing is observed; one older than STALE decays is
 forgotten, so an avoided instance gets a probe request now and then (one at a time: a cold instance with
-a request in flight costs PENALTY) and a healed one is back within seconds. A failed try is a *peak*:
+a probe in flight costs PENALTY, until the probe is answered or as old as that) and a healed one is back
+within seconds. A failed try is a *peak*:
 the estimate jumps to at least FAILURE_RTT, so an instance that fails fast does not attract traffic.
 Why not Linkerd's peak-EWMA for answers too: on this shared machine's noisy latencies it sent 5% of
 the requests to an instance 10x slower, the time-weighted EWMA 0.6% (simulated, same seed), and the
@@ -45,16 +46,16 @@ from router.proxy.ejection import EjectPolicy
 
 log = logging.getLogger("router.proxy")
 
-PENALTY = 1e6  # cost of a cold instance per request in flight: it gets one probe at a time
+PENALTY = 1e6  # cost of a cold instance with a probe in flight: it gets one probe at a time
 FAILURE_RTT = 1.0  # a failed try counts as a latency of at least this (seconds)
-STALE = 3.0  # an estimate older than this many proxy.lb.decay is forgotten: the instance is probed again
+STALE = 2.0  # an estimate older than this many proxy.lb.decay is forgotten: the instance is probed again
 FULL = -2  # pick(): every candidate is at proxy.maxinflight
 
 
 class InstanceState:
     """What one proxy process knows about one instance: load, latency estimate, failures, ejection."""
 
-    __slots__ = ("key", "addr", "service", "outstanding", "ewma", "stamp", "fails", "until", "reason",
+    __slots__ = ("key", "addr", "service", "outstanding", "ewma", "stamp", "probe_at", "fails", "until", "reason",
                  "streak", "ejections", "failures", "__weakref__")
 
     def __init__(self, key: tuple, addr: str, service: str) -> None:
@@ -64,6 +65,7 @@ class InstanceState:
         self.outstanding = 0  # tries in flight to it now (from this process)
         self.ewma = 0.0  # peak-EWMA of the time to response headers, seconds; 0 = cold (nothing recent)
         self.stamp = 0.0  # perf_counter of the last observation
+        self.probe_at = 0.0  # when a request was sent to it while cold (0: no probe waiting for its answer)
         self.fails = 0  # consecutive failed tries
         self.until = 0.0  # ejected until (perf_counter); 0 = not ejected
         self.reason = ""  # why it was last ejected
@@ -81,6 +83,7 @@ class InstanceState:
         else:
             self.ewma = rtt
         self.stamp = now
+        self.probe_at = 0.0
 
     def penalise(self, rtt: float, now: float) -> None:
         """A failed try: the estimate jumps to at least `rtt` at once (a peak), so a failing instance that
@@ -88,6 +91,7 @@ class InstanceState:
         if rtt > self.ewma:
             self.ewma = rtt
         self.stamp = now
+        self.probe_at = 0.0
 
     def estimate(self, now: float, tau: float) -> float:
         """The latency estimate used for picking as of `now` (0: cold)."""
@@ -205,17 +209,21 @@ class RoutePicker:
             tau = lb.tau
             stale = STALE * tau
             ci = si.ewma
-            if ci and now - si.stamp < stale:
+            cold_i = not ci or now - si.stamp >= stale
+            if cold_i:  # nothing recent: free, unless a probe is already on its way
+                ci = PENALTY if si.probe_at and now - si.probe_at < stale else 0.0
+            else:
                 ci *= math.exp((si.stamp - now) / tau) * (si.outstanding + 1)
-            else:
-                ci = PENALTY * si.outstanding
             cj = sj.ewma
-            if cj and now - sj.stamp < stale:
-                cj *= math.exp((sj.stamp - now) / tau) * (sj.outstanding + 1)
+            cold_j = not cj or now - sj.stamp >= stale
+            if cold_j:
+                cj = PENALTY if sj.probe_at and now - sj.probe_at < stale else 0.0
             else:
-                cj = PENALTY * sj.outstanding
+                cj *= math.exp((sj.stamp - now) / tau) * (sj.outstanding + 1)
             if cj < ci:
-                i = j
+                i, cold_i = j, cold_j
+            if cold_i:
+                self.states[i].probe_at = now
         elif lb.strategy == "rr":
             i = g[next(self._rr[gi % len(self._rr)]) % n]
         else:
@@ -295,7 +303,9 @@ class Balancer:
         self.budget_ratio, self.budget_floor = budget_ratio, budget_floor
         self.max_inflight = max_inflight  # 0: no per-instance cap
         self._states: weakref.WeakValueDictionary[tuple, InstanceState] = weakref.WeakValueDictionary()
-        self._budgets: dict[str, RetryBudget] = {}
+        self._budgets: dict[str, RetryBudget] = {}  # per route key (host + path), outliving table builds
+        self._budgets_floor = 1024
+        self._budgets_limit = self._budgets_floor
         self.epoch = 0  # bumped on every ejection change, so pickers rebuild their view
         self.ejected = 0  # instances ejected now (counted down lazily, when a view sees the time is up)
         # totals, for /metrics
@@ -310,12 +320,21 @@ class Balancer:
         p = route.lb
         if p is None:
             key = route.host + route.path
+            if len(self._budgets) > self._budgets_limit:
+                self._prune_budgets()
             b = self._budgets.get(key)
             if b is None:
                 b = self._budgets[key] = RetryBudget(self.budget_ratio, self.budget_floor)
             ring = route.ring() if self.strategy == "rr" else ()
             p = route.lb = RoutePicker(self, route.targets, b, ring)
         return p
+
+    def _prune_budgets(self) -> None:
+        """Drop the budgets of routes idle for a whole window (routes come and go with services), so the
+        dict stays bounded; run only when it has doubled since the last pruning, O(routes) then."""
+        now = time.perf_counter()
+        self._budgets = {k: b for k, b in self._budgets.items() if not b.idle(now)}
+        self._budgets_limit = max(self._budgets_floor, 2 * len(self._budgets))
 
     def state(self, target: Any) -> InstanceState:
         key = (target.source, target.scheme, target.host, target.port)
@@ -356,6 +375,7 @@ class Balancer:
         """An ejection ran out: the instance is tried again, cold (one request at a time)."""
         st.until = 0.0
         st.ewma = 0.0
+        st.probe_at = 0.0
         st.fails = max(0, self.policy.failures - 1)  # one more failure ejects it again, for longer
         self.ejected = max(0, self.ejected - 1)
         self.epoch += 1

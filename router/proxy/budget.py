@@ -41,6 +41,10 @@ class RetryBudget:
             self.retries -= self._rets[i]
             self._reqs[i] = self._rets[i] = 0
 
+    def idle(self, now: float) -> bool:
+        """Nothing happened within the window: the budget can be dropped and made anew, the same."""
+        return int(now) - self._sec >= WINDOW
+
     def deposit(self, now: float) -> None:
         """One request arrived (at monotonic time `now`)."""
         sec = int(now)

@@ -23,7 +23,7 @@ from typing import Any
 
 
 class EjectPolicy:
-    def __init__(self, failures: int = 3, duration: float = 1.0, max_duration: float = 5.0,
+    def __init__(self, failures: int = 3, duration: float = 1.0, max_duration: float = 2.0,
                  max_share: float = 0.5) -> None:
         self.failures = failures  # 0: never eject
         self.duration = duration

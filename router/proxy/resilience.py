@@ -28,7 +28,7 @@ class Resilience:
     hedge_delay: float = 0.025  # proxy.hedge.delay
     eject_failures: int = 3  # proxy.eject.failures
     eject_duration: float = 1.0  # proxy.eject.duration
-    eject_max_duration: float = 5.0  # proxy.eject.maxduration
+    eject_max_duration: float = 2.0  # proxy.eject.maxduration
     eject_max_share: float = 0.5  # proxy.eject.maxshare
     max_inflight: int = 0  # proxy.maxinflight
 
