@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import gzip
 import re
+import ssl
 import time
 import uuid
 from collections.abc import Iterator
@@ -176,7 +177,7 @@ def test_sts_header(outcome: Outcome, hdr: Server, tmp_path: Path) -> None:
                            "-proxy.cs", f"cs=c;type=file;cert={cert};key={key}",
                            "-proxy.header.sts.maxage", "31536000", "-proxy.header.sts.subdomains", "true",
                            "-proxy.header.sts.preload", "true"):
-        r = httpx.get(f"https://127.0.0.1:{port}/", verify=str(cert))
+        r = httpx.get(f"https://127.0.0.1:{port}/", verify=ssl.create_default_context(cafile=str(cert)))
         assert r.headers["strict-transport-security"] == "max-age=31536000; includeSubdomains; preload"
 
 
