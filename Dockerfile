@@ -18,10 +18,11 @@ ARG BUILD_BASE=python:3.11-slim-bookworm
 FROM ${BUILD_BASE} AS build
 ARG PIP_INDEX_URL
 ARG PIP_EXTRA_INDEX_URL
-# tini as PID 1 (see ENTRYPOINT); the static build, so the final stage needs no package manager run.
+# tini as PID 1 (see ENTRYPOINT), its static build, so the final stage needs no package manager run;
+# binutils for `strip` below (build stage only).
 # hadolint ignore=DL3008
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends tini \
+    && apt-get install -y --no-install-recommends tini binutils \
     && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY pyproject.toml constraints.txt README.md ./
@@ -30,14 +31,19 @@ COPY registry ./registry
 COPY ui ./ui
 # The venv lives at its final path so its scripts' #! lines stay right once copied; pip and setuptools
 # leave it afterwards (the router does not need them at run time, and they are the usual CVE noise).
+# The wheels' extension modules carry their symbol tables: stripped, uvloop's goes from 13.6 to 1.6 MB and
+# the venv from 46 to 30 MB (make container-test imports every one of them from the final image).
 RUN python3 -m venv /tmp/buildenv \
     && /tmp/buildenv/bin/pip wheel --no-cache-dir --wheel-dir /wheels -c constraints.txt . \
     && python3 -m venv /opt/router \
     && /opt/router/bin/pip install --no-cache-dir --no-index --find-links /wheels consul-router \
-    && /opt/router/bin/pip uninstall -y -q pip setuptools
+    && /opt/router/bin/pip uninstall -y -q pip setuptools \
+    && find /opt/router -name '*.so' -exec strip --strip-unneeded {} +
 
 # ---- run: the base, the venv, tini; no compiler, no pip, no wheels, not root
 FROM ${BASE}
+# (a global ARG is visible inside a stage only when declared again)
+ARG BASE
 ARG VERSION=unknown
 ARG REVISION=unknown
 LABEL org.opencontainers.image.title="consul-router" \

@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: deps consul browser test lint unit run bench clean soak
+.PHONY: deps consul browser slowhttptest test lint unit run bench clean soak
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -22,15 +22,19 @@ consul:
 browser:
 	@test -x /usr/bin/chromium || (apt-get update && apt-get install -y chromium)
 
+# Debian's slowhttptest for the slow-client tests (tests/test_slow_clients.py); apt-get only when it is missing.
+slowhttptest:
+	@test -x /usr/bin/slowhttptest || (apt-get update && apt-get install -y slowhttptest)
+
 lint: deps
 	$(PY) -m ruff check .
 
-test: deps consul browser lint
+test: deps consul browser slowhttptest lint
 	CONSUL="$$(scripts/get-consul.sh)" $(PY) -m pytest -q $(PYTEST_ARGS)
 
 # The long variants (10-minute soak, a minute of Consul errors); rewrites docs/reliability.md's figures.
 # `-m soak` on the command line overrides pyproject's `-m 'not soak'`.
-soak: deps consul
+soak: deps consul slowhttptest
 	CONSUL="$$(scripts/get-consul.sh)" $(PY) -m pytest -q -s -m soak $(PYTEST_ARGS)
 
 unit: deps

@@ -52,6 +52,15 @@ from tests.consul_agent import ConsulAgent, free_ports
 from tests.router_proc import RouterProc
 
 
+def _own_rss_kb(pid: int) -> int:
+    """VmRSS of `pid` alone (without the dump helper)."""
+    try:
+        return next(int(line.split()[1]) for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+                    if line.startswith("VmRSS:"))
+    except (OSError, StopIteration):
+        return 0
+
+
 def stats(xs: list[float]) -> dict[str, float | int]:
     if not xs:
         return {"n": 0}
@@ -460,6 +469,7 @@ def run_one(mode: str, instances: int, rounds: int, flags: list[str], patterns: 
             out["paced"] = st.get("paced")
             out["last_dump"] = st.get("last_dump")
             out["rss_mb_after"] = round(_rss_kb(router.proc.pid if router.proc else 0) / 1024, 1)
+            out["rss_mb_main_after"] = round(_own_rss_kb(router.proc.pid if router.proc else 0) / 1024, 1)
             return out
         finally:
             if router:

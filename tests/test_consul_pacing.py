@@ -149,3 +149,14 @@ def test_no_busy_loop_when_the_index_does_not_move(fresh_consul) -> None:
     assert w.status.paced > 0
     assert w.status.dumps == 1  # answers without news start no instance dump
     assert w.status.requests <= bound, f"{w.status.requests} requests in {elapsed:.1f}s (bound {bound:.0f})"
+
+
+def test_loops_sharing_a_quiet_bucket_share_its_rate() -> None:
+    """The hot-service watches (registry/consul/hot.py) share one no-news bucket: ten loops answered at
+    once with a stuck index get maxrate reads per second between them, not ten times that; news stays free."""
+    shared = Bucket(rate=20, burst=2, now=0.0)
+    loops = [WatchPacer(20, now=0.0, index=100, quiet=shared) for _ in range(10)]
+    waits = [p.after(100, 0.0) for p in loops]
+    assert waits[:2] == [0.0, 0.0] and all(w > 0 for w in waits[2:])
+    assert waits[-1] == pytest.approx(8 / 20)  # the 10th no-news answer waits for the 8th token after the burst
+    assert [p.after(101, 0.0) for p in loops] == [0.0] * 10  # real changes are not held by the shared bucket

@@ -76,6 +76,7 @@ def test_dockerfile_promises() -> None:
     labels = " ".join(arg for op, arg in stage if op == "LABEL")
     for key in ("title", "description", "version", "revision"):
         assert f"org.opencontainers.image.{key}=" in labels, key
+    assert ("ARG", "BASE") in stage, "base.name needs the global ARG declared again inside the stage"
     # The public base stays the default for users (make container-test passes BASE/BUILD_BASE to a local one).
     defaults = dict(arg.split("=", 1) for op, arg in instructions() if op == "ARG" and "=" in arg)
     froms = [arg.split()[0] for op, arg in instructions() if op == "FROM"]
@@ -259,3 +260,47 @@ def test_the_wheel_ships_a_router_that_starts(tmp_path: Path) -> None:
     finally:
         proc.terminate()
         proc.wait(15)
+
+
+# The stand-in for Registrator in make container-test (tests/container/engine.py) must write what
+# Registrator v7 writes (its bridge/util.go serviceMetaData and bridge.go newService, consul/consul.go).
+def _container(env: list[str], labels: dict[str, str] | None = None, image: str = "team/web:1.2",
+               name: str = "/stack_web_1") -> dict:
+    return {"Name": name, "Config": {"Image": image, "Env": env, "Labels": labels or {}}}
+
+
+REGISTRATIONS = [
+    ("name and tags from the environment, HTTP check with defaults",
+     _container(["SERVICE_NAME=web", "SERVICE_TAGS=urlprefix-/web,urlprefix-web.local/",
+                 "SERVICE_CHECK_HTTP=/health"]), 8080, False,
+     {"ID": "h:stack_web_1:8080", "Name": "web", "Tags": ["urlprefix-/web", "urlprefix-web.local/"],
+      "Address": "10.0.0.5", "Port": 8080, "Check": {"HTTP": "http://10.0.0.5:8080/health", "Interval": "10s"}}),
+    ("no SERVICE_NAME: the image's base name without its tag; interval and timeout as given",
+     _container(["SERVICE_CHECK_HTTP=/ok", "SERVICE_CHECK_INTERVAL=2s", "SERVICE_CHECK_TIMEOUT=1s"]), 80, False,
+     {"ID": "h:stack_web_1:80", "Name": "web", "Tags": [], "Address": "10.0.0.5", "Port": 80,
+      "Check": {"HTTP": "http://10.0.0.5:80/ok", "Interval": "2s", "Timeout": "1s"}}),
+    ("the environment wins over labels; a port-specific key over the general one; other ports' keys skipped",
+     _container(["SERVICE_TAGS=urlprefix-/env", "SERVICE_80_TAGS=urlprefix-/eighty", "SERVICE_81_NAME=x"],
+                {"SERVICE_NAME": "fromlabel", "SERVICE_TAGS": "urlprefix-/label"}), 80, False,
+     {"ID": "h:stack_web_1:80", "Name": "fromlabel", "Tags": ["urlprefix-/eighty"], "Address": "10.0.0.5",
+      "Port": 80}),
+    ("several ports: -<port> on the name unless the name is port-specific",
+     _container(["SERVICE_NAME=web"]), 9000, True,
+     {"ID": "h:stack_web_1:9000", "Name": "web-9000", "Tags": [], "Address": "10.0.0.5", "Port": 9000}),
+    ("several ports, port-specific name: kept as is",
+     _container(["SERVICE_9000_NAME=admin"]), 9000, True,
+     {"ID": "h:stack_web_1:9000", "Name": "admin", "Tags": [], "Address": "10.0.0.5", "Port": 9000}),
+    ("options after a space stay in the tag; an escaped comma stays inside it",
+     _container(["SERVICE_TAGS=urlprefix-/api strip=/api,a\\,b"]), 80, False,
+     {"ID": "h:stack_web_1:80", "Name": "web", "Tags": ["urlprefix-/api strip=/api", "a,b"],
+      "Address": "10.0.0.5", "Port": 80}),
+    ("SERVICE_IGNORE (any value) as a label", _container([], {"SERVICE_IGNORE": "true"}), 80, False, None),
+    ("SERVICE_<port>_IGNORE for this port", _container(["SERVICE_80_IGNORE=1"]), 80, False, None),
+]
+
+
+@pytest.mark.parametrize(("what", "info", "port", "group", "want"), REGISTRATIONS, ids=[r[0] for r in REGISTRATIONS])
+def test_registrator_stand_in(what: str, info: dict, port: int, group: bool, want: dict | None) -> None:
+    from tests.container.engine import registration
+
+    assert registration(info, port, "10.0.0.5", "h", group=group) == want

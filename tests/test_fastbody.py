@@ -1,4 +1,4 @@
-"""Request bodies past llhttp (router/listen/fastbody.py): framing stays exact through the real router.
+"""Request bodies past llhttp (router/listen/http1.py): framing stays exact through the real router.
 
 The bypass engages only when the head arrives before (part of) the body, so these tests send the head
 and the body in separate writes, in pieces, and with a pipelined request glued to the body's last

@@ -255,3 +255,141 @@ def test_unrun_hold_keeps_a_routed_instance_unless_turned_off(hold: float, kept:
 
     before, after = asyncio.run(main())
     assert before and (after is not None) is kept
+
+
+def test_large_buffers_come_from_mmap_on_glibc() -> None:
+    """The dumps' buffers must not fragment the heap (RSS growing per dump): on glibc mallopt accepts the
+    threshold; elsewhere the call says it changed nothing."""
+    import platform
+
+    from registry.consul.dump import large_buffers_from_mmap
+
+    assert large_buffers_from_mmap() is (platform.libc_ver()[0] == "glibc")
+
+
+@pytest.mark.parametrize(
+    ("tags", "prefix", "counted"),
+    [
+        (["urlprefix-/new"], "urlprefix-", True),  # its own tags say it is routed: counted before the catalog does
+        ([" urlprefix-/new"], "urlprefix-", True),  # tags are matched stripped, as everywhere
+        (["other"], "urlprefix-", False),
+        ([], "urlprefix-", False),
+        (["urlprefix-/new"], None, False),  # without the prefix only the known tagged set counts
+    ],
+)
+def test_a_new_services_own_check_tags_make_it_count(tags: list[str], prefix: str | None, counted: bool) -> None:
+    c = dict(check("new-1-ttl", "critical", "new-1"), ServiceName="new", ServiceTags=tags)
+    fps = _nonpassing_fingerprints([c], {}, set(), prefix)
+    assert ("new" in fps) is counted
+
+
+CATALOG_SEQUENCES = [
+    [{"a": ["urlprefix-/a"], "b": ["x"]}, {"a": ["urlprefix-/a"], "b": ["urlprefix-/b"]}, {"b": ["urlprefix-/b"]}],
+    [{"a": ["urlprefix-/a"]}, {"a": ["urlprefix-/a", "v2"]}, {"a": ["v2"]}, {}],
+    [{}, {"c": [" urlprefix-/c"]}, {"c": [" urlprefix-/c"], "d": []}, {"c": [" urlprefix-/c"], "d": []}],
+]
+
+
+@pytest.mark.parametrize("answers", CATALOG_SEQUENCES)
+def test_catalog_answers_compared_by_difference_give_the_full_computation(answers: list[dict[str, list[str]]]) -> None:
+    """`_on_catalog` only looks at names whose tag list changed; the result must equal a full recomputation,
+    and exactly the services whose route-tag union changed become pending."""
+    w = ConsulWatcher(ConsulAPI("c:8500"), lambda s, m: None)
+    before: dict[str, tuple[str, ...]] = {}
+    for services in answers:
+        w._pending.clear()
+        w._on_catalog(services)
+        full = {n: tuple(t) for n, t in services.items() if any(x.strip().startswith("urlprefix-") for x in t)}
+        assert w._catalog_tags == full
+        assert w._pending == {n for n in full.keys() | before.keys() if full.get(n) != before.get(n)}
+        before = full
+
+
+def _entry(sid: str, port: int, status: str = "passing") -> dict[str, Any]:
+    return {"Node": {"Node": "n1", "Address": "10.0.0.1"},
+            "Service": {"ID": sid, "Service": "web", "Port": port, "Tags": ["urlprefix-/web"]},
+            "Checks": [{"CheckID": f"{sid}-ttl", "Status": status, "ServiceID": sid}]}
+
+
+def test_a_result_with_a_lower_service_index_never_replaces_a_newer_one() -> None:
+    """A re-read and the service's hot watch may cross: the per-service index orders them."""
+    applied: list[dict[str, Any]] = []
+    w = ConsulWatcher(ConsulAPI("c:8500"), lambda s, m: applied.append(s))
+
+    async def run() -> None:
+        w._accept("web", [_entry("web-1", 81)], 20, None)  # the hot watch's newer answer
+        w._accept("web", [_entry("web-1", 80)], 19, None)  # a re-read that left earlier, answered later
+        await asyncio.sleep(0)
+        w._accept("web", [_entry("web-1", 82)], 21, None)
+        await asyncio.sleep(0)
+
+    asyncio.run(run())
+    ports = [{c.dst for c in batch["web"]} for batch in applied]
+    assert ports == [{"http://10.0.0.1:81/"}, {"http://10.0.0.1:82/"}]
+
+
+def test_a_service_changed_during_its_read_is_read_again_and_others_do_not_wait() -> None:
+    """Reads run beside each other: a slow read of `a` does not hold `b`'s result, and `a` changing while
+    it is read gets a second read whose result is the one kept."""
+    applied: list[dict[str, Any]] = []
+    w = ConsulWatcher(ConsulAPI("c:8500"), lambda s, m: applied.append(dict(s)), hot_limit=0)  # no I/O
+    gate = asyncio.Event()
+    reads: list[str] = []
+
+    async def read(name: str) -> tuple[list[dict[str, Any]], int]:
+        reads.append(name)
+        n = reads.count(name)
+        if name == "a" and n == 1:
+            await gate.wait()  # the first read of a is slow
+        return [dict(_entry(f"{name}-1", 80 + n), Service={**_entry(f"{name}-1", 80 + n)["Service"], "Service": name})], n
+
+    w._service_read = read  # type: ignore[method-assign]
+
+    async def run() -> None:
+        loop = asyncio.ensure_future(w._fetch_loop())
+        w._enqueue({"a", "b"})
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert [set(x) for x in applied] == [{"b"}]  # b did not wait for a
+        w._enqueue({"a"})  # a changes while its first read is in flight
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert reads.count("a") == 1  # never two reads of one service at once
+        gate.set()
+        for _ in range(10):
+            await asyncio.sleep(0)
+        loop.cancel()
+        await asyncio.gather(loop, return_exceptions=True)
+
+    asyncio.run(run())
+    assert reads.count("a") == 2
+    last_a = [x["a"] for x in applied if "a" in x][-1]
+    assert {c.dst for c in last_a} == {"http://10.0.0.1:82/"}  # the second read's state
+
+
+def test_hot_watches_keep_the_most_recently_changed_within_the_limit() -> None:
+    """At most `limit` services are watched; the least recently changed one is dropped for a new one."""
+    import asyncio
+
+    from registry.consul.hot import HotWatches
+
+    class BlockingAPI:
+        async def get(self, path: str, **kw):  # type: ignore[no-untyped-def]
+            await asyncio.Event().wait()  # a blocking query that never answers
+
+    async def run() -> tuple[set[str], set[str]]:
+        hot = HotWatches(BlockingAPI(), lambda *a: None, limit=2)  # type: ignore[arg-type]
+        hot.touch("a", 10)
+        await asyncio.sleep(0.01)
+        hot.touch("b", 11)
+        await asyncio.sleep(0.01)
+        hot.touch("a", 12)  # a changed again: now b is the coldest
+        first = hot.names()
+        hot.touch("c", 13)
+        second = hot.names()
+        hot.clear()
+        return first, second
+
+    first, second = asyncio.run(run())
+    assert first == {"a", "b"}
+    assert second == {"a", "c"}

@@ -211,8 +211,10 @@ def test_one_consul_watcher_whatever_the_worker_count(consul_agent, backends: li
                 wait_for(lambda: httpx.get(r.url + f"/{svc}/", timeout=5).status_code == 200, "the new route")
 
             two = held_queries(relays[1], register_and_wait)
-            # a watcher in each worker would hold its own query on every path: 2 or 3 per path
-            assert set(two) == set(one) and len(one) >= 3, (one, two)
+            # a watcher in each worker would hold its own query on every path: 2 or 3 per path. Services
+            # that changed during a window also get a watch of their own (registry/consul/hot.py)
+            bulk = {p for p in two if not p.startswith("/v1/health/service/")}
+            assert bulk == {p for p in one if not p.startswith("/v1/health/service/")} and len(bulk) >= 3, (one, two)
             assert set(one.values()) == {1} and set(two.values()) == {1}, (one, two)
 
             table = len(httpx.get(r.ui + "/api/routes", timeout=5).json())

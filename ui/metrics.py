@@ -98,6 +98,14 @@ def edge_families(edge: Any) -> Iterator[Metric]:
         for key, v in sorted(values.items()):
             fam.add_metric(list(key), v)
         yield fam
+    g = getattr(edge, "grpc", None)
+    if g is not None:  # fabio's grpc.requests and the per-code status counts
+        yield CounterMetricFamily(f"{PREFIX}_grpc_requests", "gRPC calls forwarded", value=g.stats.requests)
+        st = CounterMetricFamily(f"{PREFIX}_grpc_status", "gRPC calls by the grpc-status they ended with",
+                                 labels=["code"])
+        for code, v in sorted(g.stats.status.items()):
+            st.add_metric([code], v)
+        yield st
     upd = CounterMetricFamily(f"{PREFIX}_tls_certificate_updates", "certificate sets swapped in", labels=["listener"])
     miss = CounterMetricFamily(f"{PREFIX}_tls_no_certificate", "handshakes refused for want of a certificate",
                                labels=["listener"])

@@ -10,6 +10,8 @@ is not held for the few hundred ms that decoding takes (docs/discovery.md, "Know
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import ctypes.util
 import hashlib
 import logging
 import multiprocessing
@@ -105,6 +107,23 @@ def summarize(raw: bytes, prefix: str) -> Instances:
 IN_PROCESS_BYTES = 1 << 20
 
 
+M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter number (malloc.h)
+
+
+def large_buffers_from_mmap(threshold: int = IN_PROCESS_BYTES) -> bool:
+    """Make glibc serve allocations of `threshold` bytes or more with mmap, which returns them to the OS
+    when freed. By default glibc raises that threshold to the largest block freed so far, so the dumps
+    (3.7 MB at 3,000 instances, 36 MB at 30,000), read in the event loop and pickled for the helper in the
+    queue's feeder thread, were served from per-thread heaps and fragmented them: the router's RSS grew by
+    a few MB per dump (69 -> 85 MB over 30 dumps at 3,000 instances; 69 -> 74 MB with this). False where
+    the C library is not glibc (nothing changes there)."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return bool(libc.mallopt(M_MMAP_THRESHOLD, threshold))
+    except (OSError, AttributeError):
+        return False
+
+
 class DumpDecoder:
     """One spawned helper process for `summarize` of large dumps; in-process for small ones, and when the
     helper cannot run (said so once)."""
@@ -116,6 +135,7 @@ class DumpDecoder:
 
     def _start(self) -> ProcessPoolExecutor:
         if self._pool is None:
+            large_buffers_from_mmap()
             # spawn, not fork: the parent runs an event loop and threads that a fork would copy mid-state.
             # niced: its decoding is a background comparison, and on a small machine it must not take the
             # CPU from the event loop or from Consul answering the next change (issue 18)

@@ -24,7 +24,7 @@ from collections.abc import Callable
 from typing import Any
 
 from registry.consul.api import Backoff, ConsulAPI, ConsulError, next_index
-from registry.consul.pacing import WatchPacer
+from registry.consul.pacing import QUIET_BURST, Bucket, WatchPacer
 
 log = logging.getLogger("registry.consul")
 
@@ -47,6 +47,9 @@ class HotWatches:
         self.count = count  # called once per request (the watcher's registry.requests)
         self._tasks: dict[str, asyncio.Future[None]] = {}
         self._changed: dict[str, float] = {}  # name -> monotonic time of its last change
+        # one no-news bucket for all hot watches: with an index that never moves (a broken proxy, a
+        # restored snapshot) they answer at once, and `limit` buckets would allow `limit` x maxrate reads
+        self._quiet = Bucket(max_rate, QUIET_BURST, time.monotonic())
 
     def __len__(self) -> int:
         return len(self._tasks)
@@ -79,7 +82,7 @@ class HotWatches:
             self._stop(name)
 
     async def _watch(self, name: str, index: int) -> None:
-        pacer = WatchPacer(self.max_rate, time.monotonic(), index)
+        pacer = WatchPacer(self.max_rate, time.monotonic(), index, quiet=self._quiet)
         backoff = Backoff()
         delay = 0.0
         try:

@@ -50,8 +50,10 @@ class WatchPacer:
     error, which backs off on its own and does not spend a token here) and sleep the result before the next read."""
 
     def __init__(self, rate: float, now: float, index: int = 0, burst: int = QUIET_BURST,
-                 change_factor: float = CHANGE_FACTOR) -> None:
-        self.quiet = Bucket(rate, burst, now)
+                 change_factor: float = CHANGE_FACTOR, quiet: Bucket | None = None) -> None:
+        # `quiet` shared by several loops (the hot-service watches, registry/consul/hot.py) holds all of
+        # them together to `rate` no-news answers per second: one bucket each would multiply the busy-loop bound
+        self.quiet = quiet if quiet is not None else Bucket(rate, burst, now)
         self.news = Bucket(rate * change_factor, max(burst, rate * change_factor), now)
         self.last = index  # the index of the latest answer (the initial read's, for a watch's first)
         self.paced = 0  # answers after which the loop had to wait (for /api/status and the tests)

@@ -1,9 +1,11 @@
-"""The proxy on proxy.addr: one request's whole journey, as a plain ASGI app.
+"""The proxy on proxy.addr: one request's whole journey.
 
 lookup (host, normalised path) -> pick a target -> rewrite path and headers -> stream the request body
-up and the response body down. Plain ASGI rather than Starlette here: this runs for every request, and
-everything a framework adds per request is cost (docs/datapath.md). All per-route work (URL parsing,
-options, weights) was done when the table was built.
+up and the response body down. `ProxyApp.serve(request, exchange)` is called by the listener for every
+parsed request (router/listen/; the request record and the Exchange interface are described in
+router/proxy/exchange.py); `ProxyApp.__call__` is the same journey as an ASGI app. No framework here:
+this runs for every request, and everything a framework adds per request is cost (docs/datapath.md).
+All per-route work (URL parsing, options, weights) was done when the table was built.
 """
 
 from __future__ import annotations
@@ -14,9 +16,11 @@ from time import perf_counter
 from typing import TYPE_CHECKING
 
 from router.proxy import redirect
+from router.proxy.asgi import AsgiExchange
 from router.proxy.attempts import Failed
 from router.proxy.auth import BasicAuth, authorise
 from router.proxy.balance import FULL
+from router.proxy.exchange import ClientGone, Exchange
 from router.proxy.headers import ForwardingHeaders, RoutingLoop
 from router.proxy.paths import normalise_path, redirect_path, upstream_path, upstream_raw_path
 from router.proxy.request_guard import check_request, send_rejection
@@ -34,37 +38,18 @@ log = logging.getLogger("router.proxy")
 MAX_CONNECT_ATTEMPTS = 3
 
 
-class ClientGone(Exception):
-    """The client disconnected while we were reading its body."""
+__all__ = ["ClientGone", "ProxyApp", "send_status"]
+
+_TEXT = (b"content-type", b"text/plain; charset=utf-8")
 
 
-def _status_response(status: int, text: str) -> tuple[dict, dict]:
+async def send_status(out: Exchange, status: int, text: str, *extra: tuple[bytes, bytes]) -> None:
     body = text.encode()
-    return (
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [(b"content-type", b"text/plain; charset=utf-8"), (b"content-length", str(len(body)).encode())],
-        },
-        {"type": "http.response.body", "body": body},
-    )
-
-
-async def send_status(send: Callable, status: int, text: str) -> None:
-    start, body = _status_response(status, text)
-    await send(start)
-    await send(body)
-
-
-def _needs_length(scope: dict, status: int, headers: list[tuple[bytes, bytes]]) -> bool:
-    """True when a response would have a body but carries no Content-Length."""
-    if scope["method"] == "HEAD" or status in (204, 304) or status < 200:
-        return False
-    return not any(n == b"content-length" for n, _ in headers)
+    await out.respond(status, [_TEXT, (b"content-length", str(len(body)).encode()), *extra], body)
 
 
 class ProxyApp:
-    """ASGI application for proxy.addr."""
+    """The proxy core for proxy.addr (and, through `__call__`, an ASGI application)."""
 
     def __init__(
         self,
@@ -105,6 +90,7 @@ class ProxyApp:
         self.ejector = self.lb  # websocket tunnels, workers and /metrics use it by this name
         self.stats = RequestStats()  # per-route counters, read by /metrics and the routes page
         self.access_log: AccessLog | None = access_log
+        self.requests = 0  # requests served, for a worker's report (router/run/workers.py)
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
         kind = scope["type"]
@@ -121,36 +107,43 @@ class ProxyApp:
             if msg["type"] == "lifespan.startup":
                 await send({"type": "lifespan.startup.complete"})
             elif msg["type"] == "lifespan.shutdown":
-                if self.access_log is not None:
-                    self.access_log.flush()
-                await self.upstream.close()
+                await self.close()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
+    async def close(self) -> None:
+        """The listener stopped: flush the access log, close the upstream pool."""
+        if self.access_log is not None:
+            self.access_log.flush()
+        await self.upstream.close()
+
     async def handle(self, scope: dict, receive: Callable, send: Callable) -> None:
+        """One request from an ASGI server."""
+        await self.serve(scope, AsgiExchange(scope, receive, send))
+
+    async def serve(self, scope: dict, out: Exchange) -> None:
         """One request, then its route's counters (router/proxy/stats.py) and, if on, its access-log line."""
         t0 = perf_counter()
-        alog = self.access_log
-        if alog is not None:
-            send = tap = alog.tap(send)
-        route, target, status = await self._handle(scope, receive, send)
+        self.requests += 1
+        route, target, status = await self._handle(scope, out)
         if route is not None:
             st = route.stats
             rs = st.get(target.url if target is not None else "") if st is not None else None
             if rs is None:
                 rs = self.stats.attach(route, target)
             rs.record(status, perf_counter() - t0)
-        if alog is not None:
-            alog.log(scope, tap, target, perf_counter() - t0)
+        alog = self.access_log
+        if alog is not None:  # the exchange knows the status and the body bytes sent
+            alog.log(scope, out, target, perf_counter() - t0)
 
-    async def _handle(self, scope: dict, receive: Callable, send: Callable) -> tuple:
+    async def _handle(self, scope: dict, out: Exchange) -> tuple:
         """Serve one request; returns (route, target, status) for the counters (route None: not routed)."""
         if (reject := check_request(scope)) is not None:  # smuggling, Host, target form (docs/reliability.md)
-            await send_rejection(send, *reject)
+            await send_rejection(out, *reject)
             return None, None, reject[0]
         table = self.state.table
         if table is None:
-            await send_status(send, 503, "routing table not loaded yet\n")
+            await send_status(out, 503, "routing table not loaded yet\n")
             return None, None, 503
         host = ""
         head_bytes = len(scope.get("raw_path") or b"") + len(scope.get("query_string") or b"")
@@ -159,19 +152,19 @@ class ProxyApp:
             if name == b"host" and not host:
                 host = value.decode("latin-1")
         if head_bytes > self.max_header_bytes:  # the parser does not limit this (docs/datapath.md)
-            await send_status(send, 431, "request header fields too large\n")
+            await send_status(out, 431, "request header fields too large\n")
             return None, None, 431
         tls = scope.get("scheme") == "https"
         path = normalise_path(scope["path"])
         route = table.lookup(host, path, tls=tls)
         if route is None:
-            await self._noroute(send)
+            await self._noroute(out)
             return None, None, self.noroute_status
         picker = route.lb or self.lb.picker(route)
         now = perf_counter()
         idx = picker.pick(now)
         if idx < 0:
-            return route, None, await self._unavailable(send, idx)
+            return route, None, await self._unavailable(out, idx)
         target = picker.targets[idx]
         if target.redirect_code and redirect.is_loop(
                 redirect.location(target.redirect_url,
@@ -179,17 +172,17 @@ class ProxyApp:
                 scope, host, path):
             route, target = self._next_without_loop(table, route, scope, host, path, tls)
             if target is None:
-                await self._noroute(send)
+                await self._noroute(out)
                 return None, None, self.noroute_status
             picker = self.lb.picker(route)
             idx = picker.index(target)
         if target.opts and not access.permitted(target.opts, scope):
-            await send_status(send, 403, "access denied\n")
+            await send_status(out, 403, "access denied\n")
             return route, target, 403
         if target.opts and "auth" in target.opts:
             status, challenge = await authorise(self.auth_schemes, target.opts["auth"], scope)
             if status:
-                await self._unauthorised(send, challenge)
+                await self._unauthorised(out, challenge)
                 return route, target, 401
 
         # upstream path: strip, then prepend, in the client's encoding
@@ -202,30 +195,26 @@ class ProxyApp:
 
         if target.redirect_code:
             url = redirect.location(target.redirect_url, redirect_path(target, path, raw), host, query)
-            await send({
-                "type": "http.response.start",
-                "status": target.redirect_code,
-                "headers": [(b"location", url.encode("latin-1", "replace")), (b"content-length", b"0")],
-            })
-            await send({"type": "http.response.body", "body": b""})
+            await out.respond(target.redirect_code,
+                              [(b"location", url.encode("latin-1", "replace")), (b"content-length", b"0")])
             return route, target, target.redirect_code
 
         try:
             headers, has_body = self.forwarding.request_headers(scope, host, target)
         except RoutingLoop as e:
             log.warning("%s %s%s: %s (a route's target is this router?)", scope["method"], host, path, e)
-            await send_status(send, 508, f"{e}\n")
+            await send_status(out, 508, f"{e}\n")
             return route, target, 508
         if target.opts and "auth" in target.opts:  # the credentials are for us, not for the upstream
             headers = [h for h in headers if h[0] != "authorization"]
-        body: AsyncIterator[bytes] | None = self._body(receive) if has_body else None
+        body: AsyncIterator[bytes] | None = out.body() if has_body else None
         path_qs = raw + ("?" + query.decode("latin-1") if query else "")
         timeout = target.timeout or self.header_timeout
 
         try:
             resp, idx = await self.sender.send(picker, idx, scope["method"], path_qs, headers, body, timeout, now)
         except Failed as e:  # router/proxy/attempts.py: every try failed, or none more was allowed
-            await send_status(send, e.status, e.text)
+            await send_status(out, e.status, e.text)
             return route, picker.targets[e.idx], e.status
         except ClientGone:
             return route, target, CLIENT_GONE
@@ -235,54 +224,45 @@ class ProxyApp:
             out_headers = self.forwarding.response_headers(resp.raw_headers)
             if tls:
                 out_headers = self.forwarding.tls_response_headers(out_headers)
-            if scope.get("http_version") == "1.0" and _needs_length(scope, resp.status, out_headers):
-                await self._send_buffered(send, resp, out_headers)
-                return route, target, resp.status
-            await send({
-                "type": "http.response.start",
-                "status": resp.status,
-                "headers": out_headers,
-            })
+            out.start(resp.status, out_headers)
             async for chunk in resp.content.iter_any():
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
-            await send({"type": "http.response.body", "body": b""})
+                await out.write(chunk)  # waits while the client's write buffer is full (the slow-read bound)
+            await out.end()
             return route, target, resp.status
-        except Exception as e:  # noqa: BLE001 - upstream broke mid-body or the client left
+        except ClientGone:  # the client left mid-answer: stop reading the upstream
+            resp.close()
+            return route, target, CLIENT_GONE
+        except Exception as e:  # noqa: BLE001 - upstream broke mid-body
             log.debug("response stream aborted: %s", e)
             resp.close()
             raise
         finally:
             resp.release()
 
-    async def _unavailable(self, send: Callable, idx: int) -> int:
+    async def _unavailable(self, out: Exchange, idx: int) -> int:
         if idx == FULL:  # proxy.maxinflight: every instance has its share in flight
             self.lb.full += 1
-            start, body = _status_response(503, "every instance is at its limit of requests in flight\n")
-            start["headers"].append((b"retry-after", b"1"))
-            await send(start)
-            await send(body)
+            await send_status(out, 503, "every instance is at its limit of requests in flight\n", (b"retry-after", b"1"))
         else:
-            await send_status(send, 503, "no healthy instance for this route\n")
+            await send_status(out, 503, "no healthy instance for this route\n")
         return 503
 
-    async def _noroute(self, send: Callable) -> None:
+    async def _noroute(self, out: Exchange) -> None:
         self.stats.noroute += 1
         if not self.noroute_html:
-            await send_status(send, self.noroute_status, "no route\n")
+            await send_status(out, self.noroute_status, "no route\n")
             return
         body = self.noroute_html.encode()
-        await send({"type": "http.response.start", "status": self.noroute_status, "headers": [
-            (b"content-type", b"text/html; charset=utf-8"), (b"content-length", str(len(body)).encode())]})
-        await send({"type": "http.response.body", "body": body})
+        await out.respond(self.noroute_status, [
+            (b"content-type", b"text/html; charset=utf-8"), (b"content-length", str(len(body)).encode())], body)
 
     @staticmethod
-    async def _unauthorised(send: Callable, challenge: bytes | None) -> None:
+    async def _unauthorised(out: Exchange, challenge: bytes | None) -> None:
         body = b"authorization failed\n"
         headers = [(b"content-type", b"text/plain; charset=utf-8"), (b"content-length", str(len(body)).encode())]
         if challenge:
             headers.append((b"www-authenticate", challenge))
-        await send({"type": "http.response.start", "status": 401, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
+        await out.respond(401, headers, body)
 
     def _next_without_loop(self, table, looped, scope: dict, host: str, path: str, tls: bool):  # type: ignore[no-untyped-def]
         """fabio's redirect-loop guard: skip the looping host and try the next matching ones."""
@@ -297,15 +277,6 @@ class ProxyApp:
             return route, t
         return None, None
 
-    @staticmethod
-    async def _send_buffered(send: Callable, resp, headers: list) -> None:  # type: ignore[no-untyped-def]
-        """For an HTTP/1.0 client and a body of unknown length: it cannot read chunked framing, and uvicorn
-        chunks whatever has no length, so the body is collected and sent with a Content-Length."""
-        body = b"".join([chunk async for chunk in resp.content.iter_any()])
-        headers = [*headers, (b"content-length", str(len(body)).encode())]
-        await send({"type": "http.response.start", "status": resp.status, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
-
     def _another(self, route, tried: list):  # type: ignore[no-untyped-def]
         for _ in range(8):
             t = route.pick(self.strategy)
@@ -315,15 +286,3 @@ class ProxyApp:
             if t not in tried and t.weight > 0:
                 return t
         return None
-
-    @staticmethod
-    async def _body(receive: Callable) -> AsyncIterator[bytes]:
-        while True:
-            msg = await receive()
-            if msg["type"] == "http.disconnect":
-                raise ClientGone()
-            chunk = msg.get("body", b"")
-            if chunk:
-                yield chunk
-            if not msg.get("more_body", False):
-                return

@@ -223,9 +223,13 @@ class ForwardingHeaders:
     @staticmethod
     def response_headers(raw: Iterable[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
         """Upstream response headers minus hop-by-hop ones (and those its Connection header names)."""
-        items = list(raw)
-        drop = set(_HOP_BYTES)
-        for n, v in items:
-            if n.lower() == b"connection":
-                drop |= {t.strip().lower().encode() for t in v.decode("latin-1").split(",") if t.strip()}
-        return [(n.lower(), v) for n, v in items if n.lower() not in drop]
+        out = []
+        named: set[bytes] | None = None
+        for n, v in raw:  # one pass, one lower() per header: this runs for every answer
+            ln = n.lower()
+            if ln in _HOP_BYTES:
+                if ln == b"connection":
+                    named = (named or set()) | {t.strip().lower() for t in v.split(b",") if t.strip()}
+                continue
+            out.append((ln, v))
+        return out if not named else [h for h in out if h[0] not in named]

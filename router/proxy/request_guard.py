@@ -1,13 +1,11 @@
 """Requests the proxy must refuse rather than forward (issue 7, hostile HTTP; docs/reliability.md).
 
-Two layers, because most framing checks happen in uvicorn's httptools (llhttp) parser before the app
-runs:
+Two layers, because most framing checks happen in the listener's llhttp parser before the proxy runs:
 
-* :class:`GuardedHttpToolsProtocol` is uvicorn's httptools protocol with two additions: a parser error
-  is answered with llhttp's own reason (``bad request: Transfer-Encoding can't be present with
-  Content-Length``) instead of uvicorn's generic text, and a request target that is not origin-form
-  (``GET http://host/x``) is marked in the scope, since uvicorn keeps only its path.
-* :func:`check_request` runs at the top of ``ProxyApp.handle`` for everything the parser accepted. It
+* the listener (router/listen/http1.py) answers a parser error with llhttp's own reason (``bad request:
+  Transfer-Encoding can't be present with Content-Length``), refuses a target without a path, and marks
+  a target that is not origin-form (``GET http://host/x``) in the request record (NON_ORIGIN_TARGET).
+* :func:`check_request` runs at the top of ``ProxyApp.serve`` for everything the parser accepted. It
   re-checks the header-count framing rules cheaply (so a different parser cannot silently weaken them;
   the syntax of a Content-Length value is left to the parser) and adds the
   rules llhttp does not enforce: exactly one Host on HTTP/1.1, only ``chunked`` as a transfer coding,
@@ -22,10 +20,10 @@ pass over every byte of every header.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-import httptools
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+if TYPE_CHECKING:
+    from router.proxy.exchange import Exchange
 
 NON_ORIGIN_TARGET = "router.non_origin_target"  # scope key: the raw target when it does not start with "/"
 
@@ -37,18 +35,17 @@ Rejection = tuple[int, str]
 _CLOSE = [(b"content-type", b"text/plain; charset=utf-8"), (b"connection", b"close")]
 
 
-async def send_rejection(send: Callable, status: int, text: str) -> None:
+async def send_rejection(out: Exchange, status: int, text: str) -> None:
     """Answer a refused request; a 4xx also closes the connection.
 
     After a request whose framing we do not trust, whatever follows on the same connection may be a
-    smuggled request, so it is not read (uvicorn drops keep-alive on `connection: close`).
+    smuggled request, so it is not read (the listener drops keep-alive on `connection: close`).
     """
     body = text.encode()
     headers = [(b"content-length", str(len(body)).encode())]
     if status >= 400:
         headers += _CLOSE
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
+    await out.respond(status, headers, body)
 
 
 def check_request(scope: dict) -> Rejection | None:
@@ -105,53 +102,3 @@ def _explain(scope: dict, names: list[bytes]) -> Rejection | None:
         if len(codings) > 1 or codings[0].strip().lower() != b"chunked":
             return 400, "unsupported Transfer-Encoding: only 'chunked' is accepted\n"
     return None
-
-
-def _has_path(target: bytes) -> bool:
-    try:
-        return httptools.parse_url(target).path is not None
-    except httptools.HttpParserInvalidURLError:
-        return False
-
-
-class _RecordingParser(httptools.HttpRequestParser):
-    """llhttp's request parser, remembering why it rejected the input so the 400 can say so."""
-
-    error = ""
-
-    def feed_data(self, data: bytes) -> None:
-        try:
-            super().feed_data(data)
-        except httptools.HttpParserUpgrade:
-            raise
-        except httptools.HttpParserError as e:
-            self.error = self.error or str(e)  # a callback may have set a better reason
-            raise
-
-
-class GuardedHttpToolsProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol with a specific 400 text and non-origin targets marked in the scope."""
-
-    def __init__(self, *args: object, **kwargs: object) -> None:
-        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
-        self.parser = self.new_parser()
-
-    def new_parser(self) -> httptools.HttpRequestParser:
-        parser = _RecordingParser(self)
-        try:  # as uvicorn does: answer the first of pipelined requests even after a parse error
-            parser.set_dangerous_leniencies(lenient_data_after_close=True)
-        except AttributeError:  # older httptools
-            pass
-        return parser
-
-    def send_400_response(self, msg: str) -> None:
-        reason = getattr(self.parser, "error", "")
-        super().send_400_response(f"bad request: {reason}\n" if reason else msg)
-
-    def on_headers_complete(self) -> None:
-        if self.url[:1] != b"/" and self.url != b"*":  # asterisk-form is visible as path "*"
-            if not _has_path(self.url):  # authority-form (CONNECT), or absolute-form without a path:
-                self.parser.error = "request target has no path"  # type: ignore[attr-defined]
-                raise ValueError(self.parser.error)  # uvicorn would fail on it; llhttp turns this into a 400
-            self.scope[NON_ORIGIN_TARGET] = self.url  # type: ignore[literal-required]
-        super().on_headers_complete()

@@ -1,8 +1,8 @@
 """WebSocket upgrades as a byte-level tunnel (docs/datapath.md, "WebSocket").
 
-uvicorn hands an `Upgrade: websocket` request to the `ws` protocol class it was configured with, giving
-it the raw client transport and the request head (re-serialised). We plug in `tunnel_protocol(proxy)`:
-it routes the request like any other (lookup, pick, ejection, strip/prepend, forwarding headers), opens
+The listener (router/listen/http1.py) hands an `Upgrade: websocket` request, once the requests before it
+on the connection are answered, to the protocol class `tunnel_protocol(proxy)` made, giving it the raw
+client transport, the request head (re-serialised) and whatever the client sent after it. The tunnel routes the request like any other (lookup, pick, ejection, strip/prepend, forwarding headers), opens
 a plain TCP connection to the instance, writes the rewritten head and then copies bytes both ways until
 either side closes. No frame is parsed, so nothing (text, binary, ping, close codes, extensions,
 subprotocols) can be lost or altered, and the upstream's 101 reaches the client as the upstream wrote it.
@@ -247,5 +247,5 @@ def _tls_context(skip_verify: bool) -> ssl.SSLContext:
 
 
 def tunnel_protocol(proxy: ProxyApp) -> type[Tunnel]:
-    """The protocol class to give uvicorn as `ws=`, bound to this proxy."""
+    """The tunnel protocol class for the listener (`Listener(tunnel=...)`), bound to this proxy."""
     return type("BoundTunnel", (Tunnel,), {"proxy": proxy})

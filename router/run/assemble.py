@@ -7,12 +7,14 @@ import hashlib
 import logging
 import socket
 
-from router.config.settings import Config, ConfigError
+from router.config.settings import Config, ConfigError, client_idle_timeout
+from router.listen.server import Listener
 from router.proxy.accesslog import AccessLog
 from router.proxy.auth import parse_schemes
 from router.proxy.handler import ProxyApp
 from router.proxy.headers import ForwardingHeaders
 from router.proxy.resilience import Resilience
+from router.proxy.websocket import tunnel_protocol
 from router.table.state import RouterState
 
 LEVELS = {"TRACE": logging.DEBUG, "DEBUG": logging.DEBUG, "INFO": logging.INFO, "WARN": logging.WARNING,
@@ -46,6 +48,13 @@ def build_proxy(cfg: Config, state: RouterState) -> ProxyApp:
         access_log=access_log(cfg),
         resilience=Resilience.from_config(cfg),
     )
+
+
+def proxy_server(proxy: ProxyApp, cfg: Config) -> Listener:
+    """The HTTP listener of proxy.addr for `proxy` (router/listen/server.py), the same in the main process
+    and in every worker; `serve(sockets=None)` binds proxy.addr itself."""
+    return Listener(proxy, idle_timeout=client_idle_timeout(cfg.raw.get("proxy.addr", ":9999")),
+                    max_head=cfg["proxy.maxheaderbytes"], tunnel=tunnel_protocol(proxy), addr=cfg["proxy.addr"])
 
 
 def via_id(cfg: Config) -> str:

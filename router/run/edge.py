@@ -10,25 +10,32 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.util
 import logging
 import socket
+import ssl
+import time
 
 from router.cert.pairs import CertError
 from router.cert.watch import ListenerCerts
 from router.config.listeners import Listener
 from router.config.settings import Config, ConfigError
-from router.listen.accept import Acceptor
+from router.listen import clienthello
+from router.listen.accept import Acceptor, Closed, peek
 from router.listen.tcp import TCPCounters, TCPProxy
+from router.proxy.grpc import GrpcProxy
 from router.table.state import RouterState
+
+HANDSHAKE = 10.0  # seconds a TLS client gets for its handshake
 
 log = logging.getLogger("router.edge")
 
-SERVED = {"http": "plain HTTP", "tcp": "TCP", "tcp+sni": "TCP routed by SNI", "tcp-dynamic": "dynamic TCP"}
-NOT_YET = {
-    "https": "an HTTPS listener", "https+tcp+sni": "an https+tcp+sni listener", "grpc": "a gRPC listener",
-    "grpcs": "a gRPC listener", "prometheus": "a Prometheus listener (scrape /metrics on ui.addr instead)",
-}
+SERVED = {"http": "plain HTTP", "https": "HTTPS (HTTP/2 by ALPN)", "https+tcp+sni": "SNI routes, else HTTPS",
+          "grpc": "gRPC (HTTP/2 without TLS)", "grpcs": "gRPC over TLS", "tcp": "TCP", "tcp+sni": "TCP routed by SNI",
+          "tcp-dynamic": "dynamic TCP"}
+NOT_YET = {"prometheus": "a Prometheus listener (scrape /metrics on ui.addr instead)"}
 TCP_KINDS = ("tcp", "tcp+sni", "tcp-dynamic")
+HTTP_KINDS = ("http", "https", "https+tcp+sni", "grpc", "grpcs")
 
 
 def http_listener(cfg: Config) -> Listener | None:
@@ -36,14 +43,21 @@ def http_listener(cfg: Config) -> Listener | None:
     return next((lst for lst in cfg.listeners if lst.proto == "http"), None)
 
 
+def own_http() -> bool:
+    """Whether this build has the router's own HTTP listener (router/listen/http1.py, issue 15), which HTTPS,
+    HTTP/2, gRPC, several HTTP listeners and the PROXY protocol on HTTP sit on."""
+    return importlib.util.find_spec("router.listen.http1") is not None
+
+
 def check(cfg: Config) -> None:
     """ConfigError for a listener this router cannot serve."""
-    http = http_listener(cfg)
+    first = http_listener(cfg)
     for lst in cfg.listeners:
         if lst.proto not in SERVED:
             raise ConfigError(f"proxy.addr: listener {lst}: {NOT_YET[lst.proto]} is not served by this router yet")
-        if lst.proto == "http" and lst is not http:
-            raise ConfigError(f"proxy.addr: listener {lst}: only one plain HTTP listener is served yet ({http})")
+        if lst.proto in HTTP_KINDS and (lst is not first or lst.proxy_proto) and not own_http():
+            raise ConfigError(f"proxy.addr: listener {lst}: needs the router's own HTTP listener, which this build "
+                              "does not have (uvicorn serves one plain HTTP listener)")
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -84,17 +98,90 @@ class Edge:
         self.certs: list[ListenerCerts] = []
         self.tasks: list[asyncio.Task] = []
         self.dynamic: dict[int, Acceptor] = {}  # tcp-dynamic: port -> its acceptor
+        self.grpc = GrpcProxy(cfg["proxy.dialtimeout"])
 
     def _proxy(self, kind: str, lst: Listener, tls: object = None) -> TCPProxy:
         return TCPProxy(kind, lambda: self.state.table, strategy=self.cfg["proxy.strategy"],
                         dial_timeout=self.cfg["proxy.dialtimeout"], counters=self.tcp, tls=tls,  # type: ignore[arg-type]
                         read_timeout=lst.read_timeout, write_timeout=lst.write_timeout)
 
-    def _serve(self, sock: socket.socket, handler: TCPProxy, lst: Listener, name: str) -> Acceptor:
+    def _serve(self, sock: socket.socket, handler, lst: Listener, name: str) -> Acceptor:  # type: ignore[no-untyped-def]
         acc = Acceptor(sock, handler, proxy_timeout=lst.proxy_timeout if lst.proxy_proto else 0.0, name=name)
         self.acceptors.append(acc)
         self.tasks.append(asyncio.create_task(acc.serve(), name=f"listener {name}"))
         return acc
+
+    def http_split(self) -> tuple[bool, bool]:
+        """(the HTTP server binds the first plain listener itself, there are HTTP-family listeners for
+        start_http: TLS ones, more plain ones, or ones reading the PROXY protocol)."""
+        first = http_listener(self.cfg)
+        plain = first is not None and not first.proxy_proto
+        others = any(lst.proto in HTTP_KINDS and (lst is not first or lst.proxy_proto) for lst in self.cfg.listeners)
+        return plain, others
+
+    async def _tls(self, lst: Listener, alpn: tuple[str, ...]) -> ssl.SSLContext:
+        certs = ListenerCerts(lst, alpn=alpn)
+        try:
+            ctx = (await certs.start()).context
+        except CertError as e:
+            raise ConfigError(f"proxy.addr: listener {lst}: {e}") from None
+        self.certs.append(certs)
+        return ctx
+
+    async def start_http(self, server) -> None:  # type: ignore[no-untyped-def]
+        """The HTTP-family listeners the HTTP server (router/listen/server.py) serves beside its first one:
+        more plain ones, HTTPS (HTTP/2 or HTTP/1.1 by ALPN), https+tcp+sni, and any with pxyproto=."""
+        from router.listen.alpn import ALPN, Negotiated  # the own listener's protocols (see own_http)
+        from router.listen.h2proto import H2
+        from router.listen.http1 import Http1
+
+        first = http_listener(self.cfg)
+        server.grpc = self.grpc  # gRPC calls on HTTP/2 streams with a grpc:// or grpcs:// route
+        for lst in self.cfg.listeners:
+            if lst.proto not in HTTP_KINDS or (lst is first and not lst.proxy_proto):
+                continue
+            ctx = await self._tls(lst, ALPN) if lst.tls else None
+            sock = bind(lst.host, lst.port)
+            factory = Negotiated if ctx is not None else H2 if lst.proto == "grpc" else Http1
+            if lst.proto == "https+tcp+sni":
+                self._serve(sock, self._sni_or_https(server, lst, ctx), lst, str(lst))
+            elif lst.proxy_proto:
+                self._serve(sock, self._handover(server, factory, ctx), lst, str(lst))
+            else:
+                await server.add(sock, lambda f=factory: f(server), ssl=ctx,
+                                 ssl_handshake_timeout=HANDSHAKE if ctx is not None else None)
+            log.info("%s proxy listening on %s:%d", lst.proto.upper(), lst.host, sock.getsockname()[1])
+
+    def _handover(self, server, factory, ctx):  # type: ignore[no-untyped-def]
+        """After the acceptor's PROXY header: the socket goes to the HTTP(S) protocol with the header's client."""
+        async def handle(sock: socket.socket, client: tuple[str, int], local: tuple[str, int]) -> None:
+            loop = asyncio.get_running_loop()
+            await loop.connect_accepted_socket(lambda: factory(server, client), sock, ssl=ctx,
+                                               ssl_handshake_timeout=HANDSHAKE if ctx is not None else None)
+        return handle
+
+    def _sni_or_https(self, server, lst: Listener, ctx):  # type: ignore[no-untyped-def]
+        """fabio's https+tcp+sni: a ClientHello whose server name has a TCP route is spliced there untouched;
+        every other connection is terminated here and served as HTTPS."""
+        from router.listen.alpn import Negotiated
+
+        tcp = self._proxy("tcp+sni", lst)
+        https = self._handover(server, Negotiated, ctx)
+
+        async def handle(sock: socket.socket, client: tuple[str, int], local: tuple[str, int]) -> None:
+            try:
+                data = await peek(sock, clienthello.MAX_HELLO, time.monotonic() + 5.0,
+                                  lambda d: clienthello.server_name(d) is not None)
+                name = clienthello.server_name(data) or ""
+            except (clienthello.NotClientHello, Closed):
+                name = ""  # not for a TCP route: the TLS handshake will say what it is
+            route = self.state.table.lookup_host(name) if name and self.state.table is not None else None
+            target = route.pick(self.cfg["proxy.strategy"]) if route is not None else None
+            if target is not None and target.scheme == "tcp":
+                await tcp(sock, client, local)
+            else:
+                await https(sock, client, local)
+        return handle
 
     async def start(self) -> None:
         for lst in self.cfg.listeners:
@@ -161,3 +248,4 @@ class Edge:
                 await t
         for c in self.certs:
             await c.stop()
+        await self.grpc.close()

@@ -15,9 +15,9 @@ from registry.consul.register import Registrar, Registration, aliases
 from registry.consul.watcher import ConsulWatcher, RegistryStatus
 from registry.static import load_text, watch_file
 from router.config.settings import Config
-from router.listen.uvicorn_server import Server, proxy_server_config, uvicorn_config
+from router.listen.uvicorn_server import Server, uvicorn_config
 from router.run import edge
-from router.run.assemble import build_proxy
+from router.run.assemble import build_proxy, proxy_server
 from router.run.workers import WorkerPool, worker_count
 from router.table.state import RouterState
 
@@ -111,10 +111,18 @@ class Router:
                 t.cancel()
 
     async def serve(self) -> None:
-        proxy_server = Server(proxy_server_config(self.proxy, self.cfg))
+        proxy_srv = proxy_server(self.proxy, self.cfg)
         ui_server = Server(uvicorn_config(self.ui, self.cfg["ui.addr"]))
-        servers = (ui_server,) if self.workers or not self.serves_http else (proxy_server, ui_server)
+        plain, others = self.edge.http_split()
+        servers: list = [ui_server]
+        serving = []
+        if plain and not self.workers:
+            servers.append(proxy_srv)  # it binds the first plain HTTP listener itself
+        elif others:  # TLS, more plain listeners, the PROXY protocol: the main process's server, no socket of its own
+            serving.append(asyncio.create_task(proxy_srv.serve(sockets=[]), name="server"))
         await self.edge.start()
+        if others:
+            await self.edge.start_http(proxy_srv)
         if self.workers:
             await self.workers.start()  # before the registry: no table update can miss a worker
         loop = asyncio.get_running_loop()
@@ -123,7 +131,7 @@ class Router:
             loop.add_signal_handler(sig, stop.set)
 
         registry = asyncio.create_task(self.registry(), name="registry")
-        serving = [asyncio.create_task(s.serve(), name="server") for s in servers]
+        serving += [asyncio.create_task(s.serve(), name="server") for s in servers]
         waiter = asyncio.create_task(stop.wait())
         done, _ = await asyncio.wait([waiter, *serving], return_when=asyncio.FIRST_COMPLETED)
         if waiter not in done:  # a server failed to start (port in use, ...)
@@ -141,7 +149,7 @@ class Router:
         if wait > 0:
             log.info("shutting down: /health reports 503, still serving for %.1fs", wait)
             await asyncio.sleep(wait)
-        for s in servers:
+        for s in [*servers, proxy_srv]:
             s.should_exit = True
         if self.workers:
             await self.workers.stop()

@@ -1,7 +1,7 @@
 """Several proxy worker processes fed by the ONE registry watcher of the main process.
 
 Why processes: one Python event loop tops out at one core, and the proxy's per-request cost is
-CPU. Each worker runs the proxy app under uvicorn on proxy.addr with its own SO_REUSEPORT socket
+CPU. Each worker serves the proxy on proxy.addr (router/listen/) with its own SO_REUSEPORT socket
 (the kernel spreads new connections over the workers; one shared socket lets the first awake
 worker grab a whole burst). The main process keeps the registry watcher and the UI, and forwards
 every `RouterState.apply(services, manual)` call to every worker over a socketpair; a worker feeds
@@ -36,10 +36,10 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from router.listen.uvicorn_server import Server, proxy_server_config
+from router.listen.server import listen_socket
 from router.proxy.balance import merge_docs
 from router.proxy.stats import merge, proxy_counters, prune
-from router.run.assemble import LEVELS, build_proxy
+from router.run.assemble import LEVELS, build_proxy, proxy_server
 from router.table.state import RouterState
 
 log = logging.getLogger("router.workers")
@@ -261,30 +261,6 @@ class WorkerPool:
 # --------------------------------------------------------------------------- worker process side
 
 
-class _Counting:
-    """ASGI wrapper counting proxied requests, so the main process can show that each worker serves."""
-
-    def __init__(self, app: Any) -> None:
-        self.app = app
-        self.requests = 0
-
-    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
-        if scope["type"] == "http":
-            self.requests += 1
-        await self.app(scope, receive, send)
-
-
-def _listen_socket(addr: tuple[str, int]) -> socket.socket:
-    family = socket.AF_INET6 if ":" in addr[0] else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    sock.bind(addr)
-    sock.listen(2048)
-    sock.set_inheritable(False)
-    return sock
-
-
 async def _worker(pipe: socket.socket) -> int:
     reader, writer = await asyncio.open_connection(sock=pipe)
     first = await _read(reader)
@@ -297,11 +273,10 @@ async def _worker(pipe: socket.socket) -> int:
     state = RouterState(matcher=cfg["proxy.matcher"], glob_matching=not cfg["glob.matching.disabled"],
                         routes_log=cfg["log.routes.format"])
     proxy = build_proxy(cfg, state)
-    app = _Counting(proxy)
     tune_gc()
-    server = Server(proxy_server_config(proxy, cfg, app))
+    server = proxy_server(proxy, cfg)
     try:
-        sock = _listen_socket(cfg["proxy.addr"])
+        sock = listen_socket(cfg["proxy.addr"], reuse_port=True)
     except OSError as e:
         print(f"error: proxy worker: {e}", file=sys.stderr)
         return 1
@@ -313,9 +288,9 @@ async def _worker(pipe: socket.socket) -> int:
         counters = proxy_counters(proxy)
         changed = proxy.stats.changed()
         ejected = [tuple(k) for k in proxy.ejector.ejected_targets()]
-        if changed or [app.requests, routes, counters, ejected] != reported[0]:
-            reported[0] = [app.requests, routes, counters, ejected]
-            writer.write(_frame(("stats", os.getpid(), app.requests, None if routes < 0 else routes,
+        if changed or [proxy.requests, routes, counters, ejected] != reported[0]:
+            reported[0] = [proxy.requests, routes, counters, ejected]
+            writer.write(_frame(("stats", os.getpid(), proxy.requests, None if routes < 0 else routes,
                                  {"routes": changed, "counters": counters, "ejected": ejected,
                                   "instances": proxy.ejector.instance_docs()})))
 

@@ -96,40 +96,60 @@ def wait_consul_leader(timeout: float = 60) -> None:
 # ---- the stand-in for Registrator -------------------------------------------------------------------
 
 
-def container_config(info: Mapping[str, Any]) -> dict[str, str]:
-    """Registrator's view of a container's SERVICE_* settings: labels, overridden by the environment."""
-    conf = {k: str(v) for k, v in (info.get("Config", {}).get("Labels") or {}).items() if k.startswith("SERVICE_")}
-    for item in info.get("Config", {}).get("Env") or []:
+def service_metadata(info: Mapping[str, Any], port: int) -> tuple[dict[str, str], set[str]]:
+    """Registrator's serviceMetaData: SERVICE_* labels, then the environment over them, lower-cased without
+    the prefix; a SERVICE_<port>_<KEY> for this port wins over SERVICE_<KEY> (and one for another port is
+    skipped). Also the keys that came from the port-specific form."""
+    config = info.get("Config", {})
+    raw = {k: str(v) for k, v in (config.get("Labels") or {}).items()}
+    for item in config.get("Env") or []:
         k, _, v = item.partition("=")
-        if k.startswith("SERVICE_"):
-            conf[k] = v
-    return conf
+        raw[k] = v
+    meta: dict[str, str] = {}
+    from_port: set[str] = set()
+    for k, v in raw.items():
+        if not k.startswith("SERVICE_") or k == "SERVICE_":
+            continue
+        key = k[len("SERVICE_"):].lower()
+        head, sep, rest = key.partition("_")
+        if head.isdigit() and sep:
+            if int(head) == port:
+                meta[rest] = v
+                from_port.add(rest)
+        elif key not in from_port:
+            meta[key] = v
+    return meta, from_port
 
 
-def registration(info: Mapping[str, Any], port: int, ip: str, hostname: str) -> dict[str, Any] | None:
-    """The agent-API registration Registrator (v7, -internal) writes for one container port; None if ignored.
+def split_tags(value: str) -> list[str]:
+    """SERVICE_TAGS split on commas that are not escaped (`\\,` keeps a comma inside a tag), as Registrator."""
+    return [t.replace("\\,", ",") for t in re.split(r"(?<!\\),", value) if t]
 
-    As Registrator: ID `<registrator host>:<container name>:<port>`; name from SERVICE_<port>_NAME, else
-    SERVICE_NAME, else the image's base name; tags from SERVICE_TAGS and SERVICE_<port>_TAGS split on commas;
-    an HTTP check from SERVICE_CHECK_HTTP with SERVICE_CHECK_INTERVAL (10s) and SERVICE_CHECK_TIMEOUT.
+
+def registration(info: Mapping[str, Any], port: int, ip: str, hostname: str,
+                 group: bool = False) -> dict[str, Any] | None:
+    """The agent-API registration Registrator v7 (-internal) writes for one container port; None if ignored.
+
+    ID `<registrator host>:<container name>:<port>`; name SERVICE_NAME, else the image's base name without
+    its tag, with `-<port>` appended when the container has several ports (`group`) unless the name is
+    port-specific; tags from SERVICE_TAGS; an HTTP check from SERVICE_CHECK_HTTP, SERVICE_CHECK_INTERVAL
+    (10s) and SERVICE_CHECK_TIMEOUT. Any non-empty SERVICE_IGNORE ignores it.
     """
-    conf = container_config(info)
-    if conf.get("SERVICE_IGNORE", "").lower() in ("true", "1") or conf.get(f"SERVICE_{port}_IGNORE"):
+    meta, from_port = service_metadata(info, port)
+    if meta.get("ignore"):
         return None
     image = str(info.get("Config", {}).get("Image", ""))
-    default_name = re.sub(r":.*$", "", image.rsplit("/", 1)[-1])
-    name = conf.get(f"SERVICE_{port}_NAME") or conf.get("SERVICE_NAME") or default_name
-    tags = [t.strip() for key in ("SERVICE_TAGS", f"SERVICE_{port}_TAGS")
-            for t in conf.get(key, "").split(",") if t.strip()]
+    name = meta.get("name") or image.rsplit("/", 1)[-1].split(":", 1)[0]
+    if group and "name" not in from_port:
+        name += f"-{port}"
     reg: dict[str, Any] = {
         "ID": f"{hostname}:{str(info.get('Name', '')).lstrip('/')}:{port}",
-        "Name": name, "Tags": tags, "Address": ip, "Port": port,
+        "Name": name, "Tags": split_tags(meta.get("tags", "")), "Address": ip, "Port": port,
     }
-    path = conf.get(f"SERVICE_{port}_CHECK_HTTP") or conf.get("SERVICE_CHECK_HTTP")
-    if path:
-        check = {"HTTP": f"http://{ip}:{port}{path}", "Interval": conf.get("SERVICE_CHECK_INTERVAL", "10s")}
-        if conf.get("SERVICE_CHECK_TIMEOUT"):
-            check["Timeout"] = conf["SERVICE_CHECK_TIMEOUT"]
+    if meta.get("check_http"):
+        check = {"HTTP": f"http://{ip}:{port}{meta['check_http']}", "Interval": meta.get("check_interval") or "10s"}
+        if meta.get("check_timeout"):
+            check["Timeout"] = meta["check_timeout"]
         reg["Check"] = check
     return reg
 
@@ -206,7 +226,7 @@ class Registrator:
 
     def _started(self, cid: str) -> None:
         (info,) = json.loads(docker("inspect", cid))
-        if container_config(info).get("SERVICE_IGNORE", "").lower() in ("true", "1"):
+        if service_metadata(info, 0)[0].get("ignore"):
             return
         pid = info["State"]["Pid"]
         deadline = time.monotonic() + 20
@@ -219,7 +239,7 @@ class Registrator:
             self.errors.append(f"{info['Name']}: no listening port within 20 s")
             return
         for port in sorted(ports):
-            reg = registration(info, port, "127.0.0.1", self.hostname)
+            reg = registration(info, port, "127.0.0.1", self.hostname, group=len(ports) > 1)
             if reg is None:
                 continue
             r = httpx.put(f"{CONSUL}/v1/agent/service/register", json=reg, timeout=5)

@@ -79,12 +79,20 @@ def test_image(containers: list[str]) -> None:
     labels = json.loads(docker("image", "inspect", "-f", "{{json .Config.Labels}}", IMAGE))
     assert labels["org.opencontainers.image.title"] == "consul-router"
     assert labels["org.opencontainers.image.version"] == __version__
+    assert labels["org.opencontainers.image.base.name"] == BASE_IMAGE
     size = int(docker("image", "inspect", "-f", "{{.Size}}", IMAGE))
     base = int(docker("image", "inspect", "-f", "{{.Size}}", BASE_IMAGE))
     out = docker("run", "--rm", "--network", "none", "--entrypoint", "/bin/sh", IMAGE, "-c",
                  "for c in gcc cc c++ g++ clang make; do command -v $c; done; ls -d /wheels /src 2>/dev/null;"
                  " /opt/router/bin/python -m pip --version 2>/dev/null; true")
     assert out == "", f"the final stage should have no compiler, wheels, sources or pip: {out}"
+    # Every extension module loads after `strip` (the build stage strips them).
+    sos = docker("run", "--rm", "--network", "none", "--entrypoint", "/opt/router/bin/python", IMAGE, "-c",
+                 "import importlib, pathlib, sys; site = pathlib.Path(sys.prefix, 'lib/python3.11/site-packages');"
+                 " mods = sorted('.'.join(p.relative_to(site).with_suffix('').with_suffix('').parts)"
+                 " for p in site.rglob('*.so'));"
+                 " [importlib.import_module(m) for m in mods]; print(len(mods))")
+    assert int(sos) >= 5, sos  # uvloop, httptools (2), orjson, bcrypt, cryptography, cffi, ...
     # docs/compat.md: no file capability needed for :80 in a network namespace of its own (Docker 20.10+).
     bound = docker("run", "--rm", "--network", "none", "--entrypoint", "/opt/router/bin/python", IMAGE, "-c",
                    "import os, socket; socket.socket().bind(('127.0.0.1', 80)); print(os.getuid())")

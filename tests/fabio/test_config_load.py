@@ -21,7 +21,7 @@ import pytest
 
 from router.config.settings import ConfigError, load, parse_args
 from router.proxy.auth import parse_schemes
-from tests.fabio.rows import GZIP, TLS, Outcome, differs, row, table, waiting
+from tests.fabio.rows import GZIP, TLS, Outcome, differs, row, table
 
 FILE = "config/load_test.go"
 
@@ -29,7 +29,8 @@ FILE = "config/load_test.go"
 NOT_YET = "These are accepted in `fabio.properties`, flags and the environment, and startup logs a warning naming"
 ENUM = "Values with a fixed set of choices"
 URL = "A configuration URL (`-cfg http(s)://...`)"
-LISTEN_OPTS = waiting(16, "listener options rt=, wt=, tlsmin=, tlsmax=, tlsciphers= and proxy.readtimeout/writetimeout")
+LISTEN_STRICT = "a number that is no TLS version (`tlsmax=0x305`)"
+VAULT = "`type=vault` and `type=vault-pki` stop startup with a message"
 
 
 @dataclass(frozen=True)
@@ -89,35 +90,43 @@ MAIN = [
     row("-proxy.addr :5555;proto=grpc", ["-proxy.addr", ":5555;proto=grpc"], {}, None, Values({"proxy.addr": ADDR})),
     row("-proxy.addr with tls configs",
         ["-proxy.addr", ':5555;rt=1s;wt=2s;tlsmin=0x0300;tlsmax=0x305;tlsciphers="0x123,0x456"'], {}, None,
-        Values({"proxy.addr": ADDR}, silent="listener option"), outcome=LISTEN_OPTS),
+        Values({"proxy.addr": ADDR}, silent="listener option"),
+        outcome=differs(LISTEN_STRICT, Error(("proxy.addr", "tlsmax= must be a TLS version", "0x305")))),
     row("-proxy.addr with named tls configs",
         ["-proxy.addr", ':5555;rt=1s;wt=2s;tlsmin=tls10;tlsmax=TLS11;'
                         'tlsciphers="TLS_RSA_WITH_RC4_128_SHA,tls_ecdhe_ecdsa_with_aes_256_gcm_sha384"'], {}, None,
         Values({"proxy.addr": ADDR}, silent="listener option")),
     *[row(f"-proxy.addr with {kind} cert source", ["-proxy.addr", ":5555;cs=name", "-proxy.cs",
                                                    f"cs=name;type={kind};cert=value"], {}, None,
-          Values({"proxy.addr": ADDR}), outcome=TLS) for kind in ("file", "path", "http", "consul", "vault")],
+          Values({"proxy.addr": ADDR, "proxy.cs": f"cs=name;type={kind};cert=value"}))
+      for kind in ("file", "path", "http", "consul")],
+    row("-proxy.addr with vault cert source", ["-proxy.addr", ":5555;cs=name", "-proxy.cs",
+                                               "cs=name;type=vault;cert=value"], {}, None,
+        Values({"proxy.addr": ADDR}), outcome=differs(VAULT, Error(("proxy.cs", "type=vault", "no Vault server")))),
     row("-proxy.addr with vault-pki cert source",
         ["-proxy.addr", ":5555;cs=name", "-proxy.cs", "cs=name;type=vault-pki;cert=pki/issue/value"], {}, None,
-        Values({"proxy.addr": ADDR}), outcome=TLS),
+        Values({"proxy.addr": ADDR}), outcome=differs(VAULT, Error(("proxy.cs", "type=vault-pki", "no Vault server")))),
     row("-proxy.addr with vault-pki cert source, -proxy.cs first",
         ["-proxy.cs", "cs=name;type=vault-pki;cert=pki/issue/value", "-proxy.addr", ":5555;cs=name"], {}, None,
-        Values({"proxy.addr": ADDR}), outcome=TLS),
+        Values({"proxy.addr": ADDR}), outcome=differs(VAULT, Error(("proxy.cs", "type=vault-pki", "no Vault server")))),
     row("-proxy.addr with cert source",
         ["-proxy.addr", ":5555;cs=name;strictmatch=true", "-proxy.cs",
          "cs=name;type=path;cert=foo;clientca=bar;refresh=2s;hdr=a: b;caupgcn=furb"], {}, None,
-        Values({"proxy.addr": ADDR}), outcome=TLS),
+        Values({"proxy.addr": ADDR, "proxy.cs": "cs=name;type=path;cert=foo;clientca=bar;refresh=2s;hdr=a: b;caupgcn=furb"})),
     row("-proxy.addr with cert source with full options",
         ["-proxy.addr", ":5555;cs=name;strictmatch=true;proto=https", "-proxy.cs",
          "cs=name;type=path;cert=foo;clientca=bar;refresh=2s;hdr=a: b;caupgcn=furb"], {}, None,
-        Values({"proxy.addr": ADDR}), outcome=TLS),
+        Values({"proxy.addr": ADDR, "proxy.cs": "cs=name;type=path;cert=foo;clientca=bar;refresh=2s;hdr=a: b;caupgcn=furb"})),
     row("-proxy.auth with source basic", ["-proxy.auth", "name=foo;type=basic;file={htpasswd};realm=realm"], {}, None,
         Auth("foo", "realm")),
     row("-proxy.auth with source basic and no realm specified", ["-proxy.auth", "name=foo;type=basic;file={htpasswd}"],
         {}, None, Auth("foo", "foo")),
     row("issue 305", ["-proxy.addr", ":443;cs=consul-cs,:80,:2375;proto=tcp+sni", "-proxy.cs",
                       "cs=consul-cs;type=consul;cert=http://localhost:8500/v1/kv/ssl?token=token"], {}, None,
-        Values({"proxy.addr": ("0.0.0.0", 443)}, silent="listener"), outcome=TLS),
+        # our typed proxy.addr is the first plain HTTP listener (:80); the three listeners: test_listeners_config.py
+        Values({"proxy.addr": ("0.0.0.0", 80),
+                "proxy.cs": "cs=consul-cs;type=consul;cert=http://localhost:8500/v1/kv/ssl?token=token"},
+               silent="listener")),
     row("-proxy.localip 1.2.3.4", ["-proxy.localip", "1.2.3.4"], {}, None, Values({"proxy.localip": "1.2.3.4"})),
     *[row(f"-proxy.strategy {s}", ["-proxy.strategy", s], {}, None, Values({"proxy.strategy": s})) for s in ("rnd", "rr")],
     *[row(f"-proxy.matcher {m}", ["-proxy.matcher", m], {}, None, Values({"proxy.matcher": m}))
@@ -125,7 +134,7 @@ MAIN = [
     row("-proxy.noroutestatus 555", ["-proxy.noroutestatus", "555"], {}, None, Values({"proxy.noroutestatus": 555})),
     *[row(f"-proxy.{k} 5ms", [f"-proxy.{k}", "5ms"], {}, None, Values({f"proxy.{k}": 0.005}))
       for k in ("shutdownwait", "responseheadertimeout", "keepalivetimeout", "dialtimeout")],
-    *[row(f"-proxy.{k} 5ms", [f"-proxy.{k}", "5ms"], {}, None, Values(silent=f"proxy.{k}"), outcome=LISTEN_OPTS)
+    *[row(f"-proxy.{k} 5ms", [f"-proxy.{k}", "5ms"], {}, None, Values({f"proxy.{k}": 0.005}, silent=f"proxy.{k}"))
       for k in ("readtimeout", "writetimeout")],
     *[row(f"-proxy.{k} 5ms", [f"-proxy.{k}", "5ms"], {}, None, f"{k}=5ms", outcome=differs(NOT_YET, Warned(f"proxy.{k}")))
       for k in ("flushinterval", "globalflushinterval")],

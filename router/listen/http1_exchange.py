@@ -1,0 +1,178 @@
+"""One request on an HTTP/1.1 connection, as the proxy core sees it: the Exchange (router/proxy/exchange.py)
+of router/listen/http1.py. Its request body (queued chunks, Expect: 100-continue on the first read) and
+its answer's framing: the head held until the first body bytes or the end so a small answer is one write,
+chunked framing when the answer has no length (none for an HTTP/1.0 client, whose body the close ends;
+none where an answer has no body), and `write()` waiting while the client's write buffer is full."""
+
+from __future__ import annotations
+
+import asyncio
+from http import HTTPStatus
+from typing import TYPE_CHECKING
+
+from router.proxy.exchange import ClientGone, Headers
+
+if TYPE_CHECKING:
+    from router.listen.http1 import Http1
+
+WRITE_HIGH = 64 * 1024  # client write buffer above which write() waits (the slow-read bound)
+WRITE_LOW = 16 * 1024
+BODY_HIGH = 1 << 20  # buffered request-body bytes per connection at which reading pauses
+COALESCE = 64 * 1024  # below this, head and body (and chunk framing) are joined into one write
+
+
+def _status_line(code: int) -> bytes:
+    try:
+        phrase = HTTPStatus(code).phrase
+    except ValueError:
+        phrase = ""
+    return f"HTTP/1.1 {code} {phrase}\r\n".encode()
+
+
+STATUS_LINE = {code: _status_line(code) for code in range(100, 1000)}
+CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+
+
+class Http1Exchange:
+    """One request on an HTTP/1.1 connection: its body for the core, and the answer's framing."""
+
+    __slots__ = ("conn", "scope", "keep_alive", "head_only", "expect", "chunks", "buffered", "body_done", "gone",
+                 "broken", "waiter", "status", "size", "head", "chunked", "bodiless", "finished", "sent", "reject")
+
+    def __init__(self, conn: Http1, scope: dict, keep_alive: bool, head_only: bool) -> None:
+        self.conn = conn
+        self.scope = scope
+        self.keep_alive = keep_alive
+        self.head_only = head_only  # a HEAD request
+        self.expect = False  # Expect: 100-continue not answered yet
+        self.chunks: list[bytes] = []
+        self.buffered = 0
+        self.body_done = True  # set False by the connection when a body follows
+        self.gone = False  # the client left (or its framing broke) before its body ended
+        self.broken = False  # a parse error inside this request: never forwarded
+        self.waiter: asyncio.Future[None] | None = None
+        self.status = 0
+        self.size = 0
+        self.head: bytes | None = None  # the answer's head, until it is written with the first bytes
+        self.chunked = False
+        self.bodiless = False
+        self.finished = False
+        self.sent = False  # any byte of the answer written
+        self.reject = 0  # a status the listener answers itself (431) instead of the core
+
+    # --- the request body, for the core
+    def body(self) -> Http1Exchange:
+        return self
+
+    def __aiter__(self) -> Http1Exchange:
+        return self
+
+    async def __anext__(self) -> bytes:
+        conn = self.conn
+        if self.expect:
+            self.expect = False
+            if not self.sent and not conn.lost:
+                conn.transport.write(CONTINUE)
+        while True:
+            chunks = self.chunks
+            if chunks:
+                data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+                chunks.clear()
+                self.buffered = 0
+                if conn.reading_paused:
+                    conn.maybe_resume()
+                return data
+            if self.gone:
+                raise ClientGone()
+            if self.body_done:
+                raise StopAsyncIteration
+            self.waiter = conn.loop.create_future()
+            try:
+                await self.waiter
+            finally:
+                self.waiter = None
+
+    def deliver(self, data: bytes) -> None:
+        if self.finished or self.gone:
+            return  # answered already: the rest of the body is read and dropped
+        self.chunks.append(data)
+        self.buffered += len(data)
+        if self.buffered > BODY_HIGH:
+            self.conn.pause()
+        self.wake()
+
+    def wake(self) -> None:
+        w = self.waiter
+        if w is not None and not w.done():
+            w.set_result(None)
+
+    # --- the answer
+    def start(self, status: int, headers: Headers) -> None:
+        self.status = status
+        bodiless = self.head_only or status in (204, 304) or status < 200
+        parts = [STATUS_LINE.get(status) or _status_line(status)]
+        has_length = close = False
+        for name, value in headers:
+            if name == b"content-length":
+                has_length = True
+            elif name == b"connection" and b"close" in value.lower():
+                close = True
+            parts += (name, b": ", value, b"\r\n")
+        if close:
+            self.keep_alive = False
+        if bodiless:
+            self.bodiless = True
+        elif not has_length:
+            if self.scope["http_version"] == "1.1":
+                self.chunked = True
+                parts.append(b"transfer-encoding: chunked\r\n")
+            else:  # an HTTP/1.0 client cannot read chunked framing: the close ends the body
+                self.keep_alive = False
+        if not self.keep_alive and not close:
+            parts.append(b"connection: close\r\n")
+        parts.append(b"\r\n")
+        self.head = b"".join(parts)
+
+    def _emit(self, data: bytes, last: bool) -> None:
+        conn = self.conn
+        if conn.lost:
+            raise ClientGone()
+        parts = []
+        head = self.head
+        if head is not None:
+            parts.append(head)
+            self.head = None
+        if data and not self.bodiless:
+            self.size += len(data)
+            if self.chunked:
+                parts += (b"%x\r\n" % len(data), data, b"\r\n")
+            else:
+                parts.append(data)
+        if last and self.chunked:
+            parts.append(b"0\r\n\r\n")
+        if not parts:
+            return
+        self.sent = True
+        t = conn.transport
+        if len(parts) == 1:
+            t.write(parts[0])
+        elif len(data) < COALESCE:
+            t.write(b"".join(parts))
+        else:
+            t.writelines(parts)
+
+    async def write(self, data: bytes) -> None:
+        self._emit(data, False)
+        if self.conn.write_paused:
+            await self.conn.drain()
+
+    async def end(self) -> None:
+        if self.finished:
+            return
+        self._emit(b"", True)
+        self.conn.finish(self)
+
+    async def respond(self, status: int, headers: Headers, body: bytes = b"") -> None:
+        self.start(status, headers)
+        self._emit(body, True)
+        self.conn.finish(self)

@@ -1,0 +1,125 @@
+"""The proxy's listener: sockets, the set of open connections, idle timeouts and graceful shutdown.
+
+One :class:`Listener` serves the proxy core (router/proxy/handler.py) on one or more listening sockets
+with a protocol class per connection (router/listen/http1.py today; a TLS or PROXY-protocol listener
+passes its own factory to :meth:`Listener.add` and shares everything else). It keeps what uvicorn's
+server did for the proxy, no more: connections closed after `idle_timeout` without a request (fabio's
+`it=` listener option; the one timer per listener is swept every `tick`, not armed per request), and a
+graceful stop: no new connections, idle ones closed, busy ones closed after their current answer, then
+the core's upstream pool closed and the access log flushed.
+
+`serve()`, `should_exit` and `started` mirror `uvicorn.Server`'s surface, which router/run/ drives for
+the UI server too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from router.listen.http1 import Http1
+
+TICK = 1.0  # seconds between idle sweeps (shorter when idle_timeout is)
+
+
+def listen_socket(addr: tuple[str, int], reuse_port: bool = False) -> socket.socket:
+    """A bound, listening TCP socket; `reuse_port` lets several worker processes share the address (the
+    kernel spreads new connections over them)."""
+    family = socket.AF_INET6 if ":" in addr[0] else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    try:
+        sock.bind(addr)
+    except OSError:
+        sock.close()
+        raise
+    sock.listen(2048)
+    sock.setblocking(False)
+    sock.set_inheritable(False)
+    return sock
+
+
+class Listener:
+    """Serves the proxy core on listening sockets (see the module docstring)."""
+
+    def __init__(self, core: Any, *, idle_timeout: float = 75.0, max_head: int = 1 << 20,
+                 tunnel: Callable[[], asyncio.Protocol] | None = None, addr: tuple[str, int] | None = None) -> None:
+        self.core = core
+        self.idle_timeout = idle_timeout
+        self.max_head = max_head
+        self.tunnel = tunnel  # WebSocket tunnel protocol class (router/proxy/websocket.py), None: no upgrades
+        self.addr = addr
+        self.conns: set[Any] = set()
+        self.requests = 0
+        self.now = time.monotonic()
+        self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
+        self.servers: list[asyncio.AbstractServer] = []
+        self.started = False
+        self._exit: asyncio.Event | None = None
+        self._exit_now = False
+        self._sweeper: asyncio.TimerHandle | None = None
+
+    # --- building blocks
+    async def add(self, sock: socket.socket, factory: Callable[[], asyncio.Protocol] | None = None,
+                  **server_kwargs: Any) -> asyncio.AbstractServer:
+        """Serve on `sock` with `factory` (default: plain HTTP/1.1); extra keywords go to create_server
+        (e.g. ssl=)."""
+        self.loop = asyncio.get_running_loop()
+        server = await self.loop.create_server(factory or (lambda: Http1(self)), sock=sock, backlog=2048,
+                                               **server_kwargs)
+        self.servers.append(server)
+        if self._sweeper is None:
+            self._sweep()
+        return server
+
+    def _sweep(self) -> None:
+        now = self.now = time.monotonic()
+        limit = now - self.idle_timeout
+        for conn in [c for c in self.conns if c.idle(limit)]:
+            conn.transport.close()
+        self._sweeper = self.loop.call_later(min(TICK, max(self.idle_timeout / 4, 0.05)), self._sweep)
+
+    async def shutdown(self) -> None:
+        """Graceful stop (see the module docstring); returns when every connection has closed."""
+        for server in self.servers:
+            server.close()
+        for conn in list(self.conns):
+            conn.shutdown()
+        while self.conns:
+            await asyncio.sleep(0.05)
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
+        for server in self.servers:
+            await server.wait_closed()
+        await self.core.close()
+
+    # --- uvicorn.Server's surface, as router/run/ uses it
+    @property
+    def should_exit(self) -> bool:
+        return self._exit_now
+
+    @should_exit.setter
+    def should_exit(self, value: bool) -> None:
+        self._exit_now = value
+        if value and self._exit is not None:
+            self._exit.set()
+
+    async def serve(self, sockets: Sequence[socket.socket] | None = None) -> None:
+        """Listen (on `sockets`, or on `addr`), serve until `should_exit` is set, then stop gracefully."""
+        self._exit = asyncio.Event()
+        if self._exit_now:
+            self._exit.set()
+        if sockets is None:
+            assert self.addr is not None
+            sockets = [listen_socket(self.addr)]
+        for sock in sockets:
+            await self.add(sock)
+        self.started = True
+        await self._exit.wait()
+        await self.shutdown()

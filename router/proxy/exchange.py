@@ -1,0 +1,52 @@
+"""How the proxy core answers one request: the interface every listener protocol implements.
+
+The core (`ProxyApp.serve` in router/proxy/handler.py) is given two things per request:
+
+* the request record, a plain dict with the key names ASGI made familiar (`method`, `path` (decoded),
+  `raw_path`, `query_string`, `headers` (lower-case name, value) bytes pairs, `client`, `server`,
+  `scheme`, `http_version`). The listener fills it straight from its parser; no ASGI message passes.
+* an :class:`Exchange`, which the core uses to read the request body and write the answer.
+
+The HTTP/1.1 listener (router/listen/http1.py) implements it on one connection; an HTTP/2 stream, a
+TLS connection or a connection behind the PROXY protocol implement the same five calls, so route lookup,
+picking, headers, the upstream pool, the access log and the counters exist once.
+
+Rules an implementation keeps:
+
+* `start()` only records the head; nothing is written before the first `write()` or `end()`, so a small
+  answer leaves in one write.
+* `write()` waits while the client's write buffer is above the listener's high-water mark: that wait is
+  what stops the core reading the upstream, so a client that reads slowly bounds what is buffered for it.
+* `body()` is the request body as an async iterator; it raises :class:`ClientGone` when the client leaves
+  before its body ended. `Expect: 100-continue` is answered on its first read, never before.
+* `status` and `size` (body bytes written) are readable afterwards: the access log uses them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Protocol
+
+
+class ClientGone(Exception):
+    """The client disconnected while we were reading its body."""
+
+
+Headers = list[tuple[bytes, bytes]]
+
+
+class Exchange(Protocol):
+    status: int
+    size: int
+
+    def body(self) -> AsyncIterator[bytes]: ...
+
+    def start(self, status: int, headers: Headers) -> None: ...
+
+    async def write(self, data: bytes) -> None: ...
+
+    async def end(self) -> None: ...
+
+    async def respond(self, status: int, headers: Headers, body: bytes = b"") -> None:
+        """A whole answer at once (errors, redirects, no-route pages)."""
+        ...
