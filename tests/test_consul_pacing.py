@@ -160,3 +160,13 @@ def test_loops_sharing_a_quiet_bucket_share_its_rate() -> None:
     assert waits[:2] == [0.0, 0.0] and all(w > 0 for w in waits[2:])
     assert waits[-1] == pytest.approx(8 / 20)  # the 10th no-news answer waits for the 8th token after the burst
     assert [p.after(101, 0.0) for p in loops] == [0.0] * 10  # real changes are not held by the shared bucket
+
+
+def test_a_shared_quiet_bucket_bounds_several_loops_together() -> None:
+    """The hot-service watches share one no-news bucket: 32 stuck loops still read at maxrate in total."""
+    shared = Bucket(20, 2, 0.0)
+    pacers = [WatchPacer(20, now=0.0, index=100, quiet=shared) for _ in range(32)]
+    waits = [p.after(100, 0.0) for p in pacers]  # every loop's answer without news, at the same moment
+    assert waits[:2] == [0.0, 0.0]  # the shared burst of 2
+    assert waits[-1] == pytest.approx(30 / 20)  # the 32nd waits for 30 tokens at 20/s
+    assert [p.after(101, 0.0) for p in pacers] == [0.0] * 32  # news is still never held

@@ -20,8 +20,6 @@ import trustme
 
 from tests.router_proc import RouterProc, free_port
 
-pytest.importorskip("router.listen.http1", reason="needs the router's own HTTP listener (issue 15)")
-
 
 def _handlers() -> grpc.GenericRpcHandler:
     def unary(req: bytes, ctx: grpc.ServicerContext) -> bytes:

@@ -19,8 +19,6 @@ import trustme
 from tests.backends import Backend
 from tests.router_proc import RouterProc, free_port
 
-pytest.importorskip("router.listen.http1", reason="needs the router's own HTTP listener (issue 15)")
-
 OWN = {"ROUTER_LISTENER": "own"}
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib.util
 import logging
 import socket
 import ssl
@@ -22,6 +21,9 @@ from router.config.listeners import Listener
 from router.config.settings import Config, ConfigError
 from router.listen import clienthello
 from router.listen.accept import Acceptor, Closed, peek
+from router.listen.alpn import ALPN, Negotiated
+from router.listen.h2proto import H2
+from router.listen.http1 import Http1
 from router.listen.tcp import TCPCounters, TCPProxy
 from router.proxy.grpc import GrpcProxy
 from router.table.state import RouterState
@@ -43,21 +45,11 @@ def http_listener(cfg: Config) -> Listener | None:
     return next((lst for lst in cfg.listeners if lst.proto == "http"), None)
 
 
-def own_http() -> bool:
-    """Whether this build has the router's own HTTP listener (router/listen/http1.py, issue 15), which HTTPS,
-    HTTP/2, gRPC, several HTTP listeners and the PROXY protocol on HTTP sit on."""
-    return importlib.util.find_spec("router.listen.http1") is not None
-
-
 def check(cfg: Config) -> None:
     """ConfigError for a listener this router cannot serve."""
-    first = http_listener(cfg)
     for lst in cfg.listeners:
         if lst.proto not in SERVED:
             raise ConfigError(f"proxy.addr: listener {lst}: {NOT_YET[lst.proto]} is not served by this router yet")
-        if lst.proto in HTTP_KINDS and (lst is not first or lst.proxy_proto) and not own_http():
-            raise ConfigError(f"proxy.addr: listener {lst}: needs the router's own HTTP listener, which this build "
-                              "does not have (uvicorn serves one plain HTTP listener)")
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -131,10 +123,6 @@ class Edge:
     async def start_http(self, server) -> None:  # type: ignore[no-untyped-def]
         """The HTTP-family listeners the HTTP server (router/listen/server.py) serves beside its first one:
         more plain ones, HTTPS (HTTP/2 or HTTP/1.1 by ALPN), https+tcp+sni, and any with pxyproto=."""
-        from router.listen.alpn import ALPN, Negotiated  # the own listener's protocols (see own_http)
-        from router.listen.h2proto import H2
-        from router.listen.http1 import Http1
-
         first = http_listener(self.cfg)
         server.grpc = self.grpc  # gRPC calls on HTTP/2 streams with a grpc:// or grpcs:// route
         for lst in self.cfg.listeners:
@@ -163,8 +151,6 @@ class Edge:
     def _sni_or_https(self, server, lst: Listener, ctx):  # type: ignore[no-untyped-def]
         """fabio's https+tcp+sni: a ClientHello whose server name has a TCP route is spliced there untouched;
         every other connection is terminated here and served as HTTPS."""
-        from router.listen.alpn import Negotiated
-
         tcp = self._proxy("tcp+sni", lst)
         https = self._handover(server, Negotiated, ctx)
 

@@ -1,0 +1,127 @@
+"""CPU per proxied request: process CPU time (utime + stime, all threads) over the requests wrk completed.
+
+Steadier than req/s on a shared machine, where another session's load moves throughput by 2-4x between
+rounds: CPU time per request moves far less. One nginx worker serves a 19-byte answer; each target
+proxies it with one worker/process; targets run interleaved, in an order rotated each round.
+
+    python bench/cpu_per_request.py --rounds 3                       # this checkout and Traefik
+    python bench/cpu_per_request.py --base ../other-checkout         # also an older checkout, side by side
+
+Needs nginx and wrk on PATH and traefik in the venv (bench/tools.sh installs them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+BODY = "hello from backend"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def wait_port(port: int, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on {port}")
+
+
+def start(target: str, src: Path, port: int, backend: int, tmp: Path) -> subprocess.Popen[bytes]:
+    if target == "traefik":
+        dyn = tmp / "traefik.yml"
+        dyn.write_text(f'http:\n  routers:\n    web: {{rule: "PathPrefix(`/`)", service: web, entryPoints: [web]}}\n'
+                       f'  services:\n    web:\n      loadBalancer:\n        servers: [{{url: "http://127.0.0.1:{backend}"}}]\n')
+        argv = [str(Path(sys.executable).parent / "traefik"), f"--entrypoints.web.address=127.0.0.1:{port}",
+                f"--providers.file.filename={dyn}", "--log.level=ERROR", "--global.checknewversion=false",
+                "--global.sendanonymoususage=false"]
+        env = {**os.environ, "GOMAXPROCS": "1"}
+    else:
+        argv = [sys.executable, "-m", "router", "-registry.backend", "static", "-registry.static.routes",
+                f"route add b /bench http://127.0.0.1:{backend}/", "-proxy.addr", f"127.0.0.1:{port}",
+                "-ui.addr", f"127.0.0.1:{free_port()}", "-proxy.workers", "1", "-registry.consul.register.enabled",
+                "false"]
+        env = {**os.environ, "PYTHONPATH": str(src)}
+    proc = subprocess.Popen(argv, env=env, cwd=src, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_port(port)
+    return proc
+
+
+def measure(target: str, src: Path, backend: int, tmp: Path, seconds: float) -> tuple[float, float]:
+    """(µs of CPU per request, req/s) for one target."""
+    port = free_port()
+    proc = start(target, src, port, backend, tmp)
+    try:
+        url = f"http://127.0.0.1:{port}/bench"
+        subprocess.run(["wrk", "-t1", "-c50", "-d1s", url], capture_output=True, check=True)  # warm-up
+        before = cpu_seconds(proc.pid)
+        out = subprocess.run(["wrk", "-t1", "-c50", f"-d{seconds:g}s", url], capture_output=True, text=True,
+                             check=True).stdout
+        used = cpu_seconds(proc.pid) - before
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    if "Non-2xx" in out:
+        raise RuntimeError(f"{target}: non-2xx answers:\n{out}")
+    requests = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    return used / requests * 1e6, rps
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--duration", type=float, default=5)
+    p.add_argument("--base", type=Path, help="another checkout of the router, measured as 'base'")
+    p.add_argument("--no-traefik", action="store_true")
+    args = p.parse_args()
+    targets = {"router": REPO} | ({"base": args.base.resolve()} if args.base else {})
+    if not args.no_traefik:
+        targets["traefik"] = REPO
+    with tempfile.TemporaryDirectory() as d:
+        tmp = Path(d)
+        backend = free_port()
+        (tmp / "nginx.conf").write_text(
+            f"worker_processes 1; daemon off; pid {tmp}/nginx.pid; error_log {tmp}/error.log;\n"
+            "events { worker_connections 4096; }\n"
+            f"http {{ access_log off; client_body_temp_path {tmp}; proxy_temp_path {tmp}; fastcgi_temp_path {tmp};"
+            f" uwsgi_temp_path {tmp}; scgi_temp_path {tmp}; keepalive_requests 1000000;\n"
+            f"  server {{ listen 127.0.0.1:{backend};"
+            f' location = /bench {{ default_type text/plain; return 200 "{BODY}\\n"; }} }} }}\n')
+        nginx = subprocess.Popen(["nginx", "-c", str(tmp / "nginx.conf")], stderr=subprocess.DEVNULL)
+        try:
+            wait_port(backend)
+            names = list(targets)
+            for r in range(args.rounds):
+                for name in names[r % len(names):] + names[:r % len(names)]:
+                    us, rps = measure(name, targets[name], backend, tmp, args.duration)
+                    print(f"round {r + 1} {name:8s} {us:7.1f} µs CPU per request  {rps:8.0f} req/s", flush=True)
+        finally:
+            nginx.terminate()
+            nginx.wait(10)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
