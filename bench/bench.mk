@@ -3,11 +3,13 @@
 # and a Consul binary (router-consul target), then writes the results block into docs/benchmarks.md.
 # Pass options through BENCH_ARGS, e.g. make bench BENCH_ARGS='--duration 5 --rounds 5'.
 BENCH_ARGS ?=
+POLICY_BENCH_ARGS ?=  # e.g. --base ../before (a checkout to compare the plain route's CPU with)
 
 .PHONY: bench
 bench: deps consul
 	VENV=$(VENV) bench/tools.sh
 	CONSUL="$$(scripts/get-consul.sh)" $(PY) bench/http_bench.py --out docs/benchmarks.md $(BENCH_ARGS)
+	$(PY) bench/policy_bench.py $(POLICY_BENCH_ARGS)  # sticky vs plain, compression vs Traefik and Caddy
 
 # Issue 17's fault matrix (bench/faults.py): our router with its defaults side by side with Traefik, Caddy
 # and nginx (each with its documented passive health checks and retries); writes docs/reliability.md.

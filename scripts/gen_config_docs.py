@@ -20,7 +20,7 @@ from router.config.settings import KEYS, UNSUPPORTED_PREFIXES, Key  # noqa: E402
 OUT = ROOT / "docs" / "configuration.md"
 
 # What each parser accepts, found by asking it (so the table cannot drift from the code).
-_PROBES = ("-1", "rnd", "x", "abc", "")
+_PROBES = ("-1", "rnd", "x", "abc", "", "(")
 
 
 def accepts(key: Key) -> str:

@@ -84,9 +84,9 @@ def test_both_consistency_modes_is_an_error() -> None:
 
 
 def test_unknown_and_unsupported_keys_warn_but_start() -> None:
-    cfg = load([], env={}, properties={"proxy.gzip.contenttype": "text/.*", "no.such.key": "1", "proxy.strategy": "rr"})
+    cfg = load([], env={}, properties={"proxy.flushinterval": "1s", "no.such.key": "1", "proxy.strategy": "rr"})
     assert cfg["proxy.strategy"] == "rr"
-    assert any("proxy.gzip.contenttype" in w and "not support" in w for w in cfg.warnings)
+    assert any("proxy.flushinterval" in w and "not support" in w for w in cfg.warnings)
     assert any("unknown key no.such.key" in w for w in cfg.warnings)
 
 
@@ -147,6 +147,8 @@ RANGES = {
     "proxy.retry.attempts": (("0", "17"), {"1": 1, "16": 16}),
     "proxy.eject.failures": (("1001",), {"0": 0, "1000": 1000}),
     "proxy.eject.duration": (("0", "0s", "1us"), {"1ms": 0.001, "10s": 10.0}),
+    "proxy.compress.minsize": (("1.5", "1k"), {"0": 0, "1024": 1024}),
+    "proxy.maxbodybytes": (("1.5", "1MB"), {"0": 0, "1048576": 1048576}),
     "proxy.eject.maxduration": (("0", "-1s"), {"1ms": 0.001, "1m": 60.0}),
     "proxy.eject.maxshare": (("-0.1", "1.5", "nan", "half"), {"0": 0.0, "0.5": 0.5, "1": 1.0}),
     "proxy.retry.budget": (("-1", "11", "inf"), {"0": 0.0, "0.2": 0.2, "10": 10.0}),
@@ -407,3 +409,10 @@ def test_a_bad_ui_color_is_refused_naming_what_is_accepted(value: str) -> None:
                                          ("#ABC", "#abc"), ("teal accent-3", "teal accent-3")])
 def test_ui_color_accepts_fabio_class_names_and_hex(value: str, kept: str) -> None:
     assert KEYS_BY_NAME["ui.color"].parse(value) == kept
+
+
+def test_gzip_contenttype_is_checked_as_a_regexp() -> None:
+    cfg = load(["-proxy.gzip.contenttype", "^text/.*$"], env={})
+    assert cfg["proxy.gzip.contenttype"] == "^text/.*$" and cfg["proxy.compress.minsize"] == 1024
+    with pytest.raises(ConfigError, match="proxy.gzip.contenttype"):
+        load(["-proxy.gzip.contenttype", "text/(.*"], env={})

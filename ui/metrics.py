@@ -152,6 +152,16 @@ class RouterCollector(Collector):
         pool = getattr(r, "workers", None)
         yield from resilience_families(pool.instance_docs() if pool is not None else r.proxy.ejector.instance_docs(), c)
         yield CounterMetricFamily(f"{PREFIX}_noroute", "requests that matched no route", value=c.get("noroute", 0))
+        yield CounterMetricFamily(f"{PREFIX}_ratelimited", "requests answered 429 by a route's ratelimit=",
+                                  value=c.get("ratelimited", 0))
+        yield CounterMetricFamily(f"{PREFIX}_compressed_bytes_in", "response bytes before compression",
+                                  value=c.get("compressed_in", 0))
+        yield CounterMetricFamily(f"{PREFIX}_compressed_bytes_saved", "response bytes saved by compression",
+                                  value=c.get("compressed_in", 0) - c.get("compressed_out", 0))
+        yield CounterMetricFamily(f"{PREFIX}_sticky_hits", "requests sent to the instance their sticky cookie names",
+                                  value=c.get("sticky_hits", 0))
+        yield CounterMetricFamily(f"{PREFIX}_sticky_repins", "sticky cookies naming an instance that is gone or "
+                                  "ejected: the client was pinned anew", value=c.get("sticky_repins", 0))
         yield gauge("websockets_open", "WebSocket tunnels open now", float(c.get("websockets_open", 0)))
         yield CounterMetricFamily(f"{PREFIX}_websockets", "WebSocket tunnels opened", value=c.get("websockets_total", 0))
         yield from request_families(route_snapshots(r))

@@ -369,6 +369,15 @@ def parse_str(text: str) -> str:
     return text.strip()
 
 
+def parse_regexp(text: str) -> str:
+    """A regular expression, checked now (kept as text; its users compile it)."""
+    try:
+        re.compile(text.strip())
+    except re.error:
+        raise ValueError("a regular expression (Python's re syntax, which agrees with Go's for content types)") from None
+    return text.strip()
+
+
 # fabio's UI is built with Materialize, and `ui.color` names one of its colour classes for the nav bar:
 # a base colour (its 500 shade below, Material Design's published values), optionally with a modifier
 # (`light-green darken-2`).  Our UI has no Materialize, so a modifier is approximated by mixing the base
@@ -514,6 +523,13 @@ KEYS: tuple[Key, ...] = (
         "the longest ejection: an instance that is back gets traffic again within this (ours)"),
     Key("proxy.eject.maxshare", "0.5", number_range(0, 1),
         "share of a route's instances that may be ejected at once (at least one of two or more) (ours)"),
+    Key("proxy.gzip.contenttype", "", parse_regexp,
+        "regexp of response content types to compress when the client accepts it (empty = off); "
+        "zstd and br as well as gzip (ours), and the route option compress= turns it on or off per route"),
+    Key("proxy.compress.minsize", "1024", int_range(0),
+        "responses with a Content-Length below this many bytes are not compressed (ours)"),
+    Key("proxy.maxbodybytes", "0", int_range(0, zero="no limit"),
+        "largest request body in bytes, answered 413 above it; the route option maxbody= overrides it (ours)"),
     # registry
     Key("registry.backend", "consul", choice("consul", "static", "file"), "where routes come from"),
     Key("registry.timeout", "10s", duration(), "how long to retry the registry at startup", todo='no effect: the router retries Consul forever with capped backoff and answers 503 until the first table'),
@@ -589,7 +605,6 @@ _BY_LOWER: Mapping[str, Key] = {k.name.lower(): k for k in KEYS}
 # fabio keys we know but do not implement yet: accepted with a clear warning, never fatal.
 UNSUPPORTED_PREFIXES = (
     "proxy.tls",
-    "proxy.gzip",
     "proxy.flushinterval",
     "proxy.globalflushinterval",
     "proxy.grpc",

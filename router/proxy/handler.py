@@ -23,6 +23,8 @@ from router.proxy.balance import FULL
 from router.proxy.exchange import ClientGone, Exchange
 from router.proxy.headers import ForwardingHeaders, RoutingLoop
 from router.proxy.paths import normalise_path, redirect_path, upstream_path, upstream_raw_path
+from router.proxy.policies.bodylimit import BodyTooLarge
+from router.proxy.policies.engine import Policies
 from router.proxy.request_guard import check_request, send_rejection
 from router.proxy.resilience import Resilience
 from router.proxy.stats import CLIENT_GONE, RequestStats
@@ -71,6 +73,7 @@ class ProxyApp:
         access_log: AccessLog | None = None,
         max_idle: int = 10000,
         resilience: Resilience | None = None,
+        policies: Policies | None = None,
     ) -> None:
         self.state = state
         self.strategy = strategy
@@ -91,6 +94,7 @@ class ProxyApp:
         self.stats = RequestStats()  # per-route counters, read by /metrics and the routes page
         self.access_log: AccessLog | None = access_log
         self.requests = 0  # requests served, for a worker's report (router/run/workers.py)
+        self.policies = policies or Policies()  # issue 19's route options (router/proxy/policies/)
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
         kind = scope["type"]
@@ -160,9 +164,18 @@ class ProxyApp:
         if route is None:
             await self._noroute(out)
             return None, None, self.noroute_status
+        ctx = None
+        if route.policy is not None:  # header variants, rate limit, sticky (router/proxy/policies/engine.py)
+            ctx = await self.policies.enter(route, table, scope, host, tls, out)
+            if ctx.route is None:
+                await self._noroute(out)
+                return None, None, self.noroute_status
+            if ctx.status:
+                return ctx.route, None, ctx.status
+            route = ctx.route
         picker = route.lb or self.lb.picker(route)
         now = perf_counter()
-        idx = picker.pick(now)
+        idx = picker.pick(now) if ctx is None or ctx.pin is None else self.policies.sticky(ctx, picker, scope, now)
         if idx < 0:
             return route, None, await self._unavailable(out, idx)
         target = picker.targets[idx]
@@ -207,7 +220,14 @@ class ProxyApp:
             return route, target, 508
         if target.opts and "auth" in target.opts:  # the credentials are for us, not for the upstream
             headers = [h for h in headers if h[0] != "authorization"]
+        if target.policy is not None and target.policy.req is not None:
+            headers = self.policies.request_headers(target, headers)
         body: AsyncIterator[bytes] | None = out.body() if has_body else None
+        if body is not None and (self.policies.max_body or target.policy is not None):
+            body, too_large = self.policies.body_limit(target, scope, body)  # maxbody=, proxy.maxbodybytes
+            if too_large:
+                await send_status(out, 413, "request body too large\n")
+                return route, target, 413
         path_qs = raw + ("?" + query.decode("latin-1") if query else "")
         timeout = target.timeout or self.header_timeout
 
@@ -218,12 +238,20 @@ class ProxyApp:
             return route, picker.targets[e.idx], e.status
         except ClientGone:
             return route, target, CLIENT_GONE
+        except BodyTooLarge:
+            await send_status(out, 413, "request body too large\n")
+            return route, target, 413
         target = picker.targets[idx]
 
         try:
             out_headers = self.forwarding.response_headers(resp.raw_headers)
             if tls:
                 out_headers = self.forwarding.tls_response_headers(out_headers)
+            if ctx is not None or target.policy is not None or self.policies.compress_all:
+                out_headers, enc = self.policies.response(ctx, target, scope, resp.status, out_headers)
+                if enc is not None:  # compressed (router/proxy/policies/compress.py)
+                    await enc.send(out, resp, out_headers, scope.get("http_version") == "1.0")
+                    return route, target, resp.status
             out.start(resp.status, out_headers)
             async for chunk in resp.content.iter_any():
                 await out.write(chunk)  # waits while the client's write buffer is full (the slow-read bound)

@@ -174,6 +174,8 @@ class Tunnel(asyncio.Protocol):
         self.desc = f"{peer[0]} {host}{raw_path}"
         table = proxy.state.table
         route = table.lookup(host, path, tls=scope["scheme"] == "wss") if table is not None else None
+        if route is not None and route.policy is not None and route.policy.variants:  # match= (issue 19)
+            route = proxy.policies.variant(route, table, host, scope["scheme"] == "wss", headers)
         if route is None:
             proxy.stats.noroute += 1
             self._fail(f"{proxy.noroute_status} No Route", "no route\n")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import socket
 
 from router.config.settings import Config, ConfigError, client_idle_timeout
@@ -13,6 +14,7 @@ from router.proxy.accesslog import AccessLog
 from router.proxy.auth import parse_schemes
 from router.proxy.handler import ProxyApp
 from router.proxy.headers import ForwardingHeaders
+from router.proxy.policies.engine import Policies
 from router.proxy.resilience import Resilience
 from router.proxy.websocket import tunnel_protocol
 from router.table.state import RouterState
@@ -47,6 +49,7 @@ def build_proxy(cfg: Config, state: RouterState) -> ProxyApp:
         eject_duration=cfg["proxy.eject.duration"],
         access_log=access_log(cfg),
         resilience=Resilience.from_config(cfg),
+        policies=policies(cfg),
     )
 
 
@@ -81,3 +84,9 @@ def auth_schemes(cfg: Config) -> dict:
         raise ConfigError(f"invalid proxy.auth: {e}") from None
 
 
+def policies(cfg: Config) -> Policies:
+    """Compression for every route (proxy.gzip.contenttype, as in fabio) and the worker count that the rate
+    limits are divided by (router/proxy/policies/ratelimit.py)."""
+    workers = cfg["proxy.workers"] or os.cpu_count() or 1  # as router/run/workers.py counts them
+    return Policies(gzip_types=cfg["proxy.gzip.contenttype"], min_size=cfg["proxy.compress.minsize"],
+                    workers=workers, max_body=cfg["proxy.maxbodybytes"])

@@ -46,7 +46,9 @@ from types import MappingProxyType
 
 from router.config.settings import parse_duration as config_duration
 from router.table import access
+from router.table.policyopts import POLICY_OPTS, PolicyError, TargetPolicy, target_policy
 from router.table.routecmd import LineError, RouteCmd
+from router.table.routepolicy import describe, route_policy
 
 __all__ = ["TableBuilder", "Table", "Route", "Target"]
 
@@ -79,6 +81,7 @@ class Target:
     redirect_url: str
     timeout: float = 0.0  # seconds, from opts "timeout=2s"; 0 = no per-route timeout
     source: str = ""  # where the command came from (a Consul instance: "service:<name>/<ID>"): the instance's identity
+    policy: TargetPolicy | None = None  # the traffic-policy options (router/table/policyopts.py); None: none
 
     def __hash__(self) -> int:
         # opts is a mapping (unhashable); equal Targets agree on these fields, so this is a valid hash.
@@ -98,7 +101,8 @@ class _RawTarget:
     __slots__ = Target.__slots__
 
     def __init__(self, service, tags, opts, url, scheme, host, port, fixed_weight, weight, strip,
-                 prepend, host_header, tls_skip_verify, redirect_code, redirect_url, timeout, source="") -> None:
+                 prepend, host_header, tls_skip_verify, redirect_code, redirect_url, timeout, source="",
+                 policy=None) -> None:
         self.service = service
         self.tags = tags
         self.opts = opts
@@ -116,6 +120,7 @@ class _RawTarget:
         self.redirect_url = redirect_url
         self.timeout = timeout
         self.source = source
+        self.policy = policy
 
 
 assert _RawTarget.__slots__ == tuple(f for f in Target.__dataclass_fields__)
@@ -132,13 +137,13 @@ def _reweighted(t: Target, w: float) -> Target:
         return t
     return _new_target(t.service, t.tags, t.opts, t.url, t.scheme, t.host, t.port, t.fixed_weight, w, t.strip,
                        t.prepend, t.host_header, t.tls_skip_verify, t.redirect_code, t.redirect_url, t.timeout,
-                       t.source)
+                       t.source, t.policy)
 
 
 def _refixed(t: Target, fixed: float) -> Target:
     return _new_target(t.service, t.tags, t.opts, t.url, t.scheme, t.host, t.port, fixed, t.weight, t.strip,
                        t.prepend, t.host_header, t.tls_skip_verify, t.redirect_code, t.redirect_url, t.timeout,
-                       t.source)
+                       t.source, t.policy)
 
 
 class Route:
@@ -152,9 +157,10 @@ class Route:
     Targets with weight 0 are never picked.
     """
 
-    __slots__ = ("host", "path", "targets", "_pool", "_cum", "_ring", "_count", "_regex", "stats", "lb")
+    __slots__ = ("host", "path", "targets", "_pool", "_cum", "_ring", "_count", "_regex", "stats", "lb",
+                 "policy")
 
-    def __init__(self, host: str, path: str, targets: tuple[Target, ...]) -> None:
+    def __init__(self, host: str, path: str, targets: tuple[Target, ...], _variant: bool = False) -> None:
         self.stats: dict | None = None  # target URL -> router.stats.RouteStats, filled on first requests
         self.lb = None  # router.proxy.balance.RoutePicker, built on the first request (per table build)
         self.host = host
@@ -164,6 +170,13 @@ class Route:
         self._ring: tuple[Target, ...] | None = None
         self._count = itertools.count()
         self._regex: re.Pattern[str] | None = None
+        self.policy = None  # router/table/routepolicy.py: header variants, rate limit, sticky; None for most
+        for t in targets:
+            if t.policy is not None:
+                self.policy = route_policy(targets, _variant, lambda g: Route(host, path, g, True))
+                if self.policy is not None:
+                    targets = self.policy.default  # the pool: the targets without match=
+                break
         if len(targets) == 1:
             self._pool: tuple[Target, ...] = targets if targets[0].weight > 0 else ()
             return
@@ -299,7 +312,7 @@ def _split_url(url: str) -> tuple[str, str, int | None, str]:
 
 
 KNOWN_OPTS = frozenset({"strip", "prepend", "host", "proto", "tlsskipverify", "redirect", "allow", "deny", "auth",
-                        "register", "timeout", "pxyproto", "grpcservername"})
+                        "register", "timeout", "pxyproto", "grpcservername"}) | POLICY_OPTS
 _reported_opts: set[str] = set()
 _reported_redirects: set[tuple[str, str]] = set()
 
@@ -352,9 +365,13 @@ def make_target(cmd: RouteCmd) -> Target:
     host_header = opts.get("host", "")
     if host_header == "dst":
         host_header = written_host
+    try:
+        policy = target_policy(opts, config_duration) if opts else None
+    except PolicyError as e:
+        raise _CmdError(f"invalid option {e}") from None
     return _new_target(cmd.service, cmd.tags, MappingProxyType(opts) if opts else _EMPTY_OPTS, cmd.dst, scheme,
                        host, port, cmd.weight, 1.0, strip, opts.get("prepend", ""), host_header, skip,
-                       redirect_code, redirect_url, timeout, cmd.source)
+                       redirect_code, redirect_url, timeout, cmd.source, policy)
 
 
 def _err(cmd: RouteCmd, reason: str) -> LineError:
@@ -717,6 +734,8 @@ class Table:
                        "dst": t.url, "opts": _opts_text(t.opts), "cmd": "route add"}
                 if t.tags:
                     row["tags"] = list(t.tags)
+                if t.policy is not None:
+                    row["policies"] = describe(t.policy, r.policy)
                 row.update(weight=t.weight, rate1=0, pct99=0)
                 rows.append(row)
         return rows

@@ -26,7 +26,7 @@ from aiohttp import web
 
 from router.proxy.accesslog import Entry, Tap, compile_format
 from tests.fabio.e2e import Server, echo_host, get, raw_get, self_signed, text, tls_context
-from tests.fabio.rows import GZIP, Outcome, row, table
+from tests.fabio.rows import Outcome, differs, row, table
 from tests.router_proc import RouterProc, free_port
 
 FILE = "proxy/http_integration_test.go"
@@ -115,7 +115,8 @@ def main(hdr: Server, strip_srv: Server, tls_servers: dict[str, Server], gzip_se
     flags = ["-proxy.localip", "1.1.1.1", "-proxy.header.clientip", "X-Forwarded-For",
              "-proxy.header.requestid", "X-Request-Id", "-proxy.noroutestatus", "999",
              "-registry.static.noroutehtml", "<html>503</html>", "-proxy.header.sts.maxage", "31536000",
-             "-proxy.gzip.contenttype", "^text/plain(;.*)?$"]
+             "-proxy.gzip.contenttype", "^text/plain(;.*)?$",
+             "-proxy.compress.minsize", "0"]  # fabio compresses any size; these answer 11 bytes (compat.md)
     with RouterProc("-registry.backend", "static", "-registry.static.routes", "\n".join(routes), *flags,
                     env={"SSL_CERT_FILE": str(ca_file)}) as r:
         yield r
@@ -130,7 +131,7 @@ def hosts(echo1: Server, echo2: Server, log_srv: Server) -> Iterator[RouterProc]
               f"route add mock / {echo1.url}/",
               f"route add svc-a example.com/ {log_srv.url}"]
     with RouterProc.static("\n".join(routes), "-proxy.strategy", "rr", "-proxy.gzip.contenttype", ".*",
-                           *LOG_FLAGS) as r:
+                           "-proxy.compress.minsize", "0", *LOG_FLAGS) as r:
         yield r
 
 
@@ -269,7 +270,8 @@ FROZEN = {"response_time_ms": "1.111", "response_time_ns": "1.111111111", "respo
 
 LOG = [row("uncompressed response", "host_redirect", "", 73),
        row("compression enabled but no match", "path_redirect", "gzip", 73),
-       row("compression enabled and active", "hosts", "gzip", 28, outcome=GZIP)]
+       row("compression enabled and active", "hosts", "gzip", 28,
+           outcome=differs("zlib's deflate, not Go's: the same format in other bytes", ours=24))]
 
 
 @pytest.mark.parametrize(("router_name", "accept", "size", "outcome"), table(FILE, "TestProxyLogOutput", LOG))
@@ -315,11 +317,11 @@ def test_proxy_log_output(router_name: str, accept: str, size: int, outcome: Out
 
 
 GZ = [  # content of the upstream, Accept-Encoding, Content-Encoding of the answer, its body decoded
-    row("plain body - compressed response", "g1.test", "gzip", "gzip", outcome=GZIP),
-    row("plain body - compressed response (with charset)", "g2.test", "gzip", "gzip", outcome=GZIP),
+    row("plain body - compressed response", "g1.test", "gzip", "gzip"),
+    row("plain body - compressed response (with charset)", "g2.test", "gzip", "gzip"),
     row("compressed body - compressed response", "g3.test", "gzip", "gzip"),
     row("plain body - plain response", "g4.test", "", ""),
-    row("compressed body - plain response", "g5.test", "", "", outcome=GZIP),
+    row("compressed body - plain response", "g5.test", "", ""),
     row("plain body - plain response (no match)", "g6.test", "gzip", ""),
 ]
 
