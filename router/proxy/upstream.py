@@ -266,7 +266,9 @@ class _Conn(asyncio.BufferedProtocol):
         if resp is not None and size < READ_MAX and not resp._chunks:  # the client took everything so far
             size = self.read_size = size * 2
         buf = self._buf = bytearray(size)
-        return buf
+        # a memoryview, not the bytearray: asyncio's TLS layer fills a second TLS record into `buf[offset:]`,
+        # which for a bytearray is a copy (the bytes were lost: a Consul answer over TLS read back as zeros)
+        return memoryview(buf)
 
     def buffer_updated(self, nbytes: int) -> None:
         """The read landed in its own buffer, handed on without a copy (a memoryview when it is not full;
