@@ -334,6 +334,9 @@ class ConsulWatcher:
                 if r is None:  # another watch saw Consul's data replaced: start over from index 0
                     reset.clear()
                     index = 0
+                    # a read cut short is an answer without news: paced like one, or watches that keep
+                    # resetting each other (an index stuck at 0) would re-read without any wait
+                    delay = pacer.quiet.take(time.monotonic())
                     continue
             except ConsulError as e:
                 probe = True
