@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Print the machine's main (non-security) Debian mirror, read from its own apt sources
 # (/etc/apt/sources.list.d/debian.sources in deb822 form, else /etc/apt/sources.list). Nothing else on stdout.
-# Same rule as scripts/get-consul.sh; used by scripts/container_test.sh for debootstrap.
+# Used by scripts/get-consul.sh (the consul package) and scripts/container_test.sh (debootstrap).
 set -euo pipefail
 
 find_mirror() {

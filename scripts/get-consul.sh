@@ -63,33 +63,9 @@ fi
 command -v apt-get >/dev/null || die "no consul found (set \$CONSUL or put consul on PATH) and apt-get is not available to fetch one"
 command -v dpkg-deb >/dev/null || die "dpkg-deb is needed to unpack the consul package"
 
-# The machine's main (non-security) Debian mirror, from its own apt sources.
-find_mirror() {
-    local f=/etc/apt/sources.list.d/debian.sources
-    if [[ -r "$f" ]]; then
-        # deb822: paragraphs separated by blank lines; take the first URI of the first "deb" paragraph
-        # whose suites are not *-security.
-        awk '
-            function flush() {
-                if (uris != "" && types ~ /(^|[ \t])deb([ \t]|$)/ && suites !~ /security/) { print uris; found = 1; exit }
-                uris = ""; types = ""; suites = ""
-            }
-            /^[ \t]*#/ { next }
-            /^[ \t]*$/ { flush(); next }
-            tolower($1) == "uris:"   { uris = $2 }
-            tolower($1) == "types:"  { $1 = ""; types = $0 }
-            tolower($1) == "suites:" { $1 = ""; suites = $0 }
-            END { if (!found) flush() }
-        ' "$f" | head -n1
-    fi
-    if [[ -r /etc/apt/sources.list ]]; then
-        # one-line format: deb [options] URI suite components...
-        sed -e 's/#.*//' -e 's/\[[^]]*\]//' /etc/apt/sources.list \
-            | awk '$1 == "deb" && $3 !~ /security/ { print $2; exit }'
-    fi
-}
-MIRROR="$(find_mirror | head -n1)"
-[[ -n "$MIRROR" ]] || die "could not read a Debian mirror from /etc/apt/sources.list.d/debian.sources or /etc/apt/sources.list"
+# The machine's main (non-security) Debian mirror, from its own apt sources (scripts/apt-mirror.sh).
+MIRROR="$("$(dirname "${BASH_SOURCE[0]}")/apt-mirror.sh")" \
+    || die "could not read a Debian mirror from /etc/apt/sources.list.d/debian.sources or /etc/apt/sources.list"
 MIRROR="${MIRROR%/}"
 log "no consul binary found; fetching Debian $SUITE's consul $DEB_VERSION from the configured mirror $MIRROR"
 

@@ -208,50 +208,9 @@ _LISTENER_OPTION_NOTES = {
 }
 
 
-def _split_unquoted(text: str, sep: str) -> list[str]:
-    """Split at `sep` outside single or double quotes (fabio's kv lists allow quoted values)."""
-    parts, cur, quote = [], [], ""
-    for c in text:
-        if quote:
-            quote = "" if c == quote else quote
-        elif c in "\"'":
-            quote = c
-        elif c == sep:
-            parts.append("".join(cur))
-            cur = []
-            continue
-        cur.append(c)
-    parts.append("".join(cur))
-    return parts
-
-
-def split_listeners(text: str) -> list[tuple[str, list[tuple[str, str]]]]:
-    """`:9999;proto=http;it=30s,:443;cs=x` -> [(":9999", [("proto", "http"), ("it", "30s")]), (":443", ...)].
-
-    The address is the part without `=` (or `addr=`); values lose surrounding quotes.
-    """
-    out = []
-    for listener in _split_unquoted(text, ","):
-        if not listener.strip():
-            continue
-        addr, opts = "", []
-        for part in _split_unquoted(listener, ";"):
-            part = part.strip()
-            if not part:
-                continue
-            name, eq, value = part.partition("=")
-            name, value = name.strip(), value.strip().strip("\"'")
-            if not eq or name == "addr":
-                addr = value if eq else name
-            else:
-                opts.append((name, value))
-        out.append((addr, opts))
-    return out
-
-
 def listener_options(text: str) -> dict[str, str]:
     """The `;name=value` options of the first listener in a fabio listen address (`:9999;it=30s`)."""
-    listeners = split_listeners(text)
+    listeners = _listeners.split_kv_list(text)
     return dict(listeners[0][1]) if listeners else {}
 
 
@@ -277,7 +236,7 @@ def listen_addr(key: str) -> Callable[[str], tuple[str, int]]:
     def parse(text: str) -> tuple[str, int]:
         if key == "proxy.addr":
             return _proxy_addr(text)
-        listeners = split_listeners(text)
+        listeners = _listeners.split_kv_list(text)
         if not listeners:
             raise ValueError("host:port, e.g. :9999 or 127.0.0.1:9999")
         if key == "ui.addr" and len(listeners) > 1:
@@ -339,7 +298,7 @@ def listener_warnings(key: str, text: str) -> list[str]:
         return [f"{key}: listener {shown}: option {n}={v} is unknown (to fabio too); ignored"
                 for shown, n, v in _listeners.unknown_options(text)]
     out = []
-    listeners = split_listeners(text)
+    listeners = _listeners.split_kv_list(text)
     supported = SUPPORTED_LISTENER_OPTIONS[key]
     for name, value in listeners[0][1] if listeners else ():
         if name not in supported:
