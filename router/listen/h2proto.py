@@ -39,6 +39,7 @@ import h2.events
 import h2.exceptions
 import h2.settings
 
+from router.listen.flow import WriteFlow
 from router.listen.tlsinfo import tls_extension
 from router.proxy.exchange import ClientGone, Headers
 from router.proxy.grpc import is_grpc
@@ -177,7 +178,7 @@ class H2Stream:
         await self.end()
 
 
-class H2(asyncio.Protocol):
+class H2(WriteFlow, asyncio.Protocol):
     """One client connection speaking HTTP/2 to the proxy core (see the module docstring)."""
 
     def __init__(self, listener: Listener, client: tuple[str, int] | None = None) -> None:
@@ -229,23 +230,6 @@ class H2(asyncio.Protocol):
             s.gone = True
             s.wake()
         self.resume_writing()
-
-    def pause_writing(self) -> None:
-        self.write_paused = True
-
-    def resume_writing(self) -> None:
-        self.write_paused = False
-        w = self.drain_waiter
-        if w is not None and not w.done():
-            w.set_result(None)
-
-    async def drain(self) -> None:
-        if self.lost:
-            raise ClientGone()
-        w = self.drain_waiter
-        if w is None or w.done():
-            w = self.drain_waiter = self.loop.create_future()
-        await w
 
     def flush(self) -> None:
         """Write what h2 has queued, once per event-loop turn: the frames of every stream answered in one

@@ -51,6 +51,7 @@ from urllib.parse import unquote
 
 import httptools
 
+from router.listen.flow import WriteFlow
 from router.listen.http1_exchange import BODY_HIGH, STATUS_LINE, WRITE_HIGH, WRITE_LOW, Http1Exchange
 from router.proxy.exchange import ClientGone, Headers
 from router.proxy.request_guard import NON_ORIGIN_TARGET
@@ -69,7 +70,7 @@ def _error_response(status: int, text: str) -> bytes:
             b"connection: close\r\n\r\n" % len(body) + body)
 
 
-class Http1(asyncio.Protocol):
+class Http1(WriteFlow, asyncio.Protocol):
     """One client connection speaking HTTP/1.1 (and 1.0) to the proxy core."""
 
     def __init__(self, listener: Listener, client: tuple[str, int] | None = None) -> None:
@@ -147,23 +148,6 @@ class Http1(asyncio.Protocol):
             self.closing = True  # the client half-closed after its request: still answer it
             return True
         return None
-
-    def pause_writing(self) -> None:
-        self.write_paused = True
-
-    def resume_writing(self) -> None:
-        self.write_paused = False
-        w = self.drain_waiter
-        if w is not None and not w.done():
-            w.set_result(None)
-
-    async def drain(self) -> None:
-        if self.lost:
-            raise ClientGone()
-        w = self.drain_waiter
-        if w is None or w.done():
-            w = self.drain_waiter = self.loop.create_future()
-        await w
 
     def data_received(self, data: bytes) -> None:
         left = self.raw_left
