@@ -91,13 +91,17 @@ async def exchange(port: int, payload: bytes, *, prefix: bytes = b"") -> bytes:
 
 
 async def closed_without_data(port: int, prefix: bytes = b"", wait: float = 5.0) -> bool:
+    """Whether the router closed the connection (after `prefix`) without sending anything. Still open after
+    `wait` seconds (a hang guard, not a measure) is False: the router never closed it."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     if prefix:
         writer.write(prefix)
     try:
         data = await asyncio.wait_for(reader.read(100), wait)
-    except (ConnectionError, TimeoutError):
+    except ConnectionError:
         return True
+    except TimeoutError:
+        return False
     finally:
         writer.close()
     return data == b""
@@ -217,17 +221,13 @@ def test_hostile_proxy_headers_close_the_connection(prefix: bytes, delay: float)
         up = Upstream()
         up_port = await up.start()
         acc, port, _ = await listen("tcp", lambda p: f"route add db :{p} tcp://127.0.0.1:{up_port}\n", proxy_timeout=0.25)
-        loop = asyncio.get_running_loop()
-        t0 = loop.time()
-        closed = await closed_without_data(port, prefix)
-        took = loop.time() - t0
+        closed = await closed_without_data(port, prefix)  # the client never closes: the router must
         acc.close()
         up.close()
-        return closed, up.conns, took, acc.refused
+        return closed, up.conns, acc.refused
 
-    closed, conns, took, refused = asyncio.run(main())
-    assert (closed, conns, refused) == (True, 0, 1)
-    assert took < 3  # bounded (pxytimeout 250ms), not the client's pace
+    closed, conns, refused = asyncio.run(main())
+    assert (closed, conns, refused) == (True, 0, 1)  # closed by the router (pxytimeout 250ms), not the client
 
 
 def test_a_slow_proxy_header_is_cut_at_pxytimeout() -> None:
@@ -402,17 +402,13 @@ def test_rt_closes_a_connection_whose_client_stays_silent() -> None:
             await asyncio.sleep(0.15)
             writer.write(b"b")
             assert await asyncio.wait_for(reader.readexactly(1), 5) == b"b"
-        loop = asyncio.get_running_loop()
-        t0 = loop.time()
-        gone = await asyncio.wait_for(reader.read(1), 5)  # then silent: closed after about rt
-        took = loop.time() - t0
+        gone = await asyncio.wait_for(reader.read(1), 5)  # then silent: closed by rt (5 s is only a hang guard)
         writer.close()
         acc.close()
         up.close()
-        return gone, took
+        return gone
 
-    gone, took = asyncio.run(main())
-    assert gone == b"" and took < 3
+    assert asyncio.run(main()) == b""  # the router closed the idle connection; the client never did
 
 
 def test_wt_closes_a_connection_whose_client_does_not_read() -> None:
@@ -442,4 +438,4 @@ def test_wt_closes_a_connection_whose_client_does_not_read() -> None:
         return took, counters.open
 
     took, still_open = asyncio.run(main())
-    assert still_open == 0 and took < 5, took
+    assert still_open == 0, took  # closed by wt= (the 10 s loop is only a hang guard)
