@@ -166,26 +166,39 @@ def _changed(last: list[Pair] | None, new: list[Pair]) -> bool:
     return last is None or [(p.name, p.cert, p.key) for p in last] != [(p.name, p.cert, p.key) for p in new]
 
 
+async def _poll_files(name: str, files: Callable[[], list[str]], read: Callable[[], list[Pair]],
+                      refresh: float | None, strict_start: bool) -> AsyncIterator[list[Pair]]:
+    """The file and path sources: stat the files every STAT_EVERY (cheap), read them when their
+    fingerprint moved (or every `refresh` s), and yield the pairs when they differ from the last ones. A bad
+    read keeps the last certificates; with `strict_start` it stops startup when there are none yet."""
+    last: list[Pair] | None = None
+    seen: tuple | None = None
+    loop = asyncio.get_running_loop()
+    next_read = 0.0
+    while True:
+        fp = _fingerprint(files())
+        if fp != seen or (refresh is not None and loop.time() >= next_read):
+            if refresh is not None:
+                next_read = loop.time() + refresh
+            try:
+                new = read()
+            except CertError as e:
+                if strict_start and last is None:  # at startup: fabio stops too
+                    raise CertError(f"cert source {name}: {e}") from None
+                log.error("cert source %s: %s; keeping the certificates it had", name, e)
+            else:
+                seen = fp
+                if _changed(last, new):
+                    last = new
+                    yield new
+        await asyncio.sleep(STAT_EVERY)
+
+
 class FileSource(Source):
-    async def watch(self) -> AsyncIterator[list[Pair]]:
+    def watch(self) -> AsyncIterator[list[Pair]]:
         files = [self.spec.cert, self.spec.key or self.spec.cert]
-        last: list[Pair] | None = None
-        seen: tuple | None = None
-        while True:
-            fp = _fingerprint(files)
-            if fp != seen:
-                try:
-                    new = read_file_pair(self.spec.cert, self.spec.key)
-                except CertError as e:
-                    if last is None:  # at startup: fabio stops too
-                        raise CertError(f"cert source {self.spec.name}: {e}") from None
-                    log.error("cert source %s: %s; keeping the certificates it had", self.spec.name, e)
-                else:
-                    seen = fp
-                    if _changed(last, new):
-                        last = new
-                        yield new
-            await asyncio.sleep(STAT_EVERY)
+        return _poll_files(self.spec.name, lambda: files, lambda: read_file_pair(self.spec.cert, self.spec.key),
+                           None, strict_start=True)
 
     async def client_ca(self) -> bytes:
         if not self.spec.clientca:
@@ -199,27 +212,10 @@ class FileSource(Source):
 
 
 class PathSource(Source):
-    async def watch(self) -> AsyncIterator[list[Pair]]:
-        refresh = max(self.spec.refresh, MIN_REFRESH)
-        last: list[Pair] | None = None
-        seen: tuple | None = None
-        loop = asyncio.get_running_loop()
-        next_read = 0.0
-        while True:
-            files = _pem_files(self.spec.cert) if os.path.isdir(self.spec.cert) else []
-            fp = _fingerprint(files)
-            if fp != seen or loop.time() >= next_read:
-                next_read = loop.time() + refresh
-                try:
-                    new = pairs(read_path(self.spec.cert))
-                except CertError as e:
-                    log.error("cert source %s: %s; keeping the certificates it had", self.spec.name, e)
-                else:
-                    seen = fp
-                    if _changed(last, new):
-                        last = new
-                        yield new
-            await asyncio.sleep(STAT_EVERY)
+    def watch(self) -> AsyncIterator[list[Pair]]:
+        d = self.spec.cert
+        return _poll_files(self.spec.name, lambda: _pem_files(d) if os.path.isdir(d) else [],
+                           lambda: pairs(read_path(d)), max(self.spec.refresh, MIN_REFRESH), strict_start=False)
 
     async def client_ca(self) -> bytes:
         if not self.spec.clientca:
