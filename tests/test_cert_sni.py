@@ -16,6 +16,7 @@ import trustme
 from router.cert.pairs import CertError, Pair, pairs
 from router.cert.store import CertSet
 from router.cert.tlsctx import SNIContext, TLSSettings, cipher_ids, names
+from tests.tls_echo import echo_server
 
 # ----------------------------------------------------------------------------- the pick (pure)
 
@@ -80,21 +81,6 @@ def pair(ca: trustme.CA, *hosts: str, name: str = "") -> Pair:
     return Pair(name or f"{hosts[0]}.pem", leaf.cert_chain_pems[0].bytes(), leaf.private_key_pem.bytes())
 
 
-async def serve(ctx: ssl.SSLContext) -> tuple[asyncio.AbstractServer, int]:
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            while data := await reader.read(1024):
-                writer.write(data)
-                await writer.drain()
-        except (ConnectionError, ssl.SSLError):
-            pass
-        finally:
-            writer.close()
-
-    srv = await asyncio.start_server(handle, "127.0.0.1", 0, ssl=ctx)
-    return srv, srv.sockets[0].getsockname()[1]
-
-
 REFUSED = (ssl.SSLError, ConnectionError, asyncio.IncompleteReadError)  # a failed handshake, as the client sees it
 
 
@@ -124,7 +110,7 @@ def test_each_server_name_gets_its_certificate(ca: trustme.CA) -> None:
         sni = SNIContext(TLSSettings(), strict=False)
         sni.replace([pair(ca, "a.example.com", name="1.pem"), pair(ca, "*.example.com", name="2.pem"),
                      pair(ca, "b.test", name="3.pem")])
-        srv, port = await serve(sni.context)
+        srv, port = await echo_server(sni.context)
         try:
             return [(await handshake(port, client_ctx(ca), n))[0]
                     for n in ("a.example.com", "zzz.example.com", "b.test", "unknown.test", None)]
@@ -140,7 +126,7 @@ def test_strictmatch_fails_the_handshake_for_an_unknown_name(ca: trustme.CA) -> 
     async def main() -> tuple:
         sni = SNIContext(TLSSettings(), strict=True, on_fail=failed.append)
         sni.replace([pair(ca, "a.example.com")])
-        srv, port = await serve(sni.context)
+        srv, port = await echo_server(sni.context)
         try:
             ok = (await handshake(port, client_ctx(ca), "a.example.com"))[0]
             for name in ("other.test", None):
@@ -157,7 +143,7 @@ def test_openssl_s_client_sees_the_sni_certificate_and_alpn(ca: trustme.CA) -> N
     async def main() -> list[str]:
         sni = SNIContext(TLSSettings(alpn=("h2", "http/1.1")), strict=False)
         sni.replace([pair(ca, "a.example.com", name="1.pem"), pair(ca, "db.example.org", name="2.pem")])
-        srv, port = await serve(sni.context)
+        srv, port = await echo_server(sni.context)
         try:
             p = await asyncio.create_subprocess_exec(
                 "openssl", "s_client", "-connect", f"127.0.0.1:{port}", "-servername", "db.example.org",
@@ -184,7 +170,7 @@ def test_tlsmin_tlsmax_tlsciphers(ca: trustme.CA, settings: TLSSettings, client:
     async def main() -> tuple:
         sni = SNIContext(settings, strict=False)
         sni.replace([pair(ca, "a.example.com")])
-        srv, port = await serve(sni.context)
+        srv, port = await echo_server(sni.context)
         try:
             return await handshake(port, client_ctx(ca, **client), "a.example.com")
         finally:
@@ -200,7 +186,7 @@ def test_tlsmin_refuses_an_older_client(ca: trustme.CA) -> None:
     async def main() -> None:
         sni = SNIContext(TLSSettings(min_version=0x0304), strict=False)
         sni.replace([pair(ca, "a.example.com")])
-        srv, port = await serve(sni.context)
+        srv, port = await echo_server(sni.context)
         try:
             with pytest.raises(REFUSED):
                 await handshake(port, client_ctx(ca, maximum_version=ssl.TLSVersion.TLSv1_2), "a.example.com")
@@ -217,7 +203,7 @@ def test_client_certificates_are_required_with_clientca(ca: trustme.CA) -> None:
     async def main() -> str:
         sni = SNIContext(TLSSettings(client_ca=client_ca.cert_pem.bytes()), strict=False)
         sni.replace([pair(ca, "a.example.com", name="1.pem"), pair(ca, "b.example.com", name="2.pem")])
-        srv, port = await serve(sni.context)
+        srv, port = await echo_server(sni.context)
         try:
             with pytest.raises(REFUSED):  # TLS 1.3: refused at the first read
                 await handshake(port, client_ctx(ca), "b.example.com")

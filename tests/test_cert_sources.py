@@ -24,6 +24,7 @@ from router.cert.watch import ListenerCerts
 from router.config.listeners import CertSourceSpec, Listener
 from tests.consul_agent import ConsulAgent
 from tests.consul_helpers import kv_put, make_client
+from tests.tls_echo import echo_server
 
 
 @pytest.fixture(scope="module")
@@ -38,21 +39,6 @@ def leaf(ca: trustme.CA, host: str) -> tuple[bytes, bytes]:
 
 def listener(spec: CertSourceSpec, strict: bool = False) -> Listener:
     return Listener(":0", "127.0.0.1", 0, "https", spec, strict_match=strict)
-
-
-async def echo_server(ctx: ssl.SSLContext) -> tuple[asyncio.AbstractServer, int]:
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            while data := await reader.read(1024):
-                writer.write(data)
-                await writer.drain()
-        except (ConnectionError, ssl.SSLError):
-            pass
-        finally:
-            writer.close()
-
-    srv = await asyncio.start_server(handle, "127.0.0.1", 0, ssl=ctx)
-    return srv, srv.sockets[0].getsockname()[1]
 
 
 def client(ca: trustme.CA) -> ssl.SSLContext:
