@@ -122,8 +122,16 @@ class ProxyApp:
         await self.upstream.close()
 
     async def handle(self, scope: dict, receive: Callable, send: Callable) -> None:
-        """One request from an ASGI server."""
-        await self.serve(scope, AsgiExchange(scope, receive, send))
+        """One request from an ASGI server. Our listeners (router/listen/) limit the head while they parse
+        it; an ASGI server does not, so the limit is checked here, where it costs only this path."""
+        out = AsgiExchange(scope, receive, send)
+        head_bytes = len(scope.get("raw_path") or b"") + len(scope.get("query_string") or b"")
+        for name, value in scope["headers"]:
+            head_bytes += len(name) + len(value) + 4
+        if head_bytes > self.max_header_bytes:
+            await send_status(out, 431, "request header fields too large\n")
+            return
+        await self.serve(scope, out)
 
     async def serve(self, scope: dict, out: Exchange) -> None:
         """One request, then its route's counters (router/proxy/stats.py) and, if on, its access-log line."""
@@ -150,14 +158,10 @@ class ProxyApp:
             await send_status(out, 503, "routing table not loaded yet\n")
             return None, None, 503
         host = ""
-        head_bytes = len(scope.get("raw_path") or b"") + len(scope.get("query_string") or b"")
         for name, value in scope["headers"]:
-            head_bytes += len(name) + len(value) + 4
-            if name == b"host" and not host:
+            if name == b"host":
                 host = value.decode("latin-1")
-        if head_bytes > self.max_header_bytes:  # the parser does not limit this (docs/datapath.md)
-            await send_status(out, 431, "request header fields too large\n")
-            return None, None, 431
+                break
         tls = scope.get("scheme") == "https"
         path = normalise_path(scope["path"])
         route = table.lookup(host, path, tls=tls)
