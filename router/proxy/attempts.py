@@ -16,6 +16,17 @@ The rules (issue 17; docs/reliability.md has the measured effect):
 * Every retry and hedge takes a token from the route's retry budget (router/proxy/budget.py) and counts
   toward `proxy.retry.attempts`; without one the failure is answered honestly (502/503/504, or the
   instance's own 5xx answer).
+* Stalls, when no response-header timeout applies (neither `proxy.responseheadertimeout` nor the route's
+  `timeout=`): an instance is *stalled* when it has sent no response headers for the stall time while at
+  least STALL_TRIES tries sent to it since its last answer waited (InstanceState.stalled). The stall time
+  is `proxy.stall.timeout` (1 s) or STALL_FACTOR x the route's latency estimate, whichever is longer, and
+  is judged only once the route's picker has seen STALL_SAMPLES answers. A try still waiting on a
+  stalled instance after the stall time ends (504, or elsewhere for an idempotent request), the instance
+  is ejected, and no retry or hedge goes to a stalled instance. A slow answer from an instance that
+  answers other requests meanwhile is never cut: silence of the whole instance is the signal, not the
+  time one request takes. A request that cannot be sent twice is moved off a first pick that is
+  stalled or failed since its last success, when a sound instance exists: a POST is never the probe
+  that finds out whether an instance is back (idempotent requests are, one at a time, by p2c).
 
 The common case runs inline and creates no task: a task is made only to dial, and for a hedge.
 """
@@ -28,7 +39,7 @@ from collections.abc import AsyncIterator, Sequence
 from time import perf_counter
 from typing import Any
 
-from router.proxy.balance import Balancer, RoutePicker
+from router.proxy.balance import STALL_TRIES, Balancer, RoutePicker
 from router.proxy.upstream import (
     IDEMPOTENT,
     Prepared,
@@ -45,6 +56,8 @@ log = logging.getLogger("router.proxy")
 RETRY_STATUS = frozenset({502, 503, 504})
 PER_TRY_FACTOR = 4.0  # per-try timeout: at least this times the route's latency estimate
 HEDGE_FACTOR = 4.0  # connect hedge delay: at least this times the average connect time
+STALL_FACTOR = 4.0  # stall time: at least this times the route's latency estimate
+STALL_SAMPLES = 16  # answers a route's picker must have seen before a silence on it is judged a stall
 
 
 class Failed(Exception):
@@ -53,6 +66,10 @@ class Failed(Exception):
     def __init__(self, status: int, text: str, idx: int) -> None:
         super().__init__(text)
         self.status, self.text, self.idx = status, text, idx
+
+
+class Stalled(UpstreamTimeout):
+    """The try's instance is stalled: it answered nothing for the stall time while several tries waited."""
 
 
 class _Req:
@@ -75,13 +92,14 @@ class Sender:
     """The try policy of one ProxyApp; the Balancer keeps the state it decides on."""
 
     def __init__(self, upstream: Upstream, lb: Balancer, *, attempts: int = 3, hedge_delay: float = 0.025,
-                 per_try: float = 0.25, buffer: int = 65536) -> None:
+                 per_try: float = 0.25, buffer: int = 65536, stall: float = 1.0) -> None:
         self.upstream = upstream
         self.lb = lb
         self.attempts = attempts
         self.hedge_delay = hedge_delay  # 0: no connect hedging
         self.per_try = per_try  # 0: no per-try timeout, no hedged requests
         self.buffer = buffer  # 0: responses are not held back
+        self.stall = stall  # proxy.stall.timeout; 0: no stall detection
         self.connect_avg = 0.0  # seconds, an EWMA over successful dials
 
     def _prep(self, picker: RoutePicker, idx: int, rq: _Req) -> Prepared:
@@ -93,7 +111,13 @@ class Sender:
         """Another instance for a retry or hedge, if attempts, instances and the budget allow (-1 if not)."""
         if len(tried) >= self.attempts:
             return -1
-        j = picker.pick(now, tried)
+        exclude: list[int] = tried
+        after = self._stall_after(picker)
+        if after:  # no retry or hedge to an instance known to be stalled (a cold path: O(instances))
+            silent = [i for i, s in enumerate(picker.states) if i not in tried and s.stalled(now, after)]
+            if silent:
+                exclude = tried + silent
+        j = picker.pick(now, exclude)
         if j < 0 or not picker.budget.withdraw(now):
             return -1
         tried.append(j)
@@ -192,9 +216,14 @@ class Sender:
         Raises Failed for the proxy's own 502/504; ClientGone & co. from the body pass through."""
         lb, budget = self.lb, picker.budget
         budget.deposit(now)
-        resend = body is None and method in IDEMPOTENT and len(picker.targets) > 1
+        once = body is not None or method not in IDEMPOTENT  # may reach one instance only
+        resend = not once and len(picker.targets) > 1
         hedged = resend and self.per_try > 0
         rq = _Req(method, path_qs, headers, body, header_timeout, now)
+        if once and len(picker.targets) > 1:
+            st = picker.states[idx]
+            if st.fails or st.unanswered >= STALL_TRIES:
+                idx = self._sound(picker, idx, now)
         tried = [idx]
         pooled = True
         while True:
@@ -204,6 +233,9 @@ class Sender:
             t0 = perf_counter()
             try:
                 resp = self.upstream.start(conn, prep, body, st)
+                if not st.unanswered:  # the first try since the instance's last answer: silence starts
+                    st.silent_since = t0
+                st.unanswered += 1
             except Stale as e:  # the connection was closed before we wrote: nothing was sent
                 if fresh:
                     now = perf_counter()
@@ -219,7 +251,7 @@ class Sender:
                     resp, idx, t0 = await self._hedged(picker, resp, idx, rq, tried, t0)
                     st = picker.states[idx]
                 else:
-                    await resp.headers(rq.left())
+                    await self._headers(picker, st, resp, rq, t0)
             except Stale as e:
                 if not fresh and prep.resendable:  # a pooled connection died unseen: once more, fresh
                     pooled = False
@@ -233,6 +265,15 @@ class Sender:
                 text = "upstream closed the connection without answering\n" if fresh else \
                     "reused upstream connection closed before answering\n"
                 raise Failed(502, text, idx) from e
+            except Stalled as e:
+                now = perf_counter()
+                lb.try_failed(st, now - t0, now, str(e))
+                if resend and (j := self._next(picker, tried, now)) >= 0:
+                    lb.retries += 1
+                    idx = j
+                    continue
+                log.warning("upstream %s: %s", st.addr, e)
+                raise Failed(504, "upstream not answering\n", idx) from None
             except UpstreamTimeout as e:
                 now = perf_counter()
                 lb.try_failed(st, now - t0, now, str(e))
@@ -249,6 +290,7 @@ class Sender:
             now = perf_counter()
             rtt = now - t0
             status = resp.status
+            st.unanswered = 0  # it answered: not silent, whatever the status
             if status >= 500:
                 lb.try_failed(st, rtt, now, f"answered {status}")
                 if resend and status in RETRY_STATUS and (j := self._next(picker, tried, now)) >= 0:
@@ -276,11 +318,56 @@ class Sender:
     def _per_try(self, picker: RoutePicker) -> float:
         return max(self.per_try, PER_TRY_FACTOR * picker.est)
 
+    def _stall_after(self, picker: RoutePicker) -> float:
+        """The route's stall time (0: stalls are not judged on it, yet or at all)."""
+        if not self.stall or picker.answers < STALL_SAMPLES:
+            return 0.0
+        return max(self.stall, STALL_FACTOR * picker.est)
+
+    def _sound(self, picker: RoutePicker, idx: int, now: float) -> int:
+        """For a request that cannot be sent twice: the first pick, or another instance if it is stalled
+        or failed since its last success, so such a request is never the probe that finds out whether an
+        instance is back (idempotent requests are, one at a time: p2c's cold probe). Keeps `idx` when
+        every instance is as bad."""
+        after = self._stall_after(picker)
+        st = picker.states[idx]
+        if not st.fails and not (after and st.stalled(now, after)):
+            return idx
+        bad = [i for i, s in enumerate(picker.states) if s.fails or (after and s.stalled(now, after))]
+        j = picker.pick(now, bad)
+        if j < 0:
+            return idx
+        if st.probe_at == now:  # the pick marked it for a probe that now goes elsewhere
+            st.probe_at = 0.0
+        return j
+
+    async def _headers(self, picker: RoutePicker, st: Any, resp: Response, rq: _Req, t0: float) -> None:
+        """Wait for the headers of `resp`, a try sent to `st` at `t0`: at most the request's header timeout
+        when it has one; else until they come or the instance is found stalled (raises Stalled, ejects it).
+        A slow answer is waited for as long as the instance keeps answering other requests."""
+        after = 0.0 if rq.deadline else self._stall_after(picker)
+        if not after:
+            await resp.headers(rq.left())
+            return
+        check = t0 + after
+        while True:
+            if await resp.arrived(max(check - perf_counter(), 1e-3)):
+                return
+            now = perf_counter()
+            if st.stalled(now, after):
+                resp.close()
+                self.lb.stalled(st, now, f"stalled: no response headers for {now - st.silent_since:.1f}s "
+                                         f"to {st.unanswered} requests")
+                raise Stalled(f"no response headers from {st.addr} for {now - st.silent_since:.1f}s "
+                              f"({st.unanswered} requests waited)")
+            check = now + after / 4  # it answered others meanwhile, or too few waited: look again soon
+
     async def _hedged(self, picker: RoutePicker, resp: Response, idx: int, rq: _Req, tried: list[int],
                       t0: float) -> tuple[Response, int, float]:
         """The headers of `resp`, or, when they take longer than the per-try timeout, of a hedge sent
         to another instance meanwhile, whichever comes first. Raises the first try's error when no
         hedge could be sent or the hedge failed too."""
+        st = picker.states[idx]
         per_try = self._per_try(picker)
         left = rq.left()
         if left and per_try >= left:
@@ -288,40 +375,38 @@ class Sender:
             return resp, idx, t0
         if await resp.arrived(per_try):
             return resp, idx, t0
-        first = resp.headers_future
         now = perf_counter()
         j = self._next(picker, tried, now)
         if j < 0:
-            await resp.headers(rq.left())
+            await self._headers(picker, st, resp, rq, t0)
             return resp, idx, t0
         self.lb.hedges += 1
+        first = asyncio.ensure_future(self._headers(picker, st, resp, rq, t0))
         hedge = asyncio.ensure_future(self._hedge(picker, j, rq, tried))
         pending: set[asyncio.Future] = {first, hedge}
         won: Response | None = None
         try:
             while pending:
-                left = rq.left()
-                done, pending = await asyncio.wait(pending, timeout=left or None, return_when=asyncio.FIRST_COMPLETED)
-                if not done:  # the header timeout passed for both
-                    await resp.headers(1e-6)  # raises UpstreamTimeout and closes it
-                if first in done and not first.cancelled() and first.exception() is None:
+                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                if first in done and _error(first) is None:
                     won = resp
                     return resp, idx, t0
-                if hedge in done and hedge.exception() is None:
+                if hedge in done and _error(hedge) is None:
                     now = perf_counter()
                     resp.close()
-                    self.lb.try_failed(picker.states[idx], now - t0, now,
+                    err = _error(first) if first.done() else None
+                    self.lb.try_failed(st, now - t0, now, str(err) if err is not None else
                                        f"no response headers within {per_try:.3f}s (a hedge answered first)")
                     won = hedge.result()[0]
                     return hedge.result()
-            await resp.headers()  # both failed: the first try's error
-            raise UpstreamError("no answer")  # not reached: headers() raised
+            raise _error(first)  # type: ignore[misc]  # both failed: the first try's error
         finally:
             if won is None:
-                resp.close()  # both failed, the header timeout passed, or we were cancelled (client gone)
-            if not hedge.done():
-                hedge.cancel()
-            elif not hedge.cancelled() and hedge.exception() is None and hedge.result()[0] is not won:
+                resp.close()  # both failed, or we were cancelled (client gone)
+            for f in (first, hedge):
+                if not f.done():
+                    f.cancel()
+            if hedge.done() and _error(hedge) is None and hedge.result()[0] is not won:
                 hedge.result()[0].close()  # both answered at once: the hedge's answer is dropped
 
     async def _hedge(self, picker: RoutePicker, idx: int, rq: _Req, tried: list[int]) -> tuple[Response, int, float]:
@@ -331,9 +416,19 @@ class Sender:
         t0 = perf_counter()
         try:
             resp = self.upstream.start(conn, prep, None, st)
-            await resp.headers()
-        except (Stale, UpstreamError) as e:
+            if not st.unanswered:
+                st.silent_since = t0
+            st.unanswered += 1
+            await self._headers(picker, st, resp, rq, t0)
+        except (Stale, UpstreamError, UpstreamTimeout) as e:
             now = perf_counter()
             self.lb.try_failed(st, now - t0, now, f"hedge failed: {e}")
             raise
         return resp, idx, t0
+
+
+def _error(f: asyncio.Future) -> BaseException | None:
+    """The exception a finished future ended with (an UpstreamError if it was cancelled), or None."""
+    if f.cancelled():
+        return UpstreamError("cancelled")
+    return f.exception()

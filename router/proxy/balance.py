@@ -50,13 +50,14 @@ PENALTY = 1e6  # cost of a cold instance with a probe in flight: it gets one pro
 FAILURE_RTT = 1.0  # a failed try counts as a latency of at least this (seconds)
 STALE = 2.0  # an estimate older than this many proxy.lb.decay is forgotten: the instance is probed again
 FULL = -2  # pick(): every candidate is at proxy.maxinflight
+STALL_TRIES = 3  # tries sent to an instance since its last answer before its silence can be a stall
 
 
 class InstanceState:
     """What one proxy process knows about one instance: load, latency estimate, failures, ejection."""
 
     __slots__ = ("key", "addr", "service", "outstanding", "ewma", "stamp", "probe_at", "fails", "until", "reason",
-                 "streak", "ejections", "failures", "__weakref__")
+                 "streak", "ejections", "failures", "unanswered", "silent_since", "__weakref__")
 
     def __init__(self, key: tuple, addr: str, service: str) -> None:
         self.key = key
@@ -72,6 +73,13 @@ class InstanceState:
         self.streak = 0  # ejections since its last success (each lasts twice as long)
         self.ejections = 0  # totals, for /metrics and /api/services
         self.failures = 0
+        self.unanswered = 0  # tries sent to it since it last sent response headers (router/proxy/attempts.py)
+        self.silent_since = 0.0  # when the first of those was sent
+
+    def stalled(self, now: float, after: float) -> bool:
+        """Stalled: no response headers for `after` seconds while STALL_TRIES or more tries waited on it.
+        One slow request is not a stall (the instance answers others, or nothing else waited)."""
+        return self.unanswered >= STALL_TRIES and now - self.silent_since >= after
 
     def observe(self, rtt: float, now: float, inv_tau: float) -> None:
         """Fold one answer's latency into the estimate: an EWMA weighted by the time since the last one, so
@@ -132,7 +140,7 @@ class RoutePicker:
     Holds no reference to its Route (the Route holds it), so dropping a table frees both at once.
     """
 
-    __slots__ = ("lb", "targets", "states", "budget", "est", "est_stamp", "_groups", "_cum", "_vgroups",
+    __slots__ = ("lb", "targets", "states", "budget", "est", "est_stamp", "answers", "_groups", "_cum", "_vgroups",
                  "_vcum", "_vepoch", "_vuntil", "_rr", "_ring")
 
     def __init__(self, lb: Balancer, targets: Sequence[Any], budget: RetryBudget,
@@ -144,6 +152,7 @@ class RoutePicker:
         self.budget = budget
         self.est = 0.0  # peak-EWMA of the route's successful header latency (the per-try timeout's base)
         self.est_stamp = 0.0
+        self.answers = 0  # successful answers seen (stalls are judged only after a few: attempts.STALL_SAMPLES)
         self._groups, self._cum = weight_groups([t.weight for t in pool])
         self._vgroups, self._vcum = self._groups, self._cum
         self._vepoch = -1
@@ -289,6 +298,7 @@ class RoutePicker:
             w = math.exp((self.est_stamp - now) * inv_tau)
             self.est = e * w + rtt * (1.0 - w)
         self.est_stamp = now
+        self.answers += 1
 
 
 class Balancer:
@@ -314,6 +324,7 @@ class Balancer:
         self.hedges = 0
         self.ejections = 0
         self.full = 0  # requests answered 503 because every instance was at proxy.maxinflight
+        self.stalls = 0  # tries ended because their instance was stalled
 
     def picker(self, route: Any) -> RoutePicker:
         """The route's picker, built on its first request and kept on the Route (per table build)."""
@@ -370,6 +381,17 @@ class Balancer:
             self.ejections += 1
             log.warning("upstream %s (%s) ejected for %.1fs after %d consecutive failures: %s",
                         st.addr, st.service, d, st.fails, reason)
+
+    def stalled(self, st: InstanceState, now: float, reason: str) -> None:
+        """A try found its instance stalled (InstanceState.stalled): it is ejected at once, not after
+        proxy.eject.failures more tries have waited for nothing (bounded as every ejection)."""
+        self.stalls += 1
+        if self.policy.failures and st.until <= now:
+            d = self.policy.eject(st, now, reason)
+            self.ejected += 1
+            self.epoch += 1
+            self.ejections += 1
+            log.warning("upstream %s (%s) ejected for %.1fs: %s", st.addr, st.service, d, reason)
 
     def readmit(self, st: InstanceState) -> None:
         """An ejection ran out: the instance is tried again, cold (one request at a time)."""
