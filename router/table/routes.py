@@ -162,7 +162,7 @@ class Route:
 
     def __init__(self, host: str, path: str, targets: tuple[Target, ...], _variant: bool = False) -> None:
         self.stats: dict | None = None  # target URL -> router.stats.RouteStats, filled on first requests
-        self.lb = None  # router.proxy.balance.RoutePicker, built on the first request (per table build)
+        self.lb = None  # router.proxy.picker.RoutePicker, built on the first request (per table build)
         self.host = host
         self.path = path
         self.targets = targets
