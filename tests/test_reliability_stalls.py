@@ -20,8 +20,10 @@ import pytest
 
 from bench.faults import Instance, run_row
 from router.proxy.attempts import STALL_SAMPLES, Sender
-from router.proxy.balance import STALL_TRIES, Balancer, InstanceState, RoutePicker
+from router.proxy.balance import Balancer
 from router.proxy.budget import RetryBudget
+from router.proxy.instance import STALL_TRIES, InstanceState
+from router.proxy.picker import RoutePicker
 from tests.backends import Backend
 from tests.router_proc import RouterProc
 

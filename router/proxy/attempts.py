@@ -39,17 +39,13 @@ from collections.abc import AsyncIterator, Sequence
 from time import perf_counter
 from typing import Any
 
-from router.proxy.balance import STALL_TRIES, Balancer, RoutePicker
-from router.proxy.upstream import (
-    IDEMPOTENT,
-    Prepared,
-    Response,
-    Stale,
-    Upstream,
-    UpstreamError,
-    UpstreamTimeout,
-    prepare,
-)
+from router.proxy.balance import Balancer
+from router.proxy.instance import STALL_TRIES
+from router.proxy.picker import RoutePicker
+from router.proxy.upstream import Upstream
+from router.proxy.upstream_errors import Stale, UpstreamError, UpstreamTimeout
+from router.proxy.upstream_request import IDEMPOTENT, Prepared, prepare
+from router.proxy.upstream_response import Response
 
 log = logging.getLogger("router.proxy")
 
