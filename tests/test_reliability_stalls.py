@@ -88,6 +88,22 @@ def test_a_post_is_moved_off_a_stalled_or_failing_instance_while_a_sound_one_exi
     assert sender._sound(p, 1, now) == 1
 
 
+def test_no_retry_or_hedge_goes_to_a_stalled_instance_and_after_a_stall_only_to_one_that_answers() -> None:
+    sender, p = _picker()
+    p.answers = STALL_SAMPLES
+    now = 1000.0
+    first, quiet, stalled = p.states
+    stalled.unanswered, stalled.silent_since = STALL_TRIES, now - 5.0  # known stalled
+    quiet.unanswered, quiet.silent_since = 1, now - 0.5  # one try waiting longer than the per-try timeout
+    for _ in range(20):
+        assert sender._next(p, [0], now) == 1  # a hedge or retry: the stalled one is never picked
+        assert sender._next(p, [0], now, answering=True) == -1  # after a stall: neither
+    quiet.unanswered = 0  # it answered meanwhile
+    assert sender._next(p, [0], now, answering=True) == 1
+    sender.stall = 0.0  # proxy.stall.timeout=0: nothing is judged, any instance may be tried
+    assert sender._next(p, [0, 1], now) == 2
+
+
 # --- end to end, real processes
 
 

@@ -103,14 +103,21 @@ class Sender:
         return prepare(rq.method, f"{t.scheme}://{t.host}:{t.port}{rq.path_qs}", rq.headers, rq.body,
                        verify_tls=not t.tls_skip_verify)
 
-    def _next(self, picker: RoutePicker, tried: list[int], now: float) -> int:
-        """Another instance for a retry or hedge, if attempts, instances and the budget allow (-1 if not)."""
+    def _next(self, picker: RoutePicker, tried: list[int], now: float, answering: bool = False) -> int:
+        """Another instance for a retry or hedge, if attempts, instances and the budget allow (-1 if not).
+        Never one known to be stalled; with `answering`, only one that has left no try waiting longer
+        than the per-try timeout (after a stall: the next instance must be one that answers)."""
         if len(tried) >= self.attempts:
             return -1
         exclude: list[int] = tried
         after = self._stall_after(picker)
-        if after:  # no retry or hedge to an instance known to be stalled (a cold path: O(instances))
-            silent = [i for i, s in enumerate(picker.states) if i not in tried and s.stalled(now, after)]
+        if after:  # a cold path: O(instances)
+            if answering:
+                quiet = self._per_try(picker)
+                silent = [i for i, s in enumerate(picker.states)
+                          if i not in tried and s.unanswered and now - s.silent_since >= quiet]
+            else:
+                silent = [i for i, s in enumerate(picker.states) if i not in tried and s.stalled(now, after)]
             if silent:
                 exclude = tried + silent
         j = picker.pick(now, exclude)
@@ -264,7 +271,7 @@ class Sender:
             except Stalled as e:
                 now = perf_counter()
                 lb.try_failed(st, now - t0, now, str(e))
-                if resend and (j := self._next(picker, tried, now)) >= 0:
+                if resend and (j := self._next(picker, tried, now, answering=True)) >= 0:
                     lb.retries += 1
                     idx = j
                     continue
