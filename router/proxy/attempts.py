@@ -96,6 +96,9 @@ class Sender:
         self.per_try = per_try  # 0: no per-try timeout, no hedged requests
         self.buffer = buffer  # 0: responses are not held back
         self.stall = stall  # proxy.stall.timeout; 0: no stall detection
+        self._every = max(stall / 8, 0.01)  # the stall watchdog's period while an instance is suspect
+        self._suspects: set[Any] = set()  # instances with STALL_TRIES or more tries unanswered
+        self._tick: asyncio.TimerHandle | None = None
         self.connect_avg = 0.0  # seconds, an EWMA over successful dials
 
     def _prep(self, picker: RoutePicker, idx: int, rq: _Req) -> Prepared:
@@ -228,6 +231,7 @@ class Sender:
             if st.fails or st.unanswered >= STALL_TRIES:
                 idx = self._sound(picker, idx, now)
         tried = [idx]
+        after = 0.0 if rq.deadline else self._stall_after(picker)  # 0: stalls are not judged
         pooled = True
         while True:
             conn, idx, prep, fresh = await self._connection(picker, idx, rq, tried, pooled)
@@ -236,9 +240,7 @@ class Sender:
             t0 = perf_counter()
             try:
                 resp = self.upstream.start(conn, prep, body, st)
-                if not st.unanswered:  # the first try since the instance's last answer: silence starts
-                    st.silent_since = t0
-                st.unanswered += 1
+                self._track(st, resp, t0, after)
             except Stale as e:  # the connection was closed before we wrote: nothing was sent
                 if fresh:
                     now = perf_counter()
@@ -254,7 +256,7 @@ class Sender:
                     resp, idx, t0 = await self._hedged(picker, resp, idx, rq, tried, t0)
                     st = picker.states[idx]
                 else:
-                    await self._headers(picker, st, resp, rq, t0)
+                    await resp.headers(rq.left())
             except Stale as e:
                 if not fresh and prep.resendable:  # a pooled connection died unseen: once more, fresh
                     pooled = False
@@ -344,33 +346,48 @@ class Sender:
             st.probe_at = 0.0
         return j
 
-    async def _headers(self, picker: RoutePicker, st: Any, resp: Response, rq: _Req, t0: float) -> None:
-        """Wait for the headers of `resp`, a try sent to `st` at `t0`: at most the request's header timeout
-        when it has one; else until they come or the instance is found stalled (raises Stalled, ejects it).
-        A slow answer is waited for as long as the instance keeps answering other requests."""
-        after = 0.0 if rq.deadline else self._stall_after(picker)
-        if not after:
-            await resp.headers(rq.left())
-            return
-        check = t0 + after
-        while True:
-            if await resp.arrived(max(check - perf_counter(), 1e-3)):
-                return
-            now = perf_counter()
-            if st.stalled(now, after):
-                resp.close()
-                self.lb.stalled(st, now, f"stalled: no response headers for {now - st.silent_since:.1f}s "
-                                         f"to {st.unanswered} requests")
-                raise Stalled(f"no response headers from {st.addr} for {now - st.silent_since:.1f}s "
-                              f"({st.unanswered} requests waited)")
-            check = now + after / 4  # it answered others meanwhile, or too few waited: look again soon
+    # --- stalls (see the module docstring): one timer per process, armed only while an instance is suspect
+    def _track(self, st: Any, resp: Response, t0: float, after: float) -> None:
+        """Count a try sent to `st` at `t0` as unanswered until it answers; with a stall time, let the
+        watchdog cut it if the instance stalls. Per try: a few attribute updates and one dict insert (no
+        timer: a timer per request cost more than all of this)."""
+        if not st.unanswered:  # the first try since the instance's last answer: silence starts
+            st.silent_since = t0
+        st.unanswered += 1
+        if after:
+            st.waiting[resp] = (t0 + after, after)
+            if st.unanswered >= STALL_TRIES:
+                self._suspects.add(st)
+                if self._tick is None:
+                    self._tick = asyncio.get_running_loop().call_later(self._every, self._watch)
+
+    def _watch(self) -> None:
+        """The watchdog's tick: on each suspect instance that is stalled, end the tries that waited at least
+        their stall time (Stalled, raised where they wait for headers) and eject it."""
+        self._tick = None
+        now = perf_counter()
+        for st in list(self._suspects):
+            if st.unanswered < STALL_TRIES or not st.waiting:
+                self._suspects.discard(st)  # it answered, or nothing waits on it any more
+                continue
+            cut = [r for r, (at, after) in st.waiting.items() if now >= at and st.stalled(now, after)]
+            if not cut:
+                continue
+            silent = now - st.silent_since
+            self.lb.stalled(st, now, f"stalled: no response headers for {silent:.1f}s to {st.unanswered} requests",
+                            len(cut))
+            text = f"no response headers from {st.addr} for {silent:.1f}s ({st.unanswered} requests waited)"
+            for r in cut:
+                del st.waiting[r]
+                r.give_up(Stalled(text))
+        if self._suspects:
+            self._tick = asyncio.get_running_loop().call_later(self._every, self._watch)
 
     async def _hedged(self, picker: RoutePicker, resp: Response, idx: int, rq: _Req, tried: list[int],
                       t0: float) -> tuple[Response, int, float]:
         """The headers of `resp`, or, when they take longer than the per-try timeout, of a hedge sent
         to another instance meanwhile, whichever comes first. Raises the first try's error when no
         hedge could be sent or the hedge failed too."""
-        st = picker.states[idx]
         per_try = self._per_try(picker)
         left = rq.left()
         if left and per_try >= left:
@@ -378,38 +395,40 @@ class Sender:
             return resp, idx, t0
         if await resp.arrived(per_try):
             return resp, idx, t0
+        first = resp.headers_future
         now = perf_counter()
         j = self._next(picker, tried, now)
         if j < 0:
-            await self._headers(picker, st, resp, rq, t0)
+            await resp.headers(rq.left())
             return resp, idx, t0
         self.lb.hedges += 1
-        first = asyncio.ensure_future(self._headers(picker, st, resp, rq, t0))
         hedge = asyncio.ensure_future(self._hedge(picker, j, rq, tried))
         pending: set[asyncio.Future] = {first, hedge}
         won: Response | None = None
         try:
             while pending:
-                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-                if first in done and _error(first) is None:
+                left = rq.left()
+                done, pending = await asyncio.wait(pending, timeout=left or None, return_when=asyncio.FIRST_COMPLETED)
+                if not done:  # the header timeout passed for both
+                    await resp.headers(1e-6)  # raises UpstreamTimeout and closes it
+                if first in done and not first.cancelled() and first.exception() is None:
                     won = resp
                     return resp, idx, t0
-                if hedge in done and _error(hedge) is None:
+                if hedge in done and hedge.exception() is None:
                     now = perf_counter()
                     resp.close()
-                    err = _error(first) if first.done() else None
-                    self.lb.try_failed(st, now - t0, now, str(err) if err is not None else
+                    self.lb.try_failed(picker.states[idx], now - t0, now,
                                        f"no response headers within {per_try:.3f}s (a hedge answered first)")
                     won = hedge.result()[0]
                     return hedge.result()
-            raise _error(first)  # type: ignore[misc]  # both failed: the first try's error
+            await resp.headers()  # both failed: the first try's error
+            raise UpstreamError("no answer")  # not reached: headers() raised
         finally:
             if won is None:
-                resp.close()  # both failed, or we were cancelled (client gone)
-            for f in (first, hedge):
-                if not f.done():
-                    f.cancel()
-            if hedge.done() and _error(hedge) is None and hedge.result()[0] is not won:
+                resp.close()  # both failed, the header timeout passed, or we were cancelled (client gone)
+            if not hedge.done():
+                hedge.cancel()
+            elif not hedge.cancelled() and hedge.exception() is None and hedge.result()[0] is not won:
                 hedge.result()[0].close()  # both answered at once: the hedge's answer is dropped
 
     async def _hedge(self, picker: RoutePicker, idx: int, rq: _Req, tried: list[int]) -> tuple[Response, int, float]:
@@ -419,19 +438,10 @@ class Sender:
         t0 = perf_counter()
         try:
             resp = self.upstream.start(conn, prep, None, st)
-            if not st.unanswered:
-                st.silent_since = t0
-            st.unanswered += 1
-            await self._headers(picker, st, resp, rq, t0)
+            self._track(st, resp, t0, 0.0 if rq.deadline else self._stall_after(picker))
+            await resp.headers(rq.left())
         except (Stale, UpstreamError, UpstreamTimeout) as e:
             now = perf_counter()
             self.lb.try_failed(st, now - t0, now, f"hedge failed: {e}")
             raise
         return resp, idx, t0
-
-
-def _error(f: asyncio.Future) -> BaseException | None:
-    """The exception a finished future ended with (an UpstreamError if it was cancelled), or None."""
-    if f.cancelled():
-        return UpstreamError("cancelled")
-    return f.exception()

@@ -122,10 +122,10 @@ class Balancer:
             log.warning("upstream %s (%s) ejected for %.1fs after %d consecutive failures: %s",
                         st.addr, st.service, d, st.fails, reason)
 
-    def stalled(self, st: InstanceState, now: float, reason: str) -> None:
-        """A try found its instance stalled (InstanceState.stalled): it is ejected at once, not after
-        proxy.eject.failures more tries have waited for nothing (bounded as every ejection)."""
-        self.stalls += 1
+    def stalled(self, st: InstanceState, now: float, reason: str, tries: int = 1) -> None:
+        """`tries` waiting on `st` are ended because it is stalled (InstanceState.stalled): it is ejected at
+        once, not after proxy.eject.failures more tries have waited for nothing (bounded as every ejection)."""
+        self.stalls += tries
         if self.policy.failures and st.until <= now:
             d = self.policy.eject(st, now, reason)
             self.ejected += 1

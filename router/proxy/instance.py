@@ -27,7 +27,8 @@ class InstanceState:
     """What one proxy process knows about one instance: load, latency estimate, failures, ejection."""
 
     __slots__ = ("key", "addr", "service", "outstanding", "ewma", "stamp", "probe_at", "fails", "until", "reason",
-                 "streak", "ejections", "failures", "unanswered", "silent_since", "__weakref__")
+                 "streak", "ejections", "failures", "unanswered", "silent_since", "waiting",
+                 "__weakref__")
 
     def __init__(self, key: tuple, addr: str, service: str) -> None:
         self.key = key
@@ -45,6 +46,9 @@ class InstanceState:
         self.failures = 0
         self.unanswered = 0  # tries sent to it since it last sent response headers (router/proxy/attempts.py)
         self.silent_since = 0.0  # when the first of those was sent
+        # tries that may be cut if it stalls: response -> (not before, the route's stall time); a response
+        # leaves when it is released or closed (router/proxy/upstream_response.py)
+        self.waiting: dict[Any, tuple[float, float]] = {}
 
     def stalled(self, now: float, after: float) -> bool:
         """Stalled: no response headers for `after` seconds while STALL_TRIES or more tries waited on it.
