@@ -38,6 +38,11 @@ MAX_HEAD = 1 << 20
 # ~380 KiB; 16 KiB reads bound it at ~75 KiB but doubled the CPU of a download; 64 KiB: ~170 KiB.
 READ_MIN = 1 << 15
 READ_MAX = 1 << 16
+# A response's first read (its head, and all of a small answer) goes into one scratch buffer per pool and
+# is copied out when it brought at most this much: a fresh zeroed 64 KiB buffer for every 19-byte answer
+# was a fifth of the instructions per request (docs/datapath.md). A bigger first read takes the buffer
+# with it, as a mid-body read does.
+COPY_MAX = 1 << 14
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 
 
@@ -159,6 +164,19 @@ class Response:
         if self._error is not None:
             raise self._error
 
+    def whole(self) -> bytes | None:
+        """The whole body when it has all arrived in at most one chunk (taken from the response), else None:
+        a small answer then leaves in one call, not through the streaming loop."""
+        chunks = self._chunks
+        if not self._done or self._error is not None or len(chunks) > 1:
+            return None
+        if not chunks:
+            return b""
+        self._buffered = 0
+        if self._conn.paused_reading:
+            self._conn.want_read()
+        return chunks.popleft()
+
     # aiohttp-compatible surface: `resp.content.iter_any()`
     @property
     def content(self) -> Response:
@@ -232,9 +250,10 @@ class Response:
 class _Conn(asyncio.BufferedProtocol):
     """One upstream TCP (or TLS) connection; parses responses with httptools.
 
-    A BufferedProtocol to choose the read size (READ_MIN..READ_MAX): each read gets a fresh buffer that is
-    handed on as it is (one copy fewer than `data_received`'s bytes; less CPU per downloaded byte than
-    uvicorn's path had in an A/B)."""
+    A BufferedProtocol to choose the read size (READ_MIN..READ_MAX): each read of a body gets a fresh buffer
+    that is handed on as it is (one copy fewer than `data_received`'s bytes; less CPU per downloaded byte
+    than uvicorn's path had in an A/B); the first read of an answer goes to the pool's scratch buffer
+    (COPY_MAX)."""
 
     def __init__(self, pool: Upstream, key: tuple, loop: asyncio.AbstractEventLoop) -> None:
         self.pool = pool
@@ -261,8 +280,11 @@ class _Conn(asyncio.BufferedProtocol):
         self.transport = transport  # type: ignore[assignment]
 
     def get_buffer(self, sizehint: int) -> memoryview:
-        size = self.read_size
         resp = self.resp
+        if resp is None or not resp._headers_fut.done():  # the first read of an answer (see COPY_MAX)
+            self._buf = None
+            return self.pool._scratch_view()
+        size = self.read_size
         if resp is not None and size < READ_MAX and not resp._chunks:  # the client took everything so far
             size = self.read_size = size * 2
         buf = self._buf = bytearray(size)
@@ -274,6 +296,15 @@ class _Conn(asyncio.BufferedProtocol):
         """The read landed in its own buffer, handed on without a copy (a memoryview when it is not full;
         the client transport, httptools and b"".join take either)."""
         buf = self._buf
+        if buf is None:  # the pool's scratch buffer: copied out, or taken along when the read was big
+            pool = self.pool
+            view = pool._scratch
+            if nbytes <= COPY_MAX:
+                self.data_received(view[:nbytes].tobytes())  # type: ignore[index]
+                return
+            pool._scratch = None
+            self.data_received(view[:nbytes])  # type: ignore[arg-type,index]
+            return
         self._buf = None
         self.data_received(buf if nbytes == len(buf) else memoryview(buf)[:nbytes])  # type: ignore[arg-type,index]
 
@@ -484,6 +515,13 @@ class Upstream:
         self._sweeper: asyncio.TimerHandle | None = None
         self._ssl: dict[bool, ssl.SSLContext] = {}
         self._closed = False
+        self._scratch: memoryview | None = None  # see COPY_MAX; reads are one at a time on the loop's thread
+
+    def _scratch_view(self) -> memoryview:
+        view = self._scratch
+        if view is None:
+            view = self._scratch = memoryview(bytearray(READ_MAX))
+        return view
 
     # --- pool
     def _put(self, conn: _Conn) -> None:
