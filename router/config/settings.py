@@ -193,7 +193,8 @@ def list_of(*allowed: str) -> Callable[[str], tuple[str, ...]]:
 
 FABIO_LISTENER_PROTOS = ("http", "https", "tcp", "tcp+sni", "tcp-dynamic", "https+tcp+sni", "grpc", "grpcs",
                          "prometheus")
-SUPPORTED_LISTENER_OPTIONS = {"proxy.addr": ("proto", "it"), "ui.addr": ("proto",)}
+SUPPORTED_LISTENER_OPTIONS = {"proxy.addr": ("proto", "it"),
+                              "ui.addr": ("proto", "cs", "strictmatch", "tlsmin", "tlsmax", "tlsciphers")}
 _LISTENER_OPTION_NOTES = {
     "rt": "no read timeout is applied",
     "wt": "no write timeout is applied",
@@ -246,11 +247,8 @@ def listen_addr(key: str) -> Callable[[str], tuple[str, int]]:
         proto = o.get("proto", "")
         if proto and proto not in FABIO_LISTENER_PROTOS:
             raise ValueError(f"a listener with a known proto= ({', '.join(FABIO_LISTENER_PROTOS)}), got {proto!r}")
-        if "cs" in o or (proto and proto != "http"):
-            shown = f"proto={proto}" if proto else f"cs={o['cs']}"
-            raise ValueError(
-                f"a plain HTTP listener ([host]:port or [host]:port;proto=http): {shown} would need TLS, TCP or "
-                "gRPC listeners, which this router does not have; terminate TLS in front of it")
+        if proto not in ("", "http", "https"):  # the UI speaks HTTP, over TLS with a cs= (as fabio's)
+            raise ValueError(f"an HTTP or HTTPS listener (proto=http, or cs=<source> for HTTPS), not proto={proto}")
         if "it" in o and key == "proxy.addr":
             try:
                 _IDLE_TIMEOUT(o["it"])
@@ -535,7 +533,8 @@ KEYS: tuple[Key, ...] = (
         "blocking queries per second per watch whose answers bring no new index, after a burst of 2 (ours; real changes are not held)"),
     # ui
     Key("ui.addr", ":9998", listen_addr("ui.addr"),
-        "listen address of the admin UI (one plain HTTP listener; listener options are warned about and ignored)"),
+        "listen address of the admin UI: one listener, plain HTTP, or HTTPS with cs=<source from proxy.cs> "
+        "(and strictmatch=, tlsmin=, tlsmax=, tlsciphers= as on proxy.addr); other options are warned about and ignored"),
     Key("ui.access", "rw", choice("ro", "rw"), "ro closes the override editor and its API"),
     Key("ui.health.maxsyncage", "0", duration(zero="off"),
         "/health answers 503 when the last Consul answer is older than this (must exceed wait*17/16) (ours)"),
@@ -618,6 +617,7 @@ class Config:
     origin: Mapping[str, str]  # key -> "default" | "file" | "env" | "flag"
     warnings: tuple[str, ...] = ()
     listeners: tuple[_listeners.Listener, ...] = ()  # proxy.addr with its cert sources (proxy.cs) resolved
+    ui_listener: _listeners.Listener | None = None  # ui.addr with its cert source (HTTPS with a cs=)
 
     def __getitem__(self, name: str) -> Any:
         return self.values[name]
@@ -785,7 +785,13 @@ def load(
                                     write_timeout=values["proxy.writetimeout"])
     except ValueError as e:
         raise ConfigError(f"invalid proxy.addr (from {origin['proxy.addr']}): {e}") from None
-    return Config(values=values, raw=raw, origin=origin, warnings=tuple(warnings), listeners=listeners)
+    try:
+        [(ui_addr, ui_opts)] = _listeners.split_kv_list(raw["ui.addr"])
+        ui_listener = _listeners.parse_listener(ui_addr, ui_opts, sources, _LISTENER_DURATION, parse_bool)
+    except ValueError as e:
+        raise ConfigError(f"invalid ui.addr (from {origin['ui.addr']}): {e}") from None
+    return Config(values=values, raw=raw, origin=origin, warnings=tuple(warnings), listeners=listeners,
+                  ui_listener=ui_listener)
 
 
 def version_text() -> str:

@@ -111,14 +111,19 @@ class Edge:
         others = any(lst.proto in HTTP_KINDS and (lst is not first or lst.proxy_proto) for lst in self.cfg.listeners)
         return plain, others
 
-    async def _tls(self, lst: Listener, alpn: tuple[str, ...]) -> ssl.SSLContext:
+    async def _tls(self, lst: Listener, alpn: tuple[str, ...], key: str = "proxy.addr") -> ssl.SSLContext:
         certs = ListenerCerts(lst, alpn=alpn)
         try:
             ctx = (await certs.start()).context
         except CertError as e:
-            raise ConfigError(f"proxy.addr: listener {lst}: {e}") from None
+            raise ConfigError(f"{key}: listener {lst}: {e}") from None
         self.certs.append(certs)
         return ctx
+
+    async def ui_tls(self, lst: Listener) -> ssl.SSLContext:
+        """The context of an HTTPS `ui.addr` (fabio serves its UI over TLS with a `cs=`): HTTP/1.1 only, as
+        uvicorn speaks it; the certificates are watched like a proxy listener's."""
+        return await self._tls(lst, ("http/1.1",), key="ui.addr")
 
     async def start_http(self, server) -> None:  # type: ignore[no-untyped-def]
         """The HTTP-family listeners the HTTP server (router/listen/server.py) serves beside its first one:

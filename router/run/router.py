@@ -15,7 +15,7 @@ from registry.consul.register import Registrar, Registration, aliases
 from registry.consul.watcher import ConsulWatcher, RegistryStatus
 from registry.static import load_text, watch_file
 from router.config.settings import Config
-from router.listen.uvicorn_server import Server, uvicorn_config
+from router.listen.uvicorn_server import Server, uvicorn_config, with_ssl
 from router.run import edge
 from router.run.assemble import build_proxy, proxy_server
 from router.run.workers import WorkerPool, worker_count
@@ -64,6 +64,7 @@ class Router:
                 f"{int(cfg['registry.consul.register.checkInterval'] * 1000)}ms",
                 f"{int(cfg['registry.consul.register.checkTimeout'] * 1000)}ms",
                 cfg["registry.consul.register.checkTLSSkipVerify"],
+                check_scheme="https" if cfg.ui_listener is not None and cfg.ui_listener.tls else "http",  # as fabio
             ), alias_source=lambda: aliases(self.state.table.iter_targets()) if self.state.table else set())
         self.edge = edge.Edge(cfg, self.state)  # TCP (and TLS) listeners beside the HTTP one
         from ui.app import create_app  # the UI depends on the router, not the other way round
@@ -112,7 +113,10 @@ class Router:
 
     async def serve(self) -> None:
         proxy_srv = proxy_server(self.proxy, self.cfg)
-        ui_server = Server(uvicorn_config(self.ui, self.cfg["ui.addr"]))
+        ui_config = uvicorn_config(self.ui, self.cfg["ui.addr"])
+        if self.cfg.ui_listener is not None and self.cfg.ui_listener.tls:
+            with_ssl(ui_config, await self.edge.ui_tls(self.cfg.ui_listener))
+        ui_server = Server(ui_config)
         plain, others = self.edge.http_split()
         servers: list = [ui_server]
         serving = []
