@@ -420,7 +420,8 @@ KEYS: tuple[Key, ...] = (
         "it=<duration>: idle client keep-alive timeout (default 75s)"),
     Key("proxy.cs", "", parse_str,
         "certificate sources: cs=<name>;type=file|path|http|consul;cert=<path or URL>[;key=][;clientca=]"
-        "[;refresh=3s][;hdr=Name: value] [,cs=...]; vault and vault-pki are refused at startup"),
+        "[;refresh=3s][;hdr=Name: value][;caupgcn=<issuer CN>: its clientca certificates count as CAs] [,cs=...]; "
+        "vault and vault-pki are refused at startup"),
     Key("proxy.readtimeout", "0", duration(zero="no timeout"), "default of the listeners' rt= (read timeout)"),
     Key("proxy.writetimeout", "0", duration(zero="no timeout"), "default of the listeners' wt= (write timeout)"),
     Key("proxy.strategy", "p2c", choice("p2c", "rnd", "rr"),
