@@ -144,6 +144,8 @@ RANGES = {
     "proxy.header.sts.maxage": (("1.5",), {"0": 0, "31536000": 31536000}),
     "proxy.workers": (("257",), {"0": 0, "256": 256}),
     "proxy.maxheaderbytes": (("1023", str((1 << 30) + 1)), {"1024": 1024, str(1 << 30): 1 << 30}),
+    "proxy.grpcmaxrxmsgsize": (("-1", str(1 << 31)), {"0": 0, "4194304": 4194304}),
+    "proxy.grpcmaxtxmsgsize": (("-1", str(1 << 31)), {"0": 0, str((1 << 31) - 1): (1 << 31) - 1}),
     "proxy.retry.attempts": (("0", "17"), {"1": 1, "16": 16}),
     "proxy.eject.failures": (("1001",), {"0": 0, "1000": 1000}),
     "proxy.eject.duration": (("0", "0s", "1us"), {"1ms": 0.001, "10s": 10.0}),

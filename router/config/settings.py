@@ -451,6 +451,12 @@ KEYS: tuple[Key, ...] = (
     Key("proxy.workers", "0", int_range(0, 256), "number of proxy worker processes, 0 = one per core (ours)"),
     Key("proxy.maxheaderbytes", "1048576", int_range(1024, 1 << 30),
         "largest request head (request line + headers) in bytes; larger is answered 431 (ours)"),
+    Key("proxy.grpcmaxrxmsgsize", "4194304", int_range(0, (1 << 31) - 1),
+        "largest gRPC message in bytes the router takes, from clients and from instances; larger ends the call with "
+        "RESOURCE_EXHAUSTED (8), as fabio"),
+    Key("proxy.grpcmaxtxmsgsize", "4194304", int_range(0, (1 << 31) - 1),
+        "largest gRPC message in bytes the router sends to a client; larger ends the call with RESOURCE_EXHAUSTED "
+        "(8), as fabio"),
     Key("proxy.retry.attempts", "3", int_range(1, 16),
         "tries per request (the first, retries and hedges), each on another instance of the route (ours)"),
     Key("proxy.retry.budget", "0.2", number_range(0, 10),

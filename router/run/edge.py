@@ -90,7 +90,7 @@ class Edge:
         self.certs: list[ListenerCerts] = []
         self.tasks: list[asyncio.Task] = []
         self.dynamic: dict[int, Acceptor] = {}  # tcp-dynamic: port -> its acceptor
-        self.grpc = GrpcProxy(cfg["proxy.dialtimeout"])
+        self.grpc = GrpcProxy(cfg["proxy.dialtimeout"], cfg["proxy.grpcmaxrxmsgsize"], cfg["proxy.grpcmaxtxmsgsize"])
 
     def _proxy(self, kind: str, lst: Listener, tls: object = None) -> TCPProxy:
         return TCPProxy(kind, lambda: self.state.table, strategy=self.cfg["proxy.strategy"],
