@@ -28,7 +28,7 @@ from router.listen.tcp import TCPCounters, TCPProxy
 from router.proxy.grpc import GrpcProxy
 from router.table.state import RouterState
 
-HANDSHAKE = 10.0  # seconds a TLS client gets for its handshake
+HANDSHAKE = 10.0  # seconds a TLS client gets for its handshake (less with a shorter rt=, as Go's ReadTimeout)
 
 log = logging.getLogger("router.edge")
 
@@ -50,6 +50,10 @@ def check(cfg: Config) -> None:
     for lst in cfg.listeners:
         if lst.proto not in SERVED:
             raise ConfigError(f"proxy.addr: listener {lst}: {NOT_YET[lst.proto]} is not served by this router yet")
+
+
+def handshake_timeout(lst: Listener) -> float:
+    return min(HANDSHAKE, lst.read_timeout) if lst.read_timeout > 0 else HANDSHAKE
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -135,6 +139,7 @@ class Edge:
                 continue
             ctx = await self._tls(lst, ALPN) if lst.tls else None
             sock = bind(lst.host, lst.port)
+            server.set_timeouts(sock.getsockname()[1], lst.read_timeout, lst.write_timeout)  # HTTP/1.1 applies them
             factory = Negotiated if ctx is not None else H2 if lst.proto == "grpc" else Http1
             if lst.proto == "https+tcp+sni":
                 self._serve(sock, self._sni_or_https(server, lst, ctx), lst, str(lst))
@@ -142,7 +147,7 @@ class Edge:
                 self._serve(sock, self._handover(server, factory, ctx), lst, str(lst))
             else:
                 await server.add(sock, lambda f=factory: f(server), ssl=ctx,
-                                 ssl_handshake_timeout=HANDSHAKE if ctx is not None else None)
+                                 ssl_handshake_timeout=handshake_timeout(lst) if ctx is not None else None)
             log.info("%s proxy listening on %s:%d", lst.proto.upper(), lst.host, sock.getsockname()[1])
 
     def _handover(self, server, factory, ctx):  # type: ignore[no-untyped-def]
