@@ -19,11 +19,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+from bisect import bisect_left
 from collections.abc import AsyncIterator
+from time import perf_counter
 from typing import Any, Protocol
 
 from router.proxy.grpcframe import MessageLimit
 from router.proxy.h2client import H2Pool, UpstreamGone
+from router.proxy.stats import BOUNDS
 
 log = logging.getLogger("router.grpc")
 
@@ -59,16 +62,23 @@ class Downstream(Protocol):
 
 
 class GrpcStats:
-    """fabio's grpc.* metrics: calls, calls without a route, and the grpc-status of each answered call."""
+    """fabio's grpc.* metrics: connections on gRPC listeners (grpc.conn), calls and their durations
+    (grpc.requests), calls without a route (grpc.noroute), and the grpc-status of each call (its grpc.status)."""
 
     def __init__(self) -> None:
         self.conn = 0
         self.requests = 0
         self.noroute = 0
         self.status: dict[str, int] = {}
+        self.seconds = 0.0  # sum of the call durations
+        self.buckets = [0] * (len(BOUNDS) + 1)  # per bucket of router/proxy/stats.py's BOUNDS, not cumulative
 
     def answered(self, code: str) -> None:
         self.status[code] = self.status.get(code, 0) + 1
+
+    def took(self, seconds: float) -> None:
+        self.seconds += seconds
+        self.buckets[bisect_left(BOUNDS, seconds)] += 1
 
 
 class TooLarge(Exception):
@@ -85,8 +95,26 @@ class GrpcProxy:
         self.max_rx = max_rx  # fabio: its server's MaxRecvMsgSize and its upstream client's MaxCallRecvMsgSize
         self.max_tx = max_tx  # fabio: its server's MaxSendMsgSize
 
-    async def forward(self, scope: dict, down: Downstream, target: Any) -> None:
-        """One call to `target` (a table Target with scheme grpc or grpcs)."""
+    async def no_route(self, down: Downstream) -> None:
+        """A gRPC call no route matches: fabio's gRPC server answers NOT_FOUND and counts grpc.noroute."""
+        self.stats.noroute += 1
+        await self._status(down, "5", b"no route found")
+
+    async def forward(self, scope: dict, down: Downstream, target: Any, route_stats: Any = None) -> None:
+        """One call to `target` (a table Target with scheme grpc or grpcs), timed for grpc.requests and, as
+        fabio's target timer, for the route's own counters (`route_stats`, router/proxy/stats.py)."""
+        t0 = perf_counter()
+        status = 200
+        try:
+            status = await self._forward(scope, down, target)
+        finally:
+            took = perf_counter() - t0
+            self.stats.took(took)
+            if route_stats is not None:
+                route_stats.record(status, took)
+
+    async def _forward(self, scope: dict, down: Downstream, target: Any) -> int:
+        """-> the HTTP status the call counts as on its route: 200, 504 past its deadline, 502 unavailable."""
         self.stats.requests += 1
         tls = target.scheme == "grpcs"
         servername = target.opts.get("grpcservername", "") or target.host
@@ -110,12 +138,15 @@ class GrpcProxy:
                 await self._call(head, down, target, tls, servername)
         except TimeoutError:
             await self._status(down, "4", b"deadline exceeded in the router")
+            return 504
         except TooLarge as e:
             log.info("grpc %s to %s:%s: %s", scope["path"], target.host, target.port, e)
             await self._status(down, "8", str(e).encode(), after_headers=True)
         except (UpstreamGone, OSError) as e:
             log.warning("grpc %s to %s:%s: %s", scope["path"], target.host, target.port, e)
             await self._status(down, "14", f"upstream unavailable: {e}".encode())
+            return 502
+        return 200
 
     async def _status(self, down: Downstream, code: str, message: bytes, after_headers: bool = False) -> None:
         self.stats.answered(code)

@@ -145,10 +145,17 @@ class Edge:
                 self._serve(sock, self._sni_or_https(server, lst, ctx), lst, str(lst))
             elif lst.proxy_proto:
                 self._serve(sock, self._handover(server, factory, ctx), lst, str(lst))
+            elif lst.proto in ("grpc", "grpcs"):  # fabio's grpc.conn counts its gRPC server's connections
+                await server.add(sock, lambda f=factory: self._grpc_conn(f(server)), ssl=ctx,
+                                 ssl_handshake_timeout=handshake_timeout(lst) if ctx is not None else None)
             else:
                 await server.add(sock, lambda f=factory: f(server), ssl=ctx,
                                  ssl_handshake_timeout=handshake_timeout(lst) if ctx is not None else None)
             log.info("%s proxy listening on %s:%d", lst.proto.upper(), lst.host, sock.getsockname()[1])
+
+    def _grpc_conn(self, proto: asyncio.Protocol) -> asyncio.Protocol:
+        self.grpc.stats.conn += 1
+        return proto
 
     def _handover(self, server, factory, ctx):  # type: ignore[no-untyped-def]
         """After the acceptor's PROXY header: the socket goes to the HTTP(S) protocol with the header's client."""
