@@ -19,10 +19,10 @@ from router.proxy import redirect
 from router.proxy.asgi import AsgiExchange
 from router.proxy.attempts import Failed
 from router.proxy.auth import BasicAuth, authorise
-from router.proxy.balance import FULL
 from router.proxy.exchange import ClientGone, Exchange
 from router.proxy.headers import ForwardingHeaders, RoutingLoop
 from router.proxy.paths import normalise_path, redirect_path, upstream_path, upstream_raw_path
+from router.proxy.picker import FULL
 from router.proxy.policies.bodylimit import BodyTooLarge
 from router.proxy.policies.engine import Policies
 from router.proxy.request_guard import check_request, send_rejection
