@@ -3,7 +3,8 @@ serving them (TCP, tcp+sni and tcp-dynamic, with TLS and its certificate sources
 
 Every listener fabio accepts is parsed (router/config/listeners.py); one whose protocol is not served
 yet stops startup here, naming it, rather than listening and answering with the wrong protocol. TCP
-listeners run in the main process (with `proxy.workers` > 1 the workers serve HTTP only).
+listeners run in the main process, or with `proxy.workers` > 1 in every worker (SO_REUSEPORT), whose
+counters the main process sums (router/run/edgestats.py).
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import logging
 import socket
 import ssl
 import time
+from dataclasses import dataclass
+from typing import Any
 
 from router.cert.pairs import CertError
 from router.cert.watch import ListenerCerts
@@ -56,10 +59,12 @@ def handshake_timeout(lst: Listener) -> float:
     return min(HANDSHAKE, lst.read_timeout) if lst.read_timeout > 0 else HANDSHAKE
 
 
-def bind(host: str, port: int) -> socket.socket:
+def bind(host: str, port: int, reuse_port: bool = False) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     try:
         sock.bind((host, port))
     except OSError as e:
@@ -83,17 +88,31 @@ def tcp_route_ports(table) -> set[int]:  # type: ignore[no-untyped-def]
     return {p for p in ports if (p, False) not in out}
 
 
-class Edge:
-    """TCP listeners (and, as they land, TLS ones) with their certificate watchers."""
+@dataclass
+class CertView:
+    """A TLS listener's certificates as the workers report them (Edge.absorb), shaped like ListenerCerts."""
 
-    def __init__(self, cfg: Config, state: RouterState) -> None:
+    listener: Listener
+    spec: Any
+    names: list[str]
+    updates: int
+    failed_handshakes: int
+
+
+class Edge:
+    """TCP, TLS and gRPC listeners with their certificate watchers. With `reuse_port` (each proxy worker runs
+    one) every listener is bound with SO_REUSEPORT, so the kernel spreads connections over the workers."""
+
+    def __init__(self, cfg: Config, state: RouterState, reuse_port: bool = False) -> None:
         self.cfg = cfg
         self.state = state
+        self.reuse_port = reuse_port
         self.tcp = TCPCounters()
         self.acceptors: list[Acceptor] = []
         self.certs: list[ListenerCerts] = []
         self.tasks: list[asyncio.Task] = []
         self.dynamic: dict[int, Acceptor] = {}  # tcp-dynamic: port -> its acceptor
+        self.dynamic_ports: list[int] = []  # the workers' tcp-dynamic ports (absorb)
         self.grpc = GrpcProxy(cfg["proxy.dialtimeout"], cfg["proxy.grpcmaxrxmsgsize"], cfg["proxy.grpcmaxtxmsgsize"])
 
     def _proxy(self, kind: str, lst: Listener, tls: object = None) -> TCPProxy:
@@ -138,7 +157,7 @@ class Edge:
             if lst.proto not in HTTP_KINDS or (lst is first and not lst.proxy_proto):
                 continue
             ctx = await self._tls(lst, ALPN) if lst.tls else None
-            sock = bind(lst.host, lst.port)
+            sock = bind(lst.host, lst.port, self.reuse_port)
             server.set_timeouts(sock.getsockname()[1], lst.read_timeout, lst.write_timeout)  # HTTP/1.1 applies them
             factory = Negotiated if ctx is not None else H2 if lst.proto == "grpc" else Http1
             if lst.proto == "https+tcp+sni":
@@ -201,7 +220,7 @@ class Edge:
             if lst.proto == "tcp-dynamic":
                 self.tasks.append(asyncio.create_task(self._dynamic(lst, tls), name=f"tcp-dynamic {lst}"))
                 continue
-            sock = bind(lst.host, lst.port)
+            sock = bind(lst.host, lst.port, self.reuse_port)
             self._serve(sock, self._proxy(lst.proto, lst, tls), lst, str(lst))
             log.info("%s proxy listening on %s:%d", lst.proto.upper(), lst.host, sock.getsockname()[1])
 
@@ -215,13 +234,26 @@ class Edge:
                 self.dynamic.pop(port).close()
             for port in want - set(self.dynamic):
                 try:
-                    sock = bind(lst.host, port)
+                    sock = bind(lst.host, port, self.reuse_port)
                 except OSError as e:
                     log.debug("tcp-dynamic: %s", e)
                     continue
                 log.info("tcp-dynamic: listening on %s:%d", lst.host, port)
                 self.dynamic[port] = self._serve(sock, handler, lst, f"{lst.host}:{port}")
             await asyncio.sleep(lst.refresh)
+
+    def absorb(self, merged: dict) -> None:
+        """The workers' summed counters (router/run/edgestats.py merge) become this Edge's, for /metrics and
+        /api/status: with workers, the main process serves no proxy listener itself."""
+        self.tcp = TCPCounters(**{k: v for k, v in merged["tcp"].items()})
+        g = self.grpc.stats
+        for k, v in merged["grpc"].items():
+            setattr(g, k, v if k != "buckets" or v else g.buckets)
+        by_name = {str(lst): lst for lst in self.cfg.listeners}
+        views = [CertView(by_name[name], by_name[name].cert_source, names, updates, failed)
+                 for name, (_, names, updates, failed) in merged["certs"].items() if name in by_name]
+        self.certs = [c for c in self.certs if isinstance(c, ListenerCerts)] + views  # type: ignore[list-item]
+        self.dynamic_ports = merged["dynamic"]
 
     def describe(self) -> list[dict]:
         """Each listener of proxy.addr as /api/status shows it: protocol, TLS and its certificates."""
@@ -235,7 +267,7 @@ class Edge:
                 row.update(cert_source=c.spec.name, strictmatch=lst.strict_match, certificates=c.names,
                            certificate_updates=c.updates, no_certificate=c.failed_handshakes)
             if lst.proto == "tcp-dynamic":
-                row["ports"] = sorted(self.dynamic)
+                row["ports"] = sorted(self.dynamic) or self.dynamic_ports
             out.append(row)
         return out
 
