@@ -49,6 +49,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("router.h2")
 
+NO_ROUTE = object()  # a gRPC call no route matches (answered NOT_FOUND, as fabio's gRPC server)
 MAX_STREAMS = 100
 RESET_WINDOW = 10.0
 RESET_BUDGET = 200  # client resets of unanswered streams per window
@@ -354,20 +355,29 @@ class H2(WriteFlow, asyncio.Protocol):
         s.task = self.loop.create_task(self._run(s))
 
     def _grpc_target(self, scope: dict):  # type: ignore[no-untyped-def]
-        """The grpc:// or grpcs:// target of a gRPC call's route, or None (then the core serves it)."""
+        """(route, its grpc:// or grpcs:// target) of a gRPC call, NO_ROUTE when no route matches it, or
+        None (then the core serves it)."""
         if getattr(self.listener, "grpc", None) is None or not is_grpc(scope["headers"]):
             return None
         table = self.core.state.table
         host = next((v.decode("latin-1") for n, v in scope["headers"] if n == b"host"), "")
         route = table.lookup(host, scope["path"], tls=self.tls is not None) if table is not None else None
-        target = route.pick(self.core.strategy) if route is not None else None
-        return target if target is not None and target.scheme in ("grpc", "grpcs") else None
+        if route is None:
+            return NO_ROUTE if table is not None else None  # no table yet: the core's 503
+        target = route.pick(self.core.strategy)
+        return (route, target) if target is not None and target.scheme in ("grpc", "grpcs") else None
 
     async def _run(self, s: H2Stream) -> None:
         try:
-            target = self._grpc_target(s.scope)
-            if target is not None:
-                await self.listener.grpc.forward(s.scope, s, target)  # type: ignore[attr-defined]
+            found = self._grpc_target(s.scope)
+            if found is NO_ROUTE:
+                await self.listener.grpc.no_route(s)  # type: ignore[attr-defined]
+                return
+            if found is not None:
+                route, target = found
+                rs = route.stats.get(target.url) if route.stats is not None else None
+                await self.listener.grpc.forward(  # type: ignore[attr-defined]
+                    s.scope, s, target, rs or self.core.stats.attach(route, target))
                 return
             await self.core.serve(s.scope, s)
         except (ClientGone, asyncio.CancelledError):
