@@ -52,10 +52,12 @@ from bench.http_bench import (  # noqa: E402
     paired_ratio,
     rotated,
     router_version,
+    tree_pids,
     tree_rss_mb,
     wait_ready,
     write_block,
 )
+from bench.tcp_bench import cpu_seconds  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 NAME = "bench.example.com"
@@ -164,12 +166,15 @@ http:
 
 
 def start_targets(names: list[str], procs: Procs, tmp: Path, web: int, grpc_port: int,
-                  ready: float) -> dict[str, dict]:
+                  ready: float, base: Path | None = None) -> dict[str, dict]:
     """Each target's TLS port, pid and version; a target that fails to start is left out with its error."""
     out: dict[str, dict] = {}
     for name in names:
         port, plain = free_port(), free_port()
-        if name == "router":
+        if name in ("router", "base"):
+            src = REPO if name == "router" else base
+            if src is None:
+                raise SystemExit("target base needs --base DIR (a checkout of the router to compare with)")
             routes = (f"route add bench /bench http://127.0.0.1:{web}/\n"
                       f'route add grpc /{GRPC_SERVICE}/ grpc://127.0.0.1:{grpc_port} opts "proto=grpc"')
             argv = [sys.executable, "-m", "router", "-registry.backend", "static", "-registry.static.routes", routes,
@@ -177,8 +182,8 @@ def start_targets(names: list[str], procs: Procs, tmp: Path, web: int, grpc_port
                     "-proxy.cs", f"cs=bench;type=file;cert={tmp / 'cert.pem'};key={tmp / 'key.pem'}",
                     "-ui.addr", f"127.0.0.1:{free_port()}", "-proxy.workers", "1",
                     "-registry.consul.register.enabled", "false"]
-            version = f"{router_version(REPO)} ({git_describe(REPO)})"
-            env = {"PYTHONPATH": str(REPO)}
+            version = f"{router_version(src)} ({git_describe(src) or src})"
+            env = {"PYTHONPATH": str(src)}
         elif name == "traefik":
             traefik = find_tool("traefik", True)
             if not traefik:
@@ -191,7 +196,7 @@ def start_targets(names: list[str], procs: Procs, tmp: Path, web: int, grpc_port
             env = {"GOMAXPROCS": "1"}
         else:
             raise SystemExit(f"unknown target {name}")
-        proc = procs.start(name, argv, tmp, env=env, cwd=REPO)
+        proc = procs.start(name, argv, tmp, env=env, cwd=src if name == "base" else REPO)
         try:
             wait_https(f"https://127.0.0.1:{port}/bench", proc, ready)
         except RuntimeError as exc:
@@ -300,11 +305,21 @@ def measure(key: str, target: dict, tmp: Path, args: argparse.Namespace) -> tupl
 # --------------------------------------------------------------------------- report
 
 
+def tree_cpu(pid: int) -> float:
+    """CPU seconds (user + system) of a process and its children so far."""
+    total = 0.0
+    for p in tree_pids(pid):
+        with contextlib.suppress(OSError):
+            total += cpu_seconds(p)
+    return total
+
+
 def load_average() -> str:
     return " ".join(Path("/proc/loadavg").read_text().split()[:3])
 
 
-def render(results: dict[str, dict[str, list[float]]], errors: dict[str, dict[str, int]], targets: dict[str, dict],
+def render(results: dict[str, dict[str, list[float]]], errors: dict[str, dict[str, int]],
+           cpu_us: dict[str, dict[str, list[float]]], targets: dict[str, dict],
            args: argparse.Namespace, command: str, loads: list[str], keys: list[str]) -> str:
     names = list(targets)
     head = "| measure | " + " | ".join(f"{n} (median; per round)" for n in names)
@@ -337,6 +352,16 @@ def render(results: dict[str, dict[str, list[float]]], errors: dict[str, dict[st
             verdict = "" if goal is None or ratio == "–" else (" met" if float(ratio) >= goal else " not met")
             row += f" {ratio}{f' (≥ {goal:g}{verdict})' if goal else ''} |"
         lines.append(row)
+    both = "router" in names and "traefik" in names
+    lines += ["", "The proxy's own CPU per operation (µs, user + system of its process tree over the run divided by "
+              "the operations it served; less sensitive to the machine's load than the rates):", "",
+              "| measure | " + " | ".join(names) + (" | router/traefik |" if both else " |"),
+              "|---|" + "---:|" * (len(names) + both)]
+    for key, label, _unit in METRICS:
+        if key in keys:
+            cells = [f"{statistics.median(cpu_us[n][key]):.0f}" if cpu_us[n][key] else "–" for n in names]
+            ratio = f" {paired_ratio(cpu_us['router'][key], cpu_us['traefik'][key])} |" if both else ""
+            lines.append(f"| {label} | " + " | ".join(cells) + " |" + ratio)
     lines += ["", "RSS (MB, process tree) idle → after the rounds: " + "; ".join(
         f"{n} {t['rss_idle']:.0f} → {t.get('rss_after', 0):.0f}" for n, t in targets.items()), "", MARKS[1]]
     return "\n".join(lines) + "\n"
@@ -354,7 +379,8 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--duration", type=float, default=5, help="seconds per measure and round")
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--targets", default="router,traefik")
+    ap.add_argument("--targets", default="router,traefik", help="router, traefik, base (the router from --base)")
+    ap.add_argument("--base", type=Path, help="another checkout of the router, run as target `base` (before/after)")
     ap.add_argument("--measures", default=",".join(k for k, _, _ in METRICS))
     ap.add_argument("--grpc-concurrency", type=int, default=20)
     ap.add_argument("--ready-timeout", type=float, default=30)
@@ -390,9 +416,10 @@ def main() -> int:
         wait_ready(f"http://127.0.0.1:{web}/bench", be, 15, expect=BENCH_BODY)
         procs.start("grpc-backend", [sys.executable, __file__, "--grpc-server", str(grpc_port)], tmp)
         targets = start_targets([t.strip() for t in args.targets.split(",")], procs, tmp, web, grpc_port,
-                                args.ready_timeout)
+                                args.ready_timeout, args.base)
         results = {n: {k: [] for k in keys} for n in targets}
         errors = {n: dict.fromkeys(keys, 0) for n in targets}
+        cpu_us: dict[str, dict[str, list[float]]] = {n: {k: [] for k in keys} for n in targets}
         for t in targets.values():  # warm-up: connection pools, lazy imports, first paths
             for k in keys:
                 with contextlib.suppress(RuntimeError, subprocess.TimeoutExpired):
@@ -402,6 +429,7 @@ def main() -> int:
             loads.append(load_average())
             for k in keys:
                 for n in rotated(list(targets), rnd + keys.index(k)):
+                    c0, t0 = tree_cpu(targets[n]["pid"]), time.monotonic()
                     try:
                         value, errs = measure(k, targets[n], tmp, args)
                     except (RuntimeError, subprocess.TimeoutExpired) as exc:
@@ -409,10 +437,13 @@ def main() -> int:
                         continue
                     results[n][k].append(value)
                     errors[n][k] += errs
-                    log(f"round {rnd + 1} {k:10} {n:8} {value:9.0f}  errors {errs}  (load {load_average()})")
+                    # CPU per operation: what the proxy spent, whatever share of the cores it was given
+                    cpu_us[n][k].append((tree_cpu(targets[n]["pid"]) - c0) / (value * (time.monotonic() - t0)) * 1e6)
+                    log(f"round {rnd + 1} {k:10} {n:8} {value:9.0f}  errors {errs}  {cpu_us[n][k][-1]:6.0f} µs CPU each "
+                        f"(load {load_average()})")
         for t in targets.values():
             t["rss_after"] = tree_rss_mb(t["pid"])
-        block = render(results, errors, targets, args, command, loads, keys)
+        block = render(results, errors, cpu_us, targets, args, command, loads, keys)
     except KeyboardInterrupt:
         log("interrupted")
         return 130
