@@ -16,6 +16,7 @@ from router.proxy.budget import WINDOW, RetryBudget
 from router.proxy.ejection import EjectPolicy
 from router.table.routecmd import RouteCmd, parse
 from router.table.routes import TableBuilder
+from router.table.state import RouterState
 
 
 def _add(service: str, src: str, dst: str, instance: str, weight: float = 0.0) -> RouteCmd:
@@ -157,6 +158,32 @@ def test_failure_state_belongs_to_the_instance_and_leaves_with_it() -> None:
     assert pa.states[ia].until == 60.0  # the old instance's state is its own (requests on the old table)
     del in_flight, pa, pb
     assert not [s for s in lb.states() if s.key[0] == "service:svc/old"]  # once they are done, it is gone
+
+
+def test_an_instance_back_with_its_id_and_address_after_it_left_starts_clean() -> None:
+    """Registrator's ID is host:container-name:port: a container recreated under its name on the freed
+    address comes back with the old ID and address. Once the old one has left the table (a swap without
+    it), its state is forgotten even while something still holds the old picker (a request in flight, or
+    cyclic garbage the collector has not reached): found end to end with Docker (tests/container_faults)."""
+    lb = Balancer("p2c", policy=EjectPolicy(failures=1, duration=60.0))
+    state = RouterState()
+    state.on_swap.append(lb.forget_left)
+    both = [_add("svc", "/a", "http://10.0.0.9:80/", "x"), _add("svc", "/a", "http://10.0.0.8:80/", "other")]
+    table = state.apply({"svc": both, "unrelated": [_add("unrelated", "/u", "http://10.0.0.7:80/", "u")]})
+    held = lb.picker(table.lookup("", "/a"))  # kept alive on purpose, as a request in flight does
+    lb.picker(table.lookup("", "/u")).states[0].failures = 5
+    old = next(s for s in held.states if s.addr == "10.0.0.9:80")
+    lb.try_failed(old, 0.0, 0.0, "refused", connect=True)
+    assert old.until == 60.0
+
+    state.apply({"svc": both[1:]})  # it left
+    table = state.apply({"svc": both})  # it is back: the same source, host and port
+    again = next(s for s in lb.picker(table.lookup("", "/a")).states if s.addr == "10.0.0.9:80")
+    assert again is not old and (again.until, again.fails, again.failures, again.ejections) == (0.0, 0, 0, 0)
+    assert old.until == 60.0  # the old picker keeps its own state
+    other = [s for s in lb.states() if s.key[0] == "service:svc/other"]
+    assert len(other) == 1 and other[0] in held.states  # the instance that stayed keeps its state
+    assert [s.failures for s in lb.states() if s.key[0] == "service:unrelated/u"] == [5]  # not a changed service
 
 
 # --- ejection cap and concurrency cap
