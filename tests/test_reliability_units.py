@@ -255,3 +255,43 @@ def test_a_cold_instance_gets_one_probe_at_a_time_even_with_a_stuck_request() ->
     cold.outstanding = 0  # the stuck request ends
     lb.try_succeeded(warm, 0.006, 12.2)  # and the other one answers a little slower now
     assert 0 in {p.pick(12.3) for _ in range(50)}
+
+
+def test_an_abandoned_connect_that_already_ended_is_dealt_with() -> None:
+    """A connect dropped after it ended (a hedge race decided meanwhile): its connection is closed, its
+    error retrieved (asyncio logged "Task exception was never retrieved" for each one: seen with Docker)."""
+    import asyncio
+
+    from router.proxy.attempts import _abandon
+
+    class Conn:
+        aborted = False
+
+        def abort(self) -> None:
+            self.aborted = True
+
+    async def connected() -> Conn:
+        return Conn()
+
+    async def refused() -> Conn:
+        raise ConnectionRefusedError("refused")
+
+    async def pending() -> Conn:
+        await asyncio.sleep(10)
+        return Conn()
+
+    async def main() -> tuple[Conn, asyncio.Task, asyncio.Task]:
+        ok, bad, slow = (asyncio.ensure_future(c()) for c in (connected, refused, pending))
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        assert ok.done() and bad.done() and not slow.done()
+        for t in (ok, bad, slow):
+            _abandon(t)
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        return ok.result(), bad, slow
+
+    conn, bad, slow = asyncio.run(main())
+    assert conn.aborted
+    assert not bad._log_traceback  # retrieved: nothing is logged when it is collected
+    assert slow.cancelled()

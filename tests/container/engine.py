@@ -133,8 +133,8 @@ def registration(info: Mapping[str, Any], port: int, ip: str, hostname: str,
 
     ID `<registrator host>:<container name>:<port>`; name SERVICE_NAME, else the image's base name without
     its tag, with `-<port>` appended when the container has several ports (`group`) unless the name is
-    port-specific; tags from SERVICE_TAGS; an HTTP check from SERVICE_CHECK_HTTP, SERVICE_CHECK_INTERVAL
-    (10s) and SERVICE_CHECK_TIMEOUT. Any non-empty SERVICE_IGNORE ignores it. `port` is the container's
+    port-specific; tags from SERVICE_TAGS; an HTTP check from SERVICE_CHECK_HTTP (else a TCP check of
+    Address:Port from SERVICE_CHECK_TCP), SERVICE_CHECK_INTERVAL (10s) and SERVICE_CHECK_TIMEOUT. Any non-empty SERVICE_IGNORE ignores it. `port` is the container's
     (exposed) port; `host_port` the published one, which Address:Port and the check use when given.
     """
     meta, from_port = service_metadata(info, port)
@@ -148,8 +148,13 @@ def registration(info: Mapping[str, Any], port: int, ip: str, hostname: str,
         "ID": f"{hostname}:{str(info.get('Name', '')).lstrip('/')}:{port}",
         "Name": name, "Tags": split_tags(meta.get("tags", "")), "Address": ip, "Port": host_port or port,
     }
+    check: dict[str, str] = {}
     if meta.get("check_http"):
-        check = {"HTTP": f"http://{ip}:{host_port or port}{meta['check_http']}", "Interval": meta.get("check_interval") or "10s"}
+        check = {"HTTP": f"http://{ip}:{host_port or port}{meta['check_http']}"}
+    elif meta.get("check_tcp"):
+        check = {"TCP": f"{ip}:{host_port or port}"}
+    if check:
+        check["Interval"] = meta.get("check_interval") or "10s"
         if meta.get("check_timeout"):
             check["Timeout"] = meta["check_timeout"]
         reg["Check"] = check

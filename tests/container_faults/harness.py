@@ -26,18 +26,18 @@ GATEWAY = os.environ.get("CT_FAULTS_GATEWAY", "")
 LABEL = "consul-router-ct-faults=1"  # what the Registrator stand-in follows, and what a test's cleanup removes
 
 
-def run_demo(name: str, service: str, *, publish: bool = False, check: bool = True, listen_port: int = 8080,
+def run_demo(name: str, service: str, *, publish: bool = False, check: str = "http", listen_port: int = 8080,
              drain: float = 3) -> tuple[str, str]:
     """`docker run` one demo container as a new user would for Registrator: SERVICE_NAME, a urlprefix tag,
-    and (check=True) an HTTP check every second. publish: `-p <gateway>::8080`, an ephemeral host port
+    and a check every second: HTTP (GET /health) or TCP (a connect: through docker-proxy that always passes). publish: `-p <gateway>::8080`, an ephemeral host port
     through docker-proxy. listen_port other than 8080: the program listens where nothing is published, so
     docker-proxy accepts and then closes every connection. Its (short container ID, bridge address)."""
     args = ["run", "-d", "--name", name, "--network", NET, "--label", LABEL,
             "-e", f"SERVICE_NAME={service}", "-e", f"SERVICE_TAGS=urlprefix-/{service}",
             "-e", f"DRAIN_SECONDS={drain:g}", "-e", f"PORT={listen_port}"]
-    if check:
-        args += ["-e", "SERVICE_CHECK_HTTP=/health", "-e", "SERVICE_CHECK_INTERVAL=1s",
-                 "-e", "SERVICE_CHECK_TIMEOUT=1s"]
+    assert check in ("http", "tcp"), check
+    args += ["-e", "SERVICE_CHECK_HTTP=/health" if check == "http" else "SERVICE_CHECK_TCP=true",
+             "-e", "SERVICE_CHECK_INTERVAL=1s", "-e", "SERVICE_CHECK_TIMEOUT=1s"]
     if publish:
         args += ["-p", f"{GATEWAY}::8080"]
     cid = docker(*args, DEMO_IMAGE)[:12]
@@ -92,9 +92,16 @@ class Load:
     methods: tuple[str, ...] = ("GET",)
     phase: str = "warmup"
     samples: list[Sample] = field(default_factory=list)
+    marks: list[tuple[str, str]] = field(default_factory=list)
     _stop: threading.Event = field(default_factory=threading.Event)
     _threads: list[threading.Thread] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def mark(self, phase: str) -> None:
+        """From now on, requests count under `phase` (its wall-clock start goes into `marks`, to read the
+        router's log against)."""
+        self.phase = phase
+        self.marks.append((phase, time.strftime("%H:%M:%S", time.gmtime()) + f"{time.time() % 1:.3f}"[1:]))
 
     def start(self) -> Load:
         for i in range(self.clients):
@@ -133,9 +140,12 @@ class Load:
     def summary(self, phase: str, ok: frozenset[str] = frozenset({"200"})) -> dict[str, Any]:
         """Requests, failures (an outcome not in `ok`), the outcomes, and requests slower than 1 s."""
         ss = self.of(phase)
+        t0 = ss[0].sent if ss else 0.0
         return {"requests": len(ss), "failed": sum(s.outcome not in ok for s in ss),
                 "outcomes": dict(Counter(f"{s.method} {s.outcome}" for s in ss)),
-                "slower than 1 s": sum(s.took > 1 for s in ss)}
+                "slower than 1 s": sum(s.took > 1 for s in ss),
+                "failures (s into the phase, s taken, outcome)": [
+                    (round(s.sent - t0, 2), round(s.took, 2), s.outcome) for s in ss if s.outcome not in ok][:10]}
 
 
 def dump(obj: Any) -> str:
