@@ -99,6 +99,7 @@ class ProxyApp:
                                        eject_duration=eject_duration)
         self.lb, self.sender = res.build(self.upstream)  # router/proxy/resilience.py
         self.ejector = self.lb  # websocket tunnels, workers and /metrics use it by this name
+        state.on_swap.append(self.lb.forget_left)  # an instance that left the table leaves its state behind
         self.stats = RequestStats()  # per-route counters, read by /metrics and the routes page
         self.access_log: AccessLog | None = access_log
         self.requests = 0  # requests served, for a worker's report (router/run/workers.py)
