@@ -19,6 +19,10 @@ instance answers again, and for our router the retries and hedges from /metrics.
 
     python bench/faults.py --out docs/reliability.md          # `make bench-faults`
     python bench/faults.py --rows killed,stalled --proxies router --fault 4
+
+Past 400 lines on purpose: the instance processes run this very module (`-m bench.faults backend`), and
+the backend, the faults done to it, the load that measures them and the proxies under test are read
+together to check a row; tests/test_reliability_faults.py runs rows through `run_row`.
 """
 
 from __future__ import annotations

@@ -66,7 +66,7 @@ class FakeTransport(asyncio.Transport):
 async def run(requests: int, conns: int, callgrind: bool) -> float:
     from router.config.settings import load
     from router.listen.server import Listener
-    from router.proxy.upstream import _Conn
+    from router.proxy.upstream_conn import UpstreamConn
     from router.run.assemble import build_proxy
     from router.table.routecmd import parse
     from router.table.state import RouterState
@@ -84,8 +84,8 @@ async def run(requests: int, conns: int, callgrind: bool) -> float:
     left = [requests]
     done = asyncio.Event()
 
-    def upstream_conn() -> _Conn:
-        conn = _Conn(upstream, key, loop)
+    def upstream_conn() -> UpstreamConn:
+        conn = UpstreamConn(upstream, key, loop)
 
         def answer() -> None:
             buf = conn.get_buffer(-1)

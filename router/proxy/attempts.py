@@ -28,17 +28,12 @@ from collections.abc import AsyncIterator, Sequence
 from time import perf_counter
 from typing import Any
 
-from router.proxy.balance import Balancer, RoutePicker
-from router.proxy.upstream import (
-    IDEMPOTENT,
-    Prepared,
-    Response,
-    Stale,
-    Upstream,
-    UpstreamError,
-    UpstreamTimeout,
-    prepare,
-)
+from router.proxy.balance import Balancer
+from router.proxy.picker import RoutePicker
+from router.proxy.upstream import Upstream
+from router.proxy.upstream_errors import Stale, UpstreamError, UpstreamTimeout
+from router.proxy.upstream_request import IDEMPOTENT, Prepared, prepare
+from router.proxy.upstream_response import Response
 
 log = logging.getLogger("router.proxy")
 
@@ -69,6 +64,21 @@ class _Req:
     def left(self) -> float:
         """Seconds left of the header timeout (0 = no limit; a tiny positive number once it passed)."""
         return max(self.deadline - perf_counter(), 1e-6) if self.deadline else 0.0
+
+
+def _abandon(task: asyncio.Task) -> None:
+    """A connect nobody waits for any more: cancel it, and whatever it ends with is dealt with. Cancelling
+    a task that has already finished does nothing: its connection was left open, or asyncio logged "Task
+    exception was never retrieved" with a traceback for each one (seen end to end, with Docker)."""
+    task.cancel()
+    task.add_done_callback(_discard)
+
+
+def _discard(task: asyncio.Task) -> None:
+    if task.cancelled():
+        return
+    if task.exception() is None:
+        task.result().abort()
 
 
 class Sender:
@@ -128,7 +138,7 @@ class Sender:
 
         def drop(reason: str, now: float) -> None:
             for task, (j, _, began) in pending.items():
-                task.cancel()
+                _abandon(task)
                 states[j].outstanding -= 1
                 lb.try_failed(states[j], now - began, now, reason(now - began), connect=True)  # type: ignore[operator]
             pending.clear()
@@ -181,7 +191,7 @@ class Sender:
         finally:
             if pending:  # cancelled from outside (the client left, or a hedge race was decided)
                 for task, (j, _, _) in pending.items():
-                    task.cancel()
+                    _abandon(task)
                     states[j].outstanding -= 1
 
     # --- requests

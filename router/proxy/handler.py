@@ -19,10 +19,10 @@ from router.proxy import redirect
 from router.proxy.asgi import AsgiExchange
 from router.proxy.attempts import Failed
 from router.proxy.auth import BasicAuth, authorise
-from router.proxy.balance import FULL
 from router.proxy.exchange import ClientGone, Exchange
 from router.proxy.headers import ForwardingHeaders, RoutingLoop
 from router.proxy.paths import normalise_path, redirect_path, upstream_path, upstream_raw_path
+from router.proxy.picker import FULL
 from router.proxy.policies.bodylimit import BodyTooLarge
 from router.proxy.policies.engine import Policies
 from router.proxy.request_guard import check_request, send_rejection
@@ -99,6 +99,7 @@ class ProxyApp:
                                        eject_duration=eject_duration)
         self.lb, self.sender = res.build(self.upstream)  # router/proxy/resilience.py
         self.ejector = self.lb  # websocket tunnels, workers and /metrics use it by this name
+        state.on_swap.append(self.lb.forget_left)  # an instance that left the table leaves its state behind
         self.stats = RequestStats()  # per-route counters, read by /metrics and the routes page
         self.access_log: AccessLog | None = access_log
         self.requests = 0  # requests served, for a worker's report (router/run/workers.py)
