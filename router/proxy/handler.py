@@ -262,6 +262,10 @@ class ProxyApp:
                 if enc is not None:  # compressed (router/proxy/policies/compress.py)
                     await enc.send(out, resp, out_headers, scope.get("http_version") == "1.0")
                     return route, target, resp.status
+            whole = resp.whole()
+            if whole is not None:  # all of it is here (a small answer): head and body in one call
+                await out.respond(resp.status, out_headers, whole)
+                return route, target, resp.status
             out.start(resp.status, out_headers)
             async for chunk in resp.content.iter_any():
                 await out.write(chunk)  # waits while the client's write buffer is full (the slow-read bound)
