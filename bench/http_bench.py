@@ -780,10 +780,11 @@ def render(targets: list[Target], args: argparse.Namespace, command: str, tools:
     return "\n".join(lines) + "\n"
 
 
-def write_block(path: Path, block: str) -> None:
-    """Replaces the marked block in ``path`` if present, else appends it."""
+def write_block(path: Path, block: str, marks: tuple[str, str] = (MARK_START, MARK_END)) -> None:
+    """Replaces the block between ``marks`` in ``path`` if present, else appends it (other benches in
+    bench/ pass their own marks)."""
     text = path.read_text() if path.exists() else "# Benchmarks\n"
-    pattern = re.compile(re.escape(MARK_START) + r".*?" + re.escape(MARK_END) + r"\n?", re.S)
+    pattern = re.compile(re.escape(marks[0]) + r".*?" + re.escape(marks[1]) + r"\n?", re.S)
     if pattern.search(text):
         text = pattern.sub(lambda _: block, text, count=1)
     else:

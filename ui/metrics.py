@@ -99,8 +99,21 @@ def edge_families(edge: Any) -> Iterator[Metric]:
             fam.add_metric(list(key), v)
         yield fam
     g = getattr(edge, "grpc", None)
-    if g is not None:  # fabio's grpc.requests and the per-code status counts
-        yield CounterMetricFamily(f"{PREFIX}_grpc_requests", "gRPC calls forwarded", value=g.stats.requests)
+    if g is not None:  # fabio's grpc.conn, grpc.noroute, grpc.requests (count and durations), grpc.status
+        gs = g.stats
+        yield CounterMetricFamily(f"{PREFIX}_grpc_requests", "gRPC calls forwarded", value=gs.requests)
+        yield CounterMetricFamily(f"{PREFIX}_grpc_connections", "connections accepted on grpc/grpcs listeners",
+                                  value=gs.conn)
+        yield CounterMetricFamily(f"{PREFIX}_grpc_noroute", "gRPC calls without a route (answered NOT_FOUND)",
+                                  value=gs.noroute)
+        dur = HistogramMetricFamily(f"{PREFIX}_grpc_request_duration_seconds", "time from a gRPC call's start "
+                                    "to its end, through the router")
+        acc, cum = 0, []
+        for le, c in zip([repr(b) for b in BOUNDS] + ["+Inf"], gs.buckets, strict=True):
+            acc += c
+            cum.append((le, acc))
+        dur.add_metric([], cum, gs.seconds)
+        yield dur
         st = CounterMetricFamily(f"{PREFIX}_grpc_status", "gRPC calls by the grpc-status they ended with",
                                  labels=["code"])
         for code, v in sorted(g.stats.status.items()):

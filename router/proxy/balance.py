@@ -22,7 +22,12 @@ Failure state belongs to the instance (InstanceState), identified by its route c
 Consul service instance: "service:<name>/<ID>") plus scheme, host and port, and shared by every route
 pointing at it. States are held only by the pickers of live routes; the registry that finds them when a
 picker is built is weak-valued, so an instance that leaves the table takes its failures with it, and a
-new container on a freed address starts clean even when both changes arrive in one table build.
+new container on a freed address starts clean even when both changes arrive in one table build. The
+weak values alone are not enough: a request in flight, or cyclic garbage the collector reaches only
+seconds later (router/run/workers.py raises its thresholds), kept an old picker and its states alive, and
+a container recreated under its name on the freed address (Registrator's ID is host:name:port, so the
+same ID and address) got the old one's failures and ejection, found end to end with Docker. So every
+table swap also drops the registry's states of the instances that left (`forget_left`).
 """
 
 from __future__ import annotations
@@ -93,6 +98,18 @@ class Balancer:
         if st is None:
             st = self._states[key] = InstanceState(key, f"{target.host}:{target.port}", target.service)
         return st
+
+    def forget_left(self, services: Any) -> None:
+        """After a table swap: drop the states of instances of the changed `services` (name -> their
+        route commands, None/[] when gone) that are no longer among them, so that an instance coming back
+        with the same ID and address is a new one. Pickers still in use keep theirs (they are not shared
+        any more). O(states known) per swap that changed services; nothing on the request path."""
+        if not self._states or not services:
+            return
+        prefixes = tuple(f"service:{name}/" for name in services)
+        live = {c.source for cmds in services.values() for c in cmds or ()}
+        for key in [k for k in list(self._states.keys()) if k[0].startswith(prefixes) and k[0] not in live]:
+            self._states.pop(key, None)
 
     def states(self) -> list[InstanceState]:
         return list(self._states.values())

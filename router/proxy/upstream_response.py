@@ -117,6 +117,19 @@ class Response:
         if self._error is not None:
             raise self._error
 
+    def whole(self) -> bytes | None:
+        """The whole body when it has all arrived in at most one chunk (taken from the response), else None:
+        a small answer then leaves in one call, not through the streaming loop."""
+        chunks = self._chunks
+        if not self._done or self._error is not None or len(chunks) > 1:
+            return None
+        if not chunks:
+            return b""
+        self._buffered = 0
+        if self._conn.paused_reading:
+            self._conn.want_read()
+        return chunks.popleft()
+
     # aiohttp-compatible surface: `resp.content.iter_any()`
     @property
     def content(self) -> Response:
