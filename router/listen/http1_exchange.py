@@ -15,8 +15,12 @@ from router.proxy.exchange import ClientGone, Headers
 if TYPE_CHECKING:
     from router.listen.http1 import Http1
 
-WRITE_HIGH = 64 * 1024  # client write buffer above which write() waits (the slow-read bound)
-WRITE_LOW = 16 * 1024
+# write() waits while any of the answer is left in the client's write buffer, until the kernel took it all
+# (Go's blocking write, fabio's): with the upstream response pulled a read at a time (router/proxy/upstream.py,
+# HIGH_WATER), a client that reads slowly holds one read (<= 64 KiB) of its answer here plus a 16 KiB
+# read-ahead there; the kernel's socket buffers hold the rest (docs/datapath.md, "Slow clients").
+WRITE_HIGH = 0
+WRITE_LOW = 0
 BODY_HIGH = 1 << 20  # buffered request-body bytes per connection at which reading pauses
 COALESCE = 64 * 1024  # below this, head and body (and chunk framing) are joined into one write
 

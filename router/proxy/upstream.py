@@ -24,20 +24,28 @@ from typing import Any
 
 import httptools
 
-HIGH_WATER = 1 << 16  # buffered response bytes at which we stop reading the upstream socket (the slow-read bound)
-LOW_WATER = 1 << 14  # ... and resume once the consumer drained below this
+# The slow-read bound (issue 15, docs/datapath.md "Slow clients"). The upstream socket is read while the
+# consumer (the client's side) waits for bytes; a read that arrives while it is busy writing to its client
+# is a read-ahead of at most READ_AHEAD bytes, after which reading pauses until the consumer finds nothing
+# left (a pull, as Go's io.Copy with its one buffer). The client's side waits until its write buffer is
+# empty (router/listen/http1_exchange.py), so a client that reads slowly holds one read (<= READ_MAX) there
+# and one read-ahead here; the rest of the answer waits in the kernel's socket buffers and at the upstream.
+# HIGH_WATER: buffered bytes a response may hold that nobody waits for before reading pauses: none, except
+# while the first `proxy.retry.buffer` bytes are held back (Response.fill).
+HIGH_WATER = 0
 # Bytes of one response head (status line, headers, 1xx heads before it) we read before giving up: an
 # upstream that never ends its head would otherwise be buffered until memory runs out (httptools sets no
 # limit).  Go's Transport, fabio's, allows 10 MB; 1 MiB is ample for any real response (nginx: 4-8 KB).
 MAX_HEAD = 1 << 20
 # How much one upstream read may bring. What a read brings is held whole until the client takes it, so
-# for a client that reads slowly it is the bound (HIGH_WATER plus one read here, about as much on the
-# client side). Each response starts at READ_MIN and doubles its reads up to READ_MAX while the client
-# keeps up (nothing left buffered when the next read comes). A trade-off measured on 200 MB downloads and
-# slowhttptest -X (docs/datapath.md): 256 KiB reads cost less CPU per byte but let a slow reader hold
-# ~380 KiB; 16 KiB reads bound it at ~75 KiB but doubled the CPU of a download; 64 KiB: ~170 KiB.
+# for a client that reads slowly it is the bound (one read on the client side, one read-ahead here). A read
+# the consumer waits for starts at READ_MIN and doubles up to READ_MAX while the client keeps up (nothing
+# left buffered when the next read comes). A trade-off measured on 200 MB downloads and slowhttptest -X
+# (docs/datapath.md): 256 KiB reads cost less CPU per byte but let a slow reader hold far more; 16 KiB
+# reads doubled the CPU of a download.
 READ_MIN = 1 << 15
 READ_MAX = 1 << 16
+READ_AHEAD = 1 << 14  # a read of the body while the consumer is busy (see HIGH_WATER)
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 
 
@@ -70,7 +78,8 @@ class Response:
     """One upstream response: headers are complete; the body arrives through `iter_any()`."""
 
     __slots__ = ("status", "raw_headers", "_conn", "_chunks", "_buffered", "_done", "_error", "_waiter",
-                 "_head", "_received", "_headers_fut", "_close_delimited", "_released", "_writer", "owner")
+                 "_head", "_received", "_headers_fut", "_close_delimited", "_released", "_writer", "owner",
+                 "_ahead")
 
     def __init__(self, conn: _Conn, head: bool) -> None:
         self.status = 0
@@ -78,6 +87,7 @@ class Response:
         self._conn = conn
         self._chunks: collections.deque[bytes] = collections.deque()
         self._buffered = 0
+        self._ahead = HIGH_WATER  # buffered bytes beyond which the upstream socket is not read (see HIGH_WATER)
         self._done = False  # the whole body arrived
         self._error: BaseException | None = None
         self._waiter: asyncio.Future[None] | None = None
@@ -145,6 +155,14 @@ class Response:
         connection that breaks early can still be retried elsewhere; raises its error if it broke."""
         loop = self._conn.loop
         deadline = loop.time() + timeout
+        self._ahead = limit  # read ahead of the consumer up to the limit, then pull again (see HIGH_WATER)
+        self._conn.want_read()
+        try:
+            await self._fill(loop, limit, deadline)
+        finally:
+            self._ahead = HIGH_WATER
+
+    async def _fill(self, loop: asyncio.AbstractEventLoop, limit: int, deadline: float) -> None:
         while not self._done and self._error is None and self._buffered < limit:
             left = deadline - loop.time()
             if left <= 0:
@@ -175,13 +193,12 @@ class Response:
             if self._chunks:
                 chunk = self._chunks.popleft()
                 self._buffered -= len(chunk)
-                if self._buffered < LOW_WATER:
-                    self._conn.want_read()
                 return chunk
             if self._error is not None:
                 raise self._error
             if self._done:
                 raise StopAsyncIteration
+            self._conn.want_read()  # nothing left: read the next bytes (see HIGH_WATER)
             self._waiter = self._conn.loop.create_future()
             try:
                 await self._waiter
@@ -263,8 +280,13 @@ class _Conn(asyncio.BufferedProtocol):
     def get_buffer(self, sizehint: int) -> memoryview:
         size = self.read_size
         resp = self.resp
-        if resp is not None and size < READ_MAX and not resp._chunks:  # the client took everything so far
-            size = self.read_size = size * 2
+        if resp is not None:
+            w = resp._waiter
+            if w is not None and not w.done():  # the consumer waits for these bytes
+                if size < READ_MAX and not resp._chunks:  # ... and took everything so far
+                    size = self.read_size = size * 2
+            elif resp._ahead == 0 and resp._headers_fut.done():
+                size = READ_AHEAD  # nobody waits for them: a read-ahead (see HIGH_WATER)
         buf = self._buf = bytearray(size)
         # a memoryview, not the bytearray: asyncio's TLS layer fills a second TLS record into `buf[offset:]`,
         # which for a bytearray is a copy (the bytes were lost: a Consul answer over TLS read back as zeros)
@@ -384,7 +406,9 @@ class _Conn(asyncio.BufferedProtocol):
     def _deliver(self, resp: Response, body: bytes) -> None:
         resp._chunks.append(body)
         resp._buffered += len(body)
-        if resp._buffered > HIGH_WATER and not self.paused_reading and self.transport is not None:
+        w = resp._waiter
+        if (resp._buffered > resp._ahead and (w is None or w.done()) and not self.paused_reading
+                and self.transport is not None):  # nobody waits for these bytes: pause (see HIGH_WATER)
             self.paused_reading = True
             self.transport.pause_reading()
         resp._wake()
@@ -409,7 +433,8 @@ class _Conn(asyncio.BufferedProtocol):
         if self.resp is not resp:
             return
         self.resp = None
-        if reusable and self.reusable and not self.lost and not self.paused_reading:
+        if reusable and self.reusable and not self.lost:
+            self.want_read()  # the body ended: the next response is read as it comes
             if resp._head:
                 self.parser = httptools.HttpResponseParser(self)
             self.pool._put(self)
