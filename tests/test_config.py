@@ -9,7 +9,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from router.config.settings import KEYS_BY_NAME, ConfigError, load, parse_duration, read_properties
+from router.config.keys import KEYS_BY_NAME
+from router.config.settings import ConfigError, load, read_properties
+from router.config.values import parse_duration
 from router.run import cli
 from tests.router_proc import RouterProc
 
@@ -387,7 +389,7 @@ def test_password_in_an_invalid_value_is_not_in_the_error() -> None:
 
 
 def test_config_doc_counts_keys_read_through_f_strings_as_used() -> None:
-    from router.config.settings import KEYS
+    from router.config.keys import KEYS
     from scripts.gen_config_docs import in_use
 
     for name in ("registry.consul.tls.cafile", "registry.consul.tls.capath", "registry.consul.tls.certfile",

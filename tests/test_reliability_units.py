@@ -11,11 +11,12 @@ from collections import Counter
 
 import pytest
 
-from router.proxy.balance import FULL, Balancer, weight_groups
+from router.proxy.balance import Balancer
 from router.proxy.budget import WINDOW, RetryBudget
 from router.proxy.ejection import EjectPolicy
+from router.proxy.picker import FULL, weight_groups
+from router.table.builder import TableBuilder
 from router.table.routecmd import RouteCmd, parse
-from router.table.routes import TableBuilder
 
 
 def _add(service: str, src: str, dst: str, instance: str, weight: float = 0.0) -> RouteCmd:

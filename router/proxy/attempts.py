@@ -28,17 +28,12 @@ from collections.abc import AsyncIterator, Sequence
 from time import perf_counter
 from typing import Any
 
-from router.proxy.balance import Balancer, RoutePicker
-from router.proxy.upstream import (
-    IDEMPOTENT,
-    Prepared,
-    Response,
-    Stale,
-    Upstream,
-    UpstreamError,
-    UpstreamTimeout,
-    prepare,
-)
+from router.proxy.balance import Balancer
+from router.proxy.picker import RoutePicker
+from router.proxy.upstream import Upstream
+from router.proxy.upstream_errors import Stale, UpstreamError, UpstreamTimeout
+from router.proxy.upstream_request import IDEMPOTENT, Prepared, prepare
+from router.proxy.upstream_response import Response
 
 log = logging.getLogger("router.proxy")
 

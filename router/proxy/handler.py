@@ -19,10 +19,10 @@ from router.proxy import redirect
 from router.proxy.asgi import AsgiExchange
 from router.proxy.attempts import Failed
 from router.proxy.auth import BasicAuth, authorise
-from router.proxy.balance import FULL
 from router.proxy.exchange import ClientGone, Exchange
 from router.proxy.headers import ForwardingHeaders, RoutingLoop
 from router.proxy.paths import normalise_path, redirect_path, upstream_path, upstream_raw_path
+from router.proxy.picker import FULL
 from router.proxy.policies.bodylimit import BodyTooLarge
 from router.proxy.policies.engine import Policies
 from router.proxy.request_guard import check_request, send_rejection
@@ -49,6 +49,14 @@ async def send_status(out: Exchange, status: int, text: str, *extra: tuple[bytes
     body = text.encode()
     await out.respond(status, [_TEXT, (b"content-length", str(len(body)).encode()), *extra], body)
 
+
+
+def _redirect_loops(target, scope: dict, host: str, path: str) -> bool:  # type: ignore[no-untyped-def]
+    """fabio's loop guard for a redirect target: would its Location (without the query) send the client
+    back to this very URL? One place for the check the first pick and the fallback picks both make."""
+    raw = upstream_raw_path(target, path, scope)
+    return redirect.is_loop(redirect.location(target.redirect_url, redirect_path(target, path, raw), host, b""),
+                            scope, host, path)
 
 class ProxyApp:
     """The proxy core for proxy.addr (and, through `__call__`, an ASGI application)."""
@@ -183,10 +191,7 @@ class ProxyApp:
         if idx < 0:
             return route, None, await self._unavailable(out, idx)
         target = picker.targets[idx]
-        if target.redirect_code and redirect.is_loop(
-                redirect.location(target.redirect_url,
-                                  redirect_path(target, path, upstream_raw_path(target, path, scope)), host, b""),
-                scope, host, path):
+        if target.redirect_code and _redirect_loops(target, scope, host, path):
             route, target = self._next_without_loop(table, route, scope, host, path, tls)
             if target is None:
                 await self._noroute(out)
@@ -302,9 +307,7 @@ class ProxyApp:
             t = None if route is looped else route.pick(self.strategy)
             if t is None:
                 continue
-            if t.redirect_code and redirect.is_loop(
-                    redirect.location(t.redirect_url, redirect_path(t, path, upstream_raw_path(t, path, scope)), host,
-                                      b""), scope, host, path):
+            if t.redirect_code and _redirect_loops(t, scope, host, path):
                 continue
             return route, t
         return None, None

@@ -8,7 +8,8 @@ import logging
 import os
 import socket
 
-from router.config.settings import Config, ConfigError, client_idle_timeout
+from router.config.addrs import client_idle_timeout
+from router.config.settings import Config, ConfigError
 from router.listen.server import Listener
 from router.proxy.accesslog import AccessLog
 from router.proxy.auth import parse_schemes

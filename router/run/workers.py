@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from router.listen.server import listen_socket
-from router.proxy.balance import merge_docs
+from router.proxy.instance import merge_docs
 from router.proxy.stats import merge, proxy_counters, prune
 from router.run.assemble import LEVELS, build_proxy, proxy_server
 from router.table.state import RouterState

@@ -13,8 +13,9 @@ from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from router.table.builder import TableBuilder
 from router.table.routecmd import LineError, RouteCmd
-from router.table.routes import Table, TableBuilder
+from router.table.routes import Table
 
 log = logging.getLogger("router.table")
 
