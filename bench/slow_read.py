@@ -73,6 +73,18 @@ def clients(port: int) -> int:
     return n
 
 
+def cpu_seconds(pids: list[int]) -> float:
+    """utime + stime of `pids` (/proc/PID/stat)."""
+    total = 0
+    for pid in pids:
+        try:
+            f = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(f[11]) + int(f[12])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
 def tcp_mem_pages() -> int:
     m = re.search(r"^TCP:.* mem (\d+)", Path("/proc/net/sockstat").read_text(), re.M)
     return int(m.group(1)) if m else 0
@@ -149,6 +161,8 @@ def main() -> None:
     ap.add_argument("--origin", choices=("nginx", "python"), default="nginx",
                     help="nginx (sendfile: not the bottleneck, so the legitimate latency is the router's) or the "
                          "test suite's asyncio origin (tests/test_slow_clients.py), which the attack saturates")
+    ap.add_argument("--py-spy", metavar="FILE", help="record the serving process with py-spy (raw format) "
+                                                   "for half the attack")
     args = ap.parse_args()
 
     port = free_port()
@@ -170,7 +184,9 @@ def main() -> None:
             time.sleep(1)
             idle = sum(rss_kib(p) for p in pids(root))
             mem0 = tcp_mem_pages()
+            c0 = cpu_seconds(pids(root))
             base = timed(ok_url, args.seconds)  # the baseline, without the attack
+            base_cpu = cpu_seconds(pids(root)) - c0
 
             peak = {"rss": idle, "socks": 0, "tcp": mem0}
             stop = threading.Event()
@@ -193,7 +209,17 @@ def main() -> None:
                                      "-u", router.url + ("/public/big1m" if args.answer == 1 << 20 else "/public/big")],
                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
             time.sleep(3)  # let the slow connections open
+            spy = None
+            if args.py_spy:  # the worker (the main process serves nothing itself with several)
+                target = pids(root)[-1]
+                spy = subprocess.Popen([str(Path(sys.executable).parent / "py-spy"), "record", "-r", "200", "-f", "raw",
+                                        "-d", str(max(args.seconds // 2, 1)), "-o", args.py_spy, "-p", str(target)],
+                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            c0 = cpu_seconds(pids(root))
             during = timed(ok_url, args.seconds)
+            attack_cpu = cpu_seconds(pids(root)) - c0
+            if spy is not None:
+                spy.wait()
             out = tool.communicate()[0]
             stop.set()
             sampler.join()
@@ -202,16 +228,20 @@ def main() -> None:
         origin.wait()
         shutil.rmtree(tmp, ignore_errors=True)
 
-    held = max(peak["socks"] - 1, 1)  # the legitimate client's connection aside
+    states = {k: [int(n) for n in re.findall(rf"{k}:\s*(?:\x1b\[[0-9;]*m)*\s*(\d+)", out)]
+              for k in ("connected", "closed", "error")}
+    # slow connections: as many as slowhttptest had connected at most, if the router held that many open
+    held = max(min(max(states["connected"], default=0), peak["socks"] - 1), 1)
     grown = peak["rss"] - idle
     print(f"slow read: {args.connections} connections asking for {args.answer} bytes, {args.seconds} s, "
           f"proxy.workers={args.workers}; load average {os.getloadavg()[0]:.2f} {os.getloadavg()[1]:.2f}")
     print(f"  router RSS {idle // 1024} -> peak {peak['rss'] // 1024} MiB (+{grown / 1024:.0f} MiB); "
-          f"{held} slow connections open at the peak: {grown / held:.0f} KiB each")
+          f"{held} slow connections: {grown / held:.0f} KiB each")
     print(f"  kernel TCP memory {mem0 * 4 // 1024} -> peak {peak['tcp'] * 4 // 1024} MiB "
           f"(tcp_mem {Path('/proc/sys/net/ipv4/tcp_mem').read_text().strip()} pages)")
-    print(f"  legitimate without the attack: {summary(*base)}")
-    print(f"  legitimate during the attack:  {summary(*during)}")
+    print(f"  legitimate without the attack: {summary(*base)}; router CPU {base_cpu:.1f} s")
+    print(f"  legitimate during the attack:  {summary(*during)}; router CPU {attack_cpu:.1f} s")
+    print("  slowhttptest at its end: " + ", ".join(f"{k} {v[-1]}" for k, v in states.items() if v))
     if "slow read" not in out.lower():
         print(out[-2000:])
 

@@ -10,6 +10,7 @@ import asyncio
 from http import HTTPStatus
 from typing import TYPE_CHECKING
 
+from router.listen.slowread import cap_if_slow
 from router.proxy.exchange import ClientGone, Headers
 
 if TYPE_CHECKING:
@@ -167,8 +168,12 @@ class Http1Exchange:
 
     async def write(self, data: bytes) -> None:
         self._emit(data, False)
-        if self.conn.write_paused:
-            await self.conn.drain()
+        conn = self.conn
+        if conn.write_paused:
+            if not conn.window_checked:  # the first wait: a window that shrank since (router/listen/slowread.py)
+                conn.window_checked = True
+                cap_if_slow(conn.transport.get_extra_info("socket"))
+            await conn.drain()
 
     async def end(self) -> None:
         if self.finished:
