@@ -19,6 +19,7 @@ runs the issue's attack (1,000 connections, 1 MiB answers) and an 8 MiB one.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import shutil
@@ -90,22 +91,27 @@ def tcp_mem_pages() -> int:
     return int(m.group(1)) if m else 0
 
 
-def legit(url: str, stop: threading.Event) -> tuple[list[float], int]:
-    """Small requests back to back (20 ms apart) until `stop`: latencies (s) and failures."""
-    lat: list[float] = []
-    failed = 0
+Series = dict[str, tuple[list[float], int]]
+
+
+def legit(urls: dict[str, str], stop: threading.Event) -> Series:
+    """Small requests to each of `urls` in turn, 20 ms apart, until `stop`: latencies (s) and failures per
+    name (the same client and moment for each, so the origin's own latency is the control)."""
+    out: Series = {name: ([], 0) for name in urls}
     with httpx.Client(timeout=10) as client:
         while not stop.is_set():
-            t0 = time.perf_counter()
-            try:
-                r = client.get(url)
-                ok = r.status_code == 200 and r.text == "ok\n"
-            except httpx.HTTPError:
-                ok = False
-            lat.append(time.perf_counter() - t0)
-            failed += not ok
+            for name, url in urls.items():
+                t0 = time.perf_counter()
+                try:
+                    r = client.get(url)
+                    ok = r.status_code == 200 and r.text == "ok\n"
+                except httpx.HTTPError:
+                    ok = False
+                lat, failed = out[name]
+                lat.append(time.perf_counter() - t0)
+                out[name] = (lat, failed + (not ok))
             time.sleep(0.02)
-    return lat, failed
+    return out
 
 
 def summary(lat: list[float], failed: int) -> str:
@@ -117,15 +123,18 @@ def summary(lat: list[float], failed: int) -> str:
             f"p99 {1000 * p99:.1f} ms, max {1000 * s[-1]:.1f} ms")
 
 
-def timed(url: str, seconds: float) -> tuple[list[float], int]:
+def timed(urls: dict[str, str], seconds: float) -> Series:
+    """legit() for `seconds` in a process of its own: in this one, the sampler's reads of /proc (thousands
+    of sockets) would hold the GIL while requests are timed."""
+    out = subprocess.run([sys.executable, __file__, "--client", json.dumps(urls), str(seconds)],
+                         capture_output=True, text=True, check=True).stdout
+    return {k: (v[0], v[1]) for k, v in json.loads(out).items()}
+
+
+def client_main(urls: str, seconds: str) -> None:
     stop = threading.Event()
-    box: list = []
-    t = threading.Thread(target=lambda: box.append(legit(url, stop)))
-    t.start()
-    time.sleep(seconds)
-    stop.set()
-    t.join()
-    return box[0]
+    threading.Timer(float(seconds), stop.set).start()
+    print(json.dumps(legit(json.loads(urls), stop)))
 
 
 def start_origin(kind: str, port: int, answer: int, tmp: Path) -> subprocess.Popen:
@@ -180,7 +189,8 @@ def main() -> None:
         with RouterProc.static(routes, "-proxy.maxconn", "4000", "-proxy.workers", str(args.workers),
                                *args.flags) as router:
             root = router.proc.pid  # type: ignore[union-attr]
-            ok_url = router.url + "/public/ok"
+            ok_url = {"through the router": router.url + "/public/ok",
+                      "direct to the origin": f"http://127.0.0.1:{port}/public/ok"}
             time.sleep(1)
             idle = sum(rss_kib(p) for p in pids(root))
             mem0 = tcp_mem_pages()
@@ -239,12 +249,17 @@ def main() -> None:
           f"{held} slow connections: {grown / held:.0f} KiB each")
     print(f"  kernel TCP memory {mem0 * 4 // 1024} -> peak {peak['tcp'] * 4 // 1024} MiB "
           f"(tcp_mem {Path('/proc/sys/net/ipv4/tcp_mem').read_text().strip()} pages)")
-    print(f"  legitimate without the attack: {summary(*base)}; router CPU {base_cpu:.1f} s")
-    print(f"  legitimate during the attack:  {summary(*during)}; router CPU {attack_cpu:.1f} s")
+    print(f"  router CPU: {base_cpu:.1f} s without the attack, {attack_cpu:.1f} s during it ({args.seconds} s each)")
+    for name in ok_url:
+        print(f"  legitimate {name}, without the attack: {summary(*base[name])}")
+        print(f"  legitimate {name}, during the attack:  {summary(*during[name])}")
     print("  slowhttptest at its end: " + ", ".join(f"{k} {v[-1]}" for k, v in states.items() if v))
     if "slow read" not in out.lower():
         print(out[-2000:])
 
 
 if __name__ == "__main__":
-    main()
+    if sys.argv[1:2] == ["--client"]:
+        client_main(*sys.argv[2:4])
+    else:
+        main()
