@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from router.listen.http1 import Http1
 
 # write() waits while any of the answer is left in the client's write buffer, until the kernel took it all
-# (Go's blocking write, fabio's): with the upstream response pulled a read at a time (router/proxy/upstream.py,
+# (Go's blocking write, fabio's): with the upstream response pulled a read at a time (router/proxy/upstream_response.py,
 # HIGH_WATER), a client that reads slowly holds one read (<= 64 KiB) of its answer here plus a 16 KiB
 # read-ahead there; the kernel's socket buffers hold the rest (docs/datapath.md, "Slow clients").
 WRITE_HIGH = 0
