@@ -186,6 +186,46 @@ def test_slow_read_does_not_buffer_the_answers(router: RouterProc) -> None:
     slow_read(router)
 
 
+def _send_queue(local_port: int, peer_port: int) -> int:
+    """Bytes the kernel holds unacknowledged for the router's side of one connection (/proc/net/tcp
+    tx_queue), so the router's send buffer shows without any tool."""
+    me, peer = f":{local_port:04X}", f":{peer_port:04X}"
+    for line in open("/proc/net/tcp").read().splitlines()[1:]:
+        f = line.split()
+        if f[1].endswith(me) and f[2].endswith(peer):
+            return int(f[4].split(":")[0], 16)
+    raise AssertionError(f"no connection {local_port} -> {peer_port}")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc/net/tcp and TCP_INFO are Linux's")
+def test_a_tiny_window_gets_a_small_send_buffer(router: RouterProc) -> None:
+    """A client advertising a 1 KiB window (as slowhttptest -X does) that asks for the 8 MiB answer and
+    does not read: the router's kernel send queue stays near its capped SO_SNDBUF (router/listen/slowread.py).
+    A client with the default window that does not read either: the autotuned buffer takes far more
+    (on loopback 4 MiB), so the cap is the difference, not the reading."""
+    queued = {}
+    for name, rcvbuf in (("tiny", 1024), ("default", 0)):
+        s = socket.socket()
+        if rcvbuf:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        s.connect(("127.0.0.1", router.proxy_port))
+        try:
+            s.sendall(b"GET /public/big HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert s.recv(64).startswith(b"HTTP/1.1 200")
+            port = s.getsockname()[1]
+            deadline, last = time.monotonic() + 3, -1
+            while time.monotonic() < deadline:  # until the queue stops growing
+                time.sleep(0.3)
+                now = _send_queue(router.proxy_port, port)
+                if now == last:
+                    break
+                last = now
+            queued[name] = last
+        finally:
+            s.close()
+    assert queued["tiny"] < 256 * 1024 < queued["default"], queued
+
+
 def test_slowloris_is_harmless(router: RouterProc) -> None:
     slow_headers(router)
 

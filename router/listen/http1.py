@@ -54,7 +54,6 @@ import httptools
 
 from router.listen.flow import WriteFlow
 from router.listen.http1_exchange import BODY_HIGH, STATUS_LINE, WRITE_HIGH, WRITE_LOW, Http1Exchange
-from router.listen.slowread import cap_if_slow
 from router.proxy.exchange import ClientGone, Headers
 from router.proxy.request_guard import NON_ORIGIN_TARGET
 
@@ -89,7 +88,7 @@ class Http1(WriteFlow, asyncio.Protocol):
         self.closing = False  # answer what is in flight, then close (shutdown, EOF)
         self.reading_paused = False
         self.write_paused = False
-        self.window_checked = False  # the peer's TCP window was looked at again when a write had to wait
+        self.window_checked = False  # the peer's TCP window was looked at (router/listen/slowread.py)
         self.drain_waiter: asyncio.Future[None] | None = None
         self.queue: collections.deque[Http1Exchange] = collections.deque()  # pipelined, waiting their turn
         self.active: Http1Exchange | None = None  # being answered
@@ -126,8 +125,6 @@ class Http1(WriteFlow, asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         transport.set_write_buffer_limits(WRITE_HIGH, WRITE_LOW)  # type: ignore[attr-defined]
-        # a slow reader's tiny window: a small kernel send buffer (router/listen/slowread.py)
-        self.window_checked = cap_if_slow(transport.get_extra_info("socket"))
         if self.client is None:
             peer = transport.get_extra_info("peername")
             self.client = (peer[0], peer[1]) if isinstance(peer, tuple) else None

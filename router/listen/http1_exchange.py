@@ -10,7 +10,7 @@ import asyncio
 from http import HTTPStatus
 from typing import TYPE_CHECKING
 
-from router.listen.slowread import cap_if_slow
+from router.listen.slowread import CHECK_AFTER, cap_if_slow
 from router.proxy.exchange import ClientGone, Headers
 
 if TYPE_CHECKING:
@@ -169,10 +169,10 @@ class Http1Exchange:
     async def write(self, data: bytes) -> None:
         self._emit(data, False)
         conn = self.conn
+        if not conn.window_checked and (self.size >= CHECK_AFTER or conn.write_paused):
+            conn.window_checked = True  # once per connection: a slow reader's tiny window (router/listen/slowread.py)
+            cap_if_slow(conn.transport.get_extra_info("socket"))
         if conn.write_paused:
-            if not conn.window_checked:  # the first wait: a window that shrank since (router/listen/slowread.py)
-                conn.window_checked = True
-                cap_if_slow(conn.transport.get_extra_info("socket"))
             await conn.drain()
 
     async def end(self) -> None:

@@ -18,6 +18,10 @@ import struct
 from typing import Any
 
 SMALL_WINDOW = 16 * 1024  # a peer's advertised receive window below this marks it as a slow reader
+# Answer bytes written on a connection before its peer's window is looked at (or its first wait for the
+# kernel, if sooner): only a large answer is worth reading slowly, and a small one pays no getsockopt
+# (7 us here, per connection, which a connection per request would pay on every request).
+CHECK_AFTER = 64 * 1024
 CAPPED_SNDBUF = 64 * 1024  # SO_SNDBUF then (the kernel doubles it for its bookkeeping)
 _SND_WND = 228  # offset of tcpi_snd_wnd ("peer's advertised receive window after scaling") in struct tcp_info
 _TCP_INFO = getattr(socket, "TCP_INFO", None)  # Linux only
@@ -32,7 +36,7 @@ def peer_window(info: bytes) -> int | None:
 
 def cap_if_slow(sock: Any) -> bool:
     """Cap `sock`'s send buffer when its peer advertises less than SMALL_WINDOW; True if it did. One
-    getsockopt per call: called when a connection is made and when a write first has to wait."""
+    getsockopt per call, once per connection (router/listen/http1_exchange.py `write`, see CHECK_AFTER)."""
     if sock is None or _TCP_INFO is None:
         return False
     try:
