@@ -90,3 +90,17 @@ def test_ui_cert_source_that_cannot_be_loaded_stops_startup(tmp_path: Path) -> N
         r.start()
     r.stop()
     assert "ui.addr" in str(e.value) and "missing.pem" in str(e.value)
+
+
+@pytest.mark.parametrize(("ui_addr", "scheme"), [(":9998", "http"), (":9998;cs=ui", "https")])
+def test_self_registration_checks_the_ui_over_its_scheme(ui_addr: str, scheme: str) -> None:
+    """fabio's rule: a UI with a cert source makes the registration's health check https."""
+    from router.config.settings import load
+    from router.run.router import Router
+
+    cfg = load(["-registry.consul.addr", "127.0.0.1:1", "-registry.consul.register.enabled", "true",
+                "-ui.addr", ui_addr, "-proxy.cs", "cs=ui;type=file;cert=/nonexistent.pem"], env={})
+    router = Router(cfg)  # never started: no request is made, no certificate read
+    assert router.registrar is not None
+    [check] = [c["HTTP"] for c in router.registrar.main.body()["Checks"] if "HTTP" in c]
+    assert check.startswith(f"{scheme}://") and check.endswith(":9998/health"), check
