@@ -158,7 +158,8 @@ class Edge:
                 continue
             ctx = await self._tls(lst, ALPN) if lst.tls else None
             sock = bind(lst.host, lst.port, self.reuse_port)
-            server.set_timeouts(sock.getsockname()[1], lst.read_timeout, lst.write_timeout)  # HTTP/1.1 applies them
+            if lst.proto not in ("grpc", "grpcs"):  # fabio's gRPC server has no rt=/wt=; its HTTP servers do
+                server.set_timeouts(sock.getsockname()[1], lst.read_timeout, lst.write_timeout)
             factory = Negotiated if ctx is not None else H2 if lst.proto == "grpc" else Http1
             if lst.proto == "https+tcp+sni":
                 self._serve(sock, self._sni_or_https(server, lst, ctx), lst, str(lst))
