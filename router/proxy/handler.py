@@ -99,6 +99,7 @@ class ProxyApp:
                                        eject_duration=eject_duration)
         self.lb, self.sender = res.build(self.upstream)  # router/proxy/resilience.py
         self.ejector = self.lb  # websocket tunnels, workers and /metrics use it by this name
+        state.on_swap.append(self.lb.forget_left)  # an instance that left the table leaves its state behind
         self.stats = RequestStats()  # per-route counters, read by /metrics and the routes page
         self.access_log: AccessLog | None = access_log
         self.requests = 0  # requests served, for a worker's report (router/run/workers.py)
@@ -261,6 +262,10 @@ class ProxyApp:
                 if enc is not None:  # compressed (router/proxy/policies/compress.py)
                     await enc.send(out, resp, out_headers, scope.get("http_version") == "1.0")
                     return route, target, resp.status
+            whole = resp.whole()
+            if whole is not None:  # all of it is here (a small answer): head and body in one call
+                await out.respond(resp.status, out_headers, whole)
+                return route, target, resp.status
             out.start(resp.status, out_headers)
             async for chunk in resp.content.iter_any():
                 await out.write(chunk)  # waits while the client's write buffer is full (the slow-read bound)

@@ -31,14 +31,20 @@ MAX_HEAD = 1 << 20
 # ~380 KiB; 16 KiB reads bound it at ~75 KiB but doubled the CPU of a download; 64 KiB: ~170 KiB.
 READ_MIN = 1 << 15
 READ_MAX = 1 << 16
+# A response's first read (its head, and all of a small answer) goes into one scratch buffer per pool and
+# is copied out when it brought at most this much: a fresh zeroed 64 KiB buffer for every 19-byte answer
+# was a fifth of the instructions per request (docs/datapath.md). A bigger first read takes the buffer
+# with it, as a mid-body read does.
+COPY_MAX = 1 << 14
 
 
 class UpstreamConn(asyncio.BufferedProtocol):
     """One upstream TCP (or TLS) connection; parses responses with httptools.
 
-    A BufferedProtocol to choose the read size (READ_MIN..READ_MAX): each read gets a fresh buffer that is
-    handed on as it is (one copy fewer than `data_received`'s bytes; less CPU per downloaded byte than
-    uvicorn's path had in an A/B)."""
+    A BufferedProtocol to choose the read size (READ_MIN..READ_MAX): each read of a body gets a fresh buffer
+    that is handed on as it is (one copy fewer than `data_received`'s bytes; less CPU per downloaded byte
+    than uvicorn's path had in an A/B); the first read of an answer goes to the pool's scratch buffer
+    (COPY_MAX)."""
 
     def __init__(self, pool: Upstream, key: tuple, loop: asyncio.AbstractEventLoop) -> None:
         self.pool = pool
@@ -65,8 +71,11 @@ class UpstreamConn(asyncio.BufferedProtocol):
         self.transport = transport  # type: ignore[assignment]
 
     def get_buffer(self, sizehint: int) -> memoryview:
-        size = self.read_size
         resp = self.resp
+        if resp is None or not resp._headers_fut.done():  # the first read of an answer (see COPY_MAX)
+            self._buf = None
+            return self.pool._scratch_view()
+        size = self.read_size
         if resp is not None and size < READ_MAX and not resp._chunks:  # the client took everything so far
             size = self.read_size = size * 2
         buf = self._buf = bytearray(size)
@@ -78,6 +87,15 @@ class UpstreamConn(asyncio.BufferedProtocol):
         """The read landed in its own buffer, handed on without a copy (a memoryview when it is not full;
         the client transport, httptools and b"".join take either)."""
         buf = self._buf
+        if buf is None:  # the pool's scratch buffer: copied out, or taken along when the read was big
+            pool = self.pool
+            view = pool._scratch
+            if nbytes <= COPY_MAX:
+                self.data_received(view[:nbytes].tobytes())  # type: ignore[index]
+                return
+            pool._scratch = None
+            self.data_received(view[:nbytes])  # type: ignore[arg-type,index]
+            return
         self._buf = None
         self.data_received(buf if nbytes == len(buf) else memoryview(buf)[:nbytes])  # type: ignore[arg-type,index]
 
