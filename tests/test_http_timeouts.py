@@ -1,6 +1,6 @@
 """fabio's `rt=`/`wt=` on HTTP and HTTPS listeners (Go's http.Server ReadTimeout/WriteTimeout), through the
 real router: a request whose head or body does not arrive within rt, or whose answer is not written within
-wt (a slow instance), loses its connection without an answer; requests within both are served, on the
+wt (a slow instance), loses its connection (wt is 2 s so that a normal answer on a loaded machine stays within it) without an answer; requests within both are served, on the
 same keep-alive connection too. Clients are raw sockets and Python's ssl; the waits are hang guards only.
 """
 
@@ -40,7 +40,7 @@ def router(backend: Backend, ca: trustme.CA, tmp_path_factory: pytest.TempPathFa
     tport, free = free_port(), free_port()
     r = RouterProc("-registry.backend", "static", "-registry.static.routes",
                    f"route add b / http://127.0.0.1:{backend.port}/", env={"ROUTER_LISTENER": "own"})
-    r.flags += ["-proxy.addr", f"127.0.0.1:{r.proxy_port};rt=1s;wt=1s,127.0.0.1:{tport};cs=c;rt=1s;wt=1s,"
+    r.flags += ["-proxy.addr", f"127.0.0.1:{r.proxy_port};rt=1s;wt=2s,127.0.0.1:{tport};cs=c;rt=1s;wt=2s,"
                                f"127.0.0.1:{free}", "-proxy.cs", f"cs=c;type=file;cert={tmp / 'site.pem'}"]
     with r:
         yield r.proxy_port, tport, free
@@ -93,7 +93,7 @@ def test_a_connection_that_sends_nothing_is_closed(router: tuple[int, int, int])
 def test_an_answer_slower_than_wt_is_not_written(router: tuple[int, int, int], ca: trustme.CA, tls: bool) -> None:
     port = router[1] if tls else router[0]
     got = outcome(connect(port, ca if tls else None),
-                  b"GET /slow?s=3 HTTP/1.1\r\nHost: t.example.com\r\nConnection: close\r\n\r\n")
+                  b"GET /slow?s=5 HTTP/1.1\r\nHost: t.example.com\r\nConnection: close\r\n\r\n")
     assert got == b"", got
 
 
@@ -152,7 +152,7 @@ def test_http2_streams_past_rt_or_wt_are_reset_and_the_connection_goes_on(router
 
     s, h = h2_connection(router[1], ca)
     head = [(b":method", b"GET"), (b":scheme", b"https"), (b":authority", b"t.example.com")]
-    h.send_headers(1, [*head, (b":path", b"/slow?s=3")], end_stream=True)  # its answer takes longer than wt
+    h.send_headers(1, [*head, (b":path", b"/slow?s=5")], end_stream=True)  # its answer takes longer than wt
     s.sendall(h.data_to_send())
     assert h2_outcome(s, h, 1) == ("reset", h2.errors.ErrorCodes.INTERNAL_ERROR)
     h.send_headers(3, [(b":method", b"POST"), *head[1:], (b":path", b"/echo"), (b"content-length", b"100")])
@@ -170,6 +170,6 @@ def test_curl_sees_the_http2_stream_reset(router: tuple[int, int, int], ca: trus
 
     ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
     out = subprocess.run(["curl", "-sS", "--http2", "--max-time", "10", "--cacert", str(tmp_path / "ca.pem"),
-                          "--resolve", f"t.example.com:{router[1]}:127.0.0.1", f"https://t.example.com:{router[1]}/slow?s=3"],
+                          "--resolve", f"t.example.com:{router[1]}:127.0.0.1", f"https://t.example.com:{router[1]}/slow?s=5"],
                          capture_output=True, text=True, timeout=30)
     assert out.returncode == 92 and "INTERNAL_ERROR" in out.stderr, (out.returncode, out.stderr)  # curl's HTTP/2 stream error
