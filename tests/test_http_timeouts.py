@@ -1,7 +1,8 @@
 """fabio's `rt=`/`wt=` on HTTP and HTTPS listeners (Go's http.Server ReadTimeout/WriteTimeout), through the
 real router: a request whose head or body does not arrive within rt, or whose answer is not written within
-wt (a slow instance), loses its connection (wt is 2 s so that a normal answer on a loaded machine stays within it) without an answer; requests within both are served, on the
-same keep-alive connection too. Clients are raw sockets and Python's ssl; the waits are hang guards only.
+wt (a slow instance), loses its connection without an answer; requests within both are served, on the same
+keep-alive connection too (wt is 2 s so that a normal answer on a loaded machine stays within it). Clients
+are raw sockets, Python's ssl, h2 and curl; the waits are hang guards only.
 """
 
 from __future__ import annotations
