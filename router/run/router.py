@@ -30,7 +30,6 @@ class Router:
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
         edge.check(cfg)  # a listener this router cannot serve stops the start, named
-        self.serves_http = edge.http_listener(cfg) is not None
         self.state = RouterState(
             matcher=cfg["proxy.matcher"],
             glob_matching=not cfg["glob.matching.disabled"],
