@@ -104,3 +104,22 @@ def test_self_registration_checks_the_ui_over_its_scheme(ui_addr: str, scheme: s
     assert router.registrar is not None
     [check] = [c["HTTP"] for c in router.registrar.main.body()["Checks"] if "HTTP" in c]
     assert check.startswith(f"{scheme}://") and check.endswith(":9998/health"), check
+
+
+def test_ui_it_option_closes_idle_keep_alive_connections() -> None:
+    """fabio's admin server takes the ui.addr listener's idle timeout (`it=`) too."""
+    import socket
+
+    r = RouterProc("-registry.backend", "static", "-registry.static.routes", "")
+    r.flags += ["-ui.addr", f"127.0.0.1:{r.ui_port};it=1s"]
+    with r:
+        s = socket.create_connection(("127.0.0.1", r.ui_port), timeout=10)
+        s.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert s.recv(65536).startswith(b"HTTP/1.1 200")
+        s.settimeout(3.5)  # a guard below uvicorn's own default (5 s), so only it=1s can close it in time
+        try:
+            rest = s.recv(65536)
+        except TimeoutError:
+            rest = None
+        s.close()
+        assert rest == b"", "the UI kept the idle connection past it=1s"
