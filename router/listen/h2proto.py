@@ -63,7 +63,7 @@ class H2Stream:
     """One request/response on an HTTP/2 connection: the Exchange the core answers through."""
 
     __slots__ = ("conn", "sid", "scope", "chunks", "body_done", "gone", "waiter", "status", "size", "head",
-                 "finished", "sent", "task", "unacked")
+                 "finished", "sent", "task", "unacked", "read_by", "write_by")
 
     def __init__(self, conn: H2, sid: int, scope: dict) -> None:
         self.conn = conn
@@ -80,6 +80,7 @@ class H2Stream:
         self.sent = False
         self.task: asyncio.Task | None = None
         self.unacked = 0
+        self.read_by = self.write_by = 0.0  # rt=/wt= deadlines (monotonic), 0 = none
 
     # --- the request body
     def body(self) -> H2Stream:
@@ -216,6 +217,7 @@ class H2(WriteFlow, asyncio.Protocol):
         self.window_start = time.monotonic()
         self.resets = 0
         self.control = 0
+        self.rt = self.wt = 0.0  # the listener's rt=/wt=, per stream as Go's HTTP/2 server applies them
 
     # --- asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -228,12 +230,16 @@ class H2(WriteFlow, asyncio.Protocol):
         self.server = (sock[0], sock[1]) if isinstance(sock, tuple) else None
         self.tls = tls_extension(transport)
         self.listener.conns.add(self)
+        if self.listener.deadlines and self.server is not None and self.server[1] in self.listener.deadlines:
+            self.rt, self.wt = self.listener.deadlines[self.server[1]]
+            self.listener.timed.add(self)
         self.h2.initiate_connection()
         self.flush()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
         self.listener.conns.discard(self)
+        self.listener.timed.discard(self)
         for s in self.streams.values():
             s.gone = True
             s.wake()
@@ -358,6 +364,10 @@ class H2(WriteFlow, asyncio.Protocol):
         s = H2Stream(self, ev.stream_id, scope)
         if ev.stream_ended is not None:
             s.body_done = True
+        if self.rt or self.wt:
+            now = time.monotonic()
+            s.read_by = now + self.rt if self.rt and not s.body_done else 0.0
+            s.write_by = now + self.wt if self.wt else 0.0
         self.streams[ev.stream_id] = s
         s.task = self.loop.create_task(self._run(s))
 
@@ -424,6 +434,23 @@ class H2(WriteFlow, asyncio.Protocol):
                 self.transport.close()
 
     # --- the listener's housekeeping
+    def overdue(self, now: float) -> bool:
+        """Reset each stream past its rt= (its body still not in) or wt= (its answer not written), as Go's
+        HTTP/2 server does (RST_STREAM INTERNAL_ERROR); the connection and its other streams go on."""
+        for s in [s for s in self.streams.values()
+                  if (0.0 < s.read_by < now and not s.body_done) or 0.0 < s.write_by < now]:
+            self.streams.pop(s.sid, None)
+            s.gone = True
+            s.wake()
+            if s.task is not None and not s.finished:
+                s.task.cancel()
+            try:
+                self.h2.reset_stream(s.sid, h2.errors.ErrorCodes.INTERNAL_ERROR)
+            except h2.exceptions.ProtocolError:
+                pass
+            self.flush()
+        return False
+
     def shutdown(self) -> None:
         """Graceful stop: GOAWAY (no new streams); close once the open ones are answered."""
         self.closing = True
