@@ -39,7 +39,7 @@ import h2.events
 import h2.exceptions
 import h2.settings
 
-from router.listen.flow import WriteFlow
+from router.listen.flow import GONE, WriteFlow
 from router.listen.tlsinfo import tls_extension
 from router.proxy.exchange import ClientGone, Headers
 from router.proxy.grpc import is_grpc
@@ -237,6 +237,7 @@ class H2(WriteFlow, asyncio.Protocol):
             s.gone = True
             s.wake()
         self.resume_writing()
+        self.transport = GONE  # type: ignore[assignment]  # why: router/listen/flow.py
 
     def flush(self) -> None:
         """Write what h2 has queued, once per event-loop turn: the frames of every stream answered in one
