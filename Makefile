@@ -49,6 +49,12 @@ run: deps consul
 container-test: deps consul
 	PY="$(abspath $(PY))" scripts/container_test.sh
 
+# Issue 17's Docker end-to-end checks (address reuse, Docker's userland proxy, stop/kill/rolling replacement under
+# load): demo containers on a private bridge of their own, the router from this checkout. Root, a few minutes.
+.PHONY: container-faults
+container-faults: deps consul
+	CT_SUITE=faults PY="$(abspath $(PY))" scripts/container_test.sh
+
 clean:
 	rm -rf $(VENV) .cache .pytest_cache
 

@@ -11,6 +11,18 @@ bench: deps consul
 	CONSUL="$$(scripts/get-consul.sh)" $(PY) bench/http_bench.py --out docs/benchmarks.md $(BENCH_ARGS)
 	$(PY) bench/policy_bench.py $(POLICY_BENCH_ARGS)  # sticky vs plain, compression vs Traefik and Caddy
 
+# Issue 16's edge: HTTPS keep-alive, new TLS 1.3 handshakes, HTTP/2 (h2load) and gRPC unary calls
+# (bench/tls_bench.py), then TCP throughput (iperf3) and RSS over idle connections (bench/tcp_bench.py):
+# the router side by side with Traefik, one worker each, same run; writes both blocks into docs/benchmarks.md.
+# Pass options through EDGE_ARGS (both scripts take --duration and --rounds), e.g. EDGE_ARGS='--rounds 5'.
+EDGE_ARGS ?=
+
+.PHONY: bench-edge
+bench-edge: deps
+	VENV=$(VENV) bench/tools.sh
+	$(PY) bench/tls_bench.py --out docs/benchmarks.md $(EDGE_ARGS)
+	$(PY) bench/tcp_bench.py --out docs/benchmarks.md $(EDGE_ARGS)
+
 # Issue 17's fault matrix (bench/faults.py): our router with its defaults side by side with Traefik, Caddy
 # and nginx (each with its documented passive health checks and retries); writes docs/reliability.md.
 # Pass options through FAULTS_ARGS, e.g. make bench-faults FAULTS_ARGS='--rows killed,stalled --fault 5'.

@@ -222,7 +222,7 @@ _TABLE_CHILD = r"""
 import json, sys, time, resource
 sys.path.insert(0, sys.argv[2])
 from router.table.routecmd import RouteCmd
-from router.table.routes import TableBuilder
+from router.table.builder import TableBuilder
 from pathlib import Path
 routes = int(sys.argv[1]); per = 3
 svcs = {}

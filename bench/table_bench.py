@@ -22,8 +22,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from router.table.builder import TableBuilder  # noqa: E402
 from router.table.routecmd import RouteCmd  # noqa: E402
-from router.table.routes import TableBuilder  # noqa: E402
 
 INSTANCES = 10
 

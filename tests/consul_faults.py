@@ -10,18 +10,18 @@ misbehaves in the ways a real agent (or a proxy in front of it) does:
     relay.index_override = 0                       # rewrite X-Consul-Index on every answer
     relay.rate(since, until)                       # requests/s the relay received in that window
 
-It runs its own event loop in a thread, so tests stay synchronous.
+It runs its own event loop in a thread (tests/aiohttp_thread.py), so tests stay synchronous.
 """
 
 from __future__ import annotations
 
 import asyncio
-import threading
 import time
 
 import aiohttp
 from aiohttp import web
 
+from tests.aiohttp_thread import ThreadedApp
 from tests.router_proc import free_port
 
 _HOP = {"connection", "keep-alive", "transfer-encoding", "content-length", "content-encoding"}
@@ -37,8 +37,8 @@ class ConsulRelay:
         self.stamps: list[float] = []  # monotonic arrival time of every request
         self.paths: list[tuple[float, str]] = []  # (arrival, path) of every request
         self.hung = 0  # requests currently held without an answer
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
+        self._session: aiohttp.ClientSession | None = None
+        self._app: ThreadedApp | None = None
 
     @property
     def addr(self) -> str:
@@ -84,36 +84,20 @@ class ConsulRelay:
         return web.Response(status=r.status, body=payload, headers=out)
 
     def start(self) -> ConsulRelay:
-        ready = threading.Event()
+        async def open_session() -> None:
+            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None))
 
-        def run() -> None:
-            loop = asyncio.new_event_loop()
-            self._loop = loop
-            app = web.Application()
-            app.router.add_route("*", "/{tail:.*}", self._handle)
-            runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
+        async def close_session() -> None:
+            if self._session is not None:
+                await self._session.close()
 
-            async def setup() -> None:
-                self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None))
-                await runner.setup()
-                await web.TCPSite(runner, "127.0.0.1", self.port).start()
-
-            loop.run_until_complete(setup())
-            ready.set()
-            loop.run_forever()
-            loop.run_until_complete(runner.cleanup())
-            loop.run_until_complete(self._session.close())
-            loop.close()
-
-        self._session: aiohttp.ClientSession | None = None
-        self._thread = threading.Thread(target=run, name="consul-relay", daemon=True)
-        self._thread.start()
-        if not ready.wait(10):
-            raise RuntimeError("relay did not start")
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", self._handle)
+        self._app = ThreadedApp(app, port=self.port, name="consul-relay", on_start=open_session,
+                                on_stop=close_session, handler_cancellation=True).start()
         return self
 
     def stop(self) -> None:
-        if self._loop is not None and self._thread is not None:
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join(10)
-            self._loop = None
+        if self._app is not None:
+            self._app.stop()
+            self._app = None

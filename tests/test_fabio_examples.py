@@ -14,8 +14,9 @@ from registry.consul.health import Instance
 from registry.tags import route_cmds
 from router.proxy import redirect
 from router.proxy.paths import normalise_path, upstream_raw_path
+from router.table.builder import TableBuilder
 from router.table.routecmd import RouteCmd, parse
-from router.table.routes import Table, TableBuilder
+from router.table.routes import Table
 from tests.backends import Backend
 from tests.router_proc import RouterProc
 

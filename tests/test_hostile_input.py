@@ -14,9 +14,10 @@ from hypothesis import strategies as st
 
 from registry.consul.health import Instance
 from registry.tags import route_cmds
-from router.config.settings import KEYS, ConfigError, load
+from router.config.keys import KEYS
+from router.config.settings import ConfigError, load
+from router.table.builder import TableBuilder
 from router.table.routecmd import parse
-from router.table.routes import TableBuilder
 
 PREFIX = "urlprefix-"
 GOOD_TAGS = ("urlprefix-/good", "urlprefix-example.com/api strip=/api", "urlprefix-/w weight=0.5")

@@ -139,8 +139,8 @@ def test_open_websockets_gauge(backend: Backend) -> None:
 
 def test_prune_drops_counters_of_targets_that_left_the_table() -> None:
     from router.proxy.stats import RequestStats, prune
+    from router.table.builder import TableBuilder
     from router.table.routecmd import parse
-    from router.table.routes import TableBuilder
 
     b = TableBuilder()
     cmds, _ = parse("route add a /a http://10.0.0.1:80/\nroute add a /a http://10.0.0.2:80/\n"

@@ -8,8 +8,8 @@ from types import SimpleNamespace
 from router.proxy.balance import Balancer
 from router.proxy.policies import sticky
 from router.proxy.policies.engine import Policies
+from router.table.builder import TableBuilder
 from router.table.routecmd import parse
-from router.table.routes import TableBuilder
 
 
 def table(text: str):  # type: ignore[no-untyped-def]

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from router.config.settings import parse_duration
+from router.config.values import parse_duration
 from router.table.policyopts import _REQ_PROTECTED as REQ
 from router.table.policyopts import _RESP_PROTECTED as RESP
 from router.table.policyopts import (

@@ -8,8 +8,8 @@ from hypothesis import strategies as st
 
 from registry.consul.health import Instance
 from registry.tags import route_cmds
+from router.table.builder import TableBuilder
 from router.table.routecmd import parse
-from router.table.routes import TableBuilder
 
 
 def build(manual: str = "", **services: list[str]):  # type: ignore[no-untyped-def]

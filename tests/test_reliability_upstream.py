@@ -18,7 +18,9 @@ from collections.abc import Callable
 import pytest
 import uvloop
 
-from router.proxy.upstream import ConnectFailed, Stale, Upstream, UpstreamError, prepare
+from router.proxy.upstream import Upstream
+from router.proxy.upstream_errors import ConnectFailed, Stale, UpstreamError
+from router.proxy.upstream_request import prepare
 
 LOOPS: dict[str, Callable] = {"asyncio": asyncio.run, "uvloop": uvloop.run}
 

@@ -7,8 +7,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from router.table.builder import TableBuilder
 from router.table.routecmd import RouteCmd, parse
-from router.table.routes import Table, TableBuilder, Target, parse_duration
+from router.table.routes import Table
+from router.table.target import Target, parse_duration
 
 
 def build(services: str = "", manual: str = "", **kw) -> tuple[Table, list]:
@@ -272,7 +274,7 @@ def test_lookup_order(host: str, path: str, tls: bool, want: str) -> None:
 
 def fabio_host_order(patterns: list[str], host: str) -> list[str]:
     """fabio 1.7.3's matchingHosts: the patterns that glob-match, sorted by their reversed text, descending."""
-    from router.table.routes import glob_regex
+    from router.table.index import glob_regex
 
     hits = [p for p in patterns if glob_regex(p, None).fullmatch(host)]
     return sorted(hits, key=lambda p: p[::-1], reverse=True)
@@ -623,7 +625,7 @@ def test_catch_all_redirect_host_pattern() -> None:
 
 
 def test_route_without_targets_picks_none() -> None:
-    from router.table.routes import Route
+    from router.table.route import Route
 
     assert Route("h", "/", ()).pick() is None
     assert Route("h", "/", ()).pick("rr") is None
@@ -667,7 +669,7 @@ _PATHS = st.builds(lambda s: "/" + s, st.text(_PATH_CHARS, max_size=5))
 
 @given(st.lists(st.lists(_PATHS, max_size=6), min_size=1, max_size=4), st.lists(_PATHS, min_size=1, max_size=12))
 def test_prefix_lookup_is_the_longest_string_prefix(generations: list[list[str]], requests: list[str]) -> None:
-    """The prefix index (second-slash position + length, router/table/routes.py `_len_key`) must pick what plain
+    """The prefix index (second-slash position + length, router/table/index.py `len_key`) must pick what plain
     longest-string-prefix picks -- also "/a" for "/ab/x" -- after routes come and go incrementally."""
     b = TableBuilder()
     for gen, paths in enumerate(generations):

@@ -106,7 +106,7 @@ def test_instance_without_address_is_reported() -> None:
 ])
 def test_slash_less_tag_routes_the_whole_host(tag: str, host: str, path: str) -> None:
     """fabio 1.7.3: `urlprefix-mysite.com` is the host `mysite.com` with path `/` (a catch-all for it)."""
-    from router.table.routes import TableBuilder
+    from router.table.builder import TableBuilder
 
     cmds, errors = route_cmds(inst(tag))
     assert errors == []

@@ -18,8 +18,8 @@ import trustme
 from router.listen.accept import Acceptor
 from router.listen.tcp import TCPCounters, TCPProxy
 from router.run.edge import bind
+from router.table.builder import TableBuilder
 from router.table.routecmd import parse
-from router.table.routes import TableBuilder
 
 
 def table(text: str):  # type: ignore[no-untyped-def]

@@ -12,14 +12,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 
-from router.proxy.upstream import (
-    HIGH_WATER,
-    MAX_HEAD,
-    ConnectFailed,
-    Upstream,
-    UpstreamError,
-    UpstreamTimeout,
-)
+from router.proxy.upstream import Upstream
+from router.proxy.upstream_conn import MAX_HEAD
+from router.proxy.upstream_errors import ConnectFailed, UpstreamError, UpstreamTimeout
+from router.proxy.upstream_response import HIGH_WATER
 from tests.backends import Backend
 from tests.router_proc import free_port
 

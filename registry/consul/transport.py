@@ -14,7 +14,8 @@ import ssl
 
 import httpx
 
-from router.proxy.upstream import ConnectFailed, Upstream, UpstreamError, UpstreamTimeout
+from router.proxy.upstream import Upstream
+from router.proxy.upstream_errors import ConnectFailed, UpstreamError, UpstreamTimeout
 
 
 class UpstreamTransport(httpx.AsyncBaseTransport):

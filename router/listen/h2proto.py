@@ -49,6 +49,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("router.h2")
 
+NO_ROUTE = object()  # a gRPC call no route matches (answered NOT_FOUND, as fabio's gRPC server)
 MAX_STREAMS = 100
 RESET_WINDOW = 10.0
 RESET_BUDGET = 200  # client resets of unanswered streams per window
@@ -116,7 +117,10 @@ class H2Stream:
     # --- the answer
     def start(self, status: int, headers: Headers) -> None:
         self.status = status
-        self.head = [(b":status", str(status).encode())] + [(n, v) for n, v in headers if n not in HOP_BY_HOP]
+        # h2 neither checks nor normalises what we send (H2.__init__): names are lower-cased here, and the
+        # connection-specific ones HTTP/2 forbids are dropped; values come from a parser or from the config
+        self.head = [(b":status", str(status).encode())] + [(ln, v) for ln, v in ((n.lower(), v) for n, v in headers)
+                                                          if ln not in HOP_BY_HOP]
 
     def _send_head(self, end: bool) -> None:
         if self.head is not None:
@@ -167,7 +171,7 @@ class H2Stream:
         conn = self.conn
         if not (self.gone or conn.lost):
             self._send_head(False)
-            conn.h2.send_headers(self.sid, [(n, v) for n, v in trailers if n[:1] != b":"], end_stream=True)
+            conn.h2.send_headers(self.sid, [(n.lower(), v) for n, v in trailers if n[:1] != b":"], end_stream=True)
             conn.flush()
         conn.finish(self)
 
@@ -189,7 +193,11 @@ class H2(WriteFlow, asyncio.Protocol):
         self.server: tuple[str, int] | None = None
         self.tls: dict[str, int] | None = None
         self.transport: asyncio.Transport = None  # type: ignore[assignment]
-        config = h2.config.H2Configuration(client_side=False, header_encoding=None)
+        # What arrives is validated and normalised (hostile clients); what we send is built by H2Stream from
+        # headers the upstream parser or the router made, so h2's per-header checks on it (a generator chain
+        # per header, ~15 % of sending an answer's HEADERS: bench/tls_bench.py) are skipped
+        config = h2.config.H2Configuration(client_side=False, header_encoding=None, validate_outbound_headers=False,
+                                           normalize_outbound_headers=False)
         self.h2 = h2.connection.H2Connection(config=config)
         head_limit = min(listener.max_head, 1 << 20)
         self.h2.local_settings = h2.settings.Settings(client=False, initial_values={
@@ -354,20 +362,29 @@ class H2(WriteFlow, asyncio.Protocol):
         s.task = self.loop.create_task(self._run(s))
 
     def _grpc_target(self, scope: dict):  # type: ignore[no-untyped-def]
-        """The grpc:// or grpcs:// target of a gRPC call's route, or None (then the core serves it)."""
+        """(route, its grpc:// or grpcs:// target) of a gRPC call, NO_ROUTE when no route matches it, or
+        None (then the core serves it)."""
         if getattr(self.listener, "grpc", None) is None or not is_grpc(scope["headers"]):
             return None
         table = self.core.state.table
         host = next((v.decode("latin-1") for n, v in scope["headers"] if n == b"host"), "")
         route = table.lookup(host, scope["path"], tls=self.tls is not None) if table is not None else None
-        target = route.pick(self.core.strategy) if route is not None else None
-        return target if target is not None and target.scheme in ("grpc", "grpcs") else None
+        if route is None:
+            return NO_ROUTE if table is not None else None  # no table yet: the core's 503
+        target = route.pick(self.core.strategy)
+        return (route, target) if target is not None and target.scheme in ("grpc", "grpcs") else None
 
     async def _run(self, s: H2Stream) -> None:
         try:
-            target = self._grpc_target(s.scope)
-            if target is not None:
-                await self.listener.grpc.forward(s.scope, s, target)  # type: ignore[attr-defined]
+            found = self._grpc_target(s.scope)
+            if found is NO_ROUTE:
+                await self.listener.grpc.no_route(s)  # type: ignore[attr-defined]
+                return
+            if found is not None:
+                route, target = found
+                rs = route.stats.get(target.url) if route.stats is not None else None
+                await self.listener.grpc.forward(  # type: ignore[attr-defined]
+                    s.scope, s, target, rs or self.core.stats.attach(route, target))
                 return
             await self.core.serve(s.scope, s)
         except (ClientGone, asyncio.CancelledError):

@@ -1,4 +1,4 @@
-"""Per-instance state and the picker: power of two choices over a peak-EWMA load, weights honoured.
+"""One proxy process's load balancing: power of two choices over a peak-EWMA load, weights honoured.
 
 Why (issue 17): random and round robin keep sending their share to an instance that answers slowly,
 fails fast or does not answer at all. Linkerd and Finagle pick two instances at random and send to the
@@ -13,282 +13,37 @@ Why not Linkerd's peak-EWMA for answers too: on this shared machine's noisy late
 the requests to an instance 10x slower, the time-weighted EWMA 0.6% (simulated, same seed), and the
 p99 of all requests moves once that share passes 1%.
 
-Weights: a route's targets are grouped by weight (`route weight ... weight 0.1 tags "canary"` makes two
-groups); a group is drawn with its exact share, then p2c picks inside the group. So a 10% canary gets 10%
-of the requests whatever the latencies, and load-awareness works among equals. `rnd` and `rr` pick
-inside the group at random or in turn (fabio's strategies, with the same shares).
+The parts: router/proxy/instance.py (InstanceState, the estimate, merge_docs), router/proxy/picker.py
+(RoutePicker: the weight groups and the pick) and this module's Balancer, which holds them: the
+instance states by key (weak-valued), the retry budgets per route, the outcome of each try, ejection
+and the counters for /metrics.
 
 Failure state belongs to the instance (InstanceState), identified by its route command's source (the
 Consul service instance: "service:<name>/<ID>") plus scheme, host and port, and shared by every route
 pointing at it. States are held only by the pickers of live routes; the registry that finds them when a
 picker is built is weak-valued, so an instance that leaves the table takes its failures with it, and a
-new container on a freed address starts clean even when both changes arrive in one table build.
-
-Hot path: one RoutePicker per Route, built on the route's first request (per table build). A pick is two
-randrange, two cost evaluations and a compare; ejection costs nothing while nothing is ejected
-(`Balancer.ejected` is 0) and one view rebuild per route per ejection change otherwise.
+new container on a freed address starts clean even when both changes arrive in one table build. The
+weak values alone are not enough: a request in flight, or cyclic garbage the collector reaches only
+seconds later (router/run/workers.py raises its thresholds), kept an old picker and its states alive, and
+a container recreated under its name on the freed address (Registrator's ID is host:name:port, so the
+same ID and address) got the old one's failures and ejection, found end to end with Docker. So every
+table swap also drops the registry's states of the instances that left (`forget_left`).
 """
 
 from __future__ import annotations
 
-import itertools
 import logging
-import math
-import random
 import time
 import weakref
-from bisect import bisect_right
 from collections.abc import Sequence
 from typing import Any
 
 from router.proxy.budget import RetryBudget
 from router.proxy.ejection import EjectPolicy
+from router.proxy.instance import FAILURE_RTT, InstanceState
+from router.proxy.picker import RoutePicker
 
 log = logging.getLogger("router.proxy")
-
-PENALTY = 1e6  # cost of a cold instance with a probe in flight: it gets one probe at a time
-FAILURE_RTT = 1.0  # a failed try counts as a latency of at least this (seconds)
-STALE = 2.0  # an estimate older than this many proxy.lb.decay is forgotten: the instance is probed again
-FULL = -2  # pick(): every candidate is at proxy.maxinflight
-
-
-class InstanceState:
-    """What one proxy process knows about one instance: load, latency estimate, failures, ejection."""
-
-    __slots__ = ("key", "addr", "service", "outstanding", "ewma", "stamp", "probe_at", "fails", "until", "reason",
-                 "streak", "ejections", "failures", "__weakref__")
-
-    def __init__(self, key: tuple, addr: str, service: str) -> None:
-        self.key = key
-        self.addr = addr  # host:port, for logs and metrics
-        self.service = service
-        self.outstanding = 0  # tries in flight to it now (from this process)
-        self.ewma = 0.0  # peak-EWMA of the time to response headers, seconds; 0 = cold (nothing recent)
-        self.stamp = 0.0  # perf_counter of the last observation
-        self.probe_at = 0.0  # when a request was sent to it while cold (0: no probe waiting for its answer)
-        self.fails = 0  # consecutive failed tries
-        self.until = 0.0  # ejected until (perf_counter); 0 = not ejected
-        self.reason = ""  # why it was last ejected
-        self.streak = 0  # ejections since its last success (each lasts twice as long)
-        self.ejections = 0  # totals, for /metrics and /api/services
-        self.failures = 0
-
-    def observe(self, rtt: float, now: float, inv_tau: float) -> None:
-        """Fold one answer's latency into the estimate: an EWMA weighted by the time since the last one, so
-        an instance observed rarely moves at once and one observed often is smoothed."""
-        e = self.ewma
-        if e:
-            w = math.exp((self.stamp - now) * inv_tau)
-            self.ewma = e * w + rtt * (1.0 - w)
-        else:
-            self.ewma = rtt
-        self.stamp = now
-        self.probe_at = 0.0
-
-    def penalise(self, rtt: float, now: float) -> None:
-        """A failed try: the estimate jumps to at least `rtt` at once (a peak), so a failing instance that
-        answers fast does not attract traffic."""
-        if rtt > self.ewma:
-            self.ewma = rtt
-        self.stamp = now
-        self.probe_at = 0.0
-
-    def estimate(self, now: float, tau: float) -> float:
-        """The latency estimate used for picking as of `now` (0: cold)."""
-        e = self.ewma
-        if not e or now - self.stamp >= STALE * tau:
-            return 0.0
-        return e * math.exp((self.stamp - now) / tau)
-
-    def doc(self, now: float, tau: float) -> dict[str, Any]:
-        """This instance's state for /api/services (ejected_until as wall-clock seconds)."""
-        ejected = self.until > now
-        return {
-            "state": "ejected" if ejected else "healthy",
-            "ejected_until": round(time.time() + (self.until - now), 3) if ejected else None,
-            "reason": self.reason if ejected else "",
-            "latency_ms": round(self.estimate(now, tau) * 1000, 3),
-            "in_flight": self.outstanding,
-            "consecutive_failures": self.fails,
-            "failures": self.failures,
-            "ejections": self.ejections,
-        }
-
-
-def weight_groups(weights: Sequence[float]) -> tuple[tuple[tuple[int, ...], ...], list[float] | None]:
-    """Indices grouped by equal weight (first-seen order) and the cumulative group weights (None: one group)."""
-    by_w: dict[float, list[int]] = {}
-    for i, w in enumerate(weights):
-        by_w.setdefault(w, []).append(i)
-    groups = tuple(tuple(g) for g in by_w.values())
-    if len(groups) <= 1:
-        return groups, None
-    return groups, list(itertools.accumulate(weights[g[0]] * len(g) for g in groups))
-
-
-class RoutePicker:
-    """The picker of one Route: its live targets, their states, weight groups and the ejection view.
-
-    Holds no reference to its Route (the Route holds it), so dropping a table frees both at once.
-    """
-
-    __slots__ = ("lb", "targets", "states", "budget", "est", "est_stamp", "_groups", "_cum", "_vgroups",
-                 "_vcum", "_vepoch", "_vuntil", "_rr", "_ring")
-
-    def __init__(self, lb: Balancer, targets: Sequence[Any], budget: RetryBudget,
-                 ring: Sequence[Any] = ()) -> None:
-        self.lb = lb
-        pool = tuple(t for t in targets if t.weight > 0)
-        self.targets = pool
-        self.states = tuple(lb.state(t) for t in pool)
-        self.budget = budget
-        self.est = 0.0  # peak-EWMA of the route's successful header latency (the per-try timeout's base)
-        self.est_stamp = 0.0
-        self._groups, self._cum = weight_groups([t.weight for t in pool])
-        self._vgroups, self._vcum = self._groups, self._cum
-        self._vepoch = -1
-        self._vuntil = 0.0
-        self._rr = [itertools.count() for _ in self._groups]
-        # rr with unequal weights walks fabio's smooth weighted ring (the Route's), as indices
-        ids = {id(t): i for i, t in enumerate(pool)}
-        self._ring = tuple(ids[id(t)] for t in ring if id(t) in ids)
-
-    def _view(self, now: float) -> tuple[tuple[tuple[int, ...], ...], list[float] | None]:
-        """The groups without the instances skipped for ejection (bounded by EjectPolicy.cap)."""
-        lb = self.lb
-        if not lb.ejected:
-            return self._groups, self._cum
-        if self._vepoch == lb.epoch and now < self._vuntil:
-            return self._vgroups, self._vcum
-        skip = lb.policy.skipped(self.states, now, lb)
-        self._vepoch, self._vuntil = lb.epoch, lb.policy.next_change(self.states, now)
-        if not skip:
-            self._vgroups, self._vcum = self._groups, self._cum
-            return self._groups, self._cum
-        groups, weights = [], []
-        for g in self._groups:
-            live = tuple(i for i in g if i not in skip)
-            if live:
-                groups.append(live)
-                weights.append(self.targets[g[0]].weight * len(g))
-        self._vgroups = tuple(groups)
-        self._vcum = list(itertools.accumulate(weights)) if len(groups) > 1 else None
-        return self._vgroups, self._vcum
-
-    def pick(self, now: float, exclude: Sequence[int] = ()) -> int:
-        """Index of the target for the next try: -1 none left, FULL every candidate at proxy.maxinflight."""
-        groups, cum = self._view(now)
-        if not groups:
-            return -1
-        if self._ring:
-            return self._ring_pick(groups, exclude)
-        gi = 0 if cum is None else min(bisect_right(cum, random.random() * cum[-1]), len(groups) - 1)
-        g = groups[gi]
-        lb = self.lb
-        if exclude:
-            if lb.strategy == "rr":  # the next in turn that was not tried yet (fabio's order, skipping)
-                rr, n = self._rr[gi % len(self._rr)], len(g)
-                for _ in range(n):
-                    i = g[next(rr) % n]
-                    if i not in exclude:
-                        return i
-                return self._fallback(groups, exclude)
-            g = tuple(i for i in g if i not in exclude)
-            if not g:
-                return self._fallback(groups, exclude)
-        n = len(g)
-        if n == 1:
-            i = g[0]
-        elif lb.strategy == "p2c":
-            a = random.randrange(n)
-            b = random.randrange(n - 1)
-            if b >= a:
-                b += 1
-            i, j = g[a], g[b]
-            si, sj = self.states[i], self.states[j]
-            tau = lb.tau
-            stale = STALE * tau
-            ci = si.ewma
-            cold_i = not ci or now - si.stamp >= stale
-            if cold_i:  # nothing recent: free, unless a probe is already on its way
-                ci = PENALTY if si.probe_at and now - si.probe_at < stale else 0.0
-            else:
-                ci *= math.exp((si.stamp - now) / tau) * (si.outstanding + 1)
-            cj = sj.ewma
-            cold_j = not cj or now - sj.stamp >= stale
-            if cold_j:
-                cj = PENALTY if sj.probe_at and now - sj.probe_at < stale else 0.0
-            else:
-                cj *= math.exp((sj.stamp - now) / tau) * (sj.outstanding + 1)
-            if cj < ci:
-                i, cold_i = j, cold_j
-            if cold_i:
-                self.states[i].probe_at = now
-        elif lb.strategy == "rr":
-            i = g[next(self._rr[gi % len(self._rr)]) % n]
-        else:
-            i = g[random.randrange(n)]
-        cap = lb.max_inflight
-        if cap and self.states[i].outstanding >= cap:
-            return self._least_loaded(groups, exclude, cap)
-        return i
-
-    def _ring_pick(self, groups: Sequence[Sequence[int]], exclude: Sequence[int]) -> int:
-        ring, c, n = self._ring, self._rr[0], len(self._ring)
-        if not exclude and groups is self._groups:
-            i = ring[next(c) % n]
-        else:
-            ok = {i for g in groups for i in g}
-            for _ in range(n):
-                i = ring[next(c) % n]
-                if i in ok and i not in exclude:
-                    break
-            else:
-                return self._fallback(groups, exclude)
-        cap = self.lb.max_inflight
-        if cap and self.states[i].outstanding >= cap:
-            return self._least_loaded(groups, exclude, cap)
-        return i
-
-    def _fallback(self, groups: Sequence[Sequence[int]], exclude: Sequence[int]) -> int:
-        """Any untried instance: other groups first, then ejected ones (better a slow answer than none)."""
-        for g in groups:
-            for i in g:
-                if i not in exclude:
-                    return i
-        for i in range(len(self.targets)):
-            if i not in exclude:
-                return i
-        return -1
-
-    def _least_loaded(self, groups: Sequence[Sequence[int]], exclude: Sequence[int], cap: int) -> int:
-        """proxy.maxinflight: the instance with the fewest tries in flight, if any is below the cap."""
-        best, load = FULL, cap
-        for g in groups:
-            for i in g:
-                o = self.states[i].outstanding
-                if o < load and i not in exclude:
-                    best, load = i, o
-        return best
-
-    def index(self, target: Any) -> int:
-        """The index of `target` (by identity, else equality); -1 if it is not a live target of the route."""
-        for i, t in enumerate(self.targets):
-            if t is target:
-                return i
-        for i, t in enumerate(self.targets):
-            if t == target:
-                return i
-        return -1
-
-    def observe_route(self, rtt: float, now: float, inv_tau: float) -> None:
-        e = self.est
-        if rtt >= e:
-            self.est = rtt
-        else:
-            w = math.exp((self.est_stamp - now) * inv_tau)
-            self.est = e * w + rtt * (1.0 - w)
-        self.est_stamp = now
 
 
 class Balancer:
@@ -314,6 +69,7 @@ class Balancer:
         self.hedges = 0
         self.ejections = 0
         self.full = 0  # requests answered 503 because every instance was at proxy.maxinflight
+        self.stalls = 0  # tries ended because their instance was stalled
 
     def picker(self, route: Any) -> RoutePicker:
         """The route's picker, built on its first request and kept on the Route (per table build)."""
@@ -343,6 +99,18 @@ class Balancer:
             st = self._states[key] = InstanceState(key, f"{target.host}:{target.port}", target.service)
         return st
 
+    def forget_left(self, services: Any) -> None:
+        """After a table swap: drop the states of instances of the changed `services` (name -> their
+        route commands, None/[] when gone) that are no longer among them, so that an instance coming back
+        with the same ID and address is a new one. Pickers still in use keep theirs (they are not shared
+        any more). O(states known) per swap that changed services; nothing on the request path."""
+        if not self._states or not services:
+            return
+        prefixes = tuple(f"service:{name}/" for name in services)
+        live = {c.source for cmds in services.values() for c in cmds or ()}
+        for key in [k for k in list(self._states.keys()) if k[0].startswith(prefixes) and k[0] not in live]:
+            self._states.pop(key, None)
+
     def states(self) -> list[InstanceState]:
         return list(self._states.values())
 
@@ -370,6 +138,17 @@ class Balancer:
             self.ejections += 1
             log.warning("upstream %s (%s) ejected for %.1fs after %d consecutive failures: %s",
                         st.addr, st.service, d, st.fails, reason)
+
+    def stalled(self, st: InstanceState, now: float, reason: str, tries: int = 1) -> None:
+        """`tries` waiting on `st` are ended because it is stalled (InstanceState.stalled): it is ejected at
+        once, not after proxy.eject.failures more tries have waited for nothing (bounded as every ejection)."""
+        self.stalls += tries
+        if self.policy.failures and st.until <= now:
+            d = self.policy.eject(st, now, reason)
+            self.ejected += 1
+            self.epoch += 1
+            self.ejections += 1
+            log.warning("upstream %s (%s) ejected for %.1fs: %s", st.addr, st.service, d, reason)
 
     def readmit(self, st: InstanceState) -> None:
         """An ejection ran out: the instance is tried again, cold (one request at a time)."""
@@ -412,22 +191,3 @@ class Balancer:
     def failed(self, target: Any) -> None:
         now = time.perf_counter()
         self.try_failed(self.state(target), 0.0, now, "connect failed", connect=True)
-
-
-def merge_docs(parts: Sequence[dict[str, dict[str, Any]]]) -> dict[str, dict[str, Any]]:
-    """Several processes' instance_docs as one: counts summed, the highest latency estimate, ejected if
-    any process ejects it (until the latest time, with that process's reason)."""
-    out: dict[str, dict[str, Any]] = {}
-    for part in parts:
-        for key, d in part.items():
-            m = out.get(key)
-            if m is None:
-                out[key] = dict(d)
-                continue
-            for k in ("in_flight", "failures", "ejections"):
-                m[k] += d[k]
-            m["latency_ms"] = max(m["latency_ms"], d["latency_ms"])
-            m["consecutive_failures"] = max(m["consecutive_failures"], d["consecutive_failures"])
-            if d["state"] == "ejected" and (m["state"] != "ejected" or d["ejected_until"] > m["ejected_until"]):
-                m["state"], m["ejected_until"], m["reason"] = "ejected", d["ejected_until"], d["reason"]
-    return out

@@ -13,7 +13,7 @@ one, when it has two or more) skipped for ejection; when more are ejected, the o
 skipped and the others keep getting traffic, so when every instance is bad requests still go somewhere
 (better a slow answer than none) instead of failing without trying.
 
-Pure policy over router.proxy.balance.InstanceState; the Balancer does the bookkeeping.
+Pure policy over router.proxy.instance.InstanceState; the Balancer does the bookkeeping.
 """
 
 from __future__ import annotations

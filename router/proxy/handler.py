@@ -19,10 +19,10 @@ from router.proxy import redirect
 from router.proxy.asgi import AsgiExchange
 from router.proxy.attempts import Failed
 from router.proxy.auth import BasicAuth, authorise
-from router.proxy.balance import FULL
 from router.proxy.exchange import ClientGone, Exchange
 from router.proxy.headers import ForwardingHeaders, RoutingLoop
 from router.proxy.paths import normalise_path, redirect_path, upstream_path, upstream_raw_path
+from router.proxy.picker import FULL
 from router.proxy.policies.bodylimit import BodyTooLarge
 from router.proxy.policies.engine import Policies
 from router.proxy.request_guard import check_request, send_rejection
@@ -49,6 +49,14 @@ async def send_status(out: Exchange, status: int, text: str, *extra: tuple[bytes
     body = text.encode()
     await out.respond(status, [_TEXT, (b"content-length", str(len(body)).encode()), *extra], body)
 
+
+
+def _redirect_loops(target, scope: dict, host: str, path: str) -> bool:  # type: ignore[no-untyped-def]
+    """fabio's loop guard for a redirect target: would its Location (without the query) send the client
+    back to this very URL? One place for the check the first pick and the fallback picks both make."""
+    raw = upstream_raw_path(target, path, scope)
+    return redirect.is_loop(redirect.location(target.redirect_url, redirect_path(target, path, raw), host, b""),
+                            scope, host, path)
 
 class ProxyApp:
     """The proxy core for proxy.addr (and, through `__call__`, an ASGI application)."""
@@ -91,6 +99,7 @@ class ProxyApp:
                                        eject_duration=eject_duration)
         self.lb, self.sender = res.build(self.upstream)  # router/proxy/resilience.py
         self.ejector = self.lb  # websocket tunnels, workers and /metrics use it by this name
+        state.on_swap.append(self.lb.forget_left)  # an instance that left the table leaves its state behind
         self.stats = RequestStats()  # per-route counters, read by /metrics and the routes page
         self.access_log: AccessLog | None = access_log
         self.requests = 0  # requests served, for a worker's report (router/run/workers.py)
@@ -183,10 +192,7 @@ class ProxyApp:
         if idx < 0:
             return route, None, await self._unavailable(out, idx)
         target = picker.targets[idx]
-        if target.redirect_code and redirect.is_loop(
-                redirect.location(target.redirect_url,
-                                  redirect_path(target, path, upstream_raw_path(target, path, scope)), host, b""),
-                scope, host, path):
+        if target.redirect_code and _redirect_loops(target, scope, host, path):
             route, target = self._next_without_loop(table, route, scope, host, path, tls)
             if target is None:
                 await self._noroute(out)
@@ -256,6 +262,10 @@ class ProxyApp:
                 if enc is not None:  # compressed (router/proxy/policies/compress.py)
                     await enc.send(out, resp, out_headers, scope.get("http_version") == "1.0")
                     return route, target, resp.status
+            whole = resp.whole()
+            if whole is not None:  # all of it is here (a small answer): head and body in one call
+                await out.respond(resp.status, out_headers, whole)
+                return route, target, resp.status
             out.start(resp.status, out_headers)
             async for chunk in resp.content.iter_any():
                 await out.write(chunk)  # waits while the client's write buffer is full (the slow-read bound)
@@ -302,9 +312,7 @@ class ProxyApp:
             t = None if route is looped else route.pick(self.strategy)
             if t is None:
                 continue
-            if t.redirect_code and redirect.is_loop(
-                    redirect.location(t.redirect_url, redirect_path(t, path, upstream_raw_path(t, path, scope)), host,
-                                      b""), scope, host, path):
+            if t.redirect_code and _redirect_loops(t, scope, host, path):
                 continue
             return route, t
         return None, None

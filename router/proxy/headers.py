@@ -228,7 +228,7 @@ class ForwardingHeaders:
         for n, v in raw:  # one pass, one lower() per header: this runs for every answer
             ln = n.lower()
             if ln in _HOP_BYTES:
-                if ln == b"connection":
+                if ln == b"connection" and v.lower() != b"keep-alive":  # keep-alive: a hop-by-hop name already
                     named = (named or set()) | {t.strip().lower() for t in v.split(b",") if t.strip()}
                 continue
             out.append((ln, v))

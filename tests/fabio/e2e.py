@@ -3,15 +3,15 @@
 
 from __future__ import annotations
 
-import asyncio
 import ssl
-import threading
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 from aiohttp import web
+
+from tests.aiohttp_thread import ThreadedApp
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -25,8 +25,7 @@ class Server:
     tls: ssl.SSLContext | None = None
     port: int = 0
     seen: list[tuple[str, dict[str, str]]] = field(default_factory=list)
-    _loop: asyncio.AbstractEventLoop | None = None
-    _thread: threading.Thread | None = None
+    _app: ThreadedApp | None = None
 
     @property
     def url(self) -> str:
@@ -37,34 +36,16 @@ class Server:
         return await self.handler(request)
 
     def start(self) -> Server:
-        ready = threading.Event()
-
-        def run() -> None:
-            loop = asyncio.new_event_loop()
-            self._loop = loop
-            app = web.Application()
-            app.router.add_route("*", "/{tail:.*}", self._handle)
-            runner = web.AppRunner(app, access_log=None)
-            loop.run_until_complete(runner.setup())
-            site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=self.tls)
-            loop.run_until_complete(site.start())
-            self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-            ready.set()
-            loop.run_forever()
-            loop.run_until_complete(runner.cleanup())
-            loop.close()
-
-        self._thread = threading.Thread(target=run, name="fabio-row-server", daemon=True)
-        self._thread.start()
-        if not ready.wait(10):
-            raise RuntimeError("server did not start")
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", self._handle)
+        self._app = ThreadedApp(app, tls=self.tls, name="fabio-row-server").start()
+        self.port = self._app.port
         return self
 
     def stop(self) -> None:
-        if self._loop is not None and self._thread is not None:
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join(10)
-            self._loop = None
+        if self._app is not None:
+            self._app.stop()
+            self._app = None
 
     def __enter__(self) -> Server:
         return self.start()

@@ -13,8 +13,8 @@ from __future__ import annotations
 import pytest
 
 from router.proxy.headers import ForwardingHeaders
+from router.table.builder import TableBuilder
 from router.table.routecmd import parse
-from router.table.routes import TableBuilder
 from tests.fabio.rows import Outcome, na, record, row, table
 
 FILE = "proxy/http_headers_test.go"

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
+from router.table.builder import TableBuilder
 from router.table.routecmd import parse
-from router.table.routes import TableBuilder
 from tests.fabio.rows import Outcome, row, table
 
 FILE = "route/issue57_test.go"

@@ -10,8 +10,8 @@ from __future__ import annotations
 import pytest
 
 from registry.consul.register import aliases
+from router.table.builder import TableBuilder
 from router.table.routecmd import parse
-from router.table.routes import TableBuilder
 from tests.fabio.rows import Outcome, row, table
 
 FILE = "route/parse_test.go"

@@ -5,16 +5,16 @@ from __future__ import annotations
 
 import pytest
 
-from router.table import routes
+from router.table import route as route_mod
+from router.table.builder import TableBuilder
 from router.table.routecmd import parse
-from router.table.routes import TableBuilder
 from tests.fabio.rows import Outcome, row, table
 
 FILE = "route/picker_test.go"
 FOO, BAR = "http://foo.com/", "http://bar.com/"
 
 
-def route() -> routes.Route:
+def route() -> route_mod.Route:
     cmds, _ = parse(f"route add svc www.bar.com/foo {FOO}\nroute add svc www.bar.com/foo {BAR}")
     tbl, errors = TableBuilder().update(manual=cmds)
     assert errors == []
@@ -26,7 +26,7 @@ def route() -> routes.Route:
 @pytest.mark.parametrize(("rnd", "want", "outcome"), table(FILE, "TestRndPicker", [
     row("0", 0, FOO), row("1", 1, BAR)]))
 def test_rnd_picker(rnd: int, want: str, outcome: Outcome, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(routes.random, "randrange", lambda n: rnd)
+    monkeypatch.setattr(route_mod.random, "randrange", lambda n: rnd)
     assert route().pick("rnd").url == outcome.want(want)
 
 

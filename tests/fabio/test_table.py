@@ -12,8 +12,10 @@ from collections import Counter
 import pytest
 
 from router.proxy import redirect
+from router.table.builder import TableBuilder
 from router.table.routecmd import RouteCmd, parse
-from router.table.routes import Table, TableBuilder, hostpath
+from router.table.routes import Table
+from router.table.target import hostpath
 from tests.fabio.rows import Outcome, row, table
 
 FILE = "route/table_test.go"

@@ -11,8 +11,8 @@ import pytest
 
 from router.proxy import redirect
 from router.proxy.paths import normalise_path, redirect_path, upstream_raw_path
+from router.table.builder import TableBuilder
 from router.table.routecmd import parse
-from router.table.routes import TableBuilder
 from tests.fabio.rows import Outcome, differs, row, table
 
 FILE = "route/target_test.go"

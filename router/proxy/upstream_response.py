@@ -1,0 +1,208 @@
+"""One upstream response as the proxy consumes it: the head is complete, the body arrives in chunks.
+
+Kept apart from the connection that fills it (router/proxy/upstream_conn.py): this is the consumer's
+side, the waits on the head (`headers`, `arrived`, `fill`), the body iteration with its flow control
+(HIGH_WATER/LOW_WATER, the slow-read bound) and the hand-back of the connection (`release`, `close`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+from typing import TYPE_CHECKING, Any
+
+from router.proxy.upstream_errors import UpstreamTimeout
+
+if TYPE_CHECKING:
+    from router.proxy.upstream_conn import UpstreamConn
+
+HIGH_WATER = 1 << 16  # buffered response bytes at which we stop reading the upstream socket (the slow-read bound)
+LOW_WATER = 1 << 14  # ... and resume once the consumer drained below this
+
+
+class _Interrupted(Exception):
+    """Response.arrived(): the wait ended, the response did not."""
+
+
+class Response:
+    """One upstream response: headers are complete; the body arrives through `iter_any()`."""
+
+    __slots__ = ("status", "raw_headers", "_conn", "_chunks", "_buffered", "_done", "_error", "_waiter",
+                 "_head", "_received", "_headers_fut", "_close_delimited", "_released", "_writer", "owner")
+
+    def __init__(self, conn: UpstreamConn, head: bool) -> None:
+        self.status = 0
+        self.raw_headers: list[tuple[bytes, bytes]] = []
+        self._conn = conn
+        self._chunks: collections.deque[bytes] = collections.deque()
+        self._buffered = 0
+        self._done = False  # the whole body arrived
+        self._error: BaseException | None = None
+        self._waiter: asyncio.Future[None] | None = None
+        self._head = head
+        self._received = False  # any byte of this response arrived
+        self._headers_fut: asyncio.Future[None] = conn.loop.create_future()
+        self._close_delimited = False
+        self._released = False
+        self._writer: asyncio.Task[None] | None = None  # still uploading the request body
+        self.owner: Any = None  # an instance state whose `outstanding` (and `waiting`) counts this response
+
+    async def headers(self, timeout: float = 0.0) -> None:
+        """Wait for the response headers (at most `timeout` seconds, 0 = no limit); on any failure the
+        response is closed and UpstreamTimeout, Stale, UpstreamError (or the upload's error) is raised."""
+        try:
+            if timeout > 0:
+                await asyncio.wait_for(self._headers_fut, timeout)
+            else:
+                await self._headers_fut
+        except TimeoutError as e:
+            self.close()
+            raise UpstreamTimeout(f"no response headers within {timeout}s") from e
+        except BaseException:
+            self.close()
+            raise
+
+    async def arrived(self, timeout: float) -> bool:
+        """Wait up to `timeout` seconds for the headers; False if they have not come yet (the response
+        stays pending, `headers_future` is then a new future for the same headers). Failures raise as in
+        headers(). Costs one timer, not asyncio.wait's future, set and callbacks: it runs for every GET."""
+        fut = self._headers_fut
+        if not fut.done():
+            timer = self._conn.loop.call_later(timeout, self._interrupt)
+            try:
+                await fut
+            except _Interrupted:
+                return False
+            except BaseException:
+                self.close()
+                raise
+            finally:
+                timer.cancel()
+        elif fut.exception() is not None:
+            self.close()
+            raise fut.exception()  # type: ignore[misc]
+        return True
+
+    def _interrupt(self) -> None:
+        old = self._headers_fut
+        if not old.done():
+            self._headers_fut = self._conn.loop.create_future()  # the connection resolves this one now
+            old.set_exception(_Interrupted())
+
+    @property
+    def headers_future(self) -> asyncio.Future[None]:
+        return self._headers_fut
+
+    @property
+    def complete(self) -> bool:
+        """The whole body is here (buffered or consumed) and the connection did not break."""
+        return self._done and self._error is None
+
+    async def fill(self, limit: int, timeout: float) -> None:
+        """Hold back the body until it is complete, `limit` bytes are buffered or `timeout` passed, so a
+        connection that breaks early can still be retried elsewhere; raises its error if it broke."""
+        loop = self._conn.loop
+        deadline = loop.time() + timeout
+        while not self._done and self._error is None and self._buffered < limit:
+            left = deadline - loop.time()
+            if left <= 0:
+                return
+            self._waiter = loop.create_future()
+            timer = loop.call_later(left, self._wake)
+            try:
+                await self._waiter
+            finally:
+                timer.cancel()
+                self._waiter = None
+        if self._error is not None:
+            raise self._error
+
+    def whole(self) -> bytes | None:
+        """The whole body when it has all arrived in at most one chunk (taken from the response), else None:
+        a small answer then leaves in one call, not through the streaming loop."""
+        chunks = self._chunks
+        if not self._done or self._error is not None or len(chunks) > 1:
+            return None
+        if not chunks:
+            return b""
+        self._buffered = 0
+        if self._conn.paused_reading:
+            self._conn.want_read()
+        return chunks.popleft()
+
+    # aiohttp-compatible surface: `resp.content.iter_any()`
+    @property
+    def content(self) -> Response:
+        return self
+
+    def iter_any(self) -> Response:
+        return self
+
+    def __aiter__(self) -> Response:
+        return self
+
+    async def __anext__(self) -> bytes:
+        while True:
+            if self._chunks:
+                chunk = self._chunks.popleft()
+                self._buffered -= len(chunk)
+                if self._buffered < LOW_WATER:
+                    self._conn.want_read()
+                return chunk
+            if self._error is not None:
+                raise self._error
+            if self._done:
+                raise StopAsyncIteration
+            self._waiter = self._conn.loop.create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+
+    def _wake(self) -> None:
+        w = self._waiter
+        if w is not None and not w.done():
+            w.set_result(None)
+
+    def _fail(self, exc: BaseException) -> None:
+        if not self._headers_fut.done():
+            self._headers_fut.set_exception(exc)
+        elif not self._done and self._error is None:
+            self._error = exc
+        self._wake()
+
+    def give_up(self, exc: BaseException) -> None:
+        """End the wait for the headers with `exc` (the proxy found the instance stalled); nothing once
+        they came."""
+        if not self._headers_fut.done():
+            self._fail(exc)
+
+    def release(self) -> None:
+        """Give the connection back to the pool if the body was read to its end; else close it."""
+        if self._released:
+            return
+        self._released = True
+        o = self.owner
+        if o is not None:
+            self.owner = None
+            o.outstanding -= 1
+            o.waiting.pop(self, None)
+        w = self._writer
+        uploaded = w is None or (w.done() and not w.cancelled())
+        if w is not None and not w.done():
+            w.cancel()  # answered before the upload ended: that request is half-written, drop it
+        self._conn.finished(self, reusable=uploaded and self._done and self._error is None and not self._chunks)
+
+    def close(self) -> None:
+        if not self._headers_fut.done():
+            self._headers_fut.cancel()  # nobody waits for it any more
+        if not self._released:
+            self._released = True
+            o = self.owner
+            if o is not None:
+                self.owner = None
+                o.outstanding -= 1
+                o.waiting.pop(self, None)
+            if self._writer is not None and not self._writer.done():
+                self._writer.cancel()
+            self._conn.finished(self, reusable=False)

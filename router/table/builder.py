@@ -1,0 +1,346 @@
+"""The manual overrides and the TableBuilder: Tables built from route commands, incrementally.
+
+A change to one service must not rebuild everything: TableBuilder keeps the compiled targets per service
+and per route key `(host, path)` and rebuilds only the keys a change touches, copying only the touched
+HostRoutes; everything else is shared with the previous Table (router/table/routes.py explains the
+shape). The manual (override) list is re-applied to each rebuilt key, in order, after the service
+targets. A bad command is reported (LineError with source and line) and skipped; fabio drops the table.
+"""
+
+from __future__ import annotations
+
+import gc
+from collections.abc import Mapping, Sequence
+
+from router.table.index import HostIndex, HostRoutes, glob_regex, len_key
+from router.table.route import Route, fabio_weights, weigh
+from router.table.routecmd import LineError, RouteCmd
+from router.table.routes import Table
+from router.table.target import CmdError, Target, hostpath, make_target, refixed, reweighted
+
+__all__ = ["TableBuilder"]
+
+
+def _err(cmd: RouteCmd, reason: str) -> LineError:
+    return LineError(cmd.source, cmd.line, str(cmd), reason)
+
+
+Key = tuple[str, str]
+
+
+def _check_glob(cmd: RouteCmd, matcher: str) -> None:
+    """With the glob matcher a path that won't compile is an error of its command (as in fabio)."""
+    if matcher == "glob":
+        glob_regex(hostpath(cmd.src)[1], "/")
+
+
+class _Manual:
+    """The compiled override list: per-key commands, commands that apply to every key, and keys touched."""
+
+    def __init__(self, cmds: Sequence[RouteCmd], matcher: str = "prefix") -> None:
+        self.cmds = tuple(cmds)
+        self.errors: list[LineError] = []
+        self.by_key: dict[Key, list[tuple[int, RouteCmd, Target | None]]] = {}
+        self.every: list[tuple[int, RouteCmd, Target | None]] = []
+        for i, cmd in enumerate(self.cmds):
+            entry: tuple[int, RouteCmd, Target | None]
+            if cmd.op == "add":
+                try:
+                    _check_glob(cmd, matcher)
+                    entry = (i, cmd, make_target(cmd))
+                except CmdError as e:
+                    self.errors.append(_err(cmd, str(e)))
+                    continue
+                self.by_key.setdefault(hostpath(cmd.src), []).append(entry)
+            elif cmd.op == "del" and (cmd.tags or not cmd.src):
+                if not cmd.tags and not cmd.service:
+                    self.errors.append(_err(cmd, "route del needs a service or tags"))
+                    continue
+                self.every.append((i, cmd, None))
+            elif cmd.op in ("del", "weight"):
+                if not cmd.src:
+                    self.errors.append(_err(cmd, "source must not be empty"))
+                    continue
+                self.by_key.setdefault(hostpath(cmd.src), []).append((i, cmd, None))
+            else:
+                self.errors.append(_err(cmd, f"unknown command {cmd.op!r}"))
+
+    def apply(self, key: Key, targets: Sequence[Target], errors: list[LineError]) -> Sequence[Target]:
+        """Apply the commands relevant to ``key`` in order; returns ``targets`` itself when none are."""
+        own = self.by_key.get(key)
+        if not own and not self.every:
+            return targets
+        seq = sorted((own or []) + self.every, key=lambda e: e[0]) if own and self.every else own or self.every
+        targets = list(targets)
+        for _, cmd, tgt in seq:
+            if cmd.op == "add":
+                assert tgt is not None
+                if not any(_same(t, tgt) for t in targets):
+                    targets.append(tgt)
+            elif cmd.op == "del":
+                targets = [t for t in targets if not _del_matches(cmd, t)]
+            else:
+                hits = [i for i, t in enumerate(targets) if (not cmd.service or t.service == cmd.service)
+                        and set(cmd.tags).issubset(t.tags)]
+                if not hits:
+                    errors.append(_err(cmd, "no route matches"))
+                    continue
+                w = cmd.weight / len(hits)
+                for i in hits:
+                    targets[i] = refixed(targets[i], w)
+        return targets
+
+
+def _service_order(contrib: Mapping[str, object]) -> list[str]:
+    """Services of one route in fabio's order: its `route add <svc> ...` lines sorted in reverse.
+
+    Service names have no spaces, so comparing two services' lines is comparing ``name + " "``.
+    """
+    return sorted(contrib, key=lambda n: n + " ", reverse=True)
+
+
+def _same(a: Target, b: Target) -> bool:
+    return a.service == b.service and a.url == b.url and a.fixed_weight == b.fixed_weight and a.tags == b.tags
+
+
+def _del_matches(cmd: RouteCmd, t: Target) -> bool:
+    if cmd.service and t.service != cmd.service:
+        return False
+    if cmd.tags:
+        return set(cmd.tags).issubset(t.tags)
+    return not cmd.dst or t.url == cmd.dst
+
+
+class TableBuilder:
+    """Keeps the commands per service and the override commands; builds Tables incrementally.
+
+    State: ``_svc[name]`` = that service's compiled targets by route key; ``_contrib[key][name]`` = the
+    same, indexed by key.  A key's base targets are the contributions of its services in service-name
+    order (so the result doesn't depend on update order); then the manual list is applied to the key.
+    ``update`` rebuilds only the keys of changed services (all keys when the manual list changed) and
+    copies only the touched ``HostRoutes`` objects; everything else is shared with the previous Table.
+
+    ``update`` returns *all* current errors (every service's build errors and the manual list's), not
+    only those caused by this call, so the caller can simply display them.
+    """
+
+    def __init__(self, *, matcher: str = "prefix", glob_matching: bool = True) -> None:
+        if matcher not in ("prefix", "iprefix", "glob"):
+            raise ValueError(f"unknown matcher {matcher!r}")
+        self.matcher = matcher
+        self.glob_matching = glob_matching
+        self._cmds: dict[str, tuple[RouteCmd, ...]] = {}
+        self._svc: dict[str, dict[Key, tuple[Target, ...]]] = {}
+        self._svc_errors: dict[str, list[LineError]] = {}
+        self._contrib: dict[Key, dict[str, tuple[Target, ...]]] = {}
+        self._manual = _Manual(())
+        self._manual_key_errors: dict[Key, list[LineError]] = {}
+        self._table = Table(matcher, glob_matching)
+
+    @property
+    def table(self) -> Table:
+        return self._table
+
+    def update(self, services: Mapping[str, Sequence[RouteCmd] | None] | None = None,
+               manual: Sequence[RouteCmd] | None = None) -> tuple[Table, list[LineError]]:
+        """Apply changed services (name -> full add list; None/[] = gone) and/or a new manual list.
+
+        The garbage collector is paused meanwhile: a build allocates many objects but no cycles, and
+        generation-2 collections over a large live table would otherwise dominate the build time.
+        """
+        gc_was_enabled = gc.isenabled()
+        gc.disable()
+        try:
+            return self._update(services, manual)
+        finally:
+            if gc_was_enabled:
+                gc.enable()
+
+    def _update(self, services: Mapping[str, Sequence[RouteCmd] | None] | None,
+                manual: Sequence[RouteCmd] | None) -> tuple[Table, list[LineError]]:
+        affected: set[Key] = set()
+        for name, cmds in (services or {}).items():
+            new = tuple(cmds or ())
+            if self._cmds.get(name, ()) == new and (name in self._cmds or not new):
+                continue
+            affected.update(self._set_service(name, new))
+        full = False
+        if manual is not None and tuple(manual) != self._manual.cmds:
+            self._manual = _Manual(manual, self.matcher)
+            full = True
+        if full:
+            affected = set(self._contrib) | set(self._manual.by_key)
+            self._manual_key_errors = {}
+            self._table = self._rebuild(Table(self.matcher, self.glob_matching), affected, fresh=True)
+        elif affected:
+            self._table = self._rebuild(self._table, affected, fresh=False)
+        return self._table, self.errors()
+
+    def errors(self) -> list[LineError]:
+        out = [e for name in sorted(self._svc_errors) for e in self._svc_errors[name]]
+        manual = list(self._manual.errors)
+        for errs in self._manual_key_errors.values():
+            manual += errs
+        manual.sort(key=lambda e: (e.source, e.line))
+        return out + manual
+
+    def _set_service(self, name: str, cmds: tuple[RouteCmd, ...]) -> set[Key]:
+        old = self._svc.pop(name, {})
+        for key in old:
+            c = self._contrib[key]
+            del c[name]
+            if not c:
+                del self._contrib[key]
+        self._svc_errors.pop(name, None)
+        if not cmds:
+            self._cmds.pop(name, None)
+            return set(old)
+        self._cmds[name] = cmds
+        # Group by key in fabio's order (it adds the service lines sorted in reverse, so a route's targets
+        # are in descending order of their `route add` text), de-duplicating on fabio's identity (service,
+        # url, fixed weight, tags): the first in that order is kept.
+        grouped: dict[Key, list[RouteCmd]] = {}
+        errors: list[LineError] = []
+        for cmd in cmds:
+            if cmd.op != "add":
+                errors.append(_err(cmd, "only 'route add' is allowed in service commands"))
+                continue
+            try:
+                _check_glob(cmd, self.matcher)
+            except CmdError as e:
+                errors.append(_err(cmd, str(e)))
+                continue
+            grouped.setdefault(hostpath(cmd.src), []).append(cmd)
+        # The same instance usually appears on several routes: compile each distinct target once and share
+        # the (immutable) Target objects between routes.  A line that does not compile is reported and left
+        # out *before* de-duplication, so it never displaces a valid twin.  Weights are computed as if the
+        # service were alone on the key, which is the common case and then needs no copies at rebuild time.
+        compiled: dict[tuple, Target | str] = {}
+        new: dict[Key, tuple[Target, ...]] = {}
+        for key, group in grouped.items():
+            if len(group) > 1:
+                group.sort(key=str, reverse=True)
+            kept: dict[tuple, Target] = {}
+            for cmd in group:
+                ident = (cmd.service, cmd.dst, cmd.weight, cmd.tags)
+                ck = (ident, cmd.opts)
+                t = compiled.get(ck)
+                if t is None:
+                    try:
+                        t = make_target(cmd)
+                    except CmdError as e:
+                        t = str(e)
+                    compiled[ck] = t
+                if isinstance(t, str):
+                    errors.append(_err(cmd, t))
+                else:
+                    kept.setdefault(ident, t)
+            ts = list(kept.values())
+            if len(ts) == 1:
+                new[key] = (ts[0],)  # compiled with weight 1.0, which is what a lone target gets
+            elif ts:
+                ws = fabio_weights([t.fixed_weight for t in ts])
+                out = []
+                for t, w in zip(ts, ws, strict=True):
+                    if t.weight != w:
+                        ck = (id(t), w)
+                        rt = compiled.get(ck)
+                        if rt is None:
+                            rt = compiled[ck] = reweighted(t, w)
+                        t = rt  # type: ignore[assignment]
+                    out.append(t)
+                new[key] = tuple(out)
+        self._svc[name] = new
+        if errors:
+            self._svc_errors[name] = errors
+        for key, ts in new.items():
+            self._contrib.setdefault(key, {})[name] = ts
+        return set(old) | set(new)
+
+    def _targets(self, key: Key, errors: list[LineError]) -> tuple[Target, ...]:
+        c = self._contrib.get(key)
+        if not c:
+            base: Sequence[Target] = ()
+        elif len(c) == 1:
+            (base,) = c.values()  # already weighed as a lone service
+        else:
+            base = [t for name in _service_order(c) for t in c[name]]
+        out = self._manual.apply(key, base, errors)
+        if out is base and len(c or ()) == 1:
+            return out  # type: ignore[return-value]
+        return weigh(out) if out else ()
+
+    def _rebuild(self, old: Table, affected: set[Key], fresh: bool) -> Table:
+        by_host: dict[str, list[Key]] = {}
+        for key in affected:
+            by_host.setdefault(key[0], []).append(key)
+        t = Table(self.matcher, self.glob_matching)
+        if fresh:
+            t._hosts, t._plain, t._tls = {}, HostIndex(), HostIndex()
+        else:
+            t._hosts, t._plain, t._tls = old._hosts.copy(), old._plain.copy(), old._tls.copy()  # see HostIndex.copy
+        t._len, t.route_count = old._len, old.route_count
+        key_errors = self._manual_key_errors
+        contrib = self._contrib
+        plain_only = not self._manual.by_key and not self._manual.every
+        hosts, matcher, glob = t._hosts, self.matcher, self.glob_matching
+        errs: list[LineError] = []
+        for h, keys in by_host.items():
+            prev = hosts.get(h)
+            if prev:
+                routes, lens, ntargets = prev.routes.copy(), prev.lens.copy(), prev.ntargets
+                t._len -= prev.ntargets
+                t.route_count -= len(prev.routes)
+            else:
+                routes, lens, ntargets = {}, {}, 0
+            for key in keys:
+                p = key[1]
+                if plain_only:
+                    c = contrib.get(key)
+                    if not c:
+                        targets: Sequence[Target] = ()
+                    elif len(c) == 1:
+                        (targets,) = c.values()
+                    else:
+                        targets = weigh([x for name in _service_order(c) for x in c[name]])
+                else:
+                    targets = self._targets(key, errs)
+                    if errs:
+                        key_errors[key] = errs
+                        errs = []
+                    elif key_errors:
+                        key_errors.pop(key, None)
+                r = routes.get(p)
+                if r is not None:
+                    ntargets -= len(r.targets)
+                if targets:
+                    ntargets += len(targets)
+                    if r is None:
+                        routes[p] = Route(h, p, tuple(targets))
+                        lk = len_key(p)
+                        lens[lk] = lens.get(lk, 0) + 1
+                    elif r.targets != targets:
+                        routes[p] = Route(h, p, tuple(targets))
+                elif r is not None:
+                    del routes[p]
+                    lk = len_key(p)
+                    n = lens[lk] - 1
+                    if n:
+                        lens[lk] = n
+                    else:
+                        del lens[lk]
+            if routes:
+                hr = HostRoutes(h, routes, lens, matcher, ntargets)
+                hosts[h] = hr
+                t._len += ntargets
+                t.route_count += len(routes)
+            else:
+                hosts.pop(h, None)
+            if h == "":
+                t._nohost = hosts.get("")
+            else:
+                t._plain.refresh(hosts, h, False, glob)
+                t._tls.refresh(hosts, h, True, glob)
+        if not fresh and "" not in by_host:
+            t._nohost = old._nohost
+        return t
