@@ -111,7 +111,7 @@ def test_watcher_loads_and_reconciles_through_the_helper(consul_agent: Any, monk
         for name, cmds in changes.items():
             table[name] = {x.dst for x in cmds or ()}
 
-    async def run() -> tuple[dict[str, Any], bool, set[str]]:
+    async def run() -> tuple[dict[str, Any], bool, set[str], dict[str, Any]]:
         w = ConsulWatcher(ConsulAPI(consul_agent.addr), sink, resync=0)
         task = asyncio.ensure_future(w.run())
         try:
@@ -126,14 +126,15 @@ def test_watcher_loads_and_reconciles_through_the_helper(consul_agent: Any, monk
                 None, lambda: register(c, f"{tag}-api", f"{tag}-api-1", 10013, tags=[f"urlprefix-/{tag}/api weight=0.5"]))
             while table.get(f"{tag}-api") != {"http://127.0.0.1:10013/"} and time.monotonic() < deadline:
                 await asyncio.sleep(0.05)
-            return first, large, verdicts | table.get(f"{tag}-api", set())
+            return first, large, verdicts | table.get(f"{tag}-api", set()), dict(w.status.last_dump)
         finally:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
             w._dumps.decoder.close()
 
-    first, large, seen = asyncio.run(run())
+    first, large, seen, last = asyncio.run(run())
     assert large and first["nodes"] >= 1 and first["requests"] == 1 + 2 * first["nodes"]
+    assert last["requests"] == 1 and last["bytes"] > 0  # the reconcile: one dump, read by the helper
     assert table[f"{tag}-web"] == {"http://127.0.0.1:10001/"}  # web-2 is critical
     assert {f"{tag}-web-1", f"{tag}-web-2"} <= seen and "http://127.0.0.1:10013/" in seen
     assert f"{tag}-db" not in table
