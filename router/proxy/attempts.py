@@ -32,7 +32,7 @@ from router.proxy.balance import Balancer
 from router.proxy.picker import RoutePicker
 from router.proxy.upstream import Upstream
 from router.proxy.upstream_errors import Stale, UpstreamError, UpstreamTimeout
-from router.proxy.upstream_request import IDEMPOTENT, Prepared, prepare
+from router.proxy.upstream_request import IDEMPOTENT, HeaderBlock, Prepared, prepare, prepare_block
 from router.proxy.upstream_response import Response
 
 log = logging.getLogger("router.proxy")
@@ -96,6 +96,9 @@ class Sender:
 
     def _prep(self, picker: RoutePicker, idx: int, rq: _Req) -> Prepared:
         t = picker.targets[idx]
+        if type(rq.headers) is HeaderBlock:  # the common case: the header lines are encoded already
+            return prepare_block(rq.method, (t.scheme, t.host, t.port, not t.tls_skip_verify or t.scheme != "https"),
+                                 rq.path_qs, rq.headers, rq.body)
         return prepare(rq.method, f"{t.scheme}://{t.host}:{t.port}{rq.path_qs}", rq.headers, rq.body,
                        verify_tls=not t.tls_skip_verify)
 
