@@ -121,11 +121,12 @@ class Sender:
         return conn
 
     async def _connection(self, picker: RoutePicker, idx: int, rq: _Req, tried: list[int],
-                          pooled: bool = True) -> tuple[Any, int, Prepared, bool]:
+                          pooled: bool = True, prep: Prepared | None = None) -> tuple[Any, int, Prepared, bool]:
         """A connection for a try on `idx`: (conn, instance, its request head, fresh). A pooled one if
         there is one; else dials, hedged and retried on other instances. Raises Failed (502) when no
         connect succeeded within proxy.dialtimeout or the attempts or the budget ran out."""
-        prep = self._prep(picker, idx, rq)
+        if prep is None:
+            prep = self._prep(picker, idx, rq)
         if pooled:
             conn = self.upstream.take(prep.key)
             if conn is not None:
@@ -211,7 +212,12 @@ class Sender:
         tried = [idx]
         pooled = True
         while True:
-            conn, idx, prep, fresh = await self._connection(picker, idx, rq, tried, pooled)
+            prep = self._prep(picker, idx, rq)
+            conn = self.upstream.take(prep.key) if pooled else None
+            if conn is not None:  # the common case, inline: no coroutine for _connection
+                fresh = False
+            else:
+                conn, idx, prep, fresh = await self._connection(picker, idx, rq, tried, False, prep)
             pooled = True
             st = picker.states[idx]
             t0 = perf_counter()
@@ -231,8 +237,14 @@ class Sender:
                 if hedged:
                     resp, idx, t0 = await self._hedged(picker, resp, idx, rq, tried, t0)
                     st = picker.states[idx]
-                else:
+                elif rq.deadline:
                     await resp.headers(rq.left())
+                else:  # no header timeout: resp.headers() inline, one coroutine less per request
+                    try:
+                        await resp.headers_future
+                    except BaseException:
+                        resp.close()
+                        raise
             except Stale as e:
                 if not fresh and prep.resendable:  # a pooled connection died unseen: once more, fresh
                     pooled = False
