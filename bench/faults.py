@@ -292,6 +292,7 @@ class Row:
     back_after: float | None = None  # seconds from healing until the instance answered again
     retries: float | None = None
     hedges: float | None = None
+    stalls: float | None = None  # tries ended because their instance was found stalled (ours)
     outcomes: dict[str, int] = field(default_factory=dict)
 
 
@@ -480,13 +481,13 @@ def heal(inst: Instance, kind: str) -> None:
 
 
 def run_row(proxy_kind: str, kind: str, *, rate: float, baseline: float, during: float, after: float,
-            flags: list[str], tmp: Path) -> Row:
+            flags: list[str], tmp: Path, timeout: float = 2.0) -> Row:
     instances = [Instance(f"i{k}").start() for k in range(3)]
     proxy = Proxy(proxy_kind, instances, tmp, flags).start()
     try:
         for _ in range(20):  # warm: every proxy has seen every instance answer
             http(proxy.url)
-        load = Load(proxy.url, rate=rate).start()
+        load = Load(proxy.url, rate=rate, timeout=timeout).start()
         time.sleep(baseline)
         t_fault = load.now()
         every = kind.startswith("all-")
@@ -504,6 +505,7 @@ def run_row(proxy_kind: str, kind: str, *, rate: float, baseline: float, during:
         row = summarise(proxy_kind, kind, load, t_fault, t_heal, "" if every else bad[0].name, instances, t_healed)
         row.retries = proxy.metric("upstream_retries")
         row.hedges = proxy.metric("upstream_hedges")
+        row.stalls = proxy.metric("upstream_stalls")
         return row
     finally:
         proxy.stop()

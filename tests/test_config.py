@@ -158,6 +158,7 @@ RANGES = {
     "proxy.retry.budget": (("-1", "11", "inf"), {"0": 0.0, "0.2": 0.2, "10": 10.0}),
     "proxy.retry.budget.min": (("-1", "x"), {"0": 0.0, "10": 10.0}),
     "proxy.retry.pertrytimeout": (("-1s", "fast"), {"0": 0.0, "250ms": 0.25}),
+    "proxy.stall.timeout": (("-1s", "slow"), {"0": 0.0, "1s": 1.0, "30s": 30.0}),
     "proxy.retry.buffer": (("-1", "1.5", str((1 << 30) + 1)), {"0": 0, "65536": 65536}),
     "proxy.hedge.delay": (("-1ms",), {"0": 0.0, "25ms": 0.025}),
     "proxy.lb.decay": (("0", "1us"), {"1ms": 0.001, "1s": 1.0}),

@@ -203,6 +203,8 @@ def resilience_families(docs: dict[str, dict[str, Any]], c: dict[str, int]) -> I
     and the highest over the workers: router/proxy/balance.py merge_docs)."""
     yield CounterMetricFamily(f"{PREFIX}_upstream_hedges", "second connects or requests sent to another instance "
                               "while the first had not answered", value=c.get("hedges", 0))
+    yield CounterMetricFamily(f"{PREFIX}_upstream_stalls", "tries ended because their instance sent no response "
+                              "headers for proxy.stall.timeout while several requests waited", value=c.get("stalls", 0))
     yield CounterMetricFamily(f"{PREFIX}_upstream_retry_budget_exhausted", "retries or hedges refused by the "
                               "route's retry budget (proxy.retry.budget)", value=c.get("budget_exhausted", 0))
     yield CounterMetricFamily(f"{PREFIX}_upstream_inflight_full", "requests answered 503 because every instance "

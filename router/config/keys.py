@@ -94,6 +94,11 @@ KEYS: tuple[Key, ...] = (
     Key("proxy.retry.pertrytimeout", "250ms", duration(zero="no per-try timeout, no hedged requests"),
         "an idempotent request without a body and without headers after this long (at least 4x the route's "
         "latency estimate) is also sent to another instance; the first answer wins (ours)"),
+    Key("proxy.stall.timeout", "1s", duration(zero="no stall detection"),
+        "when no response-header timeout applies: a try waits at most this long (or 4x the route's latency "
+        "estimate) on an instance that sent no response headers to 3 or more requests for as long; then 504, "
+        "or another instance for an idempotent request. A slow answer from an instance that answers others is "
+        "never cut (ours)"),
     Key("proxy.retry.buffer", "65536", int_range(0, 1 << 30, zero="off"),
         "bytes of an idempotent request's response held back until complete, so a reset before then is retried "
         "elsewhere (ours)"),

@@ -45,7 +45,7 @@ class Response:
         self._close_delimited = False
         self._released = False
         self._writer: asyncio.Task[None] | None = None  # still uploading the request body
-        self.owner: Any = None  # an instance state whose `outstanding` counts this response (Upstream.start)
+        self.owner: Any = None  # an instance state whose `outstanding` (and `waiting`) counts this response
 
     async def headers(self, timeout: float = 0.0) -> None:
         """Wait for the response headers (at most `timeout` seconds, 0 = no limit); on any failure the
@@ -171,6 +171,12 @@ class Response:
             self._error = exc
         self._wake()
 
+    def give_up(self, exc: BaseException) -> None:
+        """End the wait for the headers with `exc` (the proxy found the instance stalled); nothing once
+        they came."""
+        if not self._headers_fut.done():
+            self._fail(exc)
+
     def release(self) -> None:
         """Give the connection back to the pool if the body was read to its end; else close it."""
         if self._released:
@@ -180,6 +186,7 @@ class Response:
         if o is not None:
             self.owner = None
             o.outstanding -= 1
+            o.waiting.pop(self, None)
         w = self._writer
         uploaded = w is None or (w.done() and not w.cancelled())
         if w is not None and not w.done():
@@ -195,6 +202,7 @@ class Response:
             if o is not None:
                 self.owner = None
                 o.outstanding -= 1
+                o.waiting.pop(self, None)
             if self._writer is not None and not self._writer.done():
                 self._writer.cancel()
             self._conn.finished(self, reusable=False)
