@@ -88,6 +88,7 @@ class Http1(WriteFlow, asyncio.Protocol):
         self.closing = False  # answer what is in flight, then close (shutdown, EOF)
         self.reading_paused = False
         self.write_paused = False
+        self.window_checked = False  # the peer's TCP window was looked at (router/listen/slowread.py)
         self.drain_waiter: asyncio.Future[None] | None = None
         self.queue: collections.deque[Http1Exchange] = collections.deque()  # pipelined, waiting their turn
         self.active: Http1Exchange | None = None  # being answered
