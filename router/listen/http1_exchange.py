@@ -116,13 +116,14 @@ class Http1Exchange:
         self.status = status
         bodiless = self.head_only or status in (204, 304) or status < 200
         parts = [STATUS_LINE.get(status) or _status_line(status)]
-        has_length = close = False
-        for name, value in headers:
-            if name == b"content-length":
-                has_length = True
-            elif name == b"connection" and b"close" in value.lower():
-                close = True
-            parts += (name, b": ", value, b"\r\n")
+        # The names are lower-case (the Exchange's rule) and no value holds a CRLF, so a name is found in
+        # the joined lines exactly: no Python loop over the headers for every answer.
+        lines = b"\r\n".join(map(b": ".join, headers)) + b"\r\n" if headers else b""
+        has_length = lines.startswith(b"content-length: ") or b"\ncontent-length: " in lines
+        close = False
+        if b"connection: " in lines:  # rare: look closer (it may be inside another header's value)
+            close = any(n == b"connection" and b"close" in v.lower() for n, v in headers)
+        parts.append(lines)
         if close:
             self.keep_alive = False
         if bodiless:
