@@ -262,3 +262,36 @@ def test_open_grpc_streams_get_grpcshutdowntimeout_at_a_graceful_stop() -> None:
     finally:
         outbox.put(None)
         srv.stop(0)
+
+
+def test_a_stream_whose_instance_goes_away_ends_for_the_client() -> None:
+    """The instance dies after the answer's headers: the client's stream is reset at once (it was left open
+    until the client's own deadline)."""
+    import queue
+
+    srv = grpc.server(futures.ThreadPoolExecutor(4))
+    srv.add_generic_rpc_handlers((_handlers(),))
+    port = srv.add_insecure_port("127.0.0.1:0")
+    srv.start()
+    gport = free_port()
+    r = RouterProc("-registry.backend", "static", "-registry.static.routes",
+                   f'route add size /test.Size grpc://127.0.0.1:{port} opts "proto=grpc"', env={"ROUTER_LISTENER": "own"})
+    r.flags[1] += f",127.0.0.1:{gport};proto=grpc"
+    outbox: queue.Queue[bytes | None] = queue.Queue()
+
+    def messages() -> Iterator[bytes]:
+        while (m := outbox.get(timeout=30)) is not None:
+            yield m
+
+    try:
+        with r, _channel(gport) as ch:
+            call = ch.stream_stream("/test.Size/Bidi")(messages(), timeout=20)
+            outbox.put(b"one")
+            assert next(call) == b"got 3"
+            srv.stop(0)  # the instance goes away mid-stream
+            with pytest.raises(grpc.RpcError) as e:
+                next(call)
+            assert e.value.code() != grpc.StatusCode.DEADLINE_EXCEEDED, e.value  # ended by the router, not by the deadline
+    finally:
+        outbox.put(None)
+        srv.stop(0)
