@@ -40,7 +40,7 @@ import h2.exceptions
 import h2.settings
 from hyperframe.frame import GoAwayFrame
 
-from router.listen.flow import WriteFlow
+from router.listen.flow import GONE, WriteFlow
 from router.listen.tlsinfo import tls_extension
 from router.proxy.exchange import ClientGone, Headers
 from router.proxy.grpc import is_grpc
@@ -246,6 +246,7 @@ class H2(WriteFlow, asyncio.Protocol):
             s.gone = True
             s.wake()
         self.resume_writing()
+        self.transport = GONE  # type: ignore[assignment]  # why: router/listen/flow.py
 
     def flush(self) -> None:
         """Write what h2 has queued, once per event-loop turn: the frames of every stream answered in one
@@ -427,7 +428,9 @@ class H2(WriteFlow, asyncio.Protocol):
             self.finish(s)
 
     def consumed(self, s: H2Stream, n: int) -> None:
-        if n and not self.lost and s.sid in self.streams:
+        """Credit back for `n` bytes the core took (or that were dropped): also once the stream has ended,
+        since the connection's window counted them (h2 then updates that one only)."""
+        if n and not self.lost:
             try:
                 self.h2.acknowledge_received_data(n, s.sid)
                 self.flush()
@@ -437,6 +440,9 @@ class H2(WriteFlow, asyncio.Protocol):
     def finish(self, s: H2Stream) -> None:
         s.finished = True
         self.streams.pop(s.sid, None)
+        if s.chunks:  # answered before its body was read: what came is dropped, its credit given back
+            self.consumed(s, sum(f for _, f in s.chunks))
+            s.chunks.clear()
         self.listener.requests += 1
         if not self.streams:
             self.idle_since = self.listener.now
