@@ -37,6 +37,11 @@ test: deps consul browser slowhttptest lint
 soak: deps consul slowhttptest
 	CONSUL="$$(scripts/get-consul.sh)" $(PY) -m pytest -q -s -m soak $(PYTEST_ARGS)
 
+# The property tests (hypothesis) with ten times the examples `make test` draws (tests/fuzz.py).
+.PHONY: fuzz
+fuzz: deps
+	FUZZ_SCALE=10 $(PY) -m pytest -q tests/test_hostile_input.py $(PYTEST_ARGS)
+
 unit: deps
 	$(PY) -m pytest -q -m "not consul" $(PYTEST_ARGS)
 
@@ -48,6 +53,12 @@ run: deps consul
 .PHONY: container-test
 container-test: deps consul
 	PY="$(abspath $(PY))" scripts/container_test.sh
+
+# Issue 17's Docker end-to-end checks (address reuse, Docker's userland proxy, stop/kill/rolling replacement under
+# load): demo containers on a private bridge of their own, the router from this checkout. Root, a few minutes.
+.PHONY: container-faults
+container-faults: deps consul
+	CT_SUITE=faults PY="$(abspath $(PY))" scripts/container_test.sh
 
 clean:
 	rm -rf $(VENV) .cache .pytest_cache

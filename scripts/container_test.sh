@@ -15,6 +15,13 @@
 # Figures (build time, image size, time to healthy, drain time, requests and failures while scaling) are
 # printed at the end and written to .cache/container/figures.json.
 #
+# CT_SUITE=faults (`make container-faults`) runs tests/container_faults/ instead: steps 1-3 (the local base and the
+# demo image only, no project image: the router runs from this checkout's venv), then a user-defined bridge
+# network of its own (FAULTS_SUBNET, private; no NAT: --ip-masq=false, and forwarding off on its bridge, so a
+# packet from a container to any address off the bridge is dropped, never routed off the machine) and
+# pytest in the network namespace of a container on it: Consul and the router on that namespace's loopback,
+# the demo containers at their bridge addresses, and Docker's userland proxy on the bridge's gateway address.
+#
 # Skips (exit 0, saying so) when no engine can start and CI or CONTAINER_TEST_ALLOW_SKIP is set; fails otherwise
 # (`DOCKERD=/bin/false CI=1 make container-test` shows that path). PYTEST_ARGS go to pytest.
 set -euo pipefail
@@ -35,6 +42,12 @@ IMAGE=consul-router:local
 NETNS=consul-router-ct-netns
 # python3-venv: the Dockerfile makes its venvs with `python3 -m venv` (ensurepip), as on python:3.11-slim.
 DEBOOTSTRAP_ARGS=(--variant=minbase --include=python3,python3-venv bookworm)
+SUITE="${CT_SUITE:-image}"
+FAULTS_NET=ct-faults
+FAULTS_BRIDGE=ctfaults0
+FAULTS_SUBNET=10.213.47.0/24       # private, not routed anywhere; containers get .2-.127, the client .200
+FAULTS_GATEWAY=10.213.47.1
+FAULTS_CLIENT=ct-faults-client
 
 log() { echo "container-test: $*" >&2; }
 die() { echo "container-test: FAILED: $*" >&2; exit 1; }
@@ -48,6 +61,7 @@ skip() {
 now() { date +%s.%N; }
 since() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.1f", b - a }'; }
 
+[[ "$SUITE" == image || "$SUITE" == faults ]] || die "CT_SUITE=$SUITE: expected image or faults"
 [[ "$(id -u)" == 0 ]] || skip "needs root (to install packages and run dockerd)"
 [[ -x "$PY" ]] || die "$PY missing: run make deps first"
 mkdir -p "$CACHE" "$D"
@@ -104,6 +118,7 @@ cleanup() {
         "$COMPOSE" -p ctstack -f "$CACHE/compose.test.yml" down -t 20 >/dev/null 2>&1
         ids="$("$DOCKER" ps -aq 2>/dev/null)"
         [[ -n "$ids" ]] && "$DOCKER" rm -f $ids >/dev/null 2>&1
+        "$DOCKER" network rm "$FAULTS_NET" >/dev/null 2>&1
         stop_dockerd "$DOCKERD_PID"
         # dockerd stops the containerd it started; if it could not, stop that one by its PID too.
         cpid="$(cat "$EXEC_ROOT/containerd/containerd.pid" 2>/dev/null)"
@@ -138,6 +153,35 @@ until "$DOCKER" version >/dev/null 2>&1; do
 done
 log "dockerd $DOCKERD_PID up in $(since "$t") s: $("$DOCKER" info --format '{{.ServerVersion}}, {{.Driver}}')"
 
+# ---- 5b. CT_SUITE=faults: the demo containers on a private bridge, the tests in a container's namespace on it
+run_faults() {
+    "$DOCKER" rm -f "$FAULTS_CLIENT" >/dev/null 2>&1 || true
+    "$DOCKER" network rm "$FAULTS_NET" >/dev/null 2>&1 || true
+    "$DOCKER" network create --driver bridge --subnet "$FAULTS_SUBNET" --ip-range "${FAULTS_SUBNET%.*}.0/25" \
+        --gateway "$FAULTS_GATEWAY" -o "com.docker.network.bridge.name=$FAULTS_BRIDGE" \
+        -o com.docker.network.bridge.enable_ip_masquerade=false "$FAULTS_NET" >/dev/null
+    # Packets that arrive on the bridge are never forwarded (the machine forwards on its other interfaces).
+    sysctl -qw "net.ipv4.conf.$FAULTS_BRIDGE.forwarding=0" \
+        || die "could not turn forwarding off on $FAULTS_BRIDGE"
+    [[ "$(cat "/proc/sys/net/ipv4/conf/$FAULTS_BRIDGE/forwarding")" == 0 ]] || die "$FAULTS_BRIDGE still forwards"
+    "$DOCKER" run -d --name "$FAULTS_CLIENT" --network "$FAULTS_NET" --ip "${FAULTS_SUBNET%.*}.200" \
+        --entrypoint /bin/sleep "$BASE_IMAGE" infinity >/dev/null
+    local nspid
+    nspid="$("$DOCKER" inspect -f '{{.State.Pid}}' "$FAULTS_CLIENT")"
+    export CT_DOCKER_HOST="$DOCKER_HOST" CT_DOCKER="$DOCKER" CT_BASE_IMAGE="$BASE_IMAGE" CT_DEMO_IMAGE="$DEMO_IMAGE" \
+           CT_CACHE="$CACHE" CT_FAULTS_NET="$FAULTS_NET" CT_FAULTS_GATEWAY="$FAULTS_GATEWAY" \
+           CONSUL="$("$ROOT/scripts/get-consul.sh")"
+    rm -f "$CACHE/faults.json"
+    log "running tests/container_faults/ in the network namespace of $FAULTS_CLIENT (pid $nspid, on $FAULTS_SUBNET)"
+    nsenter --net="/proc/$nspid/ns/net" -- "$PY" -m pytest -q -p no:cacheprovider -o addopts= -ra \
+        tests/container_faults ${PYTEST_ARGS:-}
+    if [[ -s "$CACHE/faults.json" ]]; then
+        echo "container-faults figures ($CACHE/faults.json):"
+        "$PY" -c 'import json, sys; [print(f"  {k}: {v}") for k, v in json.load(open(sys.argv[1])).items()]' \
+            "$CACHE/faults.json"
+    fi
+}
+
 # ---- 3. local base images
 if ! "$DOCKER" image inspect "$BASE_IMAGE" >/dev/null 2>&1; then
     key="$(printf '%s ' "${DEBOOTSTRAP_ARGS[@]}" | sha1sum | cut -c1-10)"
@@ -162,6 +206,12 @@ if ! "$DOCKER" image inspect "$BASE_IMAGE" >/dev/null 2>&1; then
     log "imported $BASE_IMAGE"
 fi
 
+"$DOCKER" build -q --network host --build-arg "BASE=$BASE_IMAGE" -t "$DEMO_IMAGE" "$ROOT/deploy/demo" >/dev/null
+if [[ "$SUITE" == faults ]]; then
+    run_faults
+    exit 0
+fi
+
 CERT="$("$PY" -m pip config get global.cert 2>/dev/null || true)"
 [[ -r "$CERT" ]] || CERT=/etc/ssl/certs/ca-certificates.crt
 ctx="$CACHE/ctx-build-base"; rm -rf "$ctx"; mkdir -p "$ctx"
@@ -175,8 +225,6 @@ cp "$CONSUL_BIN" "$ctx/consul"
 "$DOCKER" build -q --network host --build-arg "BASE=$BASE_IMAGE" -t "$CONSUL_IMAGE" \
     -f "$ROOT/tests/container/consul.Dockerfile" "$ctx" >/dev/null
 log "consul image from $CONSUL_BIN ($("$CONSUL_BIN" version | head -n1))"
-
-"$DOCKER" build -q --network host --build-arg "BASE=$BASE_IMAGE" -t "$DEMO_IMAGE" "$ROOT/deploy/demo" >/dev/null
 
 # ---- 4. the project's Dockerfile, for real
 build_args=(--build-arg "BASE=$BASE_IMAGE" --build-arg "BUILD_BASE=$BUILD_BASE_IMAGE"

@@ -58,7 +58,7 @@ async def scenario(agent, hot_limit: int) -> tuple[set[str], set[str], int]:  # 
         await loop.run_in_executor(None, set_check, c, f"{svc}-a", "passing")
         assert await until(lambda: len(table.get(svc, ())) == 2)
         before = set(table[svc])
-        hot = len(w._hot)
+        hot = len(w._rereads.hot)
         await loop.run_in_executor(None, deregister, c, f"{svc}-b")
         await until(lambda: len(table.get(svc, ())) == 1, timeout=3.0)
         return before, set(table[svc]), hot

@@ -173,3 +173,33 @@ def test_grpc_metrics(router, ca: trustme.CA) -> None:  # type: ignore[no-untype
         ch.unary_unary("/test.Echo/Unary")(b"m", timeout=10)
     text = httpx.get(r.ui + "/metrics").text
     assert 'consul_router_grpc_status_total{code="0"}' in text and "consul_router_grpc_requests_total" in text
+
+
+def _sample(text: str, name: str, **labels: str) -> float:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    for fam in text_string_to_metric_families(text):
+        for s in fam.samples:
+            if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
+                return s.value
+    return 0.0
+
+
+def test_fabios_grpc_metrics_and_calls_without_a_route(router) -> None:  # type: ignore[no-untyped-def]
+    r, _, gport, _ = router
+    before = httpx.get(r.ui + "/metrics").text
+    with grpc.insecure_channel(f"127.0.0.1:{gport}") as ch:  # a new connection on the proto=grpc listener
+        assert ch.unary_unary("/test.Echo/Unary")(b"m", timeout=10) == b"echo:m"
+        with pytest.raises(grpc.RpcError) as e:
+            ch.unary_unary("/nothing.Here/Call")(b"", timeout=10)
+        assert (e.value.code(), e.value.details()) == (grpc.StatusCode.NOT_FOUND, "no route found")  # fabio's answer
+    after = httpx.get(r.ui + "/metrics").text
+    for name, grew in (("consul_router_grpc_connections_total", 1), ("consul_router_grpc_noroute_total", 1),
+                       ("consul_router_grpc_request_duration_seconds_count", 1)):
+        assert _sample(after, name) - _sample(before, name) == grew, name
+    assert _sample(after, "consul_router_grpc_request_duration_seconds_sum") > _sample(
+        before, "consul_router_grpc_request_duration_seconds_sum")
+    # fabio's target timer: the call counts on its route like an HTTP request
+    route = {"service": "echo", "route": "/test.Echo"}
+    assert _sample(after, "consul_router_requests_total", **route) - _sample(before, "consul_router_requests_total",
+                                                                             **route) == 1

@@ -7,7 +7,8 @@ import time
 
 import pytest
 
-from router.config.settings import ConfigError, client_idle_timeout, load
+from router.config.addrs import client_idle_timeout
+from router.config.settings import ConfigError, load
 from tests.router_proc import RouterProc
 
 

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import pytest
 
+from router.config.addrs import proxy_listeners
 from router.config.listeners import CertSourceSpec, Listener, tls_ciphers, tls_version
-from router.config.settings import ConfigError, load, parse_bool, parse_duration, proxy_listeners
+from router.config.settings import ConfigError, load
+from router.config.values import parse_bool, parse_duration
 
 CS = {"a": CertSourceSpec("a", "path", "/etc/certs"), "b": CertSourceSpec("b", "file", "/c.pem", "/k.pem")}
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from router.config.settings import KEYS, load, read_properties
+from router.config.keys import KEYS
+from router.config.settings import load, read_properties
 from scripts.gen_properties_example import render
 
 ROOT = Path(__file__).resolve().parent.parent

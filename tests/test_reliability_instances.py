@@ -28,7 +28,11 @@ def by_id(router, svc: str) -> dict:  # type: ignore[no-untyped-def]
     return {i["id"]: i for i in detail(router, svc)["instances"]}
 
 
-def test_a_new_instance_on_a_freed_address_starts_clean(consul_agent) -> None:
+@pytest.mark.parametrize("new_id", ["new", "old"], ids=["new-id", "same-id"])
+def test_a_new_instance_on_a_freed_address_starts_clean(consul_agent, new_id: str) -> None:
+    """same-id: Registrator's ID is <host>:<container name>:<port>, so a container recreated under the same
+    name (`docker-compose up --force-recreate`, `docker rm -f x; docker run --name x`) on the freed address
+    comes back with the old instance's ID and address: once it has left the table it is a new instance."""
     c = make_client(consul_agent.port)
     svc = f"reuse-{uid()}"
     addr_port = free_port()
@@ -50,13 +54,17 @@ def test_a_new_instance_on_a_freed_address_starts_clean(consul_agent) -> None:
             # the old container stops; a new one gets its address (another instance ID, a live process)
             new = BackendProc("new", port=addr_port).start()
             deregister(c, f"{svc}-old")
-            register(c, svc, f"{svc}-new", addr_port, tags=[f"urlprefix-/{svc}"])
-            wait_until(lambda: set(by_id(router, svc)) == {f"{svc}-new", f"{svc}-other"}
+            if new_id == "old":  # it leaves the table first (Registrator deregisters on the container's death)
+                wait_until(lambda: set(by_id(router, svc)) == {f"{svc}-other"}
+                           and len(detail(router, svc)["routes"]) == 1, message="the old instance gone")
+            register(c, svc, f"{svc}-{new_id}", addr_port, tags=[f"urlprefix-/{svc}"])
+            wait_until(lambda: set(by_id(router, svc)) == {f"{svc}-{new_id}", f"{svc}-other"}
                        and len(detail(router, svc)["routes"]) == 2, message="the new instance routed")
             answers = [client.get(router.url + f"/{svc}").text.strip() for _ in range(40)]
         # still inside the old instance's 60 s ejection: had the new one inherited it, it would get nothing
         assert answers.count("new") > 0, answers
-        assert by_id(router, svc)[f"{svc}-new"]["proxy"]["state"] == "healthy"
+        state = by_id(router, svc)[f"{svc}-{new_id}"]["proxy"]
+        assert state["state"] == "healthy" and state["failures"] == 0 and state["ejections"] == 0, state
         assert total(router, "upstream_ejections") == 1
     finally:
         router.stop()

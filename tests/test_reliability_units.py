@@ -17,6 +17,7 @@ from router.proxy.ejection import EjectPolicy
 from router.proxy.picker import FULL, weight_groups
 from router.table.builder import TableBuilder
 from router.table.routecmd import RouteCmd, parse
+from router.table.state import RouterState
 
 
 def _add(service: str, src: str, dst: str, instance: str, weight: float = 0.0) -> RouteCmd:
@@ -160,6 +161,32 @@ def test_failure_state_belongs_to_the_instance_and_leaves_with_it() -> None:
     assert not [s for s in lb.states() if s.key[0] == "service:svc/old"]  # once they are done, it is gone
 
 
+def test_an_instance_back_with_its_id_and_address_after_it_left_starts_clean() -> None:
+    """Registrator's ID is host:container-name:port: a container recreated under its name on the freed
+    address comes back with the old ID and address. Once the old one has left the table (a swap without
+    it), its state is forgotten even while something still holds the old picker (a request in flight, or
+    cyclic garbage the collector has not reached): found end to end with Docker (tests/container_faults)."""
+    lb = Balancer("p2c", policy=EjectPolicy(failures=1, duration=60.0))
+    state = RouterState()
+    state.on_swap.append(lb.forget_left)
+    both = [_add("svc", "/a", "http://10.0.0.9:80/", "x"), _add("svc", "/a", "http://10.0.0.8:80/", "other")]
+    table = state.apply({"svc": both, "unrelated": [_add("unrelated", "/u", "http://10.0.0.7:80/", "u")]})
+    held = lb.picker(table.lookup("", "/a"))  # kept alive on purpose, as a request in flight does
+    lb.picker(table.lookup("", "/u")).states[0].failures = 5
+    old = next(s for s in held.states if s.addr == "10.0.0.9:80")
+    lb.try_failed(old, 0.0, 0.0, "refused", connect=True)
+    assert old.until == 60.0
+
+    state.apply({"svc": both[1:]})  # it left
+    table = state.apply({"svc": both})  # it is back: the same source, host and port
+    again = next(s for s in lb.picker(table.lookup("", "/a")).states if s.addr == "10.0.0.9:80")
+    assert again is not old and (again.until, again.fails, again.failures, again.ejections) == (0.0, 0, 0, 0)
+    assert old.until == 60.0  # the old picker keeps its own state
+    other = [s for s in lb.states() if s.key[0] == "service:svc/other"]
+    assert len(other) == 1 and other[0] in held.states  # the instance that stayed keeps its state
+    assert [s.failures for s in lb.states() if s.key[0] == "service:unrelated/u"] == [5]  # not a changed service
+
+
 # --- ejection cap and concurrency cap
 
 @pytest.mark.parametrize(("n", "share", "cap"), [(1, 0.5, 0), (2, 0.5, 1), (3, 0.5, 1), (4, 0.5, 2), (10, 0.1, 1),
@@ -229,3 +256,43 @@ def test_a_cold_instance_gets_one_probe_at_a_time_even_with_a_stuck_request() ->
     cold.outstanding = 0  # the stuck request ends
     lb.try_succeeded(warm, 0.006, 12.2)  # and the other one answers a little slower now
     assert 0 in {p.pick(12.3) for _ in range(50)}
+
+
+def test_an_abandoned_connect_that_already_ended_is_dealt_with() -> None:
+    """A connect dropped after it ended (a hedge race decided meanwhile): its connection is closed, its
+    error retrieved (asyncio logged "Task exception was never retrieved" for each one: seen with Docker)."""
+    import asyncio
+
+    from router.proxy.attempts import _abandon
+
+    class Conn:
+        aborted = False
+
+        def abort(self) -> None:
+            self.aborted = True
+
+    async def connected() -> Conn:
+        return Conn()
+
+    async def refused() -> Conn:
+        raise ConnectionRefusedError("refused")
+
+    async def pending() -> Conn:
+        await asyncio.sleep(10)
+        return Conn()
+
+    async def main() -> tuple[Conn, asyncio.Task, asyncio.Task]:
+        ok, bad, slow = (asyncio.ensure_future(c()) for c in (connected, refused, pending))
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        assert ok.done() and bad.done() and not slow.done()
+        for t in (ok, bad, slow):
+            _abandon(t)
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        return ok.result(), bad, slow
+
+    conn, bad, slow = asyncio.run(main())
+    assert conn.aborted
+    assert not bad._log_traceback  # retrieved: nothing is logged when it is collected
+    assert slow.cancelled()

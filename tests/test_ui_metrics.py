@@ -13,7 +13,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from registry.consul import watcher as consul_watcher
+from registry.consul import status as consul_status
 from router.config.settings import load
 from router.run.router import Router
 from tests.consul_helpers import make_client, register, wait_until
@@ -52,7 +52,7 @@ def test_registry_errors_sync_age_and_propagation_from_the_status(monkeypatch: p
     """In-process: the RegistryStatus the Consul watcher feeds (error(), synced(), propagated()) -> /metrics.
     The watcher's wall clock is frozen, so the exported sync age is exactly the one set."""
     now = time.time()
-    monkeypatch.setattr(consul_watcher, "time", types.SimpleNamespace(time=lambda: now, monotonic=time.monotonic))
+    monkeypatch.setattr(consul_status, "time", types.SimpleNamespace(time=lambda: now, monotonic=time.monotonic))
     router = Router(load(["-registry.consul.addr", "127.0.0.1:1"]))  # never started: no request is made
     st = router.status
     with TestClient(router.ui) as client:

@@ -13,7 +13,7 @@ import warnings
 import pytest
 
 import router
-from registry.consul import watcher as consul_watcher
+from registry.consul import status as consul_status
 from router.config.settings import load
 from router.run.router import Router
 from router.table.routecmd import parse
@@ -68,7 +68,7 @@ def test_status_page_is_served_and_config_stays_redacted() -> None:
 
 def test_status_reports_sync_time_and_recent_errors(monkeypatch: pytest.MonkeyPatch) -> None:
     now = time.time()  # the status's wall clock, frozen: the sync is at `now` and its age exactly 0
-    monkeypatch.setattr(consul_watcher, "time", types.SimpleNamespace(time=lambda: now, monotonic=time.monotonic))
+    monkeypatch.setattr(consul_status, "time", types.SimpleNamespace(time=lambda: now, monotonic=time.monotonic))
     r = static_router()
     r.status.error("kv watch: connection refused")
     asyncio.run(r.registry())  # the static source counts as a sync

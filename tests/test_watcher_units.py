@@ -11,17 +11,15 @@ import pytest
 import respx
 
 from registry.consul.api import ConsulAPI, ConsulError
-from registry.consul.dump import DumpDecoder, Instances, summarize
+from registry.consul.dump import Instances, summarize
 from registry.consul.dump import catalog_fingerprints as _catalog_fingerprints
 from registry.consul.dump import dump_entries as _dump_entries
 from registry.consul.dump import node_services as _node_services
+from registry.consul.fingerprints import health_fingerprints as _health_fingerprints
+from registry.consul.fingerprints import nonpassing_fingerprints as _nonpassing_fingerprints
 from registry.consul.health import judge_all
-from registry.consul.watcher import (
-    ConsulWatcher,
-    RegistryStatus,
-    _health_fingerprints,
-    _nonpassing_fingerprints,
-)
+from registry.consul.helper import DumpDecoder
+from registry.consul.watcher import ConsulWatcher, RegistryStatus
 
 
 def node(name: str, services: list[dict[str, Any]], checks: list[dict[str, Any]]) -> dict[str, Any]:
@@ -96,7 +94,7 @@ def test_startup_falls_back_to_per_service_mode_when_dump_is_missing(respx_mock:
         await w._reconcile_instances()
 
     asyncio.run(run())
-    assert w._pending == {"web", "api"}
+    assert w._rereads.pending == {"web", "api"}
     assert w._dump_ok is False
     assert respx_mock.calls.call_count == 1  # the missing endpoint is not asked again
 
@@ -184,7 +182,7 @@ def test_broken_helper_falls_back_to_decoding_in_process() -> None:
     decoder._pool = Broken()  # type: ignore[assignment]
     got = asyncio.run(decoder.summarize(json.dumps(DUMP).encode(), "urlprefix-"))
     assert got == Instances.of(_dump_entries(DUMP, "urlprefix-")) and decoder._broken
-    with pytest.raises(ValueError, match="not a JSON list"):
+    with pytest.raises(ValueError, match="not a list of nodes"):
         summarize(b"{}", "urlprefix-")
 
 
@@ -195,12 +193,12 @@ def test_a_service_tagged_after_its_failing_check_was_seen_notices_the_check_pas
     w = ConsulWatcher(ConsulAPI("c:8500"), lambda s, m: None)
     critical = [dict(check("fresh-1-ttl", "critical", "fresh-1"), ServiceName="fresh")]
     w._on_health(critical)  # not tagged yet: ignored
-    assert w._pending == set()
+    assert w._rereads.pending == set()
     w._on_catalog({"fresh": ["urlprefix-/fresh"]})
-    assert w._pending == {"fresh"}  # the tag change itself
-    w._pending.clear()
+    assert w._rereads.pending == {"fresh"}  # the tag change itself
+    w._rereads.pending.clear()
     w._on_health([])  # the check passes
-    assert w._pending == {"fresh"}
+    assert w._rereads.pending == {"fresh"}
 
 
 def test_a_new_instance_node_check_counts_before_the_next_reconcile() -> None:
@@ -212,12 +210,12 @@ def test_a_new_instance_node_check_counts_before_the_next_reconcile() -> None:
              "Service": {"ID": "fresh-1", "Service": "fresh", "Port": 80, "Tags": ["urlprefix-/fresh"]},
              "Checks": [check("serfHealth", "passing", node_name="n9"), check("fresh-1-ttl", "passing", "fresh-1", "n9")]}
     w._learn_nodes("fresh", [entry])
-    w._pending.clear()
+    w._rereads.pending.clear()
     w._on_health([check("serfHealth", "critical", node_name="n9")])
-    assert w._pending == {"fresh"}
-    w._pending.clear()
+    assert w._rereads.pending == {"fresh"}
+    w._rereads.pending.clear()
     w._learn_nodes("fresh", [entry])  # known already: nothing re-diffed, nothing queued
-    assert w._pending == set()
+    assert w._rereads.pending == set()
 
 
 def test_an_unchanged_service_is_no_swap_and_no_propagation_sample() -> None:
@@ -228,13 +226,13 @@ def test_an_unchanged_service_is_no_swap_and_no_propagation_sample() -> None:
     swaps: list[dict] = []
     w = ConsulWatcher(ConsulAPI("c:8500"), lambda s, m: swaps.append(dict(s)))
     cmds = [RouteCmd("add", "web", "/web", "http://10.0.0.1:80/")]
-    w._emit({"web": cmds}, None, 0.0)
-    w._emit({"web": list(cmds)}, None, 0.0)  # equal commands: nothing to do
-    w._emit({"gone": None}, None, 0.0)  # removing what the table does not have: nothing either
+    w._rereads.emit({"web": cmds}, None, 0.0)
+    w._rereads.emit({"web": list(cmds)}, None, 0.0)  # equal commands: nothing to do
+    w._rereads.emit({"gone": None}, None, 0.0)  # removing what the table does not have: nothing either
     assert swaps == [{"web": cmds}] and w.status.propagation_count == 1
-    w._emit({"web": None, "db": None}, None, 0.0)
+    w._rereads.emit({"web": None, "db": None}, None, 0.0)
     assert swaps[-1] == {"web": None} and w.status.propagation_count == 2
-    w._emit({}, [], 0.0)  # an override change always goes through
+    w._rereads.emit({}, [], 0.0)  # an override change always goes through
     assert len(swaps) == 3 and w.status.propagation_count == 3
 
 
@@ -250,8 +248,8 @@ def test_unrun_hold_keeps_a_routed_instance_unless_turned_off(hold: float, kept:
                 "Service": {"ID": "web-1", "Service": "web", "Port": 80, "Tags": ["urlprefix-/web"]}, "Checks": [c]}
 
     async def main() -> tuple[Any, Any]:
-        before = w._cmds_from_entries("web", [entry("passing", "HTTP GET: 200 OK")])
-        return before, w._cmds_from_entries("web", [entry("critical", "")])  # reloaded, not run yet
+        before = w._routes.commands("web", [entry("passing", "HTTP GET: 200 OK")])
+        return before, w._routes.commands("web", [entry("critical", "")])  # reloaded, not run yet
 
     before, after = asyncio.run(main())
     assert before and (after is not None) is kept
@@ -262,7 +260,7 @@ def test_large_buffers_come_from_mmap_on_glibc() -> None:
     threshold; elsewhere the call says it changed nothing."""
     import platform
 
-    from registry.consul.dump import large_buffers_from_mmap
+    from registry.consul.helper import large_buffers_from_mmap
 
     assert large_buffers_from_mmap() is (platform.libc_ver()[0] == "glibc")
 
@@ -297,11 +295,11 @@ def test_catalog_answers_compared_by_difference_give_the_full_computation(answer
     w = ConsulWatcher(ConsulAPI("c:8500"), lambda s, m: None)
     before: dict[str, tuple[str, ...]] = {}
     for services in answers:
-        w._pending.clear()
+        w._rereads.pending.clear()
         w._on_catalog(services)
         full = {n: tuple(t) for n, t in services.items() if any(x.strip().startswith("urlprefix-") for x in t)}
         assert w._catalog_tags == full
-        assert w._pending == {n for n in full.keys() | before.keys() if full.get(n) != before.get(n)}
+        assert w._rereads.pending == {n for n in full.keys() | before.keys() if full.get(n) != before.get(n)}
         before = full
 
 
@@ -317,10 +315,10 @@ def test_a_result_with_a_lower_service_index_never_replaces_a_newer_one() -> Non
     w = ConsulWatcher(ConsulAPI("c:8500"), lambda s, m: applied.append(s))
 
     async def run() -> None:
-        w._accept("web", [_entry("web-1", 81)], 20, None)  # the hot watch's newer answer
-        w._accept("web", [_entry("web-1", 80)], 19, None)  # a re-read that left earlier, answered later
+        w._rereads._accept("web", [_entry("web-1", 81)], 20, None)  # the hot watch's newer answer
+        w._rereads._accept("web", [_entry("web-1", 80)], 19, None)  # a re-read that left earlier, answered later
         await asyncio.sleep(0)
-        w._accept("web", [_entry("web-1", 82)], 21, None)
+        w._rereads._accept("web", [_entry("web-1", 82)], 21, None)
         await asyncio.sleep(0)
 
     asyncio.run(run())
@@ -343,10 +341,10 @@ def test_a_service_changed_during_its_read_is_read_again_and_others_do_not_wait(
             await gate.wait()  # the first read of a is slow
         return [dict(_entry(f"{name}-1", 80 + n), Service={**_entry(f"{name}-1", 80 + n)["Service"], "Service": name})], n
 
-    w._service_read = read  # type: ignore[method-assign]
+    w._rereads.read = read  # type: ignore[method-assign]
 
     async def run() -> None:
-        loop = asyncio.ensure_future(w._fetch_loop())
+        loop = asyncio.ensure_future(w._rereads.run(w._start_reconcile))
         w._enqueue({"a", "b"})
         for _ in range(5):
             await asyncio.sleep(0)

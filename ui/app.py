@@ -24,7 +24,7 @@ from starlette.routing import Route
 
 from registry.consul.api import ConsulError
 from router import __version__
-from router.config.settings import ui_color_rgb
+from router.config.values import ui_color_rgb
 from router.proxy.stats import RateWindow
 from ui import overrides
 from ui.metrics import registry_for, route_snapshots

@@ -3,7 +3,8 @@
 Standard library only, so its image is the Python base and this file. Every answer names the service
 (SERVICE_NAME), the instance (the container ID, else the host name) and the path it received, so a client
 of the router sees which container served it and what `strip=` did. `?sleep=S` (at most 30) answers after
-S seconds: a request that is still in flight while something stops.
+S seconds: a request that is still in flight while something stops. POST, PUT, PATCH and DELETE answer as
+GET does (their body is read and dropped).
 
 SIGTERM: /health turns 503 at once (the Consul check Registrator made from SERVICE_CHECK_HTTP fails, and
 the router takes the instance out of its table), every other request is still served for DRAIN_SECONDS,
@@ -96,6 +97,13 @@ class Handler(BaseHTTPRequestHandler):
                 STATE.in_flight -= 1
 
     do_HEAD = do_GET
+
+    def do_POST(self) -> None:  # noqa: N802 - the stdlib's name
+        """The body is read (so the connection stays usable) and dropped; the answer is GET's: who answered."""
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        self.do_GET()
+
+    do_PUT = do_PATCH = do_DELETE = do_POST
 
 
 def main() -> int:

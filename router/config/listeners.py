@@ -220,7 +220,7 @@ def parse_cert_sources(text: str, duration: Callable[[str], float], *, allow_vau
                        ) -> dict[str, CertSourceSpec]:
     """`proxy.cs` -> {name: spec}; ValueError naming the source for anything invalid.
 
-    `duration` parses Go durations (router/config/settings.py's parser, passed in to keep this module
+    `duration` parses Go durations (router/config/values.py's parser, passed in to keep this module
     free of the key table).
     """
     out: dict[str, CertSourceSpec] = {}

@@ -21,7 +21,7 @@ import os
 import time
 from dataclasses import dataclass, field
 
-from router.config.settings import parse_duration
+from router.config.values import parse_duration
 from router.proxy import htpasswd
 
 log = logging.getLogger("router.auth")

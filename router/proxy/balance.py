@@ -22,7 +22,12 @@ Failure state belongs to the instance (InstanceState), identified by its route c
 Consul service instance: "service:<name>/<ID>") plus scheme, host and port, and shared by every route
 pointing at it. States are held only by the pickers of live routes; the registry that finds them when a
 picker is built is weak-valued, so an instance that leaves the table takes its failures with it, and a
-new container on a freed address starts clean even when both changes arrive in one table build.
+new container on a freed address starts clean even when both changes arrive in one table build. The
+weak values alone are not enough: a request in flight, or cyclic garbage the collector reaches only
+seconds later (router/run/workers.py raises its thresholds), kept an old picker and its states alive, and
+a container recreated under its name on the freed address (Registrator's ID is host:name:port, so the
+same ID and address) got the old one's failures and ejection, found end to end with Docker. So every
+table swap also drops the registry's states of the instances that left (`forget_left`).
 """
 
 from __future__ import annotations
@@ -64,6 +69,7 @@ class Balancer:
         self.hedges = 0
         self.ejections = 0
         self.full = 0  # requests answered 503 because every instance was at proxy.maxinflight
+        self.stalls = 0  # tries ended because their instance was stalled
 
     def picker(self, route: Any) -> RoutePicker:
         """The route's picker, built on its first request and kept on the Route (per table build)."""
@@ -93,6 +99,18 @@ class Balancer:
             st = self._states[key] = InstanceState(key, f"{target.host}:{target.port}", target.service)
         return st
 
+    def forget_left(self, services: Any) -> None:
+        """After a table swap: drop the states of instances of the changed `services` (name -> their
+        route commands, None/[] when gone) that are no longer among them, so that an instance coming back
+        with the same ID and address is a new one. Pickers still in use keep theirs (they are not shared
+        any more). O(states known) per swap that changed services; nothing on the request path."""
+        if not self._states or not services:
+            return
+        prefixes = tuple(f"service:{name}/" for name in services)
+        live = {c.source for cmds in services.values() for c in cmds or ()}
+        for key in [k for k in list(self._states.keys()) if k[0].startswith(prefixes) and k[0] not in live]:
+            self._states.pop(key, None)
+
     def states(self) -> list[InstanceState]:
         return list(self._states.values())
 
@@ -120,6 +138,17 @@ class Balancer:
             self.ejections += 1
             log.warning("upstream %s (%s) ejected for %.1fs after %d consecutive failures: %s",
                         st.addr, st.service, d, st.fails, reason)
+
+    def stalled(self, st: InstanceState, now: float, reason: str, tries: int = 1) -> None:
+        """`tries` waiting on `st` are ended because it is stalled (InstanceState.stalled): it is ejected at
+        once, not after proxy.eject.failures more tries have waited for nothing (bounded as every ejection)."""
+        self.stalls += tries
+        if self.policy.failures and st.until <= now:
+            d = self.policy.eject(st, now, reason)
+            self.ejected += 1
+            self.epoch += 1
+            self.ejections += 1
+            log.warning("upstream %s (%s) ejected for %.1fs: %s", st.addr, st.service, d, reason)
 
     def readmit(self, st: InstanceState) -> None:
         """An ejection ran out: the instance is tried again, cold (one request at a time)."""

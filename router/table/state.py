@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from router.table.builder import TableBuilder
@@ -40,6 +40,9 @@ class RouterState:
         self.routes_log = routes_log
         self.started = time.time()
         self._lines: dict[str, tuple[str, ...]] = {}
+        # Called after each swap with the services that changed (the proxy forgets the instance states of
+        # those that left: router/proxy/balance.py, Balancer.forget_left).
+        self.on_swap: list[Callable[[Mapping[str, Sequence[RouteCmd] | None]], None]] = []
 
     @property
     def ready(self) -> bool:
@@ -52,6 +55,8 @@ class RouterState:
         table, errors = self.builder.update(services, manual)
         ms = (time.perf_counter() - t0) * 1000
         self.table = table
+        for listener in self.on_swap:
+            listener(services)
         self.errors = list(errors)
         self.history.append(Swap(time.time(), len(services), manual is not None, ms, len(table)))
         for e in errors:

@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 
-from router.config.settings import parse_duration as config_duration
+from router.config.values import parse_duration as config_duration
 from router.table import access
 from router.table.policyopts import POLICY_OPTS, PolicyError, TargetPolicy, target_policy
 from router.table.routecmd import RouteCmd

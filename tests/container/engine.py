@@ -70,9 +70,10 @@ def status_of(url: str, timeout: float = 2, **kw: Any) -> int | None:
         return None
 
 
-def record(**figures: Any) -> None:
-    """Add figures to CT_CACHE/figures.json, which the script prints at the end."""
-    path = CACHE / "figures.json"
+def record(file: str = "figures.json", **figures: Any) -> None:
+    """Add figures to CT_CACHE/<file> (figures.json; faults.json for tests/container_faults), which the script
+    prints at the end."""
+    path = CACHE / file
     data = json.loads(path.read_text()) if path.exists() else {}
     if "CT_BUILD_SECONDS" in os.environ:
         data.setdefault("image build (docker build --no-cache), s", float(os.environ["CT_BUILD_SECONDS"]))
@@ -127,13 +128,14 @@ def split_tags(value: str) -> list[str]:
 
 
 def registration(info: Mapping[str, Any], port: int, ip: str, hostname: str,
-                 group: bool = False) -> dict[str, Any] | None:
+                 group: bool = False, host_port: int | None = None) -> dict[str, Any] | None:
     """The agent-API registration Registrator v7 (-internal) writes for one container port; None if ignored.
 
     ID `<registrator host>:<container name>:<port>`; name SERVICE_NAME, else the image's base name without
     its tag, with `-<port>` appended when the container has several ports (`group`) unless the name is
-    port-specific; tags from SERVICE_TAGS; an HTTP check from SERVICE_CHECK_HTTP, SERVICE_CHECK_INTERVAL
-    (10s) and SERVICE_CHECK_TIMEOUT. Any non-empty SERVICE_IGNORE ignores it.
+    port-specific; tags from SERVICE_TAGS; an HTTP check from SERVICE_CHECK_HTTP (else a TCP check of
+    Address:Port from SERVICE_CHECK_TCP), SERVICE_CHECK_INTERVAL (10s) and SERVICE_CHECK_TIMEOUT. Any non-empty SERVICE_IGNORE ignores it. `port` is the container's
+    (exposed) port; `host_port` the published one, which Address:Port and the check use when given.
     """
     meta, from_port = service_metadata(info, port)
     if meta.get("ignore"):
@@ -144,14 +146,47 @@ def registration(info: Mapping[str, Any], port: int, ip: str, hostname: str,
         name += f"-{port}"
     reg: dict[str, Any] = {
         "ID": f"{hostname}:{str(info.get('Name', '')).lstrip('/')}:{port}",
-        "Name": name, "Tags": split_tags(meta.get("tags", "")), "Address": ip, "Port": port,
+        "Name": name, "Tags": split_tags(meta.get("tags", "")), "Address": ip, "Port": host_port or port,
     }
+    check: dict[str, str] = {}
     if meta.get("check_http"):
-        check = {"HTTP": f"http://{ip}:{port}{meta['check_http']}", "Interval": meta.get("check_interval") or "10s"}
+        check = {"HTTP": f"http://{ip}:{host_port or port}{meta['check_http']}"}
+    elif meta.get("check_tcp"):
+        check = {"TCP": f"{ip}:{host_port or port}"}
+    if check:
+        check["Interval"] = meta.get("check_interval") or "10s"
         if meta.get("check_timeout"):
             check["Timeout"] = meta["check_timeout"]
         reg["Check"] = check
     return reg
+
+
+def container_ports(info: Mapping[str, Any], address: str) -> list[tuple[int, str, int]]:
+    """(container port, address, port) for each TCP port Registrator registers, as its bridge does.
+
+    "internal" (`-internal`): every exposed port at the container's IP on its network. "published" (the
+    default): only published ports, at the first binding's host IP and port, so traffic goes through Docker's
+    port mapping (with --iptables=false, the userland proxy, docker-proxy).
+    """
+    settings = info.get("NetworkSettings") or {}
+    bound = settings.get("Ports") or {}
+    exposed = set((info.get("Config") or {}).get("ExposedPorts") or {}) | set(bound)
+    ip = settings.get("IPAddress") or ""
+    mode = str((info.get("HostConfig") or {}).get("NetworkMode", ""))
+    nets = settings.get("Networks") or {}
+    if mode in nets:  # a user-defined network: the address is on it, not on the default bridge
+        ip = nets[mode].get("IPAddress") or ip
+    out = []
+    for key in sorted(exposed):
+        num, _, proto = key.partition("/")
+        if proto not in ("", "tcp"):
+            continue
+        if address == "internal":
+            out.append((int(num), ip, int(num)))
+        elif bound.get(key):
+            b = bound[key][0]
+            out.append((int(num), b.get("HostIp") or "", int(b["HostPort"])))
+    return out
 
 
 def listening_ports(pid: int) -> set[int]:
@@ -183,11 +218,23 @@ def listening_ports(pid: int) -> set[int]:
 
 
 class Registrator:
-    """Registers the containers of one compose project in Consul on `start`, deregisters them on `die`,
-    the way Registrator does from the Docker event stream (plus one sync of what already runs)."""
+    """Registers the containers of one compose project (or those with `label`) in Consul on `start`,
+    deregisters them on `die`, the way Registrator does from the Docker event stream (plus one sync of what
+    already runs).
 
-    def __init__(self, project: str) -> None:
+    `address`: "loopback" for the stack on one shared loopback (127.0.0.1 and the port the process listens
+    on, found in /proc, once it listens); "internal" or "published" as Registrator with or without
+    `-internal` (see container_ports), registered at once on `start`, before the program listens, as
+    Registrator does.
+    """
+
+    def __init__(self, project: str = "", *, label: str = "", address: str = "loopback",
+                 consul: str = CONSUL) -> None:
+        assert address in ("loopback", "internal", "published"), address
         self.project = project
+        self.label = label or f"com.docker.compose.project={project}"
+        self.address = address
+        self.consul = consul
         self.hostname = socket.gethostname()
         self.registered: dict[str, list[str]] = {}  # container id -> service IDs
         self.log: list[str] = []
@@ -199,12 +246,12 @@ class Registrator:
     def start(self) -> None:
         self._proc = subprocess.Popen(
             [DOCKER, "events", "--format", "{{json .}}", "--filter", "type=container",
-             "--filter", f"label=com.docker.compose.project={self.project}",
+             "--filter", f"label={self.label}",
              "--filter", "event=start", "--filter", "event=die"],
             stdout=subprocess.PIPE, text=True, env={**os.environ, "DOCKER_HOST": os.environ["CT_DOCKER_HOST"]})
         self._thread = threading.Thread(target=self._follow, daemon=True)
         self._thread.start()
-        for cid in docker("ps", "-q", "--filter", f"label=com.docker.compose.project={self.project}").split():
+        for cid in docker("ps", "-q", "--filter", f"label={self.label}").split():
             self._started(cid)
 
     def stop(self) -> None:
@@ -228,6 +275,12 @@ class Registrator:
         (info,) = json.loads(docker("inspect", cid))
         if service_metadata(info, 0)[0].get("ignore"):
             return
+        if self.address != "loopback":
+            mapped = container_ports(info, self.address)
+            for exposed, ip, port in mapped:
+                self._register(cid, registration(info, exposed, ip, self.hostname, group=len(mapped) > 1,
+                                                 host_port=port))
+            return
         pid = info["State"]["Pid"]
         deadline = time.monotonic() + 20
         ports: set[int] = set()
@@ -239,22 +292,24 @@ class Registrator:
             self.errors.append(f"{info['Name']}: no listening port within 20 s")
             return
         for port in sorted(ports):
-            reg = registration(info, port, "127.0.0.1", self.hostname, group=len(ports) > 1)
-            if reg is None:
-                continue
-            r = httpx.put(f"{CONSUL}/v1/agent/service/register", json=reg, timeout=5)
-            if r.status_code != 200:
-                self.errors.append(f"register {reg['ID']}: {r.status_code} {r.text}")
-                continue
-            with self._lock:
-                self.registered.setdefault(cid, []).append(reg["ID"])
-            self.log.append(f"{time.monotonic():.1f} register {reg['ID']} {reg['Tags']}")
+            self._register(cid, registration(info, port, "127.0.0.1", self.hostname, group=len(ports) > 1))
+
+    def _register(self, cid: str, reg: dict[str, Any] | None) -> None:
+        if reg is None:
+            return
+        r = httpx.put(f"{self.consul}/v1/agent/service/register", json=reg, timeout=5)
+        if r.status_code != 200:
+            self.errors.append(f"register {reg['ID']}: {r.status_code} {r.text}")
+            return
+        with self._lock:
+            self.registered.setdefault(cid, []).append(reg["ID"])
+        self.log.append(f"{time.monotonic():.1f} register {reg['ID']} {reg['Address']}:{reg['Port']} {reg['Tags']}")
 
     def _died(self, cid: str) -> None:
         with self._lock:
             ids = self.registered.pop(cid, [])
         for sid in ids:
-            r = httpx.put(f"{CONSUL}/v1/agent/service/deregister/{sid}", timeout=5)
+            r = httpx.put(f"{self.consul}/v1/agent/service/deregister/{sid}", timeout=5)
             if r.status_code != 200:
                 self.errors.append(f"deregister {sid}: {r.status_code} {r.text}")
             self.log.append(f"{time.monotonic():.1f} deregister {sid}")

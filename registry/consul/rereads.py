@@ -1,0 +1,179 @@
+"""Per-service re-reads: the services whose fingerprints changed are read with `/v1/health/service/<name>`,
+each at once beside the others, and their new commands are handed to the table (docs/discovery.md).
+
+It used to re-read in batches: a change seen while a batch was in flight waited for the whole batch (its
+slowest read) before its own read started, which doubled the delay of a burst of changes (issue 18). A
+service that changes again while it is being read is read once more after. Results that arrive in the
+same event-loop turn go to the table in one swap. A failed read keeps the service's last routes and is
+retried after a pause.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from typing import Any
+
+from registry.consul.api import Backoff, ConsulAPI, ConsulError
+from registry.consul.hot import HOT_LIMIT, HotWatches
+from registry.consul.services import ServiceRoutes
+from registry.consul.status import RegistryStatus, Sink
+from router.table.routecmd import RouteCmd
+
+Entries = list[dict[str, Any]]
+
+
+class ReReads:
+    """The queue of services to re-read, the reads in flight, and what the table was last given."""
+
+    def __init__(self, api: ConsulAPI, status: RegistryStatus, sink: Sink, routes: ServiceRoutes, *,
+                 learn: Callable[[str, Entries], None], concurrency: int = 16, hot_limit: int = HOT_LIMIT,
+                 max_rate: float = 20.0) -> None:
+        self.api = api
+        self.status = status
+        self.sink = sink
+        self.routes = routes
+        self.learn = learn  # a read told which nodes the service is on (the watcher's node map)
+        self.concurrency = concurrency
+        self.wake = asyncio.Event()  # set when there is work for `run`
+        self.pending: set[str] = set()
+        self.since: dict[str, float] = {}  # pending service -> monotonic time the change was first seen
+        self.sent: dict[str, list[RouteCmd]] = {}  # the commands the table has per service (see emit)
+        self._inflight: dict[str, float | None] = {}  # service being re-read -> when its change was seen
+        self._ready: dict[str, list[RouteCmd] | None] = {}  # re-read results not yet handed to the table
+        self._ready_since: float | None = None
+        self._backoff = Backoff()
+        self._svc_index: dict[str, int] = {}  # service -> the per-service Consul index of the state applied
+        self.hot = HotWatches(api, self._accept, limit=hot_limit, max_rate=max_rate, count=self._count)
+
+    def _count(self) -> None:
+        self.status.requests += 1
+
+    def forget_indexes(self) -> None:
+        """Consul may have come back with other data: per-service indexes no longer compare."""
+        self._svc_index.clear()
+        self.hot.clear()
+
+    def enqueue(self, names: set[str], since: float | None = None) -> None:
+        """Mark services for a re-read; `since` (default: now) is when the change that needs it was seen."""
+        if names:
+            at = time.monotonic() if since is None else since
+            for n in names:
+                if n not in self.since or at < self.since[n]:
+                    self.since[n] = at
+            self.pending |= names
+            self.wake.set()
+
+    def emit(self, changes: dict[str, list[RouteCmd] | None], manual: list[RouteCmd] | None, since: float | None) -> None:
+        """Hand a change to the table and record how long it took from the watch answer to the swap.
+
+        Services whose commands equal what the table has are left out, and a change that leaves nothing
+        is no swap: an instance reconcile re-reads every service it cannot rule out, and timing those
+        no-op re-reads against the reconcile's trigger reported seconds for changes applied in ms.
+        """
+        sent = self.sent
+        changes = {n: c for n, c in changes.items() if sent.get(n) != c}
+        if not changes and manual is None:
+            return
+        self.sink(changes, manual)
+        for n, c in changes.items():
+            if c is None:
+                sent.pop(n, None)
+            else:
+                sent[n] = c
+        if since is not None:
+            self.status.propagated((time.monotonic() - since) * 1000)
+
+    async def run(self, on_wake: Callable[[], None]) -> None:
+        """Forever: on each wake call `on_wake` (the watcher starts a reconcile there), then start a read
+        for every pending service not already being read."""
+        sem = asyncio.Semaphore(self.concurrency)
+        tasks: set[asyncio.Future[None]] = set()
+        try:
+            while True:
+                await self.wake.wait()
+                self.wake.clear()
+                on_wake()
+                for name in sorted(self.pending - self._inflight.keys()):
+                    self.pending.discard(name)
+                    self._inflight[name] = self.since.pop(name, None)
+                    task = asyncio.ensure_future(self._read_one(name, sem))
+                    tasks.add(task)
+                    task.add_done_callback(tasks.discard)
+        finally:
+            for task in list(tasks):
+                task.cancel()
+            self.hot.clear()
+
+    async def _read_one(self, name: str, sem: asyncio.Semaphore) -> None:
+        """One service's re-read; its result waits in `_ready` for the next `_flush` (scheduled once per turn)."""
+        since = self._inflight.get(name)
+        try:
+            async with sem:
+                entries, index = await self.read(name)
+        except ConsulError as e:
+            self.status.error(f"service {name}: {e}")
+            # retried after a pause, keeping the time of its change; new changes meanwhile read at once
+            asyncio.get_running_loop().call_later(self._backoff.next(), self.enqueue, {name}, since)
+            return
+        finally:
+            self._inflight.pop(name, None)
+            if name in self.pending:  # changed again while being read: read it again
+                self.wake.set()
+        self._backoff.reset()
+        self.hot.touch(name, index)
+        self._accept(name, entries, index, since)
+
+    def _accept(self, name: str, entries: Entries, index: int, since: float | None) -> None:
+        """One service's entries, from a re-read or its hot watch (hot.py): applied unless an answer with a
+        higher per-service index already was (the two may cross); the result waits in `_ready` for `_flush`."""
+        if index < self._svc_index.get(name, 0):
+            return
+        self._svc_index[name] = index
+        self.learn(name, entries)
+        cmds = self.routes.commands(name, entries)
+        if not self._ready:
+            asyncio.get_running_loop().call_soon(self._flush)
+        self._ready[name] = cmds
+        if since is not None:
+            self._ready_since = since if self._ready_since is None else min(since, self._ready_since)
+
+    def _flush(self) -> None:
+        changes, self._ready = self._ready, {}
+        since, self._ready_since = self._ready_since, None
+        if changes:
+            self.emit(changes, None, since)
+
+    async def collect(self) -> tuple[dict[str, list[RouteCmd] | None], set[str]]:
+        """Re-read every pending service at once (the initial load without the dump); return their new
+        commands. Failed reads stay pending."""
+        self.wake.clear()
+        names, self.pending = self.pending, set()
+        sem = asyncio.Semaphore(self.concurrency)
+        changes: dict[str, list[RouteCmd] | None] = {}
+        failed: set[str] = set()
+
+        async def one(name: str) -> None:
+            async with sem:
+                try:
+                    entries, index = await self.read(name)
+                except ConsulError as e:
+                    failed.add(name)
+                    self.status.error(f"service {name}: {e}")
+                    return
+            self._svc_index[name] = index
+            self.learn(name, entries)
+            changes[name] = self.routes.commands(name, entries)
+
+        await asyncio.gather(*(one(n) for n in sorted(names)))
+        if failed:
+            self.pending |= failed
+            self.wake.set()
+        return changes, failed
+
+    async def read(self, name: str) -> tuple[Entries, int]:
+        """`/v1/health/service/<name>`: its entries and its X-Consul-Index (the service's own index)."""
+        r = await self.api.get(f"/v1/health/service/{name}")
+        self.status.requests += 1
+        return (r.body if r.status == 200 and r.body else []), r.index
