@@ -131,38 +131,45 @@ class H2Stream:
             self.sent = True
 
     async def write(self, data: bytes) -> None:
-        conn = self.conn
-        if self.gone or conn.lost:
-            raise ClientGone()
-        self._send_head(False)
-        if self.scope["method"] == "HEAD" or self.status in (204, 304):
-            conn.flush()
-            return
-        view = memoryview(data)
-        while view:
+        try:
+            conn = self.conn
             if self.gone or conn.lost:
                 raise ClientGone()
-            window = min(conn.h2.local_flow_control_window(self.sid), conn.h2.max_outbound_frame_size)
-            if window <= 0:
+            self._send_head(False)
+            if self.scope["method"] == "HEAD" or self.status in (204, 304):
                 conn.flush()
-                await self._wait()  # a WINDOW_UPDATE (or the stream's end) wakes us
-                continue
-            chunk, view = view[:window], view[window:]
-            conn.h2.send_data(self.sid, chunk.tobytes())
-            self.size += len(chunk)
-        conn.flush()
-        if conn.write_paused:
-            await conn.drain()
+                return
+            view = memoryview(data)
+            while view:
+                if self.gone or conn.lost:
+                    raise ClientGone()
+                window = min(conn.h2.local_flow_control_window(self.sid), conn.h2.max_outbound_frame_size)
+                if window <= 0:
+                    conn.flush()
+                    await self._wait()  # a WINDOW_UPDATE (or the stream's end) wakes us
+                    continue
+                chunk, view = view[:window], view[window:]
+                conn.h2.send_data(self.sid, chunk.tobytes())
+                self.size += len(chunk)
+            conn.flush()
+            if conn.write_paused:
+                await conn.drain()
+        except h2.exceptions.ProtocolError:  # the client closed the stream or the connection (GOAWAY)
+            self.gone = True
+            raise ClientGone() from None
 
     async def end(self) -> None:
         if self.finished:
             return
         conn = self.conn
         if not (self.gone or conn.lost):
-            if self.head is not None:
-                self._send_head(True)
-            else:
-                conn.h2.end_stream(self.sid)
+            try:
+                if self.head is not None:
+                    self._send_head(True)
+                else:
+                    conn.h2.end_stream(self.sid)
+            except h2.exceptions.ProtocolError:  # the client closed the stream or the connection (GOAWAY)
+                self.gone = True
             conn.flush()
         conn.finish(self)
 
@@ -172,8 +179,12 @@ class H2Stream:
             return
         conn = self.conn
         if not (self.gone or conn.lost):
-            self._send_head(False)
-            conn.h2.send_headers(self.sid, [(n.lower(), v) for n, v in trailers if n[:1] != b":"], end_stream=True)
+            try:
+                self._send_head(False)
+                conn.h2.send_headers(self.sid, [(n.lower(), v) for n, v in trailers if n[:1] != b":"],
+                                     end_stream=True)
+            except h2.exceptions.ProtocolError:  # the client closed the stream or the connection (GOAWAY)
+                self.gone = True
             conn.flush()
         conn.finish(self)
 
