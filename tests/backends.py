@@ -1,4 +1,5 @@
-"""Real HTTP backends for tests: aiohttp servers on free loopback ports, each in its own thread.
+"""Real HTTP backends for tests: aiohttp servers on free loopback ports, each in its own thread
+(tests/aiohttp_thread.py).
 
 Each answers with its instance name and records what it received (path, headers), so tests can
 assert on what the router forwarded.
@@ -7,12 +8,13 @@ assert on what the router forwarded.
 from __future__ import annotations
 
 import asyncio
-import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import pytest
 from aiohttp import web
+
+from tests.aiohttp_thread import ThreadedApp
 
 
 @dataclass
@@ -29,9 +31,7 @@ class Backend:
     port: int = 0
     requests: list[Seen] = field(default_factory=list)
     ws_closed: list[int | None] = field(default_factory=list)  # close code of each finished websocket
-    _loop: asyncio.AbstractEventLoop | None = None
-    _runner: web.AppRunner | None = None
-    _thread: threading.Thread | None = None
+    _app: ThreadedApp | None = None
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         if request.path.endswith("/ws") and request.headers.get("Upgrade", "").lower() == "websocket":
@@ -74,34 +74,16 @@ class Backend:
         return ws
 
     def start(self) -> Backend:
-        ready = threading.Event()
-
-        def run() -> None:
-            loop = asyncio.new_event_loop()
-            self._loop = loop
-            app = web.Application(client_max_size=1 << 30)
-            app.router.add_route("*", "/{tail:.*}", self._handle)
-            self._runner = web.AppRunner(app, access_log=None)
-            loop.run_until_complete(self._runner.setup())
-            site = web.TCPSite(self._runner, "127.0.0.1", self.port)
-            loop.run_until_complete(site.start())
-            self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-            ready.set()
-            loop.run_forever()
-            loop.run_until_complete(self._runner.cleanup())
-            loop.close()
-
-        self._thread = threading.Thread(target=run, name=f"backend-{self.name}", daemon=True)
-        self._thread.start()
-        if not ready.wait(10):
-            raise RuntimeError(f"backend {self.name} did not start")
+        app = web.Application(client_max_size=1 << 30)
+        app.router.add_route("*", "/{tail:.*}", self._handle)
+        self._app = ThreadedApp(app, port=self.port, name=f"backend-{self.name}").start()
+        self.port = self._app.port
         return self
 
     def stop(self) -> None:
-        if self._loop is not None and self._thread is not None:
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join(10)
-            self._loop = None
+        if self._app is not None:
+            self._app.stop()
+            self._app = None
 
     @property
     def hits(self) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -32,7 +33,8 @@ def pid_alive(pid: int) -> bool:
 
 
 class RouterProc:
-    def __init__(self, *flags: str, wait_ready: bool = True, env: dict[str, str] | None = None) -> None:
+    def __init__(self, *flags: str, wait_ready: bool = True, env: dict[str, str] | None = None,
+                 ui_ca: str | None = None) -> None:
         self.proxy_port = free_port()
         self.ui_port = free_port()
         self.flags = [
@@ -45,6 +47,7 @@ class RouterProc:
             *flags,
         ]
         self.wait_ready = wait_ready
+        self.ui_ca = ui_ca  # the UI serves HTTPS (ui.addr with cs=): readiness is asked over TLS, trusting this CA
         self.env = {**os.environ, **(env or {})}
         self.log = tempfile.NamedTemporaryFile(prefix="router-", suffix=".log", delete=False)
         self.proc: subprocess.Popen | None = None
@@ -55,7 +58,7 @@ class RouterProc:
 
     @property
     def ui(self) -> str:
-        return f"http://127.0.0.1:{self.ui_port}"
+        return f"{'https' if self.ui_ca else 'http'}://127.0.0.1:{self.ui_port}"
 
     def start(self) -> RouterProc:
         self.proc = subprocess.Popen(
@@ -67,13 +70,16 @@ class RouterProc:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"router exited with {self.proc.returncode}:\n{self.output()}")
             try:
-                r = httpx.get(self.ui + "/health", timeout=1)
+                r = httpx.get(self.ui + "/health", timeout=1, verify=self._ui_verify())
                 if r.status_code == 200 or (not self.wait_ready and r.status_code == 503):
                     return self
             except httpx.HTTPError:
                 pass
             time.sleep(0.05)
         raise RuntimeError(f"router not ready within 20s:\n{self.output()}")
+
+    def _ui_verify(self) -> ssl.SSLContext | bool:
+        return ssl.create_default_context(cafile=self.ui_ca) if self.ui_ca else True
 
     def output(self) -> str:
         return Path(self.log.name).read_text(errors="replace")

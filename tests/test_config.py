@@ -146,6 +146,8 @@ RANGES = {
     "proxy.header.sts.maxage": (("1.5",), {"0": 0, "31536000": 31536000}),
     "proxy.workers": (("257",), {"0": 0, "256": 256}),
     "proxy.maxheaderbytes": (("1023", str((1 << 30) + 1)), {"1024": 1024, str(1 << 30): 1 << 30}),
+    "proxy.grpcmaxrxmsgsize": (("-1", str(1 << 31)), {"0": 0, "4194304": 4194304}),
+    "proxy.grpcmaxtxmsgsize": (("-1", str(1 << 31)), {"0": 0, str((1 << 31) - 1): (1 << 31) - 1}),
     "proxy.retry.attempts": (("0", "17"), {"1": 1, "16": 16}),
     "proxy.eject.failures": (("1001",), {"0": 0, "1000": 1000}),
     "proxy.eject.duration": (("0", "0s", "1us"), {"1ms": 0.001, "10s": 10.0}),
@@ -156,6 +158,7 @@ RANGES = {
     "proxy.retry.budget": (("-1", "11", "inf"), {"0": 0.0, "0.2": 0.2, "10": 10.0}),
     "proxy.retry.budget.min": (("-1", "x"), {"0": 0.0, "10": 10.0}),
     "proxy.retry.pertrytimeout": (("-1s", "fast"), {"0": 0.0, "250ms": 0.25}),
+    "proxy.stall.timeout": (("-1s", "slow"), {"0": 0.0, "1s": 1.0, "30s": 30.0}),
     "proxy.retry.buffer": (("-1", "1.5", str((1 << 30) + 1)), {"0": 0, "65536": 65536}),
     "proxy.hedge.delay": (("-1ms",), {"0": 0.0, "25ms": 0.025}),
     "proxy.lb.decay": (("0", "1us"), {"1ms": 0.001, "1s": 1.0}),
@@ -282,7 +285,7 @@ def test_unknown_routes_format_warns_and_uses_delta(value: str) -> None:
     ("proxy.addr", ":3306;proto=tcp,:9999", ("0.0.0.0", 9999), []),  # the typed value: the first HTTP listener
     ("proxy.addr", "addr=[::1]:9999;it=0", ("::1", 9999), []),
     ("ui.addr", "127.0.0.1:9998;proto=http", ("127.0.0.1", 9998), []),
-    ("ui.addr", ":9998;it=30s;rt=1s", ("0.0.0.0", 9998), ["it=30s is not supported", "rt=1s is not supported"]),
+    ("ui.addr", ":9998;it=30s;rt=1s", ("0.0.0.0", 9998), ["rt=1s is not supported"]),
 ])
 def test_listener_options_and_extra_listeners_are_warned_about(key: str, addr: str, typed: tuple, warned: list) -> None:
     # every proxy.addr option and protocol: tests/test_listeners_config.py
@@ -299,13 +302,26 @@ def test_listener_options_and_extra_listeners_are_warned_about(key: str, addr: s
     ("proxy.addr", ":9999;it=soon", "it= must be"),
     ("proxy.addr", ";proto=http", "host:port"),
     ("proxy.addr", ":99999", "a port from 0 to 65535"),
-    ("ui.addr", ":9998;proto=https;cs=ui", "proto=https would need TLS"),
+    ("ui.addr", ":9998;proto=tcp", "an HTTP or HTTPS listener"),
     ("ui.addr", ":9998,:9997", "exactly one listener"),
 ])
 def test_listeners_that_cannot_be_served_as_configured_stop_startup(key: str, addr: str, expected: str) -> None:
     with pytest.raises(ConfigError) as e:
         load([f"-{key}", addr], env={})
     assert f"invalid value {addr!r} for {key}" in str(e.value) and expected in str(e.value)
+
+
+def test_ui_addr_with_a_cert_source_is_an_https_listener() -> None:
+    cfg = load(["-ui.addr", "127.0.0.1:9443;cs=ui;tlsmin=tls12;strictmatch=true",
+                "-proxy.cs", "cs=ui;type=file;cert=/x/cert.pem;key=/x/key.pem"], env={})
+    lst = cfg.ui_listener
+    assert cfg["ui.addr"] == ("127.0.0.1", 9443) and lst is not None
+    assert (lst.proto, lst.tls, lst.cert_source.cert, lst.tls_min, lst.strict_match) == (  # type: ignore[union-attr]
+        "https", True, "/x/cert.pem", 0x0303, True)
+    assert not [w for w in cfg.warnings if "ui.addr" in w]
+    assert load([], env={}).ui_listener.tls is False  # type: ignore[union-attr]
+    with pytest.raises(ConfigError, match=r"invalid ui.addr \(from flag\): unknown certificate source cs=nope"):
+        load(["-ui.addr", ":9998;cs=nope"], env={})
 
 
 # ----------------------------------------------------------------------------- other fabio keys

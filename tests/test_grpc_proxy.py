@@ -136,6 +136,20 @@ def test_grpcs_upstream_with_grpcservername(router, ca: trustme.CA) -> None:  # 
         assert ch.unary_unary("/test.Echo/Unary")(b"over tls", timeout=10) == b"echo:over tls"
 
 
+@pytest.mark.parametrize("kind", ["tls", "h2c"])
+def test_more_than_a_window_of_answers_on_one_connection(router, ca: trustme.CA, kind: str) -> None:  # type: ignore[no-untyped-def]
+    """Every answer's bytes are credited back to the upstream connection's window, also those of calls
+    that ended before their data was read: 200 answers of 1 KiB (three times the 64 KiB default window)
+    all arrive, none hangs until its deadline."""
+    _, tport, gport, _ = router
+    ch = tls_channel(ca, tport) if kind == "tls" else grpc.insecure_channel(f"127.0.0.1:{gport}")
+    body = b"w" * 1024
+    with ch:
+        call = ch.unary_unary("/test.Echo/Unary")
+        for i in range(200):
+            assert call(body + str(i).encode(), timeout=10) == b"echo:" + body + str(i).encode()
+
+
 def test_many_concurrent_calls_on_one_connection(router, ca: trustme.CA) -> None:  # type: ignore[no-untyped-def]
     _, tport, _, _ = router
     with tls_channel(ca, tport) as ch:
@@ -159,3 +173,33 @@ def test_grpc_metrics(router, ca: trustme.CA) -> None:  # type: ignore[no-untype
         ch.unary_unary("/test.Echo/Unary")(b"m", timeout=10)
     text = httpx.get(r.ui + "/metrics").text
     assert 'consul_router_grpc_status_total{code="0"}' in text and "consul_router_grpc_requests_total" in text
+
+
+def _sample(text: str, name: str, **labels: str) -> float:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    for fam in text_string_to_metric_families(text):
+        for s in fam.samples:
+            if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
+                return s.value
+    return 0.0
+
+
+def test_fabios_grpc_metrics_and_calls_without_a_route(router) -> None:  # type: ignore[no-untyped-def]
+    r, _, gport, _ = router
+    before = httpx.get(r.ui + "/metrics").text
+    with grpc.insecure_channel(f"127.0.0.1:{gport}") as ch:  # a new connection on the proto=grpc listener
+        assert ch.unary_unary("/test.Echo/Unary")(b"m", timeout=10) == b"echo:m"
+        with pytest.raises(grpc.RpcError) as e:
+            ch.unary_unary("/nothing.Here/Call")(b"", timeout=10)
+        assert (e.value.code(), e.value.details()) == (grpc.StatusCode.NOT_FOUND, "no route found")  # fabio's answer
+    after = httpx.get(r.ui + "/metrics").text
+    for name, grew in (("consul_router_grpc_connections_total", 1), ("consul_router_grpc_noroute_total", 1),
+                       ("consul_router_grpc_request_duration_seconds_count", 1)):
+        assert _sample(after, name) - _sample(before, name) == grew, name
+    assert _sample(after, "consul_router_grpc_request_duration_seconds_sum") > _sample(
+        before, "consul_router_grpc_request_duration_seconds_sum")
+    # fabio's target timer: the call counts on its route like an HTTP request
+    route = {"service": "echo", "route": "/test.Echo"}
+    assert _sample(after, "consul_router_requests_total", **route) - _sample(before, "consul_router_requests_total",
+                                                                             **route) == 1

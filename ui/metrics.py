@@ -99,8 +99,21 @@ def edge_families(edge: Any) -> Iterator[Metric]:
             fam.add_metric(list(key), v)
         yield fam
     g = getattr(edge, "grpc", None)
-    if g is not None:  # fabio's grpc.requests and the per-code status counts
-        yield CounterMetricFamily(f"{PREFIX}_grpc_requests", "gRPC calls forwarded", value=g.stats.requests)
+    if g is not None:  # fabio's grpc.conn, grpc.noroute, grpc.requests (count and durations), grpc.status
+        gs = g.stats
+        yield CounterMetricFamily(f"{PREFIX}_grpc_requests", "gRPC calls forwarded", value=gs.requests)
+        yield CounterMetricFamily(f"{PREFIX}_grpc_connections", "connections accepted on grpc/grpcs listeners",
+                                  value=gs.conn)
+        yield CounterMetricFamily(f"{PREFIX}_grpc_noroute", "gRPC calls without a route (answered NOT_FOUND)",
+                                  value=gs.noroute)
+        dur = HistogramMetricFamily(f"{PREFIX}_grpc_request_duration_seconds", "time from a gRPC call's start "
+                                    "to its end, through the router")
+        acc, cum = 0, []
+        for le, c in zip([repr(b) for b in BOUNDS] + ["+Inf"], gs.buckets, strict=True):
+            acc += c
+            cum.append((le, acc))
+        dur.add_metric([], cum, gs.seconds)
+        yield dur
         st = CounterMetricFamily(f"{PREFIX}_grpc_status", "gRPC calls by the grpc-status they ended with",
                                  labels=["code"])
         for code, v in sorted(g.stats.status.items()):
@@ -190,6 +203,8 @@ def resilience_families(docs: dict[str, dict[str, Any]], c: dict[str, int]) -> I
     and the highest over the workers: router/proxy/balance.py merge_docs)."""
     yield CounterMetricFamily(f"{PREFIX}_upstream_hedges", "second connects or requests sent to another instance "
                               "while the first had not answered", value=c.get("hedges", 0))
+    yield CounterMetricFamily(f"{PREFIX}_upstream_stalls", "tries ended because their instance sent no response "
+                              "headers for proxy.stall.timeout while several requests waited", value=c.get("stalls", 0))
     yield CounterMetricFamily(f"{PREFIX}_upstream_retry_budget_exhausted", "retries or hedges refused by the "
                               "route's retry budget (proxy.retry.budget)", value=c.get("budget_exhausted", 0))
     yield CounterMetricFamily(f"{PREFIX}_upstream_inflight_full", "requests answered 503 because every instance "

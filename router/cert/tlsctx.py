@@ -38,6 +38,7 @@ class TLSSettings:
     ciphers: tuple[int, ...] = ()
     alpn: tuple[str, ...] = ("http/1.1",)
     client_ca: bytes = b""  # PEM; non-empty: clients must present a certificate signed by one of them
+    ca_anchors: bool = False  # every client CA certificate is a trust anchor, as in Go (caupgcn=, caupgrade.py)
 
 
 @cache
@@ -89,7 +90,12 @@ def base_context(settings: TLSSettings) -> ssl.SSLContext:
             ctx.load_verify_locations(cadata=settings.client_ca.decode("ascii", "replace"))
         except (ssl.SSLError, ValueError) as e:
             raise CertError(f"client CA certificates: {e}") from None
+        if settings.ca_anchors:
+            ctx.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
     ctx.options |= ssl.OP_NO_RENEGOTIATION if hasattr(ssl, "OP_NO_RENEGOTIATION") else 0
+    # One TLS 1.3 session ticket per handshake, as Go's servers (fabio, Traefik) send, not OpenSSL's two:
+    # each costs an encryption and a record on every new connection, and one suffices to resume
+    ctx.num_tickets = 1
     return ctx
 
 

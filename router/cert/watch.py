@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import logging
 
+from router.cert import caupgrade
 from router.cert.pairs import CertError
 from router.cert.sources import Source, source
 from router.cert.tlsctx import SNIContext, TLSSettings
@@ -40,9 +41,12 @@ class ListenerCerts:
     async def start(self) -> SNIContext:
         """Build the context and load the first certificates: a `file` source that cannot be loaded stops
         startup (as in fabio); other sources may still be empty and fill in later."""
-        ca = await self.source.client_ca()
+        ca, upgraded = caupgrade.upgrade(await self.source.client_ca(), self.spec.caupgcn)
+        if upgraded:
+            log.info("listener %s: %d client CA certificate(s) issued by %r used as CA certificates (caupgcn)",
+                     self.listener, upgraded, self.spec.caupgcn)
         settings = TLSSettings(self.listener.tls_min, self.listener.tls_max, self.listener.tls_ciphers,
-                               self.alpn, ca)
+                               self.alpn, ca, ca_anchors=bool(upgraded))
         self.sni = SNIContext(settings, self.listener.strict_match, self._no_cert)
         first = asyncio.get_running_loop().create_future()
         self.task = asyncio.create_task(self._run(first), name=f"certs {self.spec.name}")

@@ -15,11 +15,11 @@ from router.config.values import duration, parse_bool, parse_int
 
 FABIO_LISTENER_PROTOS = ("http", "https", "tcp", "tcp+sni", "tcp-dynamic", "https+tcp+sni", "grpc", "grpcs",
                          "prometheus")
-SUPPORTED_LISTENER_OPTIONS = {"proxy.addr": ("proto", "it"), "ui.addr": ("proto",)}
+SUPPORTED_LISTENER_OPTIONS = {"proxy.addr": ("proto", "it"),
+                              "ui.addr": ("proto", "it", "cs", "strictmatch", "tlsmin", "tlsmax", "tlsciphers")}
 _LISTENER_OPTION_NOTES = {
     "rt": "no read timeout is applied",
     "wt": "no write timeout is applied",
-    "it": "the UI keeps uvicorn's idle timeout",
     "pxyproto": "a PROXY protocol header is not read: such connections get 400",
     "pxytimeout": "the PROXY protocol is not supported",
     "strictmatch": "there are no TLS listeners",
@@ -53,7 +53,7 @@ _IDLE_TIMEOUT = duration(zero="never close idle connections")
 
 
 def listen_addr(key: str) -> Callable[[str], tuple[str, int]]:
-    """Parser of proxy.addr / ui.addr: the first listener -> (host, port). It must be plain HTTP."""
+    """Parser of proxy.addr / ui.addr: the first listener -> (host, port); ui.addr's is HTTP or HTTPS."""
 
     def parse(text: str) -> tuple[str, int]:
         if key == "proxy.addr":
@@ -68,11 +68,8 @@ def listen_addr(key: str) -> Callable[[str], tuple[str, int]]:
         proto = o.get("proto", "")
         if proto and proto not in FABIO_LISTENER_PROTOS:
             raise ValueError(f"a listener with a known proto= ({', '.join(FABIO_LISTENER_PROTOS)}), got {proto!r}")
-        if "cs" in o or (proto and proto != "http"):
-            shown = f"proto={proto}" if proto else f"cs={o['cs']}"
-            raise ValueError(
-                f"a plain HTTP listener ([host]:port or [host]:port;proto=http): {shown} would need TLS, TCP or "
-                "gRPC listeners, which this router does not have; terminate TLS in front of it")
+        if proto not in ("", "http", "https"):  # the UI speaks HTTP, over TLS with a cs= (as fabio's)
+            raise ValueError(f"an HTTP or HTTPS listener (proto=http, or cs=<source> for HTTPS), not proto={proto}")
         if "it" in o and key == "proxy.addr":
             try:
                 _IDLE_TIMEOUT(o["it"])

@@ -48,7 +48,8 @@ KEYS: tuple[Key, ...] = (
         "it=<duration>: idle client keep-alive timeout (default 75s)"),
     Key("proxy.cs", "", parse_str,
         "certificate sources: cs=<name>;type=file|path|http|consul;cert=<path or URL>[;key=][;clientca=]"
-        "[;refresh=3s][;hdr=Name: value] [,cs=...]; vault and vault-pki are refused at startup"),
+        "[;refresh=3s][;hdr=Name: value][;caupgcn=<issuer CN>: its clientca certificates count as CAs] [,cs=...]; "
+        "vault and vault-pki are refused at startup"),
     Key("proxy.readtimeout", "0", duration(zero="no timeout"), "default of the listeners' rt= (read timeout)"),
     Key("proxy.writetimeout", "0", duration(zero="no timeout"), "default of the listeners' wt= (write timeout)"),
     Key("proxy.strategy", "p2c", choice("p2c", "rnd", "rr"),
@@ -78,6 +79,12 @@ KEYS: tuple[Key, ...] = (
     Key("proxy.workers", "0", int_range(0, 256), "number of proxy worker processes, 0 = one per core (ours)"),
     Key("proxy.maxheaderbytes", "1048576", int_range(1024, 1 << 30),
         "largest request head (request line + headers) in bytes; larger is answered 431 (ours)"),
+    Key("proxy.grpcmaxrxmsgsize", "4194304", int_range(0, (1 << 31) - 1),
+        "largest gRPC message in bytes the router takes, from clients and from instances; larger ends the call with "
+        "RESOURCE_EXHAUSTED (8), as fabio"),
+    Key("proxy.grpcmaxtxmsgsize", "4194304", int_range(0, (1 << 31) - 1),
+        "largest gRPC message in bytes the router sends to a client; larger ends the call with RESOURCE_EXHAUSTED "
+        "(8), as fabio"),
     Key("proxy.retry.attempts", "3", int_range(1, 16),
         "tries per request (the first, retries and hedges), each on another instance of the route (ours)"),
     Key("proxy.retry.budget", "0.2", number_range(0, 10),
@@ -87,6 +94,11 @@ KEYS: tuple[Key, ...] = (
     Key("proxy.retry.pertrytimeout", "250ms", duration(zero="no per-try timeout, no hedged requests"),
         "an idempotent request without a body and without headers after this long (at least 4x the route's "
         "latency estimate) is also sent to another instance; the first answer wins (ours)"),
+    Key("proxy.stall.timeout", "1s", duration(zero="no stall detection"),
+        "when no response-header timeout applies: a try waits at most this long (or 4x the route's latency "
+        "estimate) on an instance that sent no response headers to 3 or more requests for as long; then 504, "
+        "or another instance for an idempotent request. A slow answer from an instance that answers others is "
+        "never cut (ours)"),
     Key("proxy.retry.buffer", "65536", int_range(0, 1 << 30, zero="off"),
         "bytes of an idempotent request's response held back until complete, so a reset before then is retried "
         "elsewhere (ours)"),
@@ -161,7 +173,9 @@ KEYS: tuple[Key, ...] = (
         "blocking queries per second per watch whose answers bring no new index, after a burst of 2 (ours; real changes are not held)"),
     # ui
     Key("ui.addr", ":9998", listen_addr("ui.addr"),
-        "listen address of the admin UI (one plain HTTP listener; listener options are warned about and ignored)"),
+        "listen address of the admin UI: one listener, plain HTTP, or HTTPS with cs=<source from proxy.cs> "
+        "(and strictmatch=, tlsmin=, tlsmax=, tlsciphers= as on proxy.addr), it= idle keep-alive timeout (default 5s); "
+        "other options are warned about and ignored"),
     Key("ui.access", "rw", choice("ro", "rw"), "ro closes the override editor and its API"),
     Key("ui.health.maxsyncage", "0", duration(zero="off"),
         "/health answers 503 when the last Consul answer is older than this (must exceed wait*17/16) (ours)"),

@@ -26,7 +26,7 @@ from router import __version__
 from router.config import listeners as _listeners
 from router.config.addrs import LISTENER_DURATION, listener_warnings, proxy_listeners
 from router.config.keys import KEYS, KEYS_BY_LOWER, KEYS_BY_NAME, SECRET_HINTS, UNSUPPORTED_PREFIXES
-from router.config.values import redact_userinfo
+from router.config.values import parse_bool, redact_userinfo
 
 
 class ConfigError(ValueError):
@@ -63,6 +63,7 @@ class Config:
     origin: Mapping[str, str]  # key -> "default" | "file" | "env" | "flag"
     warnings: tuple[str, ...] = ()
     listeners: tuple[_listeners.Listener, ...] = ()  # proxy.addr with its cert sources (proxy.cs) resolved
+    ui_listener: _listeners.Listener | None = None  # ui.addr with its cert source (HTTPS with a cs=)
 
     def __getitem__(self, name: str) -> Any:
         return self.values[name]
@@ -230,7 +231,13 @@ def load(
                                     write_timeout=values["proxy.writetimeout"])
     except ValueError as e:
         raise ConfigError(f"invalid proxy.addr (from {origin['proxy.addr']}): {e}") from None
-    return Config(values=values, raw=raw, origin=origin, warnings=tuple(warnings), listeners=listeners)
+    try:
+        [(ui_addr, ui_opts)] = _listeners.split_kv_list(raw["ui.addr"])
+        ui_listener = _listeners.parse_listener(ui_addr, ui_opts, sources, LISTENER_DURATION, parse_bool)
+    except ValueError as e:
+        raise ConfigError(f"invalid ui.addr (from {origin['ui.addr']}): {e}") from None
+    return Config(values=values, raw=raw, origin=origin, warnings=tuple(warnings), listeners=listeners,
+                  ui_listener=ui_listener)
 
 
 def version_text() -> str:

@@ -39,7 +39,7 @@ import h2.events
 import h2.exceptions
 import h2.settings
 
-from router.listen.flow import WriteFlow
+from router.listen.flow import GONE, WriteFlow
 from router.listen.tlsinfo import tls_extension
 from router.proxy.exchange import ClientGone, Headers
 from router.proxy.grpc import is_grpc
@@ -49,6 +49,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("router.h2")
 
+NO_ROUTE = object()  # a gRPC call no route matches (answered NOT_FOUND, as fabio's gRPC server)
 MAX_STREAMS = 100
 RESET_WINDOW = 10.0
 RESET_BUDGET = 200  # client resets of unanswered streams per window
@@ -62,7 +63,7 @@ class H2Stream:
     """One request/response on an HTTP/2 connection: the Exchange the core answers through."""
 
     __slots__ = ("conn", "sid", "scope", "chunks", "body_done", "gone", "waiter", "status", "size", "head",
-                 "finished", "sent", "task", "unacked")
+                 "finished", "sent", "task", "unacked", "read_by", "write_by")
 
     def __init__(self, conn: H2, sid: int, scope: dict) -> None:
         self.conn = conn
@@ -79,6 +80,7 @@ class H2Stream:
         self.sent = False
         self.task: asyncio.Task | None = None
         self.unacked = 0
+        self.read_by = self.write_by = 0.0  # rt=/wt= deadlines (monotonic), 0 = none
 
     # --- the request body
     def body(self) -> H2Stream:
@@ -116,7 +118,10 @@ class H2Stream:
     # --- the answer
     def start(self, status: int, headers: Headers) -> None:
         self.status = status
-        self.head = [(b":status", str(status).encode())] + [(n, v) for n, v in headers if n not in HOP_BY_HOP]
+        # h2 neither checks nor normalises what we send (H2.__init__): names are lower-cased here, and the
+        # connection-specific ones HTTP/2 forbids are dropped; values come from a parser or from the config
+        self.head = [(b":status", str(status).encode())] + [(ln, v) for ln, v in ((n.lower(), v) for n, v in headers)
+                                                          if ln not in HOP_BY_HOP]
 
     def _send_head(self, end: bool) -> None:
         if self.head is not None:
@@ -167,7 +172,7 @@ class H2Stream:
         conn = self.conn
         if not (self.gone or conn.lost):
             self._send_head(False)
-            conn.h2.send_headers(self.sid, [(n, v) for n, v in trailers if n[:1] != b":"], end_stream=True)
+            conn.h2.send_headers(self.sid, [(n.lower(), v) for n, v in trailers if n[:1] != b":"], end_stream=True)
             conn.flush()
         conn.finish(self)
 
@@ -189,7 +194,11 @@ class H2(WriteFlow, asyncio.Protocol):
         self.server: tuple[str, int] | None = None
         self.tls: dict[str, int] | None = None
         self.transport: asyncio.Transport = None  # type: ignore[assignment]
-        config = h2.config.H2Configuration(client_side=False, header_encoding=None)
+        # What arrives is validated and normalised (hostile clients); what we send is built by H2Stream from
+        # headers the upstream parser or the router made, so h2's per-header checks on it (a generator chain
+        # per header, ~15 % of sending an answer's HEADERS: bench/tls_bench.py) are skipped
+        config = h2.config.H2Configuration(client_side=False, header_encoding=None, validate_outbound_headers=False,
+                                           normalize_outbound_headers=False)
         self.h2 = h2.connection.H2Connection(config=config)
         head_limit = min(listener.max_head, 1 << 20)
         self.h2.local_settings = h2.settings.Settings(client=False, initial_values={
@@ -208,6 +217,7 @@ class H2(WriteFlow, asyncio.Protocol):
         self.window_start = time.monotonic()
         self.resets = 0
         self.control = 0
+        self.rt = self.wt = 0.0  # the listener's rt=/wt=, per stream as Go's HTTP/2 server applies them
 
     # --- asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -220,16 +230,21 @@ class H2(WriteFlow, asyncio.Protocol):
         self.server = (sock[0], sock[1]) if isinstance(sock, tuple) else None
         self.tls = tls_extension(transport)
         self.listener.conns.add(self)
+        if self.listener.deadlines and self.server is not None and self.server[1] in self.listener.deadlines:
+            self.rt, self.wt = self.listener.deadlines[self.server[1]]
+            self.listener.timed.add(self)
         self.h2.initiate_connection()
         self.flush()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
         self.listener.conns.discard(self)
+        self.listener.timed.discard(self)
         for s in self.streams.values():
             s.gone = True
             s.wake()
         self.resume_writing()
+        self.transport = GONE  # type: ignore[assignment]  # why: router/listen/flow.py
 
     def flush(self) -> None:
         """Write what h2 has queued, once per event-loop turn: the frames of every stream answered in one
@@ -350,24 +365,37 @@ class H2(WriteFlow, asyncio.Protocol):
         s = H2Stream(self, ev.stream_id, scope)
         if ev.stream_ended is not None:
             s.body_done = True
+        if self.rt or self.wt:
+            now = time.monotonic()
+            s.read_by = now + self.rt if self.rt and not s.body_done else 0.0
+            s.write_by = now + self.wt if self.wt else 0.0
         self.streams[ev.stream_id] = s
         s.task = self.loop.create_task(self._run(s))
 
     def _grpc_target(self, scope: dict):  # type: ignore[no-untyped-def]
-        """The grpc:// or grpcs:// target of a gRPC call's route, or None (then the core serves it)."""
+        """(route, its grpc:// or grpcs:// target) of a gRPC call, NO_ROUTE when no route matches it, or
+        None (then the core serves it)."""
         if getattr(self.listener, "grpc", None) is None or not is_grpc(scope["headers"]):
             return None
         table = self.core.state.table
         host = next((v.decode("latin-1") for n, v in scope["headers"] if n == b"host"), "")
         route = table.lookup(host, scope["path"], tls=self.tls is not None) if table is not None else None
-        target = route.pick(self.core.strategy) if route is not None else None
-        return target if target is not None and target.scheme in ("grpc", "grpcs") else None
+        if route is None:
+            return NO_ROUTE if table is not None else None  # no table yet: the core's 503
+        target = route.pick(self.core.strategy)
+        return (route, target) if target is not None and target.scheme in ("grpc", "grpcs") else None
 
     async def _run(self, s: H2Stream) -> None:
         try:
-            target = self._grpc_target(s.scope)
-            if target is not None:
-                await self.listener.grpc.forward(s.scope, s, target)  # type: ignore[attr-defined]
+            found = self._grpc_target(s.scope)
+            if found is NO_ROUTE:
+                await self.listener.grpc.no_route(s)  # type: ignore[attr-defined]
+                return
+            if found is not None:
+                route, target = found
+                rs = route.stats.get(target.url) if route.stats is not None else None
+                await self.listener.grpc.forward(  # type: ignore[attr-defined]
+                    s.scope, s, target, rs or self.core.stats.attach(route, target))
                 return
             await self.core.serve(s.scope, s)
         except (ClientGone, asyncio.CancelledError):
@@ -389,7 +417,9 @@ class H2(WriteFlow, asyncio.Protocol):
             self.finish(s)
 
     def consumed(self, s: H2Stream, n: int) -> None:
-        if n and not self.lost and s.sid in self.streams:
+        """Credit back for `n` bytes the core took (or that were dropped): also once the stream has ended,
+        since the connection's window counted them (h2 then updates that one only)."""
+        if n and not self.lost:
             try:
                 self.h2.acknowledge_received_data(n, s.sid)
                 self.flush()
@@ -399,6 +429,9 @@ class H2(WriteFlow, asyncio.Protocol):
     def finish(self, s: H2Stream) -> None:
         s.finished = True
         self.streams.pop(s.sid, None)
+        if s.chunks:  # answered before its body was read: what came is dropped, its credit given back
+            self.consumed(s, sum(f for _, f in s.chunks))
+            s.chunks.clear()
         self.listener.requests += 1
         if not self.streams:
             self.idle_since = self.listener.now
@@ -407,6 +440,23 @@ class H2(WriteFlow, asyncio.Protocol):
                 self.transport.close()
 
     # --- the listener's housekeeping
+    def overdue(self, now: float) -> bool:
+        """Reset each stream past its rt= (its body still not in) or wt= (its answer not written), as Go's
+        HTTP/2 server does (RST_STREAM INTERNAL_ERROR); the connection and its other streams go on."""
+        for s in [s for s in self.streams.values()
+                  if (0.0 < s.read_by < now and not s.body_done) or 0.0 < s.write_by < now]:
+            self.streams.pop(s.sid, None)
+            s.gone = True
+            s.wake()
+            if s.task is not None and not s.finished:
+                s.task.cancel()
+            try:
+                self.h2.reset_stream(s.sid, h2.errors.ErrorCodes.INTERNAL_ERROR)
+            except h2.exceptions.ProtocolError:
+                pass
+            self.flush()
+        return False
+
     def shutdown(self) -> None:
         """Graceful stop: GOAWAY (no new streams); close once the open ones are answered."""
         self.closing = True

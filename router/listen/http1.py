@@ -46,12 +46,13 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import time
 from typing import TYPE_CHECKING
 from urllib.parse import unquote
 
 import httptools
 
-from router.listen.flow import WriteFlow
+from router.listen.flow import GONE, WriteFlow
 from router.listen.http1_exchange import BODY_HIGH, STATUS_LINE, WRITE_HIGH, WRITE_LOW, Http1Exchange
 from router.proxy.exchange import ClientGone, Headers
 from router.proxy.request_guard import NON_ORIGIN_TARGET
@@ -87,6 +88,7 @@ class Http1(WriteFlow, asyncio.Protocol):
         self.closing = False  # answer what is in flight, then close (shutdown, EOF)
         self.reading_paused = False
         self.write_paused = False
+        self.window_checked = False  # the peer's TCP window was looked at (router/listen/slowread.py)
         self.drain_waiter: asyncio.Future[None] | None = None
         self.queue: collections.deque[Http1Exchange] = collections.deque()  # pipelined, waiting their turn
         self.active: Http1Exchange | None = None  # being answered
@@ -108,6 +110,8 @@ class Http1(WriteFlow, asyncio.Protocol):
         self.te = False
         self.expect = False
         self.raw_left = 0  # Content-Length body bytes still to come (they bypass the parser)
+        # fabio's rt=/wt= (router/listen/server.py set_timeouts): monotonic deadlines, 0 = none
+        self.rt = self.wt = self.read_by = self.write_by = 0.0
 
     def _new_parser(self) -> httptools.HttpRequestParser:
         parser = httptools.HttpRequestParser(self)
@@ -129,10 +133,16 @@ class Http1(WriteFlow, asyncio.Protocol):
         if transport.get_extra_info("sslcontext") is not None:
             self.scheme = "https"
         self.listener.conns.add(self)
+        if self.listener.deadlines and self.server is not None and self.server[1] in self.listener.deadlines:
+            self.rt, self.wt = self.listener.deadlines[self.server[1]]
+            self.listener.timed.add(self)
+            if self.rt:
+                self.read_by = time.monotonic() + self.rt
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
         self.listener.conns.discard(self)
+        self.listener.timed.discard(self)
         nxt = self.next
         if nxt is not None and not nxt.done():
             nxt.set_result(None)  # the serving task sees `lost` and ends
@@ -142,6 +152,7 @@ class Http1(WriteFlow, asyncio.Protocol):
                 ex.wake()
         self.queue.clear()
         self.resume_writing()
+        self.transport = GONE  # type: ignore[assignment]  # why: router/listen/flow.py
 
     def eof_received(self) -> bool | None:
         if self.active is not None or self.queue:
@@ -183,6 +194,8 @@ class Http1(WriteFlow, asyncio.Protocol):
 
     # --- httptools callbacks
     def on_message_begin(self) -> None:
+        if self.rt:
+            self.read_by = time.monotonic() + self.rt
         self.in_head = True
         self.head_seen = 0
         self.url = b""
@@ -282,6 +295,7 @@ class Http1(WriteFlow, asyncio.Protocol):
 
     def on_message_complete(self) -> None:
         self.raw_left = 0
+        self.read_by = 0.0
         rx = self.receiving
         if rx is not None:
             self.receiving = None
@@ -293,6 +307,8 @@ class Http1(WriteFlow, asyncio.Protocol):
         """Make `ex` the request being answered. One task per connection serves them in turn: a task per
         request cost its creation and a weak-set entry each time (~2 % of a worker in a profile)."""
         self.active = ex
+        if self.wt:
+            self.write_by = time.monotonic() + self.wt
         nxt = self.next
         if nxt is not None:
             self.next = None
@@ -341,6 +357,7 @@ class Http1(WriteFlow, asyncio.Protocol):
         """The answer to `ex` is written: close, or go on with the next request."""
         ex.finished = True
         self.active = None
+        self.write_by = 0.0
         self.listener.requests += 1
         if self.lost:
             return
@@ -418,6 +435,7 @@ class Http1(WriteFlow, asyncio.Protocol):
         head, self.upgrade = (self.upgrade or b"") + more, None
         tunnel = self.listener.tunnel()  # type: ignore[misc]
         self.listener.conns.discard(self)
+        self.listener.timed.discard(self)  # a WebSocket tunnel has no request deadlines
         self.transport.set_protocol(tunnel)
         tunnel.connection_made(self.transport)
         tunnel.data_received(head)
@@ -431,6 +449,10 @@ class Http1(WriteFlow, asyncio.Protocol):
             self.transport.close()
         else:
             self.closing = True
+
+    def overdue(self, now: float) -> bool:
+        """Past its rt= (the request still not read) or wt= (its answer still not written)."""
+        return 0.0 < self.read_by < now or 0.0 < self.write_by < now
 
     def idle(self, limit: float) -> bool:
         return self.active is None and not self.queue and self.upgrade is None and self.idle_since < limit

@@ -4,9 +4,10 @@ One :class:`Listener` serves the proxy core (router/proxy/handler.py) on one or 
 with a protocol class per connection (router/listen/http1.py today; a TLS or PROXY-protocol listener
 passes its own factory to :meth:`Listener.add` and shares everything else). It keeps what uvicorn's
 server did for the proxy, no more: connections closed after `idle_timeout` without a request (fabio's
-`it=` listener option; the one timer per listener is swept every `tick`, not armed per request), and a
-graceful stop: no new connections, idle ones closed, busy ones closed after their current answer, then
-the core's upstream pool closed and the access log flushed.
+`it=` listener option; the one timer per listener is swept every `tick`, not armed per request), fabio's
+`rt=`/`wt=` per listening port (each connection keeps its deadlines; the same sweep drops those past
+them), and a graceful stop: no new connections, idle ones closed, busy ones closed after their current
+answer, then the core's upstream pool closed and the access log flushed.
 
 `serve()`, `should_exit` and `started` mirror `uvicorn.Server`'s surface, which router/run/ drives for
 the UI server too.
@@ -48,9 +49,13 @@ class Listener:
     """Serves the proxy core on listening sockets (see the module docstring)."""
 
     def __init__(self, core: Any, *, idle_timeout: float = 75.0, max_head: int = 1 << 20,
-                 tunnel: Callable[[], asyncio.Protocol] | None = None, addr: tuple[str, int] | None = None) -> None:
+                 tunnel: Callable[[], asyncio.Protocol] | None = None, addr: tuple[str, int] | None = None,
+                 timeouts: tuple[float, float] = (0.0, 0.0)) -> None:
         self.core = core
         self.idle_timeout = idle_timeout
+        self.timeouts = timeouts  # (rt, wt) of the sockets serve() binds or is given
+        self.deadlines: dict[int, tuple[float, float]] = {}  # local port -> (rt, wt): fabio's per-listener rt=/wt=
+        self.timed: set[Any] = set()  # open connections with a read or write deadline, checked by the sweep
         self.max_head = max_head
         self.tunnel = tunnel  # WebSocket tunnel protocol class (router/proxy/websocket.py), None: no upgrades
         self.addr = addr
@@ -77,12 +82,27 @@ class Listener:
             self._sweep()
         return server
 
+    def set_timeouts(self, port: int, read_timeout: float, write_timeout: float) -> None:
+        """fabio's `rt=`/`wt=` for the listener on local `port`, as Go's http.Server ReadTimeout/WriteTimeout:
+        a request (head and body) must arrive within rt of its first byte (the first one within rt of the
+        connection), and its answer be written within wt of the request's head; past either, the connection
+        is dropped. Checked by the idle sweep, so a deadline holds to within a quarter of it."""
+        if read_timeout > 0 or write_timeout > 0:
+            self.deadlines[port] = (read_timeout, write_timeout)
+
+    def _tick(self) -> float:
+        least = min([self.idle_timeout, *(t for pair in self.deadlines.values() for t in pair if t > 0)])
+        return min(TICK, max(least / 4, 0.05))
+
     def _sweep(self) -> None:
         now = self.now = time.monotonic()
         limit = now - self.idle_timeout
         for conn in [c for c in self.conns if c.idle(limit)]:
             conn.transport.close()
-        self._sweeper = self.loop.call_later(min(TICK, max(self.idle_timeout / 4, 0.05)), self._sweep)
+        if self.timed:
+            for conn in [c for c in self.timed if c.overdue(now)]:
+                conn.transport.abort()  # as a Go deadline: nothing more is read or written
+        self._sweeper = self.loop.call_later(self._tick(), self._sweep)
 
     async def shutdown(self) -> None:
         """Graceful stop (see the module docstring); returns when every connection has closed."""
@@ -119,6 +139,7 @@ class Listener:
             assert self.addr is not None
             sockets = [listen_socket(self.addr)]
         for sock in sockets:
+            self.set_timeouts(sock.getsockname()[1], *self.timeouts)
             await self.add(sock)
         self.started = True
         await self._exit.wait()

@@ -4,6 +4,7 @@ served by our own listener (router/listen/server.py, http1.py)."""
 from __future__ import annotations
 
 import contextlib
+import ssl
 from collections.abc import Iterator
 
 import uvicorn
@@ -34,3 +35,12 @@ def uvicorn_config(app: object, addr: tuple[str, int], http: object = "httptools
         date_header=False,
         **extra,
     )
+
+
+def with_ssl(config: uvicorn.Config, ctx: ssl.SSLContext) -> uvicorn.Config:
+    """HTTPS on the UI with our own context: uvicorn builds one only from a key and a certificate file, while
+    ours (router/cert/) picks the certificate by SNI and takes replaced certificates without a restart.
+    uvicorn's load() would overwrite `ssl`, so it runs first (serve() skips a loaded config)."""
+    config.load()
+    config.ssl = ctx
+    return config

@@ -79,5 +79,7 @@ class AsgiExchange:
     async def respond(self, status: int, headers: Headers, body: bytes = b"") -> None:
         self.status = status
         self.size = len(body)
+        if self.scope.get("http_version") == "1.0" and _needs_length(self.scope["method"], status, headers):
+            headers = [*headers, (b"content-length", str(len(body)).encode())]  # as end() does for a held body
         await self.send({"type": "http.response.start", "status": status, "headers": headers})
         await self.send({"type": "http.response.body", "body": body})

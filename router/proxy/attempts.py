@@ -16,6 +16,17 @@ The rules (issue 17; docs/reliability.md has the measured effect):
 * Every retry and hedge takes a token from the route's retry budget (router/proxy/budget.py) and counts
   toward `proxy.retry.attempts`; without one the failure is answered honestly (502/503/504, or the
   instance's own 5xx answer).
+* Stalls, when no response-header timeout applies (neither `proxy.responseheadertimeout` nor the route's
+  `timeout=`): an instance is *stalled* when it has sent no response headers for the stall time while at
+  least STALL_TRIES tries sent to it since its last answer waited (InstanceState.stalled). The stall time
+  is `proxy.stall.timeout` (1 s) or STALL_FACTOR x the route's latency estimate, whichever is longer, and
+  is judged only once the route's picker has seen STALL_SAMPLES answers. A try still waiting on a
+  stalled instance after the stall time ends (504, or elsewhere for an idempotent request), the instance
+  is ejected, and no retry or hedge goes to a stalled instance. A slow answer from an instance that
+  answers other requests meanwhile is never cut: silence of the whole instance is the signal, not the
+  time one request takes. A request that cannot be sent twice is moved off a first pick that is
+  stalled or failed since its last success, when a sound instance exists: a POST is never the probe
+  that finds out whether an instance is back (idempotent requests are, one at a time, by p2c).
 
 The common case runs inline and creates no task: a task is made only to dial, and for a hedge.
 """
@@ -29,10 +40,11 @@ from time import perf_counter
 from typing import Any
 
 from router.proxy.balance import Balancer
+from router.proxy.instance import STALL_TRIES
 from router.proxy.picker import RoutePicker
 from router.proxy.upstream import Upstream
 from router.proxy.upstream_errors import Stale, UpstreamError, UpstreamTimeout
-from router.proxy.upstream_request import IDEMPOTENT, Prepared, prepare
+from router.proxy.upstream_request import IDEMPOTENT, HeaderBlock, Prepared, prepare, prepare_block
 from router.proxy.upstream_response import Response
 
 log = logging.getLogger("router.proxy")
@@ -40,6 +52,8 @@ log = logging.getLogger("router.proxy")
 RETRY_STATUS = frozenset({502, 503, 504})
 PER_TRY_FACTOR = 4.0  # per-try timeout: at least this times the route's latency estimate
 HEDGE_FACTOR = 4.0  # connect hedge delay: at least this times the average connect time
+STALL_FACTOR = 4.0  # stall time: at least this times the route's latency estimate
+STALL_SAMPLES = 16  # answers a route's picker must have seen before a silence on it is judged a stall
 
 
 class Failed(Exception):
@@ -48,6 +62,10 @@ class Failed(Exception):
     def __init__(self, status: int, text: str, idx: int) -> None:
         super().__init__(text)
         self.status, self.text, self.idx = status, text, idx
+
+
+class Stalled(UpstreamTimeout):
+    """The try's instance is stalled: it answered nothing for the stall time while several tries waited."""
 
 
 class _Req:
@@ -85,25 +103,45 @@ class Sender:
     """The try policy of one ProxyApp; the Balancer keeps the state it decides on."""
 
     def __init__(self, upstream: Upstream, lb: Balancer, *, attempts: int = 3, hedge_delay: float = 0.025,
-                 per_try: float = 0.25, buffer: int = 65536) -> None:
+                 per_try: float = 0.25, buffer: int = 65536, stall: float = 1.0) -> None:
         self.upstream = upstream
         self.lb = lb
         self.attempts = attempts
         self.hedge_delay = hedge_delay  # 0: no connect hedging
         self.per_try = per_try  # 0: no per-try timeout, no hedged requests
         self.buffer = buffer  # 0: responses are not held back
+        self.stall = stall  # proxy.stall.timeout; 0: no stall detection
+        self._every = max(stall / 8, 0.01)  # the stall watchdog's period while an instance is suspect
+        self._suspects: set[Any] = set()  # instances with STALL_TRIES or more tries unanswered
+        self._tick: asyncio.TimerHandle | None = None
         self.connect_avg = 0.0  # seconds, an EWMA over successful dials
 
     def _prep(self, picker: RoutePicker, idx: int, rq: _Req) -> Prepared:
         t = picker.targets[idx]
+        if type(rq.headers) is HeaderBlock:  # the common case: the header lines are encoded already
+            return prepare_block(rq.method, (t.scheme, t.host, t.port, not t.tls_skip_verify or t.scheme != "https"),
+                                 rq.path_qs, rq.headers, rq.body)
         return prepare(rq.method, f"{t.scheme}://{t.host}:{t.port}{rq.path_qs}", rq.headers, rq.body,
                        verify_tls=not t.tls_skip_verify)
 
-    def _next(self, picker: RoutePicker, tried: list[int], now: float) -> int:
-        """Another instance for a retry or hedge, if attempts, instances and the budget allow (-1 if not)."""
+    def _next(self, picker: RoutePicker, tried: list[int], now: float, answering: bool = False) -> int:
+        """Another instance for a retry or hedge, if attempts, instances and the budget allow (-1 if not).
+        Never one known to be stalled; with `answering`, only one that has left no try waiting longer
+        than the per-try timeout (after a stall: the next instance must be one that answers)."""
         if len(tried) >= self.attempts:
             return -1
-        j = picker.pick(now, tried)
+        exclude: list[int] = tried
+        after = self._stall_after(picker)
+        if after:  # a cold path: O(instances)
+            if answering:
+                quiet = self._per_try(picker)
+                silent = [i for i, s in enumerate(picker.states)
+                          if i not in tried and s.unanswered and now - s.silent_since >= quiet]
+            else:
+                silent = [i for i, s in enumerate(picker.states) if i not in tried and s.stalled(now, after)]
+            if silent:
+                exclude = tried + silent
+        j = picker.pick(now, exclude)
         if j < 0 or not picker.budget.withdraw(now):
             return -1
         tried.append(j)
@@ -118,11 +156,12 @@ class Sender:
         return conn
 
     async def _connection(self, picker: RoutePicker, idx: int, rq: _Req, tried: list[int],
-                          pooled: bool = True) -> tuple[Any, int, Prepared, bool]:
+                          pooled: bool = True, prep: Prepared | None = None) -> tuple[Any, int, Prepared, bool]:
         """A connection for a try on `idx`: (conn, instance, its request head, fresh). A pooled one if
         there is one; else dials, hedged and retried on other instances. Raises Failed (502) when no
         connect succeeded within proxy.dialtimeout or the attempts or the budget ran out."""
-        prep = self._prep(picker, idx, rq)
+        if prep is None:
+            prep = self._prep(picker, idx, rq)
         if pooled:
             conn = self.upstream.take(prep.key)
             if conn is not None:
@@ -202,18 +241,38 @@ class Sender:
         Raises Failed for the proxy's own 502/504; ClientGone & co. from the body pass through."""
         lb, budget = self.lb, picker.budget
         budget.deposit(now)
-        resend = body is None and method in IDEMPOTENT and len(picker.targets) > 1
+        once = body is not None or method not in IDEMPOTENT  # may reach one instance only
+        resend = not once and len(picker.targets) > 1
         hedged = resend and self.per_try > 0
         rq = _Req(method, path_qs, headers, body, header_timeout, now)
+        if once and len(picker.targets) > 1:
+            st = picker.states[idx]
+            if st.fails or st.unanswered >= STALL_TRIES:
+                idx = self._sound(picker, idx, now)
         tried = [idx]
+        # the stall time (0: stalls are not judged), _stall_after() inline: this runs for every request
+        after = 0.0 if rq.deadline or not self.stall or picker.answers < STALL_SAMPLES else \
+            max(self.stall, STALL_FACTOR * picker.est)
         pooled = True
         while True:
-            conn, idx, prep, fresh = await self._connection(picker, idx, rq, tried, pooled)
+            prep = self._prep(picker, idx, rq)
+            conn = self.upstream.take(prep.key) if pooled else None
+            if conn is not None:  # the common case, inline: no coroutine for _connection
+                fresh = False
+            else:
+                conn, idx, prep, fresh = await self._connection(picker, idx, rq, tried, False, prep)
             pooled = True
             st = picker.states[idx]
             t0 = perf_counter()
             try:
                 resp = self.upstream.start(conn, prep, body, st)
+                if not st.unanswered:  # _track() inline: the first try since the instance's last answer
+                    st.silent_since = t0
+                st.unanswered += 1
+                if after:
+                    st.waiting[resp] = (t0 + after, after)
+                    if st.unanswered >= STALL_TRIES:
+                        self._suspect(st)
             except Stale as e:  # the connection was closed before we wrote: nothing was sent
                 if fresh:
                     now = perf_counter()
@@ -228,8 +287,14 @@ class Sender:
                 if hedged:
                     resp, idx, t0 = await self._hedged(picker, resp, idx, rq, tried, t0)
                     st = picker.states[idx]
-                else:
+                elif rq.deadline:
                     await resp.headers(rq.left())
+                else:  # no header timeout: resp.headers() inline, one coroutine less per request
+                    try:
+                        await resp.headers_future
+                    except BaseException:
+                        resp.close()
+                        raise
             except Stale as e:
                 if not fresh and prep.resendable:  # a pooled connection died unseen: once more, fresh
                     pooled = False
@@ -243,6 +308,15 @@ class Sender:
                 text = "upstream closed the connection without answering\n" if fresh else \
                     "reused upstream connection closed before answering\n"
                 raise Failed(502, text, idx) from e
+            except Stalled as e:
+                now = perf_counter()
+                lb.try_failed(st, now - t0, now, str(e))
+                if resend and (j := self._next(picker, tried, now, answering=True)) >= 0:
+                    lb.retries += 1
+                    idx = j
+                    continue
+                log.warning("upstream %s: %s", st.addr, e)
+                raise Failed(504, "upstream not answering\n", idx) from None
             except UpstreamTimeout as e:
                 now = perf_counter()
                 lb.try_failed(st, now - t0, now, str(e))
@@ -259,6 +333,7 @@ class Sender:
             now = perf_counter()
             rtt = now - t0
             status = resp.status
+            st.unanswered = 0  # it answered: not silent, whatever the status
             if status >= 500:
                 lb.try_failed(st, rtt, now, f"answered {status}")
                 if resend and status in RETRY_STATUS and (j := self._next(picker, tried, now)) >= 0:
@@ -285,6 +360,69 @@ class Sender:
 
     def _per_try(self, picker: RoutePicker) -> float:
         return max(self.per_try, PER_TRY_FACTOR * picker.est)
+
+    def _stall_after(self, picker: RoutePicker) -> float:
+        """The route's stall time (0: stalls are not judged on it, yet or at all)."""
+        if not self.stall or picker.answers < STALL_SAMPLES:
+            return 0.0
+        return max(self.stall, STALL_FACTOR * picker.est)
+
+    def _sound(self, picker: RoutePicker, idx: int, now: float) -> int:
+        """For a request that cannot be sent twice: the first pick, or another instance if it is stalled
+        or failed since its last success, so such a request is never the probe that finds out whether an
+        instance is back (idempotent requests are, one at a time: p2c's cold probe). Keeps `idx` when
+        every instance is as bad."""
+        after = self._stall_after(picker)
+        st = picker.states[idx]
+        if not st.fails and not (after and st.stalled(now, after)):
+            return idx
+        bad = [i for i, s in enumerate(picker.states) if s.fails or (after and s.stalled(now, after))]
+        j = picker.pick(now, bad)
+        if j < 0:
+            return idx
+        if st.probe_at == now:  # the pick marked it for a probe that now goes elsewhere
+            st.probe_at = 0.0
+        return j
+
+    # --- stalls (see the module docstring): one timer per process, armed only while an instance is suspect
+    def _track(self, st: Any, resp: Response, t0: float, after: float) -> None:
+        """Count a try sent to `st` at `t0` as unanswered until it answers; with a stall time, let the
+        watchdog cut it if the instance stalls. Per try: a few attribute updates and one dict insert (no
+        timer: a timer per request cost more than all of this)."""
+        if not st.unanswered:  # the first try since the instance's last answer: silence starts
+            st.silent_since = t0
+        st.unanswered += 1
+        if after:
+            st.waiting[resp] = (t0 + after, after)
+            if st.unanswered >= STALL_TRIES:
+                self._suspect(st)
+
+    def _suspect(self, st: Any) -> None:
+        self._suspects.add(st)
+        if self._tick is None:
+            self._tick = asyncio.get_running_loop().call_later(self._every, self._watch)
+
+    def _watch(self) -> None:
+        """The watchdog's tick: on each suspect instance that is stalled, end the tries that waited at least
+        their stall time (Stalled, raised where they wait for headers) and eject it."""
+        self._tick = None
+        now = perf_counter()
+        for st in list(self._suspects):
+            if st.unanswered < STALL_TRIES or not st.waiting:
+                self._suspects.discard(st)  # it answered, or nothing waits on it any more
+                continue
+            cut = [r for r, (at, after) in st.waiting.items() if now >= at and st.stalled(now, after)]
+            if not cut:
+                continue
+            silent = now - st.silent_since
+            self.lb.stalled(st, now, f"stalled: no response headers for {silent:.1f}s to {st.unanswered} requests",
+                            len(cut))
+            text = f"no response headers from {st.addr} for {silent:.1f}s ({st.unanswered} requests waited)"
+            for r in cut:
+                del st.waiting[r]
+                r.give_up(Stalled(text))
+        if self._suspects:
+            self._tick = asyncio.get_running_loop().call_later(self._every, self._watch)
 
     async def _hedged(self, picker: RoutePicker, resp: Response, idx: int, rq: _Req, tried: list[int],
                       t0: float) -> tuple[Response, int, float]:
@@ -341,8 +479,9 @@ class Sender:
         t0 = perf_counter()
         try:
             resp = self.upstream.start(conn, prep, None, st)
-            await resp.headers()
-        except (Stale, UpstreamError) as e:
+            self._track(st, resp, t0, 0.0 if rq.deadline else self._stall_after(picker))
+            await resp.headers(rq.left())
+        except (Stale, UpstreamError, UpstreamTimeout) as e:
             now = perf_counter()
             self.lb.try_failed(st, now - t0, now, f"hedge failed: {e}")
             raise

@@ -69,6 +69,7 @@ class Balancer:
         self.hedges = 0
         self.ejections = 0
         self.full = 0  # requests answered 503 because every instance was at proxy.maxinflight
+        self.stalls = 0  # tries ended because their instance was stalled
 
     def picker(self, route: Any) -> RoutePicker:
         """The route's picker, built on its first request and kept on the Route (per table build)."""
@@ -137,6 +138,17 @@ class Balancer:
             self.ejections += 1
             log.warning("upstream %s (%s) ejected for %.1fs after %d consecutive failures: %s",
                         st.addr, st.service, d, st.fails, reason)
+
+    def stalled(self, st: InstanceState, now: float, reason: str, tries: int = 1) -> None:
+        """`tries` waiting on `st` are ended because it is stalled (InstanceState.stalled): it is ejected at
+        once, not after proxy.eject.failures more tries have waited for nothing (bounded as every ejection)."""
+        self.stalls += tries
+        if self.policy.failures and st.until <= now:
+            d = self.policy.eject(st, now, reason)
+            self.ejected += 1
+            self.epoch += 1
+            self.ejections += 1
+            log.warning("upstream %s (%s) ejected for %.1fs: %s", st.addr, st.service, d, reason)
 
     def readmit(self, st: InstanceState) -> None:
         """An ejection ran out: the instance is tried again, cold (one request at a time)."""

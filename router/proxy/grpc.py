@@ -8,7 +8,9 @@ streams interleave). One client connection per instance is kept and multiplexed 
 
 A call's `grpc-timeout` is passed on, and also enforced here: when it runs out before the instance has
 answered, the upstream stream is cancelled and the client gets `grpc-status: 4` (DEADLINE_EXCEEDED), as a
-gRPC server would answer. Flow control holds both ways: client messages are taken (and their window
+gRPC server would answer. Messages over `proxy.grpcmaxrxmsgsize` / `grpcmaxtxmsgsize` end the call with
+RESOURCE_EXHAUSTED (8), as fabio's grpc-go proxy does (router/proxy/grpcframe.py follows the message
+prefixes without copying the bytes). Flow control holds both ways: client messages are taken (and their window
 given back) only as fast as the instance's window allows, and the instance's as fast as the client reads.
 """
 
@@ -17,10 +19,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+from bisect import bisect_left
 from collections.abc import AsyncIterator
+from time import perf_counter
 from typing import Any, Protocol
 
+from router.proxy.grpcframe import MessageLimit
 from router.proxy.h2client import H2Pool, UpstreamGone
+from router.proxy.stats import BOUNDS
 
 log = logging.getLogger("router.grpc")
 
@@ -56,25 +62,59 @@ class Downstream(Protocol):
 
 
 class GrpcStats:
-    """fabio's grpc.* metrics: calls, calls without a route, and the grpc-status of each answered call."""
+    """fabio's grpc.* metrics: connections on gRPC listeners (grpc.conn), calls and their durations
+    (grpc.requests), calls without a route (grpc.noroute), and the grpc-status of each call (its grpc.status)."""
 
     def __init__(self) -> None:
         self.conn = 0
         self.requests = 0
         self.noroute = 0
         self.status: dict[str, int] = {}
+        self.seconds = 0.0  # sum of the call durations
+        self.buckets = [0] * (len(BOUNDS) + 1)  # per bucket of router/proxy/stats.py's BOUNDS, not cumulative
 
     def answered(self, code: str) -> None:
         self.status[code] = self.status.get(code, 0) + 1
 
+    def took(self, seconds: float) -> None:
+        self.seconds += seconds
+        self.buckets[bisect_left(BOUNDS, seconds)] += 1
+
+
+class TooLarge(Exception):
+    """A message over proxy.grpcmaxrxmsgsize / grpcmaxtxmsgsize: the call ends with RESOURCE_EXHAUSTED."""
+
+
+FABIO_MAX_MSG = 4 * 1024 * 1024  # fabio's default for both limits
+
 
 class GrpcProxy:
-    def __init__(self, dial_timeout: float = 30.0) -> None:
+    def __init__(self, dial_timeout: float = 30.0, max_rx: int = FABIO_MAX_MSG, max_tx: int = FABIO_MAX_MSG) -> None:
         self.pool = H2Pool(dial_timeout=dial_timeout)
         self.stats = GrpcStats()
+        self.max_rx = max_rx  # fabio: its server's MaxRecvMsgSize and its upstream client's MaxCallRecvMsgSize
+        self.max_tx = max_tx  # fabio: its server's MaxSendMsgSize
 
-    async def forward(self, scope: dict, down: Downstream, target: Any) -> None:
-        """One call to `target` (a table Target with scheme grpc or grpcs)."""
+    async def no_route(self, down: Downstream) -> None:
+        """A gRPC call no route matches: fabio's gRPC server answers NOT_FOUND and counts grpc.noroute."""
+        self.stats.noroute += 1
+        await self._status(down, "5", b"no route found")
+
+    async def forward(self, scope: dict, down: Downstream, target: Any, route_stats: Any = None) -> None:
+        """One call to `target` (a table Target with scheme grpc or grpcs), timed for grpc.requests and, as
+        fabio's target timer, for the route's own counters (`route_stats`, router/proxy/stats.py)."""
+        t0 = perf_counter()
+        status = 200
+        try:
+            status = await self._forward(scope, down, target)
+        finally:
+            took = perf_counter() - t0
+            self.stats.took(took)
+            if route_stats is not None:
+                route_stats.record(status, took)
+
+    async def _forward(self, scope: dict, down: Downstream, target: Any) -> int:
+        """-> the HTTP status the call counts as on its route: 200, 504 past its deadline, 502 unavailable."""
         self.stats.requests += 1
         tls = target.scheme == "grpcs"
         servername = target.opts.get("grpcservername", "") or target.host
@@ -98,36 +138,73 @@ class GrpcProxy:
                 await self._call(head, down, target, tls, servername)
         except TimeoutError:
             await self._status(down, "4", b"deadline exceeded in the router")
+            return 504
+        except TooLarge as e:
+            log.info("grpc %s to %s:%s: %s", scope["path"], target.host, target.port, e)
+            await self._status(down, "8", str(e).encode(), after_headers=True)
         except (UpstreamGone, OSError) as e:
             log.warning("grpc %s to %s:%s: %s", scope["path"], target.host, target.port, e)
             await self._status(down, "14", f"upstream unavailable: {e}".encode())
+            return 502
+        return 200
 
-    async def _status(self, down: Downstream, code: str, message: bytes) -> None:
+    async def _status(self, down: Downstream, code: str, message: bytes, after_headers: bool = False) -> None:
         self.stats.answered(code)
-        if down.sent:
+        if down.sent and not after_headers:
             return  # headers went out already: the stream is reset instead (by the caller's end)
-        down.start(200, [(b"content-type", b"application/grpc")])
+        if not down.sent:
+            down.start(200, [(b"content-type", b"application/grpc")])
         await down.end_with_trailers([(b"grpc-status", code.encode()), (b"grpc-message", message)])
 
     async def _call(self, head: Headers, down: Downstream, target: Any, tls: bool, servername: str) -> None:
         up = await self.pool.open_stream(target.host, target.port, tls, servername, head,
                                          verify=target.opts.get("tlsskipverify", "").lower() != "true")
 
+        too_large: list[TooLarge] = []
+        rx, tx = MessageLimit(self.max_rx), MessageLimit(min(self.max_rx, self.max_tx))
+
         async def requests() -> None:
             async for chunk in down.body():
-                await up.write(chunk)
+                ok, big = rx.feed(chunk)
+                if ok:
+                    await up.write(ok)
+                if big:  # fabio's server refuses it: the instance's stream is cancelled, the client told
+                    too_large.append(TooLarge(f"grpc: received message larger than max ({big} vs. {rx.limit})"))
+                    up.cancel()
+                    up.fail("request message too large")
+                    return
+            if rest := rx.rest():
+                await up.write(rest)
             up.end()
 
         pump = asyncio.create_task(requests())
         try:
-            status, headers, ended = await up.response()
+            try:
+                status, headers, ended = await up.response()
+            except UpstreamGone:
+                if too_large:
+                    raise too_large[0] from None
+                raise
             down.start(status, headers)
             if ended:  # trailers-only: the status is in the headers
                 self.stats.answered(_code(headers))
                 await down.end()
                 return
-            async for data in up.data():
-                await down.write(data)
+            try:
+                async for data in up.data():
+                    ok, big = tx.feed(data)
+                    if ok:
+                        await down.write(ok)
+                    if big:
+                        raise TooLarge(f"grpc: received message larger than max ({big} vs. {self.max_rx})"
+                                       if big > self.max_rx else
+                                       f"grpc: trying to send message larger than max ({big} vs. {self.max_tx})")
+            except UpstreamGone:
+                if too_large:
+                    raise too_large[0] from None
+                raise
+            if rest := tx.rest():
+                await down.write(rest)
             trailers = up.trailers or []
             self.stats.answered(_code(trailers))
             if trailers:

@@ -29,6 +29,7 @@ from router.proxy.request_guard import check_request, send_rejection
 from router.proxy.resilience import Resilience
 from router.proxy.stats import CLIENT_GONE, RequestStats
 from router.proxy.upstream import Upstream
+from router.proxy.upstream_request import HeaderBlock
 from router.table import access
 from router.table.state import RouterState
 
@@ -222,8 +223,12 @@ class ProxyApp:
                               [(b"location", url.encode("latin-1", "replace")), (b"content-length", b"0")])
             return route, target, target.redirect_code
 
+        headers: HeaderBlock | list[tuple[str, str]] | None = None
+        if not (target.opts and "auth" in target.opts) and (target.policy is None or target.policy.req is None):
+            headers, has_body = self.forwarding.request_block(scope, host, target)  # encoded: the common case
         try:
-            headers, has_body = self.forwarding.request_headers(scope, host, target)
+            if headers is None:
+                headers, has_body = self.forwarding.request_headers(scope, host, target)
         except RoutingLoop as e:
             log.warning("%s %s%s: %s (a route's target is this router?)", scope["method"], host, path, e)
             await send_status(out, 508, f"{e}\n")
@@ -262,6 +267,10 @@ class ProxyApp:
                 if enc is not None:  # compressed (router/proxy/policies/compress.py)
                     await enc.send(out, resp, out_headers, scope.get("http_version") == "1.0")
                     return route, target, resp.status
+            whole = resp.whole()
+            if whole is not None:  # all of it is here (a small answer): head and body in one call
+                await out.respond(resp.status, out_headers, whole)
+                return route, target, resp.status
             out.start(resp.status, out_headers)
             async for chunk in resp.content.iter_any():
                 await out.write(chunk)  # waits while the client's write buffer is full (the slow-read bound)

@@ -20,13 +20,15 @@ from typing import Any
 PENALTY = 1e6  # cost of a cold instance with a probe in flight: it gets one probe at a time
 FAILURE_RTT = 1.0  # a failed try counts as a latency of at least this (seconds)
 STALE = 2.0  # an estimate older than this many proxy.lb.decay is forgotten: the instance is probed again
+STALL_TRIES = 3  # tries sent to an instance since its last answer before its silence can be a stall
 
 
 class InstanceState:
     """What one proxy process knows about one instance: load, latency estimate, failures, ejection."""
 
     __slots__ = ("key", "addr", "service", "outstanding", "ewma", "stamp", "probe_at", "fails", "until", "reason",
-                 "streak", "ejections", "failures", "__weakref__")
+                 "streak", "ejections", "failures", "unanswered", "silent_since", "waiting",
+                 "__weakref__")
 
     def __init__(self, key: tuple, addr: str, service: str) -> None:
         self.key = key
@@ -42,6 +44,16 @@ class InstanceState:
         self.streak = 0  # ejections since its last success (each lasts twice as long)
         self.ejections = 0  # totals, for /metrics and /api/services
         self.failures = 0
+        self.unanswered = 0  # tries sent to it since it last sent response headers (router/proxy/attempts.py)
+        self.silent_since = 0.0  # when the first of those was sent
+        # tries that may be cut if it stalls: response -> (not before, the route's stall time); a response
+        # leaves when it is released or closed (router/proxy/upstream_response.py)
+        self.waiting: dict[Any, tuple[float, float]] = {}
+
+    def stalled(self, now: float, after: float) -> bool:
+        """Stalled: no response headers for `after` seconds while STALL_TRIES or more tries waited on it.
+        One slow request is not a stall (the instance answers others, or nothing else waited)."""
+        return self.unanswered >= STALL_TRIES and now - self.silent_since >= after
 
     def observe(self, rtt: float, now: float, inv_tau: float) -> None:
         """Fold one answer's latency into the estimate: an EWMA weighted by the time since the last one, so

@@ -46,7 +46,7 @@ class RoutePicker:
     Holds no reference to its Route (the Route holds it), so dropping a table frees both at once.
     """
 
-    __slots__ = ("lb", "targets", "states", "budget", "est", "est_stamp", "_groups", "_cum", "_vgroups",
+    __slots__ = ("lb", "targets", "states", "budget", "est", "est_stamp", "answers", "_groups", "_cum", "_vgroups",
                  "_vcum", "_vepoch", "_vuntil", "_rr", "_ring")
 
     def __init__(self, lb: Balancer, targets: Sequence[Any], budget: RetryBudget,
@@ -58,6 +58,7 @@ class RoutePicker:
         self.budget = budget
         self.est = 0.0  # peak-EWMA of the route's successful header latency (the per-try timeout's base)
         self.est_stamp = 0.0
+        self.answers = 0  # successful answers seen (stalls are judged only after a few: attempts.STALL_SAMPLES)
         self._groups, self._cum = weight_groups([t.weight for t in pool])
         self._vgroups, self._vcum = self._groups, self._cum
         self._vepoch = -1
@@ -203,3 +204,4 @@ class RoutePicker:
             w = math.exp((self.est_stamp - now) * inv_tau)
             self.est = e * w + rtt * (1.0 - w)
         self.est_stamp = now
+        self.answers += 1

@@ -31,6 +31,7 @@ class Resilience:
     eject_max_duration: float = 2.0  # proxy.eject.maxduration
     eject_max_share: float = 0.5  # proxy.eject.maxshare
     max_inflight: int = 0  # proxy.maxinflight
+    stall: float = 1.0  # proxy.stall.timeout
 
     @classmethod
     def from_config(cls, cfg: Any) -> Resilience:
@@ -39,11 +40,12 @@ class Resilience:
                    per_try=cfg["proxy.retry.pertrytimeout"], buffer=cfg["proxy.retry.buffer"],
                    hedge_delay=cfg["proxy.hedge.delay"], eject_failures=cfg["proxy.eject.failures"],
                    eject_duration=cfg["proxy.eject.duration"], eject_max_duration=cfg["proxy.eject.maxduration"],
-                   eject_max_share=cfg["proxy.eject.maxshare"], max_inflight=cfg["proxy.maxinflight"])
+                   eject_max_share=cfg["proxy.eject.maxshare"], max_inflight=cfg["proxy.maxinflight"],
+                   stall=cfg["proxy.stall.timeout"])
 
     def build(self, upstream: Upstream) -> tuple[Balancer, Sender]:
         policy = EjectPolicy(self.eject_failures, self.eject_duration, self.eject_max_duration, self.eject_max_share)
         lb = Balancer(self.strategy, decay=self.decay, policy=policy, budget_ratio=self.budget_ratio,
                       budget_floor=self.budget_floor, max_inflight=self.max_inflight)
         return lb, Sender(upstream, lb, attempts=self.attempts, hedge_delay=self.hedge_delay, per_try=self.per_try,
-                          buffer=self.buffer)
+                          buffer=self.buffer, stall=self.stall)

@@ -175,5 +175,5 @@ def proxy_counters(proxy: Any) -> dict[str, int]:
     st, ej = proxy.stats, proxy.ejector
     return {"noroute": st.noroute, "websockets_open": st.websockets_open, "websockets_total": st.websockets_total,
             "connect_failures": ej.connect_failures, "retries": ej.retries, "ejections": ej.ejections,
-            "hedges": ej.hedges, "budget_exhausted": ej.budget_exhausted, "inflight_full": ej.full,
+            "hedges": ej.hedges, "budget_exhausted": ej.budget_exhausted, "inflight_full": ej.full, "stalls": ej.stalls,
             **proxy.policies.counters.as_dict()}

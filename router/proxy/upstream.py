@@ -25,7 +25,7 @@ import time
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
-from router.proxy.upstream_conn import MAX_HEAD, READ_MIN, UpstreamConn
+from router.proxy.upstream_conn import MAX_HEAD, READ_MAX, READ_MIN, UpstreamConn
 from router.proxy.upstream_errors import ConnectFailed, Stale, UpstreamError
 from router.proxy.upstream_request import Prepared, prepare
 from router.proxy.upstream_response import Response
@@ -45,6 +45,13 @@ class Upstream:
         self._sweeper: asyncio.TimerHandle | None = None
         self._ssl: dict[bool, ssl.SSLContext] = {}
         self._closed = False
+        self._scratch: memoryview | None = None  # see COPY_MAX; reads are one at a time on the loop's thread
+
+    def _scratch_view(self) -> memoryview:
+        view = self._scratch
+        if view is None:
+            view = self._scratch = memoryview(bytearray(READ_MAX))
+        return view
 
     # --- pool
     def _put(self, conn: UpstreamConn) -> None:

@@ -3,7 +3,8 @@ serving them (TCP, tcp+sni and tcp-dynamic, with TLS and its certificate sources
 
 Every listener fabio accepts is parsed (router/config/listeners.py); one whose protocol is not served
 yet stops startup here, naming it, rather than listening and answering with the wrong protocol. TCP
-listeners run in the main process (with `proxy.workers` > 1 the workers serve HTTP only).
+listeners run in the main process, or with `proxy.workers` > 1 in every worker (SO_REUSEPORT), whose
+counters the main process sums (router/run/edgestats.py).
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import logging
 import socket
 import ssl
 import time
+from dataclasses import dataclass
+from typing import Any
 
 from router.cert.pairs import CertError
 from router.cert.watch import ListenerCerts
@@ -28,7 +31,7 @@ from router.listen.tcp import TCPCounters, TCPProxy
 from router.proxy.grpc import GrpcProxy
 from router.table.state import RouterState
 
-HANDSHAKE = 10.0  # seconds a TLS client gets for its handshake
+HANDSHAKE = 10.0  # seconds a TLS client gets for its handshake (rt= does not shorten it: docs/compat.md)
 
 log = logging.getLogger("router.edge")
 
@@ -52,10 +55,12 @@ def check(cfg: Config) -> None:
             raise ConfigError(f"proxy.addr: listener {lst}: {NOT_YET[lst.proto]} is not served by this router yet")
 
 
-def bind(host: str, port: int) -> socket.socket:
+def bind(host: str, port: int, reuse_port: bool = False) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     try:
         sock.bind((host, port))
     except OSError as e:
@@ -79,18 +84,32 @@ def tcp_route_ports(table) -> set[int]:  # type: ignore[no-untyped-def]
     return {p for p in ports if (p, False) not in out}
 
 
-class Edge:
-    """TCP listeners (and, as they land, TLS ones) with their certificate watchers."""
+@dataclass
+class CertView:
+    """A TLS listener's certificates as the workers report them (Edge.absorb), shaped like ListenerCerts."""
 
-    def __init__(self, cfg: Config, state: RouterState) -> None:
+    listener: Listener
+    spec: Any
+    names: list[str]
+    updates: int
+    failed_handshakes: int
+
+
+class Edge:
+    """TCP, TLS and gRPC listeners with their certificate watchers. With `reuse_port` (each proxy worker runs
+    one) every listener is bound with SO_REUSEPORT, so the kernel spreads connections over the workers."""
+
+    def __init__(self, cfg: Config, state: RouterState, reuse_port: bool = False) -> None:
         self.cfg = cfg
         self.state = state
+        self.reuse_port = reuse_port
         self.tcp = TCPCounters()
         self.acceptors: list[Acceptor] = []
         self.certs: list[ListenerCerts] = []
         self.tasks: list[asyncio.Task] = []
         self.dynamic: dict[int, Acceptor] = {}  # tcp-dynamic: port -> its acceptor
-        self.grpc = GrpcProxy(cfg["proxy.dialtimeout"])
+        self.dynamic_ports: list[int] = []  # the workers' tcp-dynamic ports (absorb)
+        self.grpc = GrpcProxy(cfg["proxy.dialtimeout"], cfg["proxy.grpcmaxrxmsgsize"], cfg["proxy.grpcmaxtxmsgsize"])
 
     def _proxy(self, kind: str, lst: Listener, tls: object = None) -> TCPProxy:
         return TCPProxy(kind, lambda: self.state.table, strategy=self.cfg["proxy.strategy"],
@@ -111,14 +130,19 @@ class Edge:
         others = any(lst.proto in HTTP_KINDS and (lst is not first or lst.proxy_proto) for lst in self.cfg.listeners)
         return plain, others
 
-    async def _tls(self, lst: Listener, alpn: tuple[str, ...]) -> ssl.SSLContext:
+    async def _tls(self, lst: Listener, alpn: tuple[str, ...], key: str = "proxy.addr") -> ssl.SSLContext:
         certs = ListenerCerts(lst, alpn=alpn)
         try:
             ctx = (await certs.start()).context
         except CertError as e:
-            raise ConfigError(f"proxy.addr: listener {lst}: {e}") from None
+            raise ConfigError(f"{key}: listener {lst}: {e}") from None
         self.certs.append(certs)
         return ctx
+
+    async def ui_tls(self, lst: Listener) -> ssl.SSLContext:
+        """The context of an HTTPS `ui.addr` (fabio serves its UI over TLS with a `cs=`): HTTP/1.1 only, as
+        uvicorn speaks it; the certificates are watched like a proxy listener's."""
+        return await self._tls(lst, ("http/1.1",), key="ui.addr")
 
     async def start_http(self, server) -> None:  # type: ignore[no-untyped-def]
         """The HTTP-family listeners the HTTP server (router/listen/server.py) serves beside its first one:
@@ -129,16 +153,25 @@ class Edge:
             if lst.proto not in HTTP_KINDS or (lst is first and not lst.proxy_proto):
                 continue
             ctx = await self._tls(lst, ALPN) if lst.tls else None
-            sock = bind(lst.host, lst.port)
+            sock = bind(lst.host, lst.port, self.reuse_port)
+            if lst.proto not in ("grpc", "grpcs"):  # fabio's gRPC server has no rt=/wt=; its HTTP servers do
+                server.set_timeouts(sock.getsockname()[1], lst.read_timeout, lst.write_timeout)
             factory = Negotiated if ctx is not None else H2 if lst.proto == "grpc" else Http1
             if lst.proto == "https+tcp+sni":
                 self._serve(sock, self._sni_or_https(server, lst, ctx), lst, str(lst))
             elif lst.proxy_proto:
                 self._serve(sock, self._handover(server, factory, ctx), lst, str(lst))
+            elif lst.proto in ("grpc", "grpcs"):  # fabio's grpc.conn counts its gRPC server's connections
+                await server.add(sock, lambda f=factory: self._grpc_conn(f(server)), ssl=ctx,
+                                 ssl_handshake_timeout=HANDSHAKE if ctx is not None else None)
             else:
                 await server.add(sock, lambda f=factory: f(server), ssl=ctx,
                                  ssl_handshake_timeout=HANDSHAKE if ctx is not None else None)
             log.info("%s proxy listening on %s:%d", lst.proto.upper(), lst.host, sock.getsockname()[1])
+
+    def _grpc_conn(self, proto: asyncio.Protocol) -> asyncio.Protocol:
+        self.grpc.stats.conn += 1
+        return proto
 
     def _handover(self, server, factory, ctx):  # type: ignore[no-untyped-def]
         """After the acceptor's PROXY header: the socket goes to the HTTP(S) protocol with the header's client."""
@@ -184,7 +217,7 @@ class Edge:
             if lst.proto == "tcp-dynamic":
                 self.tasks.append(asyncio.create_task(self._dynamic(lst, tls), name=f"tcp-dynamic {lst}"))
                 continue
-            sock = bind(lst.host, lst.port)
+            sock = bind(lst.host, lst.port, self.reuse_port)
             self._serve(sock, self._proxy(lst.proto, lst, tls), lst, str(lst))
             log.info("%s proxy listening on %s:%d", lst.proto.upper(), lst.host, sock.getsockname()[1])
 
@@ -198,13 +231,26 @@ class Edge:
                 self.dynamic.pop(port).close()
             for port in want - set(self.dynamic):
                 try:
-                    sock = bind(lst.host, port)
+                    sock = bind(lst.host, port, self.reuse_port)
                 except OSError as e:
                     log.debug("tcp-dynamic: %s", e)
                     continue
                 log.info("tcp-dynamic: listening on %s:%d", lst.host, port)
                 self.dynamic[port] = self._serve(sock, handler, lst, f"{lst.host}:{port}")
             await asyncio.sleep(lst.refresh)
+
+    def absorb(self, merged: dict) -> None:
+        """The workers' summed counters (router/run/edgestats.py merge) become this Edge's, for /metrics and
+        /api/status: with workers, the main process serves no proxy listener itself."""
+        self.tcp = TCPCounters(**{k: v for k, v in merged["tcp"].items()})
+        g = self.grpc.stats
+        for k, v in merged["grpc"].items():
+            setattr(g, k, v if k != "buckets" or v else g.buckets)
+        by_name = {str(lst): lst for lst in self.cfg.listeners}
+        views = [CertView(by_name[name], by_name[name].cert_source, names, updates, failed)
+                 for name, (_, names, updates, failed) in merged["certs"].items() if name in by_name]
+        self.certs = [c for c in self.certs if isinstance(c, ListenerCerts)] + views  # type: ignore[list-item]
+        self.dynamic_ports = merged["dynamic"]
 
     def describe(self) -> list[dict]:
         """Each listener of proxy.addr as /api/status shows it: protocol, TLS and its certificates."""
@@ -218,7 +264,7 @@ class Edge:
                 row.update(cert_source=c.spec.name, strictmatch=lst.strict_match, certificates=c.names,
                            certificate_updates=c.updates, no_certificate=c.failed_handshakes)
             if lst.proto == "tcp-dynamic":
-                row["ports"] = sorted(self.dynamic)
+                row["ports"] = sorted(self.dynamic) or self.dynamic_ports
             out.append(row)
         return out
 

@@ -15,7 +15,7 @@ from registry.consul.register import Registrar, Registration, aliases
 from registry.consul.watcher import ConsulWatcher, RegistryStatus
 from registry.static import load_text, watch_file
 from router.config.settings import Config
-from router.listen.uvicorn_server import Server, uvicorn_config
+from router.listen.uvicorn_server import Server, uvicorn_config, with_ssl
 from router.run import edge
 from router.run.assemble import build_proxy, proxy_server
 from router.run.workers import WorkerPool, worker_count
@@ -30,7 +30,6 @@ class Router:
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
         edge.check(cfg)  # a listener this router cannot serve stops the start, named
-        self.serves_http = edge.http_listener(cfg) is not None
         self.state = RouterState(
             matcher=cfg["proxy.matcher"],
             glob_matching=not cfg["glob.matching.disabled"],
@@ -52,7 +51,7 @@ class Router:
         self.proxy = build_proxy(cfg, self.state)
         # several workers: they serve proxy.addr, this process keeps the one registry watcher and the UI
         n = worker_count(cfg["proxy.workers"])
-        self.workers = WorkerPool(cfg, n) if n > 1 and self.serves_http else None
+        self.workers = WorkerPool(cfg, n) if n > 1 else None
         if self.workers is not None:
             self.state.apply = self.workers.forwarding(self.state.apply)  # type: ignore[method-assign]
         self.registrar: Registrar | None = None
@@ -64,8 +63,11 @@ class Router:
                 f"{int(cfg['registry.consul.register.checkInterval'] * 1000)}ms",
                 f"{int(cfg['registry.consul.register.checkTimeout'] * 1000)}ms",
                 cfg["registry.consul.register.checkTLSSkipVerify"],
+                check_scheme="https" if cfg.ui_listener is not None and cfg.ui_listener.tls else "http",  # as fabio
             ), alias_source=lambda: aliases(self.state.table.iter_targets()) if self.state.table else set())
-        self.edge = edge.Edge(cfg, self.state)  # TCP (and TLS) listeners beside the HTTP one
+        self.edge = edge.Edge(cfg, self.state)  # TCP, TLS and gRPC listeners beside the HTTP one
+        if self.workers is not None:  # the workers serve them; this Edge shows their summed counters
+            self.workers.on_edge = self.edge.absorb
         from ui.app import create_app  # the UI depends on the router, not the other way round
 
         self.ui = create_app(self)
@@ -112,17 +114,26 @@ class Router:
 
     async def serve(self) -> None:
         proxy_srv = proxy_server(self.proxy, self.cfg)
-        ui_server = Server(uvicorn_config(self.ui, self.cfg["ui.addr"]))
+        ui_lst = self.cfg.ui_listener
+        keep_alive = {} if ui_lst is None or ui_lst.idle_timeout is None else {  # fabio's it= on ui.addr; 0: never
+            "timeout_keep_alive": ui_lst.idle_timeout or 86400.0}
+        ui_config = uvicorn_config(self.ui, self.cfg["ui.addr"], **keep_alive)
+        if self.cfg.ui_listener is not None and self.cfg.ui_listener.tls:
+            with_ssl(ui_config, await self.edge.ui_tls(self.cfg.ui_listener))
+        ui_server = Server(ui_config)
         plain, others = self.edge.http_split()
         servers: list = [ui_server]
         serving = []
-        if plain and not self.workers:
+        if self.workers:
+            pass  # every proxy listener is served by each worker (router/run/workers.py), none here
+        elif plain:
             servers.append(proxy_srv)  # it binds the first plain HTTP listener itself
         elif others:  # TLS, more plain listeners, the PROXY protocol: the main process's server, no socket of its own
             serving.append(asyncio.create_task(proxy_srv.serve(sockets=[]), name="server"))
-        await self.edge.start()
-        if others:
-            await self.edge.start_http(proxy_srv)
+        if not self.workers:
+            await self.edge.start()
+            if others:
+                await self.edge.start_http(proxy_srv)
         if self.workers:
             await self.workers.start()  # before the registry: no table update can miss a worker
         loop = asyncio.get_running_loop()

@@ -36,10 +36,14 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from router.cert.pairs import CertError
+from router.config.settings import ConfigError
 from router.listen.server import listen_socket
 from router.proxy.instance import merge_docs
 from router.proxy.stats import merge, proxy_counters, prune
+from router.run import edgestats
 from router.run.assemble import LEVELS, build_proxy, proxy_server
+from router.run.edge import Edge
 from router.table.state import RouterState
 
 log = logging.getLogger("router.workers")
@@ -95,6 +99,7 @@ class _Worker:
     counters: dict[str, int] = field(default_factory=dict)
     ejected: list[tuple[str, int]] = field(default_factory=list)  # instances this worker ejects now
     instances: dict[str, Any] = field(default_factory=dict)  # its instance states (router/proxy/balance.py)
+    edge: dict[str, Any] | None = None  # its TCP, gRPC and certificate counters (router/run/edgestats.py)
 
 
 class WorkerPool:
@@ -112,6 +117,8 @@ class WorkerPool:
         # counters of workers that exited, so the sums stay monotonic across a restart
         self.retired_routes: dict[Any, Any] = {}
         self.retired_counters: dict[str, int] = {}
+        self.retired_edge: dict[str, Any] | None = None
+        self.on_edge: Callable[[dict[str, Any]], None] | None = None  # the main Edge's absorb (TCP/TLS/gRPC sums)
 
     def forwarding(self, apply: Callable[..., Any]) -> Callable[..., Any]:
         """Wrap RouterState.apply: apply in the main process (the UI shows it) and send to every worker."""
@@ -169,6 +176,8 @@ class WorkerPool:
         done, _ = await asyncio.wait([w.listening, w.reader_task], timeout=60,  # type: ignore[list-item]
                                      return_when=asyncio.FIRST_COMPLETED)
         if w.listening not in done:
+            if w.proc.poll() == 2:  # it refused a listener's configuration (a certificate source): named above
+                raise ConfigError(f"proxy worker {w.index} (pid {w.proc.pid}) refused the configuration")
             raise OSError(f"proxy worker {w.index} (pid {w.proc.pid}) did not start listening on proxy.addr")
 
     async def _listen(self, w: _Worker, reader: asyncio.StreamReader) -> None:
@@ -182,12 +191,17 @@ class WorkerPool:
                     w.counters = msg[4]["counters"]
                     w.ejected = msg[4].get("ejected", [])
                     w.instances = msg[4].get("instances", {})
+                    if "edge" in msg[4]:
+                        w.edge = msg[4]["edge"]
+                        self._edge_changed()
         # the worker is gone
         self.retired_routes = merge([self.retired_routes, w.route_stats])
         for k, v in w.counters.items():
             if k != "websockets_open":
                 self.retired_counters[k] = self.retired_counters.get(k, 0) + v
-        w.route_stats, w.counters, w.ejected, w.instances = {}, {}, [], {}
+        self.retired_edge = edgestats.merge([self.retired_edge, edgestats.retired(w.edge)])
+        w.route_stats, w.counters, w.ejected, w.instances, w.edge = {}, {}, [], {}, None
+        self._edge_changed()
         code = await asyncio.get_running_loop().run_in_executor(None, w.proc.wait)
         w.writer.close()
         if self.stopping or not w.listening.done():
@@ -200,6 +214,10 @@ class WorkerPool:
         self.workers[self.workers.index(w)] = nw
         with contextlib.suppress(OSError):
             await self._wait_listening(nw)
+
+    def _edge_changed(self) -> None:
+        if self.on_edge is not None:
+            self.on_edge(edgestats.merge([self.retired_edge, *(w.edge for w in self.workers)]))
 
     def route_stats(self, table: Any = None) -> dict[Any, Any]:
         """Per-route counters summed over every worker (stats.Key -> stats.Snapshot); with `table`, the
@@ -275,8 +293,10 @@ async def _worker(pipe: socket.socket) -> int:
     proxy = build_proxy(cfg, state)
     tune_gc()
     server = proxy_server(proxy, cfg)
+    edge = Edge(cfg, state, reuse_port=True)  # the TLS, TCP and gRPC listeners, in every worker too
+    plain, others = edge.http_split()
     try:
-        sock = listen_socket(cfg["proxy.addr"], reuse_port=True)
+        sockets = [listen_socket(cfg["proxy.addr"], reuse_port=True)] if plain else []
     except OSError as e:
         print(f"error: proxy worker: {e}", file=sys.stderr)
         return 1
@@ -288,11 +308,12 @@ async def _worker(pipe: socket.socket) -> int:
         counters = proxy_counters(proxy)
         changed = proxy.stats.changed()
         ejected = [tuple(k) for k in proxy.ejector.ejected_targets()]
-        if changed or [proxy.requests, routes, counters, ejected] != reported[0]:
-            reported[0] = [proxy.requests, routes, counters, ejected]
+        edge_now = edgestats.snapshot(edge)
+        if changed or [proxy.requests, routes, counters, ejected, edge_now] != reported[0]:
+            reported[0] = [proxy.requests, routes, counters, ejected, edge_now]
             writer.write(_frame(("stats", os.getpid(), proxy.requests, None if routes < 0 else routes,
                                  {"routes": changed, "counters": counters, "ejected": ejected,
-                                  "instances": proxy.ejector.instance_docs()})))
+                                  "instances": proxy.ejector.instance_docs(), "edge": edge_now})))
 
     async def commands() -> None:
         while (msg := await _read(reader)) is not None:
@@ -318,13 +339,22 @@ async def _worker(pipe: socket.socket) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal)
     tasks = [asyncio.create_task(commands()), asyncio.create_task(reporter())]
-    serving = asyncio.create_task(server.serve(sockets=[sock]))
+    serving = asyncio.create_task(server.serve(sockets=sockets))
     while not server.started and not serving.done():
         await asyncio.sleep(0.01)
     if serving.done():
         return 1
+    try:
+        await edge.start()
+        if others:
+            await edge.start_http(server)
+    except (ConfigError, CertError, OSError) as e:
+        print(f"config error: proxy worker: {e}" if not isinstance(e, OSError) else f"error: proxy worker: {e}",
+              file=sys.stderr)
+        return 2
     writer.write(_frame(("listening", os.getpid())))
     await serving
+    await edge.stop()
     for t in tasks:
         t.cancel()
     return 0

@@ -58,7 +58,6 @@ def na(why: str) -> Outcome:
     return Outcome("n/a", why)
 
 
-TLS = waiting(16, "TLS listeners and certificate sources")
 GZIP = waiting(19, "gzip compression (proxy.gzip.contenttype)")
 
 

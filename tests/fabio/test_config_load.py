@@ -21,7 +21,7 @@ import pytest
 
 from router.config.settings import ConfigError, load, parse_args
 from router.proxy.auth import parse_schemes
-from tests.fabio.rows import TLS, Outcome, differs, row, table
+from tests.fabio.rows import Outcome, differs, row, table
 
 FILE = "config/load_test.go"
 
@@ -44,6 +44,7 @@ class Values:
 
     changed: dict[str, Any] = field(default_factory=dict)
     silent: str = ""  # no warning may name this (a feature that acts on the key, not just accepts it)
+    ui_cs: str = ""  # the UI listener is HTTPS with this cert source
 
 
 @dataclass(frozen=True)
@@ -210,7 +211,8 @@ MAIN = [
     *[row(f"-ui.access {a}", ["-ui.access", a], {}, None, Values({"ui.access": a})) for a in ("ro", "rw")],
     row("-ui.addr 1.2.3.4:5555", ["-ui.addr", "1.2.3.4:5555"], {}, None, Values({"ui.addr": ("1.2.3.4", 5555)})),
     row("-ui.addr :9998;cs=ui -proxy.cs cs=ui;type=file;cert=value",
-        ["-ui.addr", ":9998;cs=ui", "-proxy.cs", "cs=ui;type=file;cert=value"], {}, None, Values(), outcome=TLS),
+        ["-ui.addr", ":9998;cs=ui", "-proxy.cs", "cs=ui;type=file;cert=value"], {}, None,
+        Values({"proxy.cs": "cs=ui;type=file;cert=value"}, silent="ui.addr", ui_cs="ui")),
     row("-ui.color value", ["-ui.color", "value"], {}, None, "UI.Color=value",
         outcome=differs(ENUM, Error(("ui.color", "value")))),
     row("-ui.title value", ["-ui.title", "value"], {}, None, Values({"ui.title": "value"})),
@@ -328,3 +330,7 @@ def test_load(args: list[str], env: dict[str, str], data: str | None, want: Any,
         assert any(want.key in w for w in cfg.warnings), cfg.warnings
     elif want.silent:
         assert not any(want.silent in w for w in cfg.warnings), cfg.warnings
+    if isinstance(want, Values) and want.ui_cs:
+        lst = cfg.ui_listener
+        assert lst is not None and lst.proto == "https" and lst.cert_source is not None
+        assert (lst.addr, lst.cert_source.name) == (":9998", want.ui_cs)

@@ -1,0 +1,157 @@
+"""Python work per proxied request, without sockets: the listener, the core and the upstream client in one
+process, both ends faked, so only our own code runs (no syscalls, no other process).
+
+Why: on this shared machine wall-clock figures, and even CPU time per request, move with the load. This
+drives the real `Http1` protocol (router/listen/http1.py) and the real upstream client
+(router/proxy/upstream.py) through the configured `ProxyApp`: each of `--conns` client connections sends
+`GET /bench`; its upstream connection (pooled, on a fake transport) answers what nginx answers for the
+19-byte benchmark, one loop pass later; the client sends its next request when the answer is written.
+Under callgrind the instruction count per request is exact to about 0.1 % whatever the load:
+
+    python bench/inproc_cost.py --requests 20000                      # CPU µs per request (noisy)
+    valgrind --tool=callgrind --instr-atstart=no python bench/inproc_cost.py --requests 3000 --callgrind
+    # ... then bench/inproc_cost.py prints instructions per request (callgrind_control toggles the counting)
+
+`--src` measures another checkout (run both, interleaved, for a before/after).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import subprocess
+import sys
+import time
+
+ANSWER = (b"HTTP/1.1 200 OK\r\nServer: nginx/1.22.1\r\nDate: Thu, 03 Dec 2026 11:34:26 GMT\r\n"
+          b"Content-Type: text/plain\r\nContent-Length: 19\r\nConnection: keep-alive\r\n\r\nhello from backend\n")
+REQUEST = b"GET /bench HTTP/1.1\r\nHost: 127.0.0.1:9999\r\n\r\n"  # what wrk sends
+
+
+class FakeTransport(asyncio.Transport):
+    """Enough of a uvloop TCP transport for Http1 and the upstream client."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, on_write) -> None:  # type: ignore[no-untyped-def]
+        super().__init__()
+        self.loop = loop
+        self.on_write = on_write
+        self.closing = False
+
+    def write(self, data) -> None:  # type: ignore[no-untyped-def]
+        self.on_write(data)
+
+    def writelines(self, parts) -> None:  # type: ignore[no-untyped-def]
+        self.on_write(b"".join(parts))
+
+    def get_extra_info(self, name, default=None):  # type: ignore[no-untyped-def]
+        return {"peername": ("127.0.0.1", 40000), "sockname": ("127.0.0.1", 9999)}.get(name, default)
+
+    def set_write_buffer_limits(self, high=None, low=None) -> None:  # type: ignore[no-untyped-def]
+        pass
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+    def close(self) -> None:
+        self.closing = True
+
+
+async def run(requests: int, conns: int, callgrind: bool) -> float:
+    from router.config.settings import load
+    from router.listen.server import Listener
+    from router.proxy.upstream_conn import UpstreamConn
+    from router.run.assemble import build_proxy
+    from router.table.routecmd import parse
+    from router.table.state import RouterState
+
+    loop = asyncio.get_running_loop()
+    cfg = load(["-registry.backend", "static", "-proxy.workers", "1"])
+    state = RouterState()
+    cmds, _ = parse("route add b /bench http://127.0.0.1:18080/", "static")
+    state.apply({"b": cmds})
+    app = build_proxy(cfg, state)
+    listener = Listener(app, max_head=cfg["proxy.maxheaderbytes"])
+    listener.loop = loop
+    upstream = app.upstream
+    key = ("http", "127.0.0.1", 18080, True)
+    left = [requests]
+    done = asyncio.Event()
+
+    def upstream_conn() -> UpstreamConn:
+        conn = UpstreamConn(upstream, key, loop)
+
+        def answer() -> None:
+            buf = conn.get_buffer(-1)
+            n = len(ANSWER)
+            buf[:n] = ANSWER
+            conn.buffer_updated(n)
+
+        conn.connection_made(FakeTransport(loop, lambda data: loop.call_soon(answer)))
+        return conn
+
+    for _ in range(conns):
+        upstream._put(upstream_conn())
+
+    from router.listen.http1 import Http1
+
+    def client() -> None:
+        proto = Http1(listener)
+
+        def on_write(data: bytes) -> None:
+            if data.endswith(b"hello from backend\n"):
+                left[0] -= 1
+                if left[0] <= 0:
+                    done.set()
+                else:
+                    loop.call_soon(proto.data_received, REQUEST)
+
+        proto.connection_made(FakeTransport(loop, on_write))
+        loop.call_soon(proto.data_received, REQUEST)
+
+    warm = requests
+    left[0] = min(500, requests)
+    for _ in range(conns):
+        client()
+    await done.wait()  # warm-up
+    done.clear()
+    left[0] = requests
+    for c in list(listener.conns):
+        loop.call_soon(c.data_received, REQUEST)
+    if callgrind:
+        subprocess.run(["callgrind_control", "-i", "on", str(os.getpid())], capture_output=True, check=False)
+    t0 = time.process_time()
+    await done.wait()
+    used = time.process_time() - t0
+    if callgrind:
+        subprocess.run(["callgrind_control", "-i", "off", str(os.getpid())], capture_output=True, check=False)
+    del warm
+    return used / requests * 1e6
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--requests", type=int, default=20000)
+    p.add_argument("--conns", type=int, default=10)
+    p.add_argument("--callgrind", action="store_true", help="toggle callgrind's counting around the measured part")
+    p.add_argument("--src", help="checkout to import the router from (default: this one)")
+    a = p.parse_args()
+    if a.src:
+        sys.path.insert(0, os.path.abspath(a.src))
+    else:
+        sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    import uvloop
+
+    us = uvloop.run(run(a.requests, a.conns, a.callgrind))
+    print(f"{us:.2f} µs CPU per request ({a.requests} requests, {a.conns} connections)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
