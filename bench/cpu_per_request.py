@@ -6,7 +6,11 @@ proxies it with one worker/process; targets run interleaved, in an order rotated
 
     python bench/cpu_per_request.py --rounds 3                       # this checkout and Traefik
     python bench/cpu_per_request.py --base ../other-checkout         # also an older checkout, side by side
+    python bench/cpu_per_request.py --targets router,traefik,granian,hypercorn,uvicorn
 
+granian, hypercorn and uvicorn serve the same proxy core as an ASGI app (bench/asgi_app.py); install
+them into the venv for the run (`pip install granian hypercorn`: bench-time only, not dependencies).
+CPU time counts the target's whole process tree (granian and hypercorn run their worker as a child).
 Needs nginx and wrk on PATH and traefik in the venv (bench/tools.sh installs them).
 """
 
@@ -20,6 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -33,8 +38,33 @@ def free_port() -> int:
 
 
 def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """utime + stime of `pid` and its live descendants."""
+    total = 0
+    todo = [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+            for task in Path(f"/proc/{p}/task").iterdir():
+                todo += [int(c) for c in (task / "children").read_text().split()]
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def wait_answer(url: str, timeout: float = 30) -> None:
+    """Until `url` answers 200 (Traefik listens before its file provider has loaded the route)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=1) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.05)
+    raise RuntimeError(f"{url} never answered 200")
 
 
 def wait_port(port: int, timeout: float = 30) -> None:
@@ -48,6 +78,17 @@ def wait_port(port: int, timeout: float = 30) -> None:
     raise RuntimeError(f"nothing listens on {port}")
 
 
+# the proxy core under other servers, one worker each, uvloop where the server offers it
+ASGI = {
+    "granian": lambda port: ["--interface", "asgi", "--workers", "1", "--runtime-threads", "1", "--runtime-mode", "st",
+                             "--loop", "uvloop", "--no-ws", "--host", "127.0.0.1", "--port", str(port),
+                             "--log-level", "error"],
+    "hypercorn": lambda port: ["-w", "1", "-k", "uvloop", "-b", f"127.0.0.1:{port}", "--log-level", "error"],
+    "uvicorn": lambda port: ["--loop", "uvloop", "--http", "httptools", "--workers", "1", "--no-access-log",
+                             "--log-level", "error", "--host", "127.0.0.1", "--port", str(port)],
+}
+
+
 def start(target: str, src: Path, port: int, backend: int, tmp: Path) -> subprocess.Popen[bytes]:
     if target == "traefik":
         dyn = tmp / "traefik.yml"
@@ -57,6 +98,9 @@ def start(target: str, src: Path, port: int, backend: int, tmp: Path) -> subproc
                 f"--providers.file.filename={dyn}", "--log.level=ERROR", "--global.checknewversion=false",
                 "--global.sendanonymoususage=false"]
         env = {**os.environ, "GOMAXPROCS": "1"}
+    elif target in ASGI:
+        argv = [str(Path(sys.executable).parent / target), *ASGI[target](port), "bench.asgi_app:app"]
+        env = {**os.environ, "PYTHONPATH": str(src), "BENCH_BACKEND": f"http://127.0.0.1:{backend}"}
     else:
         argv = [sys.executable, "-m", "router", "-registry.backend", "static", "-registry.static.routes",
                 f"route add b /bench http://127.0.0.1:{backend}/", "-proxy.addr", f"127.0.0.1:{port}",
@@ -65,6 +109,7 @@ def start(target: str, src: Path, port: int, backend: int, tmp: Path) -> subproc
         env = {**os.environ, "PYTHONPATH": str(src)}
     proc = subprocess.Popen(argv, env=env, cwd=src, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wait_port(port)
+    wait_answer(f"http://127.0.0.1:{port}/bench")
     return proc
 
 
@@ -89,16 +134,30 @@ def measure(target: str, src: Path, backend: int, tmp: Path, seconds: float) -> 
     return used / requests * 1e6, rps
 
 
+def summary(results: dict[str, list[tuple[float, float]]]) -> None:
+    """Medians, and each target's CPU per request relative to Traefik's in the same round."""
+    print("\ntarget     median µs/request   median req/s   µs/request relative to traefik (per round)")
+    ref = results.get("traefik")
+    for name, rows in results.items():
+        us = sorted(r[0] for r in rows)[len(rows) // 2]
+        rps = sorted(r[1] for r in rows)[len(rows) // 2]
+        rel = " / ".join(f"{a[0] / b[0]:.2f}" for a, b in zip(rows, ref, strict=True)) if ref and name != "traefik" else ""
+        print(f"{name:9s} {us:12.1f} {rps:16.0f}   {rel}")
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--duration", type=float, default=5)
     p.add_argument("--base", type=Path, help="another checkout of the router, measured as 'base'")
     p.add_argument("--no-traefik", action="store_true")
+    p.add_argument("--targets", default="router,traefik",
+                   help="comma-separated: router, traefik, " + ", ".join(ASGI) + " (base: with --base)")
     args = p.parse_args()
-    targets = {"router": REPO} | ({"base": args.base.resolve()} if args.base else {})
-    if not args.no_traefik:
-        targets["traefik"] = REPO
+    names = [n for n in args.targets.split(",") if n and not (n == "traefik" and args.no_traefik)]
+    if args.base and "base" not in names:
+        names.insert(1, "base")
+    targets = {n: args.base.resolve() if n == "base" else REPO for n in names}
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         backend = free_port()
@@ -113,10 +172,13 @@ def main() -> int:
         try:
             wait_port(backend)
             names = list(targets)
+            results: dict[str, list[tuple[float, float]]] = {n: [] for n in names}
             for r in range(args.rounds):
                 for name in names[r % len(names):] + names[:r % len(names)]:
                     us, rps = measure(name, targets[name], backend, tmp, args.duration)
-                    print(f"round {r + 1} {name:8s} {us:7.1f} µs CPU per request  {rps:8.0f} req/s", flush=True)
+                    results[name].append((us, rps))
+                    print(f"round {r + 1} {name:9s} {us:7.1f} µs CPU per request  {rps:8.0f} req/s", flush=True)
+            summary(results)
         finally:
             nginx.terminate()
             nginx.wait(10)

@@ -44,7 +44,7 @@ from router.proxy.instance import STALL_TRIES
 from router.proxy.picker import RoutePicker
 from router.proxy.upstream import Upstream
 from router.proxy.upstream_errors import Stale, UpstreamError, UpstreamTimeout
-from router.proxy.upstream_request import IDEMPOTENT, Prepared, prepare
+from router.proxy.upstream_request import IDEMPOTENT, HeaderBlock, Prepared, prepare, prepare_block
 from router.proxy.upstream_response import Response
 
 log = logging.getLogger("router.proxy")
@@ -118,6 +118,9 @@ class Sender:
 
     def _prep(self, picker: RoutePicker, idx: int, rq: _Req) -> Prepared:
         t = picker.targets[idx]
+        if type(rq.headers) is HeaderBlock:  # the common case: the header lines are encoded already
+            return prepare_block(rq.method, (t.scheme, t.host, t.port, not t.tls_skip_verify or t.scheme != "https"),
+                                 rq.path_qs, rq.headers, rq.body)
         return prepare(rq.method, f"{t.scheme}://{t.host}:{t.port}{rq.path_qs}", rq.headers, rq.body,
                        verify_tls=not t.tls_skip_verify)
 
@@ -153,11 +156,12 @@ class Sender:
         return conn
 
     async def _connection(self, picker: RoutePicker, idx: int, rq: _Req, tried: list[int],
-                          pooled: bool = True) -> tuple[Any, int, Prepared, bool]:
+                          pooled: bool = True, prep: Prepared | None = None) -> tuple[Any, int, Prepared, bool]:
         """A connection for a try on `idx`: (conn, instance, its request head, fresh). A pooled one if
         there is one; else dials, hedged and retried on other instances. Raises Failed (502) when no
         connect succeeded within proxy.dialtimeout or the attempts or the budget ran out."""
-        prep = self._prep(picker, idx, rq)
+        if prep is None:
+            prep = self._prep(picker, idx, rq)
         if pooled:
             conn = self.upstream.take(prep.key)
             if conn is not None:
@@ -246,16 +250,29 @@ class Sender:
             if st.fails or st.unanswered >= STALL_TRIES:
                 idx = self._sound(picker, idx, now)
         tried = [idx]
-        after = 0.0 if rq.deadline else self._stall_after(picker)  # 0: stalls are not judged
+        # the stall time (0: stalls are not judged), _stall_after() inline: this runs for every request
+        after = 0.0 if rq.deadline or not self.stall or picker.answers < STALL_SAMPLES else \
+            max(self.stall, STALL_FACTOR * picker.est)
         pooled = True
         while True:
-            conn, idx, prep, fresh = await self._connection(picker, idx, rq, tried, pooled)
+            prep = self._prep(picker, idx, rq)
+            conn = self.upstream.take(prep.key) if pooled else None
+            if conn is not None:  # the common case, inline: no coroutine for _connection
+                fresh = False
+            else:
+                conn, idx, prep, fresh = await self._connection(picker, idx, rq, tried, False, prep)
             pooled = True
             st = picker.states[idx]
             t0 = perf_counter()
             try:
                 resp = self.upstream.start(conn, prep, body, st)
-                self._track(st, resp, t0, after)
+                if not st.unanswered:  # _track() inline: the first try since the instance's last answer
+                    st.silent_since = t0
+                st.unanswered += 1
+                if after:
+                    st.waiting[resp] = (t0 + after, after)
+                    if st.unanswered >= STALL_TRIES:
+                        self._suspect(st)
             except Stale as e:  # the connection was closed before we wrote: nothing was sent
                 if fresh:
                     now = perf_counter()
@@ -270,8 +287,14 @@ class Sender:
                 if hedged:
                     resp, idx, t0 = await self._hedged(picker, resp, idx, rq, tried, t0)
                     st = picker.states[idx]
-                else:
+                elif rq.deadline:
                     await resp.headers(rq.left())
+                else:  # no header timeout: resp.headers() inline, one coroutine less per request
+                    try:
+                        await resp.headers_future
+                    except BaseException:
+                        resp.close()
+                        raise
             except Stale as e:
                 if not fresh and prep.resendable:  # a pooled connection died unseen: once more, fresh
                     pooled = False
@@ -372,9 +395,12 @@ class Sender:
         if after:
             st.waiting[resp] = (t0 + after, after)
             if st.unanswered >= STALL_TRIES:
-                self._suspects.add(st)
-                if self._tick is None:
-                    self._tick = asyncio.get_running_loop().call_later(self._every, self._watch)
+                self._suspect(st)
+
+    def _suspect(self, st: Any) -> None:
+        self._suspects.add(st)
+        if self._tick is None:
+            self._tick = asyncio.get_running_loop().call_later(self._every, self._watch)
 
     def _watch(self) -> None:
         """The watchdog's tick: on each suspect instance that is stalled, end the tries that waited at least

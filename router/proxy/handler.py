@@ -29,6 +29,7 @@ from router.proxy.request_guard import check_request, send_rejection
 from router.proxy.resilience import Resilience
 from router.proxy.stats import CLIENT_GONE, RequestStats
 from router.proxy.upstream import Upstream
+from router.proxy.upstream_request import HeaderBlock
 from router.table import access
 from router.table.state import RouterState
 
@@ -222,8 +223,12 @@ class ProxyApp:
                               [(b"location", url.encode("latin-1", "replace")), (b"content-length", b"0")])
             return route, target, target.redirect_code
 
+        headers: HeaderBlock | list[tuple[str, str]] | None = None
+        if not (target.opts and "auth" in target.opts) and (target.policy is None or target.policy.req is None):
+            headers, has_body = self.forwarding.request_block(scope, host, target)  # encoded: the common case
         try:
-            headers, has_body = self.forwarding.request_headers(scope, host, target)
+            if headers is None:
+                headers, has_body = self.forwarding.request_headers(scope, host, target)
         except RoutingLoop as e:
             log.warning("%s %s%s: %s (a route's target is this router?)", scope["method"], host, path, e)
             await send_status(out, 508, f"{e}\n")

@@ -15,6 +15,8 @@ import uuid
 from collections.abc import Iterable
 from typing import Any
 
+from router.proxy.upstream_request import HeaderBlock
+
 HOP_BY_HOP = frozenset(
     {
         "connection",
@@ -47,6 +49,10 @@ PROTECTED = frozenset(
     }
 )
 _HOP_BYTES = frozenset(h.encode() for h in HOP_BY_HOP)
+# request header names request_block looks at; any other passes through as it came
+_NOTED = _HOP_BYTES | {b"host", b"via", b"content-length", b"user-agent"} | {h.encode() for h in PROTECTED}
+_UNSAFE = frozenset({b"via"} | {h.encode() for h in PROTECTED})  # request_block leaves these to request_headers
+TAILS_MAX = 4096  # cached header tails per worker (client address x Host x target options); then start afresh
 
 
 def _connection_tokens(values: Iterable[str], protected: frozenset[str] = PROTECTED) -> set[str]:
@@ -116,6 +122,7 @@ class ForwardingHeaders:
         if sts and sts_preload:
             sts += "; preload"
         self.sts = sts.encode()
+        self._tails: dict[tuple, bytes] = {}  # see request_block
 
     def request_headers(self, scope: dict[str, Any], host: str, target: Any) -> tuple[list[tuple[str, str]], bool]:
         """Headers for the upstream request, and whether the request has a body to stream."""
@@ -213,6 +220,62 @@ class ForwardingHeaders:
             if self.tls_header and scheme == "https":
                 out.append((self.tls_header, self.tls_value))
         return out, has_body
+
+    def request_block(self, scope: dict[str, Any], host: str, target: Any) -> tuple[HeaderBlock | None, bool]:
+        """request_headers() encoded, for the common request: no Via, no forwarding header of its own, no
+        Connection but `keep-alive`, a Host. (None, False) for any other: request_headers() serves it.
+
+        Only the client's other headers are walked; what follows them (X-Forwarded-*, Forwarded, Host,
+        User-Agent, Via) depends on the client address, Host, scheme, version and the target's strip= and
+        host=, so it is made once by request_headers() itself and cached: the two cannot differ."""
+        if self.own or not host:
+            return None, False
+        parts: list[bytes] = []
+        has_body = has_length = has_ua = False
+        for n, v in scope["headers"]:
+            if n in _NOTED:
+                if n in _UNSAFE:
+                    return None, False
+                if n == b"content-length":
+                    has_body = v.strip() not in (b"", b"0")
+                    has_length = True
+                elif n == b"user-agent":
+                    has_ua = True
+                elif n == b"transfer-encoding":
+                    has_body = True
+                    continue
+                elif n == b"connection":
+                    if v.lower() != b"keep-alive":  # names headers to drop: request_headers decides
+                        return None, False
+                    continue
+                else:  # Host, hop-by-hop
+                    continue
+            parts += (n, b": ", v, b"\r\n")
+        scheme = scope.get("scheme", "http")
+        tls = None
+        if scheme == "https":
+            t = (scope.get("extensions") or {}).get("tls") or {}
+            tls = (t.get("tls_version"), t.get("cipher_suite"))
+        client = scope.get("client")
+        key = (client[0] if client else "", host, scheme, scope.get("http_version", "1.1"), target.strip,
+               target.host_header, has_ua, tls)
+        tail = self._tails.get(key)
+        if tail is None:
+            tail = self._tail(scope, host, target, has_ua, key)
+        parts.append(tail)
+        return HeaderBlock(b"".join(parts), has_length), has_body
+
+    def _tail(self, scope: dict[str, Any], host: str, target: Any, has_ua: bool, key: tuple) -> bytes:
+        """What request_headers() appends after the client's own headers, encoded (see request_block)."""
+        bare = {**scope, "headers": [(b"user-agent", b"")] if has_ua else []}
+        out, _ = self.request_headers(bare, host, target)
+        if has_ua:
+            out = out[1:]  # the client's own User-Agent stays where it was
+        tail = "".join(f"{n}: {v}\r\n" for n, v in out).encode("latin-1", "replace")
+        if len(self._tails) >= TAILS_MAX:
+            self._tails.clear()
+        self._tails[key] = tail
+        return tail
 
     def tls_response_headers(self, headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
         """For TLS requests: with `proxy.header.sts.maxage` > 0 set HSTS, replacing the upstream's."""

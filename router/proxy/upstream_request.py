@@ -1,7 +1,9 @@
 """A request's head for the upstream, built once per request and sent on any connection of its key.
 
 Pure (no I/O): parses the target URL into the pool key (scheme, host, port, verify) and frames the body
-(Content-Length or chunked); `resendable` tells the tries whether the request may be sent twice.
+(Content-Length or chunked); `resendable` tells the tries whether the request may be sent twice. The
+proxy's common case comes as a :class:`HeaderBlock`, its header lines already encoded
+(router/proxy/headers.py), and `prepare_block` only puts the request line before it.
 """
 
 from __future__ import annotations
@@ -57,3 +59,31 @@ def prepare(method: str, url: str, headers: Sequence[tuple[str, str]], body: Asy
     resendable = (body is None or isinstance(body, bytes)) and method in IDEMPOTENT
     return Prepared(method, key, head, chunked, resendable)
 
+
+
+class HeaderBlock:
+    """A request's header lines, encoded (each ending in CRLF), Host among them; `has_length`: so is a
+    Content-Length. Built by ForwardingHeaders.request_block: a tuple per header, an f-string per line and
+    a join for every try cost more than the rest of the upstream client together (docs/datapath.md)."""
+
+    __slots__ = ("data", "has_length")
+
+    def __init__(self, data: bytes, has_length: bool) -> None:
+        self.data = data
+        self.has_length = has_length
+
+
+def prepare_block(method: str, key: tuple, target: str, block: HeaderBlock,
+                  body: AsyncIterator[bytes] | bytes | None) -> Prepared:
+    """prepare() for a HeaderBlock: the same head, for the pool `key` (scheme, host, port, verify)."""
+    line = f"{method} {target} HTTP/1.1\r\n".encode("latin-1", "replace")
+    chunked = False
+    if body is None or block.has_length:
+        head = line + block.data + b"\r\n"
+    elif isinstance(body, bytes):
+        head = line + block.data + b"content-length: %d\r\n\r\n" % len(body)
+    else:
+        chunked = True
+        head = line + block.data + b"transfer-encoding: chunked\r\n\r\n"
+    resendable = (body is None or isinstance(body, bytes)) and method in IDEMPOTENT
+    return Prepared(method, key, head, chunked, resendable)
