@@ -37,6 +37,11 @@ test: deps consul browser slowhttptest lint
 soak: deps consul slowhttptest
 	CONSUL="$$(scripts/get-consul.sh)" $(PY) -m pytest -q -s -m soak $(PYTEST_ARGS)
 
+# The property tests (hypothesis) with ten times the examples `make test` draws (tests/fuzz.py).
+.PHONY: fuzz
+fuzz: deps
+	FUZZ_SCALE=10 $(PY) -m pytest -q tests/test_hostile_input.py $(PYTEST_ARGS)
+
 unit: deps
 	$(PY) -m pytest -q -m "not consul" $(PYTEST_ARGS)
 

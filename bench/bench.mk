@@ -41,3 +41,15 @@ PROPAGATION_ARGS ?=
 .PHONY: bench-propagation
 bench-propagation: deps consul
 	CONSUL="$$(scripts/get-consul.sh)" $(PY) -m bench.propagation --patterns $(PROPAGATION_ARGS)
+
+# Issue 15's slow-read attack (bench/slow_read.py, needs slowhttptest and nginx): 1,000 slowhttptest -X
+# connections reading 1 MiB answers with the default workers, then 200 reading 8 MiB answers with one; each
+# prints the router's RSS per slow connection, the kernel's TCP memory and legitimate latency without and
+# during the attack. Pass options through SLOW_READ_ARGS, e.g. make bench-slow SLOW_READ_ARGS='--seconds 60'.
+SLOW_READ_ARGS ?=
+
+.PHONY: bench-slow
+bench-slow: deps slowhttptest
+	VENV=$(VENV) bench/tools.sh
+	$(PY) bench/slow_read.py --connections 1000 --answer 1048576 --seconds 30 --workers 0 $(SLOW_READ_ARGS)
+	$(PY) bench/slow_read.py --connections 200 --answer 8388608 --seconds 10 --workers 1 $(SLOW_READ_ARGS)

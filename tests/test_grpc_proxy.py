@@ -136,6 +136,20 @@ def test_grpcs_upstream_with_grpcservername(router, ca: trustme.CA) -> None:  # 
         assert ch.unary_unary("/test.Echo/Unary")(b"over tls", timeout=10) == b"echo:over tls"
 
 
+@pytest.mark.parametrize("kind", ["tls", "h2c"])
+def test_more_than_a_window_of_answers_on_one_connection(router, ca: trustme.CA, kind: str) -> None:  # type: ignore[no-untyped-def]
+    """Every answer's bytes are credited back to the upstream connection's window, also those of calls
+    that ended before their data was read: 200 answers of 1 KiB (three times the 64 KiB default window)
+    all arrive, none hangs until its deadline."""
+    _, tport, gport, _ = router
+    ch = tls_channel(ca, tport) if kind == "tls" else grpc.insecure_channel(f"127.0.0.1:{gport}")
+    body = b"w" * 1024
+    with ch:
+        call = ch.unary_unary("/test.Echo/Unary")
+        for i in range(200):
+            assert call(body + str(i).encode(), timeout=10) == b"echo:" + body + str(i).encode()
+
+
 def test_many_concurrent_calls_on_one_connection(router, ca: trustme.CA) -> None:  # type: ignore[no-untyped-def]
     _, tport, _, _ = router
     with tls_channel(ca, tport) as ch:

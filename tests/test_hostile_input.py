@@ -18,6 +18,7 @@ from router.config.keys import KEYS
 from router.config.settings import ConfigError, load
 from router.table.builder import TableBuilder
 from router.table.routecmd import parse
+from tests.fuzz import examples
 
 PREFIX = "urlprefix-"
 GOOD_TAGS = ("urlprefix-/good", "urlprefix-example.com/api strip=/api", "urlprefix-/w weight=0.5")
@@ -147,7 +148,7 @@ def oracle_tags(draw) -> tuple[str, tuple]:  # type: ignore[no-untyped-def]
     return draw(_JUNK), ("junk",)
 
 
-@settings(max_examples=10_000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(1_000), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(oracle_tags(), max_size=6))  # plus the 3 GOOD_TAGS
 def test_random_tags_each_become_their_command_or_their_error(drawn: list[tuple[str, tuple]]) -> None:
     raw = (*GOOD_TAGS, *(t for t, _ in drawn))
@@ -230,7 +231,7 @@ override_lines = st.one_of(
 )
 
 
-@settings(max_examples=2_000, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(st.lists(override_lines, max_size=MAX_LINES))
 def test_override_text_reports_exactly_the_bad_lines_and_applies_the_rest(lines: list[tuple[str, str]]) -> None:
     text_lines, bad_lines = [], []

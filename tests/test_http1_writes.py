@@ -29,6 +29,9 @@ class FakeTransport:
     def close(self) -> None:
         self.closed = True
 
+    def get_extra_info(self, name: str) -> None:
+        return None  # no socket: the slow-reader window check (router/listen/slowread.py) finds nothing
+
 
 class FakeConn:
     """The part of Http1 an exchange uses."""
@@ -37,6 +40,7 @@ class FakeConn:
         self.transport = FakeTransport()
         self.lost = False
         self.write_paused = False
+        self.window_checked = False
         self.finished: list[Http1Exchange] = []
 
     def finish(self, ex: Http1Exchange) -> None:

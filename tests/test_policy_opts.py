@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import string
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -158,7 +160,10 @@ def test_parsers_raise_only_policy_errors(text: str) -> None:
             assert name in str(e)
 
 
-@given(st.lists(st.tuples(st.from_regex(r"X-[A-Za-z0-9-]{1,10}", fullmatch=True),
+_NAME_CHARS = string.ascii_letters + string.digits + "-"  # from_regex drew these ~100x slower
+
+
+@given(st.lists(st.tuples(st.text(_NAME_CHARS, min_size=1, max_size=10).map("X-".__add__),
                           st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=20)),
                 min_size=1, max_size=4))
 def test_header_pairs_round_trip(pairs: list[tuple[str, str]]) -> None:

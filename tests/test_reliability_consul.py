@@ -247,7 +247,8 @@ def test_consul_killed_30s_under_load(local_agent, backend) -> None:
         wait_until(lambda: routed(router, f"/{svc2}"), timeout=5, message="change routed within 5 s")
         print(f"change made during the outage routed {time.monotonic() - t0:.2f}s after the agent was back")
         load.stop()
-        assert load.total > 2500 and load.failed == 0, (load.total, load.outcomes)
+        # 100/s for ~30 s: a third of that proves requests flowed through the outage even on a loaded machine
+        assert load.total > 1000 and load.failed == 0, (load.total, load.outcomes)
         assert router.proc.pid == pid and router.proc.poll() is None  # type: ignore[union-attr]
     finally:
         router.stop()

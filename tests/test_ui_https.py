@@ -90,3 +90,42 @@ def test_ui_cert_source_that_cannot_be_loaded_stops_startup(tmp_path: Path) -> N
         r.start()
     r.stop()
     assert "ui.addr" in str(e.value) and "missing.pem" in str(e.value)
+
+
+@pytest.mark.parametrize(("ui_addr", "scheme"), [(":9998", "http"), (":9998;cs=ui", "https")])
+def test_self_registration_checks_the_ui_over_its_scheme(ui_addr: str, scheme: str) -> None:
+    """fabio's rule: a UI with a cert source makes the registration's health check https."""
+    from router.config.settings import load
+    from router.run.router import Router
+
+    cfg = load(["-registry.consul.addr", "127.0.0.1:1", "-registry.consul.register.enabled", "true",
+                "-ui.addr", ui_addr, "-proxy.cs", "cs=ui;type=file;cert=/nonexistent.pem"], env={})
+    router = Router(cfg)  # never started: no request is made, no certificate read
+    assert router.registrar is not None
+    [check] = [c["HTTP"] for c in router.registrar.main.body()["Checks"] if "HTTP" in c]
+    assert check.startswith(f"{scheme}://") and check.endswith(":9998/health"), check
+
+
+def test_ui_it_option_closes_idle_keep_alive_connections() -> None:
+    """fabio's admin server takes the ui.addr listener's idle timeout (`it=`) too."""
+    import socket
+
+    r = RouterProc("-registry.backend", "static", "-registry.static.routes", "")
+    r.flags += ["-ui.addr", f"127.0.0.1:{r.ui_port};it=1s"]
+    with r:
+        s = socket.create_connection(("127.0.0.1", r.ui_port), timeout=10)
+        s.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        got = b""
+        while b"\r\n\r\n" not in got or len(got.partition(b"\r\n\r\n")[2]) < int(
+                got.lower().partition(b"content-length:")[2].split(b"\r\n")[0] or b"0"):
+            chunk = s.recv(65536)  # the whole answer: head and body may come in two reads
+            assert chunk, got
+            got += chunk
+        assert got.startswith(b"HTTP/1.1 200"), got
+        s.settimeout(3.5)  # a guard below uvicorn's own default (5 s), so only it=1s can close it in time
+        try:
+            rest = s.recv(65536)
+        except TimeoutError:
+            rest = None
+        s.close()
+        assert rest == b"", "the UI kept the idle connection past it=1s"

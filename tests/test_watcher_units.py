@@ -11,13 +11,14 @@ import pytest
 import respx
 
 from registry.consul.api import ConsulAPI, ConsulError
-from registry.consul.dump import DumpDecoder, Instances, summarize
+from registry.consul.dump import Instances, summarize
 from registry.consul.dump import catalog_fingerprints as _catalog_fingerprints
 from registry.consul.dump import dump_entries as _dump_entries
 from registry.consul.dump import node_services as _node_services
 from registry.consul.fingerprints import health_fingerprints as _health_fingerprints
 from registry.consul.fingerprints import nonpassing_fingerprints as _nonpassing_fingerprints
 from registry.consul.health import judge_all
+from registry.consul.helper import DumpDecoder
 from registry.consul.watcher import ConsulWatcher, RegistryStatus
 
 
@@ -181,7 +182,7 @@ def test_broken_helper_falls_back_to_decoding_in_process() -> None:
     decoder._pool = Broken()  # type: ignore[assignment]
     got = asyncio.run(decoder.summarize(json.dumps(DUMP).encode(), "urlprefix-"))
     assert got == Instances.of(_dump_entries(DUMP, "urlprefix-")) and decoder._broken
-    with pytest.raises(ValueError, match="not a JSON list"):
+    with pytest.raises(ValueError, match="not a list of nodes"):
         summarize(b"{}", "urlprefix-")
 
 
@@ -259,7 +260,7 @@ def test_large_buffers_come_from_mmap_on_glibc() -> None:
     threshold; elsewhere the call says it changed nothing."""
     import platform
 
-    from registry.consul.dump import large_buffers_from_mmap
+    from registry.consul.helper import large_buffers_from_mmap
 
     assert large_buffers_from_mmap() is (platform.libc_ver()[0] == "glibc")
 

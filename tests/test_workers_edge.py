@@ -84,3 +84,14 @@ def test_tls_and_tcp_listeners_run_in_every_worker(tmp_path: Path) -> None:
         backend.stop()
         echo.shutdown()
         echo.server_close()
+
+
+def test_a_certificate_source_a_worker_cannot_load_stops_startup(tmp_path: Path) -> None:
+    r = RouterProc("-registry.backend", "static", "-registry.static.routes", "", "-proxy.workers", "2")
+    r.flags += ["-proxy.addr", f"127.0.0.1:{r.proxy_port},127.0.0.1:{free_port()};cs=c",
+                "-proxy.cs", f"cs=c;type=file;cert={tmp_path / 'missing.pem'}"]
+    with pytest.raises(RuntimeError) as e:
+        r.start()
+    r.stop()
+    assert r.proc is not None and r.proc.returncode == 2  # a config error, as with one process
+    assert "cs=c" in str(e.value) and "missing.pem" in str(e.value)

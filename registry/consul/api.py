@@ -116,6 +116,8 @@ class ConsulAPI:
         # Uncompressed: the router normally talks to its local agent, where gzip only burns CPU on both
         # sides (the 30,000-instance dump is 36 MB; Consul's gzip plus our inflate added ~0.25 s per read).
         headers["Accept-Encoding"] = "identity"
+        self.headers = dict(headers)  # for the dump helper, which reads Consul itself (dumpfetch.py)
+        self.tls = tls
         verify = (tls or ConsulTLS()).verify()
         if transport is None:
             transport = UpstreamTransport(verify if isinstance(verify, ssl.SSLContext) else None)

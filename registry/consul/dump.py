@@ -1,29 +1,62 @@
-"""The instance dump, `/v1/internal/ui/nodes`: regrouped per service, fingerprinted, decoded off the loop.
+"""The instance dump, `/v1/internal/ui/nodes` (or the same nodes read one by one, bulkload.py): decoded,
+regrouped per service and fingerprinted (pure functions).
 
 At 30,000 instances the dump is 36 MB of JSON. The initial load needs all of it (it builds every route from
-it); a later reconcile only needs to know which services' instances changed. So a reconcile hands the raw
-bytes to one helper process that decodes and regroups them and sends back per-service digests and the
-node -> services map: the watcher's event loop (which also swaps tables, and with one worker proxies)
-is not held for the few hundred ms that decoding takes (docs/discovery.md, "Known limits").
+it); a later reconcile only needs to know which services' instances changed, so it is reduced to
+per-service digests and the node -> services map. Large ones are handled in the helper process
+(helper.py), so the watcher's event loop (which also swaps tables, and with one worker proxies) is not
+held for the seconds that decoding takes (docs/discovery.md, "Known limits").
 """
 
 from __future__ import annotations
 
-import asyncio
-import ctypes
-import ctypes.util
 import hashlib
 import logging
-import multiprocessing
-import os
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from typing import Any
 
-import orjson
+import msgspec
 
 log = logging.getLogger("registry.consul")
+
+
+# Only the fields the routes, the UI's verdicts and the fingerprints use. Decoded against this schema,
+# msgspec skips every other field of the dump (Meta, TaggedAddresses, Weights, Proxy, Connect, check
+# Definitions, Notes, indexes: most of its bytes) without building objects for them.
+class _Check(msgspec.Struct):
+    CheckID: str = ""
+    Status: str = ""
+    ServiceID: str = ""
+    Output: str = ""
+    Type: str = ""
+
+
+class _Service(msgspec.Struct):
+    ID: str = ""
+    Service: str = ""
+    Address: str = ""
+    Port: int = 0
+    Tags: list[str] | None = None
+
+
+class _Node(msgspec.Struct):
+    Node: str = ""
+    Address: str = ""
+    Datacenter: str = ""
+    Services: list[_Service] | None = None
+    Checks: list[_Check] | None = None
+
+
+_NODES = msgspec.json.Decoder(list[_Node])
+
+
+def decode_nodes(raw: bytes) -> list[dict[str, Any]]:
+    """The dump's JSON -> its nodes as dicts holding only the fields used here; ValueError if it is not a
+    list of nodes. The dicts have the dump's own shape, so every function below takes either."""
+    try:
+        return msgspec.to_builtins(_NODES.decode(raw))
+    except msgspec.DecodeError as e:  # also a field of the wrong type (msgspec.ValidationError)
+        raise ValueError(f"the instance dump is not a list of nodes: {e}") from e
 
 
 def dump_entries(nodes: list[dict[str, Any]], prefix: str) -> dict[str, list[dict[str, Any]]]:
@@ -96,79 +129,4 @@ class Instances:
 
 def summarize(raw: bytes, prefix: str) -> Instances:
     """Decode a dump and reduce it to what a reconcile compares (runs in the helper process)."""
-    nodes = orjson.loads(raw)
-    if not isinstance(nodes, list):
-        raise ValueError("the instance dump is not a JSON list")
-    return Instances.of(dump_entries(nodes, prefix))
-
-
-# Below this size a dump is decoded in the watcher: a few ms (about 1,000 instances), less than handing
-# the bytes over, and no helper process (a Python interpreter, ~35 MB RSS) is started for small catalogs.
-IN_PROCESS_BYTES = 1 << 20
-
-
-M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter number (malloc.h)
-
-
-def large_buffers_from_mmap(threshold: int = IN_PROCESS_BYTES) -> bool:
-    """Make glibc serve allocations of `threshold` bytes or more with mmap, which returns them to the OS
-    when freed. By default glibc raises that threshold to the largest block freed so far, so the dumps
-    (3.7 MB at 3,000 instances, 36 MB at 30,000), read in the event loop and pickled for the helper in the
-    queue's feeder thread, were served from per-thread heaps and fragmented them: the router's RSS grew by
-    a few MB per dump (69 -> 85 MB over 30 dumps at 3,000 instances; 69 -> 74 MB with this). False where
-    the C library is not glibc (nothing changes there)."""
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        return bool(libc.mallopt(M_MMAP_THRESHOLD, threshold))
-    except (OSError, AttributeError):
-        return False
-
-
-class DumpDecoder:
-    """One spawned helper process for `summarize` of large dumps; in-process for small ones, and when the
-    helper cannot run (said so once)."""
-
-    def __init__(self, in_process_bytes: int = IN_PROCESS_BYTES) -> None:
-        self._pool: ProcessPoolExecutor | None = None
-        self._broken = False
-        self.in_process_bytes = in_process_bytes
-
-    def _start(self) -> ProcessPoolExecutor:
-        if self._pool is None:
-            large_buffers_from_mmap()
-            # spawn, not fork: the parent runs an event loop and threads that a fork would copy mid-state.
-            # niced: its decoding is a background comparison, and on a small machine it must not take the
-            # CPU from the event loop or from Consul answering the next change (issue 18)
-            self._pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"),
-                                             initializer=os.nice, initargs=(10,))
-        return self._pool
-
-    def warm(self, size: int) -> asyncio.Future[int] | None:
-        """Start the helper now (at startup) if dumps of `size` bytes will need it: its interpreter start
-        (~0.3-1 s of CPU here) otherwise fell on the first change after startup (issue 18: "the first
-        round after the background load up to 1.7 s")."""
-        if self._broken or size < self.in_process_bytes or self._pool is not None:
-            return None
-        try:
-            return asyncio.get_running_loop().run_in_executor(self._start(), os.getpid)
-        except (OSError, RuntimeError) as e:
-            log.warning("instance dump helper process failed to start (%s); decoding in the watcher", e)
-            self._broken = True
-            return None
-
-    async def summarize(self, raw: bytes, prefix: str) -> Instances:
-        if not self._broken and len(raw) >= self.in_process_bytes:
-            try:
-                self._start()
-                assert self._pool is not None
-                return await asyncio.get_running_loop().run_in_executor(self._pool, summarize, raw, prefix)
-            except (BrokenProcessPool, OSError, RuntimeError) as e:
-                log.warning("instance dump helper process failed (%s); decoding in the watcher from now on", e)
-                self._broken = True
-                self.close()
-        return summarize(raw, prefix)
-
-    def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=False, cancel_futures=True)
-            self._pool = None
+    return Instances.of(dump_entries(decode_nodes(raw), prefix))

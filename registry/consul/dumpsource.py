@@ -13,13 +13,19 @@ from typing import Any
 
 import orjson
 
+from registry.consul import bulkload
 from registry.consul.api import ConsulAPI, ConsulError
-from registry.consul.dump import DumpDecoder, Instances, dump_entries
+from registry.consul.dump import Instances, dump_entries
+from registry.consul.dumpfetch import ConsulTarget, DumpFetchError, DumpUnavailable
+from registry.consul.helper import IN_PROCESS_BYTES, DumpDecoder
 from registry.consul.status import RegistryStatus
 
 log = logging.getLogger("registry.consul")
 
 DUMP_PATH = "/v1/internal/ui/nodes"
+# A catalog with this many services or more is loaded by the helper process (about 1 MiB of dump at three
+# instances per service, where decoding starts to cost more than starting the helper; helper.py).
+HELPER_SERVICES = 300
 
 
 class DumpSource:
@@ -30,7 +36,36 @@ class DumpSource:
         self.status = status
         self.prefix = prefix
         self.ok = True  # False when the endpoint is unavailable: reconcile re-reads every service
+        self.large = False  # read and decoded by the helper process, node by node (bulkload.py)
         self.decoder = DumpDecoder()
+
+    def target(self) -> ConsulTarget:
+        """The watcher's Consul settings, for the helper process."""
+        api = self.api
+        return ConsulTarget(api.base_url, api.consistency, tuple(api.headers.items()), api.tls,
+                            api.read_timeout(api.wait))
+
+    def _stats(self, stats: bulkload.ReadStats, **extra: float) -> None:
+        self.status.requests += stats.requests
+        self.status.dumps += 1
+        self.status.last_dump = {"at": time.time(), "bytes": stats.bytes, "nodes": stats.nodes,
+                                 "requests": stats.requests, "read_ms": stats.read_ms,
+                                 "helper_ms": stats.total_ms, **extra}
+
+    async def load(self, services: int, env: dict[str, str], statuses: tuple[str, ...],
+                   checks_all: bool) -> bulkload.Load | None:
+        """The startup load through the helper when the catalog lists `services` >= HELPER_SERVICES;
+        None: small, or the helper cannot run (then `entries` reads the dump here)."""
+        if not self.ok or services < HELPER_SERVICES:
+            return None
+        try:
+            got = await self.decoder.load(self.target(), self.prefix, env, statuses, checks_all)
+        except (DumpFetchError, DumpUnavailable, ValueError) as e:
+            raise ConsulError(f"startup load: {e}") from e
+        if got is not None:
+            self.large = True
+            self._stats(got.stats)
+        return got
 
     async def raw(self) -> bytes | None:
         """The instance dump's bytes; None when the endpoint is not available (the per-service fallback)."""
@@ -66,6 +101,16 @@ class DumpSource:
 
     async def instances(self) -> Instances | None:
         """What a reconcile compares; None when the endpoint is not available."""
+        if self.large:
+            t0 = time.perf_counter()
+            try:
+                got = await self.decoder.reconcile(self.target(), self.prefix)
+            except (DumpFetchError, DumpUnavailable, ValueError) as e:
+                raise ConsulError(f"instance reconcile: {e}") from e
+            if got is not None:
+                self._stats(got[1], decode_ms=round((time.perf_counter() - t0) * 1000, 1))
+                return got[0]
+            self.large = False  # the helper cannot run: read the dump here
         raw = await self.raw()
         if raw is None:
             return None
@@ -75,6 +120,8 @@ class DumpSource:
         except ValueError as e:
             raise ConsulError(f"{DUMP_PATH}: {e}") from e
         self.status.last_dump["decode_ms"] = round((time.perf_counter() - t0) * 1000, 1)
+        if len(raw) >= IN_PROCESS_BYTES:
+            self.large = True  # grown: from now on the helper reads it itself
         return instances
 
     def warm(self) -> None:

@@ -10,7 +10,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from registry.consul.health import UNRUN_HOLD, Verdict, judge_all
@@ -19,6 +20,35 @@ from registry.tags import TagError, route_cmds
 from router.table.routecmd import RouteCmd
 
 log = logging.getLogger("registry.consul")
+
+
+@dataclass(frozen=True, slots=True)
+class Built:
+    """One service's routes as built from its entries: what the table gets and what the UI shows."""
+
+    cmds: list[RouteCmd] | None  # None: no route
+    verdicts: list[Verdict]
+    errors: list[TagError]
+    tagged: bool  # an instance carries a route tag (else the UI does not list the service)
+
+
+def build(entries: Sequence[dict[str, Any]], prefix: str, env: Mapping[str, str], statuses: tuple[str, ...],
+          checks_all: bool, hold: Collection[str] = ()) -> Built:
+    """One service's entries -> its route commands by fabio's health rules (pure: the startup load runs
+    it in the dump helper process for every service, dump.py)."""
+    verdicts = judge_all(entries, statuses, checks_all, hold)
+    cmds: list[RouteCmd] = []
+    errors: list[TagError] = []
+    tagged = False
+    for v in verdicts:
+        if any(t.startswith(prefix) for t in v.instance.tags):
+            tagged = True
+        if not v.healthy:
+            continue
+        c, e = route_cmds(v.instance, prefix, env)
+        cmds.extend(c)
+        errors.extend(e)
+    return Built(cmds or None, verdicts, errors, tagged)
 
 
 class ServiceRoutes:
@@ -62,23 +92,27 @@ class ServiceRoutes:
 
     def commands(self, name: str, entries: list[dict[str, Any]]) -> list[RouteCmd] | None:
         """The service's route commands (None: no route), and its status for the UI."""
-        verdicts = judge_all(entries, self.statuses, self.checks_all, self._holdable(name))
-        self._track_holds(name, verdicts)
-        cmds: list[RouteCmd] = []
-        errors: list[TagError] = []
-        tagged = False
-        for v in verdicts:
-            if any(t.startswith(self.prefix) for t in v.instance.tags):
-                tagged = True
-            if not v.healthy:
-                continue
-            c, e = route_cmds(v.instance, self.prefix, self.env)
-            cmds.extend(c)
-            errors.extend(e)
+        built = build(entries, self.prefix, self.env, self.statuses, self.checks_all, self._holdable(name))
+        self._track_holds(name, built.verdicts)
+        return self.record(name, built)
+
+    def record(self, name: str, built: Built) -> list[RouteCmd] | None:
+        """Keep a built service's status for the UI, log its bad tags; its commands."""
+        for e in built.errors:
+            log.warning("route tag rejected: %s", e)
+        if built.tagged:
+            self.status.services[name] = ServiceStatus(name, built.verdicts, built.errors, len(built.cmds or ()), time.time())
+        else:
+            self.status.services.pop(name, None)
+        return built.cmds
+
+    def record_packed(self, name: str, cmds: list[RouteCmd] | None, verdicts: bytes, errors: list[TagError],
+                      tagged: bool) -> list[RouteCmd] | None:
+        """`record` for a service built in the helper process, its verdicts still packed (bulkload.py)."""
         for e in errors:
             log.warning("route tag rejected: %s", e)
         if tagged:
-            self.status.services[name] = ServiceStatus(name, verdicts, errors, len(cmds), time.time())
+            self.status.services[name] = ServiceStatus(name, None, errors, len(cmds or ()), time.time(), packed=verdicts)
         else:
             self.status.services.pop(name, None)
-        return cmds or None
+        return cmds

@@ -11,6 +11,8 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import msgspec
+
 from registry.consul.health import Verdict
 from registry.tags import TagError
 from router.table.routecmd import LineError, RouteCmd
@@ -19,15 +21,33 @@ from router.table.routecmd import LineError, RouteCmd
 Sink = Callable[[dict[str, list[RouteCmd] | None], list[RouteCmd] | None], None]
 
 
-@dataclass
 class ServiceStatus:
-    """What the UI shows for one tagged service: its instances and why any are not routed."""
+    """What the UI shows for one tagged service: its instances and why any are not routed.
 
-    name: str
-    verdicts: list[Verdict] = field(default_factory=list)
-    tag_errors: list[TagError] = field(default_factory=list)
-    routes: int = 0
-    updated: float = 0.0
+    The verdicts may come packed (msgpack, from the startup load in the helper process, bulkload.py) and
+    are unpacked on first use: at 100,000 instances, building every Verdict and Instance object at
+    startup cost seconds and tens of MB for pages that show one service at a time."""
+
+    __slots__ = ("name", "_verdicts", "_packed", "tag_errors", "routes", "updated")
+
+    def __init__(self, name: str, verdicts: list[Verdict] | None = None, tag_errors: list[TagError] | None = None,
+                 routes: int = 0, updated: float = 0.0, *, packed: bytes | None = None) -> None:
+        self.name = name
+        self._verdicts = verdicts if verdicts is not None or packed is not None else []
+        self._packed = packed
+        self.tag_errors = tag_errors if tag_errors is not None else []
+        self.routes = routes
+        self.updated = updated
+
+    @property
+    def verdicts(self) -> list[Verdict]:
+        if self._verdicts is None:
+            self._verdicts = _VERDICTS.decode(self._packed or b"\x90")
+            self._packed = None
+        return self._verdicts
+
+
+_VERDICTS = msgspec.msgpack.Decoder(list[Verdict])
 
 
 @dataclass

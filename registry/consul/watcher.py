@@ -21,9 +21,11 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
+from registry.consul import bulkload
 from registry.consul.api import Backoff, ConsulAPI, ConsulError
 from registry.consul.dump import Instances
 from registry.consul.dumpsource import DumpSource
@@ -35,6 +37,7 @@ from registry.consul.rereads import ReReads
 from registry.consul.services import ServiceRoutes
 from registry.consul.status import RegistryStatus, ServiceStatus, Sink
 from registry.consul.watchloop import Handler, WatchLoops
+from router.table.routecmd import RouteCmd
 
 __all__ = ["ConsulWatcher", "RegistryStatus", "ServiceStatus", "Sink"]  # the status types live in status.py
 
@@ -154,9 +157,18 @@ class ConsulWatcher:
                 self._on_catalog(c.body or {})
                 self._reconcile = False
                 # Read the dump after the watch indexes: anything newer fires those watches again.
-                dump = await self._dumps.entries()
                 indexes = {st: r.index for st, r in states.items()}
-                if dump is not None:
+                loaded = await self._dumps.load(len(c.body or {}), self._routes.env, self._routes.statuses,
+                                                self._routes.checks_all)
+                dump = None if loaded is not None else await self._dumps.entries()
+                if loaded is not None:
+                    self._rereads.pending.clear()
+                    self._set_instances(loaded.instances)
+                    self._by_state = {st: r.body or [] for st, r in states.items()}
+                    self._on_health([c for cs in self._by_state.values() for c in cs])
+                    self._rereads.pending.clear()
+                    changes = await self._unpack(loaded)
+                elif dump is not None:
                     self._rereads.pending.clear()
                     self._set_instances(Instances.of(dump))
                     self._by_state = {st: r.body or [] for st, r in states.items()}
@@ -174,7 +186,9 @@ class ConsulWatcher:
                         raise ConsulError(f"initial reads of {len(failed)} services failed")
                 self._rereads.since.clear()
                 manual = self._overrides.commands(k)
+                t0 = time.perf_counter()
                 self.sink(changes, manual if manual is not None else [])
+                self.status.last_dump["table_ms"] = round((time.perf_counter() - t0) * 1000, 1)
                 self._rereads.sent = {n: c for n, c in changes.items() if c is not None}
                 self._dumps.warm()
                 self.status.synced()
@@ -186,6 +200,20 @@ class ConsulWatcher:
                 self.status.error(f"initial sync: {e}")
                 log.warning("consul not ready (%s); retrying in %.1fs", e, delay)
                 await asyncio.sleep(delay)
+
+    async def _unpack(self, loaded: bulkload.Load) -> dict[str, list[RouteCmd] | None]:
+        """The helper's startup load -> the table's changes, one chunk per event-loop turn (the proxy and
+        the UI keep answering meanwhile)."""
+        changes: dict[str, list[RouteCmd] | None] = {}
+        t0 = time.perf_counter()
+        for chunk in loaded.chunks:
+            for p in bulkload.unpack(chunk):
+                cmds = self._routes.record_packed(p.name, p.cmds, p.verdicts, p.errors, p.tagged)
+                if cmds is not None:
+                    changes[p.name] = cmds
+            await asyncio.sleep(0)
+        self.status.last_dump["unpack_ms"] = round((time.perf_counter() - t0) * 1000, 1)
+        return changes
 
     # ------------------------------------------------------------------ watch loops
 

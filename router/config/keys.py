@@ -174,7 +174,8 @@ KEYS: tuple[Key, ...] = (
     # ui
     Key("ui.addr", ":9998", listen_addr("ui.addr"),
         "listen address of the admin UI: one listener, plain HTTP, or HTTPS with cs=<source from proxy.cs> "
-        "(and strictmatch=, tlsmin=, tlsmax=, tlsciphers= as on proxy.addr); other options are warned about and ignored"),
+        "(and strictmatch=, tlsmin=, tlsmax=, tlsciphers= as on proxy.addr), it= idle keep-alive timeout (default 5s); "
+        "other options are warned about and ignored"),
     Key("ui.access", "rw", choice("ro", "rw"), "ro closes the override editor and its API"),
     Key("ui.health.maxsyncage", "0", duration(zero="off"),
         "/health answers 503 when the last Consul answer is older than this (must exceed wait*17/16) (ours)"),

@@ -33,3 +33,49 @@ class WriteFlow:
         if w is None or w.done():
             w = self.drain_waiter = self.loop.create_future()
         await w
+
+
+class _Gone:
+    """What a protocol holds as its transport once the connection is lost. The real one is let go at
+    once: on a TLS connection it holds the SSL object (OpenSSL's buffers, tens of KiB), and the
+    protocol sits in reference cycles (its parser, its exchanges) that only the cyclic collector frees,
+    which router/run/workers.py's tune_gc makes rare: RSS grew by ~20 KiB per closed TLS connection
+    (bench/tls_bench.py). Every call is a no-op; code that still writes has checked `lost` first."""
+
+    __slots__ = ()
+
+    def write(self, data: bytes) -> None:
+        pass
+
+    def writelines(self, data: object) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def abort(self) -> None:
+        pass
+
+    def is_closing(self) -> bool:
+        return True
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+    def can_write_eof(self) -> bool:
+        return False
+
+    def write_eof(self) -> None:
+        pass
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+    def get_extra_info(self, name: str, default: object = None) -> object:
+        return default
+
+
+GONE = _Gone()

@@ -39,7 +39,7 @@ import h2.events
 import h2.exceptions
 import h2.settings
 
-from router.listen.flow import WriteFlow
+from router.listen.flow import GONE, WriteFlow
 from router.listen.tlsinfo import tls_extension
 from router.proxy.exchange import ClientGone, Headers
 from router.proxy.grpc import is_grpc
@@ -63,7 +63,7 @@ class H2Stream:
     """One request/response on an HTTP/2 connection: the Exchange the core answers through."""
 
     __slots__ = ("conn", "sid", "scope", "chunks", "body_done", "gone", "waiter", "status", "size", "head",
-                 "finished", "sent", "task", "unacked")
+                 "finished", "sent", "task", "unacked", "read_by", "write_by")
 
     def __init__(self, conn: H2, sid: int, scope: dict) -> None:
         self.conn = conn
@@ -80,6 +80,7 @@ class H2Stream:
         self.sent = False
         self.task: asyncio.Task | None = None
         self.unacked = 0
+        self.read_by = self.write_by = 0.0  # rt=/wt= deadlines (monotonic), 0 = none
 
     # --- the request body
     def body(self) -> H2Stream:
@@ -216,6 +217,7 @@ class H2(WriteFlow, asyncio.Protocol):
         self.window_start = time.monotonic()
         self.resets = 0
         self.control = 0
+        self.rt = self.wt = 0.0  # the listener's rt=/wt=, per stream as Go's HTTP/2 server applies them
 
     # --- asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -228,16 +230,21 @@ class H2(WriteFlow, asyncio.Protocol):
         self.server = (sock[0], sock[1]) if isinstance(sock, tuple) else None
         self.tls = tls_extension(transport)
         self.listener.conns.add(self)
+        if self.listener.deadlines and self.server is not None and self.server[1] in self.listener.deadlines:
+            self.rt, self.wt = self.listener.deadlines[self.server[1]]
+            self.listener.timed.add(self)
         self.h2.initiate_connection()
         self.flush()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
         self.listener.conns.discard(self)
+        self.listener.timed.discard(self)
         for s in self.streams.values():
             s.gone = True
             s.wake()
         self.resume_writing()
+        self.transport = GONE  # type: ignore[assignment]  # why: router/listen/flow.py
 
     def flush(self) -> None:
         """Write what h2 has queued, once per event-loop turn: the frames of every stream answered in one
@@ -358,6 +365,10 @@ class H2(WriteFlow, asyncio.Protocol):
         s = H2Stream(self, ev.stream_id, scope)
         if ev.stream_ended is not None:
             s.body_done = True
+        if self.rt or self.wt:
+            now = time.monotonic()
+            s.read_by = now + self.rt if self.rt and not s.body_done else 0.0
+            s.write_by = now + self.wt if self.wt else 0.0
         self.streams[ev.stream_id] = s
         s.task = self.loop.create_task(self._run(s))
 
@@ -406,7 +417,9 @@ class H2(WriteFlow, asyncio.Protocol):
             self.finish(s)
 
     def consumed(self, s: H2Stream, n: int) -> None:
-        if n and not self.lost and s.sid in self.streams:
+        """Credit back for `n` bytes the core took (or that were dropped): also once the stream has ended,
+        since the connection's window counted them (h2 then updates that one only)."""
+        if n and not self.lost:
             try:
                 self.h2.acknowledge_received_data(n, s.sid)
                 self.flush()
@@ -416,6 +429,9 @@ class H2(WriteFlow, asyncio.Protocol):
     def finish(self, s: H2Stream) -> None:
         s.finished = True
         self.streams.pop(s.sid, None)
+        if s.chunks:  # answered before its body was read: what came is dropped, its credit given back
+            self.consumed(s, sum(f for _, f in s.chunks))
+            s.chunks.clear()
         self.listener.requests += 1
         if not self.streams:
             self.idle_since = self.listener.now
@@ -424,6 +440,23 @@ class H2(WriteFlow, asyncio.Protocol):
                 self.transport.close()
 
     # --- the listener's housekeeping
+    def overdue(self, now: float) -> bool:
+        """Reset each stream past its rt= (its body still not in) or wt= (its answer not written), as Go's
+        HTTP/2 server does (RST_STREAM INTERNAL_ERROR); the connection and its other streams go on."""
+        for s in [s for s in self.streams.values()
+                  if (0.0 < s.read_by < now and not s.body_done) or 0.0 < s.write_by < now]:
+            self.streams.pop(s.sid, None)
+            s.gone = True
+            s.wake()
+            if s.task is not None and not s.finished:
+                s.task.cancel()
+            try:
+                self.h2.reset_stream(s.sid, h2.errors.ErrorCodes.INTERNAL_ERROR)
+            except h2.exceptions.ProtocolError:
+                pass
+            self.flush()
+        return False
+
     def shutdown(self) -> None:
         """Graceful stop: GOAWAY (no new streams); close once the open ones are answered."""
         self.closing = True

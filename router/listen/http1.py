@@ -52,7 +52,7 @@ from urllib.parse import unquote
 
 import httptools
 
-from router.listen.flow import WriteFlow
+from router.listen.flow import GONE, WriteFlow
 from router.listen.http1_exchange import BODY_HIGH, STATUS_LINE, WRITE_HIGH, WRITE_LOW, Http1Exchange
 from router.proxy.exchange import ClientGone, Headers
 from router.proxy.request_guard import NON_ORIGIN_TARGET
@@ -88,6 +88,7 @@ class Http1(WriteFlow, asyncio.Protocol):
         self.closing = False  # answer what is in flight, then close (shutdown, EOF)
         self.reading_paused = False
         self.write_paused = False
+        self.window_checked = False  # the peer's TCP window was looked at (router/listen/slowread.py)
         self.drain_waiter: asyncio.Future[None] | None = None
         self.queue: collections.deque[Http1Exchange] = collections.deque()  # pipelined, waiting their turn
         self.active: Http1Exchange | None = None  # being answered
@@ -151,6 +152,7 @@ class Http1(WriteFlow, asyncio.Protocol):
                 ex.wake()
         self.queue.clear()
         self.resume_writing()
+        self.transport = GONE  # type: ignore[assignment]  # why: router/listen/flow.py
 
     def eof_received(self) -> bool | None:
         if self.active is not None or self.queue:

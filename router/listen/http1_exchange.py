@@ -10,13 +10,18 @@ import asyncio
 from http import HTTPStatus
 from typing import TYPE_CHECKING
 
+from router.listen.slowread import CHECK_AFTER, cap_if_slow
 from router.proxy.exchange import ClientGone, Headers
 
 if TYPE_CHECKING:
     from router.listen.http1 import Http1
 
-WRITE_HIGH = 64 * 1024  # client write buffer above which write() waits (the slow-read bound)
-WRITE_LOW = 16 * 1024
+# write() waits while any of the answer is left in the client's write buffer, until the kernel took it all
+# (Go's blocking write, fabio's): with the upstream response pulled a read at a time (router/proxy/upstream_response.py,
+# HIGH_WATER), a client that reads slowly holds one read (<= 64 KiB) of its answer here plus a 16 KiB
+# read-ahead there; the kernel's socket buffers hold the rest (docs/datapath.md, "Slow clients").
+WRITE_HIGH = 0
+WRITE_LOW = 0
 BODY_HIGH = 1 << 20  # buffered request-body bytes per connection at which reading pauses
 COALESCE = 64 * 1024  # below this, head and body (and chunk framing) are joined into one write
 
@@ -164,8 +169,12 @@ class Http1Exchange:
 
     async def write(self, data: bytes) -> None:
         self._emit(data, False)
-        if self.conn.write_paused:
-            await self.conn.drain()
+        conn = self.conn
+        if not conn.window_checked and (self.size >= CHECK_AFTER or conn.write_paused):
+            conn.window_checked = True  # once per connection: a slow reader's tiny window (router/listen/slowread.py)
+            cap_if_slow(conn.transport.get_extra_info("socket"))
+        if conn.write_paused:
+            await conn.drain()
 
     async def end(self) -> None:
         if self.finished:

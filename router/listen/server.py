@@ -4,9 +4,10 @@ One :class:`Listener` serves the proxy core (router/proxy/handler.py) on one or 
 with a protocol class per connection (router/listen/http1.py today; a TLS or PROXY-protocol listener
 passes its own factory to :meth:`Listener.add` and shares everything else). It keeps what uvicorn's
 server did for the proxy, no more: connections closed after `idle_timeout` without a request (fabio's
-`it=` listener option; the one timer per listener is swept every `tick`, not armed per request), and a
-graceful stop: no new connections, idle ones closed, busy ones closed after their current answer, then
-the core's upstream pool closed and the access log flushed.
+`it=` listener option; the one timer per listener is swept every `tick`, not armed per request), fabio's
+`rt=`/`wt=` per listening port (each connection keeps its deadlines; the same sweep drops those past
+them), and a graceful stop: no new connections, idle ones closed, busy ones closed after their current
+answer, then the core's upstream pool closed and the access log flushed.
 
 `serve()`, `should_exit` and `started` mirror `uvicorn.Server`'s surface, which router/run/ drives for
 the UI server too.

@@ -250,7 +250,9 @@ class Sender:
             if st.fails or st.unanswered >= STALL_TRIES:
                 idx = self._sound(picker, idx, now)
         tried = [idx]
-        after = 0.0 if rq.deadline else self._stall_after(picker)  # 0: stalls are not judged
+        # the stall time (0: stalls are not judged), _stall_after() inline: this runs for every request
+        after = 0.0 if rq.deadline or not self.stall or picker.answers < STALL_SAMPLES else \
+            max(self.stall, STALL_FACTOR * picker.est)
         pooled = True
         while True:
             prep = self._prep(picker, idx, rq)
@@ -264,7 +266,13 @@ class Sender:
             t0 = perf_counter()
             try:
                 resp = self.upstream.start(conn, prep, body, st)
-                self._track(st, resp, t0, after)
+                if not st.unanswered:  # _track() inline: the first try since the instance's last answer
+                    st.silent_since = t0
+                st.unanswered += 1
+                if after:
+                    st.waiting[resp] = (t0 + after, after)
+                    if st.unanswered >= STALL_TRIES:
+                        self._suspect(st)
             except Stale as e:  # the connection was closed before we wrote: nothing was sent
                 if fresh:
                     now = perf_counter()
@@ -387,9 +395,12 @@ class Sender:
         if after:
             st.waiting[resp] = (t0 + after, after)
             if st.unanswered >= STALL_TRIES:
-                self._suspects.add(st)
-                if self._tick is None:
-                    self._tick = asyncio.get_running_loop().call_later(self._every, self._watch)
+                self._suspect(st)
+
+    def _suspect(self, st: Any) -> None:
+        self._suspects.add(st)
+        if self._tick is None:
+            self._tick = asyncio.get_running_loop().call_later(self._every, self._watch)
 
     def _watch(self) -> None:
         """The watchdog's tick: on each suspect instance that is stalled, end the tries that waited at least

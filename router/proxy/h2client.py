@@ -76,6 +76,10 @@ class UpStream:
                 self.conn.flush()
         self.conn.streams.pop(self.sid, None)
         self.done = True
+        while not self.queue.empty():  # data that arrived but was never read still holds window credit
+            item = self.queue.get_nowait()
+            if item is not None:
+                self.conn.ack(self.sid, item[1])
 
     def fail(self, why: str) -> None:
         self.error = why
@@ -118,7 +122,10 @@ class H2Client(asyncio.Protocol):
             self.transport.write(data)
 
     def ack(self, sid: int, n: int) -> None:
-        if n and not self.closed and sid in self.streams:
+        """Give `n` bytes of flow-control credit back. Also for a stream that has ended or was cancelled:
+        the connection's window counts its bytes too (h2 then updates only that one), and credit never
+        returned starves every later call on the connection once 64 KiB of answers went unacknowledged."""
+        if n and not self.closed:
             with contextlib.suppress(h2.exceptions.ProtocolError):
                 self.h2.acknowledge_received_data(n, sid)
                 self.flush()
@@ -150,8 +157,11 @@ class H2Client(asyncio.Protocol):
                         rest.append((n, v))
                 if not st.head.done():
                     st.head.set_result((status, rest, ev.stream_ended is not None))
-            elif isinstance(ev, h2.events.DataReceived) and st is not None:
-                st.queue.put_nowait((ev.data, ev.flow_controlled_length))
+            elif isinstance(ev, h2.events.DataReceived):
+                if st is not None and not st.done:
+                    st.queue.put_nowait((ev.data, ev.flow_controlled_length))
+                else:  # nobody will read it (cancelled): the credit goes back now
+                    self.ack(ev.stream_id, ev.flow_controlled_length)
             elif isinstance(ev, h2.events.TrailersReceived) and st is not None:
                 st.trailers = list(ev.headers)
             elif isinstance(ev, h2.events.StreamEnded) and st is not None:

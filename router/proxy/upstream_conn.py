@@ -2,7 +2,7 @@
 
 The protocol side of the upstream client (router/proxy/upstream.py holds the pool and the exchange,
 router/proxy/upstream_response.py the response the proxy reads): it fills the current Response, pauses
-the socket when the response's buffer passes HIGH_WATER, bounds a response head at MAX_HEAD and hands
+the socket when nobody waits for what the response holds (HIGH_WATER, READ_AHEAD), bounds a response head at MAX_HEAD and hands
 the connection back to the pool when the response is released whole.
 """
 
@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import httptools
 
 from router.proxy.upstream_errors import Stale, UpstreamError
-from router.proxy.upstream_response import HIGH_WATER, Response
+from router.proxy.upstream_response import Response
 
 if TYPE_CHECKING:
     from router.proxy.upstream import Upstream
@@ -24,13 +24,14 @@ if TYPE_CHECKING:
 # limit).  Go's Transport, fabio's, allows 10 MB; 1 MiB is ample for any real response (nginx: 4-8 KB).
 MAX_HEAD = 1 << 20
 # How much one upstream read may bring. What a read brings is held whole until the client takes it, so
-# for a client that reads slowly it is the bound (HIGH_WATER plus one read here, about as much on the
-# client side). Each response starts at READ_MIN and doubles its reads up to READ_MAX while the client
+# for a client that reads slowly it is the bound (one read on the client side, one read-ahead here: see
+# HIGH_WATER). A read the consumer waits for starts at READ_MIN and doubles up to READ_MAX while the client
 # keeps up (nothing left buffered when the next read comes). A trade-off measured on 200 MB downloads and
-# slowhttptest -X (docs/datapath.md): 256 KiB reads cost less CPU per byte but let a slow reader hold
-# ~380 KiB; 16 KiB reads bound it at ~75 KiB but doubled the CPU of a download; 64 KiB: ~170 KiB.
+# slowhttptest -X (docs/datapath.md): 256 KiB reads cost less CPU per byte but let a slow reader hold far
+# more; 16 KiB reads doubled the CPU of a download.
 READ_MIN = 1 << 15
 READ_MAX = 1 << 16
+READ_AHEAD = 1 << 14  # a read of the body that nobody waits for yet (the consumer is writing to its client)
 # A response's first read (its head, and all of a small answer) goes into one scratch buffer per pool and
 # is copied out when it brought at most this much: a fresh zeroed 64 KiB buffer for every 19-byte answer
 # was a fifth of the instructions per request (docs/datapath.md). A bigger first read takes the buffer
@@ -76,8 +77,12 @@ class UpstreamConn(asyncio.BufferedProtocol):
             self._buf = None
             return self.pool._scratch_view()
         size = self.read_size
-        if resp is not None and size < READ_MAX and not resp._chunks:  # the client took everything so far
-            size = self.read_size = size * 2
+        w = resp._waiter
+        if w is not None and not w.done():  # the consumer waits for these bytes
+            if size < READ_MAX and not resp._chunks:  # ... and took everything so far
+                size = self.read_size = size * 2
+        elif resp._ahead == 0:
+            size = READ_AHEAD  # nobody waits for them: a read-ahead (see HIGH_WATER)
         buf = self._buf = bytearray(size)
         # a memoryview, not the bytearray: asyncio's TLS layer fills a second TLS record into `buf[offset:]`,
         # which for a bytearray is a copy (the bytes were lost: a Consul answer over TLS read back as zeros)
@@ -206,7 +211,9 @@ class UpstreamConn(asyncio.BufferedProtocol):
     def _deliver(self, resp: Response, body: bytes) -> None:
         resp._chunks.append(body)
         resp._buffered += len(body)
-        if resp._buffered > HIGH_WATER and not self.paused_reading and self.transport is not None:
+        w = resp._waiter
+        if (resp._buffered > resp._ahead and (w is None or w.done()) and not self.paused_reading
+                and self.transport is not None):  # nobody waits for these bytes: pause (see HIGH_WATER)
             self.paused_reading = True
             self.transport.pause_reading()
         resp._wake()
@@ -231,7 +238,8 @@ class UpstreamConn(asyncio.BufferedProtocol):
         if self.resp is not resp:
             return
         self.resp = None
-        if reusable and self.reusable and not self.lost and not self.paused_reading:
+        if reusable and self.reusable and not self.lost:
+            self.want_read()  # the body ended: the next response is read as it comes
             if resp._head:
                 self.parser = httptools.HttpResponseParser(self)
             self.pool._put(self)

@@ -2,7 +2,7 @@
 
 Kept apart from the connection that fills it (router/proxy/upstream_conn.py): this is the consumer's
 side, the waits on the head (`headers`, `arrived`, `fill`), the body iteration with its flow control
-(HIGH_WATER/LOW_WATER, the slow-read bound) and the hand-back of the connection (`release`, `close`).
+(HIGH_WATER, the slow-read bound) and the hand-back of the connection (`release`, `close`).
 """
 
 from __future__ import annotations
@@ -16,8 +16,15 @@ from router.proxy.upstream_errors import UpstreamTimeout
 if TYPE_CHECKING:
     from router.proxy.upstream_conn import UpstreamConn
 
-HIGH_WATER = 1 << 16  # buffered response bytes at which we stop reading the upstream socket (the slow-read bound)
-LOW_WATER = 1 << 14  # ... and resume once the consumer drained below this
+# The slow-read bound (issue 15, docs/datapath.md "Slow clients"). The upstream socket is read while the
+# consumer (the client's side) waits for bytes; a read that arrives while it is busy writing to its client
+# is a read-ahead of at most READ_AHEAD bytes (router/proxy/upstream_conn.py), after which reading pauses
+# until the consumer finds nothing left (a pull, as Go's io.Copy with its one buffer). The client's side
+# waits until its write buffer is empty (router/listen/http1_exchange.py), so a client that reads slowly
+# holds one read there and one read-ahead here; the rest of the answer waits in the kernel's socket buffers
+# and at the upstream. HIGH_WATER: buffered bytes nobody waits for that a response may hold before reading
+# pauses: none, except while the first `proxy.retry.buffer` bytes are held back (Response.fill).
+HIGH_WATER = 0
 
 
 class _Interrupted(Exception):
@@ -28,7 +35,8 @@ class Response:
     """One upstream response: headers are complete; the body arrives through `iter_any()`."""
 
     __slots__ = ("status", "raw_headers", "_conn", "_chunks", "_buffered", "_done", "_error", "_waiter",
-                 "_head", "_received", "_headers_fut", "_close_delimited", "_released", "_writer", "owner")
+                 "_head", "_received", "_headers_fut", "_close_delimited", "_released", "_writer", "owner",
+                 "_ahead")
 
     def __init__(self, conn: UpstreamConn, head: bool) -> None:
         self.status = 0
@@ -36,6 +44,7 @@ class Response:
         self._conn = conn
         self._chunks: collections.deque[bytes] = collections.deque()
         self._buffered = 0
+        self._ahead = HIGH_WATER  # buffered bytes nobody waits for beyond which reading pauses (HIGH_WATER)
         self._done = False  # the whole body arrived
         self._error: BaseException | None = None
         self._waiter: asyncio.Future[None] | None = None
@@ -103,6 +112,14 @@ class Response:
         connection that breaks early can still be retried elsewhere; raises its error if it broke."""
         loop = self._conn.loop
         deadline = loop.time() + timeout
+        self._ahead = limit  # read ahead of the consumer up to the limit, then pull again (see HIGH_WATER)
+        self._conn.want_read()
+        try:
+            await self._fill(loop, limit, deadline)
+        finally:
+            self._ahead = HIGH_WATER
+
+    async def _fill(self, loop: asyncio.AbstractEventLoop, limit: int, deadline: float) -> None:
         while not self._done and self._error is None and self._buffered < limit:
             left = deadline - loop.time()
             if left <= 0:
@@ -146,13 +163,12 @@ class Response:
             if self._chunks:
                 chunk = self._chunks.popleft()
                 self._buffered -= len(chunk)
-                if self._buffered < LOW_WATER:
-                    self._conn.want_read()
                 return chunk
             if self._error is not None:
                 raise self._error
             if self._done:
                 raise StopAsyncIteration
+            self._conn.want_read()  # nothing left: read the next bytes (see HIGH_WATER)
             self._waiter = self._conn.loop.create_future()
             try:
                 await self._waiter

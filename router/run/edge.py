@@ -31,7 +31,7 @@ from router.listen.tcp import TCPCounters, TCPProxy
 from router.proxy.grpc import GrpcProxy
 from router.table.state import RouterState
 
-HANDSHAKE = 10.0  # seconds a TLS client gets for its handshake (less with a shorter rt=, as Go's ReadTimeout)
+HANDSHAKE = 10.0  # seconds a TLS client gets for its handshake (rt= does not shorten it: docs/compat.md)
 
 log = logging.getLogger("router.edge")
 
@@ -53,10 +53,6 @@ def check(cfg: Config) -> None:
     for lst in cfg.listeners:
         if lst.proto not in SERVED:
             raise ConfigError(f"proxy.addr: listener {lst}: {NOT_YET[lst.proto]} is not served by this router yet")
-
-
-def handshake_timeout(lst: Listener) -> float:
-    return min(HANDSHAKE, lst.read_timeout) if lst.read_timeout > 0 else HANDSHAKE
 
 
 def bind(host: str, port: int, reuse_port: bool = False) -> socket.socket:
@@ -158,7 +154,8 @@ class Edge:
                 continue
             ctx = await self._tls(lst, ALPN) if lst.tls else None
             sock = bind(lst.host, lst.port, self.reuse_port)
-            server.set_timeouts(sock.getsockname()[1], lst.read_timeout, lst.write_timeout)  # HTTP/1.1 applies them
+            if lst.proto not in ("grpc", "grpcs"):  # fabio's gRPC server has no rt=/wt=; its HTTP servers do
+                server.set_timeouts(sock.getsockname()[1], lst.read_timeout, lst.write_timeout)
             factory = Negotiated if ctx is not None else H2 if lst.proto == "grpc" else Http1
             if lst.proto == "https+tcp+sni":
                 self._serve(sock, self._sni_or_https(server, lst, ctx), lst, str(lst))
@@ -166,10 +163,10 @@ class Edge:
                 self._serve(sock, self._handover(server, factory, ctx), lst, str(lst))
             elif lst.proto in ("grpc", "grpcs"):  # fabio's grpc.conn counts its gRPC server's connections
                 await server.add(sock, lambda f=factory: self._grpc_conn(f(server)), ssl=ctx,
-                                 ssl_handshake_timeout=handshake_timeout(lst) if ctx is not None else None)
+                                 ssl_handshake_timeout=HANDSHAKE if ctx is not None else None)
             else:
                 await server.add(sock, lambda f=factory: f(server), ssl=ctx,
-                                 ssl_handshake_timeout=handshake_timeout(lst) if ctx is not None else None)
+                                 ssl_handshake_timeout=HANDSHAKE if ctx is not None else None)
             log.info("%s proxy listening on %s:%d", lst.proto.upper(), lst.host, sock.getsockname()[1])
 
     def _grpc_conn(self, proto: asyncio.Protocol) -> asyncio.Protocol:

@@ -30,7 +30,6 @@ class Router:
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
         edge.check(cfg)  # a listener this router cannot serve stops the start, named
-        self.serves_http = edge.http_listener(cfg) is not None
         self.state = RouterState(
             matcher=cfg["proxy.matcher"],
             glob_matching=not cfg["glob.matching.disabled"],
@@ -115,7 +114,10 @@ class Router:
 
     async def serve(self) -> None:
         proxy_srv = proxy_server(self.proxy, self.cfg)
-        ui_config = uvicorn_config(self.ui, self.cfg["ui.addr"])
+        ui_lst = self.cfg.ui_listener
+        keep_alive = {} if ui_lst is None or ui_lst.idle_timeout is None else {  # fabio's it= on ui.addr; 0: never
+            "timeout_keep_alive": ui_lst.idle_timeout or 86400.0}
+        ui_config = uvicorn_config(self.ui, self.cfg["ui.addr"], **keep_alive)
         if self.cfg.ui_listener is not None and self.cfg.ui_listener.tls:
             with_ssl(ui_config, await self.edge.ui_tls(self.cfg.ui_listener))
         ui_server = Server(ui_config)

@@ -176,6 +176,8 @@ class WorkerPool:
         done, _ = await asyncio.wait([w.listening, w.reader_task], timeout=60,  # type: ignore[list-item]
                                      return_when=asyncio.FIRST_COMPLETED)
         if w.listening not in done:
+            if w.proc.poll() == 2:  # it refused a listener's configuration (a certificate source): named above
+                raise ConfigError(f"proxy worker {w.index} (pid {w.proc.pid}) refused the configuration")
             raise OSError(f"proxy worker {w.index} (pid {w.proc.pid}) did not start listening on proxy.addr")
 
     async def _listen(self, w: _Worker, reader: asyncio.StreamReader) -> None:

@@ -14,6 +14,7 @@ import os
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,7 +28,7 @@ LABEL = "consul-router-ct-faults=1"  # what the Registrator stand-in follows, an
 
 
 def run_demo(name: str, service: str, *, publish: bool = False, check: str = "http", listen_port: int = 8080,
-             drain: float = 3) -> tuple[str, str]:
+             drain: float = 3, interval: str = "1s") -> tuple[str, str]:
     """`docker run` one demo container as a new user would for Registrator: SERVICE_NAME, a urlprefix tag,
     and a check every second: HTTP (GET /health) or TCP (a connect: through docker-proxy that always passes). publish: `-p <gateway>::8080`, an ephemeral host port
     through docker-proxy. listen_port other than 8080: the program listens where nothing is published, so
@@ -37,7 +38,7 @@ def run_demo(name: str, service: str, *, publish: bool = False, check: str = "ht
             "-e", f"DRAIN_SECONDS={drain:g}", "-e", f"PORT={listen_port}"]
     assert check in ("http", "tcp"), check
     args += ["-e", "SERVICE_CHECK_HTTP=/health" if check == "http" else "SERVICE_CHECK_TCP=true",
-             "-e", "SERVICE_CHECK_INTERVAL=1s", "-e", "SERVICE_CHECK_TIMEOUT=1s"]
+             "-e", f"SERVICE_CHECK_INTERVAL={interval}", "-e", "SERVICE_CHECK_TIMEOUT=1s"]
     if publish:
         args += ["-p", f"{GATEWAY}::8080"]
     cid = docker(*args, DEMO_IMAGE)[:12]
@@ -70,6 +71,21 @@ def instances(ui: str, service: str) -> dict[str, dict[str, Any]]:
     return {i["id"]: i for i in r.json().get("instances", [])}
 
 
+COUNTERS = ("upstream_retries", "upstream_hedges", "upstream_retry_budget_exhausted", "upstream_ejections",
+            "upstream_connect_failures")
+
+
+def counters(ui: str) -> dict[str, float]:
+    """The router's issue-17 counters from /metrics (totals)."""
+    out = dict.fromkeys(COUNTERS, 0.0)
+    for line in httpx.get(f"{ui}/metrics", timeout=5).text.splitlines():
+        name, _, value = line.partition(" ")
+        short = name.removeprefix("consul_router_").removesuffix("_total")
+        if short in out and not line.startswith("#"):
+            out[short] += float(value)
+    return out
+
+
 @dataclass
 class Sample:
     phase: str
@@ -90,9 +106,11 @@ class Load:
     pause: float = 0.01
     timeout: float = 5.0
     methods: tuple[str, ...] = ("GET",)
+    metrics: Callable[[], dict[str, float]] | None = None  # counters(ui), snapshotted at every mark
     phase: str = "warmup"
     samples: list[Sample] = field(default_factory=list)
     marks: list[tuple[str, str]] = field(default_factory=list)
+    snaps: list[tuple[str, dict[str, float]]] = field(default_factory=list)
     _stop: threading.Event = field(default_factory=threading.Event)
     _threads: list[threading.Thread] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -101,6 +119,8 @@ class Load:
         """From now on, requests count under `phase` (its wall-clock start goes into `marks`, to read the
         router's log against)."""
         self.phase = phase
+        if self.metrics:
+            self.snaps.append((phase, self.metrics()))
         self.marks.append((phase, time.strftime("%H:%M:%S", time.gmtime()) + f"{time.time() % 1:.3f}"[1:]))
 
     def start(self) -> Load:
@@ -114,6 +134,8 @@ class Load:
         self._stop.set()
         for t in self._threads:
             t.join(self.timeout + 5)
+        if self.metrics:
+            self.snaps.append(("end", self.metrics()))
 
     def _run(self, i: int) -> None:
         n = i
@@ -141,7 +163,10 @@ class Load:
         """Requests, failures (an outcome not in `ok`), the outcomes, and requests slower than 1 s."""
         ss = self.of(phase)
         t0 = ss[0].sent if ss else 0.0
-        return {"requests": len(ss), "failed": sum(s.outcome not in ok for s in ss),
+        i = next((i for i, (p, _) in enumerate(self.snaps) if p == phase), -1)
+        router = {} if i < 0 or i + 1 >= len(self.snaps) else {
+            k.removeprefix("upstream_"): round(v - self.snaps[i][1][k]) for k, v in self.snaps[i + 1][1].items()}
+        return {"router counters": router, "requests": len(ss), "failed": sum(s.outcome not in ok for s in ss),
                 "outcomes": dict(Counter(f"{s.method} {s.outcome}" for s in ss)),
                 "slower than 1 s": sum(s.took > 1 for s in ss),
                 "failures (s into the phase, s taken, outcome)": [

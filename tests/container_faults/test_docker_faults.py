@@ -13,6 +13,7 @@ Figures go to CT_CACHE/faults.json, which the script prints.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator
 
@@ -25,6 +26,7 @@ from tests.container_faults.harness import (
     LABEL,
     NET,
     Load,
+    counters,
     dump,
     instances,
     passing,
@@ -84,27 +86,45 @@ def test_address_reuse(consul: ConsulAgent, router: RouterProc, registrator: lis
                        same_name: bool) -> None:
     svc = f"reuse{int(same_name)}"
     reg = follow(registrator, consul, "internal")
-    a_id, a_ip = run_demo(f"{svc}-a", svc)
-    run_demo(f"{svc}-b", svc)
+    # checks every 3 s: a stays in the table for a few seconds after its address stops answering, so the
+    # router surely has failures to remember (with 1 s it could leave before the first one was counted)
+    a_id, a_ip = run_demo(f"{svc}-a", svc, interval="3s")
+    run_demo(f"{svc}-b", svc, interval="3s")
     wait_until(lambda: len(passing(consul.http_url, svc)) == 2, timeout=30, message="a and b passing")
-    load = Load(f"{router.url}/{svc}/").start()
+    load = Load(f"{router.url}/{svc}/", metrics=lambda: counters(router.ui)).start()
     try:
         answering(load, 2)
         # a's address stops answering while it is still registered (a dead host behind a live address):
         # the router's connects to it fail, and it is ejected, until its check fails and it leaves the table.
+        a_sid = f"{reg.hostname}:{svc}-a:8080"
+        seen: list[dict] = []  # a's proxy state with failures, as /api/services showed it before a left
+        watching = threading.Event()
+
+        def watch() -> None:
+            while not watching.is_set():
+                p = instances(router.ui, svc).get(a_sid, {}).get("proxy") or {}
+                if p.get("failures", 0) > 0:
+                    seen.append(p)
+                time.sleep(0.02)
+
+        watcher = threading.Thread(target=watch, daemon=True)
+        watcher.start()
         load.mark("a unreachable")
         docker("network", "disconnect", "-f", NET, f"{svc}-a")
-        a_sid = f"{reg.hostname}:{svc}-a:8080"
-        a_state = wait_until(lambda: (p := instances(router.ui, svc).get(a_sid, {}).get("proxy", {}))
-                             and p.get("failures", 0) > 0 and p, timeout=10, interval=0.05,
-                             message="the router counting a's connect failures")
         wait_until(lambda: a_sid not in passing(consul.http_url, svc), timeout=15, message="a's check failing")
+        wait_until(lambda: not instances(router.ui, svc).get(a_sid, {}).get("proxy"), timeout=10,
+                   message="a out of the router's table (its proxy state gone)")
+        watching.set()
+        watcher.join(10)
+        # the precondition: the router had failures of a to remember (else this test would prove nothing)
+        assert seen, "the router counted no failure of a before a left the table"
+        a_state = seen[-1]
         docker("rm", "-f", f"{svc}-a")
         wait_until(lambda: a_sid not in instances(router.ui, svc), timeout=10, message="a out of the table")
         # the new container: Docker gives it a's address
         load.mark("c starting")
         c_name = f"{svc}-a" if same_name else f"{svc}-c"
-        c_id, c_ip = run_demo(c_name, svc)
+        c_id, c_ip = run_demo(c_name, svc, interval="3s")
         assert c_ip == a_ip, f"Docker gave the new container {c_ip}, not the freed {a_ip}"
         c_sid = f"{reg.hostname}:{c_name}:8080"
         wait_until(lambda: c_sid in passing(consul.http_url, svc), timeout=15, message="c passing")
@@ -161,7 +181,7 @@ def test_stop_kill_rolling(consul: ConsulAgent, router: RouterProc, registrator:
     for n in range(1, 5):
         start(n)
     wait_passing({f"{svc}-{n}" for n in range(1, 5)})
-    load = Load(f"{router.url}/{svc}/").start()
+    load = Load(f"{router.url}/{svc}/", metrics=lambda: counters(router.ui)).start()
     steps: list[str] = []
     try:
         answering(load, 4)
@@ -212,7 +232,8 @@ def test_userland_proxy(consul: ConsulAgent, router: RouterProc, registrator: li
     good = run_demo(f"{svc}-good", svc, publish=True, check="tcp")[0]
     run_demo(f"{svc}-dead", svc, publish=True, check="tcp", listen_port=8081)
     wait_until(lambda: len(passing(consul.http_url, svc)) == 2, timeout=30, message="both passing")
-    load = Load(f"{router.url}/{svc}/", methods=("GET", "POST", "GET", "HEAD")).start()
+    load = Load(f"{router.url}/{svc}/", methods=("GET", "POST", "GET", "HEAD"),
+                metrics=lambda: counters(router.ui)).start()
     try:
         wait_until(lambda: any(s.instance == good for s in load.samples[-200:]), timeout=20,
                    message="the good one answering")
