@@ -63,7 +63,7 @@ class FakeTransport(asyncio.Transport):
         self.closing = True
 
 
-async def run(requests: int, conns: int, callgrind: bool) -> float:
+async def run(requests: int, conns: int, callgrind: bool, config: list[str] | None = None) -> float:
     from router.config.settings import load
     from router.listen.server import Listener
     from router.proxy.upstream_conn import UpstreamConn
@@ -72,7 +72,7 @@ async def run(requests: int, conns: int, callgrind: bool) -> float:
     from router.table.state import RouterState
 
     loop = asyncio.get_running_loop()
-    cfg = load(["-registry.backend", "static", "-proxy.workers", "1"])
+    cfg = load(["-registry.backend", "static", "-proxy.workers", "1", *(config or [])])
     state = RouterState()
     cmds, _ = parse("route add b /bench http://127.0.0.1:18080/", "static")
     state.apply({"b": cmds})
@@ -141,6 +141,7 @@ def main() -> int:
     p.add_argument("--conns", type=int, default=10)
     p.add_argument("--callgrind", action="store_true", help="toggle callgrind's counting around the measured part")
     p.add_argument("--src", help="checkout to import the router from (default: this one)")
+    p.add_argument("--flags", default="", help='more router flags in one string, e.g. --flags="-proxy.stall.timeout 0"')
     a = p.parse_args()
     if a.src:
         sys.path.insert(0, os.path.abspath(a.src))
@@ -148,7 +149,7 @@ def main() -> int:
         sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     import uvloop
 
-    us = uvloop.run(run(a.requests, a.conns, a.callgrind))
+    us = uvloop.run(run(a.requests, a.conns, a.callgrind, a.flags.split()))
     print(f"{us:.2f} µs CPU per request ({a.requests} requests, {a.conns} connections)")
     return 0
 

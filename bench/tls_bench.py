@@ -264,7 +264,8 @@ def h2load(url: str, seconds: float) -> tuple[float, int]:
     req = re.search(r"requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded, (\d+) failed", out)
     if not (rate and req):
         raise RuntimeError(f"h2load: {out[-300:]}")
-    bad = int(req.group(5)) + (int(req.group(4)) - int(status.group(1)) if status else 0)
+    # errors: answers that were not 2xx; h2load's "failed" also counts the requests in flight when -D ends
+    bad = max(0, int(req.group(4)) - int(status.group(1))) if status else 0
     return float(rate.group(1)), bad
 
 

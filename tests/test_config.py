@@ -140,6 +140,7 @@ RANGES = {
     "proxy.idleconntimeout": ((), {"0": 0.0, "90s": 90.0}),
     "proxy.maxconn": (("1.5", "1_000"), {"0": 0, "10000": 10000}),
     "proxy.shutdownwait": ((), {"0": 0.0, "5s": 5.0}),
+    "proxy.grpcshutdowntimeout": (("-1s",), {"0": 0.0, "2s": 2.0}),
     "proxy.deregistergraceperiod": ((), {"0": 0.0, "5s": 5.0}),
     "proxy.readtimeout": ((), {"0": 0.0, "5s": 5.0}),
     "proxy.writetimeout": ((), {"0": 0.0, "1m": 60.0}),

@@ -73,7 +73,9 @@ def test_the_packed_load_unpacks_to_what_build_gives(consul_agent: Any) -> None:
     want = build(api, "urlprefix-", {"DC": "dc1"}, ("passing",), False)
     got = packed[f"{tag}-api"]
     assert got.cmds == want.cmds and got.cmds and got.cmds[0].weight == 0.5
-    status = ServiceStatus(got.name, None, got.errors, len(got.cmds), 0.0, packed=got.verdicts)
+    status = ServiceStatus(got.name, None, got.errors, len(got.cmds), 0.0, packed=got.verdicts,
+                           counts=(got.healthy, got.instances))
+    assert (status.healthy, status.instances) == (2, 2)  # both pass (api-2 has no route tag); known before unpacking
     assert status.verdicts == want.verdicts and len(status.verdicts) == 2  # the untagged instance too
     assert load.services == len(packed)
 
@@ -144,6 +146,6 @@ def test_packed_verdicts_round_trip() -> None:
     from registry.consul.health import Instance, Verdict
 
     vs = [Verdict(Instance("web", "web-1", "n1", "10.0.0.1", 80, ("urlprefix-/web",)), False, "node is down", False)]
-    s = ServiceStatus("web", None, [], 0, 0.0, packed=msgspec.msgpack.encode(vs))
+    s = ServiceStatus("web", None, [], 0, 0.0, packed=msgspec.msgpack.encode(vs), counts=(0, 1))
     assert s.verdicts == vs and s.verdicts is s.verdicts  # unpacked once
-    assert ServiceStatus("web").verdicts == []
+    assert ServiceStatus("web").verdicts == [] and (ServiceStatus("web", vs).healthy, ServiceStatus("web", vs).instances) == (0, 1)

@@ -294,6 +294,10 @@ REGISTRATIONS = [
      _container(["SERVICE_TAGS=urlprefix-/api strip=/api,a\\,b"]), 80, False,
      {"ID": "h:stack_web_1:80", "Name": "web", "Tags": ["urlprefix-/api strip=/api", "a,b"],
       "Address": "10.0.0.5", "Port": 80}),
+    ("SERVICE_CHECK_TCP: a TCP check of Address:Port (make container-faults uses it behind docker-proxy)",
+     _container(["SERVICE_CHECK_TCP=true", "SERVICE_CHECK_INTERVAL=1s"]), 80, False,
+     {"ID": "h:stack_web_1:80", "Name": "web", "Tags": [], "Address": "10.0.0.5", "Port": 80,
+      "Check": {"TCP": "10.0.0.5:80", "Interval": "1s"}}),
     ("SERVICE_IGNORE (any value) as a label", _container([], {"SERVICE_IGNORE": "true"}), 80, False, None),
     ("SERVICE_<port>_IGNORE for this port", _container(["SERVICE_80_IGNORE=1"]), 80, False, None),
 ]
@@ -304,3 +308,22 @@ def test_registrator_stand_in(what: str, info: dict, port: int, group: bool, wan
     from tests.container.engine import registration
 
     assert registration(info, port, "10.0.0.5", "h", group=group) == want
+
+
+def test_registrator_stand_in_addresses() -> None:
+    """-internal: every exposed TCP port at the container's address on its (user-defined) network; the
+    default: only published ports, at the binding's host address and port, the ID keeping the container's
+    port (Registrator's bridge.go servicePort/newService)."""
+    from tests.container.engine import container_ports, registration
+
+    info = {**_container(["SERVICE_CHECK_HTTP=/health"]),
+            "HostConfig": {"NetworkMode": "ct-faults"},
+            "NetworkSettings": {"IPAddress": "", "Networks": {"ct-faults": {"IPAddress": "10.213.47.5"}},
+                                "Ports": {"8080/tcp": [{"HostIp": "10.213.47.1", "HostPort": "32768"}],
+                                          "9000/tcp": None, "53/udp": None}}}
+    info["Config"]["ExposedPorts"] = {"8080/tcp": {}, "9000/tcp": {}, "53/udp": {}}
+    assert container_ports(info, "internal") == [(8080, "10.213.47.5", 8080), (9000, "10.213.47.5", 9000)]
+    assert container_ports(info, "published") == [(8080, "10.213.47.1", 32768)]
+    reg = registration(info, 8080, "10.213.47.1", "h", host_port=32768)
+    assert reg is not None and (reg["ID"], reg["Address"], reg["Port"], reg["Check"]["HTTP"]) == (
+        "h:stack_web_1:8080", "10.213.47.1", 32768, "http://10.213.47.1:32768/health")

@@ -215,3 +215,83 @@ def test_the_router_enforces_grpc_timeout_and_cancels_the_upstream_call() -> Non
             assert [q[b"grpc-timeout"] for q in inst.requests] == [b"300m"]  # passed on, too
     finally:
         inst.close()
+
+
+# ----------------------------------------------------------------------------- proxy.grpcshutdowntimeout
+
+def test_open_grpc_streams_get_grpcshutdowntimeout_at_a_graceful_stop() -> None:
+    """At a graceful stop an open bidi stream goes on (a message sent after SIGTERM is still answered), and a
+    stream that never ends does not hold the stop: after proxy.grpcshutdowntimeout its connection is closed
+    (fabio: GracefulStop of its gRPC server bounded by it, then Stop)."""
+    import queue
+    import signal
+    import subprocess
+
+    srv = grpc.server(futures.ThreadPoolExecutor(4))
+    srv.add_generic_rpc_handlers((_handlers(),))
+    port = srv.add_insecure_port("127.0.0.1:0")
+    srv.start()
+    gport = free_port()
+    r = RouterProc("-registry.backend", "static", "-registry.static.routes",
+                   f'route add size /test.Size grpc://127.0.0.1:{port} opts "proto=grpc"',
+                   "-proxy.grpcshutdowntimeout", "3s", env={"ROUTER_LISTENER": "own"})
+    r.flags[1] += f",127.0.0.1:{gport};proto=grpc"
+    outbox: queue.Queue[bytes | None] = queue.Queue()
+
+    def messages() -> Iterator[bytes]:
+        while (m := outbox.get(timeout=30)) is not None:  # the client never half-closes on its own
+            yield m
+
+    try:
+        with r, _channel(gport) as ch:
+            call = ch.stream_stream("/test.Size/Bidi")(messages(), timeout=30)
+            outbox.put(b"first")
+            assert next(call) == b"got 5"  # the stream is open through the router
+            assert r.proc is not None
+            r.proc.send_signal(signal.SIGTERM)
+            outbox.put(b"after sigterm")
+            assert next(call) == b"got 13"  # still served during the grace
+            try:
+                code = r.proc.wait(15)  # a hang guard: the grace is 3 s
+            except subprocess.TimeoutExpired:
+                raise AssertionError("the open stream held the router's stop:\n" + r.output()) from None
+            assert code == 0
+            with pytest.raises(grpc.RpcError) as e:
+                next(call)
+            assert e.value.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED, grpc.StatusCode.INTERNAL)
+    finally:
+        outbox.put(None)
+        srv.stop(0)
+
+
+def test_a_stream_whose_instance_goes_away_ends_for_the_client() -> None:
+    """The instance dies after the answer's headers: the client's stream is reset at once (it was left open
+    until the client's own deadline)."""
+    import queue
+
+    srv = grpc.server(futures.ThreadPoolExecutor(4))
+    srv.add_generic_rpc_handlers((_handlers(),))
+    port = srv.add_insecure_port("127.0.0.1:0")
+    srv.start()
+    gport = free_port()
+    r = RouterProc("-registry.backend", "static", "-registry.static.routes",
+                   f'route add size /test.Size grpc://127.0.0.1:{port} opts "proto=grpc"', env={"ROUTER_LISTENER": "own"})
+    r.flags[1] += f",127.0.0.1:{gport};proto=grpc"
+    outbox: queue.Queue[bytes | None] = queue.Queue()
+
+    def messages() -> Iterator[bytes]:
+        while (m := outbox.get(timeout=30)) is not None:
+            yield m
+
+    try:
+        with r, _channel(gport) as ch:
+            call = ch.stream_stream("/test.Size/Bidi")(messages(), timeout=20)
+            outbox.put(b"one")
+            assert next(call) == b"got 3"
+            srv.stop(0)  # the instance goes away mid-stream
+            with pytest.raises(grpc.RpcError) as e:
+                next(call)
+            assert e.value.code() != grpc.StatusCode.DEADLINE_EXCEEDED, e.value  # ended by the router, not by the deadline
+    finally:
+        outbox.put(None)
+        srv.stop(0)

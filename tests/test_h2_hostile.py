@@ -193,3 +193,22 @@ def test_streams_beyond_the_limit_end_the_connection(router) -> None:  # type: i
     # RFC 9113 5.1.2 allows a stream or a connection error; h2 ends the connection, naming the last stream
     assert ev is not None and ev.error_code == h2.errors.ErrorCodes.PROTOCOL_ERROR and ev.last_stream_id == 199
     assert still_serves(port, tmp / "ca.pem")
+
+
+def test_goaway_with_answers_in_flight_is_not_a_proxy_failure(router) -> None:  # type: ignore[no-untyped-def]
+    """A client that sends GOAWAY while its requests are still being answered (h2load does at the end of
+    -D) ends those streams quietly: no "proxy failed", no 500 attempted on the closed connection, no
+    task left with an exception; the listener keeps serving."""
+    r, port, tmp = router
+    s, c = connect(port, tmp / "ca.pem")
+    for i in range(5):
+        sid = 1 + 2 * i
+        c.send_headers(sid, req(sid, "/slow?s=0.5"), end_stream=True)
+    c.close_connection()
+    s.sendall(c.data_to_send())
+    read_until_closed(s, c, limit=3)  # the router closes its side (TLS close_notify) at once
+    time.sleep(1.5)  # but the TCP connection stays open while the answers arrive from the backend
+    s.close()
+    assert still_serves(port, tmp / "ca.pem")
+    log = r.output()
+    assert "the proxy failed" not in log and "Task exception was never retrieved" not in log, log[-2000:]

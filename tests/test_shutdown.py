@@ -194,9 +194,11 @@ def test_post_that_reached_an_upstream_is_not_resent(backend: Backend) -> None:
     with RouterProc("-registry.backend", "static", "-registry.static.routes", routes, "-proxy.strategy", "rr") as r:
         statuses = [httpx.post(r.url + "/c/echo", content=b"x" * 200_000, timeout=10).status_code for _ in range(4)]
     closer.sock.close()
-    assert sorted(statuses) == [200, 200, 502, 502]  # rr: half went to the closer
-    assert closer.connections == 2  # one attempt per failed POST: it had been (partly) sent
-    assert backend.hits - before == 2  # and the failed ones were not resent to the other instance
+    # rr sends the first or second to the closer; after that the picker may avoid the instance that failed
+    failed = statuses.count(502)
+    assert failed >= 1 and statuses.count(200) == 4 - failed, statuses
+    assert closer.connections == failed  # one attempt per failed POST: it had been (partly) sent
+    assert backend.hits - before == 4 - failed  # and the failed ones were not resent to the other instance
 
 
 class Dropper(RawUpstream):

@@ -110,6 +110,8 @@ class PackedService(msgspec.Struct, array_like=True):
     verdicts: bytes  # msgpack of list[Verdict], unpacked on first use
     errors: list[TagError]
     tagged: bool
+    healthy: int  # instances routed
+    instances: int  # instances registered
 
 
 _PACKED = msgspec.msgpack.Decoder(list[PackedService])
@@ -143,7 +145,8 @@ def load(target: ConsulTarget, prefix: str, env: dict[str, str], statuses: tuple
     batch: list[PackedService] = []
     for name, es in entries.items():
         b = build(es, prefix, env, statuses, checks_all)
-        batch.append(PackedService(name, b.cmds, enc.encode(b.verdicts), b.errors, b.tagged))
+        batch.append(PackedService(name, b.cmds, enc.encode(b.verdicts), b.errors, b.tagged,
+                                   sum(1 for v in b.verdicts if v.healthy), len(b.verdicts)))
         if len(batch) >= LOAD_CHUNK:
             chunks.append(enc.encode(batch))
             batch = []

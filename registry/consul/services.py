@@ -107,12 +107,13 @@ class ServiceRoutes:
         return built.cmds
 
     def record_packed(self, name: str, cmds: list[RouteCmd] | None, verdicts: bytes, errors: list[TagError],
-                      tagged: bool) -> list[RouteCmd] | None:
+                      tagged: bool, counts: tuple[int, int]) -> list[RouteCmd] | None:
         """`record` for a service built in the helper process, its verdicts still packed (bulkload.py)."""
         for e in errors:
             log.warning("route tag rejected: %s", e)
         if tagged:
-            self.status.services[name] = ServiceStatus(name, None, errors, len(cmds or ()), time.time(), packed=verdicts)
+            self.status.services[name] = ServiceStatus(name, None, errors, len(cmds or ()), time.time(), packed=verdicts,
+                                                       counts=counts)
         else:
             self.status.services.pop(name, None)
         return cmds

@@ -28,16 +28,22 @@ class ServiceStatus:
     are unpacked on first use: at 100,000 instances, building every Verdict and Instance object at
     startup cost seconds and tens of MB for pages that show one service at a time."""
 
-    __slots__ = ("name", "_verdicts", "_packed", "tag_errors", "routes", "updated")
+    __slots__ = ("name", "_verdicts", "_packed", "tag_errors", "routes", "updated", "healthy", "instances")
 
     def __init__(self, name: str, verdicts: list[Verdict] | None = None, tag_errors: list[TagError] | None = None,
-                 routes: int = 0, updated: float = 0.0, *, packed: bytes | None = None) -> None:
+                 routes: int = 0, updated: float = 0.0, *, packed: bytes | None = None,
+                 counts: tuple[int, int] | None = None) -> None:
         self.name = name
         self._verdicts = verdicts if verdicts is not None or packed is not None else []
         self._packed = packed
         self.tag_errors = tag_errors if tag_errors is not None else []
         self.routes = routes
         self.updated = updated
+        # instances routed / registered, known without unpacking (the routes page asks for every service)
+        if counts is None:
+            vs = self._verdicts or []
+            counts = (sum(1 for v in vs if v.healthy), len(vs))
+        self.healthy, self.instances = counts
 
     @property
     def verdicts(self) -> list[Verdict]:

@@ -208,7 +208,7 @@ class ConsulWatcher:
         t0 = time.perf_counter()
         for chunk in loaded.chunks:
             for p in bulkload.unpack(chunk):
-                cmds = self._routes.record_packed(p.name, p.cmds, p.verdicts, p.errors, p.tagged)
+                cmds = self._routes.record_packed(p.name, p.cmds, p.verdicts, p.errors, p.tagged, (p.healthy, p.instances))
                 if cmds is not None:
                     changes[p.name] = cmds
             await asyncio.sleep(0)

@@ -85,6 +85,9 @@ KEYS: tuple[Key, ...] = (
     Key("proxy.grpcmaxtxmsgsize", "4194304", int_range(0, (1 << 31) - 1),
         "largest gRPC message in bytes the router sends to a client; larger ends the call with RESOURCE_EXHAUSTED "
         "(8), as fabio"),
+    Key("proxy.grpcshutdowntimeout", "2s", duration(zero="close them at once"),
+        "at shutdown, how long gRPC calls still open after proxy.shutdownwait may go on before their connections "
+        "are closed (as fabio's graceful stop of its gRPC server)"),
     Key("proxy.retry.attempts", "3", int_range(1, 16),
         "tries per request (the first, retries and hedges), each on another instance of the route (ours)"),
     Key("proxy.retry.budget", "0.2", number_range(0, 10),

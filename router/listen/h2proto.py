@@ -38,6 +38,7 @@ import h2.errors
 import h2.events
 import h2.exceptions
 import h2.settings
+from hyperframe.frame import GoAwayFrame
 
 from router.listen.flow import GONE, WriteFlow
 from router.listen.tlsinfo import tls_extension
@@ -130,38 +131,45 @@ class H2Stream:
             self.sent = True
 
     async def write(self, data: bytes) -> None:
-        conn = self.conn
-        if self.gone or conn.lost:
-            raise ClientGone()
-        self._send_head(False)
-        if self.scope["method"] == "HEAD" or self.status in (204, 304):
-            conn.flush()
-            return
-        view = memoryview(data)
-        while view:
+        try:
+            conn = self.conn
             if self.gone or conn.lost:
                 raise ClientGone()
-            window = min(conn.h2.local_flow_control_window(self.sid), conn.h2.max_outbound_frame_size)
-            if window <= 0:
+            self._send_head(False)
+            if self.scope["method"] == "HEAD" or self.status in (204, 304):
                 conn.flush()
-                await self._wait()  # a WINDOW_UPDATE (or the stream's end) wakes us
-                continue
-            chunk, view = view[:window], view[window:]
-            conn.h2.send_data(self.sid, chunk.tobytes())
-            self.size += len(chunk)
-        conn.flush()
-        if conn.write_paused:
-            await conn.drain()
+                return
+            view = memoryview(data)
+            while view:
+                if self.gone or conn.lost:
+                    raise ClientGone()
+                window = min(conn.h2.local_flow_control_window(self.sid), conn.h2.max_outbound_frame_size)
+                if window <= 0:
+                    conn.flush()
+                    await self._wait()  # a WINDOW_UPDATE (or the stream's end) wakes us
+                    continue
+                chunk, view = view[:window], view[window:]
+                conn.h2.send_data(self.sid, chunk.tobytes())
+                self.size += len(chunk)
+            conn.flush()
+            if conn.write_paused:
+                await conn.drain()
+        except h2.exceptions.ProtocolError:  # the client closed the stream or the connection (GOAWAY)
+            self.gone = True
+            raise ClientGone() from None
 
     async def end(self) -> None:
         if self.finished:
             return
         conn = self.conn
         if not (self.gone or conn.lost):
-            if self.head is not None:
-                self._send_head(True)
-            else:
-                conn.h2.end_stream(self.sid)
+            try:
+                if self.head is not None:
+                    self._send_head(True)
+                else:
+                    conn.h2.end_stream(self.sid)
+            except h2.exceptions.ProtocolError:  # the client closed the stream or the connection (GOAWAY)
+                self.gone = True
             conn.flush()
         conn.finish(self)
 
@@ -171,8 +179,12 @@ class H2Stream:
             return
         conn = self.conn
         if not (self.gone or conn.lost):
-            self._send_head(False)
-            conn.h2.send_headers(self.sid, [(n.lower(), v) for n, v in trailers if n[:1] != b":"], end_stream=True)
+            try:
+                self._send_head(False)
+                conn.h2.send_headers(self.sid, [(n.lower(), v) for n, v in trailers if n[:1] != b":"],
+                                     end_stream=True)
+            except h2.exceptions.ProtocolError:  # the client closed the stream or the connection (GOAWAY)
+                self.gone = True
             conn.flush()
         conn.finish(self)
 
@@ -218,6 +230,7 @@ class H2(WriteFlow, asyncio.Protocol):
         self.resets = 0
         self.control = 0
         self.rt = self.wt = 0.0  # the listener's rt=/wt=, per stream as Go's HTTP/2 server applies them
+        self.grpc_calls = 0  # gRPC calls being forwarded (a graceful stop gives them proxy.grpcshutdowntimeout)
 
     # --- asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -335,6 +348,12 @@ class H2(WriteFlow, asyncio.Protocol):
         self.lost = True
 
     def _request(self, ev: h2.events.RequestReceived) -> None:
+        if self.closing:  # after our GOAWAY: a stream the client opened anyway is refused (it may retry it)
+            try:
+                self.h2.reset_stream(ev.stream_id, h2.errors.ErrorCodes.REFUSED_STREAM)
+            except h2.exceptions.ProtocolError:
+                pass
+            return
         method = path = authority = b""
         headers: Headers = []
         cookies: list[bytes] = []
@@ -390,14 +409,17 @@ class H2(WriteFlow, asyncio.Protocol):
             found = self._grpc_target(s.scope)
             if found is NO_ROUTE:
                 await self.listener.grpc.no_route(s)  # type: ignore[attr-defined]
-                return
-            if found is not None:
+            elif found is not None:  # a call that ends without trailers (its instance went) is reset below
                 route, target = found
                 rs = route.stats.get(target.url) if route.stats is not None else None
-                await self.listener.grpc.forward(  # type: ignore[attr-defined]
-                    s.scope, s, target, rs or self.core.stats.attach(route, target))
-                return
-            await self.core.serve(s.scope, s)
+                self.grpc_calls += 1
+                try:
+                    await self.listener.grpc.forward(  # type: ignore[attr-defined]
+                        s.scope, s, target, rs or self.core.stats.attach(route, target))
+                finally:
+                    self.grpc_calls -= 1
+            else:
+                await self.core.serve(s.scope, s)
         except (ClientGone, asyncio.CancelledError):
             pass
         except Exception:
@@ -458,14 +480,16 @@ class H2(WriteFlow, asyncio.Protocol):
         return False
 
     def shutdown(self) -> None:
-        """Graceful stop: GOAWAY (no new streams); close once the open ones are answered."""
+        """Graceful stop: GOAWAY (no new streams); close once the open ones are answered.
+
+        The GOAWAY frame is written by hand: h2's close_connection() moves the whole connection to CLOSED,
+        after which every frame of the streams still open (their bodies, their answers) is a ProtocolError."""
+        if self.closing:
+            return
         self.closing = True
         if not self.lost:
-            try:
-                self.h2.close_connection()
-                self.flush_now()
-            except h2.exceptions.ProtocolError:
-                pass
+            self.flush_now()
+            self.transport.write(GoAwayFrame(0, last_stream_id=self.h2.highest_inbound_stream_id).serialize())
             if not self.streams:
                 self.transport.close()
 

@@ -319,40 +319,39 @@ class Http1(WriteFlow, asyncio.Protocol):
             self.task = self.loop.create_task(self._serve())
 
     async def _serve(self) -> None:
+        """Serve the connection's requests in turn. Each request's handling is inline here, not a coroutine
+        of its own: every level a task's await passes through costs on each suspend and resume."""
+        core = self.core
         while not self.lost:
             ex = self.active
             if ex is None:
                 self.next = self.loop.create_future()
                 await self.next
                 continue
-            await self._run(ex)
-            if self.active is ex:  # not finished (the client left, an error): it closed the connection
-                self.active = None
-
-    async def _run(self, ex: Http1Exchange) -> None:
-        try:
             if ex.broken:
                 self._send_error()
-                return
-            if ex.reject:
-                await ex.respond(ex.reject, [(b"content-type", b"text/plain; charset=utf-8"),
-                                             (b"content-length", b"32"), (b"connection", b"close")],
-                                 b"request header fields too large\n")
-                return
-            await self.core.serve(ex.scope, ex)
-        except ClientGone:
-            pass
-        except Exception:
-            log.exception("%s %s: the proxy failed", ex.scope["method"], ex.scope["path"])
-            if not ex.sent and not self.lost:
-                self.transport.write(_error_response(500, "internal error\n"))
-            self.closing = True
-        if not ex.finished:  # the core gave up (the client left, its body broke, an exception)
-            if self.error and ex.broken:
-                self._send_error()
-            elif not self.lost:
-                self.transport.close()
-            self.active = None
+            else:
+                try:
+                    if ex.reject:
+                        await ex.respond(ex.reject, [(b"content-type", b"text/plain; charset=utf-8"),
+                                                     (b"content-length", b"32"), (b"connection", b"close")],
+                                         b"request header fields too large\n")
+                    else:
+                        await core.serve(ex.scope, ex)
+                except ClientGone:
+                    pass
+                except Exception:
+                    log.exception("%s %s: the proxy failed", ex.scope["method"], ex.scope["path"])
+                    if not ex.sent and not self.lost:
+                        self.transport.write(_error_response(500, "internal error\n"))
+                    self.closing = True
+                if not ex.finished:  # the core gave up (the client left, its body broke, an exception)
+                    if self.error and ex.broken:
+                        self._send_error()
+                    elif not self.lost:
+                        self.transport.close()
+            if self.active is ex:  # not finished (the client left, an error): it closed the connection
+                self.active = None
 
     def finish(self, ex: Http1Exchange) -> None:
         """The answer to `ex` is written: close, or go on with the next request."""

@@ -7,7 +7,8 @@ server did for the proxy, no more: connections closed after `idle_timeout` witho
 `it=` listener option; the one timer per listener is swept every `tick`, not armed per request), fabio's
 `rt=`/`wt=` per listening port (each connection keeps its deadlines; the same sweep drops those past
 them), and a graceful stop: no new connections, idle ones closed, busy ones closed after their current
-answer, then the core's upstream pool closed and the access log flushed.
+answer (gRPC calls: at most `grpc_grace` more), then the core's upstream pool closed and the access log
+flushed.
 
 `serve()`, `should_exit` and `started` mirror `uvicorn.Server`'s surface, which router/run/ drives for
 the UI server too.
@@ -50,8 +51,9 @@ class Listener:
 
     def __init__(self, core: Any, *, idle_timeout: float = 75.0, max_head: int = 1 << 20,
                  tunnel: Callable[[], asyncio.Protocol] | None = None, addr: tuple[str, int] | None = None,
-                 timeouts: tuple[float, float] = (0.0, 0.0)) -> None:
+                 timeouts: tuple[float, float] = (0.0, 0.0), grpc_grace: float = 2.0) -> None:
         self.core = core
+        self.grpc_grace = grpc_grace  # proxy.grpcshutdowntimeout: open gRPC calls' time at a graceful stop
         self.idle_timeout = idle_timeout
         self.timeouts = timeouts  # (rt, wt) of the sockets serve() binds or is given
         self.deadlines: dict[int, tuple[float, float]] = {}  # local port -> (rt, wt): fabio's per-listener rt=/wt=
@@ -110,7 +112,11 @@ class Listener:
             server.close()
         for conn in list(self.conns):
             conn.shutdown()
+        deadline = time.monotonic() + self.grpc_grace
         while self.conns:
+            if time.monotonic() >= deadline:  # fabio: GracefulStop bounded by proxy.grpcshutdowntimeout, then Stop
+                for conn in [c for c in self.conns if getattr(c, "grpc_calls", 0)]:
+                    conn.transport.abort()
             await asyncio.sleep(0.05)
         if self._sweeper is not None:
             self._sweeper.cancel()

@@ -60,7 +60,8 @@ def proxy_server(proxy: ProxyApp, cfg: Config) -> Listener:
     first = next((lst for lst in cfg.listeners if lst.proto == "http"), None)  # the one `addr` is
     return Listener(proxy, idle_timeout=client_idle_timeout(cfg.raw.get("proxy.addr", ":9999")),
                     max_head=cfg["proxy.maxheaderbytes"], tunnel=tunnel_protocol(proxy), addr=cfg["proxy.addr"],
-                    timeouts=(first.read_timeout, first.write_timeout) if first is not None else (0.0, 0.0))
+                    timeouts=(first.read_timeout, first.write_timeout) if first is not None else (0.0, 0.0),
+                    grpc_grace=cfg["proxy.grpcshutdowntimeout"])
 
 
 def via_id(cfg: Config) -> str:

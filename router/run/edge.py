@@ -268,7 +268,9 @@ class Edge:
             out.append(row)
         return out
 
-    async def stop(self, grace: float = 0.0) -> None:
+    async def stop(self, grace: float = 0.0, grpc: bool = True) -> None:
+        """Close the TCP listeners and certificate watchers; the gRPC upstream pool too unless `grpc` is
+        False (the HTTP server's graceful stop still gives open gRPC calls proxy.grpcshutdowntimeout)."""
         for acc in self.acceptors:
             acc.close()
         for t in self.tasks:
@@ -280,4 +282,5 @@ class Edge:
                 await t
         for c in self.certs:
             await c.stop()
-        await self.grpc.close()
+        if grpc:
+            await self.grpc.close()

@@ -164,8 +164,9 @@ class Router:
             s.should_exit = True
         if self.workers:
             await self.workers.stop()
-        await self.edge.stop()
-        await asyncio.gather(*serving, return_exceptions=True)
+        await self.edge.stop(grpc=False)
+        await asyncio.gather(*serving, return_exceptions=True)  # open gRPC calls: proxy.grpcshutdowntimeout
+        await self.edge.grpc.close()
         registry.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await registry
