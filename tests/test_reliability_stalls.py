@@ -12,14 +12,16 @@ timeouts are generous hang guards, so "no client timeout" means the router answe
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from pathlib import Path
+from time import perf_counter
 
 import httpx
 import pytest
 
 from bench.faults import Instance, run_row
-from router.proxy.attempts import STALL_SAMPLES, Sender
+from router.proxy.attempts import STALL_SAMPLES, Sender, Stalled
 from router.proxy.balance import Balancer
 from router.proxy.budget import RetryBudget
 from router.proxy.instance import STALL_TRIES, InstanceState
@@ -102,6 +104,37 @@ def test_no_retry_or_hedge_goes_to_a_stalled_instance_and_after_a_stall_only_to_
     assert sender._next(p, [0], now, answering=True) == 1
     sender.stall = 0.0  # proxy.stall.timeout=0: nothing is judged, any instance may be tried
     assert sender._next(p, [0, 1], now) == 2
+
+
+class _Waiting:
+    """Stands in for a Response waiting for its headers: records what the watchdog ended it with."""
+
+    def __init__(self) -> None:
+        self.ended: BaseException | None = None
+
+    def give_up(self, exc: BaseException) -> None:
+        self.ended = exc
+
+
+def test_the_watchdog_ends_only_tries_that_waited_their_stall_time_on_a_stalled_instance() -> None:
+    async def main() -> None:
+        sender, p = _picker()
+        now = perf_counter()
+        stalled, answered, _ = p.states
+        stalled.unanswered, stalled.silent_since = STALL_TRIES + 2, now - 3.0
+        old, new = _Waiting(), _Waiting()
+        stalled.waiting = {old: (now - 2.0, 1.0), new: (now + 0.9, 1.0)}  # sent 3 s and 0.1 s ago
+        answered.unanswered, answered.waiting = 0, {_Waiting(): (now - 2.0, 1.0)}  # it answered since
+        sender._suspects = {stalled, answered}
+        sender._watch()
+        assert isinstance(old.ended, Stalled) and new.ended is None
+        assert list(stalled.waiting) == [new]  # still waiting: its own stall time has not passed
+        assert sender.lb.stalls == 1 and sender.lb.ejections == 1 and stalled.until > now
+        assert sender._suspects == {stalled}  # the one that answered is no longer watched
+        assert sender._tick is not None  # ... and the watchdog stays armed for the other
+        sender._tick.cancel()
+
+    asyncio.run(main())
 
 
 # --- end to end, real processes
