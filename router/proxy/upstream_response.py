@@ -198,27 +198,27 @@ class Response:
         if self._released:
             return
         self._released = True
-        o = self.owner
-        if o is not None:
-            self.owner = None
-            o.outstanding -= 1
-            o.waiting.pop(self, None)
+        self._leave_owner()
         w = self._writer
         uploaded = w is None or (w.done() and not w.cancelled())
         if w is not None and not w.done():
             w.cancel()  # answered before the upload ended: that request is half-written, drop it
         self._conn.finished(self, reusable=uploaded and self._done and self._error is None and not self._chunks)
 
+    def _leave_owner(self) -> None:
+        """This request no longer counts as in flight (or waiting for headers) on its instance."""
+        o = self.owner
+        if o is not None:
+            self.owner = None
+            o.outstanding -= 1
+            o.waiting.pop(self, None)
+
     def close(self) -> None:
         if not self._headers_fut.done():
             self._headers_fut.cancel()  # nobody waits for it any more
         if not self._released:
             self._released = True
-            o = self.owner
-            if o is not None:
-                self.owner = None
-                o.outstanding -= 1
-                o.waiting.pop(self, None)
+            self._leave_owner()
             if self._writer is not None and not self._writer.done():
                 self._writer.cancel()
             self._conn.finished(self, reusable=False)
