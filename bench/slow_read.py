@@ -23,7 +23,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -37,7 +36,7 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.http_bench import nginx_conf  # noqa: E402
-from tests.router_proc import ROOT, RouterProc, free_port  # noqa: E402
+from tests.router_proc import ROOT, RouterProc, free_port, wait_port  # noqa: E402
 
 SLOWHTTPTEST = shutil.which("slowhttptest") or "/usr/bin/slowhttptest"
 
@@ -178,13 +177,7 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="slow-read-"))
     origin = start_origin(args.origin, port, args.answer, tmp)
     try:
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                time.sleep(0.05)
+        wait_port(port, timeout=15)
         routes = f"route add svc /public http://127.0.0.1:{port}/"
         with RouterProc.static(routes, "-proxy.maxconn", "4000", "-proxy.workers", str(args.workers),
                                *args.flags) as router:

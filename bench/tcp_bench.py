@@ -45,6 +45,7 @@ from bench.http_bench import (  # noqa: E402
     router_version,
     write_block,
 )
+from tests.router_proc import wait_port  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 MARKS = ("<!-- tcp-bench:start -->", "<!-- tcp-bench:end -->")
@@ -65,19 +66,6 @@ def sink_main(port: int) -> None:
     while True:
         c, _ = srv.accept()
         threading.Thread(target=one, args=(c,), daemon=True).start()
-
-
-def wait_port(port: int, proc: subprocess.Popen | None = None, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"exited with {proc.returncode}")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            return
-        except OSError:
-            time.sleep(0.1)
-    raise RuntimeError(f"nothing listens on {port} after {timeout:.0f}s")
 
 
 def cpu_seconds(pid: int) -> float:

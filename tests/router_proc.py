@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import ssl
 import subprocess
 import sys
@@ -20,6 +21,21 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def free_port() -> int:
     return free_ports(1)[0]
+
+
+def wait_port(port: int, proc: subprocess.Popen | None = None, timeout: float = 30) -> None:
+    """Until something accepts on 127.0.0.1:`port` (a server started in another process); raises if `proc`
+    exits first or nothing listens after `timeout` seconds (a hang guard, not a bound)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"exited with {proc.returncode} before listening on {port}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on {port} after {timeout:.0f}s")
 
 
 def pid_alive(pid: int) -> bool:

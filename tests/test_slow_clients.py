@@ -26,7 +26,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from tests.router_proc import ROOT, RouterProc, free_port
+from tests.router_proc import ROOT, RouterProc, free_port, wait_port
 from tests.test_reliability_soak import rss_kib
 
 SLOWHTTPTEST = shutil.which("slowhttptest") or "/usr/bin/slowhttptest"
@@ -79,13 +79,7 @@ def origin() -> Iterator[int]:
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "tests.test_slow_clients", str(port)], cwd=ROOT,
                             env={**os.environ, "SLOW_ANSWER": str(ANSWER)})
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            break
-        except OSError:
-            time.sleep(0.05)
+    wait_port(port, proc, timeout=15)
     yield port
     proc.kill()
     proc.wait()
