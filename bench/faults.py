@@ -9,6 +9,7 @@ seconds. Faults:
 - blackholed: killed, and its port taken by a listener with backlog 0 whose queue is full and never
   accepted, so SYNs are dropped and connects hang (a real blackhole). Healed: restarted.
 - stalled: accepts and reads requests, never answers. slow: answers in 10x the others' time.
+- body-stalled: sends the response headers (with a Content-Length), then never the body.
 - failing: answers every request 503. reset: sends the headers and part of the body, then a TCP reset.
 - all-failing, all-blackholed, all-stalled: all three at once (honest 502/503/504 expected, retries
   within the budget; with no response-header timeout configured, a stall can only end at the client).
@@ -50,7 +51,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 BASE_LATENCY = 0.005  # seconds an instance takes to answer; slow: 10x
-ROWS = ("killed", "blackholed", "stalled", "slow", "failing", "reset", "all-failing", "all-blackholed", "all-stalled")
+ROWS = ("killed", "blackholed", "stalled", "body-stalled", "slow", "failing", "reset", "all-failing", "all-blackholed", "all-stalled")
 PROXIES = ("router", "traefik", "caddy", "nginx")
 MARK_START = "<!-- faults-bench:start -->"
 MARK_END = "<!-- faults-bench:end -->"
@@ -60,7 +61,7 @@ MARK_END = "<!-- faults-bench:end -->"
 
 
 def serve(port: int, name: str) -> None:
-    """A backend whose behaviour is switched by POST /__fault?mode=ok|slow|stall|fail|reset."""
+    """A backend whose behaviour is switched by POST /__fault?mode=ok|slow|stall|nobody|fail|reset."""
     from aiohttp import web
 
     state = {"mode": "ok"}
@@ -71,7 +72,7 @@ def serve(port: int, name: str) -> None:
         if request.path == "/__seen":
             return web.json_response(seen)
         state["mode"] = request.query.get("mode", "ok")
-        if state["mode"] != "stall":  # a stalled process that recovers answers what it had queued
+        if state["mode"] not in ("stall", "nobody"):  # a stalled process that recovers answers what it had queued
             never.set()
             never.clear()
         return web.Response(text=state["mode"])
@@ -88,6 +89,14 @@ def serve(port: int, name: str) -> None:
                 seen.append(request.headers.get("x-req-id", ""))
             await never.wait()
         await asyncio.sleep(BASE_LATENCY * (10 if mode == "slow" else 1))
+        if mode == "nobody":  # the head goes out, the body never (until healed)
+            body = (name + "\n").encode() * 200
+            resp = web.StreamResponse(headers={"X-Backend": name})
+            resp.content_length = len(body)
+            await resp.prepare(request)
+            await never.wait()
+            await resp.write(body)
+            return resp
         if mode == "fail":
             return web.Response(status=503, text="failing\n")
         body = (name + "\n").encode() * 200
@@ -469,7 +478,7 @@ def fault(inst: Instance, kind: str) -> None:
         inst.kill()
         inst.blackhole()
     else:
-        inst.mode({"stalled": "stall", "slow": "slow", "failing": "fail", "reset": "reset"}[kind])
+        inst.mode({"stalled": "stall", "body-stalled": "nobody", "slow": "slow", "failing": "fail", "reset": "reset"}[kind])
 
 
 def heal(inst: Instance, kind: str) -> None:

@@ -20,7 +20,7 @@ RATE = 100.0  # requests/s from 16 clients; the machine is shared
 HEAL = 4.0  # seconds of load after healing: twice proxy.eject.maxduration (2s), the longest ejection
 
 
-@pytest.mark.parametrize("fault", ["killed", "blackholed", "stalled", "slow", "failing", "reset"])
+@pytest.mark.parametrize("fault", ["killed", "blackholed", "stalled", "body-stalled", "slow", "failing", "reset"])
 def test_one_bad_instance_costs_no_idempotent_request(fault: str, tmp_path: Path) -> None:
     row = run_row("router", fault, rate=RATE, baseline=2.0, during=4.0, after=HEAL, flags=[], tmp=tmp_path)
     print(f"{fault}: {row.requests} requests, outcomes {row.outcomes}, {row.slow} slower than 1 s, "

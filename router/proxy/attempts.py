@@ -346,7 +346,18 @@ class Sender:
             picker.observe_route(rtt, now, lb.inv_tau)
             if resend and self.buffer and not resp.complete:
                 try:
-                    await resp.fill(self.buffer, self._per_try(picker))
+                    per_try = self._per_try(picker)
+                    await resp.fill(self.buffer, per_try)
+                    if resp.sized_and_silent and (after := self._stall_after(picker)):
+                        # headers, then no body: wait out the stall time, then go where bodies come
+                        await resp.fill(self.buffer, max(0.0, after - per_try))
+                        now = perf_counter()
+                        if resp.sized_and_silent and (j := self._next(picker, tried, now, answering=True)) >= 0:
+                            resp.close()
+                            lb.try_failed(st, now - t0, now, f"sent headers, then no body for {max(after, per_try):g}s")
+                            lb.retries += 1
+                            idx = j
+                            continue
                 except (UpstreamError, Stale) as e:
                     resp.close()
                     now = perf_counter()

@@ -107,6 +107,18 @@ class Response:
         """The whole body is here (buffered or consumed) and the connection did not break."""
         return self._done and self._error is None
 
+    @property
+    def sized_and_silent(self) -> bool:
+        """Headers came with a Content-Length > 0 and not one byte of that body has followed. Asked only when
+        a fill ran out of time (not per request): a sized body that does not start is a stalled instance,
+        where a chunked or close-delimited one (server-sent events, long polls) may rightly wait."""
+        if self._done or self._buffered or self._chunks or self._error is not None:
+            return False
+        for n, v in self.raw_headers:
+            if n.lower() == b"content-length":
+                return v.strip().isdigit() and int(v) > 0
+        return False
+
     async def fill(self, limit: int, timeout: float) -> None:
         """Hold back the body until it is complete, `limit` bytes are buffered or `timeout` passed, so a
         connection that breaks early can still be retried elsewhere; raises its error if it broke."""
