@@ -8,14 +8,18 @@ own process for gRPC (h2c upstream: the router's `grpc://` route, Traefik's `h2c
 targets interleaved in an order rotated each round, it measures with clients nobody here wrote:
 
 - HTTPS keep-alive: `wrk -t1 -c50` (HTTP/1.1 over TLS, connections kept);
-- new TLS 1.3 handshakes per second: `wrk -t1 -c10 -H 'Connection: close'` (every request on a new
-  connection, a full handshake each: wrk does not resume sessions) and `openssl s_time -new` (sequential
-  handshakes, no request);
+- new TLS 1.3 handshakes per second: `openssl s_time -new` (full handshakes, no request), beside
+  `s_time -reuse` (resumed) and `wrk -t1 -c10 -H 'Connection: close'` (a new connection per request; wrk
+  resumes its TLS session, so this is mostly resumed handshakes, as the servers' session counters show);
 - HTTP/2: `h2load -c10 -m10` (10 connections x 10 streams, ALPN h2);
 - gRPC unary calls/s: the same grpcio client for both (one channel, `--grpc-concurrency` calls in flight).
 
 Ratios are router/Traefik per round, median over rounds (http_bench.paired_ratio). Loopback only; the
 machine is shared, so only ratios within one run mean anything. Run `bench/tools.sh` first.
+
+Past 400 lines on purpose: both proxies' configuration, the gRPC server and client processes this module
+runs as (`bench/tls_bench.py --grpc-server PORT`, `--grpc-client`), the measures and the report are read together to check one
+figure.
 """
 
 from __future__ import annotations

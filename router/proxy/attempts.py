@@ -27,8 +27,16 @@ The rules (issue 17; docs/reliability.md has the measured effect):
   time one request takes. A request that cannot be sent twice is moved off a first pick that is
   stalled or failed since its last success, when a sound instance exists: a POST is never the probe
   that finds out whether an instance is back (idempotent requests are, one at a time, by p2c).
+* A body that does not start: an idempotent answer whose headers came with a Content-Length and then not
+  one byte of that body within the per-try timeout waits out the stall time, then goes to an instance that
+  answers (within the budget). Chunked and close-delimited answers (server-sent events, long polls) are
+  never cut this way.
 
 The common case runs inline and creates no task: a task is made only to dial, and for a hedge.
+
+Past 400 lines on purpose: the tries of one request are one state machine (`send` and its hedges, the
+retry rules, the stall watchdog that cuts its waits), and the hot path runs through it inline; split, each
+rule would be read without the others it interacts with.
 """
 
 from __future__ import annotations
