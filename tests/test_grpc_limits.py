@@ -77,18 +77,26 @@ def _handlers() -> grpc.GenericRpcHandler:
     })
 
 
-@pytest.fixture(scope="module")
-def sized_router() -> Iterator[int]:
-    big = [("grpc.max_receive_message_length", 1 << 24), ("grpc.max_send_message_length", 1 << 24)]
-    srv = grpc.server(futures.ThreadPoolExecutor(4), options=big)
+def _instance_and_router(*flags: str, options: list | None = None) -> tuple[grpc.Server, RouterProc, int]:
+    """A grpcio instance serving _handlers(), and a router (not started) with a proto=grpc listener on a free
+    port routing /test.Size to it: (server, router, that listener's port)."""
+    srv = grpc.server(futures.ThreadPoolExecutor(4), options=options)
     srv.add_generic_rpc_handlers((_handlers(),))
     port = srv.add_insecure_port("127.0.0.1:0")
     srv.start()
     gport = free_port()
     r = RouterProc("-registry.backend", "static", "-registry.static.routes",
-                   f'route add size /test.Size grpc://127.0.0.1:{port} opts "proto=grpc"',
-                   "-proxy.grpcmaxrxmsgsize", str(RX), "-proxy.grpcmaxtxmsgsize", str(TX), env={"ROUTER_LISTENER": "own"})
+                   f'route add size /test.Size grpc://127.0.0.1:{port} opts "proto=grpc"', *flags,
+                   env={"ROUTER_LISTENER": "own"})
     r.flags[1] += f",127.0.0.1:{gport};proto=grpc"
+    return srv, r, gport
+
+
+@pytest.fixture(scope="module")
+def sized_router() -> Iterator[int]:
+    big = [("grpc.max_receive_message_length", 1 << 24), ("grpc.max_send_message_length", 1 << 24)]
+    srv, r, gport = _instance_and_router("-proxy.grpcmaxrxmsgsize", str(RX), "-proxy.grpcmaxtxmsgsize", str(TX),
+                                         options=big)
     with r:
         yield gport
     srv.stop(0)
@@ -227,15 +235,7 @@ def test_open_grpc_streams_get_grpcshutdowntimeout_at_a_graceful_stop() -> None:
     import signal
     import subprocess
 
-    srv = grpc.server(futures.ThreadPoolExecutor(4))
-    srv.add_generic_rpc_handlers((_handlers(),))
-    port = srv.add_insecure_port("127.0.0.1:0")
-    srv.start()
-    gport = free_port()
-    r = RouterProc("-registry.backend", "static", "-registry.static.routes",
-                   f'route add size /test.Size grpc://127.0.0.1:{port} opts "proto=grpc"',
-                   "-proxy.grpcshutdowntimeout", "3s", env={"ROUTER_LISTENER": "own"})
-    r.flags[1] += f",127.0.0.1:{gport};proto=grpc"
+    srv, r, gport = _instance_and_router("-proxy.grpcshutdowntimeout", "3s")
     outbox: queue.Queue[bytes | None] = queue.Queue()
 
     def messages() -> Iterator[bytes]:
