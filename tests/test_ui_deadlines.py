@@ -2,7 +2,9 @@
 request does not arrive within rt, or whose answer is not written within wt, and nothing else.
 
 The real router for the read deadline (a client that stops inside its request head, beside keep-alive
-clients that must keep working); uvicorn's protocol with an app that never answers for the write one."""
+clients that must keep working); uvicorn's protocol with an app that never answers for the write one.
+`pxyproto=true` on ui.addr (router/listen/ui_proxyproto.py): the real router with a Consul agent, whose UI
+write guard shows which client address a request was given."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ import asyncio
 import socket
 import time
 
+import httpx
 import uvicorn
 from uvicorn.server import ServerState
 
@@ -143,3 +146,35 @@ def test_no_deadlines_keep_uvicorns_own_protocol() -> None:
     cls = with_deadlines(1.5, 0.0)
     assert cls is not None and issubclass(cls, DeadlineProtocol)
     assert (cls.read_timeout, cls.write_timeout) == (1.5, 0.0)
+
+
+def _save(port: int, proxy_header: bytes) -> bytes:
+    """A UI write (PUT /api/manual) on a new connection, after `proxy_header`; the answer's status line."""
+    body = b'{"value": "route del x\\n", "version": "0"}'
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(proxy_header + b"PUT /api/manual HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                  b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(body) + body)
+        got = _read_all(s, time.monotonic() + 15)
+    return got.split(b"\r\n", 1)[0] + b" " + got.rsplit(b"\r\n\r\n", 1)[-1]
+
+
+def test_ui_behind_a_proxy_protocol_balancer_sees_the_headers_client(consul_agent) -> None:  # type: ignore[no-untyped-def]
+    # a real Consul: the write guard judges the client before the override is saved there
+    r = RouterProc("-registry.consul.addr", consul_agent.addr, "-registry.consul.kvpath",
+                   f"/ui-pxyproto-{time.monotonic_ns()}/config")
+    r.flags += ["-ui.addr", f"127.0.0.1:{r.ui_port};pxyproto=true;pxytimeout=2s"]
+    with r:
+        # the header names a remote client: the UI's write guard refuses it, as it would that host itself
+        remote = _save(r.ui_port, b"PROXY TCP4 203.0.113.7 127.0.0.1 40000 %d\r\n" % r.ui_port)
+        assert remote.startswith(b"HTTP/1.1 403") and b"other hosts than loopback" in remote, remote
+        # the same write from loopback, with a v1 header or none at all (served directly, as fabio's listener)
+        first = _save(r.ui_port, b"PROXY TCP4 127.0.0.1 127.0.0.1 40001 %d\r\n" % r.ui_port)
+        assert first.startswith(b"HTTP/1.1 200"), first  # saved
+        again = _save(r.ui_port, b"")  # version 0 again: past the guard, Consul's compare-and-set refuses it
+        assert again.startswith(b"HTTP/1.1 409"), again
+        # a header that starts and is garbage: the connection is closed, nothing is served
+        with socket.create_connection(("127.0.0.1", r.ui_port), timeout=10) as s:
+            s.sendall(b"PROXY TCP4 not-an-address\r\nGET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+            bad = _read_all(s, time.monotonic() + 15)
+        assert bad.endswith((b"<closed>", b"<reset>")) and b"200" not in bad, bad
+        assert httpx.get(f"{r.ui}/health", timeout=5).status_code == 200  # the readiness path still works

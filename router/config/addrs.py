@@ -17,14 +17,8 @@ FABIO_LISTENER_PROTOS = ("http", "https", "tcp", "tcp+sni", "tcp-dynamic", "http
                          "prometheus")
 SUPPORTED_LISTENER_OPTIONS = {"proxy.addr": ("proto", "it"),
                               "ui.addr": ("proto", "it", "rt", "wt", "cs", "strictmatch", "tlsmin", "tlsmax",
-                                          "tlsciphers")}
+                                          "tlsciphers", "pxyproto", "pxytimeout")}
 _LISTENER_OPTION_NOTES = {
-    "pxyproto": "a PROXY protocol header is not read: such connections get 400",
-    "pxytimeout": "the PROXY protocol is not supported",
-    "strictmatch": "there are no TLS listeners",
-    "tlsmin": "there are no TLS listeners",
-    "tlsmax": "there are no TLS listeners",
-    "tlsciphers": "there are no TLS listeners",
     "refresh": "tcp-dynamic listeners are not supported",
 }
 

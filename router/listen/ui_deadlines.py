@@ -10,6 +10,9 @@ requests has no read deadline: that is `it=`, uvicorn's keep-alive timeout.
 
 One timer per connection with a deadline, armed at the nearest one: the UI serves few requests, and a
 connection without `rt=`/`wt=` pays nothing.
+
+The same class carries the client address a PROXY protocol header named (`pxyproto=true` on ui.addr,
+router/listen/ui_proxyproto.py): uvicorn takes the client from the socket, so `client_override` replaces it.
 """
 
 from __future__ import annotations
@@ -32,9 +35,12 @@ class DeadlineProtocol(HttpToolsProtocol):
         self.read_by = 0.0  # loop.time() deadlines, 0 = none
         self.write_by = 0.0
         self.timer: asyncio.TimerHandle | None = None
+        self.client_override: tuple[str, int] | None = None  # from a PROXY header, set before connection_made
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        if self.client_override is not None:
+            self.client = self.client_override
         if self.read_timeout:
             self.read_by = self.loop.time() + self.read_timeout
             self._arm()
@@ -86,10 +92,10 @@ class DeadlineProtocol(HttpToolsProtocol):
             self._arm()
 
 
-def with_deadlines(read_timeout: float, write_timeout: float) -> type[DeadlineProtocol] | None:
+def with_deadlines(read_timeout: float, write_timeout: float, always: bool = False) -> type[DeadlineProtocol] | None:
     """The protocol class for uvicorn's `http=` that applies these deadlines; None if both are 0 (uvicorn's
-    own protocol then, untouched)."""
-    if read_timeout <= 0 and write_timeout <= 0:
+    own protocol then, untouched) unless `always` (the PROXY protocol needs `client_override`)."""
+    if read_timeout <= 0 and write_timeout <= 0 and not always:
         return None
     return type("UIDeadlineProtocol", (DeadlineProtocol,), {"read_timeout": max(read_timeout, 0.0),
                                                             "write_timeout": max(write_timeout, 0.0)})
