@@ -144,3 +144,24 @@ def test_static_routes_open_at_once_and_zero_timeout_opens_without_table() -> No
             time.sleep(0.02)
         assert data.startswith(b"HTTP/1.1 503") and NOT_LOADED in data
         assert "registry.timeout=0: the proxy listeners open before the first routing table" in r.output()
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_edge_listeners_are_bound_but_closed_until_a_table(workers: str) -> None:
+    """The gRPC (the HTTP server's other listeners, HTTPS alike) and TCP listeners follow the same rule:
+    bound at start (nobody else can take the port) but refusing connections while there is no table."""
+    grpc_port, tcp_port = free_port(), free_port()
+    r = RouterProc("-registry.consul.addr", f"127.0.0.1:{free_port()}", "-registry.timeout", "10m",
+                   "-proxy.workers", workers, wait_ready=False)
+    r.flags += ["-proxy.addr", f"127.0.0.1:{r.proxy_port};proto=http,127.0.0.1:{grpc_port};proto=grpc,"
+                               f"127.0.0.1:{tcp_port};proto=tcp"]
+    with r:  # the UI answers once every proxy socket is bound (in this process, or in both workers)
+        if workers == "2":
+            ws = httpx.get(r.ui + "/api/status", timeout=10).json()["workers"]
+            assert len(ws) == 2 and not any(w["listening"] for w in ws)
+        for port in (r.proxy_port, grpc_port, tcp_port):
+            assert get(port) is None, port  # refused: nothing listens
+            with socket.socket() as s, pytest.raises(OSError):  # but the port is taken
+                s.bind(("127.0.0.1", port))
+        assert httpx.get(r.ui + "/health", timeout=10).status_code == 503
+        assert r.proc is not None and r.proc.poll() is None
