@@ -9,8 +9,9 @@ them to its own TableBuilder, so the same inputs give the same table. A worker s
 restarted after a crash) first gets the whole current state. A worker binds its sockets at once but
 listens on them only once it has a table, or when the main process says so (`registry.timeout` passed
 without one: router/run/gate.py), so the kernel never hands a connection to a worker that could only
-answer 503 "routing table not loaded yet"; workers stop when the main process says so or when the pipe closes (the main process died), and on
-SIGTERM keep serving for proxy.shutdownwait like the main process does.
+answer 503 "routing table not loaded yet". Workers stop when the main process says so or when the pipe
+closes (the main process died), and on SIGTERM keep serving for proxy.shutdownwait like the main
+process does.
 
 Frames on the pipe: 4-byte big-endian length + pickle. Main -> worker: ("config", Config),
 ("apply", services, manual), ("noroute", html), ("open",), ("stop",). Worker -> main: ("bound", pid) (its
@@ -18,6 +19,9 @@ sockets are bound; it listens on them at its first table or at "open"), ("open",
 ("stats", pid, requests, routes, counters), where counters holds the per-route request counters that
 changed since the last report (router/proxy/stats.py) and the process-wide ones (no-route, WebSockets, upstream
 connect failures, retries, ejections); the main process sums them for /metrics and the routes page. Only the main process and its own children hold the pipe ends.
+
+Past 400 lines on purpose: both ends of the one pipe protocol (the main process's pool, the worker's
+loop) stay together, so every message is read beside the code that answers it.
 """
 
 from __future__ import annotations
