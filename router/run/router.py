@@ -120,8 +120,9 @@ class Router:
         """The proxy listeners accept connections: this process's, or every worker's (for /health)."""
         return self.workers.listening if self.workers is not None else self._open
 
-    async def _open_proxy(self, gate: Gate, proxy_srv) -> None:  # type: ignore[no-untyped-def]
-        """The proxy listeners open after the first table or registry.timeout (router/run/gate.py)."""
+    async def _open_proxy(self, gate: Gate, proxy_srv, served: bool) -> None:  # type: ignore[no-untyped-def]
+        """The proxy listeners open after the first table or registry.timeout (router/run/gate.py);
+        `listening` turns true once every socket listens (`served`: proxy_srv binds its own first)."""
         reason = await gate.wait()
         log_open(reason, self.state, gate.bound, lambda: self.status.errors[-1][1] if self.status.errors else "")
         if self.workers is not None:
@@ -130,6 +131,8 @@ class Router:
             return
         await proxy_srv.open()
         self.edge.open()
+        while served and not proxy_srv.started:  # its serve() task has not bound and added its sockets yet
+            await asyncio.sleep(0.01)
         self._open = True
 
     async def serve(self) -> None:
@@ -164,7 +167,7 @@ class Router:
         gate = Gate(self.state, self.cfg["registry.timeout"])  # before the registry: it sees the first table
         registry = asyncio.create_task(self.registry(), name="registry")
         serving += [asyncio.create_task(s.serve(), name="server") for s in servers]
-        opener = asyncio.create_task(self._open_proxy(gate, proxy_srv), name="open")
+        opener = asyncio.create_task(self._open_proxy(gate, proxy_srv, bool(plain or others)), name="open")
         waiter = asyncio.create_task(stop.wait())
         done, _ = await asyncio.wait([waiter, *serving], return_when=asyncio.FIRST_COMPLETED)
         if waiter not in done:  # a server failed to start (port in use, ...)

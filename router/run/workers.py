@@ -322,6 +322,7 @@ async def _worker(pipe: socket.socket) -> int:
     edge = Edge(cfg, state, reuse_port=True, held=True)  # the TLS, TCP and gRPC listeners, in every worker too
     ready = asyncio.Event()  # a table, or the main process's "open"
     state.on_swap.append(lambda _services: ready.set())
+    bound = asyncio.Event()  # every socket is bound: "open" is reported only once they all listen
     plain, others = edge.http_split()
     try:
         sockets = [listen_socket(cfg["proxy.addr"], reuse_port=True)] if plain else []
@@ -368,6 +369,7 @@ async def _worker(pipe: socket.socket) -> int:
 
     async def opener() -> None:
         await ready.wait()
+        await bound.wait()
         if not server.should_exit:
             await server.open()
             edge.open()
@@ -392,6 +394,7 @@ async def _worker(pipe: socket.socket) -> int:
               file=sys.stderr)
         return 2
     writer.write(_frame(("bound", os.getpid())))
+    bound.set()
     await serving
     await edge.stop()
     for t in tasks:
