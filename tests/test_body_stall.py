@@ -115,7 +115,7 @@ def test_a_post_whose_sized_body_never_starts_is_answered_504_and_a_paused_chunk
 
 def test_a_get_on_a_route_of_one_instance_is_bounded_the_same_way() -> None:
     """One instance: nowhere to retry a GET either, so the same rule ends it (counted as the instance's
-    failure, an ejection candidate like any 504)."""
+    failure, an ejection candidate like any 504). A HEAD, whose answer has no body, is not touched."""
     up = HeadThenStall()
     try:
         with RouterProc.static(f"route add svc /b http://127.0.0.1:{up.port}/") as r:
@@ -123,5 +123,7 @@ def test_a_get_on_a_route_of_one_instance_is_bounded_the_same_way() -> None:
             resp = httpx.get(r.url + "/b/sized", timeout=60)  # a hang guard
             assert (resp.status_code, resp.text) == (504, "upstream sent its headers, then no body\n")
             assert up.seen == ["/b/sized"] and _counter(r, "upstream_retries") == before
+            head = httpx.head(r.url + "/b/sized", timeout=60)  # the same head answers a HEAD: no body is due
+            assert head.status_code == 200 and head.headers["content-length"] == "100"
     finally:
         up.close()
