@@ -57,30 +57,38 @@ def first_health_after_sigterm(r: RouterProc, send_signal) -> int:  # type: igno
     return health(r)
 
 
-def wait_in_flight(backend: Backend, prefix: str) -> None:
-    wait_for(lambda: any(q.path.startswith(prefix) for q in backend.requests), "the slow request upstream")
-
-
 def test_sigterm_drains(backend: Backend) -> None:
-    routes = f"route add svc /plain http://127.0.0.1:{backend.port}/"
-    r = RouterProc.static(routes, "-proxy.shutdownwait", "2s")
-    with r:
-        assert r.proc is not None
-        results: dict[str, int] = {}
+    """One process: /health is 503 at once, new requests are still served during proxy.shutdownwait, and
+    a request in flight past the end of the wait (held by its upstream until the port has closed)
+    completes; the exit code is 0."""
+    holder = Holder()
+    routes = (f"route add svc /plain/held http://127.0.0.1:{holder.port}/\n"
+              f"route add svc /plain http://127.0.0.1:{backend.port}/")
+    r = RouterProc.static(routes, "-proxy.shutdownwait", "4s")
+    try:
+        with r:
+            assert r.proc is not None
+            results: dict[str, object] = {}
 
-        def slow() -> None:
-            results["slow"] = httpx.get(r.url + "/plain/slow?s=3", timeout=20).status_code
+            def held() -> None:
+                resp = httpx.get(r.url + "/plain/held", timeout=120)
+                results["held"] = (resp.status_code, resp.text)
 
-        t = threading.Thread(target=slow)
-        t.start()
-        wait_in_flight(backend, "/plain/slow")
-        assert first_health_after_sigterm(r, lambda: r.proc.send_signal(signal.SIGTERM)) == 503
-        assert health(r) == 503  # and it stays so
-        assert httpx.get(r.url + "/plain/new", timeout=5).status_code == 200  # still serving
-        assert r.proc.poll() is None
-        t.join(20)
-        assert results == {"slow": 200}  # in flight past the end of the wait, and still finished
-        assert r.proc.wait(15) == 0
+            t = threading.Thread(target=held)
+            t.start()
+            wait_for(lambda: holder.waiting, "the held request upstream", timeout=60)
+            assert first_health_after_sigterm(r, lambda: r.proc.send_signal(signal.SIGTERM)) == 503
+            assert health(r) == 503  # and it stays so
+            assert httpx.get(r.url + "/plain/new", timeout=30).status_code == 200  # still serving
+            wait_for(lambda: refused(r.proxy_port), "the proxy port to close after proxy.shutdownwait", timeout=60)
+            assert t.is_alive() and results == {} and r.proc.poll() is None
+            holder.release.set()
+            t.join(60)
+            assert results == {"held": (200, "held\n")}  # in flight past the end of the wait, and still finished
+            assert r.proc.wait(60) == 0
+    finally:
+        holder.release.set()
+        holder.sock.close()
 
 
 def _worker_pids(r: RouterProc) -> list[int]:
