@@ -32,20 +32,40 @@ class BackendProc:
 
     def __init__(self, name: str, port: int | None = None) -> None:
         self.name = name
+        self.fixed = port is not None  # a port the test chose: never swapped for another
         self.port = port or free_port()
         self.proc: subprocess.Popen | None = None
 
-    def start(self) -> BackendProc:
+    def spawn(self) -> BackendProc:
+        """Start the process without waiting for it (several can then start at once: wait() each)."""
         self.proc = subprocess.Popen([sys.executable, "-m", "tests.backend_proc", str(self.port), self.name],
                                      cwd=ROOT, start_new_session=True)
-        deadline = time.monotonic() + 15
+        return self
+
+    def wait(self, timeout: float = 90.0) -> BackendProc:
+        """Until it answers with its name. `timeout` is a hang guard, not a bound: a loaded machine may take
+        many seconds to start a Python process. A process that exits first (its free port was taken by
+        someone else meanwhile) is started again on another port."""
+        deadline = time.monotonic() + timeout
+        restarts = 0
         while time.monotonic() < deadline:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                if self.fixed or restarts >= 3:
+                    raise RuntimeError(f"backend process {self.name} exited with {self.proc.returncode}")
+                restarts += 1
+                self.port = free_port()
+                self.spawn()
+                continue
             try:
-                if httpx.get(f"http://127.0.0.1:{self.port}/", timeout=1).text.strip() == self.name:
+                if httpx.get(f"http://127.0.0.1:{self.port}/", timeout=5).text.strip() == self.name:
                     return self
             except httpx.HTTPError:
                 time.sleep(0.05)
-        raise RuntimeError(f"backend process {self.name} did not start")
+        raise RuntimeError(f"backend process {self.name} did not answer within {timeout:.0f}s (hang guard)")
+
+    def start(self) -> BackendProc:
+        return self.spawn().wait()
 
     def kill(self) -> None:
         """SIGKILL: no deregistration, no goodbye; the port refuses connections from now on."""

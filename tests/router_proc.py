@@ -81,7 +81,7 @@ class RouterProc:
             [sys.executable, "-m", "router", *self.flags],
             cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT, env=self.env, start_new_session=True,
         )
-        deadline = time.monotonic() + 20
+        deadline = time.monotonic() + 60  # a hang guard, not a bound: a loaded machine starts slowly
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"router exited with {self.proc.returncode}:\n{self.output()}")
@@ -92,7 +92,7 @@ class RouterProc:
             except httpx.HTTPError:
                 pass
             time.sleep(0.05)
-        raise RuntimeError(f"router not ready within 20s:\n{self.output()}")
+        raise RuntimeError(f"router not ready within 60s:\n{self.output()}")
 
     def _ui_verify(self) -> ssl.SSLContext | bool:
         return ssl.create_default_context(cafile=self.ui_ca) if self.ui_ca else True

@@ -12,6 +12,7 @@ import pytest
 from router.proxy.balance import Balancer
 from router.proxy.ejection import EjectPolicy
 from tests.backends import Backend
+from tests.consul_helpers import wait_until
 from tests.router_proc import RouterProc, free_port
 
 
@@ -68,24 +69,36 @@ def _metric(r: RouterProc, name: str) -> float:
 
 
 def test_refusing_instance_is_ejected_and_comes_back(backend: Backend) -> None:
+    """2 refused connects eject it for 4 s; when that ran out it is tried again (half-open), fails and is
+    ejected for twice as long. Every request is answered by the live one. Counted, not timed: each ejection
+    after the first is one failed probe, so failures = ejections + 1 however slowly the requests go."""
     dead = free_port()
     routes = f"route add svc /ej http://127.0.0.1:{dead}/\nroute add svc /ej http://127.0.0.1:{backend.port}/"
+    gauge = f'consul_router_upstream_ejected{{target="127.0.0.1:{dead}"}} 1.0'
     with RouterProc("-registry.backend", "static", "-registry.static.routes", routes, "-proxy.strategy", "rr",
                     "-proxy.eject.failures", "2", "-proxy.eject.duration", "4s", "-proxy.eject.maxduration", "8s") as r:
-        with httpx.Client() as c:  # one connection: ten requests well within the 4s (a shared machine is slow)
-            for _ in range(10):
-                assert c.get(r.url + "/ej").status_code == 200
-        # 2 failures eject it; with rr the dead one would otherwise be hit by every other request (5 of 10)
-        assert _metric(r, "upstream_connect_failures_total") == 2
-        assert _metric(r, "upstream_ejections_total") == 1
-        assert _metric(r, "upstream_retries_total") == 2
-        assert f'consul_router_upstream_ejected{{target="127.0.0.1:{dead}"}} 1.0' in httpx.get(r.ui + "/metrics").text
-        time.sleep(4.2)  # past proxy.eject.duration: tried again (half-open), fails, ejected again
         with httpx.Client() as c:
-            for _ in range(4):
+            sent = 0
+            while _metric(r, "upstream_ejections_total") < 1:  # rr: the dead one gets every other request
                 assert c.get(r.url + "/ej").status_code == 200
-        assert _metric(r, "upstream_connect_failures_total") == 3
-        assert _metric(r, "upstream_ejections_total") == 2
+                sent += 1
+                assert sent < 20, r.output()
+            for _ in range(6):  # ejected: the live one answers them (or a probe fails, counted below)
+                assert c.get(r.url + "/ej").status_code == 200
+        failures, ejections = _metric(r, "upstream_connect_failures_total"), _metric(r, "upstream_ejections_total")
+        assert failures == ejections + 1 and _metric(r, "upstream_retries_total") == failures
+        assert "ejected for 4.0s" in r.output()
+
+        wait_until(lambda: gauge not in httpx.get(r.ui + "/metrics").text, timeout=60,
+                   message="the ejection to run out")  # past proxy.eject.duration: tried again
+        with httpx.Client() as c:
+            sent = 0
+            while _metric(r, "upstream_ejections_total") == ejections:  # the probe fails: ejected again
+                assert c.get(r.url + "/ej").status_code == 200
+                sent += 1
+                assert sent < 20, r.output()
+        failures, ejections = _metric(r, "upstream_connect_failures_total"), _metric(r, "upstream_ejections_total")
+        assert ejections >= 2 and failures == ejections + 1 and _metric(r, "upstream_retries_total") == failures
         assert "ejected for 8.0s" in r.output()  # the second ejection in a row lasts twice as long
 
 

@@ -149,7 +149,9 @@ def test_head_and_http10(router: RouterProc) -> None:
 
 
 def test_not_ready_is_503() -> None:
-    with RouterProc("-registry.consul.addr", f"127.0.0.1:{free_port()}", wait_ready=False) as r:
+    # registry.timeout=0: the proxy port opens before the first table (tests/test_startup_gate.py has the rule)
+    with RouterProc("-registry.consul.addr", f"127.0.0.1:{free_port()}", "-registry.timeout", "0",
+                    wait_ready=False) as r:
         assert httpx.get(r.url + "/anything").status_code == 503
         assert httpx.get(r.ui + "/health").status_code == 503
         assert r.proc is not None and r.proc.poll() is None

@@ -91,21 +91,29 @@ def test_rolling_update_under_300_rps(consul_agent, procs) -> None:
 
 
 def test_killed_instance_is_retried_and_ejected(consul_agent, procs) -> None:
-    """kill -9 without deregistering: idempotent GETs see no 5xx (retried elsewhere) and it is ejected."""
+    """kill -9 without deregistering: idempotent GETs see no 5xx (retried elsewhere) and it is ejected.
+
+    Conditions, not sleeps: the kill comes once the load has reached all three instances, and the load
+    stops once the instance is ejected and 200 more requests have been answered after that."""
     c = make_client(consul_agent.port)
     svc = f"kill9-{uid()}"
-    ps = [BackendProc(f"k{i}").start() for i in range(3)]
+    ps = [BackendProc(f"k{i}").spawn() for i in range(3)]
     procs.extend(ps)
     for p in ps:
+        p.wait()
         register(c, svc, f"{svc}-{p.name}", p.port, tags=[f"urlprefix-/{svc}"])
     router = start_router(consul_agent, "-proxy.eject.failures", "3", "-proxy.eject.duration", "60s")
     try:
-        wait_until(lambda: len(dsts(router, svc)) == 3, message="3 instances")
+        wait_until(lambda: len(dsts(router, svc)) == 3, timeout=60, message="3 instances")
         load = Load(router.url + f"/{svc}", rate=200, threads=8).start()
-        time.sleep(1)
-        ps[0].kill()
-        time.sleep(5)
-        load.stop()
+        try:
+            wait_until(lambda: all(load.bodies[p.name] > 0 for p in ps), timeout=60, message="load on all three")
+            ps[0].kill()
+            wait_until(lambda: total(router, "upstream_ejections") >= 1, timeout=60, message="the ejection")
+            after = load.total
+            wait_until(lambda: load.total >= after + 200, timeout=60, message="200 answers after the ejection")
+        finally:
+            load.stop()
         assert url(ps[0].port) in dsts(router, svc)  # still registered and passing in Consul: only ejection helps
         ejected = metric(router, "upstream_ejected")
         print(f"kill -9: {load.total} requests, outcomes {dict(load.outcomes)}; connect failures "

@@ -16,12 +16,14 @@ N = 10_000
 
 
 def test_a_ten_percent_canary_gets_ten_percent_of_10000_requests() -> None:
-    backs = [BackendProc(f"main{i}").start() for i in range(3)] + [BackendProc("canary").start()]
-    routes = "\n".join(
-        [f'route add svc /w http://127.0.0.1:{b.port}/ tags "main"' for b in backs[:3]]
-        + [f'route add svc /w http://127.0.0.1:{backs[3].port}/ tags "canary"',
-           'route weight svc /w weight 0.1 tags "canary"'])
+    backs = [BackendProc(f"main{i}").spawn() for i in range(3)] + [BackendProc("canary").spawn()]
     try:
+        for b in backs:  # started together, each awaited until it answers (a hang guard, not a bound)
+            b.wait()
+        routes = "\n".join(
+            [f'route add svc /w http://127.0.0.1:{b.port}/ tags "main"' for b in backs[:3]]
+            + [f'route add svc /w http://127.0.0.1:{backs[3].port}/ tags "canary"',
+               'route weight svc /w weight 0.1 tags "canary"'])
         with RouterProc.static(routes) as r:
             async def run() -> Counter[str]:
                 got: Counter[str] = Counter()

@@ -57,30 +57,38 @@ def first_health_after_sigterm(r: RouterProc, send_signal) -> int:  # type: igno
     return health(r)
 
 
-def wait_in_flight(backend: Backend, prefix: str) -> None:
-    wait_for(lambda: any(q.path.startswith(prefix) for q in backend.requests), "the slow request upstream")
-
-
 def test_sigterm_drains(backend: Backend) -> None:
-    routes = f"route add svc /plain http://127.0.0.1:{backend.port}/"
-    r = RouterProc.static(routes, "-proxy.shutdownwait", "2s")
-    with r:
-        assert r.proc is not None
-        results: dict[str, int] = {}
+    """One process: /health is 503 at once, new requests are still served during proxy.shutdownwait, and
+    a request in flight past the end of the wait (held by its upstream until the port has closed)
+    completes; the exit code is 0."""
+    holder = Holder()
+    routes = (f"route add svc /plain/held http://127.0.0.1:{holder.port}/\n"
+              f"route add svc /plain http://127.0.0.1:{backend.port}/")
+    r = RouterProc.static(routes, "-proxy.shutdownwait", "4s")
+    try:
+        with r:
+            assert r.proc is not None
+            results: dict[str, object] = {}
 
-        def slow() -> None:
-            results["slow"] = httpx.get(r.url + "/plain/slow?s=3", timeout=20).status_code
+            def held() -> None:
+                resp = httpx.get(r.url + "/plain/held", timeout=120)
+                results["held"] = (resp.status_code, resp.text)
 
-        t = threading.Thread(target=slow)
-        t.start()
-        wait_in_flight(backend, "/plain/slow")
-        assert first_health_after_sigterm(r, lambda: r.proc.send_signal(signal.SIGTERM)) == 503
-        assert health(r) == 503  # and it stays so
-        assert httpx.get(r.url + "/plain/new", timeout=5).status_code == 200  # still serving
-        assert r.proc.poll() is None
-        t.join(20)
-        assert results == {"slow": 200}  # in flight past the end of the wait, and still finished
-        assert r.proc.wait(15) == 0
+            t = threading.Thread(target=held)
+            t.start()
+            wait_for(lambda: holder.waiting, "the held request upstream", timeout=60)
+            assert first_health_after_sigterm(r, lambda: r.proc.send_signal(signal.SIGTERM)) == 503
+            assert health(r) == 503  # and it stays so
+            assert httpx.get(r.url + "/plain/new", timeout=30).status_code == 200  # still serving
+            wait_for(lambda: refused(r.proxy_port), "the proxy port to close after proxy.shutdownwait", timeout=60)
+            assert t.is_alive() and results == {} and r.proc.poll() is None
+            holder.release.set()
+            t.join(60)
+            assert results == {"held": (200, "held\n")}  # in flight past the end of the wait, and still finished
+            assert r.proc.wait(60) == 0
+    finally:
+        holder.release.set()
+        holder.sock.close()
 
 
 def _worker_pids(r: RouterProc) -> list[int]:
@@ -96,58 +104,85 @@ def test_sigterm_drains_with_two_workers(backend: Backend, target: str) -> None:
     """-proxy.workers 2 (production runs one worker per core). SIGTERM to the main process only (as
     `docker stop` sends it to PID 1) or to the whole process group (systemd, Ctrl-C in a terminal): /health
     is 503 at once, both workers keep serving new connections during proxy.shutdownwait, a request in
-    flight past the end of the wait completes, and every process exits 0."""
-    routes = f"route add svc /w2 http://127.0.0.1:{backend.port}/"
-    r = RouterProc.static(routes, "-proxy.workers", "2", "-proxy.shutdownwait", "4s")
-    with r:
-        proc = r.proc
-        assert proc is not None
-        pids = _worker_pids(r)
-        assert len(pids) == 2
-        results: dict[str, object] = {}
+    flight past the end of the wait completes, and every process exits 0.
 
-        def slow() -> None:
-            resp = httpx.get(r.url + f"/w2/{target}/slow?s=6", timeout=30)
-            results["slow"] = (resp.status_code, resp.text)
+    Nothing here is timed: the request in flight is held by its upstream until the test has seen the wait
+    end (the port refuses new connections), and the workers' service during the wait is read from their
+    reports. The wait itself is the feature under test; 8 s leaves a loaded machine room to send a few
+    dozen requests in it."""
+    holder = Holder()
+    routes = (f"route add svc /w2/{target}/held http://127.0.0.1:{holder.port}/\n"
+              f"route add svc /w2 http://127.0.0.1:{backend.port}/")
+    r = RouterProc.static(routes, "-proxy.workers", "2", "-proxy.shutdownwait", "8s")
+    try:
+        with r:
+            proc = r.proc
+            assert proc is not None
+            pids = _worker_pids(r)
+            assert len(pids) == 2
+            results: dict[str, object] = {}
 
-        t = threading.Thread(target=slow)
-        t.start()
-        wait_in_flight(backend, f"/w2/{target}/slow")
-        before = _worker_requests(r)
+            def held() -> None:
+                resp = httpx.get(r.url + f"/w2/{target}/held", timeout=120)
+                results["held"] = (resp.status_code, resp.text)
 
-        def sigterm() -> None:
-            if target == "main":
-                proc.send_signal(signal.SIGTERM)
-            else:  # RouterProc starts the router in its own session: its pid is the group id
-                os.killpg(proc.pid, signal.SIGTERM)
+            t = threading.Thread(target=held)
+            t.start()
+            wait_for(lambda: holder.waiting, "the held request upstream", timeout=60)
+            # the workers count a request when it starts: once the held one is reported, any later
+            # increase is a request sent after the signal
+            def reported_held() -> dict[int, int] | None:
+                counts = _worker_requests(r)
+                return counts if sum(counts.values()) == 1 else None
 
-        assert first_health_after_sigterm(r, sigterm) == 503
+            before = wait_for(reported_held, "the workers' reports of the held request", timeout=60)
 
-        # During the wait: fresh connections (the kernel spreads them over both workers' sockets) are
-        # all served, until each worker has served some of them since the signal (reports every 0.5 s).
-        sent = 0
-        while True:
-            for _ in range(10):
-                resp = httpx.get(r.url + "/w2/new", headers={"Connection": "close"}, timeout=5)
-                assert (resp.status_code, resp.text) == (200, "s1\n")
-                sent += 1
-            after = _worker_requests(r)
-            if all(after[p] > before[p] for p in pids):
-                break
-            assert sent < 200, f"a worker stopped serving during the wait: {before} -> {after}"
-            time.sleep(0.2)
-        assert health(r) == 503
-        assert proc.poll() is None and "slow" not in results  # still inside proxy.shutdownwait
+            def sigterm() -> None:
+                if target == "main":
+                    proc.send_signal(signal.SIGTERM)
+                else:  # RouterProc starts the router in its own session: its pid is the group id
+                    os.killpg(proc.pid, signal.SIGTERM)
 
-        t.join(30)
-        assert results == {"slow": (200, "s1\n")}  # in flight past the end of the wait, and still finished
-        assert proc.wait(30) == 0
-        log = r.output()
-        for pid in pids:
-            assert f"(pid {pid}) exited with 0" in log, log
-            assert not pid_alive(pid)
+            assert first_health_after_sigterm(r, sigterm) == 503
+
+            # During the wait: fresh connections (the kernel spreads them over both workers' sockets) are
+            # all served, until each worker has served some of them since the signal (reports every 0.5 s).
+            sent = 0
+            while True:
+                for _ in range(10):
+                    resp = httpx.get(r.url + "/w2/new", headers={"Connection": "close"}, timeout=30)
+                    assert (resp.status_code, resp.text) == (200, "s1\n")
+                    sent += 1
+                after = _worker_requests(r)
+                if all(after[p] > before[p] for p in pids):
+                    break
+                assert sent < 500, f"a worker stopped serving during the wait: {before} -> {after}"
+                time.sleep(0.1)
+            assert health(r) == 503
+
+            # the wait ends: the workers close their listeners, the held request is still in flight
+            wait_for(lambda: refused(r.proxy_port), "the proxy port to close after proxy.shutdownwait", timeout=60)
+            assert t.is_alive() and results == {} and proc.poll() is None
+            holder.release.set()
+            t.join(60)
+            assert results == {"held": (200, "held\n")}  # in flight past the end of the wait, and still finished
+            assert proc.wait(60) == 0
+            log = r.output()
+            for pid in pids:
+                assert f"(pid {pid}) exited with 0" in log, log
+                assert not pid_alive(pid)
+    finally:
+        holder.release.set()
+        holder.sock.close()
 
 
+def refused(port: int) -> bool:
+    """Whether a new connection to `port` is refused (nothing listens); one that is accepted is closed."""
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=5).close()
+    except ConnectionRefusedError:
+        return True
+    return False
 
 
 class RawUpstream:
@@ -170,6 +205,27 @@ class RawUpstream:
 
     def _serve(self, conn: socket.socket, n: int) -> None:
         raise NotImplementedError
+
+
+class Holder(RawUpstream):
+    """An upstream that reads a request head, then holds its answer until `release` is set."""
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+        self.waiting = 0
+        super().__init__()
+
+    def _serve(self, conn: socket.socket, n: int) -> None:
+        data = b""
+        with conn:
+            while b"\r\n\r\n" not in data:
+                chunk = conn.recv(65536)
+                if not chunk:
+                    return
+                data += chunk
+            self.waiting += 1
+            self.release.wait(120)
+            conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\nconnection: close\r\n\r\nheld\n")
 
 
 class Closer(RawUpstream):

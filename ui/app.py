@@ -335,6 +335,8 @@ def create_app(router: RouterView) -> Starlette:
             return PlainTextResponse("shutting down\n", status_code=503)
         if not router.state.ready:
             return PlainTextResponse("routing table not loaded yet\n", status_code=503)
+        if not getattr(router, "listening", True):  # the table is in; the proxy listeners open a moment later
+            return PlainTextResponse("proxy listeners not open yet\n", status_code=503)
         # Opt-in staleness check: the table is still served, but a balancer may prefer a router that
         # hears from Consul. The limit exceeds an idle blocking query's wait (checked in config).
         limit = router.cfg["ui.health.maxsyncage"]

@@ -132,8 +132,11 @@ KEYS: tuple[Key, ...] = (
         "largest request body in bytes, answered 413 above it; the route option maxbody= overrides it (ours)"),
     # registry
     Key("registry.backend", "consul", choice("consul", "static", "file"), "where routes come from"),
-    Key("registry.timeout", "10s", duration(), "how long to retry the registry at startup", todo='no effect: the router retries Consul forever with capped backoff and answers 503 until the first table'),
-    Key("registry.retry", "500ms", duration(), "retry interval at startup", todo='no effect: see registry.timeout'),
+    Key("registry.timeout", "10s", duration(zero="open at once"),
+        "how long the proxy listeners wait for the first routing table at startup; then they open anyway "
+        "(503 until a table loads) and the registry is still retried (fabio exits instead)"),
+    Key("registry.retry", "500ms", duration(), "retry interval at startup",
+        todo='no effect: Consul is retried with capped exponential backoff'),
     Key("registry.static.routes", "", parse_str, "route commands for registry.backend=static"),
     Key("registry.static.noroutehtml", "", parse_str,
         "HTML page answered when no route matches, for registry.backend=static"),

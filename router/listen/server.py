@@ -10,6 +10,11 @@ them), and a graceful stop: no new connections, idle ones closed, busy ones clos
 answer (gRPC calls: at most `grpc_grace` more), then the core's upstream pool closed and the access log
 flushed.
 
+Held (`held=True`): the sockets are bound at once (a port in use stops the start) but listened on only
+when `open()` is called, once the router has its first routing table (router/run/gate.py). Until then the
+kernel refuses connections, or, with SO_REUSEPORT, gives them to the processes that do listen: none
+reaches a process that could only answer "routing table not loaded yet".
+
 `serve()`, `should_exit` and `started` mirror `uvicorn.Server`'s surface, which router/run/ drives for
 the UI server too.
 """
@@ -28,8 +33,9 @@ TICK = 1.0  # seconds between idle sweeps (shorter when idle_timeout is)
 
 
 def listen_socket(addr: tuple[str, int], reuse_port: bool = False) -> socket.socket:
-    """A bound, listening TCP socket; `reuse_port` lets several worker processes share the address (the
-    kernel spreads new connections over them)."""
+    """A bound TCP socket, not yet listening (`Listener.add` listens, at once or at `open()`); `reuse_port`
+    lets several worker processes share the address (the kernel spreads new connections over the ones
+    that listen)."""
     family = socket.AF_INET6 if ":" in addr[0] else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -40,7 +46,6 @@ def listen_socket(addr: tuple[str, int], reuse_port: bool = False) -> socket.soc
     except OSError:
         sock.close()
         raise
-    sock.listen(2048)
     sock.setblocking(False)
     sock.set_inheritable(False)
     return sock
@@ -51,8 +56,10 @@ class Listener:
 
     def __init__(self, core: Any, *, idle_timeout: float = 75.0, max_head: int = 1 << 20,
                  tunnel: Callable[[], asyncio.Protocol] | None = None, addr: tuple[str, int] | None = None,
-                 timeouts: tuple[float, float] = (0.0, 0.0), grpc_grace: float = 2.0) -> None:
+                 timeouts: tuple[float, float] = (0.0, 0.0), grpc_grace: float = 2.0, held: bool = False) -> None:
         self.core = core
+        self.held = held  # sockets bound, not listened on until open() (see the module docstring)
+        self._waiting: list[asyncio.AbstractServer] = []
         self.grpc_grace = grpc_grace  # proxy.grpcshutdowntimeout: open gRPC calls' time at a graceful stop
         self.idle_timeout = idle_timeout
         self.timeouts = timeouts  # (rt, wt) of the sockets serve() binds or is given
@@ -78,11 +85,23 @@ class Listener:
         (e.g. ssl=)."""
         self.loop = asyncio.get_running_loop()
         server = await self.loop.create_server(factory or (lambda: Http1(self)), sock=sock, backlog=2048,
-                                               **server_kwargs)
+                                               start_serving=False, **server_kwargs)
         self.servers.append(server)
         if self._sweeper is None:
             self._sweep()
+        if self.held:  # read after the await: open() may have run meanwhile
+            self._waiting.append(server)
+        else:
+            await server.start_serving()  # listen(): from here on the kernel queues connections for us
         return server
+
+    async def open(self) -> None:
+        """Start listening on every socket added while held; later ones listen as they are added."""
+        self.held = False
+        waiting, self._waiting = self._waiting, []
+        for server in waiting:
+            if not self._exit_now:
+                await server.start_serving()
 
     def set_timeouts(self, port: int, read_timeout: float, write_timeout: float) -> None:
         """fabio's `rt=`/`wt=` for the listener on local `port`, as Go's http.Server ReadTimeout/WriteTimeout:

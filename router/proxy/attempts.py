@@ -29,8 +29,10 @@ The rules (issue 17; docs/reliability.md has the measured effect):
   that finds out whether an instance is back (idempotent requests are, one at a time, by p2c).
 * A body that does not start: an idempotent answer whose headers came with a Content-Length and then not
   one byte of that body within the per-try timeout waits out the stall time, then goes to an instance that
-  answers (within the budget). Chunked and close-delimited answers (server-sent events, long polls) are
-  never cut this way.
+  answers (within the budget). A request that cannot be sent again (POST, PATCH, a route of one
+  instance) waits for that first byte for the stall time (at least the header timeout) and is then
+  answered 504: the client's head has not been sent yet. Chunked and close-delimited answers (server-sent
+  events, long polls) are never cut this way.
 
 The common case runs inline and creates no task: a task is made only to dial, and for a hedge.
 
@@ -375,7 +377,30 @@ class Sender:
                         idx = j
                         continue
                     raise Failed(502, "upstream error\n", idx) from None
+            elif not resend and self.stall and not resp.complete and resp.sized_and_silent:
+                await self._body_starts(resp, picker, st, t0, idx, rq.header_timeout)
             return resp, idx
+
+    async def _body_starts(self, resp: Response, picker: RoutePicker, st: Any, t0: float, idx: int,
+                           header_timeout: float) -> None:
+        """A request that cannot go elsewhere (a POST, or a route of one instance) got headers with a
+        Content-Length and no body byte yet: wait for one for the stall time (at least the header timeout),
+        then answer 504 rather than hold the client for ever. Nothing has reached the client yet (the
+        listener sends the head with the first body bytes), so its answer is a whole, honest 504."""
+        wait = max(self.stall, STALL_FACTOR * picker.est, header_timeout)
+        try:
+            await resp.fill(1, wait)
+        except (UpstreamError, Stale) as e:
+            resp.close()
+            now = perf_counter()
+            self.lb.try_failed(st, now - t0, now, f"response cut short: {e}")
+            raise Failed(502, "upstream error\n", idx) from None
+        if resp.sized_and_silent:
+            resp.close()
+            now = perf_counter()
+            self.lb.try_failed(st, now - t0, now, f"sent headers, then no body for {wait:g}s")
+            log.warning("upstream %s: sent headers, then no body for %gs", st.addr, wait)
+            raise Failed(504, "upstream sent its headers, then no body\n", idx)
 
     def _per_try(self, picker: RoutePicker) -> float:
         return max(self.per_try, PER_TRY_FACTOR * picker.est)

@@ -54,14 +54,15 @@ def build_proxy(cfg: Config, state: RouterState) -> ProxyApp:
     )
 
 
-def proxy_server(proxy: ProxyApp, cfg: Config) -> Listener:
+def proxy_server(proxy: ProxyApp, cfg: Config, held: bool = False) -> Listener:
     """The HTTP listener of proxy.addr for `proxy` (router/listen/server.py), the same in the main process
-    and in every worker; `serve(sockets=None)` binds proxy.addr itself."""
+    and in every worker; `serve(sockets=None)` binds proxy.addr itself. `held`: it listens only at `open()`
+    (router/run/gate.py)."""
     first = next((lst for lst in cfg.listeners if lst.proto == "http"), None)  # the one `addr` is
     return Listener(proxy, idle_timeout=client_idle_timeout(cfg.raw.get("proxy.addr", ":9999")),
                     max_head=cfg["proxy.maxheaderbytes"], tunnel=tunnel_protocol(proxy), addr=cfg["proxy.addr"],
                     timeouts=(first.read_timeout, first.write_timeout) if first is not None else (0.0, 0.0),
-                    grpc_grace=cfg["proxy.grpcshutdowntimeout"])
+                    grpc_grace=cfg["proxy.grpcshutdowntimeout"], held=held)
 
 
 def via_id(cfg: Config) -> str:

@@ -4,7 +4,8 @@ serving them (TCP, tcp+sni and tcp-dynamic, with TLS and its certificate sources
 Every listener fabio accepts is parsed (router/config/listeners.py); one whose protocol is not served
 yet stops startup here, naming it, rather than listening and answering with the wrong protocol. TCP
 listeners run in the main process, or with `proxy.workers` > 1 in every worker (SO_REUSEPORT), whose
-counters the main process sums (router/run/edgestats.py).
+counters the main process sums (router/run/edgestats.py). With `held`, their sockets are bound at start
+and listened on only at `open()`, once the process has its first routing table (router/run/gate.py).
 """
 
 from __future__ import annotations
@@ -56,7 +57,8 @@ def check(cfg: Config) -> None:
             raise ConfigError(f"proxy.addr: listener {lst}: {NOT_YET[lst.proto]} is not served by this router yet")
 
 
-def bind(host: str, port: int, reuse_port: bool = False) -> socket.socket:
+def bind(host: str, port: int, reuse_port: bool = False, listen: bool = True) -> socket.socket:
+    """A bound TCP socket (OSError naming the address if it cannot be); listening unless `listen` is False."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -67,7 +69,8 @@ def bind(host: str, port: int, reuse_port: bool = False) -> socket.socket:
     except OSError as e:
         sock.close()
         raise OSError(e.errno, f"cannot listen on {host}:{port}: {e.strerror}") from None
-    sock.listen(1024)
+    if listen:
+        sock.listen(1024)
     sock.setblocking(False)
     return sock
 
@@ -100,10 +103,14 @@ class Edge:
     """TCP, TLS and gRPC listeners with their certificate watchers. With `reuse_port` (each proxy worker runs
     one) every listener is bound with SO_REUSEPORT, so the kernel spreads connections over the workers."""
 
-    def __init__(self, cfg: Config, state: RouterState, reuse_port: bool = False) -> None:
+    def __init__(self, cfg: Config, state: RouterState, reuse_port: bool = False, held: bool = False) -> None:
         self.cfg = cfg
         self.state = state
         self.reuse_port = reuse_port
+        self.opened = asyncio.Event()  # open(): the held TCP acceptors listen, tcp-dynamic starts
+        if not held:
+            self.opened.set()
+        self._waiting: list[Acceptor] = []
         self.tcp = TCPCounters()
         self.acceptors: list[Acceptor] = []
         self.certs: list[ListenerCerts] = []
@@ -120,8 +127,22 @@ class Edge:
     def _serve(self, sock: socket.socket, handler, lst: Listener, name: str) -> Acceptor:  # type: ignore[no-untyped-def]
         acc = Acceptor(sock, handler, proxy_timeout=lst.proxy_timeout if lst.proxy_proto else 0.0, name=name)
         self.acceptors.append(acc)
-        self.tasks.append(asyncio.create_task(acc.serve(), name=f"listener {name}"))
+        if self.opened.is_set():
+            self._accept(acc)
+        else:
+            self._waiting.append(acc)
         return acc
+
+    def _accept(self, acc: Acceptor) -> None:
+        acc.sock.listen(1024)
+        self.tasks.append(asyncio.create_task(acc.serve(), name=f"listener {acc.name}"))
+
+    def open(self) -> None:
+        """Listen on the TCP and TLS sockets bound while held (see the module docstring); tcp-dynamic starts."""
+        self.opened.set()
+        waiting, self._waiting = self._waiting, []
+        for acc in waiting:
+            self._accept(acc)
 
     def http_split(self) -> tuple[bool, bool]:
         """(the HTTP server binds the first plain listener itself, there are HTTP-family listeners for
@@ -160,7 +181,7 @@ class Edge:
             if lst.proto not in HTTP_KINDS or (lst is first and not lst.proxy_proto):
                 continue
             ctx = await self._tls(lst, ALPN) if lst.tls else None
-            sock = bind(lst.host, lst.port, self.reuse_port)
+            sock = bind(lst.host, lst.port, self.reuse_port, listen=False)  # server.add/_serve listen
             if lst.proto not in ("grpc", "grpcs"):  # fabio's gRPC server has no rt=/wt=; its HTTP servers do
                 server.set_timeouts(sock.getsockname()[1], lst.read_timeout, lst.write_timeout)
             factory = Negotiated if ctx is not None else H2 if lst.proto == "grpc" else Http1
@@ -224,13 +245,14 @@ class Edge:
             if lst.proto == "tcp-dynamic":
                 self.tasks.append(asyncio.create_task(self._dynamic(lst, tls), name=f"tcp-dynamic {lst}"))
                 continue
-            sock = bind(lst.host, lst.port, self.reuse_port)
+            sock = bind(lst.host, lst.port, self.reuse_port, listen=False)  # _serve listens
             self._serve(sock, self._proxy(lst.proto, lst, tls), lst, str(lst))
             log.info("%s proxy listening on %s:%d", lst.proto.upper(), lst.host, sock.getsockname()[1])
 
     async def _dynamic(self, lst: Listener, tls: object) -> None:
         """fabio's tcp-dynamic: every `refresh`, a listener per TCP-only route port, closed when it goes."""
         handler = self._proxy("tcp-dynamic", lst, tls)
+        await self.opened.wait()
         while True:
             want = tcp_route_ports(self.state.table)
             for port in set(self.dynamic) - want:

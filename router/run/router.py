@@ -1,6 +1,7 @@
-"""The running router: state, registry, proxy and UI in one event loop. SIGTERM/SIGINT: /health turns 503
-at once, the proxy keeps serving for proxy.shutdownwait, then both servers stop and in-flight requests
-finish."""
+"""The running router: state, registry, proxy and UI in one event loop. The UI serves at once; the proxy
+listeners open after the first routing table or registry.timeout (router/run/gate.py). SIGTERM/SIGINT:
+/health turns 503 at once, the proxy keeps serving for proxy.shutdownwait, then both servers stop and
+in-flight requests finish."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from router.listen.ui_deadlines import with_deadlines
 from router.listen.uvicorn_server import Server, uvicorn_config, with_ssl
 from router.run import edge
 from router.run.assemble import build_proxy, proxy_server
+from router.run.gate import BOUND, Gate, log_open
 from router.run.workers import WorkerPool, worker_count
 from router.table.state import RouterState
 
@@ -38,6 +40,7 @@ class Router:
         )
         self.status = RegistryStatus(backend=cfg["registry.backend"])
         self.shutting_down = False
+        self._open = False  # this process's proxy listeners listen (router/run/gate.py)
         self.api: ConsulAPI | None = None
         if cfg["registry.backend"] == "consul":
             consistency = "consistent" if cfg["registry.consul.requireConsistent"] else (
@@ -66,7 +69,7 @@ class Router:
                 cfg["registry.consul.register.checkTLSSkipVerify"],
                 check_scheme="https" if cfg.ui_listener is not None and cfg.ui_listener.tls else "http",  # as fabio
             ), alias_source=lambda: aliases(self.state.table.iter_targets()) if self.state.table else set())
-        self.edge = edge.Edge(cfg, self.state)  # TCP, TLS and gRPC listeners beside the HTTP one
+        self.edge = edge.Edge(cfg, self.state, held=True)  # TCP, TLS and gRPC listeners beside the HTTP one
         if self.workers is not None:  # the workers serve them; this Edge shows their summed counters
             self.workers.on_edge = self.edge.absorb
         from ui.app import create_app  # the UI depends on the router, not the other way round
@@ -113,8 +116,28 @@ class Router:
             for t in extra:
                 t.cancel()
 
+    @property
+    def listening(self) -> bool:
+        """The proxy listeners accept connections: this process's, or every worker's (for /health)."""
+        return self.workers.listening if self.workers is not None else self._open
+
+    async def _open_proxy(self, gate: Gate, proxy_srv, served: bool) -> None:  # type: ignore[no-untyped-def]
+        """The proxy listeners open after the first table or registry.timeout (router/run/gate.py);
+        `listening` turns true once every socket listens (`served`: proxy_srv binds its own first)."""
+        reason = await gate.wait()
+        log_open(reason, self.state, gate.bound, lambda: self.status.errors[-1][1] if self.status.errors else "")
+        if self.workers is not None:
+            if reason == BOUND:  # each worker opens on its own first table; without one, on this word
+                self.workers.open()
+            return
+        await proxy_srv.open()
+        self.edge.open()
+        while served and not proxy_srv.started:  # its serve() task has not bound and added its sockets yet
+            await asyncio.sleep(0.01)
+        self._open = True
+
     async def serve(self) -> None:
-        proxy_srv = proxy_server(self.proxy, self.cfg)
+        proxy_srv = proxy_server(self.proxy, self.cfg, held=True)
         ui_lst = self.cfg.ui_listener
         keep_alive = {} if ui_lst is None or ui_lst.idle_timeout is None else {  # fabio's it= on ui.addr; 0: never
             "timeout_keep_alive": ui_lst.idle_timeout or 86400.0}
@@ -145,11 +168,13 @@ class Router:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
 
+        gate = Gate(self.state, self.cfg["registry.timeout"])  # before the registry: it sees the first table
         registry = asyncio.create_task(self.registry(), name="registry")
         if proxied_ui:
             self.edge.serve_ui(ui_lst, ui_server)  # type: ignore[arg-type]
         serving += [asyncio.create_task(s.serve(sockets=[]) if s is ui_server and proxied_ui else s.serve(),
                                         name="server") for s in servers]
+        opener = asyncio.create_task(self._open_proxy(gate, proxy_srv, bool(plain or others)), name="open")
         waiter = asyncio.create_task(stop.wait())
         done, _ = await asyncio.wait([waiter, *serving], return_when=asyncio.FIRST_COMPLETED)
         if waiter not in done:  # a server failed to start (port in use, ...)
@@ -157,6 +182,7 @@ class Router:
                 if t.exception():
                     raise t.exception()  # type: ignore[misc]
         self.shutting_down = True
+        opener.cancel()  # not open yet: it stays closed
         if self.registrar is not None:
             await self.registrar.deregister_all()
             grace = self.cfg["proxy.deregistergraceperiod"]

@@ -6,15 +6,22 @@ CPU. Each worker serves the proxy on proxy.addr (router/listen/) with its own SO
 worker grab a whole burst). The main process keeps the registry watcher and the UI, and forwards
 every `RouterState.apply(services, manual)` call to every worker over a socketpair; a worker feeds
 them to its own TableBuilder, so the same inputs give the same table. A worker started later (or
-restarted after a crash) first gets the whole current state. Workers answer 503 until they have a
-table, stop when the main process says so or when the pipe closes (the main process died), and on
-SIGTERM keep serving for proxy.shutdownwait like the main process does.
+restarted after a crash) first gets the whole current state. A worker binds its sockets at once but
+listens on them only once it has a table, or when the main process says so (`registry.timeout` passed
+without one: router/run/gate.py), so the kernel never hands a connection to a worker that could only
+answer 503 "routing table not loaded yet". Workers stop when the main process says so or when the pipe
+closes (the main process died), and on SIGTERM keep serving for proxy.shutdownwait like the main
+process does.
 
 Frames on the pipe: 4-byte big-endian length + pickle. Main -> worker: ("config", Config),
-("apply", services, manual), ("noroute", html), ("stop",). Worker -> main: ("listening", pid),
+("apply", services, manual), ("noroute", html), ("open",), ("stop",). Worker -> main: ("bound", pid) (its
+sockets are bound; it listens on them at its first table or at "open"), ("open", pid) (it listens now),
 ("stats", pid, requests, routes, counters), where counters holds the per-route request counters that
 changed since the last report (router/proxy/stats.py) and the process-wide ones (no-route, WebSockets, upstream
 connect failures, retries, ejections); the main process sums them for /metrics and the routes page. Only the main process and its own children hold the pipe ends.
+
+Past 400 lines on purpose: both ends of the one pipe protocol (the main process's pool, the worker's
+loop) stay together, so every message is read beside the code that answers it.
 """
 
 from __future__ import annotations
@@ -92,7 +99,8 @@ class _Worker:
     proc: subprocess.Popen[bytes]
     writer: asyncio.StreamWriter
     reader_task: asyncio.Task[None] | None = None
-    listening: asyncio.Future[None] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+    bound: asyncio.Future[None] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+    open: bool = False  # it listens on the proxy ports (after its first table, or told to)
     requests: int = 0
     routes: int | None = None
     route_stats: dict[Any, Any] = field(default_factory=dict)  # stats.Key -> stats.Snapshot, latest
@@ -112,6 +120,7 @@ class WorkerPool:
         self.services: dict[str, Any] = {}  # the accumulated state a new worker starts from
         self.manual: Any = None
         self.applied = False
+        self.opened = False  # told to listen without a table (registry.timeout passed): later workers too
         self.stopping = False
         self.noroute = ""
         # counters of workers that exited, so the sums stay monotonic across a restart
@@ -148,12 +157,20 @@ class WorkerPool:
             if not w.writer.is_closing():
                 w.writer.write(_frame(("noroute", html)))
 
+    def open(self) -> None:
+        """Every worker listens now, with or without a table (router/run/gate.py: registry.timeout passed)."""
+        self.opened = True
+        for w in self.workers:
+            if not w.writer.is_closing():
+                w.writer.write(_frame(("open",)))
+
     async def start(self) -> None:
-        """Start every worker and wait until each listens on proxy.addr (raises OSError if one cannot)."""
+        """Start every worker and wait until each has bound its sockets on proxy.addr (raises OSError if one
+        cannot); each listens once it has a table."""
         for i in range(self.count):
             self.workers.append(await self._spawn(i))
         for w in self.workers:
-            await self._wait_listening(w)
+            await self._wait_bound(w)
 
     async def _spawn(self, index: int) -> _Worker:
         parent, child = socket.socketpair()
@@ -169,21 +186,25 @@ class WorkerPool:
             writer.write(_frame(("apply", dict(self.services), self.manual)))
         if self.noroute:
             writer.write(_frame(("noroute", self.noroute)))
+        if self.opened:
+            writer.write(_frame(("open",)))
         w.reader_task = asyncio.create_task(self._listen(w, reader), name=f"worker-{index}")
         return w
 
-    async def _wait_listening(self, w: _Worker) -> None:
-        done, _ = await asyncio.wait([w.listening, w.reader_task], timeout=60,  # type: ignore[list-item]
+    async def _wait_bound(self, w: _Worker) -> None:
+        done, _ = await asyncio.wait([w.bound, w.reader_task], timeout=60,  # type: ignore[list-item]
                                      return_when=asyncio.FIRST_COMPLETED)
-        if w.listening not in done:
+        if w.bound not in done:
             if w.proc.poll() == 2:  # it refused a listener's configuration (a certificate source): named above
                 raise ConfigError(f"proxy worker {w.index} (pid {w.proc.pid}) refused the configuration")
-            raise OSError(f"proxy worker {w.index} (pid {w.proc.pid}) did not start listening on proxy.addr")
+            raise OSError(f"proxy worker {w.index} (pid {w.proc.pid}) could not bind proxy.addr")
 
     async def _listen(self, w: _Worker, reader: asyncio.StreamReader) -> None:
         while (msg := await _read(reader)) is not None:
-            if msg[0] == "listening" and not w.listening.done():
-                w.listening.set_result(None)
+            if msg[0] == "bound" and not w.bound.done():
+                w.bound.set_result(None)
+            elif msg[0] == "open":
+                w.open = True
             elif msg[0] == "stats":
                 w.requests, w.routes = msg[2], msg[3]
                 if len(msg) > 4:
@@ -204,7 +225,7 @@ class WorkerPool:
         self._edge_changed()
         code = await asyncio.get_running_loop().run_in_executor(None, w.proc.wait)
         w.writer.close()
-        if self.stopping or not w.listening.done():
+        if self.stopping or not w.bound.done():
             return
         log.warning("proxy worker %d (pid %d) exited with %s; starting a new one", w.index, w.proc.pid, code)
         await asyncio.sleep(0.5)  # no tight restart loop if it dies at once
@@ -213,7 +234,7 @@ class WorkerPool:
         nw = await self._spawn(w.index)
         self.workers[self.workers.index(w)] = nw
         with contextlib.suppress(OSError):
-            await self._wait_listening(nw)
+            await self._wait_bound(nw)
 
     def _edge_changed(self) -> None:
         if self.on_edge is not None:
@@ -247,10 +268,15 @@ class WorkerPool:
                 out[(host, port)] = out.get((host, port), 0) + 1
         return out
 
+    @property
+    def listening(self) -> bool:
+        """Every worker listens on the proxy ports (/health is 503 until then)."""
+        return all(w.open for w in self.workers)
+
     def status(self) -> list[dict[str, Any]]:
         """For /api/status: what each worker last reported about itself."""
-        return [{"pid": w.proc.pid, "alive": w.proc.poll() is None, "requests": w.requests, "routes": w.routes}
-                for w in self.workers]
+        return [{"pid": w.proc.pid, "alive": w.proc.poll() is None, "requests": w.requests, "routes": w.routes,
+                 "listening": w.open} for w in self.workers]
 
     async def stop(self, timeout: float = 30.0) -> None:
         """Ask every worker to stop (in-flight requests finish), then wait; kill stragglers."""
@@ -292,8 +318,11 @@ async def _worker(pipe: socket.socket) -> int:
                         routes_log=cfg["log.routes.format"])
     proxy = build_proxy(cfg, state)
     tune_gc()
-    server = proxy_server(proxy, cfg)
-    edge = Edge(cfg, state, reuse_port=True)  # the TLS, TCP and gRPC listeners, in every worker too
+    server = proxy_server(proxy, cfg, held=True)  # bound now, listening at the first table (module docstring)
+    edge = Edge(cfg, state, reuse_port=True, held=True)  # the TLS, TCP and gRPC listeners, in every worker too
+    ready = asyncio.Event()  # a table, or the main process's "open"
+    state.on_swap.append(lambda _services: ready.set())
+    bound = asyncio.Event()  # every socket is bound: "open" is reported only once they all listen
     plain, others = edge.http_split()
     try:
         sockets = [listen_socket(cfg["proxy.addr"], reuse_port=True)] if plain else []
@@ -322,6 +351,8 @@ async def _worker(pipe: socket.socket) -> int:
                 report()
             elif msg[0] == "noroute":
                 proxy.noroute_html = msg[1]
+            elif msg[0] == "open":
+                ready.set()
             elif msg[0] == "stop":
                 break
         server.should_exit = True  # told to stop, or the main process is gone
@@ -336,9 +367,19 @@ async def _worker(pipe: socket.socket) -> int:
     def on_signal() -> None:  # SIGTERM: keep serving for proxy.shutdownwait, as the main process does
         loop.call_later(cfg["proxy.shutdownwait"], setattr, server, "should_exit", True)
 
+    async def opener() -> None:
+        await ready.wait()
+        await bound.wait()
+        if not server.should_exit:
+            await server.open()
+            edge.open()
+            writer.write(_frame(("open", os.getpid())))
+            log.debug("listening on the proxy ports (%s)", "routing table loaded" if state.table is not None
+                      else "told to open without a table")
+
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal)
-    tasks = [asyncio.create_task(commands()), asyncio.create_task(reporter())]
+    tasks = [asyncio.create_task(commands()), asyncio.create_task(reporter()), asyncio.create_task(opener())]
     serving = asyncio.create_task(server.serve(sockets=sockets))
     while not server.started and not serving.done():
         await asyncio.sleep(0.01)
@@ -352,7 +393,8 @@ async def _worker(pipe: socket.socket) -> int:
         print(f"config error: proxy worker: {e}" if not isinstance(e, OSError) else f"error: proxy worker: {e}",
               file=sys.stderr)
         return 2
-    writer.write(_frame(("listening", os.getpid())))
+    writer.write(_frame(("bound", os.getpid())))
+    bound.set()
     await serving
     await edge.stop()
     for t in tasks:
