@@ -22,6 +22,8 @@ less than the pointer cdata it would build otherwise (~0.9 us of ~2.5 per header
 from __future__ import annotations
 
 import logging
+import os
+import sys
 from typing import Any, Protocol
 
 import _cffi_backend
@@ -95,7 +97,21 @@ const char *nghttp2_strerror(int);
 """)
 
 LIBRARY = "libnghttp2.so.14"
-lib: Any = ffi.dlopen(LIBRARY)
+
+
+def _load() -> Any:
+    """The system's library (`make deps` installs Debian's package when missing), else the copy the
+    container image puts in the venv's lib/ (Dockerfile: its final stage runs no package manager)."""
+    try:
+        return ffi.dlopen(LIBRARY)
+    except OSError:
+        local = os.path.join(sys.prefix, "lib", LIBRARY)
+        if os.path.exists(local):
+            return ffi.dlopen(local)
+        raise OSError(f"{LIBRARY} not found: install Debian's libnghttp2-14 (make deps does)") from None
+
+
+lib: Any = _load()
 
 # frame types, flags, error codes, settings (RFC 9113) and nghttp2's own return values
 DATA, HEADERS, RST_STREAM, SETTINGS, PING, GOAWAY, WINDOW_UPDATE = 0, 1, 3, 4, 6, 7, 8
