@@ -422,6 +422,10 @@ class H2(WriteFlow, asyncio.Protocol):
             headers.append((b"cookie", b"; ".join(cookies)))
         if authority and not any(n == b"host" for n, _ in headers):
             headers.insert(0, (b"host", authority))
+        if not ended and not any(n == b"content-length" for n, _ in headers):
+            # a body of unknown length follows (HTTP/2 needs no header for it): HTTP/1.1 needs one to send it
+            # at all, so the core sees the framing it would on HTTP/1.1 (and sends the body chunked)
+            headers.append((b"transfer-encoding", b"chunked"))
         raw_path, _, query = path.partition(b"?")
         text = raw_path.decode("ascii", "replace")
         scope: dict[str, Any] = {
