@@ -49,7 +49,8 @@ class H2Server:
 
 class NgServer:
     def __init__(self) -> None:
-        self.s = ng.Session(self, server=True)
+        self.s = ng.Session(server=True)
+        self.s.open(self)
         self.s.settings({ng.SETTINGS_MAX_CONCURRENT_STREAMS: 100, ng.SETTINGS_ENABLE_PUSH: 0})
         self.heads: dict[int, list] = {}
         self.ready: list[int] = []

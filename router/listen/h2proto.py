@@ -201,7 +201,7 @@ class H2(WriteFlow, asyncio.Protocol):
         self.server: tuple[str, int] | None = None
         self.tls: dict[str, int] | None = None
         self.transport: asyncio.Transport = None  # type: ignore[assignment]
-        self.ng = ng.Session(self, server=True)
+        self.ng = ng.Session(server=True)
         self.head_limit = min(listener.max_head, 1 << 20)
         self.streams: dict[int, H2Stream] = {}  # requests not yet answered
         self.sending: dict[int, H2Stream] = {}  # answers nghttp2 is still taking bytes of (on_read)
@@ -234,6 +234,7 @@ class H2(WriteFlow, asyncio.Protocol):
         if self.listener.deadlines and self.server is not None and self.server[1] in self.listener.deadlines:
             self.rt, self.wt = self.listener.deadlines[self.server[1]]
             self.listener.timed.add(self)
+        self.ng.open(self)
         self.ng.settings({ng.SETTINGS_MAX_CONCURRENT_STREAMS: MAX_STREAMS,
                           ng.SETTINGS_MAX_HEADER_LIST_SIZE: self.head_limit, ng.SETTINGS_ENABLE_PUSH: 0})
         self.flush()
@@ -243,12 +244,10 @@ class H2(WriteFlow, asyncio.Protocol):
         self.ng.close()  # no more callbacks into us; the C session goes with this object
         self.listener.conns.discard(self)
         self.listener.timed.discard(self)
-        for s in self.streams.values():
+        for s in [*self.streams.values(), *self.sending.values()]:
             s.gone = True
             s.wake()
-        for s in self.sending.values():
-            s.gone = True
-            s.wake()
+        self.streams.clear()  # no cycles through the streams: this object, and nghttp2's session, go now
         self.sending.clear()
         self.resume_writing()
         self.transport = GONE  # type: ignore[assignment]  # why: router/listen/flow.py

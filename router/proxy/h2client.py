@@ -106,7 +106,7 @@ class H2Client(asyncio.Protocol):
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
-        self.ng = ng.Session(self, server=False)
+        self.ng = ng.Session(server=False)
         self.transport: asyncio.Transport | None = None
         self.streams: dict[int, UpStream] = {}
         self.sending: dict[int, UpStream] = {}  # streams whose request nghttp2 is still taking (on_read)
@@ -118,6 +118,7 @@ class H2Client(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        self.ng.open(self)
         self.ng.settings({ng.SETTINGS_ENABLE_PUSH: 0})
         self.flush_now()
 

@@ -204,12 +204,14 @@ PROVIDER.read_callback = _on_read
 
 
 class Session:
-    """One nghttp2 session owned by `owner` (server or client side). `close()` unregisters the owner; the C
-    session itself is freed when this object is (ffi.gc), so a late call on it can never touch freed memory."""
+    """One nghttp2 session (server or client side), its owner reachable from the callbacks between
+    `open(owner)` and `close()`; the C session itself is freed when this object is (ffi.gc, with the owner
+    that holds it: no reference back, so no cycle waiting for the collector), and a late call on it can
+    never touch freed memory."""
 
     __slots__ = ("ptr", "key")
 
-    def __init__(self, owner: Engine, server: bool, *, reset_burst: int = 0, reset_rate: int = 0) -> None:
+    def __init__(self, server: bool, *, reset_burst: int = 0, reset_rate: int = 0) -> None:
         opt_p = ffi.new("nghttp2_option **")
         if lib.nghttp2_option_new(opt_p) != 0:
             raise MemoryError("nghttp2_option_new")
@@ -227,6 +229,10 @@ class Session:
         finally:
             lib.nghttp2_option_del(opt)
         self.ptr = ffi.gc(p[0], lib.nghttp2_session_del)
+
+    def open(self, owner: Engine) -> None:
+        """Let nghttp2's callbacks reach the owner: from its connection_made (asyncio then promises a
+        connection_lost, which calls close(); a protocol whose connection never came is not held here)."""
         SESSIONS[self.key] = owner
 
     def close(self) -> None:
