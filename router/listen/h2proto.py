@@ -56,7 +56,7 @@ HOP_BY_HOP = frozenset({b"connection", b"keep-alive", b"proxy-connection", b"tra
                         b"te", b"trailer"})
 _lib = ng.lib
 _nva = ng.nva
-_memmove = ng.ffi.memmove
+_memmove = ng.memmove
 
 
 class H2Stream:
@@ -303,7 +303,7 @@ class H2(WriteFlow, asyncio.Protocol):
 
     def on_frame(self, kind: int, flags: int, sid: int, frame: Any) -> int:
         if kind == ng.HEADERS:
-            if ng.ffi.cast("nghttp2_headers *", frame).cat == ng.HCAT_REQUEST:
+            if frame.cat == ng.HCAT_REQUEST:
                 self._request(sid, self.cur, flags & ng.FLAG_END_STREAM)
             elif flags & ng.FLAG_END_STREAM:  # the request's trailers
                 s = self.streams.get(sid)

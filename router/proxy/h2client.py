@@ -187,7 +187,7 @@ class H2Client(asyncio.Protocol):
     def on_frame(self, kind: int, flags: int, sid: int, frame: Any) -> int:
         st = self.streams.get(sid) if sid else None
         if kind == ng.HEADERS and st is not None:
-            if ng.ffi.cast("nghttp2_headers *", frame).cat == ng.HCAT_RESPONSE:
+            if frame.cat == ng.HCAT_RESPONSE:
                 status, rest = 0, []
                 for n, v in self.cur:
                     if n == b":status":
@@ -236,7 +236,7 @@ class H2Client(asyncio.Protocol):
         out = st.out
         n = min(len(out), length)
         if n:
-            ng.ffi.memmove(buf, out, n)
+            ng.memmove(buf, out, n)
             del out[:n]
         if not out:
             if st.eof:

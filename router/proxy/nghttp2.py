@@ -49,7 +49,7 @@ typedef ssize_t (*nghttp2_data_source_read_callback)(uintptr_t, int32_t, uint8_t
                                                        uintptr_t, uintptr_t);
 typedef struct { nghttp2_data_source source; nghttp2_data_source_read_callback read_callback; } nghttp2_data_provider;
 
-typedef int (*nghttp2_on_frame_recv_callback)(uintptr_t, const nghttp2_frame_hd *, uintptr_t);
+typedef int (*nghttp2_on_frame_recv_callback)(uintptr_t, const nghttp2_headers *, uintptr_t);
 typedef int (*nghttp2_on_begin_headers_callback)(uintptr_t, const nghttp2_frame_hd *, uintptr_t);
 typedef int (*nghttp2_on_header_callback)(uintptr_t, uintptr_t, const char *, size_t, const char *, size_t,
                                           uint8_t, uintptr_t);
@@ -139,7 +139,8 @@ class Engine(Protocol):
 
 SESSIONS: dict[int, Engine] = {}  # keyed by the session's user_data (a small integer, passed as a pointer)
 _next_key = [0]
-_unpack = ffi.unpack
+_unpack = _cffi_backend.unpack  # ffi.unpack and ffi.memmove are Python wrappers around these
+memmove = _cffi_backend.memmove
 _owner = SESSIONS.get
 
 
@@ -162,9 +163,14 @@ def _on_header(session: Any, hd: Any, name: Any, nlen: int, value: Any, vlen: in
 
 
 @ffi.callback("nghttp2_on_frame_recv_callback", error=ERR_CALLBACK_FAILURE, onerror=_failed)
-def _on_frame(session: Any, hd: Any, ud: Any) -> int:
+def _on_frame(session: int, frame: Any, ud: int) -> int:
+    """`frame` is declared as a HEADERS frame (every frame struct starts with its header, `hd`, and a cast per
+    call costs more than this): `frame.cat` means something for HEADERS only; of the others only `hd` is read."""
     o = _owner(ud)
-    return o.on_frame(hd.type, hd.flags, hd.stream_id, hd) if o is not None else 0
+    if o is None:
+        return 0
+    hd = frame.hd
+    return o.on_frame(hd.type, hd.flags, hd.stream_id, frame)
 
 
 @ffi.callback("nghttp2_on_data_chunk_recv_callback", error=ERR_CALLBACK_FAILURE, onerror=_failed)
