@@ -8,9 +8,8 @@ for a few microseconds (the figures: docs/benchmarks.md, "HTTP/2 engine"). It al
 HTTP messaging rules (pseudo-headers, connection-specific headers, content-length), the CONTINUATION flood
 bound, the outbound-ACK bound and a stream reset rate limit.
 
-Only the declarations we use are written here (ABI mode: no headers or compiler needed), copied in shape
-from nghttp2's public API (nghttp2.h of 1.52, the version Debian 12 ships; every symbol below is there
-since 1.0 or, for `nghttp2_option_set_stream_reset_rate_limit`, since 1.52's security update).
+Only the declarations we use are written here (ABI mode: no headers or compiler needed), after nghttp2's
+documented API (1.52, the version Debian 12 ships; the struct layouts are its ABI, stable since 1.0).
 
 The callbacks are created once for the process. Each session's `user_data` is a small integer key into
 `SESSIONS` (not a cffi handle, which would make a reference cycle per connection that only a full garbage
@@ -69,9 +68,6 @@ void nghttp2_session_callbacks_set_on_stream_close_callback(nghttp2_session_call
 int nghttp2_option_new(nghttp2_option **);
 void nghttp2_option_del(nghttp2_option *);
 void nghttp2_option_set_no_auto_window_update(nghttp2_option *, int);
-void nghttp2_option_set_max_settings(nghttp2_option *, size_t);
-void nghttp2_option_set_stream_reset_rate_limit(nghttp2_option *, uint64_t, uint64_t);
-void nghttp2_option_set_peer_max_concurrent_streams(nghttp2_option *, uint32_t);
 
 int nghttp2_session_server_new2(nghttp2_session **, const nghttp2_session_callbacks *, void *, const nghttp2_option *);
 int nghttp2_session_client_new2(nghttp2_session **, const nghttp2_session_callbacks *, void *, const nghttp2_option *);
@@ -217,15 +213,13 @@ class Session:
 
     __slots__ = ("ptr", "key")
 
-    def __init__(self, server: bool, *, reset_burst: int = 0, reset_rate: int = 0) -> None:
+    def __init__(self, server: bool) -> None:
         opt_p = ffi.new("nghttp2_option **")
         if lib.nghttp2_option_new(opt_p) != 0:
             raise MemoryError("nghttp2_option_new")
         opt = opt_p[0]
         try:
             lib.nghttp2_option_set_no_auto_window_update(opt, 1)  # credit goes back as the consumer reads
-            if reset_burst:
-                lib.nghttp2_option_set_stream_reset_rate_limit(opt, reset_burst, reset_rate)
             _next_key[0] += 1
             self.key = _next_key[0]
             p = ffi.new("nghttp2_session **")
