@@ -105,6 +105,19 @@ class H2Stream:
                 raise StopAsyncIteration
             await self._wait()
 
+    def whole_body(self, limit: int) -> bytes | None:
+        """The whole request body, taken (its credit given back), when all of it has arrived and it is under
+        `limit` bytes; otherwise None, and nothing taken (the caller reads body() instead)."""
+        if not self.body_done or self.gone:
+            return None
+        n = sum(map(len, self.chunks))
+        if n >= limit:
+            return None
+        data = b"".join(self.chunks)
+        self.chunks.clear()
+        self.conn.consumed(self, n)
+        return data
+
     async def _wait(self) -> None:
         self.waiter = self.conn.loop.create_future()
         try:
