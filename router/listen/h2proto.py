@@ -30,6 +30,7 @@ Past 400 lines on purpose: the connection, its per-stream Exchange and these def
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from typing import TYPE_CHECKING, Any
@@ -149,10 +150,14 @@ class H2Stream:
         arr, n, _keep = _nva(head)
         conn = self.conn
         if end and not self.out and self.trailers is None:
-            _lib.nghttp2_submit_response(conn.ng.ptr, self.sid, arr, n, ng.NULL)
+            rv = _lib.nghttp2_submit_response(conn.ng.ptr, self.sid, arr, n, ng.NULL)
         else:
             conn.sending[self.sid] = self
-            _lib.nghttp2_submit_response(conn.ng.ptr, self.sid, arr, n, ng.PROVIDER)
+            rv = _lib.nghttp2_submit_response(conn.ng.ptr, self.sid, arr, n, ng.PROVIDER)
+        if rv != 0:  # the stream is gone already (closed by the client, or past a GOAWAY)
+            conn.sending.pop(self.sid, None)
+            self.gone = True
+            raise ClientGone()
         self.sent = True
 
     async def write(self, data: bytes) -> None:
@@ -179,7 +184,8 @@ class H2Stream:
         conn = self.conn
         if not (self.gone or conn.lost):
             self.eof = True
-            self._submit(True)
+            with contextlib.suppress(ClientGone):  # the client closed the stream meanwhile: nothing to end
+                self._submit(True)
             conn.flush()
         conn.finish(self)
 
@@ -191,7 +197,8 @@ class H2Stream:
         if not (self.gone or conn.lost):
             self.trailers = [(n.lower(), v) for n, v in trailers if n[:1] != b":"]
             self.eof = True
-            self._submit(False)
+            with contextlib.suppress(ClientGone):
+                self._submit(False)
             conn.flush()
         conn.finish(self)
 
