@@ -286,7 +286,9 @@ def test_unknown_routes_format_warns_and_uses_delta(value: str) -> None:
     ("proxy.addr", ":3306;proto=tcp,:9999", ("0.0.0.0", 9999), []),  # the typed value: the first HTTP listener
     ("proxy.addr", "addr=[::1]:9999;it=0", ("::1", 9999), []),
     ("ui.addr", "127.0.0.1:9998;proto=http", ("127.0.0.1", 9998), []),
-    ("ui.addr", ":9998;it=30s;rt=1s", ("0.0.0.0", 9998), ["rt=1s is not supported"]),
+    ("ui.addr", ":9998;it=30s;rt=1s;wt=2s", ("0.0.0.0", 9998), []),  # all three applied (tests/test_ui_deadlines.py)
+    ("ui.addr", ":9998;pxyproto=true;pxytimeout=1s", ("0.0.0.0", 9998), []),  # tests/test_ui_deadlines.py
+    ("ui.addr", ":9998;refresh=1s", ("0.0.0.0", 9998), ["refresh=1s is not supported"]),
 ])
 def test_listener_options_and_extra_listeners_are_warned_about(key: str, addr: str, typed: tuple, warned: list) -> None:
     # every proxy.addr option and protocol: tests/test_listeners_config.py

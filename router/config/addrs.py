@@ -16,16 +16,9 @@ from router.config.values import duration, parse_bool, parse_int
 FABIO_LISTENER_PROTOS = ("http", "https", "tcp", "tcp+sni", "tcp-dynamic", "https+tcp+sni", "grpc", "grpcs",
                          "prometheus")
 SUPPORTED_LISTENER_OPTIONS = {"proxy.addr": ("proto", "it"),
-                              "ui.addr": ("proto", "it", "cs", "strictmatch", "tlsmin", "tlsmax", "tlsciphers")}
+                              "ui.addr": ("proto", "it", "rt", "wt", "cs", "strictmatch", "tlsmin", "tlsmax",
+                                          "tlsciphers", "pxyproto", "pxytimeout")}
 _LISTENER_OPTION_NOTES = {
-    "rt": "no read timeout is applied",
-    "wt": "no write timeout is applied",
-    "pxyproto": "a PROXY protocol header is not read: such connections get 400",
-    "pxytimeout": "the PROXY protocol is not supported",
-    "strictmatch": "there are no TLS listeners",
-    "tlsmin": "there are no TLS listeners",
-    "tlsmax": "there are no TLS listeners",
-    "tlsciphers": "there are no TLS listeners",
     "refresh": "tcp-dynamic listeners are not supported",
 }
 

@@ -28,6 +28,7 @@ from router.listen.alpn import ALPN, Negotiated
 from router.listen.h2proto import H2
 from router.listen.http1 import Http1
 from router.listen.tcp import TCPCounters, TCPProxy
+from router.listen.ui_proxyproto import ui_handler
 from router.proxy.grpc import GrpcProxy
 from router.table.state import RouterState
 
@@ -143,6 +144,12 @@ class Edge:
         """The context of an HTTPS `ui.addr` (fabio serves its UI over TLS with a `cs=`): HTTP/1.1 only, as
         uvicorn speaks it; the certificates are watched like a proxy listener's."""
         return await self._tls(lst, ("http/1.1",), key="ui.addr")
+
+    def serve_ui(self, lst: Listener, server) -> None:  # type: ignore[no-untyped-def]
+        """`pxyproto=true` on ui.addr: our acceptor reads the PROXY header, then uvicorn's protocol of `server`
+        (the uvicorn Server, started without sockets) serves the connection (router/listen/ui_proxyproto.py)."""
+        sock = bind(lst.host, lst.port)
+        self._serve(sock, ui_handler(server), lst, f"ui.addr {lst}")
 
     async def start_http(self, server) -> None:  # type: ignore[no-untyped-def]
         """The HTTP-family listeners the HTTP server (router/listen/server.py) serves beside its first one:

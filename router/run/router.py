@@ -15,6 +15,7 @@ from registry.consul.register import Registrar, Registration, aliases
 from registry.consul.watcher import ConsulWatcher, RegistryStatus
 from registry.static import load_text, watch_file
 from router.config.settings import Config
+from router.listen.ui_deadlines import with_deadlines
 from router.listen.uvicorn_server import Server, uvicorn_config, with_ssl
 from router.run import edge
 from router.run.assemble import build_proxy, proxy_server
@@ -117,7 +118,10 @@ class Router:
         ui_lst = self.cfg.ui_listener
         keep_alive = {} if ui_lst is None or ui_lst.idle_timeout is None else {  # fabio's it= on ui.addr; 0: never
             "timeout_keep_alive": ui_lst.idle_timeout or 86400.0}
-        ui_config = uvicorn_config(self.ui, self.cfg["ui.addr"], **keep_alive)
+        proxied_ui = ui_lst is not None and ui_lst.proxy_proto  # pxyproto=true: our acceptor, uvicorn's protocol
+        deadlines = (with_deadlines(ui_lst.read_timeout, ui_lst.write_timeout, always=proxied_ui)
+                     if ui_lst is not None else None)
+        ui_config = uvicorn_config(self.ui, self.cfg["ui.addr"], http=deadlines or "httptools", **keep_alive)
         if self.cfg.ui_listener is not None and self.cfg.ui_listener.tls:
             with_ssl(ui_config, await self.edge.ui_tls(self.cfg.ui_listener))
         ui_server = Server(ui_config)
@@ -142,7 +146,10 @@ class Router:
             loop.add_signal_handler(sig, stop.set)
 
         registry = asyncio.create_task(self.registry(), name="registry")
-        serving += [asyncio.create_task(s.serve(), name="server") for s in servers]
+        if proxied_ui:
+            self.edge.serve_ui(ui_lst, ui_server)  # type: ignore[arg-type]
+        serving += [asyncio.create_task(s.serve(sockets=[]) if s is ui_server and proxied_ui else s.serve(),
+                                        name="server") for s in servers]
         waiter = asyncio.create_task(stop.wait())
         done, _ = await asyncio.wait([waiter, *serving], return_when=asyncio.FIRST_COMPLETED)
         if waiter not in done:  # a server failed to start (port in use, ...)
