@@ -19,10 +19,11 @@ FROM ${BUILD_BASE} AS build
 ARG PIP_INDEX_URL
 ARG PIP_EXTRA_INDEX_URL
 # tini as PID 1 (see ENTRYPOINT), its static build, so the final stage needs no package manager run;
-# binutils for `strip` below (build stage only).
+# binutils for `strip` below (build stage only); libnghttp2-14, the HTTP/2 engine (router/proxy/nghttp2.py),
+# copied into the venv's lib/ where the router looks when the system has none (the final stage installs nothing).
 # hadolint ignore=DL3008
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends tini binutils \
+    && apt-get install -y --no-install-recommends tini binutils libnghttp2-14 \
     && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY pyproject.toml constraints.txt README.md ./
@@ -38,7 +39,8 @@ RUN python3 -m venv /tmp/buildenv \
     && python3 -m venv /opt/router \
     && /opt/router/bin/pip install --no-cache-dir --no-index --find-links /wheels consul-router \
     && /opt/router/bin/pip uninstall -y -q pip setuptools \
-    && find /opt/router -name '*.so' -exec strip --strip-unneeded {} +
+    && find /opt/router -name '*.so' -exec strip --strip-unneeded {} + \
+    && cp -L /usr/lib/*-linux-gnu/libnghttp2.so.14 /opt/router/lib/
 
 # ---- run: the base, the venv, tini; no compiler, no pip, no wheels, not root
 FROM ${BASE}

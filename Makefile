@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: deps consul browser slowhttptest test lint unit run bench clean soak
+.PHONY: deps nghttp2 consul browser slowhttptest test lint unit run bench clean soak
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -12,7 +12,14 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip install -q -c constraints.txt -e '.[test]'
 	touch $(STAMP)
 
-deps: $(STAMP)
+deps: $(STAMP) nghttp2
+
+# Debian's libnghttp2-14, the HTTP/2 engine (router/proxy/nghttp2.py; curl depends on it, so it is usually
+# there already); apt-get only when it is missing.
+nghttp2:
+	@test -e /usr/lib/$$(gcc -dumpmachine 2>/dev/null || echo x86_64-linux-gnu)/libnghttp2.so.14 \
+		|| ldconfig -p | grep -q 'libnghttp2\.so\.14 ' \
+		|| (apt-get update && apt-get install -y libnghttp2-14)
 
 # Provides a consul binary: $$CONSUL, else `consul` on PATH, else Debian bullseye's package under .cache/.
 consul:

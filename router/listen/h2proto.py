@@ -1,25 +1,28 @@
-"""HTTP/2 on one client connection (ALPN `h2` on TLS listeners), with python-hyper's `h2` as the
-protocol engine. Each stream is one request for the proxy core, through the same Exchange interface the
-HTTP/1.1 listener implements (router/proxy/exchange.py), so routing, headers, the upstream pool (still
-HTTP/1.1 to the instances), the access log and the counters are shared.
+"""HTTP/2 on one client connection (ALPN `h2` on TLS listeners, prior knowledge on `proto=grpc` ones), with
+libnghttp2 as the protocol engine (router/proxy/nghttp2.py: frames, HPACK, HTTP messaging rules, flow
+control). Each stream is one request for the proxy core, through the same Exchange interface the HTTP/1.1
+listener implements (router/proxy/exchange.py), so routing, headers, the upstream pool (still HTTP/1.1 to
+the instances), the access log and the counters are shared.
 
 Bounded per connection, and why:
 
-* **Streams**: at most `MAX_STREAMS` (100) open at once (SETTINGS_MAX_CONCURRENT_STREAMS; h2 refuses
-  more with RST_STREAM REFUSED_STREAM).
+* **Streams**: at most `MAX_STREAMS` (100) open at once (SETTINGS_MAX_CONCURRENT_STREAMS; once the client
+  has acknowledged it, a stream beyond it ends the connection with GOAWAY PROTOCOL_ERROR, before that it is
+  refused with RST_STREAM REFUSED_STREAM).
 * **Request bodies**: flow control is the bound. A stream's received bytes are acknowledged (WINDOW_UPDATE)
   only when the core has taken them, so a client can have at most one window (64 KiB) per stream and the
   connection's window in flight, never more than we read on.
-* **Response bodies**: `write()` sends as much as the peer's windows allow and waits for WINDOW_UPDATE
-  (and for the socket's write buffer to drain) otherwise: a client that reads slowly holds up its own
-  stream's upstream, as on HTTP/1.1.
-* **Headers**: the header list is limited to `max_head` bytes (SETTINGS_MAX_HEADER_LIST_SIZE, enforced by
-  the HPACK decoder); a larger one ends the connection with GOAWAY.
+* **Response bodies**: `write()` queues bytes nghttp2 takes as the peer's windows allow, and waits while a
+  stream has more than `WRITE_HIGH` queued (or the socket's write buffer is full): a client that reads
+  slowly holds up its own stream's upstream, as on HTTP/1.1.
+* **Headers**: the header list is limited to `max_head` bytes (SETTINGS_MAX_HEADER_LIST_SIZE, counted as
+  RFC 9113 does while the block is decoded); a larger one ends the connection with GOAWAY ENHANCE_YOUR_CALM.
 * **Rapid reset (CVE-2023-44487)**: streams the client resets before we answered them are counted; more
   than `RESET_BUDGET` in `RESET_WINDOW` seconds ends the connection with GOAWAY ENHANCE_YOUR_CALM.
 * **SETTINGS and PING floods**: more than `CONTROL_BUDGET` of either in `RESET_WINDOW` seconds does the same
   (each would otherwise cost an acknowledgement we write).
-* **Malformed frames** (h2's ProtocolError): GOAWAY PROTOCOL_ERROR, connection closed.
+* **Malformed frames**: nghttp2 answers them with GOAWAY (PROTOCOL_ERROR, COMPRESSION_ERROR, ...); the
+  connection is closed once that is written.
 
 Past 400 lines on purpose: the connection, its per-stream Exchange and these defences read best together.
 """
@@ -27,21 +30,15 @@ Past 400 lines on purpose: the connection, its per-stream Exchange and these def
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
-import h2.config
-import h2.connection
-import h2.errors
-import h2.events
-import h2.exceptions
-import h2.settings
-from hyperframe.frame import GoAwayFrame
-
 from router.listen.flow import GONE, WriteFlow
 from router.listen.tlsinfo import tls_extension
+from router.proxy import nghttp2 as ng
 from router.proxy.exchange import ClientGone, Headers
 from router.proxy.grpc import is_grpc
 
@@ -58,19 +55,22 @@ CONTROL_BUDGET = 200  # SETTINGS or PING frames per window
 WRITE_HIGH = 64 * 1024
 HOP_BY_HOP = frozenset({b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade",
                         b"te", b"trailer"})
+_lib = ng.lib
+_nva = ng.nva
+_memmove = ng.memmove
 
 
 class H2Stream:
     """One request/response on an HTTP/2 connection: the Exchange the core answers through."""
 
     __slots__ = ("conn", "sid", "scope", "chunks", "body_done", "gone", "waiter", "status", "size", "head",
-                 "finished", "sent", "task", "unacked", "read_by", "write_by")
+                 "finished", "sent", "task", "read_by", "write_by", "out", "eof", "trailers", "bodyless")
 
     def __init__(self, conn: H2, sid: int, scope: dict) -> None:
         self.conn = conn
         self.sid = sid
         self.scope = scope
-        self.chunks: list[tuple[bytes, int]] = []  # (data, flow-controlled length)
+        self.chunks: list[bytes] = []
         self.body_done = False
         self.gone = False
         self.waiter: asyncio.Future[None] | None = None
@@ -80,8 +80,11 @@ class H2Stream:
         self.finished = False
         self.sent = False
         self.task: asyncio.Task | None = None
-        self.unacked = 0
         self.read_by = self.write_by = 0.0  # rt=/wt= deadlines (monotonic), 0 = none
+        self.out = bytearray()  # answer bytes nghttp2 has yet to take (H2.on_read)
+        self.eof = False
+        self.trailers: Headers | None = None
+        self.bodyless = False
 
     # --- the request body
     def body(self) -> H2Stream:
@@ -93,16 +96,28 @@ class H2Stream:
     async def __anext__(self) -> bytes:
         while True:
             if self.chunks:
-                data = b"".join(c for c, _ in self.chunks)
-                n = sum(f for _, f in self.chunks)
+                data = b"".join(self.chunks) if len(self.chunks) > 1 else self.chunks[0]
                 self.chunks.clear()
-                self.conn.consumed(self, n)  # now the client may send more
+                self.conn.consumed(self, len(data))  # now the client may send more
                 return data
             if self.gone:
                 raise ClientGone()
             if self.body_done:
                 raise StopAsyncIteration
             await self._wait()
+
+    def whole_body(self, limit: int) -> bytes | None:
+        """The whole request body, taken (its credit given back), when all of it has arrived and it is under
+        `limit` bytes; otherwise None, and nothing taken (the caller reads body() instead)."""
+        if not self.body_done or self.gone:
+            return None
+        n = sum(map(len, self.chunks))
+        if n >= limit:
+            return None
+        data = b"".join(self.chunks)
+        self.chunks.clear()
+        self.conn.consumed(self, n)
+        return data
 
     async def _wait(self) -> None:
         self.waiter = self.conn.loop.create_future()
@@ -119,57 +134,58 @@ class H2Stream:
     # --- the answer
     def start(self, status: int, headers: Headers) -> None:
         self.status = status
-        # h2 neither checks nor normalises what we send (H2.__init__): names are lower-cased here, and the
-        # connection-specific ones HTTP/2 forbids are dropped; values come from a parser or from the config
+        # nghttp2 checks nothing of what we send: names are lower-cased here, and the connection-specific
+        # ones HTTP/2 forbids are dropped; values come from a parser or from the config
         self.head = [(b":status", str(status).encode())] + [(ln, v) for ln, v in ((n.lower(), v) for n, v in headers)
                                                           if ln not in HOP_BY_HOP]
+        self.bodyless = self.scope["method"] == "HEAD" or status in (204, 304)
 
-    def _send_head(self, end: bool) -> None:
-        if self.head is not None:
-            head, self.head = self.head, None
-            self.conn.h2.send_headers(self.sid, head, end_stream=end)
-            self.sent = True
+    def _submit(self, end: bool) -> None:
+        """Hand the answer's HEADERS to nghttp2: alone with END_STREAM when nothing follows, otherwise with
+        the data provider (H2.on_read) that sends `out`, then the END_STREAM or the trailers."""
+        head, self.head = self.head, None
+        if head is None:
+            _lib.nghttp2_session_resume_data(self.conn.ng.ptr, self.sid)  # more to take (an error if not waiting)
+            return
+        arr, n, _keep = _nva(head)
+        conn = self.conn
+        if end and not self.out and self.trailers is None:
+            rv = _lib.nghttp2_submit_response(conn.ng.ptr, self.sid, arr, n, ng.NULL)
+        else:
+            conn.sending[self.sid] = self
+            rv = _lib.nghttp2_submit_response(conn.ng.ptr, self.sid, arr, n, ng.PROVIDER)
+        if rv != 0:  # the stream is gone already (closed by the client, or past a GOAWAY)
+            conn.sending.pop(self.sid, None)
+            self.gone = True
+            raise ClientGone()
+        self.sent = True
 
     async def write(self, data: bytes) -> None:
-        try:
-            conn = self.conn
+        conn = self.conn
+        if self.gone or conn.lost:
+            raise ClientGone()
+        if self.bodyless:
+            return  # a HEAD or 204/304 answer: its HEADERS go with END_STREAM at end()
+        if data:
+            self.out += data
+            self.size += len(data)
+        self._submit(False)
+        conn.flush()
+        while len(self.out) >= WRITE_HIGH:  # the peer's windows hold it: wait for on_read to take some
+            await self._wait()
             if self.gone or conn.lost:
                 raise ClientGone()
-            self._send_head(False)
-            if self.scope["method"] == "HEAD" or self.status in (204, 304):
-                conn.flush()
-                return
-            view = memoryview(data)
-            while view:
-                if self.gone or conn.lost:
-                    raise ClientGone()
-                window = min(conn.h2.local_flow_control_window(self.sid), conn.h2.max_outbound_frame_size)
-                if window <= 0:
-                    conn.flush()
-                    await self._wait()  # a WINDOW_UPDATE (or the stream's end) wakes us
-                    continue
-                chunk, view = view[:window], view[window:]
-                conn.h2.send_data(self.sid, chunk.tobytes())
-                self.size += len(chunk)
-            conn.flush()
-            if conn.write_paused:
-                await conn.drain()
-        except h2.exceptions.ProtocolError:  # the client closed the stream or the connection (GOAWAY)
-            self.gone = True
-            raise ClientGone() from None
+        if conn.write_paused:
+            await conn.drain()
 
     async def end(self) -> None:
         if self.finished:
             return
         conn = self.conn
         if not (self.gone or conn.lost):
-            try:
-                if self.head is not None:
-                    self._send_head(True)
-                else:
-                    conn.h2.end_stream(self.sid)
-            except h2.exceptions.ProtocolError:  # the client closed the stream or the connection (GOAWAY)
-                self.gone = True
+            self.eof = True
+            with contextlib.suppress(ClientGone):  # the client closed the stream meanwhile: nothing to end
+                self._submit(True)
             conn.flush()
         conn.finish(self)
 
@@ -179,12 +195,10 @@ class H2Stream:
             return
         conn = self.conn
         if not (self.gone or conn.lost):
-            try:
-                self._send_head(False)
-                conn.h2.send_headers(self.sid, [(n.lower(), v) for n, v in trailers if n[:1] != b":"],
-                                     end_stream=True)
-            except h2.exceptions.ProtocolError:  # the client closed the stream or the connection (GOAWAY)
-                self.gone = True
+            self.trailers = [(n.lower(), v) for n, v in trailers if n[:1] != b":"]
+            self.eof = True
+            with contextlib.suppress(ClientGone):
+                self._submit(False)
             conn.flush()
         conn.finish(self)
 
@@ -196,7 +210,8 @@ class H2Stream:
 
 
 class H2(WriteFlow, asyncio.Protocol):
-    """One client connection speaking HTTP/2 to the proxy core (see the module docstring)."""
+    """One client connection speaking HTTP/2 to the proxy core (see the module docstring). nghttp2 calls
+    the `on_*` methods from inside `data_received` (mem_recv) and `flush_now` (mem_send)."""
 
     def __init__(self, listener: Listener, client: tuple[str, int] | None = None) -> None:
         self.listener = listener
@@ -206,20 +221,13 @@ class H2(WriteFlow, asyncio.Protocol):
         self.server: tuple[str, int] | None = None
         self.tls: dict[str, int] | None = None
         self.transport: asyncio.Transport = None  # type: ignore[assignment]
-        # What arrives is validated and normalised (hostile clients); what we send is built by H2Stream from
-        # headers the upstream parser or the router made, so h2's per-header checks on it (a generator chain
-        # per header, ~15 % of sending an answer's HEADERS: bench/tls_bench.py) are skipped
-        config = h2.config.H2Configuration(client_side=False, header_encoding=None, validate_outbound_headers=False,
-                                           normalize_outbound_headers=False)
-        self.h2 = h2.connection.H2Connection(config=config)
-        head_limit = min(listener.max_head, 1 << 20)
-        self.h2.local_settings = h2.settings.Settings(client=False, initial_values={
-            h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: MAX_STREAMS,
-            h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: head_limit,
-            h2.settings.SettingCodes.ENABLE_PUSH: 0,
-        })
-        self.h2.decoder.max_header_list_size = head_limit  # enforced from the first HEADERS (h2 waits for the ACK)
-        self.streams: dict[int, H2Stream] = {}
+        self.ng = ng.Session(server=True)
+        self.head_limit = min(listener.max_head, 1 << 20)
+        self.streams: dict[int, H2Stream] = {}  # requests not yet answered
+        self.sending: dict[int, H2Stream] = {}  # answers nghttp2 is still taking bytes of (on_read)
+        self.cur: Headers = []  # the header block being decoded (on_begin_headers .. on_frame)
+        self.cur_size = 0
+        self.peer_goaway = False
         self.flush_pending = False
         self.lost = False
         self.closing = False
@@ -246,79 +254,149 @@ class H2(WriteFlow, asyncio.Protocol):
         if self.listener.deadlines and self.server is not None and self.server[1] in self.listener.deadlines:
             self.rt, self.wt = self.listener.deadlines[self.server[1]]
             self.listener.timed.add(self)
-        self.h2.initiate_connection()
+        self.ng.open(self)
+        self.ng.settings({ng.SETTINGS_MAX_CONCURRENT_STREAMS: MAX_STREAMS,
+                          ng.SETTINGS_MAX_HEADER_LIST_SIZE: self.head_limit, ng.SETTINGS_ENABLE_PUSH: 0})
         self.flush()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
+        self.ng.close()  # no more callbacks into us; the C session goes with this object
         self.listener.conns.discard(self)
         self.listener.timed.discard(self)
-        for s in self.streams.values():
+        for s in [*self.streams.values(), *self.sending.values()]:
             s.gone = True
             s.wake()
+        self.streams.clear()  # no cycles through the streams: this object, and nghttp2's session, go now
+        self.sending.clear()
         self.resume_writing()
         self.transport = GONE  # type: ignore[assignment]  # why: router/listen/flow.py
 
     def flush(self) -> None:
-        """Write what h2 has queued, once per event-loop turn: the frames of every stream answered in one
-        turn leave in one TLS record instead of one each (TLS records, not frames, are the cost here)."""
+        """Write what nghttp2 has queued, once per event-loop turn: the frames of every stream answered in
+        one turn leave in one TLS record instead of one each (TLS records, not frames, are the cost here)."""
         if not self.flush_pending:
             self.flush_pending = True
             self.loop.call_soon(self.flush_now)
 
     def flush_now(self) -> None:
         self.flush_pending = False
-        data = self.h2.data_to_send()
-        if data and not self.lost:
+        if self.lost:
+            return
+        data = self.ng.send()
+        if data:
             self.transport.write(data)
+        if not self.ng.alive():  # after a GOAWAY of ours (an error, or the last stream after a graceful one)
+            self._close_all()
 
     def data_received(self, data: bytes) -> None:
-        try:
-            events = self.h2.receive_data(data)
-        except h2.exceptions.ProtocolError as e:  # h2 has queued its GOAWAY (PROTOCOL_ERROR, ENHANCE_YOUR_CALM)
-            log.info("h2 %s: %s; closing the connection", self.client[0] if self.client else "?", e)
+        n = self.ng.recv(data)
+        if self.lost:
+            return
+        if n < 0:  # bad preface, a flood nghttp2 caught, or one of our callbacks failed
+            log.info("h2 %s: %s; closing the connection", self.client[0] if self.client else "?", ng.strerror(n))
             self.flush_now()
             self._close_all()
             return
-        for ev in events:
-            if isinstance(ev, h2.events.RequestReceived):
-                self._request(ev)
-            elif isinstance(ev, h2.events.DataReceived):
-                s = self.streams.get(ev.stream_id)
-                if s is None or s.finished:  # answered already: the rest is dropped, the window given back
-                    if ev.flow_controlled_length:
-                        self.h2.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
-                    continue
-                s.chunks.append((ev.data, ev.flow_controlled_length))
-                s.wake()
-            elif isinstance(ev, h2.events.StreamEnded):
-                s = self.streams.get(ev.stream_id)
+        if self.peer_goaway:  # the client is done: what is in flight ends quietly with the connection
+            self.closing = True
+            self.flush_now()
+            self.transport.close()
+            return
+        self.flush()
+
+    # --- nghttp2's callbacks (router/proxy/nghttp2.py Engine)
+    def on_begin_headers(self, sid: int) -> int:
+        self.cur = []
+        self.cur_size = 0
+        return 0
+
+    def on_header(self, name: bytes, value: bytes) -> int:
+        self.cur_size += len(name) + len(value) + 32  # RFC 9113 6.5.2's size of a header list
+        if self.cur_size > self.head_limit:
+            log.info("h2 %s: a header list over %d bytes; closing the connection",
+                     self.client[0] if self.client else "?", self.head_limit)
+            _lib.nghttp2_session_terminate_session(self.ng.ptr, ng.ENHANCE_YOUR_CALM)
+            return ng.ERR_TEMPORAL_CALLBACK_FAILURE  # the stream is reset, the rest of its block ignored
+        self.cur.append((name, value))
+        return 0
+
+    def on_frame(self, kind: int, flags: int, sid: int, frame: Any) -> int:
+        if kind == ng.HEADERS:
+            if frame.cat == ng.HCAT_REQUEST:
+                self._request(sid, self.cur, flags & ng.FLAG_END_STREAM)
+            elif flags & ng.FLAG_END_STREAM:  # the request's trailers
+                s = self.streams.get(sid)
                 if s is not None:
                     s.body_done = True
                     s.wake()
-            elif isinstance(ev, h2.events.StreamReset):
-                s = self.streams.pop(ev.stream_id, None)
+        elif kind == ng.DATA:
+            if flags & ng.FLAG_END_STREAM:
+                s = self.streams.get(sid)
                 if s is not None:
-                    s.gone = True
+                    s.body_done = True
                     s.wake()
-                    if not s.finished and ev.remote_reset:
-                        self._count("resets", RESET_BUDGET)
-                        if s.task is not None:
-                            s.task.cancel()
-            elif isinstance(ev, h2.events.WindowUpdated):
-                targets = self.streams.values() if ev.stream_id == 0 else filter(None, [self.streams.get(ev.stream_id)])
-                for s in targets:
-                    s.wake()
-            elif isinstance(ev, h2.events.RemoteSettingsChanged | h2.events.PingReceived):
+        elif kind == ng.RST_STREAM:
+            s = self.streams.pop(sid, None)
+            if s is not None:
+                s.gone = True
+                s.wake()
+                if not s.finished:
+                    if s.task is not None:
+                        s.task.cancel()
+                    self._count("resets", RESET_BUDGET)
+        elif kind == ng.SETTINGS or kind == ng.PING:
+            if not flags & ng.FLAG_ACK:
                 self._count("control", CONTROL_BUDGET)
-            elif isinstance(ev, h2.events.ConnectionTerminated):
-                self.closing = True
-                self.transport.close()
-                return
-            if self.lost:
-                return
-        self.flush()
+        elif kind == ng.GOAWAY:
+            self.peer_goaway = True
+        return 0
 
+    def on_data(self, sid: int, data: bytes) -> int:
+        s = self.streams.get(sid)
+        if s is None or s.finished:  # answered already: the rest is dropped, the window given back
+            _lib.nghttp2_session_consume(self.ng.ptr, sid, len(data))
+        else:
+            s.chunks.append(data)
+            s.wake()
+        return 0
+
+    def on_close(self, sid: int, code: int) -> int:
+        for d in (self.streams, self.sending):
+            s = d.pop(sid, None)
+            if s is not None:
+                s.gone = True
+                s.wake()
+        return 0
+
+    def on_read(self, sid: int, buf: Any, length: int, flags: Any) -> int:
+        """nghttp2 takes up to `length` bytes of stream `sid`'s answer (its windows allow that much)."""
+        s = self.sending.get(sid)
+        if s is None:
+            return ng.ERR_TEMPORAL_CALLBACK_FAILURE
+        out = s.out
+        n = len(out)
+        if n > length:
+            n = length
+        if n:
+            _memmove(buf, out, n)
+            del out[:n]
+        if not out:
+            if s.eof:
+                if s.trailers is not None:
+                    flags[0] |= ng.DATA_FLAG_EOF | ng.DATA_FLAG_NO_END_STREAM
+                    arr, k, _keep = _nva(s.trailers)
+                    _lib.nghttp2_submit_trailer(self.ng.ptr, sid, arr, k)
+                else:
+                    flags[0] |= ng.DATA_FLAG_EOF
+                del self.sending[sid]
+            elif not n:
+                return ng.ERR_DEFERRED  # until write() or end() resumes it
+        if s.waiter is not None and len(out) < WRITE_HIGH:
+            s.wake()
+        return n
+
+    # --- the defences
     def _count(self, what: str, budget: int) -> None:
         now = time.monotonic()
         if now - self.window_start > RESET_WINDOW:
@@ -326,19 +404,12 @@ class H2(WriteFlow, asyncio.Protocol):
         n = getattr(self, what) + 1
         setattr(self, what, n)
         if n > budget:
-            self._goaway(h2.errors.ErrorCodes.ENHANCE_YOUR_CALM, f"too many {what} ({n} in {RESET_WINDOW:g}s)")
-
-    def _goaway(self, code: h2.errors.ErrorCodes, why: str) -> None:
-        log.info("h2 %s: %s; closing the connection", self.client[0] if self.client else "?", why)
-        try:
-            self.h2.close_connection(error_code=code)
-            self.flush_now()
-        except h2.exceptions.ProtocolError:
-            pass
-        self._close_all()
+            log.info("h2 %s: too many %s (%d in %gs); closing the connection",
+                     self.client[0] if self.client else "?", what, n, RESET_WINDOW)
+            _lib.nghttp2_session_terminate_session(self.ng.ptr, ng.ENHANCE_YOUR_CALM)
 
     def _close_all(self) -> None:
-        for s in self.streams.values():
+        for s in [*self.streams.values(), *self.sending.values()]:
             s.gone = True
             s.wake()
             if s.task is not None and not s.finished:
@@ -347,17 +418,14 @@ class H2(WriteFlow, asyncio.Protocol):
             self.transport.close()
         self.lost = True
 
-    def _request(self, ev: h2.events.RequestReceived) -> None:
+    def _request(self, sid: int, fields: Headers, ended: int) -> None:
         if self.closing:  # after our GOAWAY: a stream the client opened anyway is refused (it may retry it)
-            try:
-                self.h2.reset_stream(ev.stream_id, h2.errors.ErrorCodes.REFUSED_STREAM)
-            except h2.exceptions.ProtocolError:
-                pass
+            _lib.nghttp2_submit_rst_stream(self.ng.ptr, 0, sid, ng.REFUSED_STREAM)
             return
         method = path = authority = b""
         headers: Headers = []
         cookies: list[bytes] = []
-        for name, value in ev.headers:
+        for name, value in fields:
             if name[:1] == b":":
                 if name == b":method":
                     method = value
@@ -373,6 +441,10 @@ class H2(WriteFlow, asyncio.Protocol):
             headers.append((b"cookie", b"; ".join(cookies)))
         if authority and not any(n == b"host" for n, _ in headers):
             headers.insert(0, (b"host", authority))
+        if not ended and not any(n == b"content-length" for n, _ in headers):
+            # a body of unknown length follows (HTTP/2 needs no header for it): HTTP/1.1 needs one to send it
+            # at all, so the core sees the framing it would on HTTP/1.1 (and sends the body chunked)
+            headers.append((b"transfer-encoding", b"chunked"))
         raw_path, _, query = path.partition(b"?")
         text = raw_path.decode("ascii", "replace")
         scope: dict[str, Any] = {
@@ -381,14 +453,14 @@ class H2(WriteFlow, asyncio.Protocol):
             "client": self.client, "server": self.server, "scheme": "https" if self.tls is not None else "http"}
         if self.tls is not None:
             scope["extensions"] = {"tls": self.tls}
-        s = H2Stream(self, ev.stream_id, scope)
-        if ev.stream_ended is not None:
+        s = H2Stream(self, sid, scope)
+        if ended:
             s.body_done = True
         if self.rt or self.wt:
             now = time.monotonic()
             s.read_by = now + self.rt if self.rt and not s.body_done else 0.0
             s.write_by = now + self.wt if self.wt else 0.0
-        self.streams[ev.stream_id] = s
+        self.streams[sid] = s
         s.task = self.loop.create_task(self._run(s))
 
     def _grpc_target(self, scope: dict):  # type: ignore[no-untyped-def]
@@ -431,35 +503,30 @@ class H2(WriteFlow, asyncio.Protocol):
                     pass
         if not s.finished:
             if not self.lost and s.sid in self.streams:
-                try:
-                    self.h2.reset_stream(s.sid, h2.errors.ErrorCodes.INTERNAL_ERROR)
-                    self.flush()
-                except h2.exceptions.ProtocolError:
-                    pass
+                _lib.nghttp2_submit_rst_stream(self.ng.ptr, 0, s.sid, ng.INTERNAL_ERROR)
+                self.flush()
             self.finish(s)
 
     def consumed(self, s: H2Stream, n: int) -> None:
         """Credit back for `n` bytes the core took (or that were dropped): also once the stream has ended,
-        since the connection's window counted them (h2 then updates that one only)."""
+        since the connection's window counted them (nghttp2 then updates that one only)."""
         if n and not self.lost:
-            try:
-                self.h2.acknowledge_received_data(n, s.sid)
-                self.flush()
-            except h2.exceptions.ProtocolError:
-                pass
+            _lib.nghttp2_session_consume(self.ng.ptr, s.sid, n)
+            self.flush()
 
     def finish(self, s: H2Stream) -> None:
         s.finished = True
         self.streams.pop(s.sid, None)
         if s.chunks:  # answered before its body was read: what came is dropped, its credit given back
-            self.consumed(s, sum(f for _, f in s.chunks))
+            self.consumed(s, sum(map(len, s.chunks)))
             s.chunks.clear()
         self.listener.requests += 1
         if not self.streams:
             self.idle_since = self.listener.now
-            if self.closing and not self.lost:
+            if self.closing and not self.lost and not self.sending:
                 self.flush_now()
-                self.transport.close()
+                if not self.lost:
+                    self.transport.close()
 
     # --- the listener's housekeeping
     def overdue(self, now: float) -> bool:
@@ -472,25 +539,22 @@ class H2(WriteFlow, asyncio.Protocol):
             s.wake()
             if s.task is not None and not s.finished:
                 s.task.cancel()
-            try:
-                self.h2.reset_stream(s.sid, h2.errors.ErrorCodes.INTERNAL_ERROR)
-            except h2.exceptions.ProtocolError:
-                pass
-            self.flush()
+            if not self.lost:
+                _lib.nghttp2_submit_rst_stream(self.ng.ptr, 0, s.sid, ng.INTERNAL_ERROR)
+                self.flush()
         return False
 
     def shutdown(self) -> None:
-        """Graceful stop: GOAWAY (no new streams); close once the open ones are answered.
-
-        The GOAWAY frame is written by hand: h2's close_connection() moves the whole connection to CLOSED,
-        after which every frame of the streams still open (their bodies, their answers) is a ProtocolError."""
+        """Graceful stop: GOAWAY (no new streams); close once the open ones are answered (nghttp2 goes on
+        serving the streams the GOAWAY's last stream id covers)."""
         if self.closing:
             return
         self.closing = True
         if not self.lost:
+            _lib.nghttp2_submit_goaway(self.ng.ptr, 0, _lib.nghttp2_session_get_last_proc_stream_id(self.ng.ptr),
+                                       ng.NO_ERROR, ng.NULL, 0)
             self.flush_now()
-            self.transport.write(GoAwayFrame(0, last_stream_id=self.h2.highest_inbound_stream_id).serialize())
-            if not self.streams:
+            if not self.streams and not self.lost:
                 self.transport.close()
 
     def idle(self, limit: float) -> bool:

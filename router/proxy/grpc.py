@@ -25,6 +25,7 @@ from time import perf_counter
 from typing import Any, Protocol
 
 from router.proxy.grpcframe import MessageLimit
+from router.proxy.h2client import HIGH as UPSTREAM_HIGH
 from router.proxy.h2client import H2Pool, UpstreamGone
 from router.proxy.stats import BOUNDS
 
@@ -55,6 +56,7 @@ class Downstream(Protocol):
     sent: bool
 
     def body(self) -> AsyncIterator[bytes]: ...
+    def whole_body(self, limit: int) -> bytes | None: ...
     def start(self, status: int, headers: Headers) -> None: ...
     async def write(self, data: bytes) -> None: ...
     async def end(self) -> None: ...
@@ -133,7 +135,8 @@ class GrpcProxy:
                 (b":path", path), (b":authority", authority or f"{target.host}:{target.port}".encode()), *out]
         try:
             if deadline is not None:
-                await asyncio.wait_for(self._call(head, down, target, tls, servername), deadline)
+                async with asyncio.timeout(deadline):  # (wait_for would run the call in a task of its own)
+                    await self._call(head, down, target, tls, servername)
             else:
                 await self._call(head, down, target, tls, servername)
         except TimeoutError:
@@ -163,21 +166,33 @@ class GrpcProxy:
         too_large: list[TooLarge] = []
         rx, tx = MessageLimit(self.max_rx), MessageLimit(min(self.max_rx, self.max_tx))
 
+        async def forward(chunk: bytes) -> bool:
+            ok, big = rx.feed(chunk)
+            if ok:
+                await up.write(ok)
+            if big:  # fabio's server refuses it: the instance's stream is cancelled, the client told
+                too_large.append(TooLarge(f"grpc: received message larger than max ({big} vs. {rx.limit})"))
+                up.cancel()
+                up.fail("request message too large")
+            return not big
+
         async def requests() -> None:
             async for chunk in down.body():
-                ok, big = rx.feed(chunk)
-                if ok:
-                    await up.write(ok)
-                if big:  # fabio's server refuses it: the instance's stream is cancelled, the client told
-                    too_large.append(TooLarge(f"grpc: received message larger than max ({big} vs. {rx.limit})"))
-                    up.cancel()
-                    up.fail("request message too large")
+                if not await forward(chunk):
                     return
             if rest := rx.rest():
                 await up.write(rest)
             up.end()
 
-        pump = asyncio.create_task(requests())
+        whole = down.whole_body(UPSTREAM_HIGH)
+        if whole is not None:  # unary and server-streaming calls: the request is all here already and fits
+            pump = None  # the instance's windows, so it is sent at once, without a task of its own
+            if await forward(whole):
+                if rest := rx.rest():
+                    await up.write(rest)
+                up.end()
+        else:
+            pump = asyncio.create_task(requests())
         try:
             try:
                 status, headers, ended = await up.response()
@@ -212,7 +227,7 @@ class GrpcProxy:
             else:
                 await down.end()
         finally:
-            if not pump.done():
+            if pump is not None and not pump.done():
                 pump.cancel()
             up.cancel()  # nothing if it ended; RST_STREAM CANCEL if the client left or the deadline hit
 

@@ -1,20 +1,22 @@
 """An HTTP/2 client for gRPC upstreams (router/proxy/grpc.py): one connection per instance, its streams
-multiplexed, h2 (python-hyper) as the protocol engine, flow control honoured both ways."""
+multiplexed, libnghttp2 as the protocol engine (router/proxy/nghttp2.py), flow control honoured both ways:
+the instance's bytes are acknowledged as the client takes them (`ack`), ours are queued per stream and
+taken by nghttp2 as the instance's windows allow (`on_read`), a writer waiting while more than `HIGH` is
+queued."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ssl
 from collections.abc import AsyncIterator
+from typing import Any
 
-import h2.config
-import h2.connection
-import h2.errors
-import h2.events
-import h2.exceptions
+from router.proxy import nghttp2 as ng
 
 Headers = list[tuple[bytes, bytes]]
+HIGH = 64 * 1024
+MAX_HEAD = 1 << 20  # an instance's header list past this resets its stream (memory, not trust)
+_lib = ng.lib
 
 
 class UpstreamGone(Exception):
@@ -26,33 +28,40 @@ class UpStream:
         self.conn = conn
         self.sid = sid
         self.head: asyncio.Future[tuple[int, Headers, bool]] = conn.loop.create_future()
-        self.queue: asyncio.Queue[tuple[bytes, int] | None] = asyncio.Queue()
+        self.queue: asyncio.Queue[bytes | None] = asyncio.Queue()
         self.trailers: Headers | None = None
         self.done = False
         self.error: str = ""
-        self.window: asyncio.Event = asyncio.Event()
+        self.out = bytearray()  # request bytes nghttp2 has yet to take (H2Client.on_read)
+        self.eof = False
+        self.waiter: asyncio.Future[None] | None = None
 
     async def write(self, data: bytes) -> None:
         c = self.conn
-        view = memoryview(data)
-        while view:
+        if self.done or c.closed:
+            raise UpstreamGone(self.error or "stream closed")
+        self.out += data
+        _lib.nghttp2_session_resume_data(c.ng.ptr, self.sid)
+        c.flush()
+        while len(self.out) >= HIGH:  # the instance's windows hold it: wait for on_read to take some
+            self.waiter = c.loop.create_future()
+            try:
+                await self.waiter
+            finally:
+                self.waiter = None
             if self.done or c.closed:
                 raise UpstreamGone(self.error or "stream closed")
-            n = min(c.h2.local_flow_control_window(self.sid), c.h2.max_outbound_frame_size, len(view))
-            if n <= 0:
-                self.window.clear()
-                c.flush()
-                await self.window.wait()
-                continue
-            c.h2.send_data(self.sid, view[:n].tobytes())
-            view = view[n:]
-        c.flush()
+
+    def wake(self) -> None:
+        w = self.waiter
+        if w is not None and not w.done():
+            w.set_result(None)
 
     def end(self) -> None:
-        if not self.done and not self.conn.closed:
-            with contextlib.suppress(h2.exceptions.ProtocolError):
-                self.conn.h2.end_stream(self.sid)
-                self.conn.flush()
+        if not self.done and not self.conn.closed and not self.eof:
+            self.eof = True
+            _lib.nghttp2_session_resume_data(self.conn.ng.ptr, self.sid)
+            self.conn.flush()
 
     async def response(self) -> tuple[int, Headers, bool]:
         """(:status, the other headers, whether the stream ended with them)."""
@@ -60,56 +69,62 @@ class UpStream:
 
     async def data(self) -> AsyncIterator[bytes]:
         while True:
-            item = await self.queue.get()
-            if item is None:
+            data = await self.queue.get()
+            if data is None:
                 if self.error:
                     raise UpstreamGone(self.error)
                 return
-            data, flen = item
             yield data
-            self.conn.ack(self.sid, flen)
+            self.conn.ack(self.sid, len(data))
 
     def cancel(self) -> None:
-        if not self.done and not self.conn.closed:
-            with contextlib.suppress(h2.exceptions.ProtocolError):
-                self.conn.h2.reset_stream(self.sid, h2.errors.ErrorCodes.CANCEL)
-                self.conn.flush()
-        self.conn.streams.pop(self.sid, None)
+        c = self.conn
+        if not self.done and not c.closed:
+            _lib.nghttp2_submit_rst_stream(c.ng.ptr, 0, self.sid, ng.CANCEL)
+            c.flush()
+        c.streams.pop(self.sid, None)
+        c.sending.pop(self.sid, None)
         self.done = True
         while not self.queue.empty():  # data that arrived but was never read still holds window credit
-            item = self.queue.get_nowait()
-            if item is not None:
-                self.conn.ack(self.sid, item[1])
+            data = self.queue.get_nowait()
+            if data is not None:
+                c.ack(self.sid, len(data))
 
     def fail(self, why: str) -> None:
         self.error = why
         self.done = True
         if not self.head.done():
             self.head.set_exception(UpstreamGone(why))
+            self.head.exception()  # retrieved: a call that never asks for it (cancelled) leaves no warning
         self.queue.put_nowait(None)
-        self.window.set()
+        self.wake()
 
 
 class H2Client(asyncio.Protocol):
+    """One connection to an instance. nghttp2 calls the `on_*` methods from inside `data_received`
+    (mem_recv) and `flush_now` (mem_send)."""
+
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
-        # What the instance sends is validated; what we send is the client's request (validated by the
-        # listener's h2) with lower-cased names (open()), so h2's outbound checks per header are skipped
-        self.h2 = h2.connection.H2Connection(h2.config.H2Configuration(
-            client_side=True, header_encoding=None, validate_outbound_headers=False, normalize_outbound_headers=False))
+        self.ng = ng.Session(server=False)
         self.transport: asyncio.Transport | None = None
         self.streams: dict[int, UpStream] = {}
+        self.sending: dict[int, UpStream] = {}  # streams whose request nghttp2 is still taking (on_read)
         self.closed = False
+        self.draining = False  # the instance sent GOAWAY: no new streams here (open ones may finish)
         self.flush_pending = False
+        self.cur: Headers = []
+        self.cur_size = 0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
-        self.h2.initiate_connection()
+        self.ng.open(self)
+        self.ng.settings({ng.SETTINGS_ENABLE_PUSH: 0})
         self.flush_now()
 
     def flush(self) -> None:
-        """Write what h2 queued once per event-loop turn: a call's HEADERS, DATA and END_STREAM (and those
-        of the other calls started in the same turn) leave in one write, not one each (a syscall per
+        """Write what nghttp2 queued once per event-loop turn: a call's HEADERS, DATA and END_STREAM (and
+        those of the other calls started in the same turn) leave in one write, not one each (a syscall per
         write was a quarter of the router's time on gRPC unary calls: bench/tls_bench.py)."""
         if not self.flush_pending:
             self.flush_pending = True
@@ -117,75 +132,134 @@ class H2Client(asyncio.Protocol):
 
     def flush_now(self) -> None:
         self.flush_pending = False
-        data = self.h2.data_to_send()
-        if data and self.transport is not None and not self.closed:
+        if self.closed or self.transport is None:
+            return
+        data = self.ng.send()
+        if data:
             self.transport.write(data)
+        if not self.ng.alive():  # a GOAWAY (ours after an error, or the instance's) and nothing left open
+            self._fail_all("the instance closed the connection (GOAWAY)")
+            self.transport.close()
 
     def ack(self, sid: int, n: int) -> None:
         """Give `n` bytes of flow-control credit back. Also for a stream that has ended or was cancelled:
-        the connection's window counts its bytes too (h2 then updates only that one), and credit never
+        the connection's window counts its bytes too (nghttp2 then updates only that one), and credit never
         returned starves every later call on the connection once 64 KiB of answers went unacknowledged."""
         if n and not self.closed:
-            with contextlib.suppress(h2.exceptions.ProtocolError):
-                self.h2.acknowledge_received_data(n, sid)
-                self.flush()
+            _lib.nghttp2_session_consume(self.ng.ptr, sid, n)
+            self.flush()
+
+    def usable(self) -> bool:
+        return not (self.closed or self.draining) and len(self.streams) < _lib.nghttp2_session_get_remote_settings(
+            self.ng.ptr, ng.SETTINGS_MAX_CONCURRENT_STREAMS)
 
     def open(self, headers: Headers) -> UpStream:
-        sid = self.h2.get_next_available_stream_id()
-        self.h2.send_headers(sid, [(n.lower(), v) for n, v in headers])
-        st = self.streams[sid] = UpStream(self, sid)
+        arr, n, _keep = ng.nva([(n.lower(), v) for n, v in headers])
+        sid = _lib.nghttp2_submit_request(self.ng.ptr, ng.NULL, arr, n, ng.PROVIDER, ng.NULL)
+        if sid < 0:
+            raise UpstreamGone(f"cannot open a stream: {ng.strerror(sid)}")
+        st = self.streams[sid] = self.sending[sid] = UpStream(self, sid)
         self.flush()
         return st
 
     def data_received(self, data: bytes) -> None:
-        try:
-            events = self.h2.receive_data(data)
-        except h2.exceptions.ProtocolError as e:
-            self.flush_now()
-            self._fail_all(f"protocol error: {e}")
+        n = self.ng.recv(data)
+        if n < 0:
+            self._fail_all(f"protocol error: {ng.strerror(n)}")
             if self.transport is not None:
                 self.transport.close()
             return
-        for ev in events:
-            st = self.streams.get(getattr(ev, "stream_id", 0) or 0)
-            if isinstance(ev, h2.events.ResponseReceived) and st is not None:
+        self.flush()
+
+    # --- nghttp2's callbacks (router/proxy/nghttp2.py Engine)
+    def on_begin_headers(self, sid: int) -> int:
+        self.cur = []
+        self.cur_size = 0
+        return 0
+
+    def on_header(self, name: bytes, value: bytes) -> int:
+        self.cur_size += len(name) + len(value) + 32
+        if self.cur_size > MAX_HEAD:
+            return ng.ERR_TEMPORAL_CALLBACK_FAILURE  # the stream is reset (on_close fails the call)
+        self.cur.append((name, value))
+        return 0
+
+    def on_frame(self, kind: int, flags: int, sid: int, frame: Any) -> int:
+        st = self.streams.get(sid) if sid else None
+        if kind == ng.HEADERS and st is not None:
+            if frame.cat == ng.HCAT_RESPONSE:
                 status, rest = 0, []
-                for n, v in ev.headers:
+                for n, v in self.cur:
                     if n == b":status":
                         status = int(v)
                     elif n[:1] != b":":
                         rest.append((n, v))
-                if not st.head.done():
-                    st.head.set_result((status, rest, ev.stream_ended is not None))
-            elif isinstance(ev, h2.events.DataReceived):
-                if st is not None and not st.done:
-                    st.queue.put_nowait((ev.data, ev.flow_controlled_length))
-                else:  # nobody will read it (cancelled): the credit goes back now
-                    self.ack(ev.stream_id, ev.flow_controlled_length)
-            elif isinstance(ev, h2.events.TrailersReceived) and st is not None:
-                st.trailers = list(ev.headers)
-            elif isinstance(ev, h2.events.StreamEnded) and st is not None:
-                st.done = True
-                self.streams.pop(st.sid, None)
-                st.queue.put_nowait(None)
-            elif isinstance(ev, h2.events.StreamReset) and st is not None:
-                self.streams.pop(st.sid, None)
-                st.fail(f"the instance reset the stream ({ev.error_code!r})")
-            elif isinstance(ev, h2.events.WindowUpdated):
-                for s in (self.streams.values() if ev.stream_id == 0 else [st] if st else []):
-                    s.window.set()
-            elif isinstance(ev, h2.events.ConnectionTerminated):
-                self._fail_all("the instance closed the connection (GOAWAY)")
-        self.flush()
+                if status >= 200 and not st.head.done():
+                    st.head.set_result((status, rest, bool(flags & ng.FLAG_END_STREAM)))
+            else:
+                st.trailers = self.cur
+            if flags & ng.FLAG_END_STREAM:
+                self._ended(st)
+        elif kind == ng.DATA and st is not None and flags & ng.FLAG_END_STREAM:
+            self._ended(st)
+        elif kind == ng.GOAWAY:
+            self.draining = True  # streams past its last stream id are closed by nghttp2 (on_close)
+        return 0
+
+    def _ended(self, st: UpStream) -> None:
+        st.done = True
+        self.streams.pop(st.sid, None)
+        st.queue.put_nowait(None)
+
+    def on_data(self, sid: int, data: bytes) -> int:
+        st = self.streams.get(sid)
+        if st is not None and not st.done:
+            st.queue.put_nowait(data)
+        else:  # nobody will read it (cancelled): the credit goes back now
+            _lib.nghttp2_session_consume(self.ng.ptr, sid, len(data))
+        return 0
+
+    def on_close(self, sid: int, code: int) -> int:
+        st = self.sending.pop(sid, None)
+        if st is not None:
+            st.wake()
+        st = self.streams.pop(sid, None)
+        if st is not None and not st.done:
+            st.fail(f"the instance reset the stream (error code {code})" if code else "the stream closed")
+        return 0
+
+    def on_read(self, sid: int, buf: Any, length: int, flags: Any) -> int:
+        """nghttp2 takes up to `length` bytes of stream `sid`'s request (the instance's windows allow it)."""
+        st = self.sending.get(sid)
+        if st is None:
+            return ng.ERR_TEMPORAL_CALLBACK_FAILURE
+        out = st.out
+        n = min(len(out), length)
+        if n:
+            ng.memmove(buf, out, n)
+            del out[:n]
+        if not out:
+            if st.eof:
+                flags[0] |= ng.DATA_FLAG_EOF
+                del self.sending[sid]
+            elif not n:
+                return ng.ERR_DEFERRED  # until write() or end() resumes it
+        if st.waiter is not None and len(out) < HIGH:
+            st.wake()
+        return n
 
     def _fail_all(self, why: str) -> None:
         self.closed = True
         for st in list(self.streams.values()):
             st.fail(why)
+        for st in self.sending.values():
+            st.wake()
         self.streams.clear()
+        self.sending.clear()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._fail_all(f"connection lost: {exc}" if exc else "connection closed")
+        self.ng.close()
 
 
 class H2Pool:
@@ -199,7 +273,7 @@ class H2Pool:
     async def _conn(self, host: str, port: int, tls: bool, servername: str, verify: bool) -> H2Client:
         key = (host, port, tls, servername, verify)
         c = self.conns.get(key)
-        if c is not None and not c.closed and c.h2.open_outbound_streams < c.h2.remote_settings.max_concurrent_streams:
+        if c is not None and c.usable():
             return c
         fut = self.dialing.get(key)
         if fut is not None:
