@@ -176,6 +176,23 @@ class Http1Exchange:
         if conn.write_paused:
             await conn.drain()
 
+    def write_now(self, data: bytes) -> bool:
+        """The Sink side of `write()` (router/proxy/exchange.py): the same framing and the same bound, called
+        from the upstream connection's read callback; True while the client took everything so far."""
+        self._emit(data, False)
+        conn = self.conn
+        if not conn.window_checked and (self.size >= CHECK_AFTER or conn.write_paused):
+            conn.window_checked = True  # once per connection: a slow reader's tiny window (router/listen/slowread.py)
+            cap_if_slow(conn.transport.get_extra_info("socket"))
+        return not conn.write_paused
+
+    async def writable(self) -> None:
+        conn = self.conn
+        if conn.write_paused:
+            await conn.drain()
+        if conn.lost:
+            raise ClientGone()
+
     async def end(self) -> None:
         if self.finished:
             return

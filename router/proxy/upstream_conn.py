@@ -209,6 +209,20 @@ class UpstreamConn(asyncio.BufferedProtocol):
         self._deliver(resp, body)
 
     def _deliver(self, resp: Response, body: bytes) -> None:
+        sink = resp._sink
+        if sink is not None:  # relay(): straight to the client while it keeps up (upstream_response.HIGH_WATER)
+            try:
+                if sink.write_now(body):
+                    return
+                resp._sink_stop = True
+            except BaseException as e:  # noqa: BLE001 - the client's side failed (ClientGone): relay() raises it
+                resp._sink_stop = e
+            resp._sink = None
+            if not self.paused_reading and self.transport is not None:
+                self.paused_reading = True
+                self.transport.pause_reading()
+            resp._wake()
+            return
         resp._chunks.append(body)
         resp._buffered += len(body)
         w = resp._waiter
