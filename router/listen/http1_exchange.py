@@ -178,12 +178,14 @@ class Http1Exchange:
 
     def write_now(self, data: bytes) -> bool:
         """The Sink side of `write()` (router/proxy/exchange.py): the same framing and the same bound, called
-        from the upstream connection's read callback; True while the client took everything so far."""
+        from the upstream connection's read callback; True while the client took everything so far, False
+        when it did not or has just been found to read slowly (the caller then reads less at a time)."""
         self._emit(data, False)
         conn = self.conn
         if not conn.window_checked and (self.size >= CHECK_AFTER or conn.write_paused):
             conn.window_checked = True  # once per connection: a slow reader's tiny window (router/listen/slowread.py)
-            cap_if_slow(conn.transport.get_extra_info("socket"))
+            if cap_if_slow(conn.transport.get_extra_info("socket")):
+                return False  # a slow reader: the kernel will refuse the next read, so make it a small one
         return not conn.write_paused
 
     async def writable(self) -> None:

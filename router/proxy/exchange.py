@@ -61,7 +61,8 @@ class Sink(Protocol):
 
     def write_now(self, data: bytes) -> bool:
         """Write `data` now (framed as `write()` would); False when the client's write buffer is not empty
-        afterwards, so the caller stops until `writable()`. Raises ClientGone when the client left."""
+        afterwards (or the client was just found to read slowly), so the caller stops until `writable()`
+        and reads less at a time. Raises ClientGone when the client left."""
         ...
 
     async def writable(self) -> None:

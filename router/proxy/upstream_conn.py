@@ -31,7 +31,10 @@ MAX_HEAD = 1 << 20
 # more; 16 KiB reads doubled the CPU of a download.
 READ_MIN = 1 << 15
 READ_MAX = 1 << 16
-READ_AHEAD = 1 << 14  # a read of the body that nobody waits for yet (the consumer is writing to its client)
+# A read of the body that nobody waits for yet (the consumer is writing to its client), and the first read
+# after the client fell behind (Response.relay), which then doubles while the client keeps up: a slow reader
+# so holds at most this much here, in the client's write buffer.
+READ_AHEAD = 1 << 14
 # A response's first read (its head, and all of a small answer) goes into one scratch buffer per pool and
 # is copied out when it brought at most this much: a fresh zeroed 64 KiB buffer for every 19-byte answer
 # was a fifth of the instructions per request (docs/datapath.md). A bigger first read takes the buffer
@@ -78,7 +81,9 @@ class UpstreamConn(asyncio.BufferedProtocol):
             return self.pool._scratch_view()
         size = self.read_size
         w = resp._waiter
-        if w is not None and not w.done():  # the consumer waits for these bytes
+        if resp._sink is not None:  # relay(): the size grows in _deliver while the client takes each read
+            pass
+        elif w is not None and not w.done():  # the consumer waits for these bytes
             if size < READ_MAX and not resp._chunks:  # ... and took everything so far
                 size = self.read_size = size * 2
         elif resp._ahead == 0:
@@ -213,8 +218,11 @@ class UpstreamConn(asyncio.BufferedProtocol):
         if sink is not None:  # relay(): straight to the client while it keeps up (upstream_response.HIGH_WATER)
             try:
                 if sink.write_now(body):
+                    if self.read_size < READ_MAX:
+                        self.read_size <<= 1
                     return
                 resp._sink_stop = True
+                self.behind()
             except BaseException as e:  # noqa: BLE001 - the client's side failed (ClientGone): relay() raises it
                 resp._sink_stop = e
             resp._sink = None
@@ -243,6 +251,10 @@ class UpstreamConn(asyncio.BufferedProtocol):
         resp._wake()
 
     # --- used by Response / Upstream
+    def behind(self) -> None:
+        """The client did not take the last write at once: the next read, which waits for it, is a small one."""
+        self.read_size = READ_AHEAD
+
     def want_read(self) -> None:
         if self.paused_reading and self.transport is not None and not self.lost:
             self.paused_reading = False

@@ -202,10 +202,10 @@ class Response:
         conn = self._conn
         chunks = self._chunks
         while True:
-            if chunks:
-                chunk = chunks.popleft()
-                self._buffered -= len(chunk)
-                if not out.write_now(chunk):
+            if chunks:  # no local name for the chunk: this frame would hold it through the waits below
+                self._buffered -= len(chunks[0])
+                if not out.write_now(chunks.popleft()):
+                    conn.behind()
                     await out.writable()
                 continue
             if self._error is not None:
