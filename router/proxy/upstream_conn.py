@@ -69,6 +69,10 @@ class UpstreamConn(asyncio.BufferedProtocol):
         self.head_left = MAX_HEAD  # reset for each request (see MAX_HEAD)
         self.read_size = READ_MIN  # reset for each request (see READ_MIN)
         self._buf: bytearray | None = None  # the buffer of the read under way
+        # relay(): a read's buffer that the client's transport took whole (nothing of it left there), filled
+        # again by the next read of the same size instead of a fresh zeroed one; let go when the response ends
+        self._spare: bytearray | None = None
+        self._taken = False  # _deliver wrote the read under way straight to the client, all of it
 
     # --- asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -88,7 +92,11 @@ class UpstreamConn(asyncio.BufferedProtocol):
                 size = self.read_size = size * 2
         elif resp._ahead == 0:
             size = READ_AHEAD  # nobody waits for them: a read-ahead (see HIGH_WATER)
-        buf = self._buf = bytearray(size)
+        buf = self._spare
+        if buf is None or len(buf) != size:
+            buf = bytearray(size)
+        self._spare = None
+        self._buf = buf
         # a memoryview, not the bytearray: asyncio's TLS layer fills a second TLS record into `buf[offset:]`,
         # which for a bytearray is a copy (the bytes were lost: a Consul answer over TLS read back as zeros)
         return memoryview(buf)
@@ -107,7 +115,10 @@ class UpstreamConn(asyncio.BufferedProtocol):
             self.data_received(view[:nbytes])  # type: ignore[arg-type,index]
             return
         self._buf = None
+        self._taken = False
         self.data_received(buf if nbytes == len(buf) else memoryview(buf)[:nbytes])  # type: ignore[arg-type,index]
+        if self._taken and self.resp is not None:  # nothing holds `buf` now (see _spare)
+            self._spare = buf
 
     def data_received(self, data: bytes) -> None:
         resp = self.resp
@@ -218,6 +229,7 @@ class UpstreamConn(asyncio.BufferedProtocol):
         if sink is not None:  # relay(): straight to the client while it keeps up (upstream_response.HIGH_WATER)
             try:
                 if sink.write_now(body):
+                    self._taken = True
                     if self.read_size < READ_MAX:
                         self.read_size <<= 1
                     return
@@ -264,6 +276,7 @@ class UpstreamConn(asyncio.BufferedProtocol):
         if self.resp is not resp:
             return
         self.resp = None
+        self._spare = None
         if reusable and self.reusable and not self.lost:
             self.want_read()  # the body ended: the next response is read as it comes
             if resp._head:
