@@ -1,9 +1,10 @@
 """One upstream TCP (or TLS) connection: reads with a chosen buffer size and parses responses with httptools.
 
 The protocol side of the upstream client (router/proxy/upstream.py holds the pool and the exchange,
-router/proxy/upstream_response.py the response the proxy reads): it fills the current Response, pauses
-the socket when nobody waits for what the response holds (HIGH_WATER, READ_AHEAD), bounds a response head at MAX_HEAD and hands
-the connection back to the pool when the response is released whole.
+router/proxy/upstream_response.py the response the proxy reads): it fills the current Response, or
+writes each read straight to the client while `Response.relay` runs (`_deliver`), pauses the socket when
+nobody waits for what the response holds or the client is behind (HIGH_WATER, READ_AHEAD), bounds a
+response head at MAX_HEAD and hands the connection back to the pool when the response is released whole.
 """
 
 from __future__ import annotations
