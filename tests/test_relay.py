@@ -10,10 +10,15 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import shutil
 import socket
+import ssl
+import subprocess
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import httptools
 import pytest
@@ -29,7 +34,7 @@ async def _serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> 
     try:
         while True:
             head = await reader.readuntil(b"\r\n\r\n")
-            if b" /r/chunked" in head.split(b"\r\n", 1)[0]:
+            if b"/chunked" in head.split(b"\r\n", 1)[0]:
                 writer.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
                 i, n = 0, 1
                 while i < len(BODY):
@@ -44,35 +49,59 @@ async def _serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> 
                     writer.write(BODY[i:i + 96 * 1024])
                     await writer.drain()
             await writer.drain()
-    except (asyncio.IncompleteReadError, ConnectionError):
+    except (asyncio.IncompleteReadError, ConnectionError, ssl.SSLError):
         pass
     finally:
         writer.close()
 
 
+def _tls_context(tmp: Path) -> ssl.SSLContext | None:
+    """A self-signed server context for the TLS origin (the route says tlsskipverify); None without openssl."""
+    if shutil.which("openssl") is None:
+        return None
+    cert, key = tmp / "c.pem", tmp / "k.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
+                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(cert, key)
+    return ctx
+
+
 @pytest.fixture(scope="module")
 def router() -> Iterator[RouterProc]:
-    port = free_port()
+    """The router with /r to the plain origin and, when openssl is there, /t to the same origin over TLS
+    (asyncio's TLS layer then calls the upstream connection's read callbacks)."""
+    port, tls_port = free_port(), free_port()
+    tmp = Path(tempfile.mkdtemp(prefix="relay-"))
+    tls = _tls_context(tmp)
     loop = asyncio.new_event_loop()
     ready = threading.Event()
 
     def run() -> None:
         asyncio.set_event_loop(loop)
-        server = loop.run_until_complete(asyncio.start_server(_serve, "127.0.0.1", port))
+        servers = [loop.run_until_complete(asyncio.start_server(_serve, "127.0.0.1", port))]
+        if tls is not None:
+            servers.append(loop.run_until_complete(asyncio.start_server(_serve, "127.0.0.1", tls_port, ssl=tls)))
         ready.set()
         loop.run_forever()
-        server.close()
+        for server in servers:
+            server.close()
 
     thread = threading.Thread(target=run, daemon=True)
     thread.start()
     ready.wait(10)
     wait_port(port)
+    routes = f"route add svc /r http://127.0.0.1:{port}/"
+    if tls is not None:
+        routes += f'\nroute add tls /t https://127.0.0.1:{tls_port}/ opts "tlsskipverify=true"'
     try:
-        with RouterProc.static(f"route add svc /r http://127.0.0.1:{port}/") as r:
+        with RouterProc.static(routes) as r:
+            r.tls = tls is not None  # type: ignore[attr-defined]
             yield r
     finally:
         loop.call_soon_threadsafe(loop.stop)
         thread.join(10)
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 class _Answer:
@@ -120,6 +149,14 @@ def test_relayed_body_arrives_whole(router: RouterProc, path: str, stalls: int) 
     answer = fetch(router, path, stalls)
     assert answer.size == len(BODY)
     assert answer.digest.hexdigest() == DIGEST
+
+
+@pytest.mark.parametrize("path", ["/t/sized", "/t/chunked"])
+def test_relayed_body_from_a_tls_upstream_arrives_whole(router: RouterProc, path: str) -> None:
+    if not router.tls:  # type: ignore[attr-defined]
+        pytest.skip("openssl CLI not installed")
+    answer = fetch(router, path, 4)
+    assert (answer.size, answer.digest.hexdigest()) == (len(BODY), DIGEST)
 
 
 def test_two_answers_on_one_connection_in_turn(router: RouterProc) -> None:
