@@ -236,7 +236,7 @@ class UpstreamConn(asyncio.BufferedProtocol):
                     return
                 resp._sink_stop = True
                 self.behind()
-            except BaseException as e:  # noqa: BLE001 - the client's side failed (ClientGone): relay() raises it
+            except Exception as e:  # noqa: BLE001 - the client's side failed (ClientGone): relay() raises it
                 resp._sink_stop = e
             resp._sink = None
             if not self.paused_reading and self.transport is not None:

@@ -62,7 +62,7 @@ class Response:
         self._writer: asyncio.Task[None] | None = None  # still uploading the request body
         self.owner: Any = None  # an instance state whose `outstanding` (and `waiting`) counts this response
         self._sink: Sink | None = None  # while relay() waits: where the connection's reads go straight to
-        self._sink_stop: BaseException | bool = False  # why the sink stopped taking: True (its buffer is full) or its error
+        self._sink_stop: Exception | bool = False  # why the sink stopped taking: True (its buffer is full) or its error
 
     async def headers(self, timeout: float = 0.0) -> None:
         """Wait for the response headers (at most `timeout` seconds, 0 = no limit); on any failure the
