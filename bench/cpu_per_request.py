@@ -7,6 +7,12 @@ proxies it with one worker/process; targets run interleaved, in an order rotated
     python bench/cpu_per_request.py --rounds 3                       # this checkout and Traefik
     python bench/cpu_per_request.py --base ../other-checkout         # also an older checkout, side by side
     python bench/cpu_per_request.py --targets router,traefik,granian,hypercorn,uvicorn
+    python bench/cpu_per_request.py --base a010=../a010c37 --base main=../main --download 200 --syscalls
+
+`--download MB` measures streaming instead: each round downloads an MB-sized file (10**6 bytes) through
+each target with curl, `--downloads` times, and reports CPU per MB and MB/s; `--syscalls` adds one more
+download per target under `strace -c -f` and reports its system calls per MB (strace slows the process,
+so its download is not timed). `--base` may be given several times, as NAME=PATH (or PATH: "base").
 
 granian, hypercorn and uvicorn serve the same proxy core as an ASGI app (bench/asgi_app.py); install
 them into the venv for the run (`pip install granian hypercorn`: bench-time only, not dependencies).
@@ -19,6 +25,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -102,8 +109,9 @@ def start(target: str, src: Path, port: int, backend: int, tmp: Path) -> subproc
         argv = [str(Path(sys.executable).parent / target), *ASGI[target](port), "bench.asgi_app:app"]
         env = {**os.environ, "PYTHONPATH": str(src), "BENCH_BACKEND": f"http://127.0.0.1:{backend}"}
     else:
+        routes = f"route add b /bench http://127.0.0.1:{backend}/\nroute add b /big http://127.0.0.1:{backend}/"
         argv = [sys.executable, "-m", "router", "-registry.backend", "static", "-registry.static.routes",
-                f"route add b /bench http://127.0.0.1:{backend}/", "-proxy.addr", f"127.0.0.1:{port}",
+                routes, "-proxy.addr", f"127.0.0.1:{port}",
                 "-ui.addr", f"127.0.0.1:{free_port()}", "-proxy.workers", "1", "-registry.consul.register.enabled",
                 "false"]
         env = {**os.environ, "PYTHONPATH": str(src)}
@@ -134,6 +142,51 @@ def measure(target: str, src: Path, backend: int, tmp: Path, seconds: float) -> 
     return used / requests * 1e6, rps
 
 
+def curl_download(url: str, size: int) -> float:
+    """Seconds curl took to fetch `url` to /dev/null; checks the status and every byte."""
+    out = subprocess.run(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code} %{size_download} %{time_total}", url],
+                         capture_output=True, text=True, check=True).stdout.split()
+    if out[0] != "200" or int(out[1]) != size:
+        raise RuntimeError(f"{url}: status {out[0]}, {out[1]} of {size} bytes")
+    return float(out[2])
+
+
+def strace_calls(pid: int, url: str, size: int) -> tuple[int, str]:
+    """System calls of `pid` (all threads) during one download, and the five most frequent."""
+    with tempfile.NamedTemporaryFile("r", suffix=".strace") as f:
+        tracer = subprocess.Popen(["strace", "-c", "-f", "-o", f.name, "-p", str(pid)], stderr=subprocess.DEVNULL)
+        time.sleep(0.5)  # attached to every thread
+        curl_download(url, size)
+        tracer.terminate()
+        tracer.wait(10)
+        rows = [line.split() for line in f.read().splitlines()]
+    counts = {r[-1]: int(r[3]) for r in rows if len(r) >= 5 and r[3].isdigit() and r[-1] != "total"}
+    top = ", ".join(f"{n} {c}" for n, c in sorted(counts.items(), key=lambda kv: -kv[1])[:5])
+    return sum(counts.values()), top
+
+
+def measure_download(target: str, src: Path, backend: int, tmp: Path, mb: int, times: int,
+                     syscalls: bool) -> tuple[float, float, str]:
+    """(ms of CPU per MB, median MB/s, syscalls per MB or "") for one target over `times` downloads."""
+    port = free_port()
+    proc = start(target, src, port, backend, tmp)
+    size = mb * 1000 * 1000
+    try:
+        url = f"http://127.0.0.1:{port}/big/big.bin"
+        curl_download(url, size)  # warm-up
+        before = cpu_seconds(proc.pid)
+        took = [curl_download(url, size) for _ in range(times)]
+        used = cpu_seconds(proc.pid) - before
+        calls = ""
+        if syscalls:
+            n, top = strace_calls(proc.pid, url, size)
+            calls = f"{n / mb:.0f} syscalls/MB ({top})"
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    return used / (times * mb) * 1e3, sorted(mb / t for t in took)[times // 2], calls
+
+
 def summary(results: dict[str, list[tuple[float, float]]]) -> None:
     """Medians, and each target's CPU per request relative to Traefik's in the same round."""
     print("\ntarget     median µs/request   median req/s   µs/request relative to traefik (per round)")
@@ -145,19 +198,46 @@ def summary(results: dict[str, list[tuple[float, float]]]) -> None:
         print(f"{name:9s} {us:12.1f} {rps:16.0f}   {rel}")
 
 
+def download_rounds(args: argparse.Namespace, names: list[str], targets: dict[str, Path], backend: int,
+                    tmp: Path) -> None:
+    if args.syscalls and not shutil.which("strace"):
+        raise SystemExit("--syscalls needs strace")
+    results: dict[str, list[tuple[float, float]]] = {n: [] for n in names}
+    for r in range(args.rounds):
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            ms, mbps, calls = measure_download(name, targets[name], backend, tmp, args.download, args.downloads,
+                                               args.syscalls and r == 0)
+            results[name].append((ms, mbps))
+            print(f"round {r + 1} {name:9s} {ms:6.3f} ms CPU per MB  {mbps:7.0f} MB/s  {calls}", flush=True)
+    print("\ntarget     median ms CPU/MB   median MB/s   MB/s relative to traefik (per round)")
+    ref = results.get("traefik")
+    for name, rows in results.items():
+        ms = sorted(x[0] for x in rows)[len(rows) // 2]
+        mbps = sorted(x[1] for x in rows)[len(rows) // 2]
+        rel = " / ".join(f"{a[1] / b[1]:.2f}" for a, b in zip(rows, ref, strict=True)) if ref and name != "traefik" else ""
+        print(f"{name:9s} {ms:12.3f} {mbps:14.0f}   {rel}")
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--duration", type=float, default=5)
-    p.add_argument("--base", type=Path, help="another checkout of the router, measured as 'base'")
+    p.add_argument("--base", action="append", default=[],
+                   help="another checkout of the router, as NAME=PATH or PATH ('base'); repeatable")
+    p.add_argument("--download", type=int, default=0, metavar="MB",
+                   help="measure CPU per MB of an MB-sized download instead of CPU per request")
+    p.add_argument("--downloads", type=int, default=3, help="downloads per target per round (--download)")
+    p.add_argument("--syscalls", action="store_true", help="with --download: syscalls per MB under strace")
     p.add_argument("--no-traefik", action="store_true")
     p.add_argument("--targets", default="router,traefik",
                    help="comma-separated: router, traefik, " + ", ".join(ASGI) + " (base: with --base)")
     args = p.parse_args()
     names = [n for n in args.targets.split(",") if n and not (n == "traefik" and args.no_traefik)]
-    if args.base and "base" not in names:
-        names.insert(1, "base")
-    targets = {n: args.base.resolve() if n == "base" else REPO for n in names}
+    bases = dict(b.split("=", 1) if "=" in b else ("base", b) for b in args.base)
+    for i, n in enumerate(bases):
+        if n not in names:
+            names.insert(1 + i, n)
+    targets = {n: Path(bases[n]).resolve() if n in bases else REPO for n in names}
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         backend = free_port()
@@ -167,12 +247,22 @@ def main() -> int:
             f"http {{ access_log off; client_body_temp_path {tmp}; proxy_temp_path {tmp}; fastcgi_temp_path {tmp};"
             f" uwsgi_temp_path {tmp}; scgi_temp_path {tmp}; keepalive_requests 1000000;\n"
             f"  server {{ listen 127.0.0.1:{backend};"
-            f' location = /bench {{ default_type text/plain; return 200 "{BODY}\\n"; }} }} }}\n')
+            f' location = /bench {{ default_type text/plain; return 200 "{BODY}\\n"; }}'
+            f" location /big/ {{ alias {tmp}/files/; }} }} }}\n")
+        if args.download:
+            (tmp / "files").mkdir()
+            block = os.urandom(1 << 20)
+            with open(tmp / "files" / "big.bin", "wb") as fh:
+                for _ in range(args.download):
+                    fh.write(block[:1000 * 1000])
         nginx = subprocess.Popen(["nginx", "-c", str(tmp / "nginx.conf")], stderr=subprocess.DEVNULL)
         try:
             wait_port(backend)
             names = list(targets)
             results: dict[str, list[tuple[float, float]]] = {n: [] for n in names}
+            if args.download:
+                download_rounds(args, names, targets, backend, tmp)
+                return 0
             for r in range(args.rounds):
                 for name in names[r % len(names):] + names[:r % len(names)]:
                     us, rps = measure(name, targets[name], backend, tmp, args.duration)

@@ -2,7 +2,7 @@
 
 * slow read (`-X`): many connections ask for a large answer and read it a few bytes at a time. The
   router must not read the whole answer from the upstream for them: it holds one read (<= 64 KiB) for
-  the client plus a 16 KiB read-ahead per connection, not the answer (issue 15: it was ~0.7 MiB each).
+  the client per connection, not the answer (issue 15: it was ~0.7 MiB each).
 * slowloris (`-H`) and slow body (`-B`): connections that dribble a head or a body.
 
 In each, a legitimate client keeps requesting meanwhile and every one of its requests must succeed. The

@@ -21,10 +21,11 @@ What one connection does, and why:
   `on_body` copies every chunk): the socket's chunks are queued as they are; a fresh parser takes over
   after the body. Reading pauses at `BODY_HIGH` buffered request bytes.
 * **Flow control downstream.** The transport's write buffer limits are `WRITE_HIGH`/`WRITE_LOW` (0):
-  `write()` waits until the kernel took the whole write, so the core stops pulling the upstream response,
-  which then reads the upstream socket no further (router/proxy/upstream_response.py): a client that
-  reads slowly costs one read and a read-ahead, not the whole answer; a peer with a tiny TCP window also
-  gets a small kernel send buffer (router/listen/slowread.py).
+  an upstream answer is relayed from the upstream connection's read callbacks (`Http1Exchange.write_now`,
+  router/proxy/upstream_response.py `relay`) while the kernel takes each write whole; when it does not,
+  the upstream socket pauses until this transport's buffer is empty, so a client that reads slowly costs
+  one read (16 KiB once it fell behind), not the whole answer; a peer with a tiny TCP window also gets a
+  small kernel send buffer (router/listen/slowread.py).
 * **One write for a small answer.** The head is held until the first body bytes or the end.
 * **Expect: 100-continue** is answered when the core first reads the body; an answer sent without ever
   reading it closes the connection (the client may still be sending it).

@@ -2,7 +2,8 @@
 of router/listen/http1.py. Its request body (queued chunks, Expect: 100-continue on the first read) and
 its answer's framing: the head held until the first body bytes or the end so a small answer is one write,
 chunked framing when the answer has no length (none for an HTTP/1.0 client, whose body the close ends;
-none where an answer has no body), and `write()` waiting while the client's write buffer is full."""
+none where an answer has no body), and `write()` waiting while the client's write buffer is full
+(`write_now()` the same without the wait, for the upstream's read callbacks: router/proxy/exchange.py Sink)."""
 
 from __future__ import annotations
 
@@ -17,9 +18,10 @@ if TYPE_CHECKING:
     from router.listen.http1 import Http1
 
 # write() waits while any of the answer is left in the client's write buffer, until the kernel took it all
-# (Go's blocking write, fabio's): with the upstream response pulled a read at a time (router/proxy/upstream_response.py,
-# HIGH_WATER), a client that reads slowly holds one read (<= 64 KiB) of its answer here plus a 16 KiB
-# read-ahead there; the kernel's socket buffers hold the rest (docs/datapath.md, "Slow clients").
+# (Go's blocking write, fabio's), and write_now() reports it so the upstream socket pauses: a client that
+# reads slowly holds one read of its answer here (<= 64 KiB, 16 KiB once it fell behind; router/proxy/
+# upstream_response.py relay, HIGH_WATER); the kernel's socket buffers hold the rest (docs/datapath.md,
+# "Slow clients").
 WRITE_HIGH = 0
 WRITE_LOW = 0
 BODY_HIGH = 1 << 20  # buffered request-body bytes per connection at which reading pauses
@@ -175,6 +177,25 @@ class Http1Exchange:
             cap_if_slow(conn.transport.get_extra_info("socket"))
         if conn.write_paused:
             await conn.drain()
+
+    def write_now(self, data: bytes) -> bool:
+        """The Sink side of `write()` (router/proxy/exchange.py): the same framing and the same bound, called
+        from the upstream connection's read callback; True while the client took everything so far, False
+        when it did not or has just been found to read slowly (the caller then reads less at a time)."""
+        self._emit(data, False)
+        conn = self.conn
+        if not conn.window_checked and (self.size >= CHECK_AFTER or conn.write_paused):
+            conn.window_checked = True  # once per connection: a slow reader's tiny window (router/listen/slowread.py)
+            if cap_if_slow(conn.transport.get_extra_info("socket")):
+                return False  # a slow reader: the kernel will refuse the next read, so make it a small one
+        return not conn.write_paused
+
+    async def writable(self) -> None:
+        conn = self.conn
+        if conn.write_paused:
+            await conn.drain()
+        if conn.lost:
+            raise ClientGone()
 
     async def end(self) -> None:
         if self.finished:

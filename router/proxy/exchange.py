@@ -20,6 +20,10 @@ Rules an implementation keeps:
 * `body()` is the request body as an async iterator; it raises :class:`ClientGone` when the client leaves
   before its body ended. `Expect: 100-continue` is answered on its first read, never before.
 * `status` and `size` (body bytes written) are readable afterwards: the access log uses them.
+
+An exchange may also be a :class:`Sink` (the HTTP/1.1 one is): then the core streams an upstream answer
+through `write_now()` from the upstream connection's read callbacks, without a wake-up of its task per read
+(router/proxy/upstream_response.py, `Response.relay`). The bound is the same as `write()`'s.
 """
 
 from __future__ import annotations
@@ -49,4 +53,18 @@ class Exchange(Protocol):
 
     async def respond(self, status: int, headers: Headers, body: bytes = b"") -> None:
         """A whole answer at once (errors, redirects, no-route pages)."""
+        ...
+
+
+class Sink(Protocol):
+    """Where an upstream answer's body can be written from a callback, without awaiting each write."""
+
+    def write_now(self, data: bytes) -> bool:
+        """Write `data` now (framed as `write()` would); False when the client's write buffer is not empty
+        afterwards (or the client was just found to read slowly), so the caller stops until `writable()`
+        and reads less at a time. Raises ClientGone when the client left."""
+        ...
+
+    async def writable(self) -> None:
+        """Wait until the client's write buffer is empty again (raises ClientGone when the client left)."""
         ...

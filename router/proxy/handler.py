@@ -272,8 +272,11 @@ class ProxyApp:
                 await out.respond(resp.status, out_headers, whole)
                 return route, target, resp.status
             out.start(resp.status, out_headers)
-            async for chunk in resp.content.iter_any():
-                await out.write(chunk)  # waits while the client's write buffer is full (the slow-read bound)
+            if getattr(out, "write_now", None) is not None:  # a Sink (router/proxy/exchange.py): no await per read
+                await resp.relay(out)  # type: ignore[arg-type]
+            else:
+                async for chunk in resp.content.iter_any():
+                    await out.write(chunk)  # waits while the client's write buffer is full (the slow-read bound)
             await out.end()
             return route, target, resp.status
         except ClientGone:  # the client left mid-answer: stop reading the upstream

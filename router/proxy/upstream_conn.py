@@ -1,9 +1,10 @@
 """One upstream TCP (or TLS) connection: reads with a chosen buffer size and parses responses with httptools.
 
 The protocol side of the upstream client (router/proxy/upstream.py holds the pool and the exchange,
-router/proxy/upstream_response.py the response the proxy reads): it fills the current Response, pauses
-the socket when nobody waits for what the response holds (HIGH_WATER, READ_AHEAD), bounds a response head at MAX_HEAD and hands
-the connection back to the pool when the response is released whole.
+router/proxy/upstream_response.py the response the proxy reads): it fills the current Response, or
+writes each read straight to the client while `Response.relay` runs (`_deliver`), pauses the socket when
+nobody waits for what the response holds or the client is behind (HIGH_WATER, READ_AHEAD), bounds a
+response head at MAX_HEAD and hands the connection back to the pool when the response is released whole.
 """
 
 from __future__ import annotations
@@ -31,7 +32,10 @@ MAX_HEAD = 1 << 20
 # more; 16 KiB reads doubled the CPU of a download.
 READ_MIN = 1 << 15
 READ_MAX = 1 << 16
-READ_AHEAD = 1 << 14  # a read of the body that nobody waits for yet (the consumer is writing to its client)
+# A read of the body that nobody waits for yet (the consumer is writing to its client), and the first read
+# after the client fell behind (Response.relay), which then doubles while the client keeps up: a slow reader
+# so holds at most this much here, in the client's write buffer.
+READ_AHEAD = 1 << 14
 # A response's first read (its head, and all of a small answer) goes into one scratch buffer per pool and
 # is copied out when it brought at most this much: a fresh zeroed 64 KiB buffer for every 19-byte answer
 # was a fifth of the instructions per request (docs/datapath.md). A bigger first read takes the buffer
@@ -66,6 +70,10 @@ class UpstreamConn(asyncio.BufferedProtocol):
         self.head_left = MAX_HEAD  # reset for each request (see MAX_HEAD)
         self.read_size = READ_MIN  # reset for each request (see READ_MIN)
         self._buf: bytearray | None = None  # the buffer of the read under way
+        # relay(): a read's buffer that the client's transport took whole (nothing of it left there), filled
+        # again by the next read of the same size instead of a fresh zeroed one; let go when the response ends
+        self._spare: bytearray | None = None
+        self._taken = False  # _deliver wrote the read under way straight to the client, all of it
 
     # --- asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -78,12 +86,18 @@ class UpstreamConn(asyncio.BufferedProtocol):
             return self.pool._scratch_view()
         size = self.read_size
         w = resp._waiter
-        if w is not None and not w.done():  # the consumer waits for these bytes
+        if resp._sink is not None:  # relay(): the size grows in _deliver while the client takes each read
+            pass
+        elif w is not None and not w.done():  # the consumer waits for these bytes
             if size < READ_MAX and not resp._chunks:  # ... and took everything so far
                 size = self.read_size = size * 2
         elif resp._ahead == 0:
             size = READ_AHEAD  # nobody waits for them: a read-ahead (see HIGH_WATER)
-        buf = self._buf = bytearray(size)
+        buf = self._spare
+        if buf is None or len(buf) != size:
+            buf = bytearray(size)
+        self._spare = None
+        self._buf = buf
         # a memoryview, not the bytearray: asyncio's TLS layer fills a second TLS record into `buf[offset:]`,
         # which for a bytearray is a copy (the bytes were lost: a Consul answer over TLS read back as zeros)
         return memoryview(buf)
@@ -102,7 +116,10 @@ class UpstreamConn(asyncio.BufferedProtocol):
             self.data_received(view[:nbytes])  # type: ignore[arg-type,index]
             return
         self._buf = None
+        self._taken = False
         self.data_received(buf if nbytes == len(buf) else memoryview(buf)[:nbytes])  # type: ignore[arg-type,index]
+        if self._taken and self.resp is not None:  # nothing holds `buf` now (see _spare)
+            self._spare = buf
 
     def data_received(self, data: bytes) -> None:
         resp = self.resp
@@ -209,6 +226,24 @@ class UpstreamConn(asyncio.BufferedProtocol):
         self._deliver(resp, body)
 
     def _deliver(self, resp: Response, body: bytes) -> None:
+        sink = resp._sink
+        if sink is not None:  # relay(): straight to the client while it keeps up (upstream_response.HIGH_WATER)
+            try:
+                if sink.write_now(body):
+                    self._taken = True
+                    if self.read_size < READ_MAX:
+                        self.read_size <<= 1
+                    return
+                resp._sink_stop = True
+                self.behind()
+            except Exception as e:  # noqa: BLE001 - the client's side failed (ClientGone): relay() raises it
+                resp._sink_stop = e
+            resp._sink = None
+            if not self.paused_reading and self.transport is not None:
+                self.paused_reading = True
+                self.transport.pause_reading()
+            resp._wake()
+            return
         resp._chunks.append(body)
         resp._buffered += len(body)
         w = resp._waiter
@@ -229,6 +264,10 @@ class UpstreamConn(asyncio.BufferedProtocol):
         resp._wake()
 
     # --- used by Response / Upstream
+    def behind(self) -> None:
+        """The client did not take the last write at once: the next read, which waits for it, is a small one."""
+        self.read_size = READ_AHEAD
+
     def want_read(self) -> None:
         if self.paused_reading and self.transport is not None and not self.lost:
             self.paused_reading = False
@@ -238,6 +277,7 @@ class UpstreamConn(asyncio.BufferedProtocol):
         if self.resp is not resp:
             return
         self.resp = None
+        self._spare = None
         if reusable and self.reusable and not self.lost:
             self.want_read()  # the body ended: the next response is read as it comes
             if resp._head:
