@@ -229,7 +229,7 @@ class Http1(WriteFlow, asyncio.Protocol):
         parser = self.parser
         url = self.url
         marked = False
-        if url[:1] == b"/" and b"#" not in url:
+        if url[:1] == b"/" and url.find(b"#") < 0:  # find(): see http1_exchange.start
             raw_path, _, query = url.partition(b"?")
         else:
             try:
