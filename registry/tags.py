@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from registry.consul.health import Instance
-from router.table.routecmd import RouteCmd
+from router.table.routecmd import RouteCmd, new_cmd
 
 _VAR = re.compile(r"\$(\{(\w*)\}|(\w+))")
 _PROTOS = {"https": "https://", "tcp": "tcp://", "grpc": "grpc://", "grpcs": "grpcs://", "http": "http://"}
@@ -132,16 +132,6 @@ def route_cmds(
         if isinstance(p, str):
             errors.append(TagError(inst.service, inst.id, tag, p))
             continue
-        cmds.append(
-            RouteCmd(
-                op="add",
-                service=inst.service,
-                src=p.src,
-                dst=p.redirect or f"{p.scheme}{addr}{p.dst_path}",
-                weight=p.weight,
-                tags=other_tags,
-                opts=p.opts,
-                source=f"service:{inst.service}/{inst.id}",
-            )
-        )
+        cmds.append(new_cmd("add", inst.service, p.src, p.redirect or f"{p.scheme}{addr}{p.dst_path}", p.weight,
+                            other_tags, p.opts, 0, f"service:{inst.service}/{inst.id}"))
     return cmds, errors
