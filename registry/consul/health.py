@@ -101,7 +101,8 @@ def judge(
     """Decide whether one instance is routable and say why not. With `hold` (the instance is routed now),
     a check that has not run yet counts as passing."""
     inst = instance_of(entry)
-    allowed = set(allowed)
+    if not isinstance(allowed, (tuple, frozenset, set)):  # judge_all passes a tuple: a few statuses at most
+        allowed = tuple(allowed)
     total = passing = 0
     held = False
     failing: list[str] = []
