@@ -4,7 +4,8 @@ Why: on the shared machine the ready time of `bench/startup_load.py` moves 2-3x 
 Consul's CPU for the same reads varies 3x (its garbage collector). These are the router's and its
 helper's pure steps on the same bytes (registry/consul/bulkload.py, router/table/builder.py): decoding
 each node's two answers, regrouping per service, judging and building every service's route commands,
-the reconcile baseline (digests), packing and unpacking them, and the first table build.
+the reconcile baseline (digests), packing and unpacking them, and the first table build with its log
+(`RouterState.apply`).
 
     python -m bench.startup_cost --save /tmp/nodes 127.0.0.1:8500    # save every node's two answers once
     python -m bench.startup_cost /tmp/nodes                            # CPU s per phase, all nodes
@@ -48,7 +49,7 @@ def run(src: Path, nodes_dir: Path, nodes: int | None, every: int, only: str | N
     from registry.consul import bulkload
     from registry.consul.dump import Instances, dump_entries
     from registry.consul.services import build
-    from router.table.builder import TableBuilder
+    from router.table.state import RouterState
 
     names = sorted(p.with_suffix("") for p in nodes_dir.glob("*.cat"))[:nodes]
     raw = [(Path(f"{n}.cat").read_bytes(), Path(f"{n}.health").read_bytes()) for n in names]
@@ -74,7 +75,7 @@ def run(src: Path, nodes_dir: Path, nodes: int | None, every: int, only: str | N
         "instances": lambda s: Instances.of(s["entries"]),
         "pack": lambda s: pack(s["build"]),
         "unpack": lambda s: [p for c in s["pack"] for p in bulkload.unpack(c)],
-        "table": lambda s: TableBuilder().update({p.name: p.cmds for p in s["unpack"] if p.cmds}, []),
+        "table": lambda s: RouterState().apply({p.name: p.cmds for p in s["unpack"] if p.cmds}, []),
     }
     gc.disable()
     state: dict[str, object] = {}
@@ -95,7 +96,7 @@ def run(src: Path, nodes_dir: Path, nodes: int | None, every: int, only: str | N
             break
     table = state.get("table")
     print(f"{'total':10s} {total:6.2f} s CPU ({len(raw)} nodes"
-          + (f", {len(table[0])} targets)" if table else ")"))  # type: ignore[index]
+          + (f", {len(table)} targets)" if table is not None else ")"))  # type: ignore[arg-type]
 
 
 if __name__ == "__main__":
