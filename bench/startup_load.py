@@ -1,17 +1,23 @@
 """The watcher's initial load against a Consul that is already running, in this process with the real
 table (no proxy): ready time, RSS and `registry.last_dump`'s parts (issue 18, docs/benchmarks.md).
 
-    python -m bench.startup_load 127.0.0.1:8500
+    python -m bench.startup_load 127.0.0.1:8500 [CONSUL_PID]
 
-Register the instances first (e.g. `bench.propagation.register_background`). Run it from two checkouts
+CPU seconds beside the wall time (the machine is shared, so they are the figures to compare): the
+router's own (`cpu_s`, every thread), its helper processes' (`helper_cpu_s`) and, given its pid, the
+Consul agent's (`consul_cpu_s`). Register the instances first (e.g. `bench.propagation.register_background`). Run it from two checkouts
 back to back to compare two versions on one Consul.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
+import multiprocessing
+import os
+import resource
 import sys
 import time
 from pathlib import Path
@@ -20,6 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from registry.consul import bulkload  # noqa: E402
 from registry.consul.api import ConsulAPI  # noqa: E402
 from registry.consul.watcher import ConsulWatcher  # noqa: E402
 from router.table.state import RouterState  # noqa: E402
@@ -30,19 +37,40 @@ def rss_mb() -> float:
         return int(f.read().split()[1]) * 4096 / 2**20
 
 
-async def load(addr: str) -> dict[str, object]:
+def cpu_of(pid: int) -> float:
+    """user + system CPU seconds of a process (from /proc)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def children_cpu() -> float:
+    multiprocessing.active_children()  # joins the helpers that exited, so their CPU is counted
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
+async def load(addr: str, consul_pid: int | None = None) -> dict[str, object]:
     state = RouterState()
+    c0 = time.process_time()
+    k0 = cpu_of(consul_pid) if consul_pid else 0.0
     w = ConsulWatcher(ConsulAPI(addr), state.apply)
     t0 = time.perf_counter()
-    await w._initial_sync()
-    out = {"ready_s": round(time.perf_counter() - t0, 2), "rss_mb": round(rss_mb(), 1), "routes": len(state.table),
-           "last_dump": w.status.last_dump}
+    with getattr(bulkload, "gc_paused", contextlib.nullcontext)():  # as ConsulWatcher.run does (older checkouts: none)
+        await w._initial_sync()
+    out: dict[str, object] = {"ready_s": round(time.perf_counter() - t0, 2), "rss_mb": round(rss_mb(), 1),
+                              "cpu_s": round(time.process_time() - c0, 2)}
+    if consul_pid:
+        out["consul_cpu_s"] = round(cpu_of(consul_pid) - k0, 2)
+    out.update(routes=len(state.table), last_dump=w.status.last_dump)
     decoder = getattr(getattr(w, "_dumps", None), "decoder", None)
     if decoder is not None:
         decoder.close()
+    await asyncio.sleep(0.5)  # let the startup helper exit
+    out["helper_cpu_s"] = round(children_cpu(), 2)
     return out
 
 
 if __name__ == "__main__":  # the helper process is spawned: it imports this module, which must not run again
     logging.basicConfig(level=logging.ERROR)
-    print(json.dumps(asyncio.run(load(sys.argv[1]))))
+    print(json.dumps(asyncio.run(load(sys.argv[1], int(sys.argv[2]) if len(sys.argv) > 2 else None))))

@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from registry.consul.health import Instance
-from router.table.routecmd import RouteCmd
+from router.table.routecmd import RouteCmd, new_cmd
 
 _VAR = re.compile(r"\$(\{(\w*)\}|(\w+))")
 _PROTOS = {"https": "https://", "tcp": "tcp://", "grpc": "grpc://", "grpcs": "grpcs://", "http": "http://"}
@@ -113,35 +113,33 @@ def _parse(body: str, env: tuple[tuple[str, str], ...]) -> _Parsed | str:
     return _Parsed(src, scheme, dst_path, weight, redirect, tuple(opts))
 
 
+@functools.lru_cache(maxsize=16384)
+def _route_tags(tags: tuple[str, ...], prefix: str, env: tuple[tuple[str, str], ...]
+                ) -> tuple[tuple[str, ...], tuple[tuple[str, _Parsed | str], ...]]:
+    """An instance's tags -> its other tags, and each route tag with its parse. Cached per tag tuple: a
+    service's instances carry the same tags (issue 18: 100,000 instances, a few thousand tag tuples)."""
+    stripped = [t.strip() for t in tags]  # fabio trims every tag first
+    other = tuple(t for t in stripped if t and not t.startswith(prefix))
+    return other, tuple((t, _parse(t[len(prefix):].strip(), env)) for t in stripped if t.startswith(prefix))
+
+
 def route_cmds(
     inst: Instance, prefix: str = "urlprefix-", env: Mapping[str, str] | None = None
 ) -> tuple[list[RouteCmd], list[TagError]]:
     """Route commands for every route tag of one healthy instance, plus one error per bad tag."""
-    env_key = tuple(sorted((env or {}).items()))
-    tags = [t.strip() for t in inst.tags]  # fabio trims every tag first
-    other_tags = tuple(t for t in tags if t and not t.startswith(prefix))
+    other_tags, routes = _route_tags(inst.tags, prefix, tuple(sorted(env.items())) if env else ())
     cmds: list[RouteCmd] = []
     errors: list[TagError] = []
+    if not routes:
+        return cmds, errors
     addr = join_host_port(inst.address, inst.port)
-    for tag in tags:
-        if not tag.startswith(prefix):
-            continue
-        p = _parse(tag[len(prefix):].strip(), env_key)
+    source = f"service:{inst.service}/{inst.id}"
+    for tag, p in routes:
         if p is not _EMPTY and (not inst.address or inst.port <= 0):
             p = "instance has no address or port"
         if isinstance(p, str):
             errors.append(TagError(inst.service, inst.id, tag, p))
             continue
-        cmds.append(
-            RouteCmd(
-                op="add",
-                service=inst.service,
-                src=p.src,
-                dst=p.redirect or f"{p.scheme}{addr}{p.dst_path}",
-                weight=p.weight,
-                tags=other_tags,
-                opts=p.opts,
-                source=f"service:{inst.service}/{inst.id}",
-            )
-        )
+        cmds.append(new_cmd("add", inst.service, p.src, p.redirect or f"{p.scheme}{addr}{p.dst_path}", p.weight,
+                            other_tags, p.opts, 0, source))
     return cmds, errors

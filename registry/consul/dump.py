@@ -67,18 +67,30 @@ def dump_entries(nodes: list[dict[str, Any]], prefix: str) -> dict[str, list[dic
     """
     out: dict[str, list[dict[str, Any]]] = {}
     tagged: set[str] = set()
+    none: list[dict[str, Any]] = []
     for n in nodes:
         by_service: dict[str, list[dict[str, Any]]] = {}  # grouped once: a node may carry thousands
         for c in n.get("Checks") or ():
-            by_service.setdefault(c.get("ServiceID") or "", []).append(c)
-        node_checks = by_service.get("", [])
+            sid = c.get("ServiceID") or ""
+            got = by_service.get(sid)
+            if got is None:
+                by_service[sid] = [c]
+            else:
+                got.append(c)
+        node_checks = by_service.get("", none)
         node = {"Node": n.get("Node", ""), "Address": n.get("Address", ""), "Datacenter": n.get("Datacenter", "")}
-        for svc in n.get("Services") or []:
+        for svc in n.get("Services") or ():
             name = svc.get("Service", "")
-            if any(t.strip().startswith(prefix) for t in svc.get("Tags") or ()):
+            if name not in tagged and any(t.strip().startswith(prefix) for t in svc.get("Tags") or ()):
                 tagged.add(name)
-            own = by_service.get(svc.get("ID") or "", []) if svc.get("ID") else []
-            out.setdefault(name, []).append({"Node": node, "Service": svc, "Checks": node_checks + own})
+            sid = svc.get("ID")
+            own = by_service.get(sid, none) if sid else none
+            entry = {"Node": node, "Service": svc, "Checks": node_checks + own if node_checks else list(own)}
+            got_entries = out.get(name)
+            if got_entries is None:
+                out[name] = [entry]
+            else:
+                got_entries.append(entry)
     return {name: entries for name, entries in out.items() if name in tagged}
 
 
@@ -93,15 +105,20 @@ def catalog_fingerprints(entries: dict[str, list[dict[str, Any]]]) -> dict[str, 
     own `hash()` of strings differs between processes, blake2b does not).
     """
     out: dict[str, bytes] = {}
+    encode = _FACTS.encode  # msgpack, not repr(): the same digest for the same facts, in C (issue 18)
+    blake2b = hashlib.blake2b
     for name, es in entries.items():
         facts = sorted(
             (e["Node"]["Node"], e["Service"].get("ID", ""), e["Service"].get("Address") or e["Node"]["Address"],
-             int(e["Service"].get("Port") or 0), tuple(e["Service"].get("Tags") or ()),
-             tuple(sorted(c.get("CheckID", "") for c in e["Checks"])))
+             int(e["Service"].get("Port") or 0), e["Service"].get("Tags") or [],
+             sorted([c.get("CheckID", "") for c in e["Checks"]]))
             for e in es
         )
-        out[name] = hashlib.blake2b(repr(facts).encode(), digest_size=16).digest()
+        out[name] = blake2b(encode(facts), digest_size=16).digest()
     return out
+
+
+_FACTS = msgspec.msgpack.Encoder()
 
 
 def node_services(entries: dict[str, list[dict[str, Any]]]) -> dict[str, set[str]]:

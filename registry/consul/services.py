@@ -41,13 +41,14 @@ def build(entries: Sequence[dict[str, Any]], prefix: str, env: Mapping[str, str]
     errors: list[TagError] = []
     tagged = False
     for v in verdicts:
-        if any(t.startswith(prefix) for t in v.instance.tags):
+        if not tagged and any(t.startswith(prefix) for t in v.instance.tags):
             tagged = True
         if not v.healthy:
             continue
         c, e = route_cmds(v.instance, prefix, env)
-        cmds.extend(c)
-        errors.extend(e)
+        cmds += c
+        if e:
+            errors += e
     return Built(cmds or None, verdicts, errors, tagged)
 
 

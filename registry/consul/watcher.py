@@ -102,7 +102,8 @@ class ConsulWatcher:
 
     async def run(self) -> None:
         """Initial full sync (retried until Consul answers), then the watch loops, forever."""
-        indexes = await self._initial_sync()
+        with bulkload.gc_paused():  # the load's objects hold no cycles (bulkload.gc_paused); collected below
+            indexes = await self._initial_sync()
         # The initial load leaves long-lived objects (instances, fingerprints, the table) that the cyclic GC
         # would otherwise rescan during later changes; move them out of its way once.
         gc.collect()
@@ -196,6 +197,7 @@ class ConsulWatcher:
                 indexes.update(catalog=c.index, kv=k.index)
                 return {name: max(i, 1) for name, i in indexes.items()}
             except ConsulError as e:
+                gc.collect()  # the GC is paused during the initial sync (run): a failed try's garbage goes now
                 delay = backoff.next()
                 self.status.error(f"initial sync: {e}")
                 log.warning("consul not ready (%s); retrying in %.1fs", e, delay)

@@ -10,13 +10,14 @@ targets. A bad command is reported (LineError with source and line) and skipped;
 from __future__ import annotations
 
 import gc
+import re
 from collections.abc import Mapping, Sequence
 
 from router.table.index import HostIndex, HostRoutes, glob_regex, len_key
 from router.table.route import Route, fabio_weights, weigh
 from router.table.routecmd import LineError, RouteCmd
 from router.table.routes import Table
-from router.table.target import CmdError, Target, hostpath, make_target, refixed, reweighted
+from router.table.target import CmdError, Target, hostpath, make_target, refixed
 
 __all__ = ["TableBuilder"]
 
@@ -111,6 +112,87 @@ def _del_matches(cmd: RouteCmd, t: Target) -> bool:
     return not cmd.dst or t.url == cmd.dst
 
 
+_BELOW_SPACE = re.compile(r"[\x00-\x20]")
+
+
+def _fabio_order(group: list[RouteCmd]) -> bool:
+    """Sort one route's commands of one service in fabio's order: descending `route add` text. True when
+    they differ only in their destinations (the usual case: one service's instances, one tag).
+
+    Then comparing the destinations is comparing the texts, as long as no destination holds a character
+    that sorts before the space that follows it in the text; else the texts are compared
+    (RouteCmd.__str__ costs more than the rest of a target's build)."""
+    c0 = group[0]
+    src, weight, tags, opts = c0.src, c0.weight, c0.tags, c0.opts
+    search = _BELOW_SPACE.search
+    if all(c.src == src and c.weight == weight and c.tags == tags and c.opts == opts and c.dst
+           and not search(c.dst) for c in group):
+        if len(group) > 1:
+            group.sort(key=_dst, reverse=True)
+        return True
+    group.sort(key=str, reverse=True)
+    return False
+
+
+def _dst(cmd: RouteCmd) -> str:
+    return cmd.dst
+
+
+def _compile(group: list[RouteCmd], compiled: dict[tuple, Target] | None, uniform: bool) -> tuple[Target, ...] | None:
+    """One route's targets from one service's commands (in fabio's order), each built once with its final
+    weight; None when a command does not compile (then `_compile_reporting` reports it). `compiled` shares
+    the Targets of a service's instances between its routes (None: the service has one route);
+    `uniform`: the commands differ only in their destinations (`_fabio_order`)."""
+    if uniform:  # fabio's identity (service, url, fixed weight, tags) is then the destination
+        by_dst: dict[str, RouteCmd] = {}
+        for cmd in group:
+            by_dst.setdefault(cmd.dst, cmd)
+        kept = list(by_dst.values())
+        ws = fabio_weights([group[0].weight] * len(kept)) if len(kept) > 1 else (1.0,)
+    else:
+        distinct: dict[tuple, RouteCmd] = {}
+        for cmd in group:
+            distinct.setdefault((cmd.service, cmd.dst, cmd.weight, cmd.tags), cmd)
+        kept = list(distinct.values())
+        ws = fabio_weights([c.weight for c in kept]) if len(kept) > 1 else (1.0,)
+    out: list[Target] = []
+    try:
+        if compiled is None:
+            out = [make_target(cmd, w) for cmd, w in zip(kept, ws, strict=True)]
+        else:
+            for cmd, w in zip(kept, ws, strict=True):
+                ck = (cmd.service, cmd.dst, cmd.weight, cmd.tags, cmd.opts, w)
+                t = compiled.get(ck)
+                if t is None:
+                    t = compiled[ck] = make_target(cmd, w)
+                out.append(t)
+        if len(kept) < len(group):  # a twin left out must compile too, or it is reported
+            ids = set(map(id, kept))
+            for cmd in group:
+                if id(cmd) not in ids:
+                    make_target(cmd)
+    except CmdError:
+        return None
+    return tuple(out)
+
+
+def _compile_reporting(group: list[RouteCmd], errors: list[LineError]) -> tuple[Target, ...]:
+    """`_compile` for a group with a bad command: each bad one is reported and left out before
+    de-duplicating, so it never displaces a valid twin."""
+    kept: dict[tuple, RouteCmd] = {}
+    for cmd in group:
+        try:
+            make_target(cmd)
+        except CmdError as e:
+            errors.append(_err(cmd, str(e)))
+            continue
+        kept.setdefault((cmd.service, cmd.dst, cmd.weight, cmd.tags), cmd)
+    if not kept:
+        return ()
+    ws = fabio_weights([c.weight for c in kept.values()]) if len(kept) > 1 else (1.0,)
+    return tuple(make_target(cmd, w) for cmd, w in zip(kept.values(), ws, strict=True))
+
+
 class TableBuilder:
     """Keeps the commands per service and the override commands; builds Tables incrementally.
 
@@ -196,60 +278,39 @@ class TableBuilder:
             self._cmds.pop(name, None)
             return set(old)
         self._cmds[name] = cmds
-        # Group by key in fabio's order (it adds the service lines sorted in reverse, so a route's targets
-        # are in descending order of their `route add` text), de-duplicating on fabio's identity (service,
-        # url, fixed weight, tags): the first in that order is kept.
+        # Group by key, de-duplicating on fabio's identity (service, url, fixed weight, tags): the first in
+        # fabio's order is kept (it adds the service lines sorted in reverse, so a route's targets are in
+        # descending order of their `route add` text). A service's instances usually share their sources:
+        # each source's key (and its glob check) is worked out once.
         grouped: dict[Key, list[RouteCmd]] = {}
         errors: list[LineError] = []
+        keys: dict[str, Key | str] = {}  # source -> its key, or why its path does not compile
         for cmd in cmds:
             if cmd.op != "add":
                 errors.append(_err(cmd, "only 'route add' is allowed in service commands"))
                 continue
-            try:
-                _check_glob(cmd, self.matcher)
-            except CmdError as e:
-                errors.append(_err(cmd, str(e)))
+            key = keys.get(cmd.src)
+            if key is None:
+                try:
+                    _check_glob(cmd, self.matcher)
+                    key = hostpath(cmd.src)
+                except CmdError as e:
+                    key = str(e)
+                keys[cmd.src] = key
+            if isinstance(key, str):
+                errors.append(_err(cmd, key))
                 continue
-            grouped.setdefault(hostpath(cmd.src), []).append(cmd)
-        # The same instance usually appears on several routes: compile each distinct target once and share
-        # the (immutable) Target objects between routes.  A line that does not compile is reported and left
-        # out *before* de-duplication, so it never displaces a valid twin.  Weights are computed as if the
-        # service were alone on the key, which is the common case and then needs no copies at rebuild time.
-        compiled: dict[tuple, Target | str] = {}
+            grouped.setdefault(key, []).append(cmd)
+        # The same instance may appear on several routes: each distinct target is compiled once per weight and
+        # the (immutable) Target objects are shared between routes.
+        compiled: dict[tuple, Target] | None = {} if len(grouped) > 1 else None
         new: dict[Key, tuple[Target, ...]] = {}
         for key, group in grouped.items():
-            if len(group) > 1:
-                group.sort(key=str, reverse=True)
-            kept: dict[tuple, Target] = {}
-            for cmd in group:
-                ident = (cmd.service, cmd.dst, cmd.weight, cmd.tags)
-                ck = (ident, cmd.opts)
-                t = compiled.get(ck)
-                if t is None:
-                    try:
-                        t = make_target(cmd)
-                    except CmdError as e:
-                        t = str(e)
-                    compiled[ck] = t
-                if isinstance(t, str):
-                    errors.append(_err(cmd, t))
-                else:
-                    kept.setdefault(ident, t)
-            ts = list(kept.values())
-            if len(ts) == 1:
-                new[key] = (ts[0],)  # compiled with weight 1.0, which is what a lone target gets
-            elif ts:
-                ws = fabio_weights([t.fixed_weight for t in ts])
-                out = []
-                for t, w in zip(ts, ws, strict=True):
-                    if t.weight != w:
-                        ck = (id(t), w)
-                        rt = compiled.get(ck)
-                        if rt is None:
-                            rt = compiled[ck] = reweighted(t, w)
-                        t = rt  # type: ignore[assignment]
-                    out.append(t)
-                new[key] = tuple(out)
+            ts = _compile(group, compiled, _fabio_order(group))
+            if ts is None:  # a line does not compile: report it, and leave it out before de-duplicating
+                ts = _compile_reporting(group, errors)
+            if ts:
+                new[key] = ts
         self._svc[name] = new
         if errors:
             self._svc_errors[name] = errors

@@ -12,7 +12,7 @@ import math
 import re
 from dataclasses import dataclass
 
-__all__ = ["RouteCmd", "LineError", "parse"]
+__all__ = ["RouteCmd", "LineError", "new_cmd", "parse"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +49,37 @@ class RouteCmd:
         if self.opts and self.op == "add":
             parts.append('opts "{}"'.format(" ".join(f"{k}={v}" if v else k for k, v in self.opts)))
         return " ".join(parts)
+
+
+class _RawCmd:
+    """Same slots as RouteCmd without the frozen ``__setattr__`` (as target.py's _RawTarget): a frozen
+    dataclass sets each field through ``object.__setattr__``, about 2 us per RouteCmd; the registry builds
+    one per instance and route tag (100,000 at startup for 100,000 instances, issue 18)."""
+
+    __slots__ = RouteCmd.__slots__
+
+    def __init__(self, op: str, service: str, src: str, dst: str, weight: float, tags: tuple[str, ...],
+                 opts: tuple[tuple[str, str], ...], line: int, source: str) -> None:
+        self.op = op
+        self.service = service
+        self.src = src
+        self.dst = dst
+        self.weight = weight
+        self.tags = tags
+        self.opts = opts
+        self.line = line
+        self.source = source
+
+
+assert _RawCmd.__slots__ == tuple(RouteCmd.__dataclass_fields__)
+
+
+def new_cmd(op: str, service: str, src: str, dst: str, weight: float, tags: tuple[str, ...],
+            opts: tuple[tuple[str, str], ...], line: int = 0, source: str = "") -> RouteCmd:
+    """``RouteCmd(...)`` with every field given in order, built about 4x faster: an ordinary RouteCmd."""
+    c = _RawCmd(op, service, src, dst, weight, tags, opts, line, source)
+    c.__class__ = RouteCmd  # type: ignore[assignment]
+    return c  # type: ignore[return-value]
 
 
 @dataclass(frozen=True, slots=True)

@@ -189,41 +189,87 @@ def _note_unknown_opts(opts: Mapping[str, str], service: str) -> None:
         log.warning("route option %r (service %s) is not known to this router; kept and ignored", name, service)
 
 
-def make_target(cmd: RouteCmd) -> Target:
-    """Compile a ``route add`` into a Target (weight 1.0 until the route is weighed).  Raises CmdError."""
+@dataclass(frozen=True, slots=True)
+class _OptsSpec:
+    """What a target takes from its options alone, parsed once per distinct option tuple.
+
+    The options come from a tag's text, parsed once per distinct text (registry/tags.py), so a service's
+    instances share one tuple: at 100,000 instances the table build parsed the same few option sets
+    100,000 times (issue 18). `error` is the CmdError of a bad option, raised for every command with it."""
+
+    opts: Mapping[str, str]
+    strip: str
+    prepend: str
+    host: str
+    https: bool  # proto=https
+    skip: bool
+    redirect: str  # the redirect= value ("" without one)
+    redirect_code: int  # its 3xx code, 0 when it is not one (the route is proxied, and that is logged)
+    timeout: float
+    policy: TargetPolicy | None
+    error: str = ""
+
+
+_SPECS: dict[tuple[tuple[str, str], ...], _OptsSpec] = {}
+_SPECS_MAX = 10000  # distinct option tuples kept; past that the cache starts again
+
+
+def _spec(opts_items: tuple[tuple[str, str], ...], service: str) -> _OptsSpec:
+    spec = _SPECS.get(opts_items)
+    if spec is not None:
+        return spec
+    opts = dict(opts_items)
+    if opts and not opts.keys() <= KNOWN_OPTS:
+        _note_unknown_opts(opts, service)
+    error = ""
+    strip = opts.get("strip", "")
+    code = opts.get("redirect", "")
+    timeout = 0.0
+    policy = None
+    try:
+        if strip and not strip.startswith("/"):
+            raise CmdError(f"invalid option strip={strip!r}: must start with '/'")
+        timeout = parse_duration(opts["timeout"]) if "timeout" in opts else 0.0
+        try:
+            access.rules_for(opts)  # validated (and cached for the proxy) now, not on the first request
+        except ValueError as e:
+            raise CmdError(f"invalid access rules: {e}") from None
+        try:
+            policy = target_policy(opts, config_duration) if opts else None
+        except PolicyError as e:
+            raise CmdError(f"invalid option {e}") from None
+    except CmdError as e:
+        error = str(e)
+    spec = _OptsSpec(MappingProxyType(opts) if opts else _EMPTY_OPTS, strip, opts.get("prepend", ""),
+                     opts.get("host", ""), opts.get("proto") == "https",
+                     opts.get("tlsskipverify", "").lower() in ("true", "1", "t"), code,
+                     int(code) if code.isdigit() and 300 <= int(code) <= 399 else 0, timeout, policy, error)
+    if len(_SPECS) >= _SPECS_MAX:
+        _SPECS.clear()
+    _SPECS[opts_items] = spec
+    return spec
+
+
+def make_target(cmd: RouteCmd, weight: float = 1.0) -> Target:
+    """Compile a ``route add`` into a Target (weight 1.0 unless given: the builder weighs routes).
+    Raises CmdError."""
     if not cmd.src or not cmd.dst:
         raise CmdError("source and destination must not be empty")
     scheme, host, port, written_host = _split_url(cmd.dst)
-    opts = dict(cmd.opts)
-    if opts and not opts.keys() <= KNOWN_OPTS:
-        _note_unknown_opts(opts, cmd.service)
-    strip = opts.get("strip", "")
-    if strip and not strip.startswith("/"):
-        raise CmdError(f"invalid option strip={strip!r}: must start with '/'")
+    spec = _spec(cmd.opts, cmd.service)
+    if spec.error:
+        raise CmdError(spec.error)
     redirect_code, redirect_url = 0, ""
-    if "redirect" in opts:
-        code = opts["redirect"]
-        if code.isdigit() and 300 <= int(code) <= 399:
-            redirect_code, redirect_url = int(code), cmd.dst
+    if spec.redirect:
+        if spec.redirect_code:
+            redirect_code, redirect_url = spec.redirect_code, cmd.dst
         else:
-            _note_bad_redirect(code, cmd)
-    if opts.get("proto") == "https" and scheme == "http":
+            _note_bad_redirect(spec.redirect, cmd)
+    if spec.https and scheme == "http":
         scheme = "https"
     if port is None:
         port = 443 if scheme in ("https", "grpcs", "wss") else 80 if scheme in ("http", "grpc", "ws") else 0
-    timeout = parse_duration(opts["timeout"]) if "timeout" in opts else 0.0
-    try:
-        access.rules_for(opts)  # validated (and cached for the proxy) now, not on the first request
-    except ValueError as e:
-        raise CmdError(f"invalid access rules: {e}") from None
-    skip = opts.get("tlsskipverify", "").lower() in ("true", "1", "t")
-    host_header = opts.get("host", "")
-    if host_header == "dst":
-        host_header = written_host
-    try:
-        policy = target_policy(opts, config_duration) if opts else None
-    except PolicyError as e:
-        raise CmdError(f"invalid option {e}") from None
-    return new_target(cmd.service, cmd.tags, MappingProxyType(opts) if opts else _EMPTY_OPTS, cmd.dst, scheme,
-                       host, port, cmd.weight, 1.0, strip, opts.get("prepend", ""), host_header, skip,
-                       redirect_code, redirect_url, timeout, cmd.source, policy)
+    host_header = written_host if spec.host == "dst" else spec.host
+    return new_target(cmd.service, cmd.tags, spec.opts, cmd.dst, scheme, host, port, cmd.weight, weight, spec.strip,
+                      spec.prepend, host_header, spec.skip, redirect_code, redirect_url, spec.timeout, cmd.source,
+                      spec.policy)
