@@ -86,7 +86,7 @@ def test_propagation_summary_nearest_rank() -> None:
 def test_startup_falls_back_to_per_service_mode_when_dump_is_missing(respx_mock: respx.MockRouter) -> None:
     """Without /v1/internal/ui/nodes at startup, a catalog change re-reads every tagged service."""
     respx_mock.get("http://c:8500/v1/internal/ui/nodes").mock(return_value=httpx.Response(404))
-    w = ConsulWatcher(ConsulAPI("c:8500"), lambda s, m: None)
+    w = ConsulWatcher(ConsulAPI("c:8500", transport=httpx.AsyncHTTPTransport()), lambda s, m: None)
     w._catalog_tags = {"web": ("urlprefix-/web",), "api": ("urlprefix-/api",)}
 
     async def run() -> None:
@@ -102,7 +102,7 @@ def test_startup_falls_back_to_per_service_mode_when_dump_is_missing(respx_mock:
 @respx.mock(using="httpx")
 def test_dump_failure_after_startup_is_an_error_not_a_mode_switch(respx_mock: respx.MockRouter) -> None:
     respx_mock.get("http://c:8500/v1/internal/ui/nodes").mock(return_value=httpx.Response(404))
-    w = ConsulWatcher(ConsulAPI("c:8500"), lambda s, m: None)
+    w = ConsulWatcher(ConsulAPI("c:8500", transport=httpx.AsyncHTTPTransport()), lambda s, m: None)
     w.status.ready = True
     with pytest.raises(ConsulError):
         asyncio.run(w._reconcile_instances())
@@ -190,7 +190,7 @@ def test_a_service_tagged_after_its_failing_check_was_seen_notices_the_check_pas
     """The health answer that shows a new instance's critical check can come before the catalog answer
     that shows its urlprefix tag; its check then turning passing must still count as a change (found at
     30,000 instances: the route waited seconds for the instance reconcile)."""
-    w = ConsulWatcher(ConsulAPI("c:8500"), lambda s, m: None)
+    w = ConsulWatcher(ConsulAPI("c:8500", transport=httpx.AsyncHTTPTransport()), lambda s, m: None)
     critical = [dict(check("fresh-1-ttl", "critical", "fresh-1"), ServiceName="fresh")]
     w._on_health(critical)  # not tagged yet: ignored
     assert w._rereads.pending == set()
@@ -204,7 +204,7 @@ def test_a_service_tagged_after_its_failing_check_was_seen_notices_the_check_pas
 def test_a_new_instance_node_check_counts_before_the_next_reconcile() -> None:
     """The node -> services map comes from the instance dump; a service re-read meanwhile adds its nodes,
     so a node check failing on a new instance's node is a change for it right away."""
-    w = ConsulWatcher(ConsulAPI("c:8500"), lambda s, m: None)
+    w = ConsulWatcher(ConsulAPI("c:8500", transport=httpx.AsyncHTTPTransport()), lambda s, m: None)
     w._on_catalog({"fresh": ["urlprefix-/fresh"]})
     entry = {"Node": {"Node": "n9", "Address": "10.0.0.9"},
              "Service": {"ID": "fresh-1", "Service": "fresh", "Port": 80, "Tags": ["urlprefix-/fresh"]},
@@ -292,7 +292,7 @@ CATALOG_SEQUENCES = [
 def test_catalog_answers_compared_by_difference_give_the_full_computation(answers: list[dict[str, list[str]]]) -> None:
     """`_on_catalog` only looks at names whose tag list changed; the result must equal a full recomputation,
     and exactly the services whose route-tag union changed become pending."""
-    w = ConsulWatcher(ConsulAPI("c:8500"), lambda s, m: None)
+    w = ConsulWatcher(ConsulAPI("c:8500", transport=httpx.AsyncHTTPTransport()), lambda s, m: None)
     before: dict[str, tuple[str, ...]] = {}
     for services in answers:
         w._rereads.pending.clear()

@@ -46,6 +46,7 @@ class HotWatches:
         self.max_rate = max_rate
         self.count = count  # called once per request (the watcher's registry.requests)
         self._tasks: dict[str, asyncio.Future[None]] = {}
+        self._parked: dict[str, int] = {}  # name -> the index its blocking read waits on, while it waits
         self._changed: dict[str, float] = {}  # name -> monotonic time of its last change
         # one no-news bucket for all hot watches: with an index that never moves (a broken proxy, a
         # restored snapshot) they answer at once, and `limit` buckets would allow `limit` x maxrate reads
@@ -56,6 +57,11 @@ class HotWatches:
 
     def names(self) -> set[str]:
         return set(self._tasks)
+
+    def parked(self, name: str) -> int | None:
+        """The index `name`'s watch is blocked on now (it answers at once for any change of the service
+        above it), or None when it is not waiting on Consul (not hot, pacing, backing off)."""
+        return self._parked.get(name)
 
     def touch(self, name: str, index: int) -> None:
         """`name` just changed (its re-read answered `index`): watch it, or keep watching it longer."""
@@ -75,6 +81,7 @@ class HotWatches:
         if task is not None:
             task.cancel()
         self._changed.pop(name, None)
+        self._parked.pop(name, None)
 
     def clear(self) -> None:
         """Consul's data may have been replaced (index went backwards): the indexes held here mean nothing."""
@@ -90,13 +97,16 @@ class HotWatches:
                 if delay > 0:
                     await asyncio.sleep(delay)
                     delay = 0.0
+                self._parked[name] = index
                 try:
                     r = await self.api.get(f"/v1/health/service/{name}", index=index)
                 except ConsulError as e:
+                    self._parked.pop(name, None)
                     self.count()
                     log.debug("hot watch %s: %s", name, e)
                     await asyncio.sleep(backoff.next())
                     continue
+                self._parked.pop(name, None)
                 self.count()
                 backoff.reset()
                 now = time.monotonic()
@@ -107,5 +117,6 @@ class HotWatches:
                 index = next_index(index, r.index)
         finally:
             if self._tasks.get(name) is asyncio.current_task():
+                self._parked.pop(name, None)
                 self._tasks.pop(name, None)
                 self._changed.pop(name, None)

@@ -23,6 +23,11 @@ from router.table.routecmd import RouteCmd
 
 Entries = list[dict[str, Any]]
 
+# How long a change a hot watch is expected to bring may wait for it before the service is re-read anyway
+# (a watch that did not wake: dropped, erroring). Both answers come from the same commit, so the hot one
+# normally arrives within a millisecond of the health answer; this bound only matters when it does not.
+HOT_GRACE = 0.05
+
 
 class ReReads:
     """The queue of services to re-read, the reads in flight, and what the table was last given."""
@@ -45,6 +50,7 @@ class ReReads:
         self._ready_since: float | None = None
         self._backoff = Backoff()
         self._svc_index: dict[str, int] = {}  # service -> the per-service Consul index of the state applied
+        self._expect: dict[str, tuple[int, float]] = {}  # service -> (index, since) its hot watch is to bring
         self.hot = HotWatches(api, self._accept, limit=hot_limit, max_rate=max_rate, count=self._count)
 
     def _count(self) -> None:
@@ -54,9 +60,22 @@ class ReReads:
         """Consul may have come back with other data: per-service indexes no longer compare."""
         self._svc_index.clear()
         self.hot.clear()
+        expected, self._expect = self._expect, {}
+        for name, (_, since) in expected.items():
+            self.enqueue({name}, since)
 
-    def enqueue(self, names: set[str], since: float | None = None) -> None:
-        """Mark services for a re-read; `since` (default: now) is when the change that needs it was seen."""
+    def enqueue(self, names: set[str], since: float | None = None, index: int | None = None) -> None:
+        """Mark services for a re-read; `since` (default: now) is when the change that needs it was seen.
+
+        `index`: the X-Consul-Index of the health answer that showed the change. Consul's indexes are its
+        Raft log positions, applied in order, and a service's own index (`/v1/health/service/<name>`)
+        moves with every check of it, so a service whose state was applied at that index or later (its
+        hot watch answered first) needs no read, and one whose hot watch waits below it is answered by that
+        watch, woken by the same commit: a re-read would be a second request for the same answer. That
+        watch gets HOT_GRACE to bring it; then the service is read as any other.
+        """
+        if index is not None and names:
+            names = {n for n in names if not self._covered(n, index, since)}
         if names:
             at = time.monotonic() if since is None else since
             for n in names:
@@ -64,6 +83,29 @@ class ReReads:
                     self.since[n] = at
             self.pending |= names
             self.wake.set()
+
+    def _covered(self, name: str, index: int, since: float | None) -> bool:
+        """Whether the change at `index` of `name` is (or is about to be) applied without a re-read."""
+        if self._svc_index.get(name, 0) >= index:
+            self.status.covered += 1
+            return True
+        parked = self.hot.parked(name)
+        if parked is None or parked >= index or name in self.pending or name in self._inflight:
+            return False
+        at = time.monotonic() if since is None else since
+        prev = self._expect.get(name)
+        if prev is None or prev[0] < index:
+            self._expect[name] = (index, at if prev is None else min(at, prev[1]))
+            asyncio.get_running_loop().call_later(HOT_GRACE, self._expired, name, index)
+        self.status.covered += 1
+        return True
+
+    def _expired(self, name: str, index: int) -> None:
+        """The hot watch did not bring the change at `index` in time: read the service."""
+        exp = self._expect.get(name)
+        if exp is not None and exp[0] == index:
+            del self._expect[name]
+            self.enqueue({name}, exp[1])
 
     def emit(self, changes: dict[str, list[RouteCmd] | None], manual: list[RouteCmd] | None, since: float | None) -> None:
         """Hand a change to the table and record how long it took from the watch answer to the swap.
@@ -131,6 +173,10 @@ class ReReads:
         if index < self._svc_index.get(name, 0):
             return
         self._svc_index[name] = index
+        exp = self._expect.get(name)
+        if exp is not None and index >= exp[0]:  # the change a health answer showed (see enqueue)
+            del self._expect[name]
+            since = exp[1] if since is None else min(since, exp[1])
         self.learn(name, entries)
         cmds = self.routes.commands(name, entries)
         if not self._ready:
