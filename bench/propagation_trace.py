@@ -109,7 +109,7 @@ def install(path: str) -> None:
     def traced_apply(self, services, manual=None):  # type: ignore[no-untyped-def]
         t0 = time.monotonic()
         table = apply(self, services, manual)
-        _ev("apply", start=t0, services=sorted(services)[:5])
+        _ev("apply", start=t0, services=sorted(services))
         return table
 
     state.RouterState.apply = traced_apply  # type: ignore[method-assign]
@@ -256,6 +256,54 @@ def run(rounds: int, flags: list[str], checkout: Path, raw: bool = False) -> lis
     return rows
 
 
+def burst(flags: list[str], checkout: Path, n: int = 50) -> None:
+    """The burst of issue 18 through the hooked router: every hop of the 50 changes on one time line."""
+    from bench.propagation_patterns import RawPut
+    from tests.backends import Backend
+    from tests.consul_agent import ConsulAgent
+
+    agent = ConsulAgent()
+    agent.start()
+    backend = Backend("traced").start()
+    trace = Path(tempfile.mkstemp(prefix="router-trace-", suffix=".jsonl")[1])
+    router = _router(["-registry.consul.addr", agent.addr, *flags], trace, checkout)
+    try:
+        router.start()
+        c = httpx.Client(base_url=agent.http_url, timeout=10, trust_env=False)
+        names = [f"burst-{i:02d}" for i in range(n)]
+        for name in names:
+            c.put("/v1/agent/service/register", json={
+                "ID": f"{name}-1", "Name": name, "Address": "127.0.0.1", "Port": backend.port,
+                "Tags": [f"urlprefix-/{name}"],
+                "Check": {"CheckID": f"{name}-1-ttl", "TTL": "10h", "Status": "critical"}}).raise_for_status()
+        time.sleep(2.0)
+        puts = [RawPut(agent.http_url, f"/v1/agent/check/pass/{name}-1-ttl") for name in names]
+        t0 = time.monotonic()
+        for p in puts:
+            p.send()
+        answered = max(p.finish() for p in puts)
+        time.sleep(2.0)
+        events = [json.loads(line) for line in trace.read_text().splitlines()]
+        ev = [e for e in events if e["t"] >= t0]
+        print(f"PUTs answered by {(answered - t0) * 1000:.1f} ms")
+        routed: set[str] = set()
+        for e in ev:
+            at = (e["t"] - t0) * 1000
+            if e["k"] == "get":
+                p = e["path"]
+                kind = "state" if "/state/" in p else ("hot" if e.get("index") is not None else "reread")
+                print(f"{at:8.2f} {kind:6s} {p.rsplit('/', 1)[-1]} idx {e.get('answer')} sent {(e['sent'] - t0) * 1000:.2f}")
+            elif e["k"] == "apply":
+                routed |= set(e.get("services", []))
+                print(f"{at:8.2f} apply  {len(e['services'])} services, took {(e['t'] - e['start']) * 1000:.2f} ms")
+            elif e["k"] == "enqueue":
+                print(f"{at:8.2f} enqueue {len(e['names'])}+ {e['names'][:3]} {e.get('args')}")
+    finally:
+        router.stop()
+        backend.stop()
+        agent.stop()
+
+
 def _round(t0: float, t_put: float, polls: list[tuple[float, float, int]], consul: float,
            events: list[dict[str, Any]], svc: str) -> dict[str, float]:
     """One round's hops in ms after the PUT began (inf: not seen)."""
@@ -308,8 +356,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--base", type=Path, default=ROOT, help="checkout whose router runs (default: this one)")
     ap.add_argument("--router-flag", action="append", default=[])
     ap.add_argument("--raw", action="store_true", help="print every hooked event of each round")
+    ap.add_argument("--burst", action="store_true", help="the burst of 50 changes instead, on one time line")
     a = ap.parse_args(argv)
     print(f"load average {os.getloadavg()}; router from {a.base}", flush=True)
+    if a.burst:
+        burst(a.router_flag, a.base.resolve())
+        print(f"load average {os.getloadavg()}", flush=True)
+        return 0
     rows = run(a.rounds, a.router_flag, a.base.resolve(), a.raw)
     keys = list(dict.fromkeys(k for r in rows for k in r))
     print("median over rounds (ms after the PUT began):")

@@ -30,7 +30,9 @@ log = logging.getLogger("registry.consul")
 
 OnAnswer = Callable[[str, list[dict[str, Any]], int, float], None]
 
-HOT_LIMIT = 32
+# 64: a burst of 50 changes (issue 18) stays hot as a whole. Consul allows 200 HTTP connections per client
+# address by default; the router holds these, 16 re-reads, 5 watches and its self-registration at most.
+HOT_LIMIT = 64
 HOT_TTL = 60.0
 
 
@@ -38,13 +40,15 @@ class HotWatches:
     """At most `limit` per-service blocking watches, each ending `ttl` s after its service last changed."""
 
     def __init__(self, api: ConsulAPI, on_answer: OnAnswer, *, limit: int = HOT_LIMIT, ttl: float = HOT_TTL,
-                 max_rate: float = 20.0, count: Callable[[], None] = lambda: None) -> None:
+                 max_rate: float = 20.0, count: Callable[[], None] = lambda: None,
+                 on_drop: Callable[[str], None] = lambda name: None) -> None:
         self.api = api
         self.on_answer = on_answer
         self.limit = limit
         self.ttl = ttl
         self.max_rate = max_rate
         self.count = count  # called once per request (the watcher's registry.requests)
+        self.on_drop = on_drop  # a watch was stopped (evicted, cleared): a change it was to bring must be read
         self._tasks: dict[str, asyncio.Future[None]] = {}
         self._parked: dict[str, int] = {}  # name -> the index its blocking read waits on, while it waits
         self._changed: dict[str, float] = {}  # name -> monotonic time of its last change
@@ -82,6 +86,7 @@ class HotWatches:
             task.cancel()
         self._changed.pop(name, None)
         self._parked.pop(name, None)
+        self.on_drop(name)
 
     def clear(self) -> None:
         """Consul's data may have been replaced (index went backwards): the indexes held here mean nothing."""

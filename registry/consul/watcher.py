@@ -261,7 +261,10 @@ class ConsulWatcher:
         fps = self._health_fps(checks)
         changed = {n for n in fps.keys() | self._health_fp.keys() if fps.get(n) != self._health_fp.get(n)}
         self._health_fp = fps
-        self._rereads.enqueue(changed, None, index if self._dump_ok else None)
+        if self._dump_ok and index is not None:
+            self._rereads.enqueue(changed, None, index, fps)
+        else:
+            self._enqueue(changed)
 
     def _on_catalog(self, services: dict[str, list[str]], moved: bool = True) -> None:
         """`moved`: the services index moved (False for an idle timeout or an answer without news, which
