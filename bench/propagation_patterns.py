@@ -561,26 +561,35 @@ def run_one(mode: str, instances: int, rounds: int, flags: list[str], patterns: 
 
 
 def table(results: list[dict[str, Any]]) -> str:
-    """The markdown table docs/benchmarks.md shows."""
+    """The markdown table docs/benchmarks.md shows: absolute figures, Consul alone, and the router's share
+    (the router's figure minus Consul alone's, same row: the part a faster router could remove)."""
     def f(x: Any) -> str:
         return "–" if x is None else ("∞" if x == float("inf") else f"{x:g}")
 
-    rows = ["| mode | background | new: up p90 / max ms | critical p90 / max | dereg one p90 / max | dereg last "
-            "p90 / max | burst: last routed, p90 per change ms | rolling: failed / requests, worst change ms | "
-            "Consul requests per change (dumps) | Consul alone: up p90, burst last ms | ready s, RSS MB |",
-            "|---|---:|---|---|---|---|---|---|---|---|---|"]
+    def share(a: Any, b: Any) -> str:
+        return "–" if a is None or b is None else f(round(a - b, 1))
+
+    rows = ["| code | mode | background | new: up p50 / p90 ms (Consul alone p90; router's share) | "
+            "critical p50 / p90 (Consul alone p90; share) | dereg one p90 | dereg last p90 | "
+            "burst: last routed ms (Consul alone; share) | burst per change p90 (Consul alone) | "
+            "burst: PUTs answered by ms; Consul requests; table swaps | rolling: failed / requests, worst ms | "
+            "Consul requests per change (dumps) | ready s, RSS MB |",
+            "|---|---|---:|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         n, b, ro = r.get("new", {}), r.get("burst", {}), r.get("rolling", {})
-
-        def pm(d: dict[str, Any]) -> str:
-            return f"{f(d.get('p90'))} / {f(d.get('max'))}" if d else "–"
-
+        up, cu = n.get("up", {}), n.get("consul_floor_up", {})
+        cr, cc = n.get("critical", {}), n.get("consul_floor_critical", {})
+        bp, cbp = b.get("per_change", {}), b.get("consul_floor_per_change", {})
         rows.append(
-            f"| {r['mode']} | {r['background']:,} | {pm(n.get('up', {}))} | {pm(n.get('critical', {}))} | "
-            f"{pm(n.get('dereg_one', {}))} | {pm(n.get('dereg_last', {}))} | "
-            f"{f(b.get('last_routed_ms'))}, {f(b.get('per_change', {}).get('p90'))} | "
+            f"| {r.get('code', '–')} | {r['mode']} | {r['background']:,} | "
+            f"{f(up.get('p50'))} / {f(up.get('p90'))} ({f(cu.get('p90'))}; {share(up.get('p90'), cu.get('p90'))}) | "
+            f"{f(cr.get('p50'))} / {f(cr.get('p90'))} ({f(cc.get('p90'))}; {share(cr.get('p90'), cc.get('p90'))}) | "
+            f"{f(n.get('dereg_one', {}).get('p90'))} | {f(n.get('dereg_last', {}).get('p90'))} | "
+            f"{f(b.get('last_routed_ms'))} ({f(b.get('consul_floor_last_ms'))}; "
+            f"{share(b.get('last_routed_ms'), b.get('consul_floor_last_ms'))}) | "
+            f"{f(bp.get('p90'))} ({f(cbp.get('p90'))}) | "
+            f"{f(b.get('updates_answered_ms'))}; {f(b.get('consul_requests'))}; {f(b.get('table_swaps'))} | "
             f"{f(ro.get('failed'))} / {f(ro.get('requests'))}, {f(ro.get('worst_change_ms'))} | "
             f"{f(n.get('consul_requests_per_change'))} ({f(n.get('dumps_per_change'))}) | "
-            f"{f(n.get('consul_floor_up', {}).get('p90'))}, {f(b.get('consul_floor_last_ms'))} | "
             f"{f(r['ready_s'])}, {f(r['rss_mb'])} |")
     return "\n".join(rows)

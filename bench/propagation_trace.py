@@ -12,9 +12,10 @@ not in the product) that log, on CLOCK_MONOTONIC (one clock for every process on
 * the watcher's steps: a health answer handled, services queued for a re-read, a result accepted
   (`_accept`: from a re-read or a hot watch), the table update (`RouterState.apply`) start and end.
 
-The benchmark side logs the check update (before / after the PUT), a plain blocking query on
-`/v1/health/state/critical` in a thread of its own ("Consul alone", as bench/propagation_patterns.py) and
-every poll through the proxy (start, end, status). Printed per round: each hop in ms after the PUT began,
+The benchmark side logs the check update (sent on a connection of its own, `RawPut`, and polled while the
+agent answers it: "put" is when its answer was complete), a plain blocking query on
+`/v1/health/state/critical` in a process of its own ("Consul alone", as bench/propagation_patterns.py)
+and every poll through the proxy (start, end, status). Printed per round: each hop in ms after the PUT began,
 and at the end the medians per hop.
 """
 
@@ -26,7 +27,6 @@ import os
 import statistics
 import sys
 import tempfile
-import threading
 import time
 import uuid
 from pathlib import Path
@@ -173,30 +173,6 @@ def _router(flags: list[str], trace: Path, checkout: Path) -> Any:
     return r
 
 
-class CriticalWatch(threading.Thread):
-    """Consul alone: a plain blocking query on /v1/health/state/critical; (monotonic time, check IDs) per answer."""
-
-    def __init__(self, url: str) -> None:
-        super().__init__(daemon=True)
-        self.c = httpx.Client(base_url=url, timeout=30, trust_env=False)
-        self.answers: list[tuple[float, frozenset[str]]] = []
-        self.stop = False
-
-    def run(self) -> None:
-        index = "1"
-        while not self.stop:
-            try:
-                r = self.c.get("/v1/health/state/critical", params={"index": index, "wait": "5s"})
-            except httpx.HTTPError:
-                time.sleep(0.1)
-                continue
-            self.answers.append((time.monotonic(), frozenset(c["CheckID"] for c in r.json())))
-            index = r.headers.get("x-consul-index", "1")
-
-    def seen(self, check: str, critical: bool, after: float) -> float:
-        return next((t for t, ids in self.answers if t >= after and (check in ids) == critical), float("inf"))
-
-
 def run(rounds: int, flags: list[str], checkout: Path, raw: bool = False) -> list[dict[str, float]]:
     from tests.backends import Backend
     from tests.consul_agent import ConsulAgent
@@ -216,8 +192,10 @@ def run(rounds: int, flags: list[str], checkout: Path, raw: bool = False) -> lis
             if time.monotonic() > deadline:
                 raise RuntimeError(f"no table after 60 s:\n{router.output()[-3000:]}")
             time.sleep(0.05)
-        watch = CriticalWatch(agent.http_url)
-        watch.start()
+        from bench.propagation_patterns import CriticalWatch as ConsulAlone
+        from bench.propagation_patterns import RawPut
+
+        watch = ConsulAlone(agent.http_url).start()  # a process of its own, as in the patterns benchmark
         time.sleep(1.0)
         for k in range(rounds):
             svc = f"trace{k}-{uuid.uuid4().hex[:4]}"
@@ -227,15 +205,16 @@ def run(rounds: int, flags: list[str], checkout: Path, raw: bool = False) -> lis
                 "Check": {"CheckID": f"{svc}-a-ttl", "TTL": "10h", "Status": "critical"}}).raise_for_status()
             time.sleep(0.2)
             polls: list[tuple[float, float, int]] = []
+            put = RawPut(agent.http_url, f"/v1/agent/check/pass/{svc}-a-ttl")
             t0 = time.monotonic()
-            c.put(f"/v1/agent/check/pass/{svc}-a-ttl").raise_for_status()
-            t_put = time.monotonic()
+            put.send()  # polled while the agent answers it, as in the patterns benchmark
             while True:
                 p0 = time.monotonic()
                 st = proxy.get(f"/{svc}").status_code
                 polls.append((p0, time.monotonic(), st))
                 if st == 200 or p0 - t0 > 10:
                     break
+            t_put = put.finish()
             time.sleep(0.3)
             events = [json.loads(line) for line in trace.read_text().splitlines()]
             rows.append(_round(t0, t_put, polls, watch.seen(f"{svc}-a-ttl", False, t0), events, svc))
@@ -248,7 +227,7 @@ def run(rounds: int, flags: list[str], checkout: Path, raw: bool = False) -> lis
                     print(f"    poll {(p[0] - t0) * 1000:8.2f} -> {(p[1] - t0) * 1000:8.2f} {p[2]}")
             c.put(f"/v1/agent/service/deregister/{svc}-a").raise_for_status()
             time.sleep(0.3)
-        watch.stop = True
+        watch.stop()
     finally:
         router.stop()
         backend.stop()

@@ -391,3 +391,36 @@ def test_hot_watches_keep_the_most_recently_changed_within_the_limit() -> None:
     first, second = asyncio.run(run())
     assert first == {"a", "b"}
     assert second == {"a", "c"}
+
+
+def test_a_health_change_the_hot_watch_brings_is_not_read_again() -> None:
+    """A health answer's change of a service is not re-read when the applied entries already show the same
+    non-passing checks, or when its hot watch waits below the answer's index (the same commit wakes it);
+    when that watch is stopped instead, the service is read at once."""
+    from registry.consul.fingerprints import nonpassing_of
+
+    w = ConsulWatcher(ConsulAPI("c:8500"), lambda s, m: None)
+    rr = w._rereads
+    parked: dict[str, int] = {}
+    rr.hot.parked = parked.get  # type: ignore[method-assign]
+    critical = nonpassing_of([_entry("web-1", 80, "critical")])
+    assert critical == {("", "web-1", "web-1-ttl", "critical")}  # the facts the state watches give
+
+    async def run() -> None:
+        rr._accept("web", [_entry("web-1", 80, "critical")], 20, None)  # the hot watch answered first
+        rr.enqueue({"web"}, None, 21, {"web": critical})  # the health answer shows the same checks
+        assert rr.pending == set() and rr.status.covered == 1
+        rr.enqueue({"web"}, None, 22, {})  # the check passes: the entries applied say critical
+        assert rr.pending == {"web"}  # no hot watch waiting: read
+        rr.pending.clear()
+        parked["web"] = 20
+        rr.enqueue({"web"}, None, 23, {})  # now its watch waits below 23: it brings the change
+        assert rr.pending == set() and "web" in rr._expect
+        rr._accept("web", [_entry("web-1", 80, "passing")], 23, None)  # ... and does
+        assert "web" not in rr._expect
+        rr.enqueue({"web"}, None, 24, {"web": critical})
+        assert rr.pending == set() and "web" in rr._expect
+        rr._dropped("web")  # its watch is stopped before answering
+        assert rr.pending == {"web"} and "web" not in rr._expect
+
+    asyncio.run(run())
