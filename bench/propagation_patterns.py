@@ -69,6 +69,15 @@ def _own_rss_kb(pid: int) -> int:
         return 0
 
 
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds of process `pid` so far (0 if it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def stats(xs: list[float]) -> dict[str, float | int]:
     if not xs:
         return {"n": 0}
@@ -552,7 +561,13 @@ def run_one(mode: str, instances: int, rounds: int, flags: list[str], patterns: 
                 out["new"]["consul_requests_per_change"] = round((s1["requests"] - s0["requests"]) / changes, 1)
                 out["new"]["dumps_per_change"] = round((s1.get("dumps", 0) - s0.get("dumps", 0)) / changes, 2)
             if "burst" in patterns:
+                # CPU of the router and of Consul over the burst (no polling there: load-independent)
+                pids = (router.proc.pid if router.proc else 0, agent_proc.pid or 0)
+                c0 = [cpu_s(p) for p in pids]
                 out["burst"] = pattern_burst(agent, fleet, router, consul)
+                c1 = [cpu_s(p) for p in pids]
+                out["burst"]["router_cpu_ms"] = round((c1[0] - c0[0]) * 1000)
+                out["burst"]["consul_cpu_ms"] = round((c1[1] - c0[1]) * 1000)
             if "rolling" in patterns:
                 out["rolling"] = pattern_rolling(agent, fleet, router)
             consul.stop()
@@ -582,7 +597,7 @@ def table(results: list[dict[str, Any]]) -> str:
     rows = ["| code | mode | background | new: up p50 / p90 ms (Consul alone p90; router's share) | "
             "critical p50 / p90 (Consul alone p90; share) | dereg one p90 | dereg last p90 | "
             "burst: last routed ms (Consul alone; share) | burst per change p90 (Consul alone) | "
-            "burst: PUTs answered by ms; Consul requests; table swaps | rolling: failed / requests, worst ms | "
+            "burst: PUTs answered by ms; Consul requests; table swaps; CPU ms router / Consul | rolling: failed / requests, worst ms | "
             "Consul requests per change (dumps) | ready s, RSS MB |",
             "|---|---|---:|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
@@ -598,7 +613,8 @@ def table(results: list[dict[str, Any]]) -> str:
             f"{f(b.get('last_routed_ms'))} ({f(b.get('consul_floor_last_ms'))}; "
             f"{share(b.get('last_routed_ms'), b.get('consul_floor_last_ms'))}) | "
             f"{f(bp.get('p90'))} ({f(cbp.get('p90'))}) | "
-            f"{f(b.get('updates_answered_ms'))}; {f(b.get('consul_requests'))}; {f(b.get('table_swaps'))} | "
+            f"{f(b.get('updates_answered_ms'))}; {f(b.get('consul_requests'))}; {f(b.get('table_swaps'))}; "
+            f"{f(b.get('router_cpu_ms'))} / {f(b.get('consul_cpu_ms'))} | "
             f"{f(ro.get('failed'))} / {f(ro.get('requests'))}, {f(ro.get('worst_change_ms'))} | "
             f"{f(n.get('consul_requests_per_change'))} ({f(n.get('dumps_per_change'))}) | "
             f"{f(r['ready_s'])}, {f(r['rss_mb'])} |")
