@@ -397,9 +397,11 @@ class Load:
 # ---------------------------------------------------------------- the patterns
 
 
-def pattern_new(agent: Agent, fleet: Fleet, proxy: httpx.Client, rounds: int, consul: CriticalWatch) -> dict[str, Any]:
+def pattern_new(agent: Agent, fleet: Fleet, proxy: httpx.Client, rounds: int, consul: CriticalWatch,
+                router: RouterProc | None = None) -> dict[str, Any]:
     up, crit, dereg_last, dereg_one, floor_up, floor_crit = [], [], [], [], [], []
     up_client: list[float] = []  # the same, when its answer was back at the client
+    passes: list[tuple[str, float, float]] = []  # (instance, wall time of the pass, Consul alone's answer, wall)
     for k in range(rounds):
         svc = f"new{k}-{uuid.uuid4().hex[:4]}"
         path = f"/{svc}"
@@ -408,13 +410,14 @@ def pattern_new(agent: Agent, fleet: Fleet, proxy: httpx.Client, rounds: int, co
         agent.register(f"{svc}-a", svc, a, fleet.port, path)
         time.sleep(0.2)
         put = agent.raw_check(f"{svc}-a", "passing")
-        t0 = time.monotonic()
+        t0, t0w = time.monotonic(), time.time()
         put.send()  # polled while the agent answers the PUT (RawPut)
         answered = first(lambda: proxy.get(path).status_code == 200)  # noqa: B023
         up.append(ms(min(answered, fleet.reached(a, t0)), t0))  # the first request that reached it
         up_client.append(ms(answered, t0))
         put.finish()
         floor_up.append(ms(consul.seen(f"{svc}-a-ttl", False, t0), t0))
+        passes.append((a, t0w, consul.seen_wall(f"{svc}-a-ttl", False, t0w)))
         time.sleep(0.3)
         put = agent.raw_check(f"{svc}-a", "critical")
         t0 = time.monotonic()
@@ -445,7 +448,15 @@ def pattern_new(agent: Agent, fleet: Fleet, proxy: httpx.Client, rounds: int, co
         dereg_last.append(ms(first(lambda: proxy.get(path).status_code == 404), t0))  # noqa: B023
         put.finish()
         time.sleep(0.3)
-    return {"up": stats(up), "up_client": stats(up_client), "critical": stats(crit), "dereg_one": stats(dereg_one), "dereg_last": stats(dereg_last),
+    # the table swap with the new instance, from the router's log (ms resolution): the router's own
+    # "routed", without the probe's round trip through the proxy and the backend
+    swaps = table_swaps(router) if router is not None else []
+    swapped = [next((t for t, sg, url in swaps if sg == "+" and f"//{a}:" in url and t >= w - 0.001), float("inf"))
+               for a, w, _ in passes]
+    up_swap = [ms(t, w) for t, (_, w, _) in zip(swapped, passes, strict=True)]
+    share = [ms(t, c) for t, (_, _, c) in zip(swapped, passes, strict=True) if c != float("inf")]
+    return {"up": stats(up), "up_client": stats(up_client), "up_swap": stats(up_swap), "up_swap_after_consul": stats(share),
+            "critical": stats(crit), "dereg_one": stats(dereg_one), "dereg_last": stats(dereg_last),
             "consul_floor_up": stats(floor_up), "consul_floor_critical": stats(floor_crit)}
 
 
@@ -555,7 +566,7 @@ def run_one(mode: str, instances: int, rounds: int, flags: list[str], patterns: 
             s0 = registry_status(router)
             consul = CriticalWatch(agent_proc.http_url).start()
             if "new" in patterns:
-                out["new"] = pattern_new(agent, fleet, proxy, rounds, consul)
+                out["new"] = pattern_new(agent, fleet, proxy, rounds, consul, router)
                 s1 = registry_status(router)
                 changes = rounds * 7  # register, pass, fail, pass, register b, deregister b, deregister a
                 out["new"]["consul_requests_per_change"] = round((s1["requests"] - s0["requests"]) / changes, 1)
@@ -592,28 +603,33 @@ def table(results: list[dict[str, Any]]) -> str:
         return "–" if x is None else ("∞" if x == float("inf") else f"{x:g}")
 
     def share(a: Any, b: Any) -> str:
-        return "–" if a is None or b is None else f(round(a - b, 1))
+        inf = float("inf")
+        return "–" if a is None or b is None or inf in (a, b) else f(round(a - b, 1))
 
     rows = ["| code | mode | background | new: up p50 / p90 ms (Consul alone p90; router's share) | "
+            "new: table swap p50 / p90 ms (after Consul alone's answer: p50 / p90) | "
             "critical p50 / p90 (Consul alone p90; share) | dereg one p90 | dereg last p90 | "
             "burst: last routed ms (Consul alone; share) | burst per change p90 (Consul alone) | "
-            "burst: PUTs answered by ms; Consul requests; table swaps; CPU ms router / Consul | rolling: failed / requests, worst ms | "
+            "burst: PUTs written within / answered by ms; Consul requests; table swaps; CPU ms router / Consul | rolling: failed / requests, worst ms | "
             "Consul requests per change (dumps) | ready s, RSS MB |",
-            "|---|---|---:|---|---|---|---|---|---|---|---|---|---|"]
+            "|---|---|---:|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         n, b, ro = r.get("new", {}), r.get("burst", {}), r.get("rolling", {})
         up, cu = n.get("up", {}), n.get("consul_floor_up", {})
         cr, cc = n.get("critical", {}), n.get("consul_floor_critical", {})
+        sw, sa = n.get("up_swap", {}), n.get("up_swap_after_consul", {})
         bp, cbp = b.get("per_change", {}), b.get("consul_floor_per_change", {})
         rows.append(
             f"| {r.get('code', '–')} | {r['mode']} | {r['background']:,} | "
             f"{f(up.get('p50'))} / {f(up.get('p90'))} ({f(cu.get('p90'))}; {share(up.get('p90'), cu.get('p90'))}) | "
+            f"{f(sw.get('p50'))} / {f(sw.get('p90'))} ({f(sa.get('p50'))} / {f(sa.get('p90'))}) | "
             f"{f(cr.get('p50'))} / {f(cr.get('p90'))} ({f(cc.get('p90'))}; {share(cr.get('p90'), cc.get('p90'))}) | "
             f"{f(n.get('dereg_one', {}).get('p90'))} | {f(n.get('dereg_last', {}).get('p90'))} | "
             f"{f(b.get('last_routed_ms'))} ({f(b.get('consul_floor_last_ms'))}; "
             f"{share(b.get('last_routed_ms'), b.get('consul_floor_last_ms'))}) | "
             f"{f(bp.get('p90'))} ({f(cbp.get('p90'))}) | "
-            f"{f(b.get('updates_answered_ms'))}; {f(b.get('consul_requests'))}; {f(b.get('table_swaps'))}; "
+            f"{f(b.get('updates_spread_ms'))} / {f(b.get('updates_answered_ms'))}; {f(b.get('consul_requests'))}; "
+            f"{f(b.get('table_swaps'))}; "
             f"{f(b.get('router_cpu_ms'))} / {f(b.get('consul_cpu_ms'))} | "
             f"{f(ro.get('failed'))} / {f(ro.get('requests'))}, {f(ro.get('worst_change_ms'))} | "
             f"{f(n.get('consul_requests_per_change'))} ({f(n.get('dumps_per_change'))}) | "
