@@ -299,17 +299,28 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--modes", nargs="*", default=["agent", "catalog"], choices=["agent", "catalog"])
     ap.add_argument("--rounds", type=int, default=10, help="--patterns: rounds of the new-instance pattern")
     ap.add_argument("--only", nargs="*", default=["new", "burst", "rolling"], choices=["new", "burst", "rolling"])
+    ap.add_argument("--router-root", type=Path, action="append", default=[],
+                    help="--patterns: run the router of this checkout (repeat: each in turn, per mode and "
+                         "size, back to back; default this one), e.g. a checkout of main for a baseline")
     a = ap.parse_args(argv)
     if a.patterns:
+        import tests.router_proc as rp
         from bench import propagation_patterns as pp
 
         print(f"machine: {os.cpu_count()} cpus, python {sys.version.split()[0]}", flush=True)
         out = []
+        roots = [r.resolve() for r in a.router_root] or [ROOT]
         for n in a.background:
             for mode in a.modes:
-                r = pp.run_one(mode, n, a.rounds, a.router_flag, set(a.only))
-                out.append(r)
-                print(json.dumps(r), flush=True)
+                for root in roots:
+                    rp.ROOT = root  # RouterProc runs `python -m router` in this directory
+                    code = subprocess.run(["git", "-C", str(root), "log", "-1", "--format=%h"], capture_output=True,
+                                          text=True).stdout.strip()
+                    r = pp.run_one(mode, n, a.rounds, a.router_flag, set(a.only))
+                    r["code"] = f"{root.name} {code}"
+                    r["load"] = [round(x, 1) for x in os.getloadavg()]
+                    out.append(r)
+                    print(json.dumps(r), flush=True)
         print(pp.table(out), flush=True)
         if a.json:
             Path(a.json).write_text(json.dumps(out, indent=2))

@@ -62,12 +62,19 @@ def run(coro):  # type: ignore[no-untyped-def]
     return asyncio.new_event_loop().run_until_complete(coro)
 
 
+def mocked(addr: str, *args, **kw) -> ConsulAPI:  # type: ignore[no-untyped-def]
+    """A client whose requests go through httpx, where respx answers them. With its default transport the
+    client sends its GETs straight through registry/consul/transport.py (no httpx client layer): the
+    URL, query and headers checked here are built by the same code for both (`ConsulAPI.url`)."""
+    return ConsulAPI(addr, *args, transport=httpx.AsyncHTTPTransport(), **kw)
+
+
 @respx.mock(using="httpx")
 def test_blocking_get_sends_index_wait_consistency_and_token(respx_mock: respx.MockRouter) -> None:
     route = respx_mock.route(method="GET", host="c", port=8500, path="/v1/health/state/any").mock(
         return_value=httpx.Response(200, json=[], headers={"X-Consul-Index": "42"})
     )
-    api = ConsulAPI("c:8500", "tok", consistency="consistent", wait=30)
+    api = mocked("c:8500", "tok", consistency="consistent", wait=30)
     r = run(api.get("/v1/health/state/any", index=7))
     req = route.calls.last.request
     assert r.index == 42 and r.body == []
@@ -79,7 +86,7 @@ def test_blocking_get_sends_index_wait_consistency_and_token(respx_mock: respx.M
 @respx.mock(using="httpx")
 def test_index_header_is_case_insensitive_and_404_is_returned(respx_mock: respx.MockRouter) -> None:
     respx_mock.get("http://c:8500/v1/kv/x").mock(return_value=httpx.Response(404, headers={"x-consul-index": "3"}))
-    r = run(ConsulAPI("c:8500").get("/v1/kv/x"))
+    r = run(mocked("c:8500").get("/v1/kv/x"))
     assert (r.status, r.index, r.body) == (404, 3, None)
 
 
@@ -87,10 +94,10 @@ def test_index_header_is_case_insensitive_and_404_is_returned(respx_mock: respx.
 def test_errors_raise_consul_error_with_context(respx_mock: respx.MockRouter) -> None:
     respx_mock.get("http://c:8500/v1/catalog/services").mock(return_value=httpx.Response(500, text="No cluster leader"))
     with pytest.raises(ConsulError, match="HTTP 500: No cluster leader"):
-        run(ConsulAPI("c:8500").get("/v1/catalog/services"))
+        run(mocked("c:8500").get("/v1/catalog/services"))
     respx_mock.get("http://c:8500/v1/agent/self").mock(side_effect=httpx.ConnectError("refused"))
     with pytest.raises(ConsulError, match="ConnectError"):
-        run(ConsulAPI("c:8500").get("/v1/agent/self"))
+        run(mocked("c:8500").get("/v1/agent/self"))
 
 
 def test_decode_kv_skips_folders_and_decodes() -> None:

@@ -86,7 +86,7 @@ def test_propagation_summary_nearest_rank() -> None:
 def test_startup_falls_back_to_per_service_mode_when_dump_is_missing(respx_mock: respx.MockRouter) -> None:
     """Without /v1/internal/ui/nodes at startup, a catalog change re-reads every tagged service."""
     respx_mock.get("http://c:8500/v1/internal/ui/nodes").mock(return_value=httpx.Response(404))
-    w = ConsulWatcher(ConsulAPI("c:8500"), lambda s, m: None)
+    w = ConsulWatcher(ConsulAPI("c:8500", transport=httpx.AsyncHTTPTransport()), lambda s, m: None)
     w._catalog_tags = {"web": ("urlprefix-/web",), "api": ("urlprefix-/api",)}
 
     async def run() -> None:
@@ -102,7 +102,7 @@ def test_startup_falls_back_to_per_service_mode_when_dump_is_missing(respx_mock:
 @respx.mock(using="httpx")
 def test_dump_failure_after_startup_is_an_error_not_a_mode_switch(respx_mock: respx.MockRouter) -> None:
     respx_mock.get("http://c:8500/v1/internal/ui/nodes").mock(return_value=httpx.Response(404))
-    w = ConsulWatcher(ConsulAPI("c:8500"), lambda s, m: None)
+    w = ConsulWatcher(ConsulAPI("c:8500", transport=httpx.AsyncHTTPTransport()), lambda s, m: None)
     w.status.ready = True
     with pytest.raises(ConsulError):
         asyncio.run(w._reconcile_instances())
@@ -190,7 +190,7 @@ def test_a_service_tagged_after_its_failing_check_was_seen_notices_the_check_pas
     """The health answer that shows a new instance's critical check can come before the catalog answer
     that shows its urlprefix tag; its check then turning passing must still count as a change (found at
     30,000 instances: the route waited seconds for the instance reconcile)."""
-    w = ConsulWatcher(ConsulAPI("c:8500"), lambda s, m: None)
+    w = ConsulWatcher(ConsulAPI("c:8500", transport=httpx.AsyncHTTPTransport()), lambda s, m: None)
     critical = [dict(check("fresh-1-ttl", "critical", "fresh-1"), ServiceName="fresh")]
     w._on_health(critical)  # not tagged yet: ignored
     assert w._rereads.pending == set()
@@ -204,7 +204,7 @@ def test_a_service_tagged_after_its_failing_check_was_seen_notices_the_check_pas
 def test_a_new_instance_node_check_counts_before_the_next_reconcile() -> None:
     """The node -> services map comes from the instance dump; a service re-read meanwhile adds its nodes,
     so a node check failing on a new instance's node is a change for it right away."""
-    w = ConsulWatcher(ConsulAPI("c:8500"), lambda s, m: None)
+    w = ConsulWatcher(ConsulAPI("c:8500", transport=httpx.AsyncHTTPTransport()), lambda s, m: None)
     w._on_catalog({"fresh": ["urlprefix-/fresh"]})
     entry = {"Node": {"Node": "n9", "Address": "10.0.0.9"},
              "Service": {"ID": "fresh-1", "Service": "fresh", "Port": 80, "Tags": ["urlprefix-/fresh"]},
@@ -292,7 +292,7 @@ CATALOG_SEQUENCES = [
 def test_catalog_answers_compared_by_difference_give_the_full_computation(answers: list[dict[str, list[str]]]) -> None:
     """`_on_catalog` only looks at names whose tag list changed; the result must equal a full recomputation,
     and exactly the services whose route-tag union changed become pending."""
-    w = ConsulWatcher(ConsulAPI("c:8500"), lambda s, m: None)
+    w = ConsulWatcher(ConsulAPI("c:8500", transport=httpx.AsyncHTTPTransport()), lambda s, m: None)
     before: dict[str, tuple[str, ...]] = {}
     for services in answers:
         w._rereads.pending.clear()
@@ -391,3 +391,36 @@ def test_hot_watches_keep_the_most_recently_changed_within_the_limit() -> None:
     first, second = asyncio.run(run())
     assert first == {"a", "b"}
     assert second == {"a", "c"}
+
+
+def test_a_health_change_the_hot_watch_brings_is_not_read_again() -> None:
+    """A health answer's change of a service is not re-read when the applied entries already show the same
+    non-passing checks, or when its hot watch waits below the answer's index (the same commit wakes it);
+    when that watch is stopped instead, the service is read at once."""
+    from registry.consul.fingerprints import nonpassing_of
+
+    w = ConsulWatcher(ConsulAPI("c:8500"), lambda s, m: None)
+    rr = w._rereads
+    parked: dict[str, int] = {}
+    rr.hot.parked = parked.get  # type: ignore[method-assign]
+    critical = nonpassing_of([_entry("web-1", 80, "critical")])
+    assert critical == {("", "web-1", "web-1-ttl", "critical")}  # the facts the state watches give
+
+    async def run() -> None:
+        rr._accept("web", [_entry("web-1", 80, "critical")], 20, None)  # the hot watch answered first
+        rr.enqueue({"web"}, None, 21, {"web": critical})  # the health answer shows the same checks
+        assert rr.pending == set() and rr.status.covered == 1
+        rr.enqueue({"web"}, None, 22, {})  # the check passes: the entries applied say critical
+        assert rr.pending == {"web"}  # no hot watch waiting: read
+        rr.pending.clear()
+        parked["web"] = 20
+        rr.enqueue({"web"}, None, 23, {})  # now its watch waits below 23: it brings the change
+        assert rr.pending == set() and "web" in rr._expect
+        rr._accept("web", [_entry("web-1", 80, "passing")], 23, None)  # ... and does
+        assert "web" not in rr._expect
+        rr.enqueue({"web"}, None, 24, {"web": critical})
+        assert rr.pending == set() and "web" in rr._expect
+        rr._dropped("web")  # its watch is stopped before answering
+        assert rr.pending == {"web"} and "web" not in rr._expect
+
+    asyncio.run(run())

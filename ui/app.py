@@ -61,6 +61,7 @@ def status_doc(router: RouterView) -> dict[str, Any]:
             "indexes": dict(st.indexes),
             "requests": st.requests,
             "paced": st.paced,
+            "covered": st.covered,  # changes a hot watch brought without a re-read (registry/consul/rereads.py)
             "dumps": st.dumps,
             "propagation": st.propagation_summary(),
             "last_dump": dict(st.last_dump),

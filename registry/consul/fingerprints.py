@@ -65,3 +65,11 @@ def nonpassing_fingerprints(checks: list[dict[str, Any]], node_services: dict[st
                                   and any(t.strip().startswith(prefix) for t in c.get("ServiceTags") or ())):
                 out.setdefault(name, set()).add(fact)
     return {n: frozenset(f) for n, f in out.items()}
+
+
+def nonpassing_of(entries: list[dict[str, Any]]) -> frozenset:
+    """One service's `/v1/health/service/<name>` entries -> the same facts `nonpassing_fingerprints` gives
+    for it from the state watches (its non-passing checks and its nodes'), so the two compare: equal means
+    that a health answer shows nothing the applied entries do not (registry/consul/rereads.py)."""
+    return frozenset((c.get("Node", ""), c.get("ServiceID", ""), c.get("CheckID", ""), c.get("Status", ""))
+                     for e in entries for c in e.get("Checks") or () if c.get("Status") != "passing")

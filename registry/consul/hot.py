@@ -30,7 +30,9 @@ log = logging.getLogger("registry.consul")
 
 OnAnswer = Callable[[str, list[dict[str, Any]], int, float], None]
 
-HOT_LIMIT = 32
+# 64: a burst of 50 changes (issue 18) stays hot as a whole. Consul allows 200 HTTP connections per client
+# address by default; the router holds these, 16 re-reads, 5 watches and its self-registration at most.
+HOT_LIMIT = 64
 HOT_TTL = 60.0
 
 
@@ -38,14 +40,17 @@ class HotWatches:
     """At most `limit` per-service blocking watches, each ending `ttl` s after its service last changed."""
 
     def __init__(self, api: ConsulAPI, on_answer: OnAnswer, *, limit: int = HOT_LIMIT, ttl: float = HOT_TTL,
-                 max_rate: float = 20.0, count: Callable[[], None] = lambda: None) -> None:
+                 max_rate: float = 20.0, count: Callable[[], None] = lambda: None,
+                 on_drop: Callable[[str], None] = lambda name: None) -> None:
         self.api = api
         self.on_answer = on_answer
         self.limit = limit
         self.ttl = ttl
         self.max_rate = max_rate
         self.count = count  # called once per request (the watcher's registry.requests)
+        self.on_drop = on_drop  # a watch was stopped (evicted, cleared): a change it was to bring must be read
         self._tasks: dict[str, asyncio.Future[None]] = {}
+        self._parked: dict[str, int] = {}  # name -> the index its blocking read waits on, while it waits
         self._changed: dict[str, float] = {}  # name -> monotonic time of its last change
         # one no-news bucket for all hot watches: with an index that never moves (a broken proxy, a
         # restored snapshot) they answer at once, and `limit` buckets would allow `limit` x maxrate reads
@@ -56,6 +61,11 @@ class HotWatches:
 
     def names(self) -> set[str]:
         return set(self._tasks)
+
+    def parked(self, name: str) -> int | None:
+        """The index `name`'s watch is blocked on now (it answers at once for any change of the service
+        above it), or None when it is not waiting on Consul (not hot, pacing, backing off)."""
+        return self._parked.get(name)
 
     def touch(self, name: str, index: int) -> None:
         """`name` just changed (its re-read answered `index`): watch it, or keep watching it longer."""
@@ -75,6 +85,8 @@ class HotWatches:
         if task is not None:
             task.cancel()
         self._changed.pop(name, None)
+        self._parked.pop(name, None)
+        self.on_drop(name)
 
     def clear(self) -> None:
         """Consul's data may have been replaced (index went backwards): the indexes held here mean nothing."""
@@ -90,13 +102,16 @@ class HotWatches:
                 if delay > 0:
                     await asyncio.sleep(delay)
                     delay = 0.0
+                self._parked[name] = index
                 try:
                     r = await self.api.get(f"/v1/health/service/{name}", index=index)
                 except ConsulError as e:
+                    self._parked.pop(name, None)
                     self.count()
                     log.debug("hot watch %s: %s", name, e)
                     await asyncio.sleep(backoff.next())
                     continue
+                self._parked.pop(name, None)
                 self.count()
                 backoff.reset()
                 now = time.monotonic()
@@ -107,5 +122,6 @@ class HotWatches:
                 index = next_index(index, r.index)
         finally:
             if self._tasks.get(name) is asyncio.current_task():
+                self._parked.pop(name, None)
                 self._tasks.pop(name, None)
                 self._changed.pop(name, None)

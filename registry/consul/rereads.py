@@ -12,16 +12,25 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from registry.consul.api import Backoff, ConsulAPI, ConsulError
+from registry.consul.fingerprints import nonpassing_of
 from registry.consul.hot import HOT_LIMIT, HotWatches
 from registry.consul.services import ServiceRoutes
 from registry.consul.status import RegistryStatus, Sink
 from router.table.routecmd import RouteCmd
 
 Entries = list[dict[str, Any]]
+
+# How long a change a hot watch is expected to bring may wait for it before the service is re-read anyway.
+# Both answers come from the same commit (a node check moves the service's index too: measured on Consul
+# 1.8.7), and a watch that errors retries with the same index, which then answers at once; a watch that is
+# stopped is read at once (`_dropped`). So this bound is a safety net only: with a short one (50 ms), under
+# the burst on the loaded machine Consul's hot answers came later than that and the fallbacks doubled the
+# requests (46 re-reads for 50 changes), which slowed Consul's answers further.
+HOT_GRACE = 1.0
 
 
 class ReReads:
@@ -45,7 +54,11 @@ class ReReads:
         self._ready_since: float | None = None
         self._backoff = Backoff()
         self._svc_index: dict[str, int] = {}  # service -> the per-service Consul index of the state applied
-        self.hot = HotWatches(api, self._accept, limit=hot_limit, max_rate=max_rate, count=self._count)
+        # service -> (index, non-passing checks, since) of a health answer its hot watch is to bring (enqueue)
+        self._expect: dict[str, tuple[int, frozenset, float]] = {}
+        self._health: dict[str, frozenset] = {}  # service -> the non-passing checks of the entries applied
+        self.hot = HotWatches(api, self._accept, limit=hot_limit, max_rate=max_rate, count=self._count,
+                              on_drop=self._dropped)
 
     def _count(self) -> None:
         self.status.requests += 1
@@ -53,10 +66,26 @@ class ReReads:
     def forget_indexes(self) -> None:
         """Consul may have come back with other data: per-service indexes no longer compare."""
         self._svc_index.clear()
-        self.hot.clear()
+        self._health.clear()
+        self.hot.clear()  # every expected change is read now (`_dropped`)
 
-    def enqueue(self, names: set[str], since: float | None = None) -> None:
-        """Mark services for a re-read; `since` (default: now) is when the change that needs it was seen."""
+    def enqueue(self, names: set[str], since: float | None = None, index: int | None = None,
+                health: Mapping[str, frozenset] | None = None) -> None:
+        """Mark services for a re-read; `since` (default: now) is when the change that needs it was seen.
+
+        `index` and `health`: the X-Consul-Index of the health answer that showed the change and the
+        services' non-passing checks in it (fingerprints.py). A hot watch (hot.py) answers for the same
+        commit as the health watches, with the whole entries, so a re-read would mostly be a second request
+        for an answer already here or on its way:
+
+        * a service whose applied entries show the same non-passing checks, or were applied at that index or
+          later (Consul's indexes are its Raft log positions, applied in order), needs no read;
+        * one whose hot watch waits on an index below the answer's is answered by that watch, woken by the
+          same commit; it gets HOT_GRACE to bring entries that show those checks (or that index), and is
+          read as any other if it does not.
+        """
+        if index is not None and health is not None and names:
+            names = {n for n in names if not self._covered(n, index, health.get(n, frozenset()), since)}
         if names:
             at = time.monotonic() if since is None else since
             for n in names:
@@ -64,6 +93,35 @@ class ReReads:
                     self.since[n] = at
             self.pending |= names
             self.wake.set()
+
+    def _covered(self, name: str, index: int, health: frozenset, since: float | None) -> bool:
+        """Whether the change `name` shows in a health answer is (or is about to be) applied without a re-read."""
+        if self._svc_index.get(name, 0) >= index or self._health.get(name) == health:
+            self.status.covered += 1
+            return True
+        parked = self.hot.parked(name)
+        if parked is None or parked >= index or name in self.pending or name in self._inflight:
+            return False
+        at = time.monotonic() if since is None else since
+        prev = self._expect.get(name)
+        self._expect[name] = (index, health, at if prev is None else min(at, prev[2]))
+        if prev is None or prev[0] < index:
+            asyncio.get_running_loop().call_later(HOT_GRACE, self._expired, name, index)
+        self.status.covered += 1
+        return True
+
+    def _dropped(self, name: str) -> None:
+        """`name`'s hot watch was stopped: a change it was to bring is read now."""
+        exp = self._expect.pop(name, None)
+        if exp is not None:
+            self.enqueue({name}, exp[2])
+
+    def _expired(self, name: str, index: int) -> None:
+        """The hot watch did not bring the change at `index` in time: read the service."""
+        exp = self._expect.get(name)
+        if exp is not None and exp[0] == index:
+            del self._expect[name]
+            self.enqueue({name}, exp[2])
 
     def emit(self, changes: dict[str, list[RouteCmd] | None], manual: list[RouteCmd] | None, since: float | None) -> None:
         """Hand a change to the table and record how long it took from the watch answer to the swap.
@@ -131,6 +189,11 @@ class ReReads:
         if index < self._svc_index.get(name, 0):
             return
         self._svc_index[name] = index
+        health = self._health[name] = nonpassing_of(entries)
+        exp = self._expect.get(name)
+        if exp is not None and (index >= exp[0] or health == exp[1]):  # what a health answer showed (enqueue)
+            del self._expect[name]
+            since = exp[2] if since is None else min(since, exp[2])
         self.learn(name, entries)
         cmds = self.routes.commands(name, entries)
         if not self._ready:

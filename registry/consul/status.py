@@ -70,6 +70,7 @@ class RegistryStatus:
     error_count: int = 0
     requests: int = 0
     paced: int = 0  # watch answers without news after which a loop waited for its rate limit (pacing.py)
+    covered: int = 0  # health-answer changes applied without a re-read: a hot watch brought them (rereads.py)
     dumps: int = 0  # /v1/internal/ui/nodes reads (each is O(instances) for Consul and for us)
     services: dict[str, ServiceStatus] = field(default_factory=dict)
     manual_errors: list[LineError] = field(default_factory=list)

@@ -128,12 +128,12 @@ class ConsulWatcher:
             if self._reconciler is not None:
                 self._reconciler.cancel()
 
-    def _health_handler(self, state: str) -> Callable[[list[dict[str, Any]]], None]:
+    def _health_handler(self, state: str) -> Callable[[list[dict[str, Any]], int], None]:
         """One state's watch answer: the non-passing checks are the union of the states' latest answers."""
 
-        def handle(checks: list[dict[str, Any]]) -> None:
+        def handle(checks: list[dict[str, Any]], index: int) -> None:
             self._by_state[state] = checks
-            self._on_health([c for cs in self._by_state.values() for c in cs])
+            self._on_health([c for cs in self._by_state.values() for c in cs], index)
 
         return handle
 
@@ -219,9 +219,9 @@ class ConsulWatcher:
 
     # ------------------------------------------------------------------ watch loops
 
-    def _answer(self, handle: Callable[[list[dict[str, Any]]], None]) -> Handler:
-        """A health watch's handler: the answer's list of checks (empty unless HTTP 200)."""
-        return lambda r, news: self._after_answer(handle(r.body if r.status == 200 else []))
+    def _answer(self, handle: Callable[[list[dict[str, Any]], int], None]) -> Handler:
+        """A health watch's handler: the answer's list of checks (empty unless HTTP 200) and its index."""
+        return lambda r, news: self._after_answer(handle(r.body if r.status == 200 else [], r.index))
 
     def _after_answer(self, _: None = None) -> None:
         if self._reconcile and self._reconcile_since is None:
@@ -256,12 +256,17 @@ class ConsulWatcher:
             self._reconcile = True
             self._wake.set()
 
-    def _on_health(self, checks: list[dict[str, Any]]) -> None:
+    def _on_health(self, checks: list[dict[str, Any]], index: int | None = None) -> None:
+        """`index`: the answer's X-Consul-Index (None when an earlier answer is diffed again): a service
+        whose state at that index a hot watch already brought, or is about to, is not re-read (rereads.py)."""
         self._last_health = checks
         fps = self._health_fps(checks)
         changed = {n for n in fps.keys() | self._health_fp.keys() if fps.get(n) != self._health_fp.get(n)}
         self._health_fp = fps
-        self._enqueue(changed)
+        if self._dump_ok and index is not None:
+            self._rereads.enqueue(changed, None, index, fps)
+        else:
+            self._enqueue(changed)
 
     def _on_catalog(self, services: dict[str, list[str]], moved: bool = True) -> None:
         """`moved`: the services index moved (False for an idle timeout or an answer without news, which

@@ -35,7 +35,9 @@ class WatchLoops:
         self.on_error = on_error
         self.on_backwards = on_backwards
         self.answered_at = 0.0  # monotonic time of the latest watch answer
-        self._resets: dict[str, asyncio.Event] = {}  # per watch: abandon the blocking read, restart at 0
+        self._names: set[str] = set()  # the watches running
+        self._reset: set[str] = set()  # watches told to abandon their blocking read and restart at 0
+        self._waiting: dict[str, asyncio.Task[Any]] = {}  # watch -> its task, while it waits for an answer
 
     async def run(self, name: str, path: str, index: int, handle: Handler,
                   params: dict[str, str] | None = None) -> None:
@@ -44,18 +46,17 @@ class WatchLoops:
         backoff = Backoff()
         probe = False
         delay = 0.0
+        self._names.add(name)
         while True:
             if delay > 0:  # only after an answer without news (registry/consul/pacing.py)
                 await asyncio.sleep(delay)
                 delay = 0.0
-            reset = self._resets.setdefault(name, asyncio.Event())
             try:
                 # After an error the agent may have restarted with other data, and a blocking read on an
                 # index it has not reached would just wait: ask without an index once to compare.
-                r = await self._get_unless(reset, path, None if probe else index, params)
+                r = await self._get_unless(name, path, None if probe else index, params)
                 probe = False
                 if r is None:  # another watch saw Consul's data replaced: start over from index 0
-                    reset.clear()
                     index = 0
                     # a read cut short is an answer without news: paced like one, or watches that keep
                     # resetting each other (an index stuck at 0) would re-read without any wait
@@ -81,25 +82,34 @@ class WatchLoops:
             if new == 0:
                 log.warning("%s watch: index went backwards (%d -> %d); re-reading everything", name, index, r.index)
                 self.on_backwards()
-                for other, ev in self._resets.items():
-                    if other != name:
-                        ev.set()
+                for other in self._names - {name}:
+                    self._reset.add(other)
+                    task = self._waiting.get(other)
+                    if task is not None:
+                        task.cancel()
             self.answered_at = time.monotonic()
             self.status.indexes[name] = r.index
             index = new
             handle(r, news)
 
-    async def _get_unless(
-        self, reset: asyncio.Event, path: str, index: int | None, params: dict[str, str] | None
-    ) -> Any:
-        """A blocking read that is abandoned (None) when `reset` is set while it waits."""
-        get = asyncio.ensure_future(self.api.get(path, index=index, params=params))
-        stop = asyncio.ensure_future(reset.wait())
+    async def _get_unless(self, name: str, path: str, index: int | None, params: dict[str, str] | None) -> Any:
+        """A blocking read that is abandoned (None) when another watch resets this one (before or while it waits).
+
+        The read runs in the watch's own task, and a reset cancels that task's wait: a task per read plus a
+        task waiting on a reset event, joined by `asyncio.wait`, cost three more event-loop turns between an
+        answer's arrival and its handling, each behind everything else ready at that moment (issue 18)."""
+        if name in self._reset:
+            self._reset.discard(name)
+            return None
+        task = asyncio.current_task()
+        assert task is not None
+        self._waiting[name] = task
         try:
-            await asyncio.wait({get, stop}, return_when=asyncio.FIRST_COMPLETED)
+            return await self.api.get(path, index=index, params=params)
+        except asyncio.CancelledError:
+            if name in self._reset and task.uncancel() == 0:  # our reset, not the watcher being stopped
+                self._reset.discard(name)
+                return None
+            raise
         finally:
-            stop.cancel()
-        if get.done():
-            return get.result()
-        get.cancel()
-        return None
+            self._waiting.pop(name, None)
