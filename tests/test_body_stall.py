@@ -15,31 +15,20 @@ import threading
 
 import httpx
 
+from tests.raw_upstream import RawUpstream
 from tests.router_proc import RouterProc
 
 
-class HeadThenStall:
+class HeadThenStall(RawUpstream):
     """A loopback upstream: `/sized` answers a head with Content-Length 100 and never a body byte;
     `/chunked` answers a chunked head, then its body once `release` is set; anything else is a small 200."""
 
     def __init__(self) -> None:
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
         self.release = threading.Event()
         self.seen: list[str] = []
-        self.conns: list[socket.socket] = []
-        threading.Thread(target=self._run, daemon=True).start()
+        super().__init__()
 
-    def _run(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            self.conns.append(conn)
-            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
-
-    def _serve(self, conn: socket.socket) -> None:
+    def _serve(self, conn: socket.socket, n: int) -> None:
         data = b""
         while True:
             while b"\r\n\r\n" not in data:
@@ -71,9 +60,7 @@ class HeadThenStall:
 
     def close(self) -> None:
         self.release.set()
-        self.sock.close()
-        for c in self.conns:
-            c.close()
+        super().close()
 
 
 def _counter(router: RouterProc, name: str) -> float:

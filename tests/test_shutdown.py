@@ -13,6 +13,7 @@ import httpx
 import pytest
 
 from tests.backends import Backend
+from tests.raw_upstream import RawUpstream
 from tests.router_proc import RouterProc, pid_alive
 
 
@@ -183,28 +184,6 @@ def refused(port: int) -> bool:
     except ConnectionRefusedError:
         return True
     return False
-
-
-class RawUpstream:
-    """A loopback upstream that serves each accepted connection with `_serve` in a thread of its own."""
-
-    def __init__(self) -> None:
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
-        self.connections = 0
-        threading.Thread(target=self._run, daemon=True).start()
-
-    def _run(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            self.connections += 1
-            threading.Thread(target=self._serve, args=(conn, self.connections), daemon=True).start()
-
-    def _serve(self, conn: socket.socket, n: int) -> None:
-        raise NotImplementedError
 
 
 class Holder(RawUpstream):
