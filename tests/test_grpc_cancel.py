@@ -22,6 +22,7 @@ import grpc
 import h2.config
 import h2.connection
 import h2.events
+import httpx
 import pytest
 
 from tests.router_proc import RouterProc, free_port
@@ -81,7 +82,7 @@ def _handlers() -> grpc.GenericRpcHandler:
 
 
 @pytest.fixture(scope="module")
-def gport() -> Iterator[int]:
+def router() -> Iterator[tuple[int, RouterProc]]:
     server = grpc.server(futures.ThreadPoolExecutor(8))
     server.add_generic_rpc_handlers((_handlers(),))
     up = server.add_insecure_port("127.0.0.1:0")
@@ -91,8 +92,21 @@ def gport() -> Iterator[int]:
                    f'route add c /test.Cancel grpc://127.0.0.1:{up} opts "proto=grpc"', env={"ROUTER_LISTENER": "own"})
     r.flags += ["-proxy.addr", f"127.0.0.1:{r.proxy_port},127.0.0.1:{port};proto=grpc"]
     with r:
-        yield port
+        yield port, r
     server.stop(0)
+
+
+@pytest.fixture
+def gport(router: tuple[int, RouterProc]) -> int:
+    return router[0]
+
+
+def cancelled_count(r: RouterProc) -> float:
+    """Calls counted with grpc-status 1 (CANCELLED)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return sum(s.value for fam in text_string_to_metric_families(httpx.get(r.ui + "/metrics").text)
+               for s in fam.samples if s.name == "consul_router_grpc_status_total" and s.labels.get("code") == "1")
 
 
 def _start(ch: grpc.Channel, name: bytes) -> tuple[Call, grpc.Call]:
@@ -141,9 +155,11 @@ def test_a_call_past_its_deadline_is_cancelled_at_the_instance(gport: int) -> No
     _cancelled(call)
 
 
-def test_a_dropped_connection_cancels_its_calls_at_the_instance(gport: int) -> None:
+def test_a_dropped_connection_cancels_its_calls_at_the_instance(router: tuple[int, RouterProc]) -> None:
     """The client's TCP connection just closes (no RST_STREAM, no GOAWAY: a crashed client or a lost
     network): every call it had open is cancelled at the instance. Client: h2, prior knowledge."""
+    gport, r = router
+    before = cancelled_count(r)
     s = socket.create_connection(("127.0.0.1", gport), timeout=GUARD)
     c = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding=None))
     c.initiate_connection()
@@ -169,3 +185,7 @@ def test_a_dropped_connection_cancels_its_calls_at_the_instance(gport: int) -> N
     s.close()
     for call in calls:
         _cancelled(call)
+    deadline = time.monotonic() + GUARD
+    while cancelled_count(r) < before + 3 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert cancelled_count(r) == before + 3  # counted as CANCELLED, not as answered

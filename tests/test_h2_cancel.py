@@ -14,12 +14,14 @@ from __future__ import annotations
 import socket
 import ssl
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import h2.connection
 import h2.errors
 import h2.events
+import httpx
 import pytest
 import trustme
 
@@ -82,7 +84,7 @@ class Instance:
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Instance, int, Path]]:
+def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Instance, int, Path, RouterProc]]:
     ca = trustme.CA()
     tmp = tmp_path_factory.mktemp("h2cancel")
     leaf = ca.issue_cert("h2.example.com")
@@ -95,7 +97,7 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Instance, 
     r.flags += ["-proxy.addr", f"127.0.0.1:{r.proxy_port},127.0.0.1:{tport};cs=c", "-proxy.cs",
                 f"cs=c;type=file;cert={tmp / 'site.pem'}"]
     with r:
-        yield inst, tport, tmp / "ca.pem"
+        yield inst, tport, tmp / "ca.pem", r
     inst.sock.close()
 
 
@@ -123,7 +125,7 @@ def answers(s: ssl.SSLSocket, c: h2.connection.H2Connection, want: set[int]) -> 
 
 
 def test_a_reset_stream_ends_its_upstream_exchange_only(setup) -> None:  # type: ignore[no-untyped-def]
-    inst, port, ca = setup
+    inst, port, ca, _ = setup
     s, c = connect(port, ca)
     names = {1: "reset-hold", 3: "reset-part", 5: "kept-part"}
     for sid, name in names.items():
@@ -146,7 +148,8 @@ def test_a_reset_stream_ends_its_upstream_exchange_only(setup) -> None:  # type:
 
 
 def test_a_closed_connection_ends_all_its_upstream_exchanges(setup) -> None:  # type: ignore[no-untyped-def]
-    inst, port, ca = setup
+    inst, port, ca, r = setup
+    before = gone_count(r)
     s, c = connect(port, ca)
     names = {1: "gone-hold-1", 3: "gone-part-3", 5: "gone-hold-5", 7: "gone-part-7"}
     for sid, name in names.items():
@@ -157,3 +160,16 @@ def test_a_closed_connection_ends_all_its_upstream_exchanges(setup) -> None:  # 
     s.close()  # TCP closes with four streams open
     for name in names.values():
         assert inst.events(name)[1].wait(GUARD), f"{name}'s upstream connection was never closed"
+    # each counted on its route as a client that left (499, as on HTTP/1.1), none lost from the counters
+    deadline = time.monotonic() + GUARD
+    while gone_count(r) < before + 4 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert gone_count(r) == before + 4
+
+
+def gone_count(r: RouterProc) -> float:
+    """Answers counted as 4xx on the route (here only the 499s of clients that left)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return sum(s.value for fam in text_string_to_metric_families(httpx.get(r.ui + "/metrics").text)
+               for s in fam.samples if s.name == "consul_router_responses_total" and s.labels.get("code") == "4xx")
