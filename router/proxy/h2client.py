@@ -312,6 +312,8 @@ class H2Pool:
         return c.open(headers)
 
     async def close(self) -> None:
+        for dial in self.dialing.values():
+            dial.cancel()
         for c in self.conns.values():
             if c.transport is not None:
                 c.transport.close()
