@@ -6,12 +6,15 @@ the client directly (fabio, being grpc-go, propagates the cancellation through t
 Real grpcio client and server through the real router's `proto=grpc` listener (prior-knowledge HTTP/2).
 The handlers go quiet once they have sent what they send: the router then waits on the instance, not on a
 write to the client, so only the cancellation itself can end the instance's call. Each call records what
-its handler observed; the tests assert those events, with generous hang guards only.
+its handler observed; the tests assert those events, with generous hang guards only. The last test is in
+process: the upstream pool's shared dial outlives a caller that left.
 """
 
 from __future__ import annotations
 
+import asyncio
 import socket
+import ssl
 import struct
 import threading
 import time
@@ -24,7 +27,9 @@ import h2.connection
 import h2.events
 import httpx
 import pytest
+import trustme
 
+from router.proxy.h2client import H2Client, H2Pool
 from tests.router_proc import RouterProc, free_port
 
 GUARD = 20.0  # a hang guard: far longer than any of this takes, even on a loaded machine
@@ -189,3 +194,45 @@ def test_a_dropped_connection_cancels_its_calls_at_the_instance(router: tuple[in
     while cancelled_count(r) < before + 3 and time.monotonic() < deadline:
         time.sleep(0.05)
     assert cancelled_count(r) == before + 3  # counted as CANCELLED, not as answered
+
+
+def test_a_caller_that_leaves_mid_dial_does_not_fail_the_others() -> None:
+    """Two calls wait on one dial to an instance (router/proxy/h2client.py H2Pool); the first one's client
+    leaves (its task cancelled) while the TLS handshake is still held back by the instance: the other call
+    still gets the connection once the instance answers."""
+    ca = trustme.CA()
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("up.internal").configure_cert(ctx)
+    ctx.set_alpn_protocols(["h2"])
+    go = threading.Event()
+    lsock = socket.create_server(("127.0.0.1", 0))
+    port = lsock.getsockname()[1]
+    held: list[ssl.SSLSocket] = []
+
+    def serve() -> None:
+        c, _ = lsock.accept()
+        go.wait(GUARD)  # the handshake waits until the first caller has left
+        held.append(ctx.wrap_socket(c, server_side=True))
+
+    threading.Thread(target=serve, daemon=True).start()
+
+    async def main() -> object:
+        pool = H2Pool(dial_timeout=GUARD)
+        first = asyncio.create_task(pool._conn("127.0.0.1", port, True, "up.internal", False))
+        second = asyncio.create_task(pool._conn("127.0.0.1", port, True, "up.internal", False))
+        await asyncio.sleep(0.2)  # both wait on the one dial
+        first.cancel()
+        await asyncio.sleep(0)
+        go.set()
+        try:
+            return await asyncio.wait_for(second, GUARD)
+        finally:
+            await pool.close()
+
+    try:
+        got = asyncio.run(main())
+    finally:
+        lsock.close()
+        for s in held:
+            s.close()
+    assert isinstance(got, H2Client)
