@@ -265,8 +265,7 @@ class H2(WriteFlow, asyncio.Protocol):
         self.listener.conns.discard(self)
         self.listener.timed.discard(self)
         for s in [*self.streams.values(), *self.sending.values()]:
-            s.gone = True
-            s.wake()
+            self._left(s)
         self.streams.clear()  # no cycles through the streams: this object, and nghttp2's session, go now
         self.sending.clear()
         self.resume_writing()
@@ -339,12 +338,9 @@ class H2(WriteFlow, asyncio.Protocol):
         elif kind == ng.RST_STREAM:
             s = self.streams.pop(sid, None)
             if s is not None:
-                s.gone = True
-                s.wake()
                 if not s.finished:
-                    if s.task is not None:
-                        s.task.cancel()
                     self._count("resets", RESET_BUDGET)
+                self._left(s)
         elif kind == ng.SETTINGS or kind == ng.PING:
             if not flags & ng.FLAG_ACK:
                 self._count("control", CONTROL_BUDGET)
@@ -364,9 +360,8 @@ class H2(WriteFlow, asyncio.Protocol):
     def on_close(self, sid: int, code: int) -> int:
         for d in (self.streams, self.sending):
             s = d.pop(sid, None)
-            if s is not None:
-                s.gone = True
-                s.wake()
+            if s is not None:  # closed before its answer ended (reset by nghttp2 or the client)
+                self._left(s)
         return 0
 
     def on_read(self, sid: int, buf: Any, length: int, flags: Any) -> int:
@@ -408,12 +403,19 @@ class H2(WriteFlow, asyncio.Protocol):
                      self.client[0] if self.client else "?", what, n, RESET_WINDOW)
             _lib.nghttp2_session_terminate_session(self.ng.ptr, ng.ENHANCE_YOUR_CALM)
 
+    @staticmethod
+    def _left(s: H2Stream) -> None:
+        """The client is gone from stream `s` (reset, closed, or its connection lost): a request still being
+        served has its task cancelled, so the core stops waiting on the upstream and ends that exchange
+        as on ClientGone (router/proxy/exchange.py client_left; a gRPC call resets the instance's stream)."""
+        s.gone = True
+        s.wake()
+        if not s.finished and s.task is not None:
+            s.task.cancel()
+
     def _close_all(self) -> None:
         for s in [*self.streams.values(), *self.sending.values()]:
-            s.gone = True
-            s.wake()
-            if s.task is not None and not s.finished:
-                s.task.cancel()
+            self._left(s)
         if not self.lost:
             self.transport.close()
         self.lost = True
@@ -535,10 +537,7 @@ class H2(WriteFlow, asyncio.Protocol):
         for s in [s for s in self.streams.values()
                   if (0.0 < s.read_by < now and not s.body_done) or 0.0 < s.write_by < now]:
             self.streams.pop(s.sid, None)
-            s.gone = True
-            s.wake()
-            if s.task is not None and not s.finished:
-                s.task.cancel()
+            self._left(s)
             if not self.lost:
                 _lib.nghttp2_submit_rst_stream(self.ng.ptr, 0, s.sid, ng.INTERNAL_ERROR)
                 self.flush()

@@ -20,6 +20,10 @@ Rules an implementation keeps:
 * `body()` is the request body as an async iterator; it raises :class:`ClientGone` when the client leaves
   before its body ended. `Expect: 100-continue` is answered on its first read, never before.
 * `status` and `size` (body bytes written) are readable afterwards: the access log uses them.
+* A listener that learns its client left while the core waits on the upstream (an HTTP/2 stream reset,
+  or its connection closed) may set the exchange's `gone` and cancel the request's task: the core then
+  ends that exchange as on :class:`ClientGone` (`client_left`), instead of waiting for an answer nobody
+  reads.
 
 An exchange may also be a :class:`Sink` (the HTTP/1.1 one is): then the core streams an upstream answer
 through `write_now()` from the upstream connection's read callbacks, without a wake-up of its task per read
@@ -28,6 +32,7 @@ through `write_now()` from the upstream connection's read callbacks, without a w
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Protocol
 
@@ -37,6 +42,18 @@ class ClientGone(Exception):
 
 
 Headers = list[tuple[bytes, bytes]]
+
+
+def client_left(out: object) -> bool:
+    """Whether a cancellation of the current task is the listener saying the client left (`out.gone`):
+    then it is taken back (uncancel) and the caller ends the request as on ClientGone (counted and logged
+    as 499, the upstream exchange closed). Any other cancellation (a shutdown) is left to propagate."""
+    if not getattr(out, "gone", False):
+        return False
+    task = asyncio.current_task()
+    if task is not None:
+        task.uncancel()
+    return True
 
 
 class Exchange(Protocol):

@@ -8,7 +8,9 @@ streams interleave). One client connection per instance is kept and multiplexed 
 
 A call's `grpc-timeout` is passed on, and also enforced here: when it runs out before the instance has
 answered, the upstream stream is cancelled and the client gets `grpc-status: 4` (DEADLINE_EXCEEDED), as a
-gRPC server would answer. Messages over `proxy.grpcmaxrxmsgsize` / `grpcmaxtxmsgsize` end the call with
+gRPC server would answer. A call the client cancels (RST_STREAM) or leaves (its connection closed) has
+its task cancelled by the listener, and the instance's stream is reset with CANCEL, so the server's handler
+sees the cancellation as it would from the client itself. Messages over `proxy.grpcmaxrxmsgsize` / `grpcmaxtxmsgsize` end the call with
 RESOURCE_EXHAUSTED (8), as fabio's grpc-go proxy does (router/proxy/grpcframe.py follows the message
 prefixes without copying the bytes). Flow control holds both ways: client messages are taken (and their window
 given back) only as fast as the instance's window allows, and the instance's as fast as the client reads.
@@ -27,7 +29,7 @@ from typing import Any, Protocol
 from router.proxy.grpcframe import MessageLimit
 from router.proxy.h2client import HIGH as UPSTREAM_HIGH
 from router.proxy.h2client import H2Pool, UpstreamGone
-from router.proxy.stats import BOUNDS
+from router.proxy.stats import BOUNDS, CLIENT_GONE
 
 log = logging.getLogger("router.grpc")
 
@@ -109,6 +111,10 @@ class GrpcProxy:
         status = 200
         try:
             status = await self._forward(scope, down, target)
+        except asyncio.CancelledError:  # the client reset the call or left (router/listen/h2proto.py):
+            status = CLIENT_GONE  # _call has reset the instance's stream (CANCEL), as grpc-go's proxying does
+            self.stats.answered("1")  # CANCELLED
+            raise
         finally:
             took = perf_counter() - t0
             self.stats.took(took)

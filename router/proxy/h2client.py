@@ -262,24 +262,34 @@ class H2Client(asyncio.Protocol):
         self.ng.close()
 
 
+def _retrieved(task: asyncio.Task) -> None:
+    """A failed dial whose callers all left logs no 'exception never retrieved' (each caller saw it)."""
+    if not task.cancelled():
+        task.exception()
+
+
 class H2Pool:
     """One live HTTP/2 connection per (host, port, tls, server name)."""
 
     def __init__(self, dial_timeout: float = 30.0) -> None:
         self.dial_timeout = dial_timeout or None
         self.conns: dict[tuple, H2Client] = {}
-        self.dialing: dict[tuple, asyncio.Future[H2Client]] = {}
+        self.dialing: dict[tuple, asyncio.Task[H2Client]] = {}
 
     async def _conn(self, host: str, port: int, tls: bool, servername: str, verify: bool) -> H2Client:
         key = (host, port, tls, servername, verify)
         c = self.conns.get(key)
         if c is not None and c.usable():
             return c
-        fut = self.dialing.get(key)
-        if fut is not None:
-            return await asyncio.shield(fut)
+        dial = self.dialing.get(key)
+        if dial is None:  # a task of its own: a caller cancelled (its client left) leaves it to the others
+            dial = self.dialing[key] = asyncio.get_running_loop().create_task(self._dial(key))
+            dial.add_done_callback(_retrieved)
+        return await asyncio.shield(dial)
+
+    async def _dial(self, key: tuple) -> H2Client:
+        host, port, tls, servername, verify = key
         loop = asyncio.get_running_loop()
-        fut = self.dialing[key] = loop.create_future()
         try:
             ctx = None
             if tls:
@@ -292,12 +302,7 @@ class H2Pool:
                 loop.create_connection(lambda: H2Client(loop), host, port, ssl=ctx,
                                        server_hostname=servername if tls else None), self.dial_timeout)
             self.conns[key] = proto
-            fut.set_result(proto)
             return proto
-        except BaseException as e:
-            fut.set_exception(e)
-            fut.exception()  # retrieved: other waiters get it too
-            raise
         finally:
             self.dialing.pop(key, None)
 
@@ -307,6 +312,8 @@ class H2Pool:
         return c.open(headers)
 
     async def close(self) -> None:
+        for dial in self.dialing.values():
+            dial.cancel()
         for c in self.conns.values():
             if c.transport is not None:
                 c.transport.close()

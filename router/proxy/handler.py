@@ -10,6 +10,7 @@ All per-route work (URL parsing, options, weights) was done when the table was b
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable
 from time import perf_counter
@@ -19,7 +20,7 @@ from router.proxy import redirect
 from router.proxy.asgi import AsgiExchange
 from router.proxy.attempts import Failed
 from router.proxy.auth import BasicAuth, authorise
-from router.proxy.exchange import ClientGone, Exchange
+from router.proxy.exchange import ClientGone, Exchange, client_left
 from router.proxy.headers import ForwardingHeaders, RoutingLoop
 from router.proxy.paths import normalise_path, redirect_path, upstream_path, upstream_raw_path
 from router.proxy.picker import FULL
@@ -253,6 +254,10 @@ class ProxyApp:
             return route, picker.targets[e.idx], e.status
         except ClientGone:
             return route, target, CLIENT_GONE
+        except asyncio.CancelledError:  # the listener saw the client leave (router/proxy/exchange.py)
+            if not client_left(out):
+                raise
+            return route, target, CLIENT_GONE
         except BodyTooLarge:
             await send_status(out, 413, "request body too large\n")
             return route, target, 413
@@ -281,6 +286,11 @@ class ProxyApp:
             return route, target, resp.status
         except ClientGone:  # the client left mid-answer: stop reading the upstream
             resp.close()
+            return route, target, CLIENT_GONE
+        except asyncio.CancelledError:  # the same, seen by the listener while we waited on the upstream
+            resp.close()
+            if not client_left(out):
+                raise
             return route, target, CLIENT_GONE
         except Exception as e:  # noqa: BLE001 - upstream broke mid-body
             log.debug("response stream aborted: %s", e)
