@@ -7,10 +7,12 @@ then on they all come from the heap: a burst of 500 concurrent TLS connections l
 heap that glibc keeps (it returns only the top of a heap, and long-lived objects sit between), and RSS
 stays at the burst's peak (bench/tls_churn.py: 55 -> 108 MB after one burst, docs/benchmarks.md).
 Fixing the mmap threshold below 256 KiB would give those buffers back at close, but would cost an
-mmap/mremap/munmap on every SSL read of every request. So: a timer checks the process's RSS every few
-seconds (one read of /proc/self/statm, nothing on the request path) and calls `malloc_trim(0)`, which
-releases the free pages inside the heaps, when RSS has grown by `growth` bytes since the last trim. At
-most one trim per interval, and only after growth, so a steady process never trims.
+mmap/mremap/munmap on every SSL read of every request. So: a timer asks glibc every few seconds how many
+bytes its heaps hold free (mallinfo2; nothing on the request path) and calls `malloc_trim(0)`, which
+releases the free pages inside the heaps, once `growth` bytes more are free than at the last trim (or
+at start): that is, after a burst of connections has closed. RSS alone cannot tell: it does not move
+when the connections close, only when they come. A steady process, whose free bytes do not grow,
+never trims.
 """
 
 from __future__ import annotations
@@ -26,39 +28,55 @@ from collections.abc import Callable
 log = logging.getLogger("router.heap")
 
 INTERVAL = 5.0  # seconds between RSS checks
-GROWTH = 16 << 20  # RSS growth since the last trim that triggers one
+GROWTH = 16 << 20  # more free heap bytes than at the last trim that trigger one
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
 
 def rss_bytes() -> int:
-    """Resident set size of this process (/proc/self/statm, second field, in pages)."""
+    """Resident set size of this process (/proc/self/statm, second field, in pages), for the log."""
     with open("/proc/self/statm", "rb") as f:
         return int(f.read().split()[1]) * _PAGE
 
 
-def _malloc_trim() -> Callable[[int], int] | None:
+class MallInfo2(ctypes.Structure):
+    """glibc's struct mallinfo2 (malloc.h); `fordblks`: bytes in free chunks."""
+
+    _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
+                                               "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+
+def _glibc() -> tuple[Callable[[int], int], Callable[[], MallInfo2]] | None:
+    """(malloc_trim, mallinfo2), or None: not glibc (musl has neither, nor this caching), or glibc < 2.33."""
     if platform.libc_ver()[0] != "glibc":
-        return None  # musl and others: no malloc_trim, and no such per-heap caching to undo
+        return None
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        fn = libc.malloc_trim
+        trim, info = libc.malloc_trim, libc.mallinfo2
     except (OSError, AttributeError):
         return None
-    fn.argtypes, fn.restype = [ctypes.c_size_t], ctypes.c_int
-    return fn  # type: ignore[no-any-return]
+    trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
+    info.argtypes, info.restype = [], MallInfo2
+    return trim, info
 
 
 class HeapTrimmer:
     """The timer of one process; `trims` counts the malloc_trim calls (for tests and the log)."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, interval: float = INTERVAL, growth: int = GROWTH) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, interval: float = INTERVAL, growth: int = GROWTH,
+                 fns: tuple[Callable[[int], int], Callable[[], MallInfo2]] | None = None) -> None:
+        """`fns`: (malloc_trim, mallinfo2), glibc's by default (tests give others)."""
         self.loop = loop
         self.interval = interval
         self.growth = growth
         self.trims = 0
-        self._trim = _malloc_trim()
-        self.base = rss_bytes()
+        fns = fns or _glibc()
+        self._trim, self._info = fns if fns is not None else (None, None)
+        self.base = self.free_bytes()  # heap bytes free at start or at the last trim
         self._handle: asyncio.TimerHandle | None = None
+
+    def free_bytes(self) -> int:
+        """Bytes free inside glibc's heaps (kept by it, resident or already released)."""
+        return self._info().fordblks if self._info is not None else 0
 
     @property
     def available(self) -> bool:
@@ -75,34 +93,29 @@ class HeapTrimmer:
             self._handle = None
 
     def check(self) -> bool:
-        """Trim if RSS grew by `growth` since the last trim (or start); whether it trimmed."""
+        """Trim if `growth` more bytes are free in the heaps than at the last trim; whether it trimmed."""
         if self._trim is None:
             return False
+        free = self.free_bytes()
+        if free < self.base:
+            self.base = free  # freed memory was used again: count what is freed from here
+            return False
+        if free - self.base < self.growth:
+            return False
         rss = rss_bytes()
-        if rss < self.base:
-            self.base = rss  # memory went back by itself: measure growth from here
-            return False
-        if rss - self.base < self.growth:
-            return False
         self._trim(0)
         self.trims += 1
-        self.base = rss_bytes()
-        log.debug("malloc_trim: RSS %.1f -> %.1f MB", rss / 1e6, self.base / 1e6)
+        self.base = self.free_bytes()
+        log.debug("malloc_trim: %.1f MB free in the heap, RSS %.1f -> %.1f MB", free / 1e6, rss / 1e6,
+                  rss_bytes() / 1e6)
         return True
 
     def _tick(self) -> None:
-        try:
-            self.check()
-        except OSError:  # no /proc: nothing to go by
-            self._handle = None
-            return
+        self.check()
         self._handle = self.loop.call_later(self.interval, self._tick)
 
 
 def start_trimmer(interval: float = INTERVAL, growth: int = GROWTH) -> HeapTrimmer | None:
-    """Start this process's trimmer on the running loop; None where there is no glibc or /proc."""
-    try:
-        t = HeapTrimmer(asyncio.get_running_loop(), interval, growth)
-    except OSError:
-        return None
+    """Start this process's trimmer on the running loop; None where there is no glibc (2.33 or later)."""
+    t = HeapTrimmer(asyncio.get_running_loop(), interval, growth)
     return t.start() if t.available else None
