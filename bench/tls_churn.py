@@ -2,7 +2,8 @@
 doing one request and closing, over HTTP/1.1 and HTTP/2 (ALPN), and the router's RSS after every round.
 
     .venv/bin/python bench/tls_churn.py [--rounds 7] [--conns 1000] [--concurrency 50] [--protos h1,h2]
-                                        [--trim] [--env MALLOC_ARENA_MAX=2] [--base DIR]
+                                        [--client python|h2load] [--probe-trim] [--probe-collect]
+                                        [--env MALLOC_ARENA_MAX=2] [--base DIR]
 
 The router runs as in bench/tls_bench.py (same trustme certificate, static routes, one worker, nginx
 backend), started through this file's probe (`--probe`), which answers SIGUSR1 by writing what the
@@ -199,6 +200,18 @@ async def churn(port: int, ca: Path, proto: str, conns: int, concurrency: int) -
     return failed
 
 
+def churn_h2load(port: int, proto: str, conns: int, concurrency: int) -> int:
+    """The same with h2load (C, no TLS session reuse): `conns` connections of one request each."""
+    import re
+    import subprocess
+    argv = ["h2load", *(["--h1"] if proto == "h1" else []), f"-n{conns}", f"-c{min(concurrency, conns)}", "-m1",
+            "-t1", f"https://127.0.0.1:{port}/bench"]
+    # -n equal to -c: one request per connection, all at once (h2load spreads -n over its -c clients)
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=300).stdout
+    m = re.search(r"requests: \d+ total, \d+ started, \d+ done, (\d+) succeeded", out)
+    return conns - int(m.group(1)) if m else conns
+
+
 # --------------------------------------------------------------------------- the run
 
 
@@ -211,6 +224,8 @@ def main() -> int:
     ap.add_argument("--conns", type=int, default=1000, help="new TLS connections per round (and protocol)")
     ap.add_argument("--concurrency", type=int, default=50)
     ap.add_argument("--protos", default="h1,h2", help="h1, h2 or both (each round runs each)")
+    ap.add_argument("--client", choices=("python", "h2load"), default="python",
+                    help="h2load: rounds of --conns at once (-n = -c = conns), as the issue's first measure")
     ap.add_argument("--base", type=Path, help="run that checkout of the router instead of this one")
     ap.add_argument("--settle", type=float, default=6, help="seconds between a round's end and its figures "
                     "(longer than router/run/heap.py's check interval)")
@@ -255,7 +270,10 @@ def main() -> int:
         for rnd in range(1, args.rounds + 1):
             cpu0, failed, n = tree_cpu(pid), 0, 0
             for proto in protos:
-                failed += asyncio.run(churn(port, tmp / "ca.pem", proto, args.conns, args.concurrency))
+                if args.client == "h2load":
+                    failed += churn_h2load(port, proto, args.conns, args.conns)
+                else:
+                    failed += asyncio.run(churn(port, tmp / "ca.pem", proto, args.conns, args.concurrency))
                 n += args.conns
             cpu = (tree_cpu(pid) - cpu0) / n * 1e6
             time.sleep(args.settle)  # the last connections' close callbacks (and the router's heap timer)
