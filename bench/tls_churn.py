@@ -65,7 +65,10 @@ def probe_stats(trim: bool, snap: list, collect: bool = False) -> dict:
     if collect:  # what only the cyclic collector would free: garbage, not held
         out["gc_unreachable"] = gc.collect()
     if trim:
+        t0, c0 = time.perf_counter(), time.thread_time()
         libc.malloc_trim(0)
+        out["trim_ms"] = (time.perf_counter() - t0) * 1e3  # wall clock: the event loop's pause
+        out["trim_cpu_ms"] = (time.thread_time() - c0) * 1e3
         out["rss_after_trim_kb"] = _rss_kb()
     with contextlib.suppress(AttributeError):
         libc.mallinfo2.restype = _MallInfo2
@@ -278,7 +281,9 @@ def main() -> int:
             cpu = (tree_cpu(pid) - cpu0) / n * 1e6
             time.sleep(args.settle)  # the last connections' close callbacks (and the router's heap timer)
             st = ask(pid, probe)
-            trim = f" -> {st['rss_after_trim_kb'] / 1024:.1f} MB after malloc_trim" if "rss_after_trim_kb" in st else ""
+            trim = (f" -> {st['rss_after_trim_kb'] / 1024:.1f} MB after malloc_trim ({st['trim_ms']:.1f} ms, "
+                    f"{st['trim_cpu_ms']:.1f} ms CPU)"
+                    if "rss_after_trim_kb" in st else "")
             m = st.get("malloc", {})
             log(f"round {rnd}: {n} conns ({failed} failed)  RSS {st['rss_kb'] / 1024:.1f} MB{trim}  "
                 f"heap in use {m.get('in_use_kb', 0) / 1024:.1f} MB free {m.get('free_kb', 0) / 1024:.1f} MB "
