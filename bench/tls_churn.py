@@ -72,7 +72,9 @@ def probe_stats(trim: bool, snap: list, collect: bool = False) -> dict:
         out["rss_after_trim_kb"] = _rss_kb()
     with contextlib.suppress(AttributeError):
         libc.mallinfo2.restype = _MallInfo2
+        t0 = time.perf_counter()
         mi = libc.mallinfo2()
+        out["mallinfo_us"] = (time.perf_counter() - t0) * 1e6  # what router/run/heap.py's check costs
         out["malloc"] = {"arena_kb": mi.arena >> 10, "mmap_kb": mi.hblkhd >> 10, "in_use_kb": mi.uordblks >> 10,
                          "free_kb": mi.fordblks >> 10}
     out["py_blocks"] = sys.getallocatedblocks()
@@ -287,7 +289,7 @@ def main() -> int:
             m = st.get("malloc", {})
             log(f"round {rnd}: {n} conns ({failed} failed)  RSS {st['rss_kb'] / 1024:.1f} MB{trim}  "
                 f"heap in use {m.get('in_use_kb', 0) / 1024:.1f} MB free {m.get('free_kb', 0) / 1024:.1f} MB "
-                f"mmap {m.get('mmap_kb', 0) / 1024:.1f} MB  gc freed {st.get('gc_unreachable', '-')}  "
+                f"mmap {m.get('mmap_kb', 0) / 1024:.1f} MB (mallinfo2 {st.get('mallinfo_us', 0):.0f} µs)  gc freed {st.get('gc_unreachable', '-')}  "
                 f"TLS sessions cached {st['ssl_sessions']}  py blocks {st['py_blocks']}  objects {st['objects']}  "
                 f"{cpu:.0f} µs CPU/conn  load {load_average()}")
             for line in st.get("tracemalloc_growth", []):
