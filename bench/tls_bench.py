@@ -173,8 +173,11 @@ http:
 
 
 def start_targets(names: list[str], procs: Procs, tmp: Path, web: int, grpc_port: int,
-                  ready: float, base: Path | None = None) -> dict[str, dict]:
-    """Each target's TLS port, pid and version; a target that fails to start is left out with its error."""
+                  ready: float, base: Path | None = None, prefix: list[str] | None = None,
+                  extra_env: dict[str, str] | None = None) -> dict[str, dict]:
+    """Each target's TLS port, pid and version; a target that fails to start is left out with its error.
+    `prefix`: arguments before the router's `-m router` (bench/tls_churn.py's probe); `extra_env`: added to its
+    environment."""
     out: dict[str, dict] = {}
     for name in names:
         port, plain = free_port(), free_port()
@@ -184,13 +187,13 @@ def start_targets(names: list[str], procs: Procs, tmp: Path, web: int, grpc_port
                 raise SystemExit("target base needs --base DIR (a checkout of the router to compare with)")
             routes = (f"route add bench /bench http://127.0.0.1:{web}/\n"
                       f'route add grpc /{GRPC_SERVICE}/ grpc://127.0.0.1:{grpc_port} opts "proto=grpc"')
-            argv = [sys.executable, "-m", "router", "-registry.backend", "static", "-registry.static.routes", routes,
+            argv = [sys.executable, *(prefix or []), "-m", "router", "-registry.backend", "static", "-registry.static.routes", routes,
                     "-proxy.addr", f"127.0.0.1:{plain},127.0.0.1:{port};cs=bench",
                     "-proxy.cs", f"cs=bench;type=file;cert={tmp / 'cert.pem'};key={tmp / 'key.pem'}",
                     "-ui.addr", f"127.0.0.1:{free_port()}", "-proxy.workers", "1",
                     "-registry.consul.register.enabled", "false"]
             version = f"{router_version(src)} ({git_describe(src) or src})"
-            env = {"PYTHONPATH": str(src)}
+            env = {**(extra_env or {}), "PYTHONPATH": str(src)}
         elif name == "traefik":
             traefik = find_tool("traefik", True)
             if not traefik:

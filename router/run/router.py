@@ -21,6 +21,7 @@ from router.listen.uvicorn_server import Server, uvicorn_config, with_ssl
 from router.run import edge
 from router.run.assemble import build_proxy, proxy_server
 from router.run.gate import BOUND, Gate, log_open
+from router.run.heap import start_trimmer
 from router.run.workers import WorkerPool, worker_count
 from router.table.state import RouterState
 
@@ -164,6 +165,7 @@ class Router:
         if self.workers:
             await self.workers.start()  # before the registry: no table update can miss a worker
         loop = asyncio.get_running_loop()
+        heap = start_trimmer()  # free heap back to the OS after connection bursts (router/run/heap.py)
         stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
@@ -205,5 +207,7 @@ class Router:
             await registry
         if self.api is not None:
             await self.api.close()
+        if heap is not None:
+            heap.stop()
 
 

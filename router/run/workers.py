@@ -51,6 +51,7 @@ from router.proxy.stats import merge, proxy_counters, prune
 from router.run import edgestats
 from router.run.assemble import LEVELS, build_proxy, proxy_server
 from router.run.edge import Edge
+from router.run.heap import start_trimmer
 from router.table.state import RouterState
 
 log = logging.getLogger("router.workers")
@@ -395,7 +396,10 @@ async def _worker(pipe: socket.socket) -> int:
         return 2
     writer.write(_frame(("bound", os.getpid())))
     bound.set()
+    heap = start_trimmer()  # free heap back to the OS after connection bursts (router/run/heap.py)
     await serving
+    if heap is not None:
+        heap.stop()
     await edge.stop()
     for t in tasks:
         t.cancel()
