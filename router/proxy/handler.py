@@ -144,29 +144,18 @@ class ProxyApp:
         await self.serve(scope, out)
 
     async def serve(self, scope: dict, out: Exchange) -> None:
-        """One request, then its route's counters (router/proxy/stats.py) and, if on, its access-log line."""
+        """One request, then its route's counters (router/proxy/stats.py) and, if on, its access-log line
+        (`_done`). One coroutine, not a serve() awaiting a _handle(): each await level costs on every
+        suspend and resume, and at the creation of each request's coroutine."""
         t0 = perf_counter()
         self.requests += 1
-        route, target, status = await self._handle(scope, out)
-        if route is not None:
-            st = route.stats
-            rs = st.get(target.url if target is not None else "") if st is not None else None
-            if rs is None:
-                rs = self.stats.attach(route, target)
-            rs.record(status, perf_counter() - t0)
-        alog = self.access_log
-        if alog is not None:  # the exchange knows the status and the body bytes sent
-            alog.log(scope, out, target, perf_counter() - t0)
-
-    async def _handle(self, scope: dict, out: Exchange) -> tuple:
-        """Serve one request; returns (route, target, status) for the counters (route None: not routed)."""
         if (reject := check_request(scope)) is not None:  # smuggling, Host, target form (docs/reliability.md)
             await send_rejection(out, *reject)
-            return None, None, reject[0]
+            return self._done(t0, scope, out, None, None, reject[0])
         table = self.state.table
         if table is None:
             await send_status(out, 503, "routing table not loaded yet\n")
-            return None, None, 503
+            return self._done(t0, scope, out, None, None, 503)
         host = ""
         for name, value in scope["headers"]:
             if name == b"host":
@@ -177,37 +166,37 @@ class ProxyApp:
         route = table.lookup(host, path, tls=tls)
         if route is None:
             await self._noroute(out)
-            return None, None, self.noroute_status
+            return self._done(t0, scope, out, None, None, self.noroute_status)
         ctx = None
         if route.policy is not None:  # header variants, rate limit, sticky (router/proxy/policies/engine.py)
             ctx = await self.policies.enter(route, table, scope, host, tls, out)
             if ctx.route is None:
                 await self._noroute(out)
-                return None, None, self.noroute_status
+                return self._done(t0, scope, out, None, None, self.noroute_status)
             if ctx.status:
-                return ctx.route, None, ctx.status
+                return self._done(t0, scope, out, ctx.route, None, ctx.status)
             route = ctx.route
         picker = route.lb or self.lb.picker(route)
         now = perf_counter()
         idx = picker.pick(now) if ctx is None or ctx.pin is None else self.policies.sticky(ctx, picker, scope, now)
         if idx < 0:
-            return route, None, await self._unavailable(out, idx)
+            return self._done(t0, scope, out, route, None, await self._unavailable(out, idx))
         target = picker.targets[idx]
         if target.redirect_code and _redirect_loops(target, scope, host, path):
             route, target = self._next_without_loop(table, route, scope, host, path, tls)
             if target is None:
                 await self._noroute(out)
-                return None, None, self.noroute_status
+                return self._done(t0, scope, out, None, None, self.noroute_status)
             picker = self.lb.picker(route)
             idx = picker.index(target)
         if target.opts and not access.permitted(target.opts, scope):
             await send_status(out, 403, "access denied\n")
-            return route, target, 403
+            return self._done(t0, scope, out, route, target, 403)
         if target.opts and "auth" in target.opts:
             status, challenge = await authorise(self.auth_schemes, target.opts["auth"], scope)
             if status:
                 await self._unauthorised(out, challenge)
-                return route, target, 401
+                return self._done(t0, scope, out, route, target, 401)
 
         # upstream path: strip, then prepend, in the client's encoding
         up_path = upstream_path(target, path)
@@ -221,7 +210,7 @@ class ProxyApp:
             url = redirect.location(target.redirect_url, redirect_path(target, path, raw), host, query)
             await out.respond(target.redirect_code,
                               [(b"location", url.encode("latin-1", "replace")), (b"content-length", b"0")])
-            return route, target, target.redirect_code
+            return self._done(t0, scope, out, route, target, target.redirect_code)
 
         headers: HeaderBlock | list[tuple[str, str]] | None = None
         if not (target.opts and "auth" in target.opts) and (target.policy is None or target.policy.req is None):
@@ -232,7 +221,7 @@ class ProxyApp:
         except RoutingLoop as e:
             log.warning("%s %s%s: %s (a route's target is this router?)", scope["method"], host, path, e)
             await send_status(out, 508, f"{e}\n")
-            return route, target, 508
+            return self._done(t0, scope, out, route, target, 508)
         if target.opts and "auth" in target.opts:  # the credentials are for us, not for the upstream
             headers = [h for h in headers if h[0] != "authorization"]
         if target.policy is not None and target.policy.req is not None:
@@ -242,7 +231,7 @@ class ProxyApp:
             body, too_large = self.policies.body_limit(target, scope, body)  # maxbody=, proxy.maxbodybytes
             if too_large:
                 await send_status(out, 413, "request body too large\n")
-                return route, target, 413
+                return self._done(t0, scope, out, route, target, 413)
         path_qs = raw + ("?" + query.decode("latin-1") if query else "")
         timeout = target.timeout or self.header_timeout
 
@@ -250,12 +239,12 @@ class ProxyApp:
             resp, idx = await self.sender.send(picker, idx, scope["method"], path_qs, headers, body, timeout, now)
         except Failed as e:  # router/proxy/attempts.py: every try failed, or none more was allowed
             await send_status(out, e.status, e.text)
-            return route, picker.targets[e.idx], e.status
+            return self._done(t0, scope, out, route, picker.targets[e.idx], e.status)
         except ClientGone:
-            return route, target, CLIENT_GONE
+            return self._done(t0, scope, out, route, target, CLIENT_GONE)
         except BodyTooLarge:
             await send_status(out, 413, "request body too large\n")
-            return route, target, 413
+            return self._done(t0, scope, out, route, target, 413)
         target = picker.targets[idx]
 
         try:
@@ -264,30 +253,43 @@ class ProxyApp:
                 out_headers = self.forwarding.tls_response_headers(out_headers)
             if ctx is not None or target.policy is not None or self.policies.compress_all:
                 out_headers, enc = self.policies.response(ctx, target, scope, resp.status, out_headers)
-                if enc is not None:  # compressed (router/proxy/policies/compress.py)
-                    await enc.send(out, resp, out_headers, scope.get("http_version") == "1.0")
-                    return route, target, resp.status
-            whole = resp.whole()
-            if whole is not None:  # all of it is here (a small answer): head and body in one call
-                await out.respond(resp.status, out_headers, whole)
-                return route, target, resp.status
-            out.start(resp.status, out_headers)
-            if getattr(out, "write_now", None) is not None:  # a Sink (router/proxy/exchange.py): no await per read
-                await resp.relay(out)  # type: ignore[arg-type]
             else:
-                async for chunk in resp.content.iter_any():
-                    await out.write(chunk)  # waits while the client's write buffer is full (the slow-read bound)
-            await out.end()
-            return route, target, resp.status
+                enc = None
+            if enc is not None:  # compressed (router/proxy/policies/compress.py)
+                await enc.send(out, resp, out_headers, scope.get("http_version") == "1.0")
+            elif (whole := resp.whole()) is not None:  # all of it is here (a small answer): one call
+                await out.respond(resp.status, out_headers, whole)
+            else:
+                out.start(resp.status, out_headers)
+                if getattr(out, "write_now", None) is not None:  # a Sink (router/proxy/exchange.py): no await per read
+                    await resp.relay(out)  # type: ignore[arg-type]
+                else:
+                    async for chunk in resp.content.iter_any():
+                        await out.write(chunk)  # waits while the client's write buffer is full (the slow-read bound)
+                await out.end()
+            status = resp.status
         except ClientGone:  # the client left mid-answer: stop reading the upstream
             resp.close()
-            return route, target, CLIENT_GONE
+            status = CLIENT_GONE
         except Exception as e:  # noqa: BLE001 - upstream broke mid-body
             log.debug("response stream aborted: %s", e)
             resp.close()
             raise
         finally:
             resp.release()
+        self._done(t0, scope, out, route, target, status)
+
+    def _done(self, t0: float, scope: dict, out: Exchange, route, target, status: int) -> None:  # type: ignore[no-untyped-def]
+        """The request is answered: count it on its route (route None: not routed) and log its line."""
+        if route is not None:
+            st = route.stats
+            rs = st.get(target.url if target is not None else "") if st is not None else None
+            if rs is None:
+                rs = self.stats.attach(route, target)
+            rs.record(status, perf_counter() - t0)
+        alog = self.access_log
+        if alog is not None:  # the exchange knows the status and the body bytes sent
+            alog.log(scope, out, target, perf_counter() - t0)
 
     async def _unavailable(self, out: Exchange, idx: int) -> int:
         if idx == FULL:  # proxy.maxinflight: every instance has its share in flight
