@@ -207,5 +207,16 @@ class Http1Exchange:
 
     async def respond(self, status: int, headers: Headers, body: bytes = b"") -> None:
         self.start(status, headers)
-        self._emit(body, True)
-        self.conn.finish(self)
+        conn = self.conn
+        if body and not self.chunked and not self.bodiless and not conn.lost:  # _emit(body, True) inline
+            head = self.head
+            self.head = None
+            self.size += len(body)
+            self.sent = True
+            if len(body) < COALESCE:
+                conn.transport.write(head + body)  # type: ignore[operator]
+            else:
+                conn.transport.writelines([head, body])
+        else:
+            self._emit(body, True)
+        conn.finish(self)

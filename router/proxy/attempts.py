@@ -127,10 +127,9 @@ class Sender:
         self.connect_avg = 0.0  # seconds, an EWMA over successful dials
 
     def _prep(self, picker: RoutePicker, idx: int, rq: _Req) -> Prepared:
-        t = picker.targets[idx]
         if type(rq.headers) is HeaderBlock:  # the common case: the header lines are encoded already
-            return prepare_block(rq.method, (t.scheme, t.host, t.port, not t.tls_skip_verify or t.scheme != "https"),
-                                 rq.path_qs, rq.headers, rq.body)
+            return prepare_block(rq.method, picker.keys[idx], rq.path_qs, rq.headers, rq.body)
+        t = picker.targets[idx]
         return prepare(rq.method, f"{t.scheme}://{t.host}:{t.port}{rq.path_qs}", rq.headers, rq.body,
                        verify_tls=not t.tls_skip_verify)
 
@@ -254,22 +253,34 @@ class Sender:
         once = body is not None or method not in IDEMPOTENT  # may reach one instance only
         resend = not once and len(picker.targets) > 1
         hedged = resend and self.per_try > 0
-        rq = _Req(method, path_qs, headers, body, header_timeout, now)
+        # the tries' shared record is made only when a try leaves the common case (a dial, a hedge, a
+        # header timeout); the common case prepares its head inline from the picker's pool keys
+        block = type(headers) is HeaderBlock
+        rq = None if block else _Req(method, path_qs, headers, body, header_timeout, now)
+        begun = now
+        deadline = now + header_timeout if header_timeout > 0 else 0.0
         if once and len(picker.targets) > 1:
             st = picker.states[idx]
             if st.fails or st.unanswered >= STALL_TRIES:
                 idx = self._sound(picker, idx, now)
         tried = [idx]
         # the stall time (0: stalls are not judged), _stall_after() inline: this runs for every request
-        after = 0.0 if rq.deadline or not self.stall or picker.answers < STALL_SAMPLES else \
-            max(self.stall, STALL_FACTOR * picker.est)
+        if deadline or not self.stall or picker.answers < STALL_SAMPLES:
+            after = 0.0
+        else:
+            after = STALL_FACTOR * picker.est  # max(self.stall, this), without the call
+            if after < self.stall:
+                after = self.stall
         pooled = True
         while True:
-            prep = self._prep(picker, idx, rq)
+            prep = prepare_block(method, picker.keys[idx], path_qs, headers, body) if block else \
+                self._prep(picker, idx, rq)  # type: ignore[arg-type]
             conn = self.upstream.take(prep.key) if pooled else None
             if conn is not None:  # the common case, inline: no coroutine for _connection
                 fresh = False
             else:
+                if rq is None:
+                    rq = _Req(method, path_qs, headers, body, header_timeout, begun)
                 conn, idx, prep, fresh = await self._connection(picker, idx, rq, tried, False, prep)
             pooled = True
             st = picker.states[idx]
@@ -295,10 +306,12 @@ class Sender:
                 continue  # a dead pooled connection: the next one, or a fresh one
             try:
                 if hedged:
+                    if rq is None:
+                        rq = _Req(method, path_qs, headers, body, header_timeout, begun)
                     resp, idx, t0 = await self._hedged(picker, resp, idx, rq, tried, t0)
                     st = picker.states[idx]
-                elif rq.deadline:
-                    await resp.headers(rq.left())
+                elif deadline:
+                    await resp.headers(max(deadline - perf_counter(), 1e-6))  # _Req.left()
                 else:  # no header timeout: resp.headers() inline, one coroutine less per request
                     try:
                         await resp.headers_future
@@ -352,8 +365,12 @@ class Sender:
                     idx = j
                     continue
                 return resp, idx
-            lb.try_succeeded(st, rtt, now)
-            picker.observe_route(rtt, now, lb.inv_tau)
+            inv_tau = lb.inv_tau
+            st.observe(rtt, now, inv_tau)  # Balancer.try_succeeded() inline: one call level less per request
+            if st.fails:
+                st.fails = 0
+                st.streak = 0
+            picker.observe_route(rtt, now, inv_tau)
             if resend and self.buffer and not resp.complete:
                 try:
                     per_try = self._per_try(picker)
@@ -378,7 +395,7 @@ class Sender:
                         continue
                     raise Failed(502, "upstream error\n", idx) from None
             elif not resend and self.stall and not resp.complete and resp.sized_and_silent:
-                await self._body_starts(resp, picker, st, t0, idx, rq.header_timeout)
+                await self._body_starts(resp, picker, st, t0, idx, header_timeout)
             return resp, idx
 
     async def _body_starts(self, resp: Response, picker: RoutePicker, st: Any, t0: float, idx: int,

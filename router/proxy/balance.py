@@ -120,6 +120,7 @@ class Balancer:
 
     # --- outcomes of tries
     def try_succeeded(self, st: InstanceState, rtt: float, now: float) -> None:
+        """A try answered (below 500). Sender.send() does the same inline, for every request: keep both alike."""
         st.observe(rtt, now, self.inv_tau)
         if st.fails:
             st.fails = 0

@@ -145,10 +145,157 @@ class ProxyApp:
         await self.serve(scope, out)
 
     async def serve(self, scope: dict, out: Exchange) -> None:
-        """One request, then its route's counters (router/proxy/stats.py) and, if on, its access-log line."""
+        """One request, then its route's counters (router/proxy/stats.py) and, if on, its access-log line
+        (`_done`). One coroutine, not a serve() awaiting a _handle(): each await level costs on every
+        suspend and resume, and at the creation of each request's coroutine."""
         t0 = perf_counter()
         self.requests += 1
-        route, target, status = await self._handle(scope, out)
+        if (reject := check_request(scope)) is not None:  # smuggling, Host, target form (docs/reliability.md)
+            await send_rejection(out, *reject)
+            return self._done(t0, scope, out, None, None, reject[0])
+        table = self.state.table
+        if table is None:
+            await send_status(out, 503, "routing table not loaded yet\n")
+            return self._done(t0, scope, out, None, None, 503)
+        host = ""
+        for name, value in scope["headers"]:
+            if name == b"host":
+                host = value.decode("latin-1")
+                break
+        tls = scope.get("scheme") == "https"
+        path = scope["path"]
+        if not path or "//" in path or "/." in path:  # normalise_path()'s own test, inline: most paths pass
+            path = normalise_path(path)
+        route = table.lookup(host, path, tls=tls)
+        if route is None:
+            await self._noroute(out)
+            return self._done(t0, scope, out, None, None, self.noroute_status)
+        ctx = None
+        if route.policy is not None:  # header variants, rate limit, sticky (router/proxy/policies/engine.py)
+            ctx = await self.policies.enter(route, table, scope, host, tls, out)
+            if ctx.route is None:
+                await self._noroute(out)
+                return self._done(t0, scope, out, None, None, self.noroute_status)
+            if ctx.status:
+                return self._done(t0, scope, out, ctx.route, None, ctx.status)
+            route = ctx.route
+        picker = route.lb or self.lb.picker(route)
+        now = perf_counter()
+        idx = picker.pick(now) if ctx is None or ctx.pin is None else self.policies.sticky(ctx, picker, scope, now)
+        if idx < 0:
+            return self._done(t0, scope, out, route, None, await self._unavailable(out, idx))
+        target = picker.targets[idx]
+        if target.redirect_code and _redirect_loops(target, scope, host, path):
+            route, target = self._next_without_loop(table, route, scope, host, path, tls)
+            if target is None:
+                await self._noroute(out)
+                return self._done(t0, scope, out, None, None, self.noroute_status)
+            picker = self.lb.picker(route)
+            idx = picker.index(target)
+        opts = target.opts
+        auth = bool(opts) and "auth" in opts  # asked once: three places below depend on it
+        if opts and not access.permitted(opts, scope):
+            await send_status(out, 403, "access denied\n")
+            return self._done(t0, scope, out, route, target, 403)
+        if auth:
+            status, challenge = await authorise(self.auth_schemes, opts["auth"], scope)
+            if status:
+                await self._unauthorised(out, challenge)
+                return self._done(t0, scope, out, route, target, 401)
+
+        # upstream path: strip, then prepend, in the client's encoding
+        up_path = upstream_path(target, path) if target.strip or target.prepend else path
+        raw_path = scope.get("raw_path")
+        if up_path == scope["path"] and raw_path:  # the common case, inline: ~40-110 ns a request
+            raw = raw_path.decode("latin-1")
+        else:
+            raw = upstream_raw_path(target, path, scope, up_path)
+        query = scope.get("query_string") or b""
+
+        if target.redirect_code:
+            url = redirect.location(target.redirect_url, redirect_path(target, path, raw), host, query)
+            await out.respond(target.redirect_code,
+                              [(b"location", url.encode("latin-1", "replace")), (b"content-length", b"0")])
+            return self._done(t0, scope, out, route, target, target.redirect_code)
+
+        headers: HeaderBlock | list[tuple[str, str]] | None = None
+        if not auth and (target.policy is None or target.policy.req is None):
+            headers, has_body = self.forwarding.request_block(scope, host, target)  # encoded: the common case
+        try:
+            if headers is None:
+                headers, has_body = self.forwarding.request_headers(scope, host, target)
+        except RoutingLoop as e:
+            log.warning("%s %s%s: %s (a route's target is this router?)", scope["method"], host, path, e)
+            await send_status(out, 508, f"{e}\n")
+            return self._done(t0, scope, out, route, target, 508)
+        if auth:  # the credentials are for us, not for the upstream
+            headers = [h for h in headers if h[0] != "authorization"]
+        if target.policy is not None and target.policy.req is not None:
+            headers = self.policies.request_headers(target, headers)
+        body: AsyncIterator[bytes] | None = out.body() if has_body else None
+        if body is not None and (self.policies.max_body or target.policy is not None):
+            body, too_large = self.policies.body_limit(target, scope, body)  # maxbody=, proxy.maxbodybytes
+            if too_large:
+                await send_status(out, 413, "request body too large\n")
+                return self._done(t0, scope, out, route, target, 413)
+        path_qs = raw + ("?" + query.decode("latin-1") if query else "")
+        timeout = target.timeout or self.header_timeout
+
+        try:
+            resp, idx = await self.sender.send(picker, idx, scope["method"], path_qs, headers, body, timeout, now)
+        except Failed as e:  # router/proxy/attempts.py: every try failed, or none more was allowed
+            await send_status(out, e.status, e.text)
+            return self._done(t0, scope, out, route, picker.targets[e.idx], e.status)
+        except ClientGone:
+            return self._done(t0, scope, out, route, target, CLIENT_GONE)
+        except asyncio.CancelledError:  # the listener saw the client leave (router/proxy/exchange.py)
+            if not client_left(out):
+                raise
+            return self._done(t0, scope, out, route, target, CLIENT_GONE)
+        except BodyTooLarge:
+            await send_status(out, 413, "request body too large\n")
+            return self._done(t0, scope, out, route, target, 413)
+        target = picker.targets[idx]
+
+        try:
+            out_headers = self.forwarding.response_headers(resp.raw_headers)
+            if tls:
+                out_headers = self.forwarding.tls_response_headers(out_headers)
+            if ctx is not None or target.policy is not None or self.policies.compress_all:
+                out_headers, enc = self.policies.response(ctx, target, scope, resp.status, out_headers)
+            else:
+                enc = None
+            if enc is not None:  # compressed (router/proxy/policies/compress.py)
+                await enc.send(out, resp, out_headers, scope.get("http_version") == "1.0")
+            elif (whole := resp.whole()) is not None:  # all of it is here (a small answer): one call
+                await out.respond(resp.status, out_headers, whole)
+            else:
+                out.start(resp.status, out_headers)
+                if getattr(out, "write_now", None) is not None:  # a Sink (router/proxy/exchange.py): no await per read
+                    await resp.relay(out)  # type: ignore[arg-type]
+                else:
+                    async for chunk in resp.content.iter_any():
+                        await out.write(chunk)  # waits while the client's write buffer is full (the slow-read bound)
+                await out.end()
+            status = resp.status
+        except ClientGone:  # the client left mid-answer: stop reading the upstream
+            resp.close()
+            status = CLIENT_GONE
+        except asyncio.CancelledError:  # the same, seen by the listener while we waited on the upstream
+            resp.close()
+            if not client_left(out):
+                raise
+            status = CLIENT_GONE
+        except Exception as e:  # noqa: BLE001 - upstream broke mid-body
+            log.debug("response stream aborted: %s", e)
+            resp.close()
+            raise
+        finally:
+            resp.release()
+        self._done(t0, scope, out, route, target, status)
+
+    def _done(self, t0: float, scope: dict, out: Exchange, route, target, status: int) -> None:  # type: ignore[no-untyped-def]
+        """The request is answered: count it on its route (route None: not routed) and log its line."""
         if route is not None:
             st = route.stats
             rs = st.get(target.url if target is not None else "") if st is not None else None
@@ -158,146 +305,6 @@ class ProxyApp:
         alog = self.access_log
         if alog is not None:  # the exchange knows the status and the body bytes sent
             alog.log(scope, out, target, perf_counter() - t0)
-
-    async def _handle(self, scope: dict, out: Exchange) -> tuple:
-        """Serve one request; returns (route, target, status) for the counters (route None: not routed)."""
-        if (reject := check_request(scope)) is not None:  # smuggling, Host, target form (docs/reliability.md)
-            await send_rejection(out, *reject)
-            return None, None, reject[0]
-        table = self.state.table
-        if table is None:
-            await send_status(out, 503, "routing table not loaded yet\n")
-            return None, None, 503
-        host = ""
-        for name, value in scope["headers"]:
-            if name == b"host":
-                host = value.decode("latin-1")
-                break
-        tls = scope.get("scheme") == "https"
-        path = normalise_path(scope["path"])
-        route = table.lookup(host, path, tls=tls)
-        if route is None:
-            await self._noroute(out)
-            return None, None, self.noroute_status
-        ctx = None
-        if route.policy is not None:  # header variants, rate limit, sticky (router/proxy/policies/engine.py)
-            ctx = await self.policies.enter(route, table, scope, host, tls, out)
-            if ctx.route is None:
-                await self._noroute(out)
-                return None, None, self.noroute_status
-            if ctx.status:
-                return ctx.route, None, ctx.status
-            route = ctx.route
-        picker = route.lb or self.lb.picker(route)
-        now = perf_counter()
-        idx = picker.pick(now) if ctx is None or ctx.pin is None else self.policies.sticky(ctx, picker, scope, now)
-        if idx < 0:
-            return route, None, await self._unavailable(out, idx)
-        target = picker.targets[idx]
-        if target.redirect_code and _redirect_loops(target, scope, host, path):
-            route, target = self._next_without_loop(table, route, scope, host, path, tls)
-            if target is None:
-                await self._noroute(out)
-                return None, None, self.noroute_status
-            picker = self.lb.picker(route)
-            idx = picker.index(target)
-        if target.opts and not access.permitted(target.opts, scope):
-            await send_status(out, 403, "access denied\n")
-            return route, target, 403
-        if target.opts and "auth" in target.opts:
-            status, challenge = await authorise(self.auth_schemes, target.opts["auth"], scope)
-            if status:
-                await self._unauthorised(out, challenge)
-                return route, target, 401
-
-        # upstream path: strip, then prepend, in the client's encoding
-        up_path = upstream_path(target, path)
-        if up_path == scope["path"] and scope.get("raw_path"):  # the common case, inline: ~40-110 ns a request
-            raw = scope["raw_path"].decode("latin-1")
-        else:
-            raw = upstream_raw_path(target, path, scope, up_path)
-        query = scope.get("query_string") or b""
-
-        if target.redirect_code:
-            url = redirect.location(target.redirect_url, redirect_path(target, path, raw), host, query)
-            await out.respond(target.redirect_code,
-                              [(b"location", url.encode("latin-1", "replace")), (b"content-length", b"0")])
-            return route, target, target.redirect_code
-
-        headers: HeaderBlock | list[tuple[str, str]] | None = None
-        if not (target.opts and "auth" in target.opts) and (target.policy is None or target.policy.req is None):
-            headers, has_body = self.forwarding.request_block(scope, host, target)  # encoded: the common case
-        try:
-            if headers is None:
-                headers, has_body = self.forwarding.request_headers(scope, host, target)
-        except RoutingLoop as e:
-            log.warning("%s %s%s: %s (a route's target is this router?)", scope["method"], host, path, e)
-            await send_status(out, 508, f"{e}\n")
-            return route, target, 508
-        if target.opts and "auth" in target.opts:  # the credentials are for us, not for the upstream
-            headers = [h for h in headers if h[0] != "authorization"]
-        if target.policy is not None and target.policy.req is not None:
-            headers = self.policies.request_headers(target, headers)
-        body: AsyncIterator[bytes] | None = out.body() if has_body else None
-        if body is not None and (self.policies.max_body or target.policy is not None):
-            body, too_large = self.policies.body_limit(target, scope, body)  # maxbody=, proxy.maxbodybytes
-            if too_large:
-                await send_status(out, 413, "request body too large\n")
-                return route, target, 413
-        path_qs = raw + ("?" + query.decode("latin-1") if query else "")
-        timeout = target.timeout or self.header_timeout
-
-        try:
-            resp, idx = await self.sender.send(picker, idx, scope["method"], path_qs, headers, body, timeout, now)
-        except Failed as e:  # router/proxy/attempts.py: every try failed, or none more was allowed
-            await send_status(out, e.status, e.text)
-            return route, picker.targets[e.idx], e.status
-        except ClientGone:
-            return route, target, CLIENT_GONE
-        except asyncio.CancelledError:  # the listener saw the client leave (router/proxy/exchange.py)
-            if not client_left(out):
-                raise
-            return route, target, CLIENT_GONE
-        except BodyTooLarge:
-            await send_status(out, 413, "request body too large\n")
-            return route, target, 413
-        target = picker.targets[idx]
-
-        try:
-            out_headers = self.forwarding.response_headers(resp.raw_headers)
-            if tls:
-                out_headers = self.forwarding.tls_response_headers(out_headers)
-            if ctx is not None or target.policy is not None or self.policies.compress_all:
-                out_headers, enc = self.policies.response(ctx, target, scope, resp.status, out_headers)
-                if enc is not None:  # compressed (router/proxy/policies/compress.py)
-                    await enc.send(out, resp, out_headers, scope.get("http_version") == "1.0")
-                    return route, target, resp.status
-            whole = resp.whole()
-            if whole is not None:  # all of it is here (a small answer): head and body in one call
-                await out.respond(resp.status, out_headers, whole)
-                return route, target, resp.status
-            out.start(resp.status, out_headers)
-            if getattr(out, "write_now", None) is not None:  # a Sink (router/proxy/exchange.py): no await per read
-                await resp.relay(out)  # type: ignore[arg-type]
-            else:
-                async for chunk in resp.content.iter_any():
-                    await out.write(chunk)  # waits while the client's write buffer is full (the slow-read bound)
-            await out.end()
-            return route, target, resp.status
-        except ClientGone:  # the client left mid-answer: stop reading the upstream
-            resp.close()
-            return route, target, CLIENT_GONE
-        except asyncio.CancelledError:  # the same, seen by the listener while we waited on the upstream
-            resp.close()
-            if not client_left(out):
-                raise
-            return route, target, CLIENT_GONE
-        except Exception as e:  # noqa: BLE001 - upstream broke mid-body
-            log.debug("response stream aborted: %s", e)
-            resp.close()
-            raise
-        finally:
-            resp.release()
 
     async def _unavailable(self, out: Exchange, idx: int) -> int:
         if idx == FULL:  # proxy.maxinflight: every instance has its share in flight

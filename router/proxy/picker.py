@@ -47,7 +47,7 @@ class RoutePicker:
     """
 
     __slots__ = ("lb", "targets", "states", "budget", "est", "est_stamp", "answers", "_groups", "_cum", "_vgroups",
-                 "_vcum", "_vepoch", "_vuntil", "_rr", "_ring")
+                 "_vcum", "_vepoch", "_vuntil", "_rr", "_ring", "keys")
 
     def __init__(self, lb: Balancer, targets: Sequence[Any], budget: RetryBudget,
                  ring: Sequence[Any] = ()) -> None:
@@ -55,6 +55,8 @@ class RoutePicker:
         pool = tuple(t for t in targets if t.weight > 0)
         self.targets = pool
         self.states = tuple(lb.state(t) for t in pool)
+        # each target's upstream pool key (scheme, host, port, verify), made once here, not per try
+        self.keys = tuple((t.scheme, t.host, t.port, not t.tls_skip_verify or t.scheme != "https") for t in pool)
         self.budget = budget
         self.est = 0.0  # peak-EWMA of the route's successful header latency (the per-try timeout's base)
         self.est_stamp = 0.0
