@@ -12,12 +12,13 @@ from __future__ import annotations
 import gc
 import re
 from collections.abc import Mapping, Sequence
+from operator import attrgetter
 
 from router.table.index import HostIndex, HostRoutes, glob_regex, len_key
 from router.table.route import Route, fabio_weights, weigh
 from router.table.routecmd import LineError, RouteCmd
 from router.table.routes import Table
-from router.table.target import CmdError, Target, hostpath, make_target, refixed
+from router.table.target import CmdError, Target, hostpath, make_target, make_targets, refixed
 
 __all__ = ["TableBuilder"]
 
@@ -121,21 +122,20 @@ def _fabio_order(group: list[RouteCmd]) -> bool:
 
     Then comparing the destinations is comparing the texts, as long as no destination holds a character
     that sorts before the space that follows it in the text; else the texts are compared
-    (RouteCmd.__str__ costs more than the rest of a target's build)."""
-    c0 = group[0]
-    src, weight, tags, opts = c0.src, c0.weight, c0.tags, c0.opts
-    search = _BELOW_SPACE.search
-    if all(c.src == src and c.weight == weight and c.tags == tags and c.opts == opts and c.dst
-           and not search(c.dst) for c in group):
-        if len(group) > 1:
-            group.sort(key=_dst, reverse=True)
+    (RouteCmd.__str__ costs more than the rest of a target's build). The checks run per group, in C
+    (attrgetter, set, one regex over the joined destinations), not per command in Python (issue 18)."""
+    if len(group) == 1:
+        return True
+    dsts = list(map(_dst, group))
+    if all(dsts) and len(set(map(_shape, group))) == 1 and not _BELOW_SPACE.search("".join(dsts)):
+        group.sort(key=_dst, reverse=True)
         return True
     group.sort(key=str, reverse=True)
     return False
 
 
-def _dst(cmd: RouteCmd) -> str:
-    return cmd.dst
+_dst = attrgetter("dst")
+_shape = attrgetter("src", "weight", "tags", "opts")  # what a uniform group's commands share
 
 
 def _compile(group: list[RouteCmd], compiled: dict[tuple, Target] | None, uniform: bool) -> tuple[Target, ...] | None:
@@ -143,7 +143,19 @@ def _compile(group: list[RouteCmd], compiled: dict[tuple, Target] | None, unifor
     weight; None when a command does not compile (then `_compile_reporting` reports it). `compiled` shares
     the Targets of a service's instances between its routes (None: the service has one route);
     `uniform`: the commands differ only in their destinations (`_fabio_order`)."""
-    if uniform:  # fabio's identity (service, url, fixed weight, tags) is then the destination
+    if uniform and compiled is None:  # fabio's identity (service, url, fixed weight, tags) is the destination
+        kept = group
+        if len(group) > 1 and len(set(map(_dst, group))) < len(group):
+            first: dict[str, RouteCmd] = {}
+            for c in group:
+                first.setdefault(c.dst, c)
+            kept = list(first.values())
+        w = fabio_weights([group[0].weight] * len(kept))[0] if len(kept) > 1 else 1.0
+        try:  # twins left out have the same destination and options as the one kept: they compile alike
+            return tuple(make_targets(kept, w))
+        except CmdError:
+            return None
+    if uniform:
         by_dst: dict[str, RouteCmd] = {}
         for cmd in group:
             by_dst.setdefault(cmd.dst, cmd)
