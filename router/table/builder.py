@@ -10,8 +10,7 @@ targets. A bad command is reported (LineError with source and line) and skipped;
 from __future__ import annotations
 
 import gc
-import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from operator import attrgetter
 
 from router.table.index import HostIndex, HostRoutes, glob_regex, len_key
@@ -113,7 +112,6 @@ def _del_matches(cmd: RouteCmd, t: Target) -> bool:
     return not cmd.dst or t.url == cmd.dst
 
 
-_BELOW_SPACE = re.compile(r"[\x00-\x20]")
 
 
 def _fabio_order(group: list[RouteCmd]) -> bool:
@@ -127,7 +125,8 @@ def _fabio_order(group: list[RouteCmd]) -> bool:
     if len(group) == 1:
         return True
     dsts = list(map(_dst, group))
-    if all(dsts) and len(set(map(_shape, group))) == 1 and not _BELOW_SPACE.search("".join(dsts)):
+    text = "".join(dsts)  # no character at or below the space: printable, and no space (both in C)
+    if all(dsts) and len(set(map(_shape, group))) == 1 and text.isprintable() and " " not in text:
         group.sort(key=_dst, reverse=True)
         return True
     group.sort(key=str, reverse=True)
@@ -135,6 +134,7 @@ def _fabio_order(group: list[RouteCmd]) -> bool:
 
 
 _dst = attrgetter("dst")
+_op_src = attrgetter("op", "src")
 _shape = attrgetter("src", "weight", "tags", "opts")  # what a uniform group's commands share
 
 
@@ -278,7 +278,7 @@ class TableBuilder:
         manual.sort(key=lambda e: (e.source, e.line))
         return out + manual
 
-    def _set_service(self, name: str, cmds: tuple[RouteCmd, ...]) -> set[Key]:
+    def _set_service(self, name: str, cmds: tuple[RouteCmd, ...]) -> Collection[Key]:
         old = self._svc.pop(name, {})
         for key in old:
             c = self._contrib[key]
@@ -288,7 +288,7 @@ class TableBuilder:
         self._svc_errors.pop(name, None)
         if not cmds:
             self._cmds.pop(name, None)
-            return set(old)
+            return old.keys()
         self._cmds[name] = cmds
         # Group by key, de-duplicating on fabio's identity (service, url, fixed weight, tags): the first in
         # fabio's order is kept (it adds the service lines sorted in reverse, so a route's targets are in
@@ -297,6 +297,14 @@ class TableBuilder:
         grouped: dict[Key, list[RouteCmd]] = {}
         errors: list[LineError] = []
         keys: dict[str, Key | str] = {}  # source -> its key, or why its path does not compile
+        c0 = cmds[0]
+        if c0.op == "add" and len(set(map(_op_src, cmds))) == 1:  # one route (the usual case): grouped in C
+            try:
+                _check_glob(c0, self.matcher)
+                grouped[hostpath(c0.src)] = list(cmds)
+                cmds = ()
+            except CmdError:
+                pass  # the loop below reports each command
         for cmd in cmds:
             if cmd.op != "add":
                 errors.append(_err(cmd, "only 'route add' is allowed in service commands"))
@@ -328,7 +336,7 @@ class TableBuilder:
             self._svc_errors[name] = errors
         for key, ts in new.items():
             self._contrib.setdefault(key, {})[name] = ts
-        return set(old) | set(new)
+        return set(old).union(new) if old else new.keys()  # a service's first build: nothing to merge
 
     def _targets(self, key: Key, errors: list[LineError]) -> tuple[Target, ...]:
         c = self._contrib.get(key)

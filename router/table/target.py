@@ -145,12 +145,20 @@ _URL = re.compile(
     r"([A-Za-z][A-Za-z0-9+.-]*)://(?:[^/?#@]*@)?((\[[^\]/?#]*\]|[^:/?#]*)(?::([^/?#]*))?)(?:[/?#]|$)")
 
 
+# the usual destination, `http://10.0.0.1:8080/`: a lowercase scheme that has a default port, a plain host
+# (no userinfo, no brackets) and an ASCII port; 2k instructions less per target than `_URL` (issue 18)
+_URL_COMMON = re.compile(r"(https?|grpcs?|wss?)://(([^:/?#@\[\]]+):([0-9]{1,5}))(?:[/?#]|$)")
+
+
 def _split_url(url: str) -> tuple[str, str, int | None, str]:
     """(scheme, host, port or None, host[:port] as written) of an absolute URL; one regex match per target.
 
     The last one is Go's ``url.Host`` (brackets of an IPv6 address kept, no port added), which is what
     fabio sends as ``Host`` for ``host=dst``.
     """
+    m = _URL_COMMON.match(url)
+    if m is not None and int(m[4]) <= 65535:
+        return m[1], m[3], int(m[4]), m[2]
     m = _URL.match(url)
     if m is None:
         raise CmdError(f"invalid destination URL {url!r}: scheme://host[:port] expected")
@@ -293,17 +301,14 @@ def make_targets(cmds: Sequence[RouteCmd], weight: float) -> list[Target]:
     code = spec.redirect_code
     bad_redirect = bool(spec.redirect) and not code
     https, host_dst, host_header = spec.https, spec.host == "dst", spec.host
-    match = _URL.match
+    match = _URL_COMMON.match
     out: list[Target] = []
     append = out.append
     for cmd in cmds:
         dst = cmd.dst
-        m = match(dst) if dst else None
-        if m is None:
-            raise CmdError("invalid destination")
-        scheme, written, host, port_text = m.groups()
-        if host and host[0] != "[" and port_text and port_text.isdigit() and len(port_text) < 6:
-            scheme = scheme.lower()
+        m = match(dst)
+        if m is not None:
+            scheme, written, host, port_text = m.groups()
             port = int(port_text)
             if port > 65535:
                 raise CmdError("bad port")
