@@ -138,6 +138,21 @@ _op_src = attrgetter("op", "src")
 _shape = attrgetter("src", "weight", "tags", "opts")  # what a uniform group's commands share
 
 
+_UNIFORM: dict[tuple[float, int], float] = {}
+
+
+def _uniform_weight(fixed: float, n: int) -> float:
+    """fabio's weight of each of ``n`` targets with the same fixed weight, worked out once per (fixed, n)."""
+    if n == 1:
+        return 1.0
+    w = _UNIFORM.get((fixed, n))
+    if w is None:
+        if len(_UNIFORM) >= 10000:
+            _UNIFORM.clear()
+        w = _UNIFORM[fixed, n] = fabio_weights([fixed] * n)[0]
+    return w
+
+
 def _compile(group: list[RouteCmd], compiled: dict[tuple, Target] | None, uniform: bool) -> tuple[Target, ...] | None:
     """One route's targets from one service's commands (in fabio's order), each built once with its final
     weight; None when a command does not compile (then `_compile_reporting` reports it). `compiled` shares
@@ -150,7 +165,7 @@ def _compile(group: list[RouteCmd], compiled: dict[tuple, Target] | None, unifor
             for c in group:
                 first.setdefault(c.dst, c)
             kept = list(first.values())
-        w = fabio_weights([group[0].weight] * len(kept))[0] if len(kept) > 1 else 1.0
+        w = _uniform_weight(group[0].weight, len(kept))
         try:  # twins left out have the same destination and options as the one kept: they compile alike
             return tuple(make_targets(kept, w))
         except CmdError:
@@ -279,7 +294,7 @@ class TableBuilder:
         return out + manual
 
     def _set_service(self, name: str, cmds: tuple[RouteCmd, ...]) -> Collection[Key]:
-        old = self._svc.pop(name, {})
+        old = self._svc.pop(name, None) or {}
         for key in old:
             c = self._contrib[key]
             del c[name]
@@ -296,7 +311,6 @@ class TableBuilder:
         # each source's key (and its glob check) is worked out once.
         grouped: dict[Key, list[RouteCmd]] = {}
         errors: list[LineError] = []
-        keys: dict[str, Key | str] = {}  # source -> its key, or why its path does not compile
         c0 = cmds[0]
         if c0.op == "add" and len(set(map(_op_src, cmds))) == 1:  # one route (the usual case): grouped in C
             try:
@@ -305,6 +319,7 @@ class TableBuilder:
                 cmds = ()
             except CmdError:
                 pass  # the loop below reports each command
+        keys: dict[str, Key | str] = {}  # source -> its key, or why its path does not compile
         for cmd in cmds:
             if cmd.op != "add":
                 errors.append(_err(cmd, "only 'route add' is allowed in service commands"))
