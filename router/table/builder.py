@@ -10,14 +10,14 @@ targets. A bad command is reported (LineError with source and line) and skipped;
 from __future__ import annotations
 
 import gc
-import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
+from operator import attrgetter
 
 from router.table.index import HostIndex, HostRoutes, glob_regex, len_key
 from router.table.route import Route, fabio_weights, weigh
 from router.table.routecmd import LineError, RouteCmd
 from router.table.routes import Table
-from router.table.target import CmdError, Target, hostpath, make_target, refixed
+from router.table.target import CmdError, Target, hostpath, make_target, make_targets, refixed
 
 __all__ = ["TableBuilder"]
 
@@ -112,7 +112,6 @@ def _del_matches(cmd: RouteCmd, t: Target) -> bool:
     return not cmd.dst or t.url == cmd.dst
 
 
-_BELOW_SPACE = re.compile(r"[\x00-\x20]")
 
 
 def _fabio_order(group: list[RouteCmd]) -> bool:
@@ -121,21 +120,37 @@ def _fabio_order(group: list[RouteCmd]) -> bool:
 
     Then comparing the destinations is comparing the texts, as long as no destination holds a character
     that sorts before the space that follows it in the text; else the texts are compared
-    (RouteCmd.__str__ costs more than the rest of a target's build)."""
-    c0 = group[0]
-    src, weight, tags, opts = c0.src, c0.weight, c0.tags, c0.opts
-    search = _BELOW_SPACE.search
-    if all(c.src == src and c.weight == weight and c.tags == tags and c.opts == opts and c.dst
-           and not search(c.dst) for c in group):
-        if len(group) > 1:
-            group.sort(key=_dst, reverse=True)
+    (RouteCmd.__str__ costs more than the rest of a target's build). The checks run per group, in C
+    (attrgetter, set, one regex over the joined destinations), not per command in Python (issue 18)."""
+    if len(group) == 1:
+        return True
+    dsts = list(map(_dst, group))
+    text = "".join(dsts)  # no character at or below the space: printable, and no space (both in C)
+    if all(dsts) and len(set(map(_shape, group))) == 1 and text.isprintable() and " " not in text:
+        group.sort(key=_dst, reverse=True)
         return True
     group.sort(key=str, reverse=True)
     return False
 
 
-def _dst(cmd: RouteCmd) -> str:
-    return cmd.dst
+_dst = attrgetter("dst")
+_op_src = attrgetter("op", "src")
+_shape = attrgetter("src", "weight", "tags", "opts")  # what a uniform group's commands share
+
+
+_UNIFORM: dict[tuple[float, int], float] = {}
+
+
+def _uniform_weight(fixed: float, n: int) -> float:
+    """fabio's weight of each of ``n`` targets with the same fixed weight, worked out once per (fixed, n)."""
+    if n == 1:
+        return 1.0
+    w = _UNIFORM.get((fixed, n))
+    if w is None:
+        if len(_UNIFORM) >= 10000:
+            _UNIFORM.clear()
+        w = _UNIFORM[fixed, n] = fabio_weights([fixed] * n)[0]
+    return w
 
 
 def _compile(group: list[RouteCmd], compiled: dict[tuple, Target] | None, uniform: bool) -> tuple[Target, ...] | None:
@@ -143,7 +158,19 @@ def _compile(group: list[RouteCmd], compiled: dict[tuple, Target] | None, unifor
     weight; None when a command does not compile (then `_compile_reporting` reports it). `compiled` shares
     the Targets of a service's instances between its routes (None: the service has one route);
     `uniform`: the commands differ only in their destinations (`_fabio_order`)."""
-    if uniform:  # fabio's identity (service, url, fixed weight, tags) is then the destination
+    if uniform and compiled is None:  # fabio's identity (service, url, fixed weight, tags) is the destination
+        kept = group
+        if len(group) > 1 and len(set(map(_dst, group))) < len(group):
+            first: dict[str, RouteCmd] = {}
+            for c in group:
+                first.setdefault(c.dst, c)
+            kept = list(first.values())
+        w = _uniform_weight(group[0].weight, len(kept))
+        try:  # twins left out have the same destination and options as the one kept: they compile alike
+            return tuple(make_targets(kept, w))
+        except CmdError:
+            return None
+    if uniform:
         by_dst: dict[str, RouteCmd] = {}
         for cmd in group:
             by_dst.setdefault(cmd.dst, cmd)
@@ -266,8 +293,8 @@ class TableBuilder:
         manual.sort(key=lambda e: (e.source, e.line))
         return out + manual
 
-    def _set_service(self, name: str, cmds: tuple[RouteCmd, ...]) -> set[Key]:
-        old = self._svc.pop(name, {})
+    def _set_service(self, name: str, cmds: tuple[RouteCmd, ...]) -> Collection[Key]:
+        old = self._svc.pop(name, None) or {}
         for key in old:
             c = self._contrib[key]
             del c[name]
@@ -276,7 +303,7 @@ class TableBuilder:
         self._svc_errors.pop(name, None)
         if not cmds:
             self._cmds.pop(name, None)
-            return set(old)
+            return old.keys()
         self._cmds[name] = cmds
         # Group by key, de-duplicating on fabio's identity (service, url, fixed weight, tags): the first in
         # fabio's order is kept (it adds the service lines sorted in reverse, so a route's targets are in
@@ -284,6 +311,14 @@ class TableBuilder:
         # each source's key (and its glob check) is worked out once.
         grouped: dict[Key, list[RouteCmd]] = {}
         errors: list[LineError] = []
+        c0 = cmds[0]
+        if c0.op == "add" and len(set(map(_op_src, cmds))) == 1:  # one route (the usual case): grouped in C
+            try:
+                _check_glob(c0, self.matcher)
+                grouped[hostpath(c0.src)] = list(cmds)
+                cmds = ()
+            except CmdError:
+                pass  # the loop below reports each command
         keys: dict[str, Key | str] = {}  # source -> its key, or why its path does not compile
         for cmd in cmds:
             if cmd.op != "add":
@@ -316,7 +351,7 @@ class TableBuilder:
             self._svc_errors[name] = errors
         for key, ts in new.items():
             self._contrib.setdefault(key, {})[name] = ts
-        return set(old) | set(new)
+        return set(old).union(new) if old else new.keys()  # a service's first build: nothing to merge
 
     def _targets(self, key: Key, errors: list[LineError]) -> tuple[Target, ...]:
         c = self._contrib.get(key)

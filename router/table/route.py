@@ -10,6 +10,7 @@ from __future__ import annotations
 import bisect
 import itertools
 import math
+import operator
 import random
 import re
 from collections.abc import Sequence
@@ -17,6 +18,8 @@ from collections.abc import Sequence
 from router.table.routepolicy import route_policy
 from router.table.target import Target, reweighted
 
+_policy = operator.attrgetter("policy")
+_weight = operator.attrgetter("weight")
 _RING_MAX = 1000  # slots of the rr ring for unequal weights (fabio: 10,000 per route, always)
 FABIO_SLOTS = 10000
 
@@ -46,14 +49,21 @@ class Route:
         self._count = itertools.count()
         self._regex: re.Pattern[str] | None = None
         self.policy = None  # router/table/routepolicy.py: header variants, rate limit, sticky; None for most
-        for t in targets:
-            if t.policy is not None:
-                self.policy = route_policy(targets, _variant, lambda g: Route(host, path, g, True))
-                if self.policy is not None:
-                    targets = self.policy.default  # the pool: the targets without match=
-                break
+        # the checks over the targets run in C (map, count, set): a build makes one Route per route (issue 18)
+        n = len(targets)
+        if n == 1:
+            plain = targets[0].policy is None
+        else:
+            plain = list(map(_policy, targets)).count(None) == n
+            if plain and n and len(set(map(_weight, targets))) == 1:  # equal weights (the usual case)
+                self._pool: tuple[Target, ...] = targets if targets[0].weight > 0 else ()
+                return
+        if not plain:
+            self.policy = route_policy(targets, _variant, lambda g: Route(host, path, g, True))
+            if self.policy is not None:
+                targets = self.policy.default  # the pool: the targets without match=
         if len(targets) == 1:
-            self._pool: tuple[Target, ...] = targets if targets[0].weight > 0 else ()
+            self._pool = targets if targets[0].weight > 0 else ()
             return
         live = tuple(t for t in targets if t.weight > 0)
         self._pool = live
