@@ -102,7 +102,7 @@ def _parse(body: str, env: tuple[tuple[str, str], ...]) -> _Parsed | str:
                 return f"weight={value!r} is not a non-negative number"
         elif key == "redirect":
             code, comma, url = value.partition(",")
-            if not comma or not code.isdigit() or not url:
+            if not comma or not (code.isascii() and code.isdigit()) or not url:
                 return f"redirect={value!r}: expected redirect=<3xx code>,<url>"
             redirect = url
             opts.append(("redirect", code))

@@ -178,6 +178,8 @@ def test_target_fields(line: str, field: str, value: object) -> None:
     [
         ("route add s / not-a-url", "invalid destination URL"),
         ("route add s / http://h:99999/", "bad port"),
+        ("route add s / http://h:\u00b2/", "bad port"),  # isdigit() but not int(): stopped the whole build
+        ("route add s / http://h:\u0663/", "bad port"),  # an Arabic-Indic 3: int() takes it, Go does not
         ("route add s / http:///x", "no host"),
         ('route add s / http://h/ opts "strip=foo"', "must start with '/'"),
         ('route add s / http://h/ opts "timeout=2x"', "invalid duration"),
@@ -686,3 +688,14 @@ def test_prefix_lookup_is_the_longest_string_prefix(generations: list[list[str]]
                 assert (r and r.host, r and r.path) == (("", max(nh, key=len)) if nh else (None, None))
             else:
                 assert r is not None and (r.host, r.path) == ("h.com", want)
+
+
+def test_tcp_dynamic_ports_skip_a_host_whose_port_is_not_ascii_digits() -> None:
+    """fabio's tcp-dynamic listeners come from table hosts `ip:port`; a tag with a port that Python's isdigit()
+    takes but int() refuses ("²") must not stop the others (router/run/edge.py)."""
+    from router.run.edge import tcp_route_ports
+
+    cmds, errs = parse("route add a :7001 tcp://127.0.0.1:5001\nroute add b :\u00b2 tcp://127.0.0.1:5002", "svc")
+    assert errs == []
+    t, _ = TableBuilder().update(services={"a": cmds[:1], "b": cmds[1:]})
+    assert tcp_route_ports(t) == {7001}

@@ -278,7 +278,7 @@ def split_host_port(addr: str) -> tuple[str, int]:
     if not sep:
         raise ValueError("host:port, e.g. :9999 or 127.0.0.1:9999")
     host = host.strip("[]") or "0.0.0.0"
-    if not port.isdigit() or not 0 <= int(port) <= 65535:
+    if not (port.isascii() and port.isdigit()) or not 0 <= int(port) <= 65535:  # "²" is a digit to isdigit()
         raise ValueError("a port from 0 to 65535")
     return host, int(port)
 

@@ -173,7 +173,7 @@ class ForwardingHeaders:
             out.append(("x-forwarded-proto", _HTTP_SCHEME.get(proto, proto)))
         if "x-forwarded-port" not in seen:
             _, sep, port = host.rpartition(":")
-            if not (sep and port.isdigit()):
+            if not (sep and port.isascii() and port.isdigit()):
                 port = "443" if scheme == "https" else "80"
             out.append(("x-forwarded-port", port))
         if "x-forwarded-host" not in seen and host:

@@ -33,7 +33,7 @@ def prepare(method: str, url: str, headers: Sequence[tuple[str, str]], body: Asy
     slash = rest.find("/")
     hostport, target = (rest, "/") if slash < 0 else (rest[:slash], rest[slash:])
     host, _, port_s = hostport.rpartition(":")
-    if not host or not port_s.isdigit():
+    if not host or not (port_s.isascii() and port_s.isdigit()):
         host, port_s = hostport, ("443" if scheme == "https" else "80")
     host = host.strip("[]")
     key = (scheme, host, int(port_s), verify_tls or scheme != "https")

@@ -82,8 +82,9 @@ def tcp_route_ports(table) -> set[int]:  # type: ignore[no-untyped-def]
         return out
     for row in table.routes():
         host = row["host"]
-        if ":" in host and host.rsplit(":", 1)[1].isdigit():
-            out.add((int(host.rsplit(":", 1)[1]), row["dst"].startswith("tcp://")))
+        port = host.rsplit(":", 1)[1] if ":" in host else ""
+        if port.isascii() and port.isdigit():  # "²" passes isdigit() alone, and int() refuses it
+            out.add((int(port), row["dst"].startswith("tcp://")))
     ports = {p for p, _ in out}
     return {p for p in ports if (p, False) not in out}
 

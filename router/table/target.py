@@ -169,7 +169,7 @@ def _split_url(url: str) -> tuple[str, str, int | None, str]:
         host = host[1:-1]
     if not port_text:  # "http://h:" is accepted by Go's url.Parse too
         return scheme.lower(), host, None, written
-    if not port_text.isdigit() or int(port_text) > 65535:
+    if not (port_text.isascii() and port_text.isdigit()) or int(port_text) > 65535:  # "²".isdigit()
         raise CmdError(f"invalid destination URL {url!r}: bad port {port_text!r}")
     return scheme.lower(), host, int(port_text), written
 
@@ -251,7 +251,7 @@ def _spec(opts_items: tuple[tuple[str, str], ...], service: str) -> _OptsSpec:
     spec = _OptsSpec(MappingProxyType(opts) if opts else _EMPTY_OPTS, strip, opts.get("prepend", ""),
                      opts.get("host", ""), opts.get("proto") == "https",
                      opts.get("tlsskipverify", "").lower() in ("true", "1", "t"), code,
-                     int(code) if code.isdigit() and 300 <= int(code) <= 399 else 0, timeout, policy, error)
+                     int(code) if code.isascii() and code.isdigit() and 300 <= int(code) <= 399 else 0, timeout, policy, error)
     if len(_SPECS) >= _SPECS_MAX:
         _SPECS.clear()
     _SPECS[opts_items] = spec
