@@ -79,7 +79,9 @@ METRICS = (  # key, label, unit
     ("h2", "HTTP/2 (h2load -c10 -m10)", "req/s"),
     ("grpc", "gRPC unary over TLS (grpcio, 1 channel)", "calls/s"),
 )
-GOALS = {"https": 1.0, "handshakes": 0.8, "h2": 0.8, "grpc": 0.8}
+# issue 16: "new TLS 1.3 handshakes per second >= 0.8x": the full handshakes of `openssl s_time -new` (wrk's
+# Connection: close row resumes its sessions and adds a request, so it is shown beside it, not as the goal)
+GOALS = {"https": 1.0, "s_time": 0.8, "h2": 0.8, "grpc": 0.8}
 
 
 # --------------------------------------------------------------------------- helper processes
