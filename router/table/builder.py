@@ -5,6 +5,10 @@ and per route key `(host, path)` and rebuilds only the keys a change touches, co
 HostRoutes; everything else is shared with the previous Table (router/table/routes.py explains the
 shape). The manual (override) list is re-applied to each rebuilt key, in order, after the service
 targets. A bad command is reported (LineError with source and line) and skipped; fabio drops the table.
+
+Past 400 lines on purpose: the per-service compile (grouping, fabio's order, weights, the batch path of
+router/table/target.py) and the incremental rebuild share one cache of compiled targets per service and per
+key; split apart, each half would have to know the other's invariants.
 """
 
 from __future__ import annotations
