@@ -19,6 +19,7 @@ from tests.router_proc import RouterProc, free_port
 class _T:
     def __init__(self, port: int) -> None:
         self.source, self.scheme, self.host, self.port, self.service, self.weight = "s", "http", "h", port, "svc", 1.0
+        self.tls_skip_verify = False  # a Target's field the picker reads for its pool keys
 
 
 class _Route:
