@@ -197,7 +197,8 @@ def test_index_zero_and_backwards_no_busy_loop(relay, consul_agent, backend) -> 
             dumps = paths.pop("/v1/internal/ui/nodes", 0)
             assert max(paths.values()) <= per_reader, f"{paths} in {t1 - t0:.1f}s with index {override}: busy loop"
             assert dumps <= 2 * per_reader, f"{dumps} dumps in {t1 - t0:.1f}s with index {override}: busy loop"
-            assert len(paths) <= 8, f"readers fanned out with index {override}: {paths}"
+            watches = [p for p in paths if not p.startswith("/v1/health/service/")]  # re-reads: other tests' too
+            assert len(watches) <= 5, f"readers fanned out with index {override}: {paths}"
         relay.index_override = None
         load.stop()
         assert load.total > 0 and load.failed == 0, load.outcomes
