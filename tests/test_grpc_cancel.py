@@ -19,7 +19,6 @@ import struct
 import threading
 import time
 from collections.abc import Iterator
-from concurrent import futures
 
 import grpc
 import h2.config
@@ -30,7 +29,8 @@ import pytest
 import trustme
 
 from router.proxy.h2client import H2Client, H2Pool
-from tests.router_proc import RouterProc, free_port
+from tests.grpc_instance import instance_and_router
+from tests.router_proc import RouterProc
 
 GUARD = 20.0  # a hang guard: far longer than any of this takes, even on a loaded machine
 
@@ -88,14 +88,7 @@ def _handlers() -> grpc.GenericRpcHandler:
 
 @pytest.fixture(scope="module")
 def router() -> Iterator[tuple[int, RouterProc]]:
-    server = grpc.server(futures.ThreadPoolExecutor(8))
-    server.add_generic_rpc_handlers((_handlers(),))
-    up = server.add_insecure_port("127.0.0.1:0")
-    server.start()
-    port = free_port()
-    r = RouterProc("-registry.backend", "static", "-registry.static.routes",
-                   f'route add c /test.Cancel grpc://127.0.0.1:{up} opts "proto=grpc"', env={"ROUTER_LISTENER": "own"})
-    r.flags += ["-proxy.addr", f"127.0.0.1:{r.proxy_port},127.0.0.1:{port};proto=grpc"]
+    server, r, port = instance_and_router(_handlers(), "/test.Cancel", threads=8)
     with r:
         yield port, r
     server.stop(0)

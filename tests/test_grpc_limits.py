@@ -14,7 +14,6 @@ from __future__ import annotations
 import socket
 import threading
 from collections.abc import Iterator
-from concurrent import futures
 
 import grpc
 import h2.config
@@ -24,6 +23,7 @@ import h2.events
 import pytest
 
 from router.proxy.grpcframe import MessageLimit
+from tests.grpc_instance import instance_and_router
 from tests.router_proc import RouterProc, free_port
 
 RX, TX = 32 * 1024, 16 * 1024
@@ -77,25 +77,10 @@ def _handlers() -> grpc.GenericRpcHandler:
     })
 
 
-def _instance_and_router(*flags: str, options: list | None = None) -> tuple[grpc.Server, RouterProc, int]:
-    """A grpcio instance serving _handlers(), and a router (not started) with a proto=grpc listener on a free
-    port routing /test.Size to it: (server, router, that listener's port)."""
-    srv = grpc.server(futures.ThreadPoolExecutor(4), options=options)
-    srv.add_generic_rpc_handlers((_handlers(),))
-    port = srv.add_insecure_port("127.0.0.1:0")
-    srv.start()
-    gport = free_port()
-    r = RouterProc("-registry.backend", "static", "-registry.static.routes",
-                   f'route add size /test.Size grpc://127.0.0.1:{port} opts "proto=grpc"', *flags,
-                   env={"ROUTER_LISTENER": "own"})
-    r.flags[1] += f",127.0.0.1:{gport};proto=grpc"
-    return srv, r, gport
-
-
 @pytest.fixture(scope="module")
 def sized_router() -> Iterator[int]:
     big = [("grpc.max_receive_message_length", 1 << 24), ("grpc.max_send_message_length", 1 << 24)]
-    srv, r, gport = _instance_and_router("-proxy.grpcmaxrxmsgsize", str(RX), "-proxy.grpcmaxtxmsgsize", str(TX),
+    srv, r, gport = instance_and_router(_handlers(), "/test.Size", "-proxy.grpcmaxrxmsgsize", str(RX), "-proxy.grpcmaxtxmsgsize", str(TX),
                                          options=big)
     with r:
         yield gport
@@ -235,7 +220,7 @@ def test_open_grpc_streams_get_grpcshutdowntimeout_at_a_graceful_stop() -> None:
     import signal
     import subprocess
 
-    srv, r, gport = _instance_and_router("-proxy.grpcshutdowntimeout", "3s")
+    srv, r, gport = instance_and_router(_handlers(), "/test.Size", "-proxy.grpcshutdowntimeout", "3s")
     outbox: queue.Queue[bytes | None] = queue.Queue()
 
     def messages() -> Iterator[bytes]:
@@ -269,14 +254,7 @@ def test_a_stream_whose_instance_goes_away_ends_for_the_client() -> None:
     until the client's own deadline)."""
     import queue
 
-    srv = grpc.server(futures.ThreadPoolExecutor(4))
-    srv.add_generic_rpc_handlers((_handlers(),))
-    port = srv.add_insecure_port("127.0.0.1:0")
-    srv.start()
-    gport = free_port()
-    r = RouterProc("-registry.backend", "static", "-registry.static.routes",
-                   f'route add size /test.Size grpc://127.0.0.1:{port} opts "proto=grpc"', env={"ROUTER_LISTENER": "own"})
-    r.flags[1] += f",127.0.0.1:{gport};proto=grpc"
+    srv, r, gport = instance_and_router(_handlers(), "/test.Size")
     outbox: queue.Queue[bytes | None] = queue.Queue()
 
     def messages() -> Iterator[bytes]:

@@ -18,6 +18,7 @@ import httpx
 import pytest
 import trustme
 
+from tests.grpc_instance import instance_and_router
 from tests.router_proc import RouterProc, free_port
 
 
@@ -210,14 +211,7 @@ def test_fabios_grpc_metrics_and_calls_without_a_route(router) -> None:  # type:
 def test_an_instance_going_away_lets_its_calls_in_flight_finish(ca: trustme.CA) -> None:
     """grpcio's graceful stop sends GOAWAY and finishes the calls it has: those calls succeed through the
     router too (only new calls need another connection), as they would when made to the instance directly."""
-    inst = grpc.server(futures.ThreadPoolExecutor(4))
-    inst.add_generic_rpc_handlers((_handlers(),))
-    port = inst.add_insecure_port("127.0.0.1:0")
-    inst.start()
-    gport = free_port()
-    r = RouterProc("-registry.backend", "static", "-registry.static.routes",
-                   f'route add echo /test.Echo grpc://127.0.0.1:{port} opts "proto=grpc"', env={"ROUTER_LISTENER": "own"})
-    r.flags += ["-proxy.addr", f"127.0.0.1:{r.proxy_port},127.0.0.1:{gport};proto=grpc"]
+    inst, r, gport = instance_and_router(_handlers(), "/test.Echo")
     with r, grpc.insecure_channel(f"127.0.0.1:{gport}") as ch:
         assert ch.unary_unary("/test.Echo/Unary")(b"warm", timeout=10) == b"echo:warm"  # the upstream connection is up
         slow = ch.unary_unary("/test.Echo/Slow").future(b"x", timeout=20)

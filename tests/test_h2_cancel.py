@@ -25,37 +25,28 @@ import httpx
 import pytest
 import trustme
 
+from tests.raw_upstream import RawUpstream
 from tests.router_proc import RouterProc, free_port
 from tests.test_h2_hostile import connect
 
 GUARD = 20.0
 
 
-class Instance:
+class Instance(RawUpstream):
     """A keep-alive HTTP/1.1 server on raw sockets, one thread per connection. `/ok` is answered;
     `/hold?id=X` and `/part?id=X` mark X seen, then wait for the connection to close (X closed)."""
 
     def __init__(self) -> None:
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
         self.seen: dict[str, threading.Event] = {}
         self.closed: dict[str, threading.Event] = {}
         self.lock = threading.Lock()
-        threading.Thread(target=self._accept, daemon=True).start()
+        super().__init__()
 
     def events(self, name: str) -> tuple[threading.Event, threading.Event]:
         with self.lock:
             return (self.seen.setdefault(name, threading.Event()), self.closed.setdefault(name, threading.Event()))
 
-    def _accept(self) -> None:
-        while True:
-            try:
-                c, _ = self.sock.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._serve, args=(c,), daemon=True).start()
-
-    def _serve(self, c: socket.socket) -> None:
+    def _serve(self, c: socket.socket, n: int) -> None:
         buf = b""
         with c:
             while True:

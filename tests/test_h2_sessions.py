@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import ssl
 
 import h2.config
 import h2.connection
@@ -42,9 +43,14 @@ def request(path: str) -> list[tuple[bytes, bytes]]:
     return [(b":method", b"GET"), (b":path", path.encode()), (b":scheme", b"http"), (b":authority", b"x")]
 
 
-async def one(port: int, path: str) -> bool:
-    """One request on its own connection; True when its answer arrived (False: dropped before it did)."""
-    r, w = await asyncio.open_connection("127.0.0.1", port)
+async def one(port: int, path: str, tls: ssl.SSLContext | None = None) -> bool:
+    """One request on its own connection (over TLS with `tls`, which must negotiate h2); True when its answer
+    arrived (False: dropped before it did)."""
+    if tls is None:
+        r, w = await asyncio.open_connection("127.0.0.1", port)
+    else:
+        r, w = await asyncio.open_connection("127.0.0.1", port, ssl=tls, server_hostname="localhost")
+        assert w.get_extra_info("ssl_object").selected_alpn_protocol() == "h2"
     c = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding=None))
     c.initiate_connection()
     c.send_headers(1, request(path), end_stream=True)

@@ -10,36 +10,13 @@ import asyncio
 import gc
 import ssl
 
-import h2.config
-import h2.connection
-import h2.events
 import trustme
 import uvloop
 
 from router.listen.alpn import ALPN, Negotiated
 from router.listen.h2proto import H2
 from router.proxy import nghttp2 as ng
-from tests.test_h2_sessions import Listener, request
-
-
-async def one(port: int, ctx: ssl.SSLContext) -> bool:
-    r, w = await asyncio.open_connection("127.0.0.1", port, ssl=ctx, server_hostname="localhost")
-    assert w.get_extra_info("ssl_object").selected_alpn_protocol() == "h2"
-    c = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding=None))
-    c.initiate_connection()
-    c.send_headers(1, request("/ok"), end_stream=True)
-    w.write(c.data_to_send())
-    try:
-        async with asyncio.timeout(5):
-            while True:
-                data = await r.read(65536)
-                assert data, "the server closed the connection"
-                for ev in c.receive_data(data):
-                    if isinstance(ev, h2.events.StreamEnded):
-                        return True
-                w.write(c.data_to_send())
-    finally:
-        w.close()
+from tests.test_h2_sessions import Listener, one
 
 
 def test_closed_tls_connections_leave_no_ssl_object_behind() -> None:
@@ -64,7 +41,7 @@ def test_closed_tls_connections_leave_no_ssl_object_behind() -> None:
         await asyncio.sleep(0.1)
         while_open = server_ssl_objects()  # the count sees a live connection's SSL object
         w.close()
-        got = [await one(port, client_ctx) for _ in range(20)]
+        got = [await one(port, "/ok", client_ctx) for _ in range(20)]
         for _ in range(50):  # each server side connection_lost seen
             await asyncio.sleep(0.02)
             if not lst.conns:
