@@ -57,7 +57,7 @@ HOP_BY_HOP = frozenset({b"connection", b"keep-alive", b"proxy-connection", b"tra
                         b"te", b"trailer"})
 _lib = ng.lib
 _nva = ng.nva
-_memmove = ng.memmove
+_feed = ng.feed
 
 
 class H2Stream:
@@ -369,26 +369,15 @@ class H2(WriteFlow, asyncio.Protocol):
         s = self.sending.get(sid)
         if s is None:
             return ng.ERR_TEMPORAL_CALLBACK_FAILURE
-        out = s.out
-        n = len(out)
-        if n > length:
-            n = length
-        if n:
-            _memmove(buf, out, n)
-            del out[:n]
-        if not out:
-            if s.eof:
-                if s.trailers is not None:
-                    flags[0] |= ng.DATA_FLAG_EOF | ng.DATA_FLAG_NO_END_STREAM
-                    arr, k, _keep = _nva(s.trailers)
-                    _lib.nghttp2_submit_trailer(self.ng.ptr, sid, arr, k)
-                else:
-                    flags[0] |= ng.DATA_FLAG_EOF
-                del self.sending[sid]
-            elif not n:
-                return ng.ERR_DEFERRED  # until write() or end() resumes it
-        if s.waiter is not None and len(out) < WRITE_HIGH:
-            s.wake()
+        n = _feed(s, buf, length, WRITE_HIGH)
+        if s.eof and not s.out and n >= 0:  # the last of it: END_STREAM, or the trailers after it
+            if s.trailers is not None:
+                flags[0] |= ng.DATA_FLAG_EOF | ng.DATA_FLAG_NO_END_STREAM
+                arr, k, _keep = _nva(s.trailers)
+                _lib.nghttp2_submit_trailer(self.ng.ptr, sid, arr, k)
+            else:
+                flags[0] |= ng.DATA_FLAG_EOF
+            del self.sending[sid]
         return n
 
     # --- the defences

@@ -233,19 +233,10 @@ class H2Client(asyncio.Protocol):
         st = self.sending.get(sid)
         if st is None:
             return ng.ERR_TEMPORAL_CALLBACK_FAILURE
-        out = st.out
-        n = min(len(out), length)
-        if n:
-            ng.memmove(buf, out, n)
-            del out[:n]
-        if not out:
-            if st.eof:
-                flags[0] |= ng.DATA_FLAG_EOF
-                del self.sending[sid]
-            elif not n:
-                return ng.ERR_DEFERRED  # until write() or end() resumes it
-        if st.waiter is not None and len(out) < HIGH:
-            st.wake()
+        n = ng.feed(st, buf, length, HIGH)
+        if st.eof and not st.out and n >= 0:  # the last of the request: END_STREAM
+            flags[0] |= ng.DATA_FLAG_EOF
+            del self.sending[sid]
         return n
 
     def _fail_all(self, why: str) -> None:

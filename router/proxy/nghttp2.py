@@ -291,5 +291,25 @@ _NV_ARRAY = ffi.typeof("nghttp2_nv[]")
 _U8_ARRAY = ffi.typeof("uint8_t[]")
 
 
+def feed(st: Any, buf: Any, length: int, high: int) -> int:
+    """A data provider's read, for either side (the listener's answers, the gRPC client's requests): move up to
+    `length` of the stream's queued bytes (`st.out`) into nghttp2's `buf` and wake a writer (`st.waiter`) once
+    fewer than `high` are left. The count; ERR_DEFERRED when none is queued and more is to come (the writer
+    resumes the stream). Ending the stream (`st.eof` and nothing left) is the caller's: only it knows whether
+    trailers follow."""
+    out = st.out
+    n = len(out)
+    if n > length:
+        n = length
+    if n:
+        memmove(buf, out, n)
+        del out[:n]
+    elif not out and not st.eof:
+        return ERR_DEFERRED
+    if st.waiter is not None and len(out) < high:
+        st.wake()
+    return n
+
+
 def strerror(code: int) -> str:
     return ffi.string(lib.nghttp2_strerror(code)).decode()
