@@ -174,6 +174,37 @@ http:
     return dyn
 
 
+def work_dir(prefix: str) -> Path:
+    """A temporary folder the proxies' processes (nginx may run as another user) can read."""
+    tmp = Path(tempfile.mkdtemp(prefix=prefix))
+    tmp.chmod(0o755)
+    return tmp
+
+
+def certs_and_backend(procs: Procs, tmp: Path) -> int:
+    """A trustme CA and a certificate for NAME and 127.0.0.1 in `tmp` (cert.pem, key.pem, ca.pem), and the
+    backend nginx serving /bench, started and answering: its port."""
+    ca = trustme.CA()
+    leaf = ca.issue_cert(NAME, "127.0.0.1")
+    leaf.cert_chain_pems[0].write_to_path(str(tmp / "cert.pem"))
+    leaf.private_key_pem.write_to_path(str(tmp / "key.pem"))
+    ca.cert_pem.write_to_path(str(tmp / "ca.pem"))
+    web = free_port()
+    (tmp / "files").mkdir()
+    (tmp / "backend.conf").write_text(backend_nginx_conf(tmp, web))
+    be = procs.start("backend", [find_tool("nginx") or "nginx", "-p", str(tmp), "-e", str(tmp / "backend-error.log"),
+                                 "-c", str(tmp / "backend.conf")], tmp)
+    wait_ready(f"http://127.0.0.1:{web}/bench", be, 15, expect=BENCH_BODY)
+    return web
+
+
+def remove_work_dir(tmp: Path) -> None:
+    with contextlib.suppress(OSError):
+        for p in sorted(tmp.rglob("*"), reverse=True):
+            p.rmdir() if p.is_dir() else p.unlink()
+        tmp.rmdir()
+
+
 def start_targets(names: list[str], procs: Procs, tmp: Path, web: int, grpc_port: int,
                   ready: float, base: Path | None = None, prefix: list[str] | None = None,
                   extra_env: dict[str, str] | None = None) -> dict[str, dict]:
@@ -422,21 +453,10 @@ def main() -> int:
     keys = [k.strip() for k in args.measures.split(",") if k.strip()]
     procs = Procs()
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
-    tmp = Path(tempfile.mkdtemp(prefix="tls-bench-"))
-    tmp.chmod(0o755)
+    tmp = work_dir("tls-bench-")
     try:
-        ca = trustme.CA()
-        leaf = ca.issue_cert(NAME, "127.0.0.1")
-        leaf.cert_chain_pems[0].write_to_path(str(tmp / "cert.pem"))
-        leaf.private_key_pem.write_to_path(str(tmp / "key.pem"))
-        ca.cert_pem.write_to_path(str(tmp / "ca.pem"))
-        web, grpc_port = free_port(), free_port()
-        (tmp / "files").mkdir()
-        (tmp / "backend.conf").write_text(backend_nginx_conf(tmp, web))
-        nginx = find_tool("nginx") or "nginx"
-        be = procs.start("backend", [nginx, "-p", str(tmp), "-e", str(tmp / "backend-error.log"), "-c",
-                                     str(tmp / "backend.conf")], tmp)
-        wait_ready(f"http://127.0.0.1:{web}/bench", be, 15, expect=BENCH_BODY)
+        web = certs_and_backend(procs, tmp)
+        grpc_port = free_port()
         procs.start("grpc-backend", [sys.executable, __file__, "--grpc-server", str(grpc_port)], tmp)
         targets = start_targets([t.strip() for t in args.targets.split(",")], procs, tmp, web, grpc_port,
                                 args.ready_timeout, args.base)
@@ -472,10 +492,7 @@ def main() -> int:
         return 130
     finally:
         procs.stop_all()
-        with contextlib.suppress(OSError):
-            for p in sorted(tmp.rglob("*"), reverse=True):
-                p.rmdir() if p.is_dir() else p.unlink()
-            tmp.rmdir()
+        remove_work_dir(tmp)
     print(block)
     if args.out:
         write_block(args.out, block, MARKS)

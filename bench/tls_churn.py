@@ -29,16 +29,21 @@ import shlex
 import signal
 import ssl
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-import trustme
-
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.http_bench import BENCH_BODY, Procs, backend_nginx_conf, find_tool, free_port, log, wait_ready  # noqa: E402
-from bench.tls_bench import NAME, load_average, start_targets, tree_cpu  # noqa: E402
+from bench.http_bench import BENCH_BODY, Procs, free_port, log  # noqa: E402
+from bench.tls_bench import (  # noqa: E402
+    NAME,
+    certs_and_backend,
+    load_average,
+    remove_work_dir,
+    start_targets,
+    tree_cpu,
+    work_dir,
+)
 
 # --------------------------------------------------------------------------- the probe (in the router)
 
@@ -243,21 +248,10 @@ def main() -> int:
     command = shlex.join(["python", "bench/tls_churn.py", *sys.argv[1:]])
     procs = Procs()
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
-    tmp = Path(tempfile.mkdtemp(prefix="tls-churn-"))
-    tmp.chmod(0o755)
+    tmp = work_dir("tls-churn-")
     probe = tmp / "probe.json"
     try:
-        ca = trustme.CA()
-        leaf = ca.issue_cert(NAME, "127.0.0.1")
-        leaf.cert_chain_pems[0].write_to_path(str(tmp / "cert.pem"))
-        leaf.private_key_pem.write_to_path(str(tmp / "key.pem"))
-        ca.cert_pem.write_to_path(str(tmp / "ca.pem"))
-        web = free_port()
-        (tmp / "files").mkdir()
-        (tmp / "backend.conf").write_text(backend_nginx_conf(tmp, web))
-        be = procs.start("backend", [find_tool("nginx") or "nginx", "-p", str(tmp), "-e", str(tmp / "backend-error.log"),
-                                     "-c", str(tmp / "backend.conf")], tmp)
-        wait_ready(f"http://127.0.0.1:{web}/bench", be, 15, expect=BENCH_BODY)
+        web = certs_and_backend(procs, tmp)
         env = dict(e.split("=", 1) for e in args.env)
         env["TLS_CHURN_PROBE"] = str(probe)
         if args.tracemalloc:
@@ -299,10 +293,7 @@ def main() -> int:
         return 130
     finally:
         procs.stop_all()
-        with contextlib.suppress(OSError):
-            for p in sorted(tmp.rglob("*"), reverse=True):
-                p.rmdir() if p.is_dir() else p.unlink()
-            tmp.rmdir()
+        remove_work_dir(tmp)
     return 0
 
 
