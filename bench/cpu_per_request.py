@@ -187,15 +187,19 @@ def measure_download(target: str, src: Path, backend: int, tmp: Path, mb: int, t
     return used / (times * mb) * 1e3, sorted(mb / t for t in took)[times // 2], calls
 
 
-def summary(results: dict[str, list[tuple[float, float]]]) -> None:
-    """Medians, and each target's CPU per request relative to Traefik's in the same round."""
-    print("\ntarget     median µs/request   median req/s   µs/request relative to traefik (per round)")
+def summary(results: dict[str, list[tuple[float, float]]],
+            header: str = "median µs/request   median req/s   µs/request", rel: int = 0,
+            widths: tuple[str, str] = ("12.1f", "16.0f")) -> None:
+    """Medians of both figures of each round, and each target's figure `rel` (0 or 1) relative to Traefik's
+    in the same round."""
+    print(f"\ntarget     {header} relative to traefik (per round)")
     ref = results.get("traefik")
     for name, rows in results.items():
-        us = sorted(r[0] for r in rows)[len(rows) // 2]
-        rps = sorted(r[1] for r in rows)[len(rows) // 2]
-        rel = " / ".join(f"{a[0] / b[0]:.2f}" for a, b in zip(rows, ref, strict=True)) if ref and name != "traefik" else ""
-        print(f"{name:9s} {us:12.1f} {rps:16.0f}   {rel}")
+        a = sorted(r[0] for r in rows)[len(rows) // 2]
+        b = sorted(r[1] for r in rows)[len(rows) // 2]
+        ratios = " / ".join(f"{x[rel] / y[rel]:.2f}" for x, y in zip(rows, ref, strict=True)) \
+            if ref and name != "traefik" else ""
+        print(f"{name:9s} {a:{widths[0]}} {b:{widths[1]}}   {ratios}")
 
 
 def download_rounds(args: argparse.Namespace, names: list[str], targets: dict[str, Path], backend: int,
@@ -209,13 +213,7 @@ def download_rounds(args: argparse.Namespace, names: list[str], targets: dict[st
                                                args.syscalls and r == 0)
             results[name].append((ms, mbps))
             print(f"round {r + 1} {name:9s} {ms:6.3f} ms CPU per MB  {mbps:7.0f} MB/s  {calls}", flush=True)
-    print("\ntarget     median ms CPU/MB   median MB/s   MB/s relative to traefik (per round)")
-    ref = results.get("traefik")
-    for name, rows in results.items():
-        ms = sorted(x[0] for x in rows)[len(rows) // 2]
-        mbps = sorted(x[1] for x in rows)[len(rows) // 2]
-        rel = " / ".join(f"{a[1] / b[1]:.2f}" for a, b in zip(rows, ref, strict=True)) if ref and name != "traefik" else ""
-        print(f"{name:9s} {ms:12.3f} {mbps:14.0f}   {rel}")
+    summary(results, "median ms CPU/MB   median MB/s   MB/s", rel=1, widths=("12.3f", "14.0f"))
 
 
 def main() -> int:
