@@ -167,3 +167,20 @@ def test_edge_listeners_are_bound_but_closed_until_a_table(workers: str) -> None
                 s.bind(("127.0.0.1", port))
         assert httpx.get(r.ui + "/health", timeout=10).status_code == 503
         assert r.proc is not None and r.proc.poll() is None
+
+
+def test_a_proxy_protocol_ui_answers_before_the_first_table() -> None:
+    """`pxyproto=true` on ui.addr is accepted by the edge's acceptor (router/run/edge.py `serve_ui`), beside the
+    proxy listeners but not held with them: /health answers (503) while there is no table yet."""
+    r = RouterProc("-registry.consul.addr", f"127.0.0.1:{free_port()}", "-registry.timeout", "10m", wait_ready=False)
+    r.flags += ["-ui.addr", f"127.0.0.1:{r.ui_port};pxyproto=true"]
+    with r:
+        status = None
+        guard = time.monotonic() + 30  # a hang guard: the UI answers within a second or two
+        while status is None and time.monotonic() < guard:
+            try:
+                status = httpx.get(r.ui + "/health", timeout=2).status_code
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        assert status == 503
+        assert get(r.proxy_port) is None  # the proxy port still refuses

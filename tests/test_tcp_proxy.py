@@ -66,6 +66,7 @@ class Upstream:
 async def listen(kind: str, routes_for, *, proxy_timeout: float = 0.0, counters: TCPCounters | None = None,  # type: ignore[no-untyped-def]
                  tls: ssl.SSLContext | None = None) -> tuple[Acceptor, int, TCPProxy]:
     sock = bind("127.0.0.1", 0)
+    sock.listen()  # bind() only binds: whoever serves it listens (Edge._accept)
     port = sock.getsockname()[1]
     t = table(routes_for(port))
     proxy = TCPProxy(kind, lambda: t, counters=counters, dial_timeout=5.0, tls=tls)
@@ -391,6 +392,7 @@ def test_rt_closes_a_connection_whose_client_stays_silent() -> None:
         up = Upstream()
         up_port = await up.start()
         sock = bind("127.0.0.1", 0)
+        sock.listen()
         port = sock.getsockname()[1]
         t = table(f"route add db :{port} tcp://127.0.0.1:{up_port}\n")
         acc = Acceptor(sock, TCPProxy("tcp", lambda: t, read_timeout=0.3))
@@ -416,6 +418,7 @@ def test_wt_closes_a_connection_whose_client_does_not_read() -> None:
         up = Upstream(greet=b"z" * (64 << 20))  # far more than the kernel's socket buffers hold
         up_port = await up.start()
         sock = bind("127.0.0.1", 0)
+        sock.listen()
         port = sock.getsockname()[1]
         t = table(f"route add db :{port} tcp://127.0.0.1:{up_port}\n")
         counters = TCPCounters()

@@ -28,6 +28,7 @@ from router.listen.accept import Acceptor, Closed, peek
 from router.listen.alpn import ALPN, Negotiated
 from router.listen.h2proto import H2
 from router.listen.http1 import Http1
+from router.listen.server import listen_socket
 from router.listen.tcp import TCPCounters, TCPProxy
 from router.listen.ui_proxyproto import ui_handler
 from router.proxy.grpc import GrpcProxy
@@ -57,22 +58,13 @@ def check(cfg: Config) -> None:
             raise ConfigError(f"proxy.addr: listener {lst}: {NOT_YET[lst.proto]} is not served by this router yet")
 
 
-def bind(host: str, port: int, reuse_port: bool = False, listen: bool = True) -> socket.socket:
-    """A bound TCP socket (OSError naming the address if it cannot be); listening unless `listen` is False."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    if reuse_port:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+def bind(host: str, port: int, reuse_port: bool = False) -> socket.socket:
+    """router/listen/server.py's bound, not yet listening socket, with an OSError that names the address.
+    Whoever serves it listens (`Edge._accept`, `Listener.add`), at once or when the gate opens."""
     try:
-        sock.bind((host, port))
+        return listen_socket((host, port), reuse_port)
     except OSError as e:
-        sock.close()
         raise OSError(e.errno, f"cannot listen on {host}:{port}: {e.strerror}") from None
-    if listen:
-        sock.listen(1024)
-    sock.setblocking(False)
-    return sock
 
 
 def tcp_route_ports(table) -> set[int]:  # type: ignore[no-untyped-def]
@@ -125,10 +117,12 @@ class Edge:
                         dial_timeout=self.cfg["proxy.dialtimeout"], counters=self.tcp, tls=tls,  # type: ignore[arg-type]
                         read_timeout=lst.read_timeout, write_timeout=lst.write_timeout)
 
-    def _serve(self, sock: socket.socket, handler, lst: Listener, name: str) -> Acceptor:  # type: ignore[no-untyped-def]
+    def _serve(self, sock: socket.socket, handler, lst: Listener, name: str,  # type: ignore[no-untyped-def]
+               gated: bool = True) -> Acceptor:
+        """Accept on `sock` with `handler`: at once, or for a proxy listener (`gated`) once `open()` ran."""
         acc = Acceptor(sock, handler, proxy_timeout=lst.proxy_timeout if lst.proxy_proto else 0.0, name=name)
         self.acceptors.append(acc)
-        if self.opened.is_set():
+        if self.opened.is_set() or not gated:
             self._accept(acc)
         else:
             self._waiting.append(acc)
@@ -171,7 +165,7 @@ class Edge:
         """`pxyproto=true` on ui.addr: our acceptor reads the PROXY header, then uvicorn's protocol of `server`
         (the uvicorn Server, started without sockets) serves the connection (router/listen/ui_proxyproto.py)."""
         sock = bind(lst.host, lst.port)
-        self._serve(sock, ui_handler(server), lst, f"ui.addr {lst}")
+        self._serve(sock, ui_handler(server), lst, f"ui.addr {lst}", gated=False)  # /health answers before a table
 
     async def start_http(self, server) -> None:  # type: ignore[no-untyped-def]
         """The HTTP-family listeners the HTTP server (router/listen/server.py) serves beside its first one:
@@ -182,7 +176,7 @@ class Edge:
             if lst.proto not in HTTP_KINDS or (lst is first and not lst.proxy_proto):
                 continue
             ctx = await self._tls(lst, ALPN) if lst.tls else None
-            sock = bind(lst.host, lst.port, self.reuse_port, listen=False)  # server.add/_serve listen
+            sock = bind(lst.host, lst.port, self.reuse_port)
             if lst.proto not in ("grpc", "grpcs"):  # fabio's gRPC server has no rt=/wt=; its HTTP servers do
                 server.set_timeouts(sock.getsockname()[1], lst.read_timeout, lst.write_timeout)
             factory = Negotiated if ctx is not None else H2 if lst.proto == "grpc" else Http1
@@ -246,7 +240,7 @@ class Edge:
             if lst.proto == "tcp-dynamic":
                 self.tasks.append(asyncio.create_task(self._dynamic(lst, tls), name=f"tcp-dynamic {lst}"))
                 continue
-            sock = bind(lst.host, lst.port, self.reuse_port, listen=False)  # _serve listens
+            sock = bind(lst.host, lst.port, self.reuse_port)
             self._serve(sock, self._proxy(lst.proto, lst, tls), lst, str(lst))
             log.info("%s proxy listening on %s:%d", lst.proto.upper(), lst.host, sock.getsockname()[1])
 

@@ -19,6 +19,7 @@ opens at once. docs/compat.md has the comparison.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable
 
@@ -46,16 +47,14 @@ class Gate:
 
     async def wait(self) -> str:
         """TABLE when the state has a table, BOUND when `bound` (> 0) passed first; 0 opens at once."""
-        if self._table.is_set() or self.bound <= 0:
-            return TABLE if self._table.is_set() else BOUND
         try:
-            await asyncio.wait_for(self._table.wait(), self.bound)
-        except TimeoutError:
-            return BOUND
-        finally:
+            if not self._table.is_set() and self.bound > 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._table.wait(), self.bound)
+            return TABLE if self._table.is_set() else BOUND
+        finally:  # on every way out: a swap hook left behind would run for every later table
             if self._swapped in self.state.on_swap:
                 self.state.on_swap.remove(self._swapped)
-        return TABLE
 
 
 def log_open(reason: str, state: RouterState, bound: float, last_error: Callable[[], str] = lambda: "") -> None:
