@@ -260,27 +260,10 @@ def _spec(opts_items: tuple[tuple[str, str], ...], service: str) -> _OptsSpec:
 
 def make_target(cmd: RouteCmd, weight: float = 1.0) -> Target:
     """Compile a ``route add`` into a Target (weight 1.0 unless given: the builder weighs routes).
-    Raises CmdError."""
-    if not cmd.src or not cmd.dst:
+    Raises CmdError. The group of one of `make_targets`: one compile, not two that must stay alike."""
+    if not cmd.dst:
         raise CmdError("source and destination must not be empty")
-    scheme, host, port, written_host = _split_url(cmd.dst)
-    spec = _spec(cmd.opts, cmd.service)
-    if spec.error:
-        raise CmdError(spec.error)
-    redirect_code, redirect_url = 0, ""
-    if spec.redirect:
-        if spec.redirect_code:
-            redirect_code, redirect_url = spec.redirect_code, cmd.dst
-        else:
-            _note_bad_redirect(spec.redirect, cmd)
-    if spec.https and scheme == "http":
-        scheme = "https"
-    if port is None:
-        port = 443 if scheme in ("https", "grpcs", "wss") else 80 if scheme in ("http", "grpc", "ws") else 0
-    host_header = written_host if spec.host == "dst" else spec.host
-    return new_target(cmd.service, cmd.tags, spec.opts, cmd.dst, scheme, host, port, cmd.weight, weight, spec.strip,
-                      spec.prepend, host_header, spec.skip, redirect_code, redirect_url, spec.timeout, cmd.source,
-                      spec.policy)
+    return make_targets((cmd,), weight)[0]
 
 
 def make_targets(cmds: Sequence[RouteCmd], weight: float) -> list[Target]:
@@ -311,7 +294,7 @@ def make_targets(cmds: Sequence[RouteCmd], weight: float) -> list[Target]:
             scheme, written, host, port_text = m.groups()
             port = int(port_text)
             if port > 65535:
-                raise CmdError("bad port")
+                raise CmdError(f"invalid destination URL {dst!r}: bad port {port_text!r}")  # _split_url's words
         else:
             scheme, host, port_or_none, written = _split_url(dst)
             port = port_or_none if port_or_none is not None else -1
