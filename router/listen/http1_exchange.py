@@ -147,8 +147,17 @@ class Http1Exchange:
         conn = self.conn
         if conn.lost:
             raise ClientGone()
-        parts = []
         head = self.head
+        if head is not None and data and not self.chunked and not self.bodiless:  # a head and a sized body:
+            self.head = None  # most answers, and every small one (respond), leave in one write
+            self.size += len(data)
+            self.sent = True
+            if len(data) < COALESCE:
+                conn.transport.write(head + data)
+            else:
+                conn.transport.writelines([head, data])
+            return
+        parts = []
         if head is not None:
             parts.append(head)
             self.head = None
@@ -207,16 +216,5 @@ class Http1Exchange:
 
     async def respond(self, status: int, headers: Headers, body: bytes = b"") -> None:
         self.start(status, headers)
-        conn = self.conn
-        if body and not self.chunked and not self.bodiless and not conn.lost:  # _emit(body, True) inline
-            head = self.head
-            self.head = None
-            self.size += len(body)
-            self.sent = True
-            if len(body) < COALESCE:
-                conn.transport.write(head + body)  # type: ignore[operator]
-            else:
-                conn.transport.writelines([head, body])
-        else:
-            self._emit(body, True)
-        conn.finish(self)
+        self._emit(body, True)
+        self.conn.finish(self)
