@@ -366,10 +366,7 @@ class Sender:
                     continue
                 return resp, idx
             inv_tau = lb.inv_tau
-            st.observe(rtt, now, inv_tau)  # Balancer.try_succeeded() inline: one call level less per request
-            if st.fails:
-                st.fails = 0
-                st.streak = 0
+            st.answered(rtt, now, inv_tau)  # Balancer.try_succeeded() without its own call level
             picker.observe_route(rtt, now, inv_tau)
             if resend and self.buffer and not resp.complete:
                 try:

@@ -120,11 +120,8 @@ class Balancer:
 
     # --- outcomes of tries
     def try_succeeded(self, st: InstanceState, rtt: float, now: float) -> None:
-        """A try answered (below 500). Sender.send() does the same inline, for every request: keep both alike."""
-        st.observe(rtt, now, self.inv_tau)
-        if st.fails:
-            st.fails = 0
-            st.streak = 0
+        """A try answered (below 500): InstanceState.answered, which Sender.send() calls itself."""
+        st.answered(rtt, now, self.inv_tau)
 
     def try_failed(self, st: InstanceState, rtt: float, now: float, reason: str, connect: bool = False) -> None:
         st.failures += 1

@@ -55,9 +55,10 @@ class InstanceState:
         One slow request is not a stall (the instance answers others, or nothing else waited)."""
         return self.unanswered >= STALL_TRIES and now - self.silent_since >= after
 
-    def observe(self, rtt: float, now: float, inv_tau: float) -> None:
-        """Fold one answer's latency into the estimate: an EWMA weighted by the time since the last one, so
-        an instance observed rarely moves at once and one observed often is smoothed."""
+    def answered(self, rtt: float, now: float, inv_tau: float) -> None:
+        """A try answered (below 500): its latency folds into the estimate, an EWMA weighted by the time since
+        the last one (an instance observed rarely moves at once, one observed often is smoothed), and the
+        failure streak ends. One call per proxied request (router/proxy/attempts.py)."""
         e = self.ewma
         if e:
             w = math.exp((self.stamp - now) * inv_tau)
@@ -66,6 +67,9 @@ class InstanceState:
             self.ewma = rtt
         self.stamp = now
         self.probe_at = 0.0
+        if self.fails:
+            self.fails = 0
+            self.streak = 0
 
     def penalise(self, rtt: float, now: float) -> None:
         """A failed try: the estimate jumps to at least `rtt` at once (a peak), so a failing instance that
