@@ -31,6 +31,17 @@ class RawUpstream:
     def _serve(self, conn: socket.socket, n: int) -> None:
         raise NotImplementedError
 
+    @staticmethod
+    def read_head(conn: socket.socket, data: bytes = b"") -> tuple[bytes, bytes] | None:
+        """(the next request's head, the bytes after it) from `data` and then `conn`; None if it closed first."""
+        while b"\r\n\r\n" not in data:
+            chunk = conn.recv(65536)
+            if not chunk:
+                return None
+            data += chunk
+        head, _, rest = data.partition(b"\r\n\r\n")
+        return head, rest
+
     def close(self) -> None:
         """Stops accepting and closes every connection it accepted."""
         self.sock.close()

@@ -31,12 +31,10 @@ class HeadThenStall(RawUpstream):
     def _serve(self, conn: socket.socket, n: int) -> None:
         data = b""
         while True:
-            while b"\r\n\r\n" not in data:
-                chunk = conn.recv(65536)
-                if not chunk:
-                    return
-                data += chunk
-            head, data = data.split(b"\r\n\r\n", 1)
+            got = self.read_head(conn, data)
+            if got is None:
+                return
+            head, data = got
             m = re.search(rb"\r\ncontent-length: *(\d+)", head, re.I)
             need = int(m.group(1)) if m else 0
             while len(data) < need:

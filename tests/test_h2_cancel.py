@@ -50,12 +50,10 @@ class Instance(RawUpstream):
         buf = b""
         with c:
             while True:
-                while b"\r\n\r\n" not in buf:
-                    data = c.recv(65536)
-                    if not data:
-                        return
-                    buf += data
-                head, buf = buf.split(b"\r\n\r\n", 1)
+                got = self.read_head(c, buf)
+                if got is None:
+                    return
+                head, buf = got
                 path = head.split(b" ", 2)[1].decode()
                 if path.startswith("/ok"):
                     c.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")

@@ -195,13 +195,9 @@ class Holder(RawUpstream):
         super().__init__()
 
     def _serve(self, conn: socket.socket, n: int) -> None:
-        data = b""
         with conn:
-            while b"\r\n\r\n" not in data:
-                chunk = conn.recv(65536)
-                if not chunk:
-                    return
-                data += chunk
+            if self.read_head(conn) is None:
+                return
             self.waiting += 1
             self.release.wait(120)
             conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\nconnection: close\r\n\r\nheld\n")
@@ -211,14 +207,9 @@ class Closer(RawUpstream):
     """An upstream that accepts, reads the request head, and hangs up without answering."""
 
     def _serve(self, conn: socket.socket, n: int) -> None:
-        data = b""
         with conn:
             conn.settimeout(5)
-            while b"\r\n\r\n" not in data:
-                chunk = conn.recv(65536)
-                if not chunk:
-                    break
-                data += chunk
+            self.read_head(conn)  # then hang up, whether it came or not
 
 
 def test_post_that_reached_an_upstream_is_not_resent(backend: Backend) -> None:
@@ -245,12 +236,10 @@ class Dropper(RawUpstream):
         super().__init__()
 
     def _head(self, conn: socket.socket, n: int, data: bytes) -> bytes | None:
-        while b"\r\n\r\n" not in data:
-            chunk = conn.recv(65536)
-            if not chunk:
-                return None
-            data += chunk
-        head, _, rest = data.partition(b"\r\n\r\n")
+        got = self.read_head(conn, data)
+        if got is None:
+            return None
+        head, rest = got
         self.heads.append((n, " ".join(head.split(b"\r\n")[0].decode().split(" ")[:2])))
         return rest
 
