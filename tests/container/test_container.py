@@ -93,6 +93,11 @@ def test_image(containers: list[str]) -> None:
                  " for p in site.rglob('*.so'));"
                  " [importlib.import_module(m) for m in mods]; print(len(mods))")
     assert int(sos) >= 5, sos  # uvloop, httptools (2), orjson, bcrypt, cryptography, cffi, ...
+    # The HTTP/2 engine (libnghttp2 through cffi) loads from the copy the image carries, and a session starts.
+    h2 = docker("run", "--rm", "--network", "none", "--entrypoint", "/opt/router/bin/python", IMAGE, "-c",
+                "from router.proxy import nghttp2 as n; cbs = n.ffi.new('nghttp2_session_callbacks **');"
+                " print(n.lib.nghttp2_session_callbacks_new(cbs), n.ffi.string(n.lib.nghttp2_strerror(-508)).decode())")
+    assert h2.split(" ", 1) == ["0", "Data transfer deferred"], h2
     # docs/compat.md: no file capability needed for :80 in a network namespace of its own (Docker 20.10+).
     bound = docker("run", "--rm", "--network", "none", "--entrypoint", "/opt/router/bin/python", IMAGE, "-c",
                    "import os, socket; socket.socket().bind(('127.0.0.1', 80)); print(os.getuid())")
