@@ -96,6 +96,17 @@ def install(path: str) -> None:
 
     rereads.ReReads.enqueue = traced_enqueue  # type: ignore[method-assign]
 
+    fail_now = getattr(rereads.ReReads, "_fail_now", None)
+    if fail_now is not None:  # a failing check unrouted from a health answer (not in older checkouts)
+        def traced_fail_now(self, names, checks, since):  # type: ignore[no-untyped-def]
+            n = self.status.failed_now
+            out = fail_now(self, names, checks, since)
+            _ev("failnow", names=sorted(names)[:5], applied=self.status.failed_now - n,
+                held=[x for x in sorted(names)[:5] if x in self._entries])
+            return out
+
+        rereads.ReReads._fail_now = traced_fail_now  # type: ignore[method-assign]
+
     accept = rereads.ReReads._accept
 
     def traced_accept(self, name, entries, index, since):  # type: ignore[no-untyped-def]
