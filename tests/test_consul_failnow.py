@@ -97,8 +97,10 @@ async def _unrouted_at_once(agent, silent: str) -> None:  # type: ignore[no-unty
         h.rr._accept(svc, before, before_index, None)
         await asyncio.sleep(0)
         assert all(t.endswith(":10002/") for t in h.table[svc])
-        # the service's own answer replaces the patched entries; the same listing again changes nothing
-        await h.applied_read(svc)
+        # the service's own answer (its index is at least the check's) replaces the patched entries; the
+        # same listing again changes nothing
+        after, _ = await h.applied_read(svc)
+        assert h.rr._entries[svc] is after
         await h.health_answer(svc)
         await asyncio.sleep(0)
         assert h.status.failed_now == 1 and all(t.endswith(":10002/") for t in h.table[svc])
