@@ -189,6 +189,10 @@ def _print(rows: list[dict[str, Any]], events: list[dict[str, Any]], svc: str, d
             print(f"{kind}: router p50 {statistics.median(xs):.1f} max {max(xs):.1f}; Consul alone p50 "
                   f"{statistics.median(al) if al else float('nan'):.1f} max {max(al) if al else float('nan'):.1f}")
     gcs = [e for e in events if e["k"] == "gc"]
+    t_first = rows[0]["t0"] if rows else 0.0
+    slow = [f"gen {e['gen']} {(e['t'] - e['start']) * 1000:.1f} ms at {ms(e['start'], t_first):.0f}" for e in gcs
+            if e["gen"] > 0 or e["t"] - e["start"] >= 0.005]
+    print("collections of gen 1-2 or 5 ms+, ms after the first change (negative: before the deploy):", slow)
     for g in (0, 1, 2):
         d = [(e["t"] - e["start"]) * 1000 for e in gcs if e["gen"] == g]
         if d:
