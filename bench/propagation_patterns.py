@@ -402,6 +402,7 @@ def pattern_new(agent: Agent, fleet: Fleet, proxy: httpx.Client, rounds: int, co
     up, crit, dereg_last, dereg_one, floor_up, floor_crit = [], [], [], [], [], []
     up_client: list[float] = []  # the same, when its answer was back at the client
     passes: list[tuple[str, float, float]] = []  # (instance, wall time of the pass, Consul alone's answer, wall)
+    fails: list[tuple[str, float, float]] = []  # the same for the check set critical
     for k in range(rounds):
         svc = f"new{k}-{uuid.uuid4().hex[:4]}"
         path = f"/{svc}"
@@ -420,11 +421,12 @@ def pattern_new(agent: Agent, fleet: Fleet, proxy: httpx.Client, rounds: int, co
         passes.append((a, t0w, consul.seen_wall(f"{svc}-a-ttl", False, t0w)))
         time.sleep(0.3)
         put = agent.raw_check(f"{svc}-a", "critical")
-        t0 = time.monotonic()
+        t0, t0w = time.monotonic(), time.time()
         put.send()
         crit.append(ms(first(lambda: proxy.get(path).status_code == 404), t0))  # noqa: B023
         put.finish()
         floor_crit.append(ms(consul.seen(f"{svc}-a-ttl", True, t0), t0))
+        fails.append((a, t0w, consul.seen_wall(f"{svc}-a-ttl", True, t0w)))
         # a second instance, both passing: then one of them deregistered (only the reconcile sees that)
         agent.check(f"{svc}-a", "passing")
         agent.register(f"{svc}-b", svc, b, fleet.port, path, status="passing")
@@ -455,8 +457,13 @@ def pattern_new(agent: Agent, fleet: Fleet, proxy: httpx.Client, rounds: int, co
                for a, w, _ in passes]
     up_swap = [ms(t, w) for t, (_, w, _) in zip(swapped, passes, strict=True)]
     share = [ms(t, c) for t, (_, _, c) in zip(swapped, passes, strict=True) if c != float("inf")]
+    # the same for the check set critical: the swap without the instance (its route's "-" line)
+    unswapped = [next((t for t, sg, url in swaps if sg == "-" and f"//{a}:" in url and t >= w - 0.001), float("inf"))
+                 for a, w, _ in fails]
+    crit_swap = [ms(t, w) for t, (_, w, _) in zip(unswapped, fails, strict=True)]
+    crit_share = [ms(t, c) for t, (_, _, c) in zip(unswapped, fails, strict=True) if c != float("inf")]
     return {"up": stats(up), "up_client": stats(up_client), "up_swap": stats(up_swap), "up_swap_after_consul": stats(share),
-            "critical": stats(crit), "dereg_one": stats(dereg_one), "dereg_last": stats(dereg_last),
+            "critical": stats(crit), "critical_swap": stats(crit_swap), "critical_swap_after_consul": stats(crit_share), "dereg_one": stats(dereg_one), "dereg_last": stats(dereg_last),
             "consul_floor_up": stats(floor_up), "consul_floor_critical": stats(floor_crit)}
 
 

@@ -96,6 +96,17 @@ def install(path: str) -> None:
 
     rereads.ReReads.enqueue = traced_enqueue  # type: ignore[method-assign]
 
+    fail_now = getattr(rereads.ReReads, "_fail_now", None)
+    if fail_now is not None:  # a failing check unrouted from a health answer (not in older checkouts)
+        def traced_fail_now(self, names, checks, since):  # type: ignore[no-untyped-def]
+            n = self.status.failed_now
+            out = fail_now(self, names, checks, since)
+            _ev("failnow", names=sorted(names)[:5], applied=self.status.failed_now - n,
+                held=[x for x in sorted(names)[:5] if x in self._entries])
+            return out
+
+        rereads.ReReads._fail_now = traced_fail_now  # type: ignore[method-assign]
+
     accept = rereads.ReReads._accept
 
     def traced_accept(self, name, entries, index, since):  # type: ignore[no-untyped-def]
@@ -109,10 +120,51 @@ def install(path: str) -> None:
     def traced_apply(self, services, manual=None):  # type: ignore[no-untyped-def]
         t0 = time.monotonic()
         table = apply(self, services, manual)
-        _ev("apply", start=t0, services=sorted(services))
+        # the targets of small services (bench/rolling_trace.py finds the swap with or without an instance)
+        dsts = {n: [c.dst for c in cmds or () if c.op == "add"] for n, cmds in services.items() if len(cmds or ()) <= 200}
+        _ev("apply", start=t0, services=sorted(services), dsts=dsts)
         return table
 
     state.RouterState.apply = traced_apply  # type: ignore[method-assign]
+
+    import gc
+
+    gc_start = [0.0]
+
+    def on_gc(phase: str, info: dict[str, int]) -> None:
+        # every collection of generation 1 or 2, and young ones that took 0.5 ms or more
+        if phase == "start":
+            gc_start[0] = time.monotonic()
+            return
+        took = time.monotonic() - gc_start[0]
+        if info["generation"] > 0 or took >= 0.0005:
+            _ev("gc", start=gc_start[0], gen=info["generation"], collected=info["collected"],
+                frozen=gc.get_freeze_count())
+
+    gc.callbacks.append(on_gc)
+
+    # event-loop stalls: a timer every 2 ms that logs how late it ran when 3 ms or more (what held the
+    # loop then: a build, a decode, a collection); started with the watcher
+    run = watcher.ConsulWatcher.run
+
+    async def traced_run(self):  # type: ignore[no-untyped-def]
+        import asyncio
+
+        loop = asyncio.get_running_loop()
+
+        def tick(due: float) -> None:
+            now = time.monotonic()
+            if now - due >= 0.003:
+                _ev("stall", start=due, late=round((now - due) * 1000, 2))
+            loop.call_later(0.002, tick, now + 0.002)
+
+        loop.call_later(0.002, tick, time.monotonic() + 0.002)
+        return await run(self)
+
+    watcher.ConsulWatcher.run = traced_run  # type: ignore[method-assign]
+
+    if os.environ.pop("ROUTER_TRACE_NO_RECONCILE", None):  # an experiment: no instance reconciles after startup
+        watcher.ConsulWatcher._start_reconcile = lambda self: None  # type: ignore[method-assign]
 
     from router.proxy import handler, upstream
 
@@ -173,7 +225,10 @@ def _router(flags: list[str], trace: Path, checkout: Path) -> Any:
     return r
 
 
-def run(rounds: int, flags: list[str], checkout: Path, raw: bool = False) -> list[dict[str, float]]:
+def run(rounds: int, flags: list[str], checkout: Path, raw: bool = False,
+        critical: bool = False) -> list[dict[str, float]]:
+    """Each round's hops for the pass (and, with `critical`, for the check failing 0.3 s later: a row of
+    its own, marked "change": 1)."""
     from tests.backends import Backend
     from tests.consul_agent import ConsulAgent
 
@@ -216,15 +271,32 @@ def run(rounds: int, flags: list[str], checkout: Path, raw: bool = False) -> lis
                     break
             t_put = put.finish()
             time.sleep(0.3)
+            changes = [(t0, t_put, polls, False, 200)]
+            if critical:
+                polls = []
+                put = RawPut(agent.http_url, f"/v1/agent/check/fail/{svc}-a-ttl")
+                t0 = time.monotonic()
+                put.send()
+                while True:
+                    p0 = time.monotonic()
+                    st = proxy.get(f"/{svc}").status_code
+                    polls.append((p0, time.monotonic(), st))
+                    if st == 404 or p0 - t0 > 10:
+                        break
+                changes.append((t0, put.finish(), polls, True, 404))
+                time.sleep(0.3)
             events = [json.loads(line) for line in trace.read_text().splitlines()]
-            rows.append(_round(t0, t_put, polls, watch.seen(f"{svc}-a-ttl", False, t0), events, svc))
-            print(json.dumps(rows[-1]), flush=True)
-            if raw:
-                for e in events:
-                    if e["t"] >= t0 - 0.001 and e["t"] <= polls[-1][1] + 0.05:
-                        print(f"    {(e['t'] - t0) * 1000:8.2f} " + json.dumps({k: v for k, v in e.items() if k != "t"}))
-                for p in polls:
-                    print(f"    poll {(p[0] - t0) * 1000:8.2f} -> {(p[1] - t0) * 1000:8.2f} {p[2]}")
+            for t0, t_put, polls, crit, want in changes:
+                rows.append(_round(t0, t_put, polls, watch.seen(f"{svc}-a-ttl", crit, t0), events, svc, want))
+                if crit:
+                    rows[-1]["change"] = 1
+                print(json.dumps(rows[-1]), flush=True)
+                if raw:
+                    for e in events:
+                        if e["t"] >= t0 - 0.001 and e["t"] <= polls[-1][1] + 0.05:
+                            print(f"    {(e['t'] - t0) * 1000:8.2f} " + json.dumps({k: v for k, v in e.items() if k != "t"}))
+                    for p in polls:
+                        print(f"    poll {(p[0] - t0) * 1000:8.2f} -> {(p[1] - t0) * 1000:8.2f} {p[2]}")
             c.put(f"/v1/agent/service/deregister/{svc}-a").raise_for_status()
             time.sleep(0.3)
         watch.stop()
@@ -284,7 +356,7 @@ def burst(flags: list[str], checkout: Path, n: int = 50) -> None:
 
 
 def _round(t0: float, t_put: float, polls: list[tuple[float, float, int]], consul: float,
-           events: list[dict[str, Any]], svc: str) -> dict[str, float]:
+           events: list[dict[str, Any]], svc: str, want: int = 200) -> dict[str, float]:
     """One round's hops in ms after the PUT began (inf: not seen)."""
     def ms(t: float | None) -> float:
         return round((t - t0) * 1000, 2) if t is not None and t != float("inf") else float("inf")
@@ -315,17 +387,17 @@ def _round(t0: float, t_put: float, polls: list[tuple[float, float, int]], consu
         elif k == "apply" and svc in e["services"]:
             mark("apply start", e["start"])
             mark("apply end", e["t"])
-    ok = next((p for p in polls if p[2] == 200), None)
+    ok = next((p for p in polls if p[2] == want), None)
     row = {"put": ms(t_put), "consul alone": ms(consul)}
     row |= {k: ms(v) for k, v in sorted(firsts.items(), key=lambda kv: kv[1])}
     if ok is not None:
         row["routed poll start"] = ms(ok[0])
         row["routed poll end"] = ms(ok[1])
         row["polls"] = len(polls)
-        before = [p for p in polls if p[2] != 200]
+        before = [p for p in polls if p[2] != want]
         row["poll ms (mean)"] = round(statistics.fmean((p[1] - p[0]) * 1000 for p in polls), 2)
         if before:
-            row["last 404 end"] = ms(before[-1][1])
+            row["last 404 end" if want == 200 else "last 200 end"] = ms(before[-1][1])
     return row
 
 
@@ -336,19 +408,24 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--router-flag", action="append", default=[])
     ap.add_argument("--raw", action="store_true", help="print every hooked event of each round")
     ap.add_argument("--burst", action="store_true", help="the burst of 50 changes instead, on one time line")
+    ap.add_argument("--critical", action="store_true", help="each round also sets the check critical (rows marked change 1)")
     a = ap.parse_args(argv)
     print(f"load average {os.getloadavg()}; router from {a.base}", flush=True)
     if a.burst:
         burst(a.router_flag, a.base.resolve())
         print(f"load average {os.getloadavg()}", flush=True)
         return 0
-    rows = run(a.rounds, a.router_flag, a.base.resolve(), a.raw)
-    keys = list(dict.fromkeys(k for r in rows for k in r))
-    print("median over rounds (ms after the PUT began):")
-    for k in keys:
-        xs = [r[k] for r in rows if k in r and r[k] != float("inf")]
-        if xs:
-            print(f"  {k:28s} {statistics.median(xs):8.2f}   (n={len(xs)}, max {max(xs):.2f})")
+    all_rows = run(a.rounds, a.router_flag, a.base.resolve(), a.raw, a.critical)
+    for change in (0, 1):
+        rows = [r for r in all_rows if r.get("change", 0) == change]
+        if not rows:
+            continue
+        keys = [k for k in dict.fromkeys(k for r in rows for k in r) if k != "change"]
+        print(f"median over rounds (ms after the PUT began), {'check critical' if change else 'check passing'}:")
+        for k in keys:
+            xs = [r[k] for r in rows if k in r and r[k] != float("inf")]
+            if xs:
+                print(f"  {k:28s} {statistics.median(xs):8.2f}   (n={len(xs)}, max {max(xs):.2f})")
     print(f"load average {os.getloadavg()}", flush=True)
     return 0
 

@@ -62,6 +62,11 @@ class HotWatches:
     def names(self) -> set[str]:
         return set(self._tasks)
 
+    def watching(self, name: str) -> bool:
+        """Whether `name` has a watch running (its answers keep coming)."""
+        task = self._tasks.get(name)
+        return task is not None and not task.done()
+
     def parked(self, name: str) -> int | None:
         """The index `name`'s watch is blocked on now (it answers at once for any change of the service
         above it), or None when it is not waiting on Consul (not hot, pacing, backing off)."""

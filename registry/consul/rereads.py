@@ -57,6 +57,7 @@ class ReReads:
         # service -> (index, non-passing checks, since) of a health answer its hot watch is to bring (enqueue)
         self._expect: dict[str, tuple[int, frozenset, float]] = {}
         self._health: dict[str, frozenset] = {}  # service -> the non-passing checks of the entries applied
+        self._entries: dict[str, Entries] = {}  # hot service -> the entries applied (`_fail_now`)
         self.hot = HotWatches(api, self._accept, limit=hot_limit, max_rate=max_rate, count=self._count,
                               on_drop=self._dropped)
 
@@ -67,10 +68,11 @@ class ReReads:
         """Consul may have come back with other data: per-service indexes no longer compare."""
         self._svc_index.clear()
         self._health.clear()
+        self._entries.clear()
         self.hot.clear()  # every expected change is read now (`_dropped`)
 
     def enqueue(self, names: set[str], since: float | None = None, index: int | None = None,
-                health: Mapping[str, frozenset] | None = None) -> None:
+                health: Mapping[str, frozenset] | None = None, checks: list[dict[str, Any]] | None = None) -> None:
         """Mark services for a re-read; `since` (default: now) is when the change that needs it was seen.
 
         `index` and `health`: the X-Consul-Index of the health answer that showed the change and the
@@ -83,8 +85,13 @@ class ReReads:
         * one whose hot watch waits on an index below the answer's is answered by that watch, woken by the
           same commit; it gets HOT_GRACE to bring entries that show those checks (or that index), and is
           read as any other if it does not.
+
+        `checks`: the health answers' non-passing checks; a hot service one of them shows failing since its
+        entries were applied loses that instance's routes at once (`_fail_now`), before its hot watch answers.
         """
         if index is not None and health is not None and names:
+            if checks:
+                self._fail_now(names, checks, since)
             names = {n for n in names if not self._covered(n, index, health.get(n, frozenset()), since)}
         if names:
             at = time.monotonic() if since is None else since
@@ -93,6 +100,53 @@ class ReReads:
                     self.since[n] = at
             self.pending |= names
             self.wake.set()
+
+    def _fail_now(self, names: set[str], checks: list[dict[str, Any]], since: float | None) -> None:
+        """Remove at once the routes of hot services' instances that a health answer shows failing.
+
+        A check in the critical (or warning) answer is in that state at its ModifyIndex: positive evidence,
+        from the same commit the service's hot watch will answer for, and Consul often answers the state
+        watches first (bench/rolling_trace.py, docs/benchmarks.md). So for a hot service whose applied
+        entries have such a check in another state, and were applied at an index below the check's
+        ModifyIndex (an older listing says nothing new), the entries are patched with the answer's checks
+        and rebuilt by the same rules (the hold for checks that have not run included). Only a result that
+        removes routes and adds none is applied: a check that left the non-passing answers may have passed
+        or been deregistered, which only the service's own answer tells apart, and a move between warning
+        and critical is left to it too. The hot watch's answer still comes and replaces the patched
+        entries; an answer older than the failure (a re-read already in flight) is dropped by the
+        per-service index, which is raised to the newest check applied."""
+        wanted = [n for n in names if n in self._entries and self.hot.watching(n)]
+        if not wanted:
+            return
+        by_key = {(c.get("Node", ""), c.get("ServiceID", ""), c.get("CheckID", "")): c for c in checks}
+        for name in wanted:
+            floor = self._svc_index.get(name, 0)
+            newest = 0
+            patched: Entries = []
+            for e in self._entries[name]:
+                cs = e.get("Checks") or []
+                new: list[dict[str, Any]] | None = None
+                for i, c in enumerate(cs):
+                    ev = by_key.get((c.get("Node", ""), c.get("ServiceID", ""), c.get("CheckID", "")))
+                    if ev is None or (ev.get("ModifyIndex") or 0) <= floor or ev.get("Status") == c.get("Status"):
+                        continue
+                    if new is None:
+                        new = list(cs)
+                    new[i] = ev
+                    newest = max(newest, ev.get("ModifyIndex") or 0)
+                patched.append(e if new is None else {**e, "Checks": new})
+            if not newest:
+                continue
+            built = self.routes.preview(name, patched)
+            cmds, sent = built.cmds or [], self.sent.get(name) or []
+            if cmds == sent or not set(cmds) <= set(sent):
+                continue
+            self.routes.adopt(name, built)
+            self._svc_index[name] = newest
+            self._health[name] = nonpassing_of(patched)
+            self._entries[name] = patched
+            self.status.failed_now += 1
+            self._ready_cmds(name, built.cmds, time.monotonic() if since is None else since)
 
     def _covered(self, name: str, index: int, health: frozenset, since: float | None) -> bool:
         """Whether the change `name` shows in a health answer is (or is about to be) applied without a re-read."""
@@ -195,7 +249,16 @@ class ReReads:
             del self._expect[name]
             since = exp[2] if since is None else min(since, exp[2])
         self.learn(name, entries)
-        cmds = self.routes.commands(name, entries)
+        if self.hot.watching(name):
+            self._entries[name] = entries
+            if len(self._entries) > 2 * max(self.hot.limit, 1):  # hot watches that ended since
+                self._entries = {n: es for n, es in self._entries.items() if self.hot.watching(n)}
+        else:
+            self._entries.pop(name, None)
+        self._ready_cmds(name, self.routes.commands(name, entries), since)
+
+    def _ready_cmds(self, name: str, cmds: list[RouteCmd] | None, since: float | None) -> None:
+        """`name`'s new commands wait in `_ready` for `_flush`, once per event-loop turn."""
         if not self._ready:
             asyncio.get_running_loop().call_soon(self._flush)
         self._ready[name] = cmds

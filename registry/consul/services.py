@@ -93,7 +93,14 @@ class ServiceRoutes:
 
     def commands(self, name: str, entries: list[dict[str, Any]]) -> list[RouteCmd] | None:
         """The service's route commands (None: no route), and its status for the UI."""
-        built = build(entries, self.prefix, self.env, self.statuses, self.checks_all, self._holdable(name))
+        return self.adopt(name, self.preview(name, entries))
+
+    def preview(self, name: str, entries: list[dict[str, Any]]) -> Built:
+        """What `commands` would build from `entries`, nothing kept (rereads.py decides whether to apply it)."""
+        return build(entries, self.prefix, self.env, self.statuses, self.checks_all, self._holdable(name))
+
+    def adopt(self, name: str, built: Built) -> list[RouteCmd] | None:
+        """Keep a `preview` as the service's state (its holds and UI status); its commands."""
         self._track_holds(name, built.verdicts)
         return self.record(name, built)
 

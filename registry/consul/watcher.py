@@ -264,7 +264,7 @@ class ConsulWatcher:
         changed = {n for n in fps.keys() | self._health_fp.keys() if fps.get(n) != self._health_fp.get(n)}
         self._health_fp = fps
         if self._dump_ok and index is not None:
-            self._rereads.enqueue(changed, None, index, fps)
+            self._rereads.enqueue(changed, None, index, fps, checks)
         else:
             self._enqueue(changed)
 
