@@ -73,7 +73,7 @@ def gc_paused() -> Iterator[None]:
     Every collection of a young generation walks the objects that survived so far, and a load keeps
     hundreds of thousands alive (decoded nodes, entries, verdicts, commands): with the GC on, the
     load's decoding, building and packing took twice the CPU (100,000 instances, 8.7 against 4.0 s in
-    one process). The watcher runs `gc.collect()` and `gc.freeze()` after its initial load."""
+    one process). The watcher freezes them after its initial load (ConsulWatcher.after_load)."""
     was = gc.isenabled()
     gc.disable()
     try:
