@@ -5,10 +5,7 @@ dump read in the watcher gives (the same route commands, verdicts and digests)."
 from __future__ import annotations
 
 import asyncio
-import multiprocessing
-import os
 import time
-from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
 import httpx
@@ -152,47 +149,3 @@ def test_packed_verdicts_round_trip() -> None:
     s = ServiceStatus("web", None, [], 0, 0.0, packed=msgspec.msgpack.encode(vs), counts=(0, 1))
     assert s.verdicts == vs and s.verdicts is s.verdicts  # unpacked once
     assert ServiceStatus("web").verdicts == [] and (ServiceStatus("web", vs).healthy, ServiceStatus("web", vs).instances) == (0, 1)
-
-
-
-def _load_in_helper(fork_services: int, fail_child: bool, *args: Any) -> bulkload.Load:
-    """bulkload.load in a spawned process, as the watcher runs it (single-threaded: _fork forks only then),
-    with a small fork threshold and one service per chunk; `fail_child`: the forked child's part raises."""
-    bulkload.LOAD_CHUNK, bulkload.FORK_SERVICES = 1, fork_services
-    if fail_child:
-        parent = os.getpid()
-
-        class Failing(Instances):
-            @classmethod
-            def of(cls, entries: Any) -> Instances:
-                if os.getpid() != parent:
-                    raise RuntimeError("the child's part fails")
-                return Instances.of(entries)
-
-        bulkload.Instances = Failing  # type: ignore[misc]
-    return bulkload.load(*args)
-
-
-def test_a_forked_load_gives_what_one_process_gives(consul_agent: Any) -> None:
-    """The last third of the services and the reconcile baseline built in a forked child (bulkload._load):
-    the same services with the same commands and verdicts, in the same order, and the same digests as the
-    whole load in one process; a failing child's part is built by the parent instead."""
-    tag = seed(consul_agent)
-    c = make_client(consul_agent.port)
-    for k in range(4):
-        register(c, f"{tag}-more{k}", f"{tag}-more{k}-1", 10010 + k, tags=[f"urlprefix-/{tag}/more{k}"])
-    args = (target(consul_agent), "urlprefix-", {"DC": "dc1"}, ("passing",), False)
-    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
-        whole = pool.submit(_load_in_helper, 1 << 30, False, *args).result(timeout=60)
-        forked = pool.submit(_load_in_helper, 3, False, *args).result(timeout=60)
-        failed = pool.submit(_load_in_helper, 3, True, *args).result(timeout=60)
-    assert forked.forked and not whole.forked and not failed.forked
-    assert whole.services == forked.services == failed.services >= 6
-
-    def flat(load: bulkload.Load) -> list[tuple[Any, ...]]:
-        return [(p.name, p.cmds, p.verdicts, p.errors, p.tagged, p.healthy, p.instances)
-                for chunk in load.chunks for p in bulkload.unpack(chunk)]
-
-    assert flat(forked) == flat(whole) == flat(failed) and len(flat(whole)) == whole.services
-    assert forked.instances == whole.instances == failed.instances
-    assert f"{tag}-more3" in forked.instances.fingerprints

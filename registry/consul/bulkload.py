@@ -17,12 +17,8 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import logging
-import os
-import pickle
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -34,8 +30,6 @@ from registry.consul.dumpfetch import ConsulTarget, Reader
 from registry.consul.services import build
 from registry.tags import TagError
 from router.table.routecmd import RouteCmd
-
-log = logging.getLogger("registry.consul")
 
 # Concurrent per-node reads: enough to keep both of Consul's encoding cores and the decoding here busy.
 NODE_READS = 4
@@ -152,7 +146,6 @@ class Load:
     instances: Instances
     stats: ReadStats
     services: int
-    forked: bool = False  # the last part was built in a forked child (_load)
 
 
 def unpack(chunk: bytes) -> list[PackedService]:
@@ -173,37 +166,10 @@ def _load(target: ConsulTarget, prefix: str, env: dict[str, str], statuses: tupl
     nodes, stats = read_nodes(target)
     entries = dump_entries(nodes, prefix)
     del nodes
-    items = list(entries.items())
-    # The last part's routes and the reconcile baseline in a forked child, beside this process (below).
-    cut = len(items) - len(items) // 3 // LOAD_CHUNK * LOAD_CHUNK if len(items) >= FORK_SERVICES else len(items)
-    child = _fork(lambda: (_pack(items[cut:], prefix, env, statuses, checks_all), Instances.of(entries))) \
-        if cut < len(items) else None
-    chunks = _pack(items[:cut], prefix, env, statuses, checks_all)
-    got = _join(child) if child is not None else None
-    forked = got is not None
-    if got is None:  # no fork, or the child failed: its part here
-        got = (_pack(items[cut:], prefix, env, statuses, checks_all), Instances.of(entries))
-    _LEFT[:] = [(entries, items)]  # freed when the helper exits, not before its answer (0.4 s at 100,000)
-    return Load(chunks + got[0], got[1], _total(stats, t0), len(entries), forked)
-
-
-# A load of this many services or more builds its last third (whole chunks) and the reconcile baseline in
-# a forked child while this process builds the rest: on two cores the helper's work after Consul's last
-# answer (routes 1.5 s, packing 0.5 s, digests 0.6 s of CPU at 100,000 instances) is what readiness waits
-# for, and it is the same pure functions on the same entries (the child sees them copy-on-write, and
-# exits with os._exit: no teardown of its copy). Where fork is missing, or the child fails, this process
-# does the child's part itself.
-FORK_SERVICES = 3 * LOAD_CHUNK
-_LEFT: list[object] = []
-
-
-def _pack(items: list[tuple[str, list[dict[str, Any]]]], prefix: str, env: dict[str, str],
-          statuses: tuple[str, ...], checks_all: bool) -> list[bytes]:
-    """Services' route commands and verdicts, built and packed in chunks of LOAD_CHUNK."""
     enc = msgspec.msgpack.Encoder()
     chunks: list[bytes] = []
     batch: list[PackedService] = []
-    for name, es in items:
+    for name, es in entries.items():
         b = build(es, prefix, env, statuses, checks_all)
         batch.append(PackedService(name, b.cmds, enc.encode(b.verdicts), b.errors, b.tagged,
                                    sum(1 for v in b.verdicts if v.healthy), len(b.verdicts)))
@@ -212,49 +178,8 @@ def _pack(items: list[tuple[str, list[dict[str, Any]]]], prefix: str, env: dict[
             batch = []
     if batch:
         chunks.append(enc.encode(batch))
-    return chunks
-
-
-def _fork(work: Callable[[], tuple[list[bytes], Instances]]) -> tuple[int, int] | None:
-    """`work()` in a forked child, its result pickled into a pipe: (pid, read end); None: cannot fork."""
-    if not hasattr(os, "fork") or threading.active_count() > 1:  # fork only a single-threaded process
-        return None
-    r, w = os.pipe()
-    try:
-        pid = os.fork()
-    except OSError:
-        os.close(r)
-        os.close(w)
-        return None
-    if pid == 0:  # the child: no return from here
-        code = 1
-        try:
-            os.close(r)
-            data = memoryview(pickle.dumps(work(), protocol=pickle.HIGHEST_PROTOCOL))
-            while data:
-                data = data[os.write(w, data):]
-            code = 0
-        finally:
-            os._exit(code)
-    os.close(w)
-    return pid, r
-
-
-def _join(child: tuple[int, int]) -> tuple[list[bytes], Instances] | None:
-    """The forked child's result; None when it failed (said so)."""
-    pid, r = child
-    parts = []
-    try:
-        while block := os.read(r, 1 << 20):
-            parts.append(block)
-    finally:
-        os.close(r)
-        _, status = os.waitpid(pid, 0)
-    if status != 0:
-        log.warning("startup load: the forked part failed (wait status %d); building it here", status)
-        return None
-    got: tuple[list[bytes], Instances] = pickle.loads(b"".join(parts))
-    return got
+    instances = Instances.of(entries)
+    return Load(chunks, instances, _total(stats, t0), len(entries))
 
 
 def reconcile(target: ConsulTarget, prefix: str) -> tuple[Instances, ReadStats]:
