@@ -79,7 +79,9 @@ async def load(addr: str, consul_pid: int | None = None) -> dict[str, object]:
     decoder = getattr(getattr(w, "_dumps", None), "decoder", None)
     if decoder is not None:
         decoder.close()
-    await asyncio.sleep(0.5)  # let the startup helper exit
+    deadline = time.monotonic() + 60
+    while multiprocessing.active_children() and time.monotonic() < deadline:  # the helpers exit (and free their heap)
+        await asyncio.sleep(0.1)
     out["helper_cpu_s"] = round(children_cpu(), 2)
     return out
 
