@@ -234,13 +234,14 @@ def agent_services_file(instances: int, path: Path) -> Path:
     return path
 
 
-def start_consul(mode: str, instances: int, tmp: Path) -> tuple[ConsulAgent, float]:
-    """A dev agent with `instances` background instances registered `mode`'s way; seconds to set up."""
+def start_consul(mode: str, instances: int, tmp: Path, data_dir: Path | None = None) -> tuple[ConsulAgent, float]:
+    """A dev agent with `instances` background instances registered `mode`'s way; seconds to set up.
+    With `data_dir`: a single server keeping its data there instead of a dev agent."""
     t0 = time.monotonic()
     args = []
     if mode == "agent" and instances:
         args = [f"-config-file={agent_services_file(instances, tmp / 'services.json')}"]
-    agent = ConsulAgent(extra_args=args, ready_timeout=900, workdir=tmp / "consul")
+    agent = ConsulAgent(extra_args=args, ready_timeout=900, workdir=tmp / "consul", data_dir=data_dir)
     agent.start()
     if mode == "catalog" and instances:
         register_background(agent.http_url, instances)

@@ -5,7 +5,9 @@ table (no proxy): ready time, RSS and `registry.last_dump`'s parts (issue 18, do
 
 CPU seconds beside the wall time (the machine is shared, so they are the figures to compare): the
 router's own (`cpu_s`, every thread), its helper processes' (`helper_cpu_s`) and, given its pid, the
-Consul agent's (`consul_cpu_s`). Register the instances first (e.g. `bench.propagation.register_background`). Run it from two checkouts
+Consul agent's (`consul_cpu_s`). `ready_s` is until the initial sync returned; `serving_s` adds what the
+watcher does next before its event loop serves anything (the GC's handling of the load's objects,
+`gc_s`). Register the instances first (e.g. `bench.propagation.register_background`). Run it from two checkouts
 back to back to compare two versions on one Consul.
 """
 
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import json
 import logging
 import multiprocessing
@@ -56,9 +59,19 @@ async def load(addr: str, consul_pid: int | None = None) -> dict[str, object]:
     k0 = cpu_of(consul_pid) if consul_pid else 0.0
     w = ConsulWatcher(ConsulAPI(addr), state.apply)
     t0 = time.perf_counter()
+    after_load = getattr(ConsulWatcher, "after_load", None)  # older checkouts: collect, then freeze
     with getattr(bulkload, "gc_paused", contextlib.nullcontext)():  # as ConsulWatcher.run does (older checkouts: none)
         await w._initial_sync()
-    out: dict[str, object] = {"ready_s": round(time.perf_counter() - t0, 2), "rss_mb": round(rss_mb(), 1),
+        g0, gc0 = time.perf_counter(), time.process_time()
+        if after_load is not None:
+            after_load()
+    # what ConsulWatcher.run does next, before its event loop serves anything
+    collected = None if after_load is not None else gc.collect()
+    gc.freeze()
+    g1 = time.perf_counter()
+    out: dict[str, object] = {"ready_s": round(g0 - t0, 2), "gc_s": round(g1 - g0, 2),
+                              "gc_cpu_s": round(time.process_time() - gc0, 2), "serving_s": round(g1 - t0, 2),
+                              "gc_collected": collected, "rss_mb": round(rss_mb(), 1),
                               "cpu_s": round(time.process_time() - c0, 2)}
     if consul_pid:
         out["consul_cpu_s"] = round(cpu_of(consul_pid) - k0, 2)
@@ -66,7 +79,9 @@ async def load(addr: str, consul_pid: int | None = None) -> dict[str, object]:
     decoder = getattr(getattr(w, "_dumps", None), "decoder", None)
     if decoder is not None:
         decoder.close()
-    await asyncio.sleep(0.5)  # let the startup helper exit
+    deadline = time.monotonic() + 60
+    while multiprocessing.active_children() and time.monotonic() < deadline:  # the helpers exit (and free their heap)
+        await asyncio.sleep(0.1)
     out["helper_cpu_s"] = round(children_cpu(), 2)
     return out
 

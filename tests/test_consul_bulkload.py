@@ -5,7 +5,10 @@ dump read in the watcher gives (the same route commands, verdicts and digests)."
 from __future__ import annotations
 
 import asyncio
+import multiprocessing
+import os
 import time
+from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
 import httpx
@@ -13,7 +16,7 @@ import msgspec
 import orjson
 import pytest
 
-from registry.consul import bulkload, dumpsource
+from registry.consul import bulkload, dumpsource, helper
 from registry.consul.api import ConsulAPI
 from registry.consul.dump import Instances, decode_nodes, dump_entries
 from registry.consul.dumpfetch import ConsulTarget, DumpUnavailable, Reader
@@ -149,3 +152,32 @@ def test_packed_verdicts_round_trip() -> None:
     s = ServiceStatus("web", None, [], 0, 0.0, packed=msgspec.msgpack.encode(vs), counts=(0, 1))
     assert s.verdicts == vs and s.verdicts is s.verdicts  # unpacked once
     assert ServiceStatus("web").verdicts == [] and (ServiceStatus("web", vs).healthy, ServiceStatus("web", vs).instances) == (0, 1)
+
+
+class _Marker:
+    """Writes its file when freed: shows whether a process tore its heap down at exit."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __del__(self, _open: Any = os.open, _close: Any = os.close, _flags: int = os.O_CREAT | os.O_WRONLY) -> None:
+        _close(_open(self.path, _flags))  # bound above: builtins and modules may be gone at exit
+
+
+_KEPT: list[_Marker] = []
+
+
+def _keep_marker(path: str) -> int:
+    _KEPT.append(_Marker(path))
+    return os.getpid()
+
+
+def test_the_startup_helper_exits_without_tearing_down_its_heap(tmp_path: Any) -> None:
+    """helper.exit_without_teardown: the one-shot startup helper leaves with os._exit once its pool stops it
+    (it holds the load's objects until then), where a plain helper frees what it holds at exit."""
+    for init, torn in ((None, True), (helper.exit_without_teardown, False)):
+        path = tmp_path / f"torn-{torn}"
+        pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"), initializer=init)
+        assert pool.submit(_keep_marker, str(path)).result(timeout=60) != os.getpid()
+        pool.shutdown(wait=True)
+        assert path.exists() == torn

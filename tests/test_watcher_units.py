@@ -424,3 +424,32 @@ def test_a_health_change_the_hot_watch_brings_is_not_read_again() -> None:
         assert rr.pending == {"web"} and "web" not in rr._expect
 
     asyncio.run(run())
+
+
+def test_after_the_initial_load_its_objects_are_frozen_without_a_collection() -> None:
+    """ConsulWatcher.after_load (run() calls it while the GC is still paused after the initial sync): the
+    objects move out of the GC's generations (gc.freeze) without a collection walking them first (at
+    100,000 instances that took seconds and found 0-5 unreachable objects)."""
+    import gc
+    import weakref
+
+    class Node:
+        pass
+
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        a, b = Node(), Node()
+        a.other, b.other = b, a  # type: ignore[attr-defined]  # a cycle only a collection frees
+        gone = weakref.ref(a)
+        del a, b
+        frozen = gc.get_freeze_count()
+        ConsulWatcher.after_load()
+        assert gc.get_freeze_count() > frozen and gc.get_count()[0] == 0
+        assert gone() is not None  # not collected: no collection ran
+    finally:
+        gc.unfreeze()
+        if was:
+            gc.enable()
+    gc.collect()
+    assert gone() is None
