@@ -395,6 +395,35 @@ def test_body_arriving_after_the_head_then_reuse() -> None:
     asyncio.run(main())
 
 
+def test_bytes_after_a_whole_answer_end_the_connection() -> None:
+    """A small answer that arrived whole does not pause the socket (no pause and resume per request): bytes
+    that follow it before the next request are the upstream out of step, so that connection is never reused
+    and the next request gets a fresh one with its own answer, not the stray bytes."""
+
+    async def handler(r: asyncio.StreamReader, w: asyncio.StreamWriter, n: int) -> None:
+        await read_head(r)
+        w.write(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\none")
+        await w.drain()
+        await asyncio.sleep(0.05)
+        w.write(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nstray")  # nobody asked for this
+        await w.drain()
+        await asyncio.sleep(1)
+
+    async def main() -> None:
+        async with RawServer(handler) as srv:
+            up = Upstream()
+            resp = await up.request("GET", srv.url + "/", [("host", "test")], None)
+            assert resp.whole() == b"one"
+            await asyncio.sleep(0.2)  # the stray answer arrives while the response is still held
+            assert resp.raw_headers == [(b"Content-Length", b"3")]  # not parsed into the held response
+            resp.release()
+            assert (await fetch(up, srv.url + "/"))[:2] == (200, b"one")  # a fresh connection: not "stray"
+            assert srv.connections == 2
+            await up.close()
+
+    asyncio.run(main())
+
+
 def test_endless_response_head_is_an_error_not_memory() -> None:
     """An upstream that keeps sending header lines (broken or hostile) must not make the router buffer them
     until memory runs out: past MAX_HEAD bytes the response is a 502-class error and the connection closes."""

@@ -43,6 +43,7 @@ READ_AHEAD = 1 << 14
 COPY_MAX = 1 << 14
 
 
+
 class UpstreamConn(asyncio.BufferedProtocol):
     """One upstream TCP (or TLS) connection; parses responses with httptools.
 
@@ -124,6 +125,10 @@ class UpstreamConn(asyncio.BufferedProtocol):
     def data_received(self, data: bytes) -> None:
         resp = self.resp
         if resp is None:  # bytes nobody asked for: the connection is unusable
+            self.reusable = False
+            self.abort()
+            return
+        if resp._done:  # bytes after the whole answer: the connection is out of step
             self.reusable = False
             self.abort()
             return
@@ -247,8 +252,10 @@ class UpstreamConn(asyncio.BufferedProtocol):
         resp._chunks.append(body)
         resp._buffered += len(body)
         w = resp._waiter
-        if (resp._buffered > resp._ahead and (w is None or w.done()) and not self.paused_reading
+        if (self.raw_left and resp._buffered > resp._ahead and (w is None or w.done()) and not self.paused_reading
                 and self.transport is not None):  # nobody waits for these bytes: pause (see HIGH_WATER)
+            # (raw_left 0: this completes a sized body, so no more is to come: a small answer, which arrives
+            # whole, costs no pause and resume; a byte after it ends the connection, see data_received)
             self.paused_reading = True
             self.transport.pause_reading()
         resp._wake()
@@ -279,7 +286,8 @@ class UpstreamConn(asyncio.BufferedProtocol):
         self.resp = None
         self._spare = None
         if reusable and self.reusable and not self.lost:
-            self.want_read()  # the body ended: the next response is read as it comes
+            if self.paused_reading:
+                self.want_read()  # the body ended: the next response is read as it comes
             if resp._head:
                 self.parser = httptools.HttpResponseParser(self)
             self.pool._put(self)
