@@ -258,7 +258,9 @@ class ProxyApp:
         target = picker.targets[idx]
 
         try:
-            out_headers = self.forwarding.response_headers(resp.raw_headers)
+            out_headers = resp.forward  # response_headers()'s rule, applied while the head was parsed
+            if out_headers is None:
+                out_headers = self.forwarding.response_headers(resp.raw_headers)
             if tls:
                 out_headers = self.forwarding.tls_response_headers(out_headers)
             if ctx is not None or target.policy is not None or self.policies.compress_all:

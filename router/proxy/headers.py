@@ -48,7 +48,7 @@ PROTECTED = frozenset(
         "x-real-ip",
     }
 )
-_HOP_BYTES = frozenset(h.encode() for h in HOP_BY_HOP)
+_HOP_BYTES = HOP_BY_HOP_BYTES = frozenset(h.encode() for h in HOP_BY_HOP)
 # request header names request_block looks at; any other passes through as it came
 _NOTED = _HOP_BYTES | {b"host", b"via", b"content-length", b"user-agent"} | {h.encode() for h in PROTECTED}
 _UNSAFE = frozenset({b"via"} | {h.encode() for h in PROTECTED})  # request_block leaves these to request_headers

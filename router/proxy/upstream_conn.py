@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 import httptools
 
+from router.proxy.headers import HOP_BY_HOP_BYTES
 from router.proxy.upstream_errors import Stale, UpstreamError
 from router.proxy.upstream_response import Response
 
@@ -41,6 +42,7 @@ READ_AHEAD = 1 << 14
 # was a fifth of the instructions per request (docs/datapath.md). A bigger first read takes the buffer
 # with it, as a mid-body read does.
 COPY_MAX = 1 << 14
+_NOTED = HOP_BY_HOP_BYTES | {b"content-length"}  # response header names on_headers_complete looks at
 
 
 
@@ -202,17 +204,32 @@ class UpstreamConn(asyncio.BufferedProtocol):
             resp.raw_headers = []
             return
         resp.status = status
+        # One pass over the headers for the framing and for what the proxy forwards (Response.forward: the
+        # rule of ForwardingHeaders.response_headers, which a Connection header naming others is left to):
+        # two loops, one here and one there, were a tenth of the bytecodes of a proxied request.
+        chunked = False
+        cl = -1
+        forward: list[tuple[bytes, bytes]] | None = []
+        for n, v in resp.raw_headers:
+            ln = n.lower()
+            if ln in _NOTED:
+                if ln == b"content-length":
+                    cl = int(v)
+                elif ln == b"transfer-encoding":
+                    if b"chunked" in v.lower():
+                        chunked = True
+                    continue
+                elif ln == b"connection" and v.lower() != b"keep-alive":
+                    forward = None  # it names headers to drop
+                    continue
+                else:  # another hop-by-hop header
+                    continue
+            if forward is not None:
+                forward.append((ln, v))
+        resp.forward = forward
         if resp._head or status in (204, 304):
             resp._done = True
         else:
-            chunked = False
-            cl = -1
-            for n, v in resp.raw_headers:
-                ln = n.lower()
-                if ln == b"content-length":
-                    cl = int(v)
-                elif ln == b"transfer-encoding" and b"chunked" in v.lower():
-                    chunked = True
             resp._close_delimited = cl < 0 and not chunked
             if cl > 0 and not chunked:
                 self.raw_left = cl  # on_body counts down what arrives with the head
