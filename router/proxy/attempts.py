@@ -128,7 +128,7 @@ class Sender:
 
     def _prep(self, picker: RoutePicker, idx: int, rq: _Req) -> Prepared:
         if type(rq.headers) is HeaderBlock:  # the common case: the header lines are encoded already
-            return prepare_block(rq.method, picker.keys[idx], rq.path_qs, rq.headers, rq.body)
+            return prepare_block(rq.method, picker.keys[idx], rq.headers, rq.body)
         t = picker.targets[idx]
         return prepare(rq.method, f"{t.scheme}://{t.host}:{t.port}{rq.path_qs}", rq.headers, rq.body,
                        verify_tls=not t.tls_skip_verify)
@@ -273,7 +273,7 @@ class Sender:
                 after = self.stall
         pooled = True
         while True:
-            prep = prepare_block(method, picker.keys[idx], path_qs, headers, body) if block else \
+            prep = prepare_block(method, picker.keys[idx], headers, body) if block else \
                 self._prep(picker, idx, rq)  # type: ignore[arg-type]
             conn = self.upstream.take(prep.key) if pooled else None
             if conn is not None:  # the common case, inline: no coroutine for _connection
