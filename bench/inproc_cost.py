@@ -11,6 +11,7 @@ Under callgrind the instruction count per request is exact to about 0.1 % whatev
     python bench/inproc_cost.py --requests 20000                      # CPU µs per request (noisy)
     valgrind --tool=callgrind --instr-atstart=no python bench/inproc_cost.py --requests 3000 --callgrind
     # ... then bench/inproc_cost.py prints instructions per request (callgrind_control toggles the counting)
+    python bench/inproc_cost.py --requests 300 --opcodes 30           # bytecodes and calls per request, by function
 
 `--src` measures another checkout (run both, interleaved, for a before/after).
 """
@@ -65,7 +66,42 @@ class FakeTransport(asyncio.Transport):
         self.closing = True
 
 
-async def run(requests: int, conns: int, callgrind: bool, config: list[str] | None = None) -> float:
+class OpcodeCount:
+    """Bytecodes executed and Python calls made per function, through sys.settrace (slow: a few hundred
+    requests are enough; the counts are exact). Where the interpreter's time goes, function by function,
+    which callgrind cannot say of a Python program."""
+
+    def __init__(self) -> None:
+        import collections
+
+        self.ops: collections.Counter[tuple[str, int, str]] = collections.Counter()
+        self.calls: collections.Counter[tuple[str, int, str]] = collections.Counter()
+
+    def trace(self, frame, event, arg):  # type: ignore[no-untyped-def]
+        code = frame.f_code
+        key = (code.co_filename, code.co_firstlineno, code.co_name)
+        if event == "call":  # also each resume of a coroutine
+            self.calls[key] += 1
+        frame.f_trace_opcodes = True
+        ops = self.ops
+
+        def local(frame, event, arg):  # type: ignore[no-untyped-def]
+            if event == "opcode":
+                ops[key] += 1
+            return local
+
+        return local
+
+    def report(self, requests: int, top: int) -> None:
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
+        print(f"{sum(self.ops.values()) / requests:.0f} bytecodes and {sum(self.calls.values()) / requests:.0f} "
+              f"Python calls per request (this script's own included); by function:")
+        for key, n in self.ops.most_common(top):
+            print(f"{n / requests:8.1f} {self.calls[key] / requests:5.2f}  {key[0].replace(root, '')}:{key[1]} {key[2]}")
+
+
+async def run(requests: int, conns: int, callgrind: bool, config: list[str] | None = None,
+              opcodes: OpcodeCount | None = None) -> float:
     from router.config.settings import load
     from router.listen.server import Listener
     from router.proxy.upstream_conn import UpstreamConn
@@ -150,9 +186,13 @@ async def run(requests: int, conns: int, callgrind: bool, config: list[str] | No
     pauses = FakeTransport.pauses
     if callgrind:
         subprocess.run(["callgrind_control", "-i", "on", str(os.getpid())], capture_output=True, check=False)
+    if opcodes is not None:
+        sys.settrace(opcodes.trace)
     t0 = time.process_time()
     await done.wait()
     used = time.process_time() - t0
+    if opcodes is not None:
+        sys.settrace(None)
     if callgrind:
         subprocess.run(["callgrind_control", "-i", "off", str(os.getpid())], capture_output=True, check=False)
     if most[0] != 1 or any(inflight.values()):
@@ -168,6 +208,8 @@ def main() -> int:
     p.add_argument("--conns", type=int, default=10)
     p.add_argument("--callgrind", action="store_true", help="toggle callgrind's counting around the measured part")
     p.add_argument("--src", help="checkout to import the router from (default: this one)")
+    p.add_argument("--opcodes", type=int, default=0, metavar="N",
+                   help="count bytecodes and calls per request (sys.settrace) and list the N costliest functions")
     p.add_argument("--flags", default="", help='more router flags in one string, e.g. --flags="-proxy.stall.timeout 0"')
     a = p.parse_args()
     if a.src:
@@ -176,8 +218,12 @@ def main() -> int:
         sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     import uvloop
 
-    us = uvloop.run(run(a.requests, a.conns, a.callgrind, a.flags.split()))
-    print(f"{us:.2f} µs CPU per request ({a.requests} requests, {a.conns} connections)")
+    opcodes = OpcodeCount() if a.opcodes else None
+    us = uvloop.run(run(a.requests, a.conns, a.callgrind, a.flags.split(), opcodes))
+    if opcodes is not None:
+        opcodes.report(a.requests, a.opcodes)
+    else:
+        print(f"{us:.2f} µs CPU per request ({a.requests} requests, {a.conns} connections)")
     return 0
 
 
