@@ -292,7 +292,7 @@ class Sender:
                 st.unanswered += 1
                 if after:
                     st.waiting[resp] = (t0 + after, after)
-                    if st.unanswered >= STALL_TRIES:
+                    if st.unanswered >= STALL_TRIES and st not in self._suspects:  # (a suspect has its tick)
                         self._suspect(st)
             except Stale as e:  # the connection was closed before we wrote: nothing was sent
                 if fresh:
@@ -314,7 +314,7 @@ class Sender:
                     await resp.headers(max(deadline - perf_counter(), 1e-6))  # _Req.left()
                 else:  # no header timeout: resp.headers() inline, one coroutine less per request
                     try:
-                        await resp.headers_future
+                        await resp._headers_fut  # Response.headers_future without the property's call
                     except BaseException:
                         resp.close()
                         raise
@@ -368,7 +368,8 @@ class Sender:
             inv_tau = lb.inv_tau
             st.answered(rtt, now, inv_tau)  # Balancer.try_succeeded() without its own call level
             picker.observe_route(rtt, now, inv_tau)
-            if resend and self.buffer and not resp.complete:
+            complete = resp._done and resp._error is None  # Response.complete, without the property's call
+            if resend and self.buffer and not complete:
                 try:
                     per_try = self._per_try(picker)
                     await resp.fill(self.buffer, per_try)
@@ -391,7 +392,7 @@ class Sender:
                         idx = j
                         continue
                     raise Failed(502, "upstream error\n", idx) from None
-            elif not resend and self.stall and not resp.complete and resp.sized_and_silent:
+            elif not resend and self.stall and not complete and resp.sized_and_silent:
                 await self._body_starts(resp, picker, st, t0, idx, header_timeout)
             return resp, idx
 

@@ -86,7 +86,8 @@ class UpstreamConn(asyncio.BufferedProtocol):
         resp = self.resp
         if resp is None or not resp._headers_fut.done():  # the first read of an answer (see COPY_MAX)
             self._buf = None
-            return self.pool._scratch_view()
+            view = self.pool._scratch
+            return view if view is not None else self.pool._scratch_view()
         size = self.read_size
         w = resp._waiter
         if resp._sink is not None:  # relay(): the size grows in _deliver while the client takes each read
@@ -165,7 +166,9 @@ class UpstreamConn(asyncio.BufferedProtocol):
             self.raw_left = -1
             self.parser = httptools.HttpResponseParser(self)  # the old one still waits for the body
             resp._done = True
-            resp._wake()
+            w = resp._waiter  # resp._wake(), inline (as below): this runs for every answer
+            if w is not None and not w.done():
+                w.set_result(None)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
@@ -275,7 +278,8 @@ class UpstreamConn(asyncio.BufferedProtocol):
             # whole, costs no pause and resume; a byte after it ends the connection, see data_received)
             self.paused_reading = True
             self.transport.pause_reading()
-        resp._wake()
+        if w is not None and not w.done():  # resp._wake()
+            w.set_result(None)
 
     def on_message_complete(self) -> None:
         resp = self.resp
@@ -285,7 +289,9 @@ class UpstreamConn(asyncio.BufferedProtocol):
             self.parser = httptools.HttpResponseParser(self)
         self.raw_left = -1
         resp._done = True
-        resp._wake()
+        w = resp._waiter  # resp._wake()
+        if w is not None and not w.done():
+            w.set_result(None)
 
     # --- used by Response / Upstream
     def behind(self) -> None:
