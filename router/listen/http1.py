@@ -49,7 +49,7 @@ import asyncio
 import collections
 import logging
 import time
-from collections.abc import Coroutine, Generator
+from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
@@ -68,17 +68,18 @@ log = logging.getLogger("router.listen")
 READ_SLACK = 256 * 1024  # a head still unfinished past max_head plus this is cut (one read or so)
 
 
-class _Park:
+class _Park(list):  # type: ignore[type-arg]
     """Awaited by the serving coroutine between requests: it yields itself to `Http1._step`, which then
-    leaves the coroutine until `_begin` has a request for it."""
+    leaves the coroutine until `_begin` has a request for it. A list holding itself whose `__await__` is
+    list's `__iter__`: the await yields its one item without a Python call (a generator per request
+    otherwise)."""
 
     __slots__ = ()
-
-    def __await__(self) -> Generator[_Park, None, None]:
-        yield self
+    __await__ = list.__iter__
 
 
 PARK = _Park()
+PARK.append(PARK)
 
 
 def _error_response(status: int, text: str) -> bytes:
