@@ -77,6 +77,10 @@ class UpstreamConn(asyncio.BufferedProtocol):
         # again by the next read of the same size instead of a fresh zeroed one; let go when the response ends
         self._spare: bytearray | None = None
         self._taken = False  # _deliver wrote the read under way straight to the client, all of it
+        # the head being parsed (on_header): its Content-Length, chunked, and what the proxy forwards of it
+        self.head_cl = -1
+        self.head_chunked = False
+        self.forward: list[tuple[bytes, bytes]] | None = []
 
     # --- asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -197,39 +201,41 @@ class UpstreamConn(asyncio.BufferedProtocol):
 
     # --- httptools callbacks
     def on_header(self, name: bytes, value: bytes) -> None:
+        """Each header, for the Response (raw_headers) and, in the same call, for the framing and for what the
+        proxy forwards (Response.forward: ForwardingHeaders.response_headers' rule, which a Connection header
+        naming others is left to): a loop over the headers here and another in response_headers, each with
+        a lower() per header, were a tenth of the bytecodes of a proxied request."""
         self.resp.raw_headers.append((name, value))  # type: ignore[union-attr]
+        ln = name.lower()
+        if ln in _NOTED:
+            if ln == b"content-length":
+                self.head_cl = int(value)  # one at most: llhttp refuses a second one
+            elif ln == b"transfer-encoding":
+                if b"chunked" in value.lower():
+                    self.head_chunked = True
+                return
+            elif ln == b"connection" and value.lower() != b"keep-alive":
+                self.forward = None  # it names headers to drop
+                return
+            else:  # another hop-by-hop header
+                return
+        forward = self.forward
+        if forward is not None:
+            forward.append((ln, value))
 
     def on_headers_complete(self) -> None:
         resp = self.resp
         assert resp is not None
         status = self.parser.get_status_code()
+        cl, chunked = self.head_cl, self.head_chunked
+        self.head_cl, self.head_chunked = -1, False  # afresh for the next head
         if 100 <= status < 200 and status != 101:  # 100 Continue & co: the real answer follows
             resp.raw_headers = []
+            self.forward = []
             return
         resp.status = status
-        # One pass over the headers for the framing and for what the proxy forwards (Response.forward: the
-        # rule of ForwardingHeaders.response_headers, which a Connection header naming others is left to):
-        # two loops, one here and one there, were a tenth of the bytecodes of a proxied request.
-        chunked = False
-        cl = -1
-        forward: list[tuple[bytes, bytes]] | None = []
-        for n, v in resp.raw_headers:
-            ln = n.lower()
-            if ln in _NOTED:
-                if ln == b"content-length":
-                    cl = int(v)
-                elif ln == b"transfer-encoding":
-                    if b"chunked" in v.lower():
-                        chunked = True
-                    continue
-                elif ln == b"connection" and v.lower() != b"keep-alive":
-                    forward = None  # it names headers to drop
-                    continue
-                else:  # another hop-by-hop header
-                    continue
-            if forward is not None:
-                forward.append((ln, v))
-        resp.forward = forward
+        resp.forward = self.forward
+        self.forward = []
         if resp._head or status in (204, 304):
             resp._done = True
         else:
