@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 
+from router.proxy.headers import ForwardingHeaders
 from router.proxy.upstream import Upstream
 from router.proxy.upstream_conn import MAX_HEAD, READ_AHEAD, READ_MAX
 from router.proxy.upstream_errors import ConnectFailed, UpstreamError, UpstreamTimeout
@@ -391,6 +392,74 @@ def test_body_arriving_after_the_head_then_reuse() -> None:
                 assert (await fetch(up, srv.url + "/"))[:2] == (200, b"abcdefgh%d\n" % i)
             assert srv.connections == 1
             await up.close()
+
+    asyncio.run(main())
+
+
+def test_bytes_after_a_whole_answer_end_the_connection() -> None:
+    """A small answer that arrived whole does not pause the socket (no pause and resume per request): bytes
+    that follow it before the next request are the upstream out of step, so that connection is never reused
+    and the next request gets a fresh one with its own answer, not the stray bytes."""
+
+    async def handler(r: asyncio.StreamReader, w: asyncio.StreamWriter, n: int) -> None:
+        await read_head(r)
+        w.write(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\none")
+        await w.drain()
+        await asyncio.sleep(0.05)
+        w.write(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nstray")  # nobody asked for this
+        await w.drain()
+        await asyncio.sleep(1)
+
+    async def main() -> None:
+        async with RawServer(handler) as srv:
+            up = Upstream()
+            resp = await up.request("GET", srv.url + "/", [("host", "test")], None)
+            assert resp.whole() == b"one"
+            await asyncio.sleep(0.2)  # the stray answer arrives while the response is still held
+            assert resp.raw_headers == [(b"Content-Length", b"3")]  # not parsed into the held response
+            resp.release()
+            assert (await fetch(up, srv.url + "/"))[:2] == (200, b"one")  # a fresh connection: not "stray"
+            assert srv.connections == 2
+            await up.close()
+
+    asyncio.run(main())
+
+
+def test_forward_headers_follow_the_proxy_rule() -> None:
+    """Response.forward (made while the head is parsed) is ForwardingHeaders.response_headers' result: lower-case
+    names, hop-by-hop headers dropped; None (the proxy then applies the rule itself) when Connection names
+    other headers."""
+    heads = [
+        b"HTTP/1.1 200 OK\r\nServer: nginx\r\nContent-Type: text/plain\r\nContent-Length: 2\r\n"
+        b"Connection: keep-alive\r\n\r\nok",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nKeep-Alive: timeout=5\r\nX-A: 1\r\nUpgrade: h2c\r\n"
+        b"Trailer: X-T\r\nProxy-Authenticate: Basic\r\nX-a: 2\r\n\r\n2\r\nok\r\n0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close, X-Drop\r\nX-Drop: 1\r\nX-Keep: 1\r\n\r\nok",
+        b"HTTP/1.1 204 No Content\r\nX-Only: 1\r\nConnection: Keep-Alive\r\n\r\n",
+    ]
+
+    async def handler(r: asyncio.StreamReader, w: asyncio.StreamWriter, n: int) -> None:
+        await read_head(r)
+        w.write(heads[n - 1])
+        await w.drain()
+        await asyncio.sleep(0.3)
+
+    async def main() -> None:
+        async with RawServer(handler) as srv:
+            up = Upstream()
+            got = []
+            for _ in heads:
+                up._idle.clear()  # a fresh connection (and head) each time
+                resp = await up.request("GET", srv.url + "/", [("host", "test")], None)
+                got.append((resp.forward, ForwardingHeaders.response_headers(resp.raw_headers)))
+                resp.close()
+            await up.close()
+        for forward, rule in got[:2] + got[3:]:
+            assert forward == rule
+        assert got[0][0] == [(b"server", b"nginx"), (b"content-type", b"text/plain"), (b"content-length", b"2")]
+        assert got[1][0] == [(b"x-a", b"1"), (b"x-a", b"2")]
+        assert got[2][0] is None and got[2][1] == [(b"content-length", b"2"), (b"x-keep", b"1")]
+        assert got[3][0] == [(b"x-only", b"1")]
 
     asyncio.run(main())
 

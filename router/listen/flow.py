@@ -12,6 +12,8 @@ from router.proxy.exchange import ClientGone
 class WriteFlow:
     """Mixed into an asyncio.Protocol that sets `loop`, `lost`, `write_paused` and `drain_waiter`."""
 
+    __slots__ = ()  # the attributes are the protocol's (Http1's slots)
+
     loop: asyncio.AbstractEventLoop
     lost: bool
     write_paused: bool

@@ -49,7 +49,8 @@ import asyncio
 import collections
 import logging
 import time
-from typing import TYPE_CHECKING
+from collections.abc import Coroutine
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
 import httptools
@@ -67,6 +68,20 @@ log = logging.getLogger("router.listen")
 READ_SLACK = 256 * 1024  # a head still unfinished past max_head plus this is cut (one read or so)
 
 
+class _Park(list):  # type: ignore[type-arg]
+    """Awaited by the serving coroutine between requests: it yields itself to `Http1._step`, which then
+    leaves the coroutine until `_begin` has a request for it. A list holding itself whose `__await__` is
+    list's `__iter__`: the await yields its one item without a Python call (a generator per request
+    otherwise)."""
+
+    __slots__ = ()
+    __await__ = list.__iter__
+
+
+PARK = _Park()
+PARK.append(PARK)
+
+
 def _error_response(status: int, text: str) -> bytes:
     body = text.encode("ascii", "replace")
     return (STATUS_LINE[status] + b"content-type: text/plain; charset=utf-8\r\ncontent-length: %d\r\n"
@@ -75,6 +90,14 @@ def _error_response(status: int, text: str) -> bytes:
 
 class Http1(WriteFlow, asyncio.Protocol):
     """One client connection speaking HTTP/1.1 (and 1.0) to the proxy core."""
+
+    # Slots: past 30 attributes an instance's attributes no longer share their keys, and every attribute
+    # read and write per request took the slower way of a plain dict (CPython 3.11; docs/datapath.md).
+    __slots__ = ("listener", "core", "loop", "max_head", "transport", "client", "server", "scheme", "parser", "lost",
+                 "closing", "reading_paused", "write_paused", "window_checked", "drain_waiter", "queue", "active",
+                 "receiving", "serving", "parked", "kick", "idle_since", "error", "upgrade", "upgrading", "reason",
+                 "in_head", "head_seen", "url", "headers", "head_bytes", "length", "te", "expect", "raw_left", "rt",
+                 "wt", "read_by", "write_by", "__weakref__")
 
     def __init__(self, listener: Listener, client: tuple[str, int] | None = None) -> None:
         self.listener = listener
@@ -95,8 +118,10 @@ class Http1(WriteFlow, asyncio.Protocol):
         self.queue: collections.deque[Http1Exchange] = collections.deque()  # pipelined, waiting their turn
         self.active: Http1Exchange | None = None  # being answered
         self.receiving: Http1Exchange | None = None  # whose body is being read
-        self.task: asyncio.Task[None] | None = None  # serves the connection's requests one after another
-        self.next: asyncio.Future[None] | None = None  # the task waits on it between requests
+        # serves the connection's requests one after another, driven by _step (not a Task: see _begin)
+        self.serving: Coroutine[Any, Any, None] | None = None
+        self.parked = False  # it waits for the next request (at `await PARK`)
+        self.kick = False  # a request arrived for it: _step once the parser has returned (data_received)
         self.idle_since = listener.now
         self.error = ""  # a 400 to send once the requests before it are answered
         self.upgrade: bytes | None = None  # a WebSocket request head (and what followed) to hand over
@@ -145,9 +170,8 @@ class Http1(WriteFlow, asyncio.Protocol):
         self.lost = True
         self.listener.conns.discard(self)
         self.listener.timed.discard(self)
-        nxt = self.next
-        if nxt is not None and not nxt.done():
-            nxt.set_result(None)  # the serving task sees `lost` and ends
+        if self.parked:
+            self._step()  # the serving coroutine sees `lost` and ends
         for ex in (self.active, self.receiving, *self.queue):
             if ex is not None:
                 ex.gone = True
@@ -178,6 +202,9 @@ class Http1(WriteFlow, asyncio.Protocol):
             self._upgraded(data[e.args[0]:] if e.args else b"")
         except httptools.HttpParserError as e:
             self._parse_error(self.reason or str(e))
+        if self.kick:  # a request to serve: now, in this callback, and outside the parser's
+            self.kick = False
+            self._step()
 
     def _raw_body(self, data: bytes, left: int) -> None:
         if len(data) > left:  # the body ends inside this read; the rest is the next (pipelined) request
@@ -306,18 +333,46 @@ class Http1(WriteFlow, asyncio.Protocol):
 
     # --- requests
     def _begin(self, ex: Http1Exchange) -> None:
-        """Make `ex` the request being answered. One task per connection serves them in turn: a task per
-        request cost its creation and a weak-set entry each time (~2 % of a worker in a profile)."""
+        """Make `ex` the request being answered. One coroutine per connection serves them in turn (a task per
+        request cost its creation and a weak-set entry each time, ~2 % of a worker in a profile), and it is
+        driven by `_step`, not by a Task: a Task waiting between requests cost a future per request and a
+        pass of the event loop before the request could start (docs/datapath.md, "Fourth pass"). Called from
+        the parser (on_headers_complete, in data_received: the step follows when the parser returned) or from
+        the serving coroutine itself (`finish`, a pipelined request: its loop takes it next)."""
         self.active = ex
         if self.wt:
             self.write_by = time.monotonic() + self.wt
-        nxt = self.next
-        if nxt is not None:
-            self.next = None
-            if not nxt.done():
-                nxt.set_result(None)
-        elif self.task is None:
-            self.task = self.loop.create_task(self._serve())
+        if self.parked or self.serving is None:
+            self.kick = True
+
+    def _step(self, _waited: object = None) -> None:
+        """Run the serving coroutine to its next wait, as a Task's step does: a future it awaits calls this
+        back when done (its result or exception is raised at the await), a bare yield goes on at the next
+        pass, PARK waits for `_begin`. Not a Task, so nothing of the request path may need a current task
+        (asyncio.timeout, uncancel: router/proxy/exchange.py client_left copes)."""
+        self.parked = False
+        coro = self.serving
+        if coro is None:
+            coro = self.serving = self._serve()
+        try:
+            waited = coro.send(None)
+        except StopIteration:
+            self.serving = None
+            return
+        except BaseException as e:  # _serve answers Exceptions itself: a cancellation or an exit
+            self.serving = None
+            if not self.lost:
+                self.transport.close()
+            if not isinstance(e, asyncio.CancelledError):
+                raise
+            return
+        if waited is PARK:
+            self.parked = True
+        elif waited is None:  # asyncio.sleep(0)
+            self.loop.call_soon(self._step)
+        else:  # an asyncio future, awaited
+            waited._asyncio_future_blocking = False  # type: ignore[attr-defined]
+            waited.add_done_callback(self._step)  # type: ignore[attr-defined]
 
     async def _serve(self) -> None:
         """Serve the connection's requests in turn. Each request's handling is inline here, not a coroutine
@@ -326,8 +381,7 @@ class Http1(WriteFlow, asyncio.Protocol):
         while not self.lost:
             ex = self.active
             if ex is None:
-                self.next = self.loop.create_future()
-                await self.next
+                await PARK
                 continue
             if ex.broken:
                 self._send_error()

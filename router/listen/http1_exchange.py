@@ -116,32 +116,28 @@ class Http1Exchange:
     # --- the answer
     def start(self, status: int, headers: Headers) -> None:
         self.status = status
-        bodiless = self.head_only or status in (204, 304) or status < 200
-        parts = [STATUS_LINE.get(status) or _status_line(status)]
         # The names are lower-case (the Exchange's rule) and no value holds a CRLF, so a name is found in
         # the joined lines exactly: no Python loop over the headers for every answer.
         lines = b"\r\n".join(map(b": ".join, headers)) + b"\r\n" if headers else b""
+        close = False
         # find() rather than `in`: bytes.__contains__ first tries the needle as an int, raising and
         # clearing a TypeError (~1,800 instructions) each time (bench/tls_cost.py under callgrind).
-        has_length = lines.startswith(b"content-length: ") or lines.find(b"\ncontent-length: ") >= 0
-        close = False
         if lines.find(b"connection: ") >= 0:  # rare: look closer (it may be inside another header's value)
             close = any(n == b"connection" and b"close" in v.lower() for n, v in headers)
-        parts.append(lines)
-        if close:
-            self.keep_alive = False
-        if bodiless:
+            if close:
+                self.keep_alive = False
+        end = b"\r\n"  # what follows the lines: the framing the answer needs, and the blank line
+        if self.head_only or status in (204, 304) or status < 200:
             self.bodiless = True
-        elif not has_length:
+        elif not (lines.startswith(b"content-length: ") or lines.find(b"\ncontent-length: ") >= 0):
             if self.scope["http_version"] == "1.1":
                 self.chunked = True
-                parts.append(b"transfer-encoding: chunked\r\n")
+                end = b"transfer-encoding: chunked\r\n\r\n"
             else:  # an HTTP/1.0 client cannot read chunked framing: the close ends the body
                 self.keep_alive = False
         if not self.keep_alive and not close:
-            parts.append(b"connection: close\r\n")
-        parts.append(b"\r\n")
-        self.head = b"".join(parts)
+            end = end[:-2] + b"connection: close\r\n\r\n"
+        self.head = (STATUS_LINE.get(status) or _status_line(status)) + lines + end
 
     def _emit(self, data: bytes, last: bool) -> None:
         conn = self.conn

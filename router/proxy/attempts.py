@@ -128,7 +128,7 @@ class Sender:
 
     def _prep(self, picker: RoutePicker, idx: int, rq: _Req) -> Prepared:
         if type(rq.headers) is HeaderBlock:  # the common case: the header lines are encoded already
-            return prepare_block(rq.method, picker.keys[idx], rq.path_qs, rq.headers, rq.body)
+            return prepare_block(rq.method, picker.keys[idx], rq.headers, rq.body)
         t = picker.targets[idx]
         return prepare(rq.method, f"{t.scheme}://{t.host}:{t.port}{rq.path_qs}", rq.headers, rq.body,
                        verify_tls=not t.tls_skip_verify)
@@ -273,8 +273,9 @@ class Sender:
                 after = self.stall
         pooled = True
         while True:
-            prep = prepare_block(method, picker.keys[idx], path_qs, headers, body) if block else \
-                self._prep(picker, idx, rq)  # type: ignore[arg-type]
+            prep = Prepared(method, picker.keys[idx], headers.head, headers.chunked,  # type: ignore[union-attr]
+                            body is None and method in IDEMPOTENT) if block else \
+                self._prep(picker, idx, rq)  # type: ignore[arg-type]  # (the former: prepare_block, inline)
             conn = self.upstream.take(prep.key) if pooled else None
             if conn is not None:  # the common case, inline: no coroutine for _connection
                 fresh = False
@@ -292,7 +293,7 @@ class Sender:
                 st.unanswered += 1
                 if after:
                     st.waiting[resp] = (t0 + after, after)
-                    if st.unanswered >= STALL_TRIES:
+                    if st.unanswered >= STALL_TRIES and st not in self._suspects:  # (a suspect has its tick)
                         self._suspect(st)
             except Stale as e:  # the connection was closed before we wrote: nothing was sent
                 if fresh:
@@ -314,7 +315,7 @@ class Sender:
                     await resp.headers(max(deadline - perf_counter(), 1e-6))  # _Req.left()
                 else:  # no header timeout: resp.headers() inline, one coroutine less per request
                     try:
-                        await resp.headers_future
+                        await resp._headers_fut  # Response.headers_future without the property's call
                     except BaseException:
                         resp.close()
                         raise
@@ -368,7 +369,8 @@ class Sender:
             inv_tau = lb.inv_tau
             st.answered(rtt, now, inv_tau)  # Balancer.try_succeeded() without its own call level
             picker.observe_route(rtt, now, inv_tau)
-            if resend and self.buffer and not resp.complete:
+            complete = resp._done and resp._error is None  # Response.complete, without the property's call
+            if resend and self.buffer and not complete:
                 try:
                     per_try = self._per_try(picker)
                     await resp.fill(self.buffer, per_try)
@@ -391,7 +393,7 @@ class Sender:
                         idx = j
                         continue
                     raise Failed(502, "upstream error\n", idx) from None
-            elif not resend and self.stall and not resp.complete and resp.sized_and_silent:
+            elif not resend and self.stall and not complete and resp.sized_and_silent:
                 await self._body_starts(resp, picker, st, t0, idx, header_timeout)
             return resp, idx
 

@@ -206,13 +206,17 @@ class ProxyApp:
         # upstream path: strip, then prepend, in the client's encoding
         up_path = upstream_path(target, path) if target.strip or target.prepend else path
         raw_path = scope.get("raw_path")
-        if up_path == scope["path"] and raw_path:  # the common case, inline: ~40-110 ns a request
-            raw = raw_path.decode("latin-1")
+        query = scope.get("query_string") or b""
+        raw: str | None = None  # the upstream path, decoded: only where it is not the client's own bytes
+        if up_path == scope["path"] and raw_path:  # the common case, inline: the client's bytes go up as they came
+            request_target = raw_path + b"?" + query if query else raw_path
         else:
             raw = upstream_raw_path(target, path, scope, up_path)
-        query = scope.get("query_string") or b""
+            request_target = (raw + "?" + query.decode("latin-1") if query else raw).encode("latin-1", "replace")
 
         if target.redirect_code:
+            if raw is None:
+                raw = raw_path.decode("latin-1")
             url = redirect.location(target.redirect_url, redirect_path(target, path, raw), host, query)
             await out.respond(target.redirect_code,
                               [(b"location", url.encode("latin-1", "replace")), (b"content-length", b"0")])
@@ -220,7 +224,7 @@ class ProxyApp:
 
         headers: HeaderBlock | list[tuple[str, str]] | None = None
         if not auth and (target.policy is None or target.policy.req is None):
-            headers, has_body = self.forwarding.request_block(scope, host, target)  # encoded: the common case
+            headers, has_body = self.forwarding.request_block(scope, host, target, request_target)  # the common case
         try:
             if headers is None:
                 headers, has_body = self.forwarding.request_headers(scope, host, target)
@@ -238,7 +242,11 @@ class ProxyApp:
             if too_large:
                 await send_status(out, 413, "request body too large\n")
                 return self._done(t0, scope, out, route, target, 413)
-        path_qs = raw + ("?" + query.decode("latin-1") if query else "")
+        path_qs = ""  # a HeaderBlock has its request line
+        if type(headers) is not HeaderBlock:
+            if raw is None:
+                raw = raw_path.decode("latin-1")
+            path_qs = raw + ("?" + query.decode("latin-1") if query else "")
         timeout = target.timeout or self.header_timeout
 
         try:
@@ -258,7 +266,9 @@ class ProxyApp:
         target = picker.targets[idx]
 
         try:
-            out_headers = self.forwarding.response_headers(resp.raw_headers)
+            out_headers = resp.forward  # response_headers()'s rule, applied while the head was parsed
+            if out_headers is None:
+                out_headers = self.forwarding.response_headers(resp.raw_headers)
             if tls:
                 out_headers = self.forwarding.tls_response_headers(out_headers)
             if ctx is not None or target.policy is not None or self.policies.compress_all:

@@ -48,7 +48,7 @@ PROTECTED = frozenset(
         "x-real-ip",
     }
 )
-_HOP_BYTES = frozenset(h.encode() for h in HOP_BY_HOP)
+_HOP_BYTES = HOP_BY_HOP_BYTES = frozenset(h.encode() for h in HOP_BY_HOP)
 # request header names request_block looks at; any other passes through as it came
 _NOTED = _HOP_BYTES | {b"host", b"via", b"content-length", b"user-agent"} | {h.encode() for h in PROTECTED}
 _UNSAFE = frozenset({b"via"} | {h.encode() for h in PROTECTED})  # request_block leaves these to request_headers
@@ -221,16 +221,19 @@ class ForwardingHeaders:
                 out.append((self.tls_header, self.tls_value))
         return out, has_body
 
-    def request_block(self, scope: dict[str, Any], host: str, target: Any) -> tuple[HeaderBlock | None, bool]:
-        """request_headers() encoded, for the common request: no Via, no forwarding header of its own, no
-        Connection but `keep-alive`, a Host. (None, False) for any other: request_headers() serves it.
+    def request_block(self, scope: dict[str, Any], host: str, target: Any,
+                      request_target: bytes) -> tuple[HeaderBlock | None, bool]:
+        """The upstream request's head for `request_target` (path and query, encoded), with request_headers()'
+        headers and the framing of the client's body (the stream the proxy then sends), for the common
+        request: no Via, no forwarding header of its own, no Connection but `keep-alive`, a Host. (None,
+        False) for any other: request_headers() and prepare() serve it.
 
         Only the client's other headers are walked; what follows them (X-Forwarded-*, Forwarded, Host,
         User-Agent, Via) depends on the client address, Host, scheme, version and the target's strip= and
         host=, so it is made once by request_headers() itself and cached: the two cannot differ."""
         if self.own or not host:
             return None, False
-        parts: list[bytes] = []
+        parts = [scope["method"].encode("latin-1", "replace"), b" ", request_target, b" HTTP/1.1\r\n"]
         has_body = has_length = has_ua = False
         for n, v in scope["headers"]:
             if n in _NOTED:
@@ -263,7 +266,9 @@ class ForwardingHeaders:
         if tail is None:
             tail = self._tail(scope, host, target, has_ua, key)
         parts.append(tail)
-        return HeaderBlock(b"".join(parts), has_length), has_body
+        chunked = has_body and not has_length  # the client's own chunked body: chunked on, as prepare() does
+        parts.append(b"transfer-encoding: chunked\r\n\r\n" if chunked else b"\r\n")
+        return HeaderBlock(b"".join(parts), chunked), has_body
 
     def _tail(self, scope: dict[str, Any], host: str, target: Any, has_ua: bool, key: tuple) -> bytes:
         """What request_headers() appends after the client's own headers, encoded (see request_block)."""

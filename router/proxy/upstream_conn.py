@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 import httptools
 
+from router.proxy.headers import HOP_BY_HOP_BYTES
 from router.proxy.upstream_errors import Stale, UpstreamError
 from router.proxy.upstream_response import Response
 
@@ -41,6 +42,8 @@ READ_AHEAD = 1 << 14
 # was a fifth of the instructions per request (docs/datapath.md). A bigger first read takes the buffer
 # with it, as a mid-body read does.
 COPY_MAX = 1 << 14
+_NOTED = HOP_BY_HOP_BYTES | {b"content-length"}  # response header names on_headers_complete looks at
+
 
 
 class UpstreamConn(asyncio.BufferedProtocol):
@@ -74,6 +77,10 @@ class UpstreamConn(asyncio.BufferedProtocol):
         # again by the next read of the same size instead of a fresh zeroed one; let go when the response ends
         self._spare: bytearray | None = None
         self._taken = False  # _deliver wrote the read under way straight to the client, all of it
+        # the head being parsed (on_header): its Content-Length, chunked, and what the proxy forwards of it
+        self.head_cl = -1
+        self.head_chunked = False
+        self.forward: list[tuple[bytes, bytes]] | None = []
 
     # --- asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -83,7 +90,8 @@ class UpstreamConn(asyncio.BufferedProtocol):
         resp = self.resp
         if resp is None or not resp._headers_fut.done():  # the first read of an answer (see COPY_MAX)
             self._buf = None
-            return self.pool._scratch_view()
+            view = self.pool._scratch
+            return view if view is not None else self.pool._scratch_view()
         size = self.read_size
         w = resp._waiter
         if resp._sink is not None:  # relay(): the size grows in _deliver while the client takes each read
@@ -127,6 +135,10 @@ class UpstreamConn(asyncio.BufferedProtocol):
             self.reusable = False
             self.abort()
             return
+        if resp._done:  # bytes after the whole answer: the connection is out of step
+            self.reusable = False
+            self.abort()
+            return
         resp._received = True
         if self.raw_left > 0:
             self._raw_body(resp, data)
@@ -158,7 +170,9 @@ class UpstreamConn(asyncio.BufferedProtocol):
             self.raw_left = -1
             self.parser = httptools.HttpResponseParser(self)  # the old one still waits for the body
             resp._done = True
-            resp._wake()
+            w = resp._waiter  # resp._wake(), inline (as below): this runs for every answer
+            if w is not None and not w.done():
+                w.set_result(None)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
@@ -187,27 +201,44 @@ class UpstreamConn(asyncio.BufferedProtocol):
 
     # --- httptools callbacks
     def on_header(self, name: bytes, value: bytes) -> None:
+        """Each header, for the Response (raw_headers) and, in the same call, for the framing and for what the
+        proxy forwards (Response.forward: ForwardingHeaders.response_headers' rule, which a Connection header
+        naming others is left to): a loop over the headers here and another in response_headers, each with
+        a lower() per header, were a tenth of the bytecodes of a proxied request."""
         self.resp.raw_headers.append((name, value))  # type: ignore[union-attr]
+        ln = name.lower()
+        if ln in _NOTED:
+            if ln == b"content-length":
+                self.head_cl = int(value)  # one at most: llhttp refuses a second one
+            elif ln == b"transfer-encoding":
+                if b"chunked" in value.lower():
+                    self.head_chunked = True
+                return
+            elif ln == b"connection" and value.lower() != b"keep-alive":
+                self.forward = None  # it names headers to drop
+                return
+            else:  # another hop-by-hop header
+                return
+        forward = self.forward
+        if forward is not None:
+            forward.append((ln, value))
 
     def on_headers_complete(self) -> None:
         resp = self.resp
         assert resp is not None
         status = self.parser.get_status_code()
+        cl, chunked = self.head_cl, self.head_chunked
+        self.head_cl, self.head_chunked = -1, False  # afresh for the next head
         if 100 <= status < 200 and status != 101:  # 100 Continue & co: the real answer follows
             resp.raw_headers = []
+            self.forward = []
             return
         resp.status = status
+        resp.forward = self.forward
+        self.forward = []
         if resp._head or status in (204, 304):
             resp._done = True
         else:
-            chunked = False
-            cl = -1
-            for n, v in resp.raw_headers:
-                ln = n.lower()
-                if ln == b"content-length":
-                    cl = int(v)
-                elif ln == b"transfer-encoding" and b"chunked" in v.lower():
-                    chunked = True
             resp._close_delimited = cl < 0 and not chunked
             if cl > 0 and not chunked:
                 self.raw_left = cl  # on_body counts down what arrives with the head
@@ -247,11 +278,14 @@ class UpstreamConn(asyncio.BufferedProtocol):
         resp._chunks.append(body)
         resp._buffered += len(body)
         w = resp._waiter
-        if (resp._buffered > resp._ahead and (w is None or w.done()) and not self.paused_reading
+        if (self.raw_left and resp._buffered > resp._ahead and (w is None or w.done()) and not self.paused_reading
                 and self.transport is not None):  # nobody waits for these bytes: pause (see HIGH_WATER)
+            # (raw_left 0: this completes a sized body, so no more is to come: a small answer, which arrives
+            # whole, costs no pause and resume; a byte after it ends the connection, see data_received)
             self.paused_reading = True
             self.transport.pause_reading()
-        resp._wake()
+        if w is not None and not w.done():  # resp._wake()
+            w.set_result(None)
 
     def on_message_complete(self) -> None:
         resp = self.resp
@@ -261,7 +295,9 @@ class UpstreamConn(asyncio.BufferedProtocol):
             self.parser = httptools.HttpResponseParser(self)
         self.raw_left = -1
         resp._done = True
-        resp._wake()
+        w = resp._waiter  # resp._wake()
+        if w is not None and not w.done():
+            w.set_result(None)
 
     # --- used by Response / Upstream
     def behind(self) -> None:
@@ -279,7 +315,8 @@ class UpstreamConn(asyncio.BufferedProtocol):
         self.resp = None
         self._spare = None
         if reusable and self.reusable and not self.lost:
-            self.want_read()  # the body ended: the next response is read as it comes
+            if self.paused_reading:
+                self.want_read()  # the body ended: the next response is read as it comes
             if resp._head:
                 self.parser = httptools.HttpResponseParser(self)
             self.pool._put(self)

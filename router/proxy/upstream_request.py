@@ -62,28 +62,20 @@ def prepare(method: str, url: str, headers: Sequence[tuple[str, str]], body: Asy
 
 
 class HeaderBlock:
-    """A request's header lines, encoded (each ending in CRLF), Host among them; `has_length`: so is a
-    Content-Length. Built by ForwardingHeaders.request_block: a tuple per header, an f-string per line and
-    a join for every try cost more than the rest of the upstream client together (docs/datapath.md)."""
+    """A request's whole head, encoded: request line, header lines (Host among them), the framing of its
+    body (none, or its Content-Length among the lines, or `transfer-encoding: chunked` when `chunked`) and
+    the blank line. Built by ForwardingHeaders.request_block in one join, for every try of the request: a
+    tuple per header, an f-string per line and a join for every try cost more than the rest of the
+    upstream client together (docs/datapath.md)."""
 
-    __slots__ = ("data", "has_length")
+    __slots__ = ("head", "chunked")
 
-    def __init__(self, data: bytes, has_length: bool) -> None:
-        self.data = data
-        self.has_length = has_length
+    def __init__(self, head: bytes, chunked: bool) -> None:
+        self.head = head
+        self.chunked = chunked
 
 
-def prepare_block(method: str, key: tuple, target: str, block: HeaderBlock,
-                  body: AsyncIterator[bytes] | bytes | None) -> Prepared:
-    """prepare() for a HeaderBlock: the same head, for the pool `key` (scheme, host, port, verify)."""
-    line = f"{method} {target} HTTP/1.1\r\n".encode("latin-1", "replace")
-    chunked = False
-    if body is None or block.has_length:
-        head = line + block.data + b"\r\n"
-    elif isinstance(body, bytes):
-        head = line + block.data + b"content-length: %d\r\n\r\n" % len(body)
-    else:
-        chunked = True
-        head = line + block.data + b"transfer-encoding: chunked\r\n\r\n"
-    resendable = (body is None or isinstance(body, bytes)) and method in IDEMPOTENT
-    return Prepared(method, key, head, chunked, resendable)
+def prepare_block(method: str, key: tuple, block: HeaderBlock, body: AsyncIterator[bytes] | None) -> Prepared:
+    """prepare() for a HeaderBlock, for the pool `key` (scheme, host, port, verify): the head is made already;
+    `body` is the stream the block's framing was made for (None when it has no body)."""
+    return Prepared(method, key, block.head, block.chunked, body is None and method in IDEMPOTENT)

@@ -40,13 +40,16 @@ class _Interrupted(Exception):
 class Response:
     """One upstream response: headers are complete; the body arrives through `iter_any()`."""
 
-    __slots__ = ("status", "raw_headers", "_conn", "_chunks", "_buffered", "_done", "_error", "_waiter",
+    __slots__ = ("status", "raw_headers", "forward", "_conn", "_chunks", "_buffered", "_done", "_error", "_waiter",
                  "_head", "_received", "_headers_fut", "_close_delimited", "_released", "_writer", "owner",
                  "_ahead", "_sink", "_sink_stop")
 
     def __init__(self, conn: UpstreamConn, head: bool) -> None:
         self.status = 0
         self.raw_headers: list[tuple[bytes, bytes]] = []
+        # once the head is complete: raw_headers as the proxy forwards them (lower-case names, no hop-by-hop
+        # ones; ForwardingHeaders.response_headers' rule), or None when its Connection header names others
+        self.forward: list[tuple[bytes, bytes]] | None = None
         self._conn = conn
         self._chunks: collections.deque[bytes] = collections.deque()
         self._buffered = 0
