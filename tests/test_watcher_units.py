@@ -10,6 +10,7 @@ import httpx
 import pytest
 import respx
 
+import registry.consul.watcher as watcher_module
 from registry.consul.api import ConsulAPI, ConsulError
 from registry.consul.dump import Instances, summarize
 from registry.consul.dump import catalog_fingerprints as _catalog_fingerprints
@@ -453,3 +454,31 @@ def test_after_the_initial_load_its_objects_are_frozen_without_a_collection() ->
             gc.enable()
     gc.collect()
     assert gone() is None
+
+
+class _Stop(Exception):
+    pass
+
+
+@pytest.mark.parametrize("retry, cap", [(0.5, 0.5), (2.0, 2.0), (0.0, 0.1)])
+@respx.mock(using="httpx")
+def test_registry_retry_caps_the_waits_of_the_initial_sync(respx_mock: respx.MockRouter, monkeypatch: pytest.MonkeyPatch,
+                                                           retry: float, cap: float) -> None:
+    """registry.retry is the longest wait between two tries of the first read (fabio's retry interval); the
+    first retry comes after 0.1 s, and 0 does not make the watcher spin."""
+    respx_mock.get("http://c:8500/v1/agent/self").mock(return_value=httpx.Response(500, text="no leader"))
+    waits: list[float] = []
+
+    async def sleep(d: float) -> None:
+        waits.append(d)
+        if len(waits) == 8:
+            raise _Stop
+
+    w = ConsulWatcher(ConsulAPI("c:8500", transport=httpx.AsyncHTTPTransport()), lambda s, m: None, retry=retry)
+    monkeypatch.setattr(watcher_module.asyncio, "sleep", sleep)
+    with pytest.raises(_Stop):
+        asyncio.run(w._initial_sync())
+    assert 0.08 <= waits[0] <= 0.12  # 0.1 s +-20 % jitter
+    assert all(x <= cap * 1.2 for x in waits), waits
+    assert waits[-1] >= cap * 0.8, waits  # it reached the cap and stays there
+    assert w.status.error_count == len(waits) and "initial sync" in w.status.errors[-1][1]

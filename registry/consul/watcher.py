@@ -43,6 +43,7 @@ __all__ = ["ConsulWatcher", "RegistryStatus", "ServiceStatus", "Sink"]  # the st
 
 log = logging.getLogger("registry.consul")
 
+RETRY_MIN = 0.1  # the first wait after a failed initial sync, and the floor of registry.retry (0 would spin)
 
 
 class ConsulWatcher:
@@ -63,8 +64,12 @@ class ConsulWatcher:
         resync: float = 60.0,
         unrun_hold: float = UNRUN_HOLD,
         hot_limit: int = HOT_LIMIT,
+        retry: float = 3.0,
     ) -> None:
         self.api = api
+        # registry.retry: the longest wait between two tries of the initial sync (fabio retries at that interval;
+        # we start at 0.1 s and double up to it, so a Consul that comes up late is noticed within it)
+        self.retry = max(retry, RETRY_MIN)
         self.sink = sink
         self.prefix = tagprefix
         self.kvpath = kvpath.strip("/")
@@ -150,7 +155,7 @@ class ConsulWatcher:
     # ------------------------------------------------------------------ startup
 
     async def _initial_sync(self) -> dict[str, int]:
-        backoff = Backoff()
+        backoff = Backoff(first=RETRY_MIN, cap=self.retry)
         while True:
             self._health_fp, self._catalog_tags = {}, {}
             self._rereads.pending.clear()

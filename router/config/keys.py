@@ -135,8 +135,9 @@ KEYS: tuple[Key, ...] = (
     Key("registry.timeout", "10s", duration(zero="open at once"),
         "how long the proxy listeners wait for the first routing table at startup; then they open anyway "
         "(503 until a table loads) and the registry is still retried (fabio exits instead)"),
-    Key("registry.retry", "500ms", duration(), "retry interval at startup",
-        todo='no effect: Consul is retried with capped exponential backoff'),
+    Key("registry.retry", "500ms", duration(),
+        "retry interval at startup: the longest wait between two tries of the first read of Consul (the first "
+        "retry comes after 0.1 s, then the wait doubles up to this; values below 100ms count as 100ms)"),
     Key("registry.static.routes", "", parse_str, "route commands for registry.backend=static"),
     Key("registry.static.noroutehtml", "", parse_str,
         "HTML page answered when no route matches, for registry.backend=static"),

@@ -110,6 +110,7 @@ class Router:
             unrun_hold=cfg["registry.consul.unrunhold"],
             max_rate=cfg["registry.consul.maxrate"],
             status=self.status,
+            retry=cfg["registry.retry"],
         )
         try:
             await watcher.run()
