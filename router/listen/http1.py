@@ -179,6 +179,9 @@ class Http1(WriteFlow, asyncio.Protocol):
         self.queue.clear()
         self.resume_writing()
         self.transport = GONE  # type: ignore[assignment]  # why: router/listen/flow.py
+        # The parser holds us as its callbacks object: without this the pair is a cycle that only a collection
+        # frees (tests/test_http1_objects.py). No callback reads it after connection_lost.
+        self.parser = None  # type: ignore[assignment]
 
     def eof_received(self) -> bool | None:
         if self.active is not None or self.queue:
