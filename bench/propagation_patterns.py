@@ -254,17 +254,16 @@ def start_consul(mode: str, instances: int, tmp: Path, data_dir: Path | None = N
     return agent, time.monotonic() - t0
 
 
-_CRITICAL_WATCH = r"""
+_WATCH = r"""
 import http.client, json, sys, time
-host, port, out = sys.argv[1], int(sys.argv[2]), sys.argv[3]
-index = "1"
-c = None
+host, port, path, out = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+index, c = "1", None
 with open(out, "a", buffering=1) as f:
     while True:
         try:
             if c is None:
                 c = http.client.HTTPConnection(host, port, timeout=30)
-            c.request("GET", f"/v1/health/state/critical?index={index}&wait=5s")
+            c.request("GET", f"{path}?index={index}&wait=5s")
             r = c.getresponse()
             body = r.read()
         except (OSError, http.client.HTTPException):
@@ -272,9 +271,17 @@ with open(out, "a", buffering=1) as f:
             time.sleep(0.1)
             continue
         t, w = time.monotonic(), time.time()
-        f.write(json.dumps([t, w, [x["CheckID"] for x in json.loads(body)]]) + "\n")
+        RECORD
+        f.write(json.dumps(rec) + "\n")
         index = r.getheader("X-Consul-Index", "1")
 """
+
+
+def watch_script(record: str) -> str:
+    """A plain blocking query, for `python -c SCRIPT host port path out`: a process of its own (standard
+    library only, CLOCK_MONOTONIC stamps), each answer appended to `out` as the JSON of `rec`, which
+    `record` (statements on one line) sets from t, w (time.time()), r (the response) and body."""
+    return _WATCH.replace("RECORD", record)
 
 
 class CriticalWatch:
@@ -291,7 +298,8 @@ class CriticalWatch:
         host, port = url.split("://", 1)[-1].rsplit(":", 1)
         fd, self._path = tempfile.mkstemp(prefix="critical-watch-", suffix=".jsonl")
         os.close(fd)
-        self._args = [sys.executable, "-c", _CRITICAL_WATCH, host, port, self._path]
+        self._args = [sys.executable, "-c", watch_script('rec = [t, w, [x["CheckID"] for x in json.loads(body)]]'),
+                      host, port, "/v1/health/state/critical", self._path]
         self._proc: subprocess.Popen[bytes] | None = None
         self._answers: list[tuple[float, float, frozenset[str]]] = []
         self._read = 0

@@ -38,32 +38,23 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from bench.propagation import PER_SERVICE  # noqa: E402
-from bench.propagation_patterns import Agent, Fleet, Load, addr, cpu_s, first, registry_status, start_consul  # noqa: E402
+from bench.propagation_patterns import (  # noqa: E402
+    Agent,
+    Fleet,
+    Load,
+    addr,
+    cpu_s,
+    first,
+    registry_status,
+    start_consul,
+    watch_script,
+)
 from bench.propagation_trace import _router  # noqa: E402
 
-_SERVICE_WATCH = r"""
-import http.client, json, sys, time
-host, port, svc, out = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
-index, c = "1", None
-with open(out, "a", buffering=1) as f:
-    while True:
-        try:
-            if c is None:
-                c = http.client.HTTPConnection(host, port, timeout=30)
-            c.request("GET", f"/v1/health/service/{svc}?index={index}&wait=5s")
-            r = c.getresponse()
-            body = r.read()
-        except (OSError, http.client.HTTPException):
-            c = None
-            time.sleep(0.1)
-            continue
-        t = time.monotonic()
-        es = json.loads(body) or []
-        ids = [e["Service"]["ID"] for e in es]
-        up = [e["Service"]["ID"] for e in es if all(x["Status"] == "passing" for x in e.get("Checks") or ())]
-        f.write(json.dumps([t, r.getheader("X-Consul-Index", "1"), ids, up]) + "\n")
-        index = r.getheader("X-Consul-Index", "1")
-"""
+# Consul alone for the service: each answer's index, its instances and those passing every check
+_SERVICE_RECORD = ('es = json.loads(body) or []; rec = [t, r.getheader("X-Consul-Index", "1"), '
+                   '[e["Service"]["ID"] for e in es], [e["Service"]["ID"] for e in es '
+                   'if all(x["Status"] == "passing" for x in e.get("Checks") or ())]]')
 
 
 def ms(t: float | None, t0: float) -> float:
@@ -96,7 +87,8 @@ def run(mode: str, background: int, checkout: Path, flags: list[str], n: int = 3
                 agent.register(f"{svc}-old{i}", svc, a, fleet.port, path, status="passing")
             first(lambda: len({proxy.get(path).headers.get("x-instance") for _ in range(3 * n)}) == n, 120)
             host, port = agent_proc.http_url.split("://", 1)[-1].rsplit(":", 1)
-            alone = subprocess.Popen([sys.executable, "-c", _SERVICE_WATCH, host, port, svc, str(watch_out)])
+            alone = subprocess.Popen([sys.executable, "-c", watch_script(_SERVICE_RECORD), host, port,
+                                      f"/v1/health/service/{svc}", str(watch_out)])
             load = Load(router.url, path).start()
             time.sleep(1.0)
             pids = (router.proc.pid if router.proc else 0, agent_proc.pid or 0)

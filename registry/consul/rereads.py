@@ -33,6 +33,11 @@ Entries = list[dict[str, Any]]
 HOT_GRACE = 1.0
 
 
+def _check_key(c: dict[str, Any]) -> tuple[str, str, str]:
+    """A health check's identity in Consul: node, service instance, check ID."""
+    return c.get("Node", ""), c.get("ServiceID", ""), c.get("CheckID", "")
+
+
 class ReReads:
     """The queue of services to re-read, the reads in flight, and what the table was last given."""
 
@@ -118,7 +123,7 @@ class ReReads:
         wanted = [n for n in names if n in self._entries and self.hot.watching(n)]
         if not wanted:
             return
-        by_key = {(c.get("Node", ""), c.get("ServiceID", ""), c.get("CheckID", "")): c for c in checks}
+        by_key = {_check_key(c): c for c in checks}
         for name in wanted:
             floor = self._svc_index.get(name, 0)
             newest = 0
@@ -127,7 +132,7 @@ class ReReads:
                 cs = e.get("Checks") or []
                 new: list[dict[str, Any]] | None = None
                 for i, c in enumerate(cs):
-                    ev = by_key.get((c.get("Node", ""), c.get("ServiceID", ""), c.get("CheckID", "")))
+                    ev = by_key.get(_check_key(c))
                     if ev is None or (ev.get("ModifyIndex") or 0) <= floor or ev.get("Status") == c.get("Status"):
                         continue
                     if new is None:

@@ -273,9 +273,8 @@ class Sender:
                 after = self.stall
         pooled = True
         while True:
-            prep = Prepared(method, picker.keys[idx], headers.head, headers.chunked,  # type: ignore[union-attr]
-                            body is None and method in IDEMPOTENT) if block else \
-                self._prep(picker, idx, rq)  # type: ignore[arg-type]  # (the former: prepare_block, inline)
+            prep = prepare_block(method, picker.keys[idx], headers, body) if block else \
+                self._prep(picker, idx, rq)  # type: ignore[arg-type]
             conn = self.upstream.take(prep.key) if pooled else None
             if conn is not None:  # the common case, inline: no coroutine for _connection
                 fresh = False

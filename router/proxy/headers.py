@@ -48,9 +48,9 @@ PROTECTED = frozenset(
         "x-real-ip",
     }
 )
-_HOP_BYTES = HOP_BY_HOP_BYTES = frozenset(h.encode() for h in HOP_BY_HOP)
+HOP_BY_HOP_BYTES = frozenset(h.encode() for h in HOP_BY_HOP)
 # request header names request_block looks at; any other passes through as it came
-_NOTED = _HOP_BYTES | {b"host", b"via", b"content-length", b"user-agent"} | {h.encode() for h in PROTECTED}
+_NOTED = HOP_BY_HOP_BYTES | {b"host", b"via", b"content-length", b"user-agent"} | {h.encode() for h in PROTECTED}
 _UNSAFE = frozenset({b"via"} | {h.encode() for h in PROTECTED})  # request_block leaves these to request_headers
 TAILS_MAX = 4096  # cached header tails per worker (client address x Host x target options); then start afresh
 
@@ -295,7 +295,7 @@ class ForwardingHeaders:
         named: set[bytes] | None = None
         for n, v in raw:  # one pass, one lower() per header: this runs for every answer
             ln = n.lower()
-            if ln in _HOP_BYTES:
+            if ln in HOP_BY_HOP_BYTES:
                 if ln == b"connection" and v.lower() != b"keep-alive":  # keep-alive: a hop-by-hop name already
                     named = (named or set()) | {t.strip().lower() for t in v.split(b",") if t.strip()}
                 continue
