@@ -298,6 +298,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="--patterns: background instances (the issue's sizes: 0 3000 30000; 100000 for catalog)")
     ap.add_argument("--modes", nargs="*", default=["agent", "catalog"], choices=["agent", "catalog"])
     ap.add_argument("--rounds", type=int, default=10, help="--patterns: rounds of the new-instance pattern")
+    ap.add_argument("--bursts", type=int, default=1, help="--patterns: bursts per configuration, at most 5 (the median is shown)")
     ap.add_argument("--only", nargs="*", default=["new", "burst", "rolling"], choices=["new", "burst", "rolling"])
     ap.add_argument("--router-root", type=Path, action="append", default=[],
                     help="--patterns: run the router of this checkout (repeat: each in turn, per mode and "
@@ -316,7 +317,7 @@ def main(argv: list[str] | None = None) -> int:
                     rp.ROOT = root  # RouterProc runs `python -m router` in this directory
                     code = subprocess.run(["git", "-C", str(root), "log", "-1", "--format=%h"], capture_output=True,
                                           text=True).stdout.strip()
-                    r = pp.run_one(mode, n, a.rounds, a.router_flag, set(a.only))
+                    r = pp.run_one(mode, n, a.rounds, a.router_flag, set(a.only), a.bursts)
                     r["code"] = f"{root.name} {code}"
                     r["load"] = [round(x, 1) for x in os.getloadavg()]
                     out.append(r)

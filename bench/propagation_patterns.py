@@ -50,7 +50,7 @@ import threading
 import time
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import httpx
 from aiohttp import web
@@ -162,6 +162,7 @@ class Agent:
     """The agent HTTP API, as Registrator uses it."""
 
     def __init__(self, url: str) -> None:
+        self.url = url
         self.c = httpx.Client(base_url=url, timeout=30, trust_env=False, limits=httpx.Limits(max_connections=16))
 
     def register(self, sid: str, name: str, address: str, port: int, path: str, status: str = "critical") -> None:
@@ -284,31 +285,30 @@ def watch_script(record: str) -> str:
     return _WATCH.replace("RECORD", record)
 
 
-class CriticalWatch:
-    """Consul's own share: a plain blocking query on /v1/health/state/critical, each answer timed.
+class AloneWatch:
+    """Consul alone: a plain blocking query on `path`, each answer timed and recorded by `record`
+    (watch_script).
 
-    `seen(check_id, critical, after)` is when Consul first answered with that check in (or out of) the
-    critical list after `after`: the floor no watcher can beat, on this machine at this moment. It runs in
-    a process of its own (standard library only, timestamps on CLOCK_MONOTONIC, which every process on the
-    machine shares): as a thread of this process it waited for the interpreter lock held by the poll
-    loop and the backends' thread, and saw changes later than the router did (11 against 4 ms median).
+    It runs in a process of its own (standard library only, timestamps on CLOCK_MONOTONIC, which every
+    process on the machine shares): as a thread of this process it waited for the interpreter lock held by
+    the poll loop and the backends' thread, and saw changes later than the router did (11 against 4 ms
+    median). Its answers are the floor no watcher beats, on this machine at this moment.
     """
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, path: str, record: str) -> None:
         host, port = url.split("://", 1)[-1].rsplit(":", 1)
-        fd, self._path = tempfile.mkstemp(prefix="critical-watch-", suffix=".jsonl")
+        fd, self._path = tempfile.mkstemp(prefix="alone-watch-", suffix=".jsonl")
         os.close(fd)
-        self._args = [sys.executable, "-c", watch_script('rec = [t, w, [x["CheckID"] for x in json.loads(body)]]'),
-                      host, port, "/v1/health/state/critical", self._path]
+        self._args = [sys.executable, "-c", watch_script(record), host, port, path, self._path]
         self._proc: subprocess.Popen[bytes] | None = None
-        self._answers: list[tuple[float, float, frozenset[str]]] = []
+        self._answers: list[Any] = []
         self._read = 0
 
-    def start(self) -> CriticalWatch:
+    def start(self) -> Self:
         self._proc = subprocess.Popen(self._args)
         deadline = time.monotonic() + 30
-        while not self._load() and time.monotonic() < deadline:  # its first answer (index 1: at once)
-            time.sleep(0.05)
+        while not self.answers() and time.monotonic() < deadline:  # its first answer (index 1: at once)
+            time.sleep(0.01)
         return self
 
     def stop(self) -> None:
@@ -317,22 +317,61 @@ class CriticalWatch:
             self._proc.wait()
         Path(self._path).unlink(missing_ok=True)
 
-    def _load(self) -> list[tuple[float, float, frozenset[str]]]:
+    def parse(self, rec: list[Any]) -> Any:
+        return rec
+
+    def answers(self) -> list[Any]:
         with open(self._path) as f:
             f.seek(self._read)
             text = f.read()
         done = text.rfind("\n") + 1
         self._read += done
-        for line in text[:done].splitlines():
-            t, w, ids = json.loads(line)
-            self._answers.append((t, w, frozenset(ids)))
+        self._answers.extend(self.parse(json.loads(line)) for line in text[:done].splitlines())
         return self._answers
 
+
+class CriticalWatch(AloneWatch):
+    """Consul alone for check states: `/v1/health/state/critical`. `seen(check_id, critical, after)` is when
+    Consul first answered with that check in (or out of) the critical list after `after`."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(url, "/v1/health/state/critical", 'rec = [t, w, [x["CheckID"] for x in json.loads(body)]]')
+
+    def parse(self, rec: list[Any]) -> tuple[float, float, frozenset[str]]:
+        return rec[0], rec[1], frozenset(rec[2])
+
     def seen_wall(self, check_id: str, critical: bool, after: float) -> float:
-        return next((w for _, w, ids in self._load() if w >= after and (check_id in ids) == critical), float("inf"))
+        return next((w for _, w, ids in self.answers() if w >= after and (check_id in ids) == critical), float("inf"))
 
     def seen(self, check_id: str, critical: bool, after: float) -> float:
-        return next((t for t, _, ids in self._load() if t >= after and (check_id in ids) == critical), float("inf"))
+        return next((t for t, _, ids in self.answers() if t >= after and (check_id in ids) == critical), float("inf"))
+
+
+# each answer: monotonic and wall time, its index, the instances and those passing every check
+_SERVICE_RECORD = ('es = json.loads(body) or []; rec = [t, w, int(r.getheader("X-Consul-Index", "1")), '
+                   '[e["Service"]["ID"] for e in es], [e["Service"]["ID"] for e in es '
+                   'if all(x["Status"] == "passing" for x in e.get("Checks") or ())]]')
+
+
+class ServiceWatch(AloneWatch):
+    """Consul alone for one service: `/v1/health/service/<name>` (it wakes for that service only), which
+    shows what the state list cannot: an instance deregistered, the last one gone.
+
+    `seen(sid, up, after)` is when Consul first answered, after `after`, with instance `sid` passing
+    (`up`) or no longer among the instances (not `up`); `wall` compares and returns time.time() instead."""
+
+    def __init__(self, url: str, name: str) -> None:
+        super().__init__(url, f"/v1/health/service/{name}", _SERVICE_RECORD)
+
+    def parse(self, rec: list[Any]) -> tuple[float, float, int, frozenset[str], frozenset[str]]:
+        return rec[0], rec[1], rec[2], frozenset(rec[3]), frozenset(rec[4])
+
+    def seen(self, sid: str, up: bool, after: float, wall: bool = False) -> float:
+        for t, w, _, ids, passing in self.answers():
+            at = w if wall else t
+            if at >= after and ((sid in passing) if up else (sid not in ids)):
+                return at
+        return float("inf")
 
 
 def table_swaps(router: RouterProc) -> list[tuple[float, str, str]]:
@@ -409,6 +448,7 @@ class Load:
 def pattern_new(agent: Agent, fleet: Fleet, proxy: httpx.Client, rounds: int, consul: CriticalWatch,
                 router: RouterProc | None = None) -> dict[str, Any]:
     up, crit, dereg_last, dereg_one, floor_up, floor_crit = [], [], [], [], [], []
+    floor_dereg_one, floor_dereg_last = [], []  # Consul alone: the service's own blocking query (ServiceWatch)
     up_client: list[float] = []  # the same, when its answer was back at the client
     passes: list[tuple[str, float, float]] = []  # (instance, wall time of the pass, Consul alone's answer, wall)
     fails: list[tuple[str, float, float]] = []  # the same for the check set critical
@@ -417,6 +457,7 @@ def pattern_new(agent: Agent, fleet: Fleet, proxy: httpx.Client, rounds: int, co
         path = f"/{svc}"
         a = fleet.add(addr(1, 2 * k))
         b = fleet.add(addr(1, 2 * k + 1))
+        alone = ServiceWatch(agent.url, svc).start()
         agent.register(f"{svc}-a", svc, a, fleet.port, path)
         time.sleep(0.2)
         put = agent.raw_check(f"{svc}-a", "passing")
@@ -452,6 +493,7 @@ def pattern_new(agent: Agent, fleet: Fleet, proxy: httpx.Client, rounds: int, co
             else:
                 streak += 1
         dereg_one.append(ms(last_b, t0) if streak >= 40 else float("inf"))
+        floor_dereg_one.append(ms(alone.seen(f"{svc}-b", False, t0), t0))
         time.sleep(0.3)
         put = agent.raw_deregister(f"{svc}-a")
         t0 = time.monotonic()
@@ -459,6 +501,8 @@ def pattern_new(agent: Agent, fleet: Fleet, proxy: httpx.Client, rounds: int, co
         dereg_last.append(ms(first(lambda: proxy.get(path).status_code == 404), t0))  # noqa: B023
         put.finish()
         time.sleep(0.3)
+        floor_dereg_last.append(ms(alone.seen(f"{svc}-a", False, t0), t0))
+        alone.stop()
     # the table swap with the new instance, from the router's log (ms resolution): the router's own
     # "routed", without the probe's round trip through the proxy and the backend
     swaps = table_swaps(router) if router is not None else []
@@ -473,13 +517,15 @@ def pattern_new(agent: Agent, fleet: Fleet, proxy: httpx.Client, rounds: int, co
     crit_share = [ms(t, c) for t, (_, _, c) in zip(unswapped, fails, strict=True) if c != float("inf")]
     return {"up": stats(up), "up_client": stats(up_client), "up_swap": stats(up_swap), "up_swap_after_consul": stats(share),
             "critical": stats(crit), "critical_swap": stats(crit_swap), "critical_swap_after_consul": stats(crit_share), "dereg_one": stats(dereg_one), "dereg_last": stats(dereg_last),
-            "consul_floor_up": stats(floor_up), "consul_floor_critical": stats(floor_crit)}
+            "consul_floor_up": stats(floor_up), "consul_floor_critical": stats(floor_crit),
+            "consul_floor_dereg_one": stats(floor_dereg_one), "consul_floor_dereg_last": stats(floor_dereg_last)}
 
 
-def pattern_burst(agent: Agent, fleet: Fleet, router: RouterProc, consul: CriticalWatch, n: int = 50) -> dict[str, Any]:
+def pattern_burst(agent: Agent, fleet: Fleet, router: RouterProc, consul: CriticalWatch, n: int = 50,
+                  run: int = 0) -> dict[str, Any]:
     tag = uuid.uuid4().hex[:4]
     names = [f"burst{tag}-{i:02d}" for i in range(n)]
-    where = {name: fleet.add(addr(2, i)) for i, name in enumerate(names)}
+    where = {name: fleet.add(addr(2, run * n + i)) for i, name in enumerate(names)}  # 127.0.2.x: 5 bursts of 50
     for name in names:
         agent.register(f"{name}-1", name, where[name], fleet.port, f"/{name}")
     time.sleep(1.0)  # all registered and settled (critical: not routed)
@@ -520,6 +566,7 @@ def pattern_rolling(agent: Agent, fleet: Fleet, router: RouterProc, n: int = 30,
         agent.register(f"{svc}-old{i}", svc, a, fleet.port, path, status="passing")
     with httpx.Client(base_url=router.url, timeout=5, trust_env=False) as c:
         first(lambda: len({c.get(path).headers.get("x-instance") for _ in range(3 * n)}) == n, 120)
+    alone = ServiceWatch(agent.url, svc).start()
     load = Load(router.url, path).start()
     time.sleep(1.0)
     passed: dict[str, float] = {}
@@ -549,17 +596,30 @@ def pattern_rolling(agent: Agent, fleet: Fleet, router: RouterProc, n: int = 30,
         return next((t for t, sg, url in swaps if sg == sign and f"//{a}:" in url and t >= after), float("inf"))
     new_ms = [ms(swapped("+", a, w), w) for a, w in passed.items()]
     old_ms = [ms(swapped("-", a, w), w) for a, w in deregistered.items()]
+    # Consul alone for each change: the service's own blocking query showing the new instance passing, the
+    # old one gone (wall clock, as the router's log); the share is the router's time after that answer
+    sid = {a: f"{svc}-new{i}" for i, a in enumerate(passed)} | {a: f"{svc}-old{i}" for i, a in enumerate(old)}
+    new_alone = [ms(alone.seen(sid[a], True, w, wall=True), w) for a, w in passed.items()]
+    old_alone = [ms(alone.seen(sid[a], False, w, wall=True), w) for a, w in deregistered.items()]
+    alone.stop()
+    shares = [r - c for r, c in zip(new_ms + old_ms, new_alone + old_alone, strict=True) if c != float("inf")]
+    worst = max(range(len(new_ms + old_ms)), key=lambda j: (new_ms + old_ms)[j])
     failed = sum(1 for _, st, _ in log if st != 200)
     for i in range(n):
         agent.deregister(f"{svc}-new{i}")
     return {"requests": len(log), "failed": failed, "new_routed": stats(new_ms), "old_unrouted": stats(old_ms),
-            "worst_change_ms": round(max(new_ms + old_ms), 1), "deploy_s": round(time.monotonic() - t_start - 2.0, 1)}
+            "worst_change_ms": round(max(new_ms + old_ms), 1), "deploy_s": round(time.monotonic() - t_start - 2.0, 1),
+            "consul_alone_new": stats(new_alone), "consul_alone_old": stats(old_alone),
+            "consul_alone_worst_ms": round(max(new_alone + old_alone), 1),
+            "worst_change_consul_alone_ms": round((new_alone + old_alone)[worst], 1),
+            "largest_share_ms": round(max(shares), 1) if shares else None}
 
 
 # ---------------------------------------------------------------- one configuration
 
 
-def run_one(mode: str, instances: int, rounds: int, flags: list[str], patterns: set[str]) -> dict[str, Any]:
+def run_one(mode: str, instances: int, rounds: int, flags: list[str], patterns: set[str],
+            bursts: int = 1) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="bench-prop-") as tmpdir:
         tmp = Path(tmpdir)
         agent_proc, setup_s = start_consul(mode, instances, tmp)
@@ -590,11 +650,18 @@ def run_one(mode: str, instances: int, rounds: int, flags: list[str], patterns: 
             if "burst" in patterns:
                 # CPU of the router and of Consul over the burst (no polling there: load-independent)
                 pids = (router.proc.pid if router.proc else 0, agent_proc.pid or 0)
-                c0 = [cpu_s(p) for p in pids]
-                out["burst"] = pattern_burst(agent, fleet, router, consul)
-                c1 = [cpu_s(p) for p in pids]
-                out["burst"]["router_cpu_ms"] = round((c1[0] - c0[0]) * 1000)
-                out["burst"]["consul_cpu_ms"] = round((c1[1] - c0[1]) * 1000)
+                runs = []
+                for k in range(min(bursts, 5)):  # Consul alone's time for one burst varies 2-4x run to run
+                    c0 = [cpu_s(p) for p in pids]
+                    b = pattern_burst(agent, fleet, router, consul, run=k)
+                    c1 = [cpu_s(p) for p in pids]
+                    b["router_cpu_ms"] = round((c1[0] - c0[0]) * 1000)
+                    b["consul_cpu_ms"] = round((c1[1] - c0[1]) * 1000)
+                    runs.append(b)
+                # the table shows the burst whose last change was routed at the median; every burst is kept
+                out["burst"] = dict(sorted(runs, key=lambda b: b["last_routed_ms"])[(len(runs) - 1) // 2])
+                out["burst"]["runs"] = [{k: b[k] for k in ("last_routed_ms", "consul_floor_last_ms",
+                                                           "updates_answered_ms", "consul_requests")} for b in runs]
             if "rolling" in patterns:
                 out["rolling"] = pattern_rolling(agent, fleet, router)
             consul.stop()
@@ -622,11 +689,19 @@ def table(results: list[dict[str, Any]]) -> str:
         inf = float("inf")
         return "–" if a is None or b is None or inf in (a, b) else f(round(a - b, 1))
 
+    def spread(b: dict[str, Any]) -> str:  # more than one burst: every burst's last routed (Consul alone's)
+        runs = b.get("runs") or []
+        if len(runs) < 2:
+            return ""
+        return " [" + ", ".join(f"{f(x['last_routed_ms'])} ({f(x['consul_floor_last_ms'])})" for x in runs) + "]"
+
     rows = ["| code | mode | background | new: up p50 / p90 ms (Consul alone p90; router's share) | "
             "new: table swap p50 / p90 ms (after Consul alone's answer: p50 / p90) | "
-            "critical p50 / p90 (Consul alone p90; share) | dereg one p90 | dereg last p90 | "
-            "burst: last routed ms (Consul alone; share) | burst per change p90 (Consul alone) | "
-            "burst: PUTs written within / answered by ms; Consul requests; table swaps; CPU ms router / Consul | rolling: failed / requests, worst ms | "
+            "critical p50 / p90 (Consul alone p90; share) | dereg one p90 (Consul alone p90) | "
+            "dereg last p90 (Consul alone p90; share) | "
+            "burst: last routed ms (Consul alone; share) [every burst, when more than one] | burst per change p90 (Consul alone) | "
+            "burst: PUTs written within / answered by ms; Consul requests; table swaps; CPU ms router / Consul | "
+            "rolling: failed / requests, worst ms (Consul alone for that change; Consul alone's worst; largest share) | "
             "Consul requests per change (dumps) | ready s, RSS MB |",
             "|---|---|---:|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
@@ -635,19 +710,22 @@ def table(results: list[dict[str, Any]]) -> str:
         cr, cc = n.get("critical", {}), n.get("consul_floor_critical", {})
         sw, sa = n.get("up_swap", {}), n.get("up_swap_after_consul", {})
         bp, cbp = b.get("per_change", {}), b.get("consul_floor_per_change", {})
+        do, dl = n.get("consul_floor_dereg_one", {}), n.get("consul_floor_dereg_last", {})
         rows.append(
             f"| {r.get('code', '–')} | {r['mode']} | {r['background']:,} | "
             f"{f(up.get('p50'))} / {f(up.get('p90'))} ({f(cu.get('p90'))}; {share(up.get('p90'), cu.get('p90'))}) | "
             f"{f(sw.get('p50'))} / {f(sw.get('p90'))} ({f(sa.get('p50'))} / {f(sa.get('p90'))}) | "
             f"{f(cr.get('p50'))} / {f(cr.get('p90'))} ({f(cc.get('p90'))}; {share(cr.get('p90'), cc.get('p90'))}) | "
-            f"{f(n.get('dereg_one', {}).get('p90'))} | {f(n.get('dereg_last', {}).get('p90'))} | "
+            f"{f(n.get('dereg_one', {}).get('p90'))} ({f(do.get('p90'))}) | "
+            f"{f(n.get('dereg_last', {}).get('p90'))} ({f(dl.get('p90'))}; {share(n.get('dereg_last', {}).get('p90'), dl.get('p90'))}) | "
             f"{f(b.get('last_routed_ms'))} ({f(b.get('consul_floor_last_ms'))}; "
-            f"{share(b.get('last_routed_ms'), b.get('consul_floor_last_ms'))}) | "
+            f"{share(b.get('last_routed_ms'), b.get('consul_floor_last_ms'))}){spread(b)} | "
             f"{f(bp.get('p90'))} ({f(cbp.get('p90'))}) | "
             f"{f(b.get('updates_spread_ms'))} / {f(b.get('updates_answered_ms'))}; {f(b.get('consul_requests'))}; "
             f"{f(b.get('table_swaps'))}; "
             f"{f(b.get('router_cpu_ms'))} / {f(b.get('consul_cpu_ms'))} | "
-            f"{f(ro.get('failed'))} / {f(ro.get('requests'))}, {f(ro.get('worst_change_ms'))} | "
+            f"{f(ro.get('failed'))} / {f(ro.get('requests'))}, {f(ro.get('worst_change_ms'))} "
+            f"({f(ro.get('worst_change_consul_alone_ms'))}; {f(ro.get('consul_alone_worst_ms'))}; {f(ro.get('largest_share_ms'))}) | "
             f"{f(n.get('consul_requests_per_change'))} ({f(n.get('dumps_per_change'))}) | "
             f"{f(r['ready_s'])}, {f(r['rss_mb'])} |")
     return "\n".join(rows)

@@ -22,7 +22,6 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -42,19 +41,14 @@ from bench.propagation_patterns import (  # noqa: E402
     Agent,
     Fleet,
     Load,
+    ServiceWatch,
     addr,
     cpu_s,
     first,
     registry_status,
     start_consul,
-    watch_script,
 )
 from bench.propagation_trace import _router  # noqa: E402
-
-# Consul alone for the service: each answer's index, its instances and those passing every check
-_SERVICE_RECORD = ('es = json.loads(body) or []; rec = [t, r.getheader("X-Consul-Index", "1"), '
-                   '[e["Service"]["ID"] for e in es], [e["Service"]["ID"] for e in es '
-                   'if all(x["Status"] == "passing" for x in e.get("Checks") or ())]]')
 
 
 def ms(t: float | None, t0: float) -> float:
@@ -68,9 +62,8 @@ def run(mode: str, background: int, checkout: Path, flags: list[str], n: int = 3
         agent_proc, setup_s = start_consul(mode, background, tmp)
         fleet = Fleet()
         trace = tmp / "trace.jsonl"
-        watch_out = tmp / "alone.jsonl"
         router = _router(["-registry.consul.addr", agent_proc.addr, *flags], trace, checkout)
-        alone: subprocess.Popen[bytes] | None = None
+        alone: ServiceWatch | None = None
         try:
             router.start()
             proxy = httpx.Client(base_url=router.url, timeout=10, trust_env=False)
@@ -86,9 +79,7 @@ def run(mode: str, background: int, checkout: Path, flags: list[str], n: int = 3
             for i, a in enumerate(old):
                 agent.register(f"{svc}-old{i}", svc, a, fleet.port, path, status="passing")
             first(lambda: len({proxy.get(path).headers.get("x-instance") for _ in range(3 * n)}) == n, 120)
-            host, port = agent_proc.http_url.split("://", 1)[-1].rsplit(":", 1)
-            alone = subprocess.Popen([sys.executable, "-c", watch_script(_SERVICE_RECORD), host, port,
-                                      f"/v1/health/service/{svc}", str(watch_out)])
+            alone = ServiceWatch(agent_proc.http_url, svc).start()
             load = Load(router.url, path).start()
             time.sleep(1.0)
             pids = (router.proc.pid if router.proc else 0, agent_proc.pid or 0)
@@ -119,8 +110,7 @@ def run(mode: str, background: int, checkout: Path, flags: list[str], n: int = 3
             load.stop()
             failed = sum(1 for _, st, _ in load.log if st != 200)
             events = [json.loads(line) for line in trace.read_text().splitlines()]
-            answers = [json.loads(line) for line in watch_out.read_text().splitlines()]
-            rows = [_row(c, svc, events, answers) for c in changes]
+            rows = [_row(c, svc, events, alone) for c in changes]
             print(f"{mode} {background}: {len(load.log)} requests, {failed} failed; setup {setup_s:.0f} s; over the "
                   f"deploy: CPU ms router {cpu[0]}, Consul {cpu[1]}; Consul requests {s1['requests'] - s0['requests']}, "
                   f"dumps {s1.get('dumps', 0) - s0.get('dumps', 0)}")
@@ -128,17 +118,15 @@ def run(mode: str, background: int, checkout: Path, flags: list[str], n: int = 3
             return rows
         finally:
             if alone is not None:
-                alone.kill()
-                alone.wait()
+                alone.stop()
             router.stop()
             fleet.stop()
             agent_proc.stop()
 
 
-def _row(c: dict[str, Any], svc: str, events: list[dict[str, Any]], answers: list[list[Any]]) -> dict[str, Any]:
+def _row(c: dict[str, Any], svc: str, events: list[dict[str, Any]], alone: ServiceWatch) -> dict[str, Any]:
     t0, a, sid, kind = c["t0"], c["addr"], c["sid"], c["kind"]
-    seen = next((t for t, _, ids, up in answers if t >= t0 and ((sid in up) if kind == "pass" else (sid not in ids))),
-                float("inf"))
+    seen = alone.seen(sid, kind == "pass", t0)
 
     def has(e: dict[str, Any]) -> bool | None:
         dsts = (e.get("dsts") or {}).get(svc)
