@@ -186,6 +186,9 @@ class Agent:
         return RawPut(str(self.c.base_url), f"/v1/agent/service/deregister/{sid}")
 
 
+PUT_SOURCE = "127.0.0.2"
+
+
 class RawPut:
     """A PUT to the agent on a connection of its own, opened beforehand: `send()` writes it and returns at
     once, `finish()` reads the answer later.
@@ -200,7 +203,11 @@ class RawPut:
 
     def __init__(self, url: str, path: str) -> None:
         host, port = url.split("://", 1)[-1].rsplit(":", 1)
-        self.sock = socket.create_connection((host, int(port)), timeout=30)
+        # from a source address of its own: Registrator runs on other hosts than the router, and Consul limits
+        # connections per client address (http_max_conns_per_client, 200), which the router's ~90 and the
+        # burst's 50 would otherwise share (one burst PUT at 3,000 agent-registered was closed unanswered: the
+        # likely cause; not seen again since)
+        self.sock = socket.create_connection((host, int(port)), timeout=30, source_address=(PUT_SOURCE, 0))
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.path = path
         self.req = (f"PUT {path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Length: 0\r\n"
