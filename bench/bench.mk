@@ -35,7 +35,8 @@ bench-faults: deps
 
 # Issue 18's propagation patterns (new instance, check/deregistration, burst of 50, rolling deploy of 30) with
 # 0 and 3,000 background instances, registered through one agent and through the catalog on 100 nodes.
-# Larger sizes: make bench-propagation PROPAGATION_ARGS='--background 0 3000 30000'.
+# 20 rounds and 5 bursts per configuration (the defaults). Larger sizes:
+# make bench-propagation PROPAGATION_ARGS='--background 30000 100000 --modes catalog'.
 PROPAGATION_ARGS ?=
 
 .PHONY: bench-propagation
