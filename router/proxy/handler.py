@@ -30,6 +30,7 @@ from router.proxy.request_guard import check_request, send_rejection
 from router.proxy.resilience import Resilience
 from router.proxy.stats import CLIENT_GONE, RequestStats
 from router.proxy.upstream import Upstream
+from router.proxy.upstream_errors import UpstreamError, UpstreamTimeout
 from router.proxy.upstream_request import HeaderBlock
 from router.table import access
 from router.table.state import RouterState
@@ -38,6 +39,8 @@ if TYPE_CHECKING:
     from router.proxy.accesslog import AccessLog
 
 log = logging.getLogger("router.proxy")
+
+BROKE_OFF = 502  # status recorded when the instance broke off an answer whose head was already sent
 
 MAX_CONNECT_ATTEMPTS = 3
 
@@ -296,10 +299,14 @@ class ProxyApp:
             if not client_left(out):
                 raise
             status = CLIENT_GONE
-        except Exception as e:  # noqa: BLE001 - upstream broke mid-body
-            log.debug("response stream aborted: %s", e)
+        except (UpstreamError, UpstreamTimeout, OSError) as e:  # the instance broke off its answer mid-body
+            # The head is out: the listener cuts the client's answer (closes the connection, resets the HTTP/2
+            # stream) when serve() returns unfinished. An instance's failure, not ours: one line, no
+            # traceback, and counted on the route as 502 (the client saw a truncated answer).
+            # str(e): a record kept by a log handler would hold the exception, its traceback and so this answer
+            log.warning("%s %s: %s broke off its answer: %s", scope["method"], scope["path"], target.url, str(e))
             resp.close()
-            raise
+            status = BROKE_OFF
         finally:
             resp.release()
         self._done(t0, scope, out, route, target, status)

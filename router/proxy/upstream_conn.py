@@ -177,6 +177,10 @@ class UpstreamConn(asyncio.BufferedProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
         self.reusable = False
+        # The parser holds this protocol as its callbacks object: the pair was a reference cycle that only a
+        # collection freed, one per closed upstream connection (tests/test_upstream_objects.py). No bytes
+        # come after connection_lost, so nothing parses again.
+        self.parser = None  # type: ignore[assignment]
         if self.write_paused is not None and not self.write_paused.done():
             self.write_paused.set_exception(ConnectionResetError("upstream closed the connection"))
         resp = self.resp
