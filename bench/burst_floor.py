@@ -104,7 +104,7 @@ def burst(agent: Agent, consul_url: str, consul_pid: int, critical: CriticalWatc
     c1 = (cpu_s(consul_pid), cpu_s(rpid) if rpid else 0.0)
     time.sleep(max(0.0, m0 + 3.0 - time.monotonic()))
     c3 = (cpu_s(consul_pid), cpu_s(rpid) if rpid else 0.0)
-    floor = max(critical.seen_wall(f"{nm}-1-ttl", False, sent[nm]) for nm in names)
+    floor = max(critical.seen(f"{nm}-1-ttl", False, sent[nm], wall=True) for nm in names)
     out: dict[str, Any] = {
         "written_ms": round(written, 1), "answered_ms": round(answered, 1),
         "consul_alone_last_ms": round((floor - t0) * 1000, 1),

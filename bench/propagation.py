@@ -298,7 +298,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="--patterns: background instances (the issue's sizes: 0 3000 30000; 100000 for catalog)")
     ap.add_argument("--modes", nargs="*", default=["agent", "catalog"], choices=["agent", "catalog"])
     ap.add_argument("--rounds", type=int, default=20, help="--patterns: rounds of the new-instance pattern (p90 = the 2nd worst of 20)")
-    ap.add_argument("--bursts", type=int, default=5, help="--patterns: bursts per configuration, at most 5 (the median is shown)")
+    ap.add_argument("--bursts", type=int, default=5,
+                    help="--patterns: bursts per configuration, 1 to BURSTS_MAX (5; the median is shown)")
     ap.add_argument("--only", nargs="*", default=["new", "burst", "rolling"], choices=["new", "burst", "rolling"])
     ap.add_argument("--router-root", type=Path, action="append", default=[],
                     help="--patterns: run the router of this checkout (repeat: each in turn, per mode and "

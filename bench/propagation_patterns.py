@@ -49,6 +49,7 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Self
 
@@ -327,6 +328,15 @@ class AloneWatch:
     def parse(self, rec: list[Any]) -> Any:
         return rec
 
+    def _first(self, after: float, wall: bool, cond: Callable[[Any], bool]) -> float:
+        """When Consul first answered, after `after`, with an answer that meets `cond`: monotonic time, or
+        time.time() with `wall` (each answer's first two fields)."""
+        for rec in self.answers():
+            at = rec[1] if wall else rec[0]
+            if at >= after and cond(rec):
+                return at
+        return float("inf")
+
     def answers(self) -> list[Any]:
         with open(self._path) as f:
             f.seek(self._read)
@@ -339,7 +349,8 @@ class AloneWatch:
 
 class CriticalWatch(AloneWatch):
     """Consul alone for check states: `/v1/health/state/critical`. `seen(check_id, critical, after)` is when
-    Consul first answered with that check in (or out of) the critical list after `after`."""
+    Consul first answered with that check in (or out of) the critical list after `after`; `wall` compares
+    and returns time.time() instead."""
 
     def __init__(self, url: str) -> None:
         super().__init__(url, "/v1/health/state/critical", 'rec = [t, w, [x["CheckID"] for x in json.loads(body)]]')
@@ -347,11 +358,8 @@ class CriticalWatch(AloneWatch):
     def parse(self, rec: list[Any]) -> tuple[float, float, frozenset[str]]:
         return rec[0], rec[1], frozenset(rec[2])
 
-    def seen_wall(self, check_id: str, critical: bool, after: float) -> float:
-        return next((w for _, w, ids in self.answers() if w >= after and (check_id in ids) == critical), float("inf"))
-
-    def seen(self, check_id: str, critical: bool, after: float) -> float:
-        return next((t for t, _, ids in self.answers() if t >= after and (check_id in ids) == critical), float("inf"))
+    def seen(self, check_id: str, critical: bool, after: float, wall: bool = False) -> float:
+        return self._first(after, wall, lambda rec: (check_id in rec[2]) == critical)
 
 
 # each answer: monotonic and wall time, its index, the instances and those passing every check
@@ -374,11 +382,7 @@ class ServiceWatch(AloneWatch):
         return rec[0], rec[1], rec[2], frozenset(rec[3]), frozenset(rec[4])
 
     def seen(self, sid: str, up: bool, after: float, wall: bool = False) -> float:
-        for t, w, _, ids, passing in self.answers():
-            at = w if wall else t
-            if at >= after and ((sid in passing) if up else (sid not in ids)):
-                return at
-        return float("inf")
+        return self._first(after, wall, lambda rec: (sid in rec[4]) if up else (sid not in rec[3]))
 
 
 def table_swaps(router: RouterProc) -> list[tuple[float, str, str]]:
@@ -475,7 +479,7 @@ def pattern_new(agent: Agent, fleet: Fleet, proxy: httpx.Client, rounds: int, co
         up_client.append(ms(answered, t0))
         put.finish()
         floor_up.append(ms(consul.seen(f"{svc}-a-ttl", False, t0), t0))
-        passes.append((a, t0w, consul.seen_wall(f"{svc}-a-ttl", False, t0w)))
+        passes.append((a, t0w, consul.seen(f"{svc}-a-ttl", False, t0w, wall=True)))
         time.sleep(0.3)
         put = agent.raw_check(f"{svc}-a", "critical")
         t0, t0w = time.monotonic(), time.time()
@@ -483,7 +487,7 @@ def pattern_new(agent: Agent, fleet: Fleet, proxy: httpx.Client, rounds: int, co
         crit.append(ms(first(lambda: proxy.get(path).status_code == 404), t0))  # noqa: B023
         put.finish()
         floor_crit.append(ms(consul.seen(f"{svc}-a-ttl", True, t0), t0))
-        fails.append((a, t0w, consul.seen_wall(f"{svc}-a-ttl", True, t0w)))
+        fails.append((a, t0w, consul.seen(f"{svc}-a-ttl", True, t0w, wall=True)))
         # a second instance, both passing: then one of them deregistered (only the reconcile sees that)
         agent.check(f"{svc}-a", "passing")
         agent.register(f"{svc}-b", svc, b, fleet.port, path, status="passing")
@@ -528,11 +532,15 @@ def pattern_new(agent: Agent, fleet: Fleet, proxy: httpx.Client, rounds: int, co
             "consul_floor_dereg_one": stats(floor_dereg_one), "consul_floor_dereg_last": stats(floor_dereg_last)}
 
 
+# Each burst's 50 instances listen on addresses of their own in 127.0.2.0/24 (addr(2, k), k < 254).
+BURSTS_MAX = 5
+
+
 def pattern_burst(agent: Agent, fleet: Fleet, router: RouterProc, consul: CriticalWatch, n: int = 50,
                   run: int = 0) -> dict[str, Any]:
     tag = uuid.uuid4().hex[:4]
     names = [f"burst{tag}-{i:02d}" for i in range(n)]
-    where = {name: fleet.add(addr(2, run * n + i)) for i, name in enumerate(names)}  # 127.0.2.x: 5 bursts of 50
+    where = {name: fleet.add(addr(2, run * n + i)) for i, name in enumerate(names)}  # 127.0.2.x (BURSTS_MAX)
     for name in names:
         agent.register(f"{name}-1", name, where[name], fleet.port, f"/{name}")
     time.sleep(1.0)  # all registered and settled (critical: not routed)
@@ -551,7 +559,7 @@ def pattern_burst(agent: Agent, fleet: Fleet, router: RouterProc, consul: Critic
     swaps = table_swaps(router)
     routed = {nm: next((t for t, sg, url in swaps if sg == "+" and f"//{where[nm]}:" in url
                             and t >= sent[nm] - 0.001), float("inf")) for nm in names}  # the log's ms are truncated
-    floor = {nm: consul.seen_wall(f"{nm}-1-ttl", False, sent[nm]) for nm in names}
+    floor = {nm: consul.seen(f"{nm}-1-ttl", False, sent[nm], wall=True) for nm in names}
     builds = len({t for t in routed.values() if t != float("inf")})
     s1 = registry_status(router)
     for name in names:
@@ -609,16 +617,17 @@ def pattern_rolling(agent: Agent, fleet: Fleet, router: RouterProc, n: int = 30,
     new_alone = [ms(alone.seen(sid[a], True, w, wall=True), w) for a, w in passed.items()]
     old_alone = [ms(alone.seen(sid[a], False, w, wall=True), w) for a, w in deregistered.items()]
     alone.stop()
-    shares = [r - c for r, c in zip(new_ms + old_ms, new_alone + old_alone, strict=True) if c != float("inf")]
-    worst = max(range(len(new_ms + old_ms)), key=lambda j: (new_ms + old_ms)[j])
+    routed, alone_ms = new_ms + old_ms, new_alone + old_alone  # every change, in the same order
+    shares = [r - c for r, c in zip(routed, alone_ms, strict=True) if c != float("inf")]
+    worst = max(range(len(routed)), key=routed.__getitem__)
     failed = sum(1 for _, st, _ in log if st != 200)
     for i in range(n):
         agent.deregister(f"{svc}-new{i}")
     return {"requests": len(log), "failed": failed, "new_routed": stats(new_ms), "old_unrouted": stats(old_ms),
-            "worst_change_ms": round(max(new_ms + old_ms), 1), "deploy_s": round(time.monotonic() - t_start - 2.0, 1),
+            "worst_change_ms": round(routed[worst], 1), "deploy_s": round(time.monotonic() - t_start - 2.0, 1),
             "consul_alone_new": stats(new_alone), "consul_alone_old": stats(old_alone),
-            "consul_alone_worst_ms": round(max(new_alone + old_alone), 1),
-            "worst_change_consul_alone_ms": round((new_alone + old_alone)[worst], 1),
+            "consul_alone_worst_ms": round(max(alone_ms), 1),
+            "worst_change_consul_alone_ms": round(alone_ms[worst], 1),
             "largest_share_ms": round(max(shares), 1) if shares else None}
 
 
@@ -627,6 +636,8 @@ def pattern_rolling(agent: Agent, fleet: Fleet, router: RouterProc, n: int = 30,
 
 def run_one(mode: str, instances: int, rounds: int, flags: list[str], patterns: set[str],
             bursts: int = 1) -> dict[str, Any]:
+    if not 1 <= bursts <= BURSTS_MAX:
+        raise ValueError(f"bursts: 1 to {BURSTS_MAX}, not {bursts}")
     with tempfile.TemporaryDirectory(prefix="bench-prop-") as tmpdir:
         tmp = Path(tmpdir)
         agent_proc, setup_s = start_consul(mode, instances, tmp)
@@ -658,7 +669,7 @@ def run_one(mode: str, instances: int, rounds: int, flags: list[str], patterns: 
                 # CPU of the router and of Consul over the burst (no polling there: load-independent)
                 pids = (router.proc.pid if router.proc else 0, agent_proc.pid or 0)
                 runs = []
-                for k in range(min(bursts, 5)):  # Consul alone's time for one burst varies 2-4x run to run
+                for k in range(bursts):  # Consul alone's time for one burst varies 2-4x run to run
                     c0 = [cpu_s(p) for p in pids]
                     b = pattern_burst(agent, fleet, router, consul, run=k)
                     c1 = [cpu_s(p) for p in pids]

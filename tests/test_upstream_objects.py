@@ -7,23 +7,14 @@ listener, proxy core and upstream client; a backend that closes after each answe
 from __future__ import annotations
 
 import asyncio
-import gc
-import socket
 
-import uvloop
-
-from router.config.settings import load
-from router.listen.server import Listener
+from router.listen.http1 import Http1
 from router.proxy.upstream_conn import UpstreamConn
-from router.run.assemble import build_proxy
-from router.table.routecmd import parse
-from router.table.state import RouterState
+from router.proxy.upstream_response import Response
+from tests.inproc_router import count, run_with_gc_off, start_instance, start_router
 
 
 def test_connections_the_instance_closed_leave_no_upstream_conn_behind() -> None:
-    def alive() -> int:
-        return sum(isinstance(o, UpstreamConn) for o in gc.get_objects())
-
     served = 0
 
     async def backend(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
@@ -40,40 +31,26 @@ def test_connections_the_instance_closed_leave_no_upstream_conn_behind() -> None
                 return
 
     async def main() -> tuple[list[bytes], int, int]:
-        instance = await asyncio.start_server(backend, "127.0.0.1", 0)
-        port_b = instance.sockets[0].getsockname()[1]
-        cfg = load(["-registry.backend", "static", "-proxy.workers", "1"])
-        state = RouterState()
-        state.apply({"b": parse(f"route add b / http://127.0.0.1:{port_b}/", "static")[0]})
-        listener = Listener(build_proxy(cfg, state), max_head=cfg["proxy.maxheaderbytes"])
-        sock = socket.socket()
-        sock.bind(("127.0.0.1", 0))
-        sock.listen()
-        srv = await listener.add(sock)
-        port = sock.getsockname()[1]
+        instance, port_b = await start_instance(backend)
+        router = await start_router(f"route add b / http://127.0.0.1:{port_b}/")
         answers, while_open = [], 0
         for i in range(10):
-            r, w = await asyncio.open_connection("127.0.0.1", port)
+            r, w = await asyncio.open_connection("127.0.0.1", router.port)
             w.write(b"GET /x HTTP/1.1\r\nHost: x\r\n\r\n")
             head = await r.readuntil(b"\r\n\r\n")
             answers.append(head[:12] + await r.readexactly(2))
             if i == 0:
                 await asyncio.sleep(0.05)
-                while_open = alive()  # the kept-alive upstream connection, in the pool
+                while_open = count(UpstreamConn)  # the kept-alive upstream connection, in the pool
             w.close()
             await w.wait_closed()
         await asyncio.sleep(0.2)  # each upstream connection_lost seen
-        left = alive()
-        srv.close()
+        left = count(UpstreamConn)
+        router.close()
         instance.close()
         return answers, while_open, left
 
-    gc.collect()
-    gc.disable()
-    try:
-        answers, while_open, left = uvloop.run(main())  # the router's loop
-    finally:
-        gc.enable()
+    answers, while_open, left = run_with_gc_off(main)
     assert answers == [b"HTTP/1.1 200ok"] * 10
     assert while_open == 1
     assert left == 0
@@ -84,11 +61,6 @@ def test_an_answer_the_instance_broke_off_is_cut_counted_and_leaves_nothing_behi
     body cut short, the route counts a 5xx, one warning line names the instance (no "the proxy failed"
     traceback), and no Response, UpstreamConn or Http1 stays behind: the stored error's traceback held the
     Response's frames, a cycle per failed answer."""
-    from router.listen.http1 import Http1
-    from router.proxy.upstream_response import Response
-
-    def alive() -> int:
-        return sum(isinstance(o, Response | UpstreamConn | Http1) for o in gc.get_objects())
 
     async def backend(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
         await r.readuntil(b"\r\n\r\n")
@@ -97,41 +69,27 @@ def test_an_answer_the_instance_broke_off_is_cut_counted_and_leaves_nothing_behi
         w.close()
 
     async def main() -> tuple[list[int], int, int]:
-        instance = await asyncio.start_server(backend, "127.0.0.1", 0)
-        port_b = instance.sockets[0].getsockname()[1]
-        cfg = load(["-registry.backend", "static", "-proxy.workers", "1"])
-        state = RouterState()
-        state.apply({"b": parse(f"route add b / http://127.0.0.1:{port_b}/", "static")[0]})
-        listener = Listener(build_proxy(cfg, state), max_head=cfg["proxy.maxheaderbytes"])
-        sock = socket.socket()
-        sock.bind(("127.0.0.1", 0))
-        sock.listen()
-        srv = await listener.add(sock)
-        port = sock.getsockname()[1]
+        instance, port_b = await start_instance(backend)
+        router = await start_router(f"route add b / http://127.0.0.1:{port_b}/")
         got = []
         for _ in range(5):
-            r, w = await asyncio.open_connection("127.0.0.1", port)
+            r, w = await asyncio.open_connection("127.0.0.1", router.port)
             w.write(b"GET /x HTTP/1.1\r\nHost: x\r\n\r\n")
             got.append(len(await asyncio.wait_for(r.read(), 10)))  # to EOF: the router closed the connection
             w.close()
             await w.wait_closed()
         await asyncio.sleep(0.2)
-        table = state.table
+        table = router.state.table
         assert table is not None
         route = table.lookup("x", "/x")
         assert route is not None
         errors = sum(rs.classes[5] for rs in (route.stats or {}).values())
-        left = alive()
-        srv.close()
+        left = count(Response, UpstreamConn, Http1)
+        router.close()
         instance.close()
         return got, errors, left
 
-    gc.collect()
-    gc.disable()
-    try:
-        got, errors, left = uvloop.run(main())
-    finally:
-        gc.enable()
+    got, errors, left = run_with_gc_off(main)
     head = len(b"HTTP/1.1 200 OK\r\n")
     assert all(head + 70000 <= n < head + 100000 for n in got), got  # the head and what came, cut short
     assert errors == 5

@@ -53,7 +53,7 @@ from router.proxy.balance import Balancer
 from router.proxy.instance import STALL_TRIES
 from router.proxy.picker import RoutePicker
 from router.proxy.upstream import Upstream
-from router.proxy.upstream_errors import Stale, UpstreamError, UpstreamTimeout
+from router.proxy.upstream_errors import UPSTREAM_FAILURES, Stale, UpstreamError, UpstreamTimeout
 from router.proxy.upstream_request import IDEMPOTENT, HeaderBlock, Prepared, prepare, prepare_block
 from router.proxy.upstream_response import Response
 
@@ -540,7 +540,7 @@ class Sender:
             resp = self.upstream.start(conn, prep, None, st)
             self._track(st, resp, t0, 0.0 if rq.deadline else self._stall_after(picker))
             await resp.headers(rq.left())
-        except (Stale, UpstreamError, UpstreamTimeout) as e:
+        except UPSTREAM_FAILURES as e:
             now = perf_counter()
             self.lb.try_failed(st, now - t0, now, f"hedge failed: {e}")
             raise

@@ -30,7 +30,7 @@ from router.proxy.request_guard import check_request, send_rejection
 from router.proxy.resilience import Resilience
 from router.proxy.stats import CLIENT_GONE, RequestStats
 from router.proxy.upstream import Upstream
-from router.proxy.upstream_errors import UpstreamError, UpstreamTimeout
+from router.proxy.upstream_errors import UPSTREAM_FAILURES
 from router.proxy.upstream_request import HeaderBlock
 from router.table import access
 from router.table.state import RouterState
@@ -299,7 +299,7 @@ class ProxyApp:
             if not client_left(out):
                 raise
             status = CLIENT_GONE
-        except (UpstreamError, UpstreamTimeout, OSError) as e:  # the instance broke off its answer mid-body
+        except UPSTREAM_FAILURES as e:  # the instance broke off its answer mid-body
             # The head is out: the listener cuts the client's answer (closes the connection, resets the HTTP/2
             # stream) when serve() returns unfinished. An instance's failure, not ours: one line, no
             # traceback, and counted on the route as 502 (the client saw a truncated answer).

@@ -314,6 +314,10 @@ class UpstreamConn(asyncio.BufferedProtocol):
             self.transport.resume_reading()
 
     def finished(self, resp: Response, reusable: bool) -> None:
+        """`resp` is over (released or closed)."""
+        # Its error was raised from its own frames (relay, __anext__): the traceback holds them and so `resp`,
+        # a cycle only a collection freed, one per broken-off answer (tests/test_upstream_objects.py).
+        resp._error = None
         if self.resp is not resp:
             return
         self.resp = None

@@ -27,3 +27,7 @@ class Stale(Exception):
         super().__init__(text)
         self.written = written
 
+
+
+# What the upstream side can raise once a try is under way: the instance's failure, not the proxy's.
+UPSTREAM_FAILURES = (Stale, UpstreamError, UpstreamTimeout)

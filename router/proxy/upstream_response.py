@@ -259,9 +259,6 @@ class Response:
         if w is not None and not w.done():
             w.cancel()  # answered before the upload ended: that request is half-written, drop it
         self._conn.finished(self, reusable=uploaded and self._done and self._error is None and not self._chunks)
-        # the error was raised from this object's frames (relay, __anext__): its traceback holds them, and so
-        # this object, a cycle that only a collection freed (tests/test_upstream_objects.py)
-        self._error = None
 
     def _leave_owner(self) -> None:
         """This request no longer counts as in flight (or waiting for headers) on its instance."""
@@ -280,4 +277,3 @@ class Response:
             if self._writer is not None and not self._writer.done():
                 self._writer.cancel()
             self._conn.finished(self, reusable=False)
-            self._error = None  # see release()
