@@ -35,7 +35,7 @@ from __future__ import annotations
 import logging
 import time
 import weakref
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any
 
 from router.proxy.budget import RetryBudget
@@ -99,16 +99,14 @@ class Balancer:
             st = self._states[key] = InstanceState(key, f"{target.host}:{target.port}", target.service)
         return st
 
-    def forget_left(self, services: Any) -> None:
-        """After a table swap: drop the states of instances of the changed `services` (name -> their
-        route commands, None/[] when gone) that are no longer among them, so that an instance coming back
-        with the same ID and address is a new one. Pickers still in use keep theirs (they are not shared
-        any more). O(states known) per swap that changed services; nothing on the request path."""
-        if not self._states or not services:
+    def forget_left(self, left: Collection[str]) -> None:
+        """After a table swap: drop the states of the instances that `left` the table (their sources,
+        router/table/state.py), so that an instance coming back with the same ID and address is a new one.
+        Pickers still in use keep theirs (they are not shared any more). O(states known) per swap that
+        removed instances; nothing on the request path."""
+        if not self._states or not left:
             return
-        prefixes = tuple(f"service:{name}/" for name in services)
-        live = {c.source for cmds in services.values() for c in cmds or ()}
-        for key in [k for k in list(self._states.keys()) if k[0].startswith(prefixes) and k[0] not in live]:
+        for key in [k for k in self._states if k[0] in left]:
             self._states.pop(key, None)
 
     def states(self) -> list[InstanceState]:

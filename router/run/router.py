@@ -58,7 +58,7 @@ class Router:
         n = worker_count(cfg["proxy.workers"])
         self.workers = WorkerPool(cfg, n) if n > 1 else None
         if self.workers is not None:
-            self.state.apply = self.workers.forwarding(self.state.apply)  # type: ignore[method-assign]
+            self.state.apply = self.workers.forwarding(self.state)  # type: ignore[method-assign]
         self.registrar: Registrar | None = None
         if self.api is not None and cfg["registry.consul.register.enabled"]:
             reg_addr = cfg["registry.consul.register.addr"] or "{}:{}".format(*cfg["ui.addr"])

@@ -3,18 +3,23 @@
 Why processes: one Python event loop tops out at one core, and the proxy's per-request cost is
 CPU. Each worker serves the proxy on proxy.addr (router/listen/) with its own SO_REUSEPORT socket
 (the kernel spreads new connections over the workers; one shared socket lets the first awake
-worker grab a whole burst). The main process keeps the registry watcher and the UI, and forwards
-every `RouterState.apply(services, manual)` call to every worker over a socketpair; a worker feeds
-them to its own TableBuilder, so the same inputs give the same table. A worker started later (or
-restarted after a crash) first gets the whole current state. A worker binds its sockets at once but
-listens on them only once it has a table, or when the main process says so (`registry.timeout` passed
+worker grab a whole burst). The main process keeps the registry watcher, the UI and the one
+TableBuilder; after every `RouterState.apply(services, manual)` it sends every worker, over a
+socketpair, the final targets of the route keys that changed, and the worker assembles its table from
+them with the builder's own function (router/table/replica.py): a worker holds its table and nothing
+else of the routes (at 100,000 instances the commands and the builder's caches were more than half of
+a worker's memory, issue 18). A worker started later (or restarted after a crash) first gets the whole
+current table. A worker binds its sockets at once but listens on them only once it has a table, or when the main process says so (`registry.timeout` passed
 without one: router/run/gate.py), so the kernel never hands a connection to a worker that could only
 answer 503 "routing table not loaded yet". Workers stop when the main process says so or when the pipe
 closes (the main process died), and on SIGTERM keep serving for proxy.shutdownwait like the main
 process does.
 
 Frames on the pipe: 4-byte big-endian length + pickle. Main -> worker: ("config", Config),
-("apply", services, manual), ("noroute", html), ("open",), ("stop",). Worker -> main: ("bound", pid) (its
+("routes", changes, fresh, left, final) (router/table/assemble.py's changes, a large update in several
+frames, route_frames; `fresh`: on an empty table; `left`: the sources that left, for the proxy's swap
+listeners; `final`: the update's last frame, the worker swaps its table), ("noroute", html), ("open",),
+("stop",). Worker -> main: ("bound", pid) (its
 sockets are bound; it listens on them at its first table or at "open"), ("open", pid) (it listens now),
 ("stats", pid, requests, routes, counters), where counters holds the per-route request counters that
 changed since the last report (router/proxy/stats.py) and the process-wide ones (no-route, WebSockets, upstream
@@ -52,6 +57,8 @@ from router.run import edgestats
 from router.run.assemble import LEVELS, build_proxy, proxy_server
 from router.run.edge import Edge
 from router.run.heap import start_trimmer
+from router.table.assemble import keyed
+from router.table.replica import TableReplica
 from router.table.state import RouterState
 
 log = logging.getLogger("router.workers")
@@ -80,6 +87,21 @@ def worker_count(setting: int) -> int:
 def _frame(msg: tuple) -> bytes:
     data = pickle.dumps(msg, protocol=pickle.HIGHEST_PROTOCOL)
     return _LEN.pack(len(data)) + data
+
+
+ROUTES_PER_FRAME = 2000  # an update's changed keys per "routes" frame (router/table/replica.py says why)
+
+
+def route_frames(changes: Mapping[Any, Any], fresh: bool, left: frozenset[str]) -> list[bytes]:
+    """One table update for the workers: its changed keys in frames of ROUTES_PER_FRAME; the first says
+    whether it starts from an empty table, the last carries `left` and makes the worker swap."""
+    if len(changes) <= ROUTES_PER_FRAME:
+        return [_frame(("routes", changes, fresh, left, True))]
+    items = list(changes.items())
+    n = len(items)
+    return [_frame(("routes", dict(items[i:i + ROUTES_PER_FRAME]), fresh and i == 0,
+                    left if i + ROUTES_PER_FRAME >= n else frozenset(), i + ROUTES_PER_FRAME >= n))
+            for i in range(0, n, ROUTES_PER_FRAME)]
 
 
 async def _read(reader: asyncio.StreamReader) -> tuple | None:
@@ -118,9 +140,7 @@ class WorkerPool:
         self.cfg = cfg
         self.count = count
         self.workers: list[_Worker] = []
-        self.services: dict[str, Any] = {}  # the accumulated state a new worker starts from
-        self.manual: Any = None
-        self.applied = False
+        self.state: RouterState | None = None  # once it has a table: a worker started later starts from it
         self.opened = False  # told to listen without a table (registry.timeout passed): later workers too
         self.stopping = False
         self.noroute = ""
@@ -130,23 +150,18 @@ class WorkerPool:
         self.retired_edge: dict[str, Any] | None = None
         self.on_edge: Callable[[dict[str, Any]], None] | None = None  # the main Edge's absorb (TCP/TLS/gRPC sums)
 
-    def forwarding(self, apply: Callable[..., Any]) -> Callable[..., Any]:
-        """Wrap RouterState.apply: apply in the main process (the UI shows it) and send to every worker."""
+    def forwarding(self, state: RouterState) -> Callable[..., Any]:
+        """Wrap `state.apply`: apply in the main process (the UI shows it) and send every worker what
+        changed in the table, each changed key's final targets (router/table/replica.py)."""
+        apply = state.apply
+        self.state = state
 
         def apply_and_forward(services: Mapping[str, Sequence[Any] | None], manual: Sequence[Any] | None = None) -> Any:
             table = apply(services, manual)
-            for name, cmds in services.items():
-                if cmds is None:
-                    self.services.pop(name, None)
-                else:
-                    self.services[name] = list(cmds)
-            if manual is not None:
-                self.manual = list(manual)
-            self.applied = True
-            frame = _frame(("apply", dict(services), None if manual is None else list(manual)))
+            frames = route_frames(state.builder.changes, state.builder.fresh, state.left)
             for w in self.workers:
                 if not w.writer.is_closing():
-                    w.writer.write(frame)
+                    w.writer.writelines(frames)
             return table
 
         return apply_and_forward
@@ -183,8 +198,8 @@ class WorkerPool:
         reader, writer = await asyncio.open_connection(sock=parent)
         w = _Worker(index, proc, writer)
         writer.write(_frame(("config", self.cfg)))
-        if self.applied:  # a late or restarted worker: the whole current state first
-            writer.write(_frame(("apply", dict(self.services), self.manual)))
+        if self.state is not None and self.state.table is not None:  # a late or restarted worker: the whole table
+            writer.writelines(route_frames(keyed(self.state.table), True, frozenset()))
         if self.noroute:
             writer.write(_frame(("noroute", self.noroute)))
         if self.opened:
@@ -314,13 +329,11 @@ async def _worker(pipe: socket.socket) -> int:
     cfg = first[1]
     logging.basicConfig(level=LEVELS[cfg["log.level"]], stream=sys.stderr,
                         format=f"%(asctime)s %(levelname)s %(name)s[worker {os.getpid()}]: %(message)s")
-    logging.getLogger("router.table").setLevel(logging.ERROR)  # the main process logs table changes once
-    state = RouterState(matcher=cfg["proxy.matcher"], glob_matching=not cfg["glob.matching.disabled"],
-                        routes_log=cfg["log.routes.format"])
-    proxy = build_proxy(cfg, state)
+    state = TableReplica(matcher=cfg["proxy.matcher"], glob_matching=not cfg["glob.matching.disabled"])
+    proxy = build_proxy(cfg, state)  # type: ignore[arg-type]  # it reads `table` and `on_swap` only
     tune_gc()
     server = proxy_server(proxy, cfg, held=True)  # bound now, listening at the first table (module docstring)
-    edge = Edge(cfg, state, reuse_port=True, held=True)  # the TLS, TCP and gRPC listeners, in every worker too
+    edge = Edge(cfg, state, reuse_port=True, held=True)  # type: ignore[arg-type]  # the TLS, TCP and gRPC listeners, in every worker too
     ready = asyncio.Event()  # a table, or the main process's "open"
     state.on_swap.append(lambda _services: ready.set())
     bound = asyncio.Event()  # every socket is bound: "open" is reported only once they all listen
@@ -347,9 +360,10 @@ async def _worker(pipe: socket.socket) -> int:
 
     async def commands() -> None:
         while (msg := await _read(reader)) is not None:
-            if msg[0] == "apply":
-                state.apply(msg[1], msg[2])
-                report()
+            if msg[0] == "routes":
+                state.apply(msg[1], msg[2], msg[3], msg[4])
+                if msg[4]:
+                    report()
             elif msg[0] == "noroute":
                 proxy.noroute_html = msg[1]
             elif msg[0] == "open":

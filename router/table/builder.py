@@ -3,7 +3,8 @@
 A change to one service must not rebuild everything: TableBuilder keeps the compiled targets per service
 and per route key `(host, path)` and rebuilds only the keys a change touches, copying only the touched
 HostRoutes; everything else is shared with the previous Table (router/table/routes.py explains the
-shape). The manual (override) list is re-applied to each rebuilt key, in order, after the service
+shape). The last step, the Table from each changed key's final targets, is router/table/assemble.py,
+which the proxy workers run on the same `changes` (router/table/replica.py). The manual (override) list is re-applied to each rebuilt key, in order, after the service
 targets. A bad command is reported (LineError with source and line) and skipped; fabio drops the table.
 
 Past 400 lines on purpose: the per-service compile (grouping, fabio's order, weights, the batch path of
@@ -17,8 +18,9 @@ import gc
 from collections.abc import Collection, Mapping, Sequence
 from operator import attrgetter
 
-from router.table.index import HostIndex, HostRoutes, glob_regex, len_key
-from router.table.route import Route, fabio_weights, weigh
+from router.table.assemble import assemble
+from router.table.index import glob_regex
+from router.table.route import fabio_weights, weigh
 from router.table.routecmd import LineError, RouteCmd
 from router.table.routes import Table
 from router.table.target import CmdError, Target, hostpath, make_target, make_targets, refixed
@@ -249,10 +251,18 @@ class TableBuilder:
         self._manual = _Manual(())
         self._manual_key_errors: dict[Key, list[LineError]] = {}
         self._table = Table(matcher, glob_matching)
+        # the last update's resolved targets per changed key, and whether it rebuilt the whole table: what
+        # the proxy workers assemble their tables from (router/run/workers.py)
+        self.changes: dict[Key, tuple[Target, ...]] = {}
+        self.fresh = False
 
     @property
     def table(self) -> Table:
         return self._table
+
+    def commands(self, name: str) -> tuple[RouteCmd, ...]:
+        """Service `name`'s current commands (empty: none)."""
+        return self._cmds.get(name, ())
 
     def update(self, services: Mapping[str, Sequence[RouteCmd] | None] | None = None,
                manual: Sequence[RouteCmd] | None = None) -> tuple[Table, list[LineError]]:
@@ -271,6 +281,7 @@ class TableBuilder:
 
     def _update(self, services: Mapping[str, Sequence[RouteCmd] | None] | None,
                 manual: Sequence[RouteCmd] | None) -> tuple[Table, list[LineError]]:
+        self.changes, self.fresh = {}, False
         affected: set[Key] = set()
         for name, cmds in (services or {}).items():
             new = tuple(cmds or ())
@@ -371,76 +382,28 @@ class TableBuilder:
         return weigh(out) if out else ()
 
     def _rebuild(self, old: Table, affected: set[Key], fresh: bool) -> Table:
-        by_host: dict[str, list[Key]] = {}
-        for key in affected:
-            by_host.setdefault(key[0], []).append(key)
-        t = Table(self.matcher, self.glob_matching)
-        if fresh:
-            t._hosts, t._plain, t._tls = {}, HostIndex(), HostIndex()
-        else:
-            t._hosts, t._plain, t._tls = old._hosts.copy(), old._plain.copy(), old._tls.copy()  # see HostIndex.copy
-        t._len, t.route_count = old._len, old.route_count
+        """Resolve each affected key's final targets, keep them as `changes`, and assemble the next Table
+        from them (router/table/assemble.py, which a proxy worker runs on the same `changes`)."""
         key_errors = self._manual_key_errors
         contrib = self._contrib
-        plain_only = not self._manual.by_key and not self._manual.every
-        hosts, matcher, glob = t._hosts, self.matcher, self.glob_matching
-        errs: list[LineError] = []
-        for h, keys in by_host.items():
-            prev = hosts.get(h)
-            if prev:
-                routes, lens, ntargets = prev.routes.copy(), prev.lens.copy(), prev.ntargets
-                t._len -= prev.ntargets
-                t.route_count -= len(prev.routes)
-            else:
-                routes, lens, ntargets = {}, {}, 0
-            for key in keys:
-                p = key[1]
-                if plain_only:
-                    c = contrib.get(key)
-                    if not c:
-                        targets: Sequence[Target] = ()
-                    elif len(c) == 1:
-                        (targets,) = c.values()
-                    else:
-                        targets = weigh([x for name in _service_order(c) for x in c[name]])
+        changes: dict[Key, tuple[Target, ...]] = {}
+        if not self._manual.by_key and not self._manual.every:
+            for key in affected:
+                c = contrib.get(key)
+                if not c:
+                    changes[key] = ()
+                elif len(c) == 1:
+                    (changes[key],) = c.values()
                 else:
-                    targets = self._targets(key, errs)
-                    if errs:
-                        key_errors[key] = errs
-                        errs = []
-                    elif key_errors:
-                        key_errors.pop(key, None)
-                r = routes.get(p)
-                if r is not None:
-                    ntargets -= len(r.targets)
-                if targets:
-                    ntargets += len(targets)
-                    if r is None:
-                        routes[p] = Route(h, p, tuple(targets))
-                        lk = len_key(p)
-                        lens[lk] = lens.get(lk, 0) + 1
-                    elif r.targets != targets:
-                        routes[p] = Route(h, p, tuple(targets))
-                elif r is not None:
-                    del routes[p]
-                    lk = len_key(p)
-                    n = lens[lk] - 1
-                    if n:
-                        lens[lk] = n
-                    else:
-                        del lens[lk]
-            if routes:
-                hr = HostRoutes(h, routes, lens, matcher, ntargets)
-                hosts[h] = hr
-                t._len += ntargets
-                t.route_count += len(routes)
-            else:
-                hosts.pop(h, None)
-            if h == "":
-                t._nohost = hosts.get("")
-            else:
-                t._plain.refresh(hosts, h, False, glob)
-                t._tls.refresh(hosts, h, True, glob)
-        if not fresh and "" not in by_host:
-            t._nohost = old._nohost
-        return t
+                    changes[key] = tuple(weigh([x for name in _service_order(c) for x in c[name]]))
+        else:
+            errs: list[LineError] = []
+            for key in affected:
+                changes[key] = tuple(self._targets(key, errs))
+                if errs:
+                    key_errors[key] = errs
+                    errs = []
+                elif key_errors:
+                    key_errors.pop(key, None)
+        self.changes, self.fresh = changes, fresh
+        return assemble(None if fresh else old, changes, self.matcher, self.glob_matching)

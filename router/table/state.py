@@ -19,6 +19,18 @@ from router.table.routes import Table
 
 log = logging.getLogger("router.table")
 
+
+
+def _left(before: list[tuple[str, Sequence[RouteCmd]]], services: Mapping[str, Sequence[RouteCmd] | None]) -> frozenset[str]:
+    """The sources of `before` (changed services' commands before the update) that `services` no longer has.
+    A set, not the services' commands, is what the swap listeners get: a proxy worker gets it over its
+    pipe (router/run/workers.py), and at startup it is empty however many services arrive."""
+    out: set[str] = set()
+    for name, old in before:
+        now = {c.source for c in services[name] or ()}
+        out.update(c.source for c in old if c.source not in now)
+    return frozenset(out)
+
 ALL_LIMIT = 10_000  # log.routes.format=all renders the whole table only up to this many routes
 
 
@@ -42,9 +54,11 @@ class RouterState:
         # per service its commands' lines as last logged; a service's first commands are kept as RouteCmds and
         # rendered when it changes next (100,000 str() calls cost 0.3-0.6 s of the first build at startup)
         self._lines: dict[str, tuple[str | RouteCmd, ...]] = {}
-        # Called after each swap with the services that changed (the proxy forgets the instance states of
-        # those that left: router/proxy/balance.py, Balancer.forget_left).
-        self.on_swap: list[Callable[[Mapping[str, Sequence[RouteCmd] | None]], None]] = []
+        # Called after each swap with the sources (instances, "service:<name>/<ID>") that left the changed
+        # services' commands (the proxy forgets their instance states: router/proxy/balance.py,
+        # Balancer.forget_left). A proxy worker's TableReplica calls its own with the same set.
+        self.on_swap: list[Callable[[frozenset[str]], None]] = []
+        self.left: frozenset[str] = frozenset()  # the last update's
 
     @property
     def ready(self) -> bool:
@@ -54,11 +68,13 @@ class RouterState:
         self, services: Mapping[str, Sequence[RouteCmd] | None], manual: Sequence[RouteCmd] | None = None
     ) -> Table:
         t0 = time.perf_counter()
+        before = [(name, old) for name in services if (old := self.builder.commands(name))]
         table, errors = self.builder.update(services, manual)
         ms = (time.perf_counter() - t0) * 1000
         self.table = table
+        self.left = left = _left(before, services)
         for listener in self.on_swap:
-            listener(services)
+            listener(left)
         self.errors = list(errors)
         self.history.append(Swap(time.time(), len(services), manual is not None, ms, len(table)))
         for e in errors:
