@@ -5,8 +5,10 @@ dump read in the watcher gives (the same route commands, verdicts and digests)."
 from __future__ import annotations
 
 import asyncio
+import math
 import multiprocessing
 import os
+import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any
@@ -152,6 +154,45 @@ def test_packed_verdicts_round_trip() -> None:
     s = ServiceStatus("web", None, [], 0, 0.0, packed=msgspec.msgpack.encode(vs), counts=(0, 1))
     assert s.verdicts == vs and s.verdicts is s.verdicts  # unpacked once
     assert ServiceStatus("web").verdicts == [] and (ServiceStatus("web", vs).healthy, ServiceStatus("web", vs).instances) == (0, 1)
+
+
+
+def _synthetic_nodes(services: dict[str, list[str]], per_service: int = 3) -> list[dict[str, Any]]:
+    """One node holding `per_service` passing instances of each service, every instance with the tags given."""
+    node: dict[str, Any] = {"Node": "n1", "Address": "10.0.0.1", "Datacenter": "dc1", "Services": [], "Checks": []}
+    for k, (svc, tags) in enumerate(services.items()):
+        for i in range(per_service):
+            sid = f"{svc}-{i}"
+            node["Services"].append({"ID": sid, "Service": svc, "Address": f"10.1.{k}.{i}", "Port": 80, "Tags": tags})
+            node["Checks"].append({"CheckID": f"{sid}-chk", "Status": "passing", "ServiceID": sid})
+    return [node]
+
+
+@pytest.mark.parametrize("tags", [
+    ["urlprefix-/web"],
+    ["urlprefix-/web weight=0.5", "v1", "eu"],
+    ["urlprefix-/web strip=/web", "urlprefix-web.example.com/ proto=https", "v2"],
+    ["urlprefix-/web weight=-0"],  # -0.0: equal to 0.0, printed differently; must stay -0.0
+], ids=["plain", "weight-and-tags", "two-routes-opts", "negative-zero"])
+def test_unpack_shares_equal_values_and_changes_none(tags: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """bulkload.unpack: a decoded command's op is the interned literal, a service's commands share its name,
+    and equal sources, weights, tags and options are one object (what saves the memory); the commands equal,
+    and print as, what msgspec's plain decode gives."""
+    nodes = _synthetic_nodes({"web": tags, "api": [t.replace("web", "api") for t in tags]})
+    monkeypatch.setattr(bulkload, "read_nodes", lambda target: (nodes, bulkload.ReadStats(0, 0, 1, 0.0)))
+    (chunk,) = bulkload.load(None, "urlprefix-", {"DC": "dc1"}, ("passing",), False).chunks  # type: ignore[arg-type]
+    plain, shared = bulkload._PACKED.decode(chunk), bulkload.unpack(chunk)
+    assert [(p.name, p.cmds) for p in shared] == [(p.name, p.cmds) for p in plain]
+    assert [list(map(str, p.cmds or ())) for p in shared] == [list(map(str, p.cmds or ())) for p in plain]
+    routes = sum(t.startswith("urlprefix-") for t in tags)
+    for p in shared:
+        assert p.cmds is not None and len(p.cmds) == 3 * routes
+        assert all(c.op is sys.intern("add") and c.service is p.name for c in p.cmds)
+        for field in ("src", "weight", "tags", "opts"):
+            values = [getattr(c, field) for c in p.cmds]
+            assert len({id(v) for v in values}) == len({repr(v) for v in values}), field  # one object per value
+    if "-0" in tags[0]:
+        assert all(math.copysign(1.0, c.weight) < 0 for p in shared for c in p.cmds or ())
 
 
 class _Marker:

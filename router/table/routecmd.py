@@ -11,15 +11,19 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
+from typing import Literal
 
 __all__ = ["RouteCmd", "LineError", "new_cmd", "parse"]
 
 
 @dataclass(frozen=True, slots=True)
 class RouteCmd:
-    """One parsed route command.  ``source``/``line`` say where it came from, for error reports."""
+    """One parsed route command.  ``source``/``line`` say where it came from, for error reports.
 
-    op: str  # "add" | "del" | "weight"
+    ``op`` is typed as the literal it is so that msgspec, decoding the startup load's commands
+    (registry/consul/bulkload.py), gives back the one interned "add" instead of a new string per command."""
+
+    op: Literal["add", "del", "weight"]
     service: str = ""
     src: str = ""
     dst: str = ""
