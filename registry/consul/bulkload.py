@@ -176,13 +176,12 @@ def _share(services: list[PackedService]) -> None:
     services that was 100,000 of each where 33,334 (one per service) or one will do. `op` needs nothing
     here: it is decoded as a Literal, which msgspec answers with the literal itself (RouteCmd). `dst`
     and `source` name the instance: left alone. With both, the decoded load took 71.8 -> 52.9 MB of RSS
-    (tracemalloc 67.5 -> 50.5 MB, 900,000 -> 533,000 blocks), and pickle, which forwards the commands to
-    the proxy workers, writes each shared value once (24.5 -> 23.2 MB).
+    (tracemalloc 67.5 -> 50.5 MB, 900,000 -> 533,000 blocks).
 
     The service becomes the PackedService's name (kept anyway, as the table's key) when equal; the
     others go through memos of this chunk. A weight of -0.0 (`weight=-0` is accepted) equals 0.0 but
     prints differently, so each zero is shared with its own sign. Costs about 25 ms per 100,000 commands
-    (unpack 73 -> 92 ms with msgspec's decode; scripts/load_sharing.py). msgspec has no option to share
+    (unpack 73 -> 92 ms with msgspec's decode; bench/load_sharing.py). msgspec has no option to share
     decoded values itself: a dec_hook is called only for types it does not know."""
     srcs: dict[str, str] = {}
     weights: dict[float, float] = {}

@@ -6,7 +6,7 @@ nodes shaped like bench/propagation.py's background instances: N instances, 3 pe
 `urlprefix-/<svc>` tag each, on 100 nodes), then each figure is taken in a fresh process so the RSS is
 not the build's freed memory reused:
 
-    .venv/bin/python scripts/load_sharing.py [instances]     # default 100,000
+    .venv/bin/python bench/load_sharing.py [instances]     # default 100,000
 
 prints, for `plain` (msgspec's decode alone) and `shared` (bulkload.unpack): the RSS the decoded chunks
 add, the size of their pickle, tracemalloc's size and block count for them, and the sharing pass's own
