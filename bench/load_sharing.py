@@ -70,7 +70,7 @@ def child(path: str, mode: str, what: str) -> None:
         before = rss_kb()
         kept = decode(chunks, mode)
         print(f"{mode}: decoded chunks add {(rss_kb() - before) / 1024:.1f} MB RSS"
-              f" (pickled for the workers: {len(pickle.dumps(kept, protocol=5)) / 1e6:.1f} MB)")
+              f" (pickled: {len(pickle.dumps(kept, protocol=5)) / 1e6:.1f} MB)")
     elif what == "trace":
         tracemalloc.start()
         kept = decode(chunks, mode)
