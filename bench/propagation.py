@@ -218,6 +218,24 @@ def _rss_kb(pid: int) -> int:
     return total
 
 
+def rss_by_process(pid: int) -> list[tuple[str, float]]:
+    """(role, VmRSS MB) of `pid` and of every process below it: the sum `_rss_kb` reports, split into the
+    main process, its proxy workers and its helpers (the dump helper, multiprocessing's resource tracker)."""
+    out: list[tuple[str, float]] = []
+    try:
+        cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        role = "worker" if b"router.run.workers" in cmd else "main" if b"router" in cmd else "helper"
+        kb = next(int(line.split()[1]) for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+                  if line.startswith("VmRSS:"))
+        out.append((role, round(kb / 1024, 1)))
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            for child in (task / "children").read_text().split():
+                out += rss_by_process(int(child))
+    except (OSError, StopIteration):
+        pass
+    return out
+
+
 _TABLE_CHILD = r"""
 import json, sys, time, resource
 sys.path.insert(0, sys.argv[2])

@@ -56,7 +56,15 @@ from typing import Any, Self
 import httpx
 from aiohttp import web
 
-from bench.propagation import DEAD_PORT, PER_SERVICE, _rss_kb, dead_addr, pct, register_background
+from bench.propagation import (
+    DEAD_PORT,
+    PER_SERVICE,
+    _rss_kb,
+    dead_addr,
+    pct,
+    register_background,
+    rss_by_process,
+)
 from tests.consul_agent import ConsulAgent, free_ports
 from tests.router_proc import RouterProc
 
@@ -654,9 +662,12 @@ def run_one(mode: str, instances: int, rounds: int, flags: list[str], patterns: 
             ready_s = time.monotonic() - t0 if ready != float("inf") else float("inf")
             time.sleep(2.0)
             rss_mb = round(_rss_kb(router.proc.pid if router.proc else 0) / 1024, 1)
+            parts = rss_by_process(router.proc.pid if router.proc else 0)
+            print(f"{mode} {instances}: ready {ready_s:.2f} s, RSS {rss_mb} MB: "
+                  + ", ".join(f"{role} {mb}" for role, mb in parts), flush=True)
             agent = Agent(agent_proc.http_url)
             out: dict[str, Any] = {"mode": mode, "background": instances, "setup_s": round(setup_s, 1),
-                                   "ready_s": round(ready_s, 2), "rss_mb": rss_mb}
+                                   "ready_s": round(ready_s, 2), "rss_mb": rss_mb, "rss_by_process": parts}
             s0 = registry_status(router)
             consul = CriticalWatch(agent_proc.http_url).start()
             if "new" in patterns:
