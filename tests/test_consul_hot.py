@@ -81,3 +81,54 @@ def test_without_hot_watches_the_same_change_waits_for_the_reconcile(fresh_consu
     before, after, hot = asyncio.run(scenario(fresh_consul, hot_limit=0))
     assert hot == 0
     assert after == before and len(after) == 2
+
+
+def consul_side_connections(port: int) -> int:
+    """Connections the agent on `port` holds (established, or closed by the client and not yet by Consul)."""
+    held = 0
+    with open("/proc/net/tcp") as f:
+        for line in f.readlines()[1:]:
+            local, state = line.split()[1], line.split()[3]
+            if int(local.split(":")[1], 16) == port and state in ("01", "08"):  # ESTABLISHED, CLOSE_WAIT
+                held += 1
+    return held
+
+
+def test_churned_hot_watches_leave_room_under_consuls_connection_limit(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Consul 1.8 holds a blocking query's connection until its wait ends, even after the client closed it,
+    and refuses connections past `limits.http_max_conns_per_client` (200 by default). 60 services made hot
+    one after another through 4 watches (8 slots), on an agent allowing 24: Consul holds no more than the
+    slots, and ten reads right after all succeed (watches cancelled on eviction held 60 and refused them)."""
+    from registry.consul.api import ConsulError
+    from registry.consul.hot import HotWatches
+    from tests.consul_agent import ConsulAgent
+
+    agent = ConsulAgent(workdir=tmp_path, extra_args=["-hcl", "limits { http_max_conns_per_client = 24 }"])
+    agent.start()
+
+    async def run() -> tuple[int, int, list[str]]:
+        api, reader = ConsulAPI(agent.addr), ConsulAPI(agent.addr)
+        index = (await api.get("/v1/health/service/none")).index
+        hot = HotWatches(api, lambda *a: None, limit=4)
+        peak = 0
+        try:
+            for i in range(60):
+                hot.touch(f"svc-{i}", index)  # each blocks (no such service: its index never moves)
+                await asyncio.sleep(0.02)
+                peak = max(peak, consul_side_connections(agent.port))
+            outstanding = hot.outstanding()
+            results = await asyncio.gather(*(reader.get("/v1/catalog/services") for _ in range(10)),
+                                           return_exceptions=True)
+            return peak, outstanding, [str(r) for r in results if isinstance(r, ConsulError)]
+        finally:
+            hot.clear()
+            await api.close()
+            await reader.close()
+
+    try:
+        peak, outstanding, refused = asyncio.run(run())
+    finally:
+        agent.stop()
+    assert outstanding == 8
+    assert peak <= 8 + 1  # the slots and the first read's idle connection
+    assert refused == []

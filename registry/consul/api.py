@@ -141,38 +141,41 @@ class ConsulAPI:
     async def close(self) -> None:
         await self._client.aclose()
 
-    def _params(self, index: int | None, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    def _params(self, index: int | None, extra: dict[str, Any] | None = None,
+                wait: float | None = None) -> dict[str, Any]:
         params: dict[str, Any] = dict(extra or {})
         if self.consistency:
             params[self.consistency] = ""
         if index is not None:
             params["index"] = str(max(index, 0))
-            params["wait"] = f"{int(self.wait * 1000)}ms"
+            params["wait"] = f"{int((self.wait if wait is None else wait) * 1000)}ms"
         return params
 
-    def url(self, path: str, index: int | None = None, params: dict[str, Any] | None = None) -> str:
+    def url(self, path: str, index: int | None = None, params: dict[str, Any] | None = None,
+            wait: float | None = None) -> str:
         """The full URL of a read: the path (percent-encoded where it must be) and the query string."""
-        query = urlencode(self._params(index, params))
+        query = urlencode(self._params(index, params, wait))
         return f"{self.base_url}{quote(path, safe='/%:@!$&()*+,;=~')}{'?' + query if query else ''}"
 
     async def get(self, path: str, *, index: int | None = None, params: dict[str, Any] | None = None,
-                  decode: bool = True) -> Response:
+                  decode: bool = True, wait: float | None = None) -> Response:
         """GET a JSON endpoint; with `index` it is a blocking query. 404 is returned, not raised (KV).
 
+        `wait`: this blocking query's own wait, instead of `registry.consul.wait` (registry/consul/hot.py).
         `decode=False` leaves the body as bytes, for a caller that decodes it elsewhere (registry/consul/dump.py).
 
         Every change costs several of these (the watches' answers, a re-read), so they skip httpx's client
         layer when the transport is ours: 0.11-0.14 ms of CPU per request against a local agent instead of
         0.73-0.75 ms (URL parsing and merging, cookies, the Response model; docs/discovery.md).
         """
-        url = self.url(path, index, params)
+        url = self.url(path, index, params, wait)
+        read = self.read_timeout(self.wait if wait is None else wait)
         try:
             if self._direct is not None:
-                status, raw, content = await self._direct.fetch("GET", url, self._header_list, None,
-                                                                self.read_timeout(self.wait))
+                status, raw, content = await self._direct.fetch("GET", url, self._header_list, None, read)
                 headers = httpx.Headers(raw)
             else:
-                r = await self._client.get(url)
+                r = await self._client.get(url, timeout=httpx.Timeout(10.0, read=read))
                 status, headers, content = r.status_code, r.headers, r.content
         except httpx.HTTPError as e:
             raise ConsulError(f"GET {path}: {type(e).__name__}: {e}") from e

@@ -31,25 +31,45 @@ log = logging.getLogger("registry.consul")
 OnAnswer = Callable[[str, list[dict[str, Any]], int, float], None]
 
 # 64: a burst of 50 changes (issue 18) stays hot as a whole. Consul allows 200 HTTP connections per client
-# address by default; the router holds these, 16 re-reads, 5 watches and its self-registration at most.
+# address by default; the router holds at most HOT_SLOTS of them here (see HotWatches), 16 re-reads, 5 watches,
+# the dump helper's read and its self-registration.
 HOT_LIMIT = 64
 HOT_TTL = 60.0
+# A hot watch's blocking queries wait 10 s, not registry.consul.wait (60 s by default). Consul 1.8 holds a
+# blocking query, and its place in the per-client connection limit, until its wait ends, even after the
+# client closed the connection: at 100,000 instances with bursts of new services every few seconds, watches
+# cancelled on eviction kept up to 161 such connections in CLOSE-WAIT at Consul, and the re-reads that came
+# after them were refused ("connection closed before the request was written"), some changes never routed
+# (docs/benchmarks.md, sixth session). An idle hot watch asks again every 10 s for at most HOT_TTL: at
+# most 6 more requests per hot service, and a watch given up frees its place within 10 s.
+HOT_WAIT = 10.0
 
 
 class HotWatches:
-    """At most `limit` per-service blocking watches, each ending `ttl` s after its service last changed."""
+    """At most `limit` per-service blocking watches, each ending `ttl` s after its service last changed,
+    and at most `slots` of their queries at Consul, counting those of watches given up.
 
-    def __init__(self, api: ConsulAPI, on_answer: OnAnswer, *, limit: int = HOT_LIMIT, ttl: float = HOT_TTL,
-                 max_rate: float = 20.0, count: Callable[[], None] = lambda: None,
-                 on_drop: Callable[[str], None] = lambda name: None) -> None:
+    A watch evicted for a more recently changed service while its query is out at Consul is not cancelled:
+    Consul would keep that query's connection until its wait ends anyway (see HOT_WAIT). It retires: its
+    answer is still applied (a real state of the service), it asks no more, and it keeps its slot until
+    then. A service that changes while every slot is taken waits (the `limit` most recent ones) and gets a
+    watch when a slot frees; its changes meanwhile reach the table as any other service's do."""
+
+    def __init__(self, api: ConsulAPI, on_answer: OnAnswer, *, limit: int = HOT_LIMIT, slots: int | None = None,
+                 ttl: float = HOT_TTL, wait: float = HOT_WAIT, max_rate: float = 20.0,
+                 count: Callable[[], None] = lambda: None, on_drop: Callable[[str], None] = lambda name: None) -> None:
         self.api = api
         self.on_answer = on_answer
         self.limit = limit
+        self.slots = 2 * limit if slots is None else slots
         self.ttl = ttl
+        self.wait = wait
         self.max_rate = max_rate
         self.count = count  # called once per request (the watcher's registry.requests)
         self.on_drop = on_drop  # a watch was stopped (evicted, cleared): a change it was to bring must be read
-        self._tasks: dict[str, asyncio.Future[None]] = {}
+        self._tasks: dict[str, asyncio.Future[None]] = {}  # the watches kept going
+        self._retiring: dict[str, asyncio.Future[None]] = {}  # evicted, their last query still out
+        self._waiting: dict[str, int] = {}  # name -> index, for a slot; the most recently changed last
         self._parked: dict[str, int] = {}  # name -> the index its blocking read waits on, while it waits
         self._changed: dict[str, float] = {}  # name -> monotonic time of its last change
         # one no-news bucket for all hot watches: with an index that never moves (a broken proxy, a
@@ -60,11 +80,20 @@ class HotWatches:
         return len(self._tasks)
 
     def names(self) -> set[str]:
+        """The services whose watches are kept going."""
         return set(self._tasks)
 
+    def outstanding(self) -> int:
+        """The watches that may have a query at Consul: kept going and retiring (at most `slots`)."""
+        return len(self._tasks) + len(self._retiring)
+
+    def waiting(self) -> list[str]:
+        """The services waiting for a slot, the most recently changed last."""
+        return list(self._waiting)
+
     def watching(self, name: str) -> bool:
-        """Whether `name` has a watch running (its answers keep coming)."""
-        task = self._tasks.get(name)
+        """Whether `name` has a watch running (its next answer comes; a retiring one's is its last)."""
+        task = self._tasks.get(name) or self._retiring.get(name)
         return task is not None and not task.done()
 
     def parked(self, name: str) -> int | None:
@@ -80,41 +109,82 @@ class HotWatches:
         task = self._tasks.get(name)
         if task is not None and not task.done():
             return
-        while len(self._tasks) >= self.limit:
-            coldest = min(self._tasks, key=lambda n: self._changed.get(n, 0.0))
-            self._stop(coldest)
+        task = self._retiring.pop(name, None)
+        if task is not None and not task.done():  # evicted, its query still out: it goes on
+            self._tasks[name] = task
+            self._evict(keep=self.limit)
+            return
+        self._evict(keep=self.limit - 1)
+        if self.outstanding() >= self.slots:
+            self._waiting.pop(name, None)
+            self._waiting[name] = index
+            while len(self._waiting) > self.limit:
+                self._forget(next(iter(self._waiting)))
+            return
+        self._start(name, index)
+
+    def _start(self, name: str, index: int) -> None:
+        self._waiting.pop(name, None)
         self._tasks[name] = asyncio.ensure_future(self._watch(name, index))
 
-    def _stop(self, name: str) -> None:
-        task = self._tasks.pop(name, None)
-        if task is not None:
-            task.cancel()
-        self._changed.pop(name, None)
-        self._parked.pop(name, None)
-        self.on_drop(name)
+    def _evict(self, keep: int) -> None:
+        """Retire the least recently changed watches until `keep` are kept going."""
+        while len(self._tasks) > max(keep, 0):
+            coldest = min(self._tasks, key=lambda n: self._changed.get(n, 0.0))
+            task = self._tasks.pop(coldest)
+            if coldest in self._parked and not task.done():
+                self._retiring[coldest] = task
+            else:  # pacing or backing off: nothing of it at Consul
+                task.cancel()
+                self._parked.pop(coldest, None)
+                self._forget(coldest)
+                self.on_drop(coldest)
+
+    def _forget(self, name: str) -> None:
+        self._waiting.pop(name, None)
+        if name not in self._tasks and name not in self._retiring:
+            self._changed.pop(name, None)
+
+    def _fill(self) -> None:
+        """Start watches for the most recently changed services waiting, while there are slots."""
+        now = time.monotonic()
+        while self._waiting and self.outstanding() < self.slots and len(self._tasks) < self.limit:
+            name, index = self._waiting.popitem()
+            if now - self._changed.get(name, 0.0) < self.ttl:
+                self._start(name, index)
+            else:
+                self._forget(name)
 
     def clear(self) -> None:
         """Consul's data may have been replaced (index went backwards): the indexes held here mean nothing."""
-        for name in list(self._tasks):
-            self._stop(name)
+        stopped = {**self._retiring, **self._tasks}
+        self._tasks.clear()
+        self._retiring.clear()
+        self._waiting.clear()
+        self._parked.clear()
+        self._changed.clear()
+        for name, task in stopped.items():
+            task.cancel()
+            self.on_drop(name)
 
     async def _watch(self, name: str, index: int) -> None:
+        me = asyncio.current_task()
         pacer = WatchPacer(self.max_rate, time.monotonic(), index, quiet=self._quiet)
         backoff = Backoff()
         delay = 0.0
         try:
-            while time.monotonic() - self._changed.get(name, 0.0) < self.ttl:
+            while self._tasks.get(name) is me and time.monotonic() - self._changed.get(name, 0.0) < self.ttl:
                 if delay > 0:
                     await asyncio.sleep(delay)
                     delay = 0.0
                 self._parked[name] = index
                 try:
-                    r = await self.api.get(f"/v1/health/service/{name}", index=index)
+                    r = await self.api.get(f"/v1/health/service/{name}", index=index, wait=self.wait)
                 except ConsulError as e:
                     self._parked.pop(name, None)
                     self.count()
                     log.debug("hot watch %s: %s", name, e)
-                    await asyncio.sleep(backoff.next())
+                    delay = backoff.next()
                     continue
                 self._parked.pop(name, None)
                 self.count()
@@ -126,7 +196,15 @@ class HotWatches:
                     self.on_answer(name, r.body if r.status == 200 and r.body else [], r.index, now)
                 index = next_index(index, r.index)
         finally:
-            if self._tasks.get(name) is asyncio.current_task():
+            ended = True
+            if self._retiring.get(name) is me:
+                del self._retiring[name]
+                self.on_drop(name)
+            elif self._tasks.get(name) is me:
+                del self._tasks[name]
+            else:  # cancelled by `_evict` or `clear`, which did the rest
+                ended = False
+            if ended:
                 self._parked.pop(name, None)
-                self._tasks.pop(name, None)
-                self._changed.pop(name, None)
+                self._forget(name)
+                self._fill()

@@ -17,7 +17,7 @@ from typing import Any
 
 from registry.consul.api import Backoff, ConsulAPI, ConsulError
 from registry.consul.fingerprints import nonpassing_of
-from registry.consul.hot import HOT_LIMIT, HotWatches
+from registry.consul.hot import HOT_LIMIT, HOT_WAIT, HotWatches
 from registry.consul.services import ServiceRoutes
 from registry.consul.status import RegistryStatus, Sink
 from router.table.routecmd import RouteCmd
@@ -63,8 +63,8 @@ class ReReads:
         self._expect: dict[str, tuple[int, frozenset, float]] = {}
         self._health: dict[str, frozenset] = {}  # service -> the non-passing checks of the entries applied
         self._entries: dict[str, Entries] = {}  # hot service -> the entries applied (`_fail_now`)
-        self.hot = HotWatches(api, self._accept, limit=hot_limit, max_rate=max_rate, count=self._count,
-                              on_drop=self._dropped)
+        self.hot = HotWatches(api, self._accept, limit=hot_limit, wait=min(HOT_WAIT, api.wait), max_rate=max_rate,
+                              count=self._count, on_drop=self._dropped)
 
     def _count(self) -> None:
         self.status.requests += 1
