@@ -31,8 +31,10 @@ log = logging.getLogger("registry.consul")
 OnAnswer = Callable[[str, list[dict[str, Any]], int, float], None]
 
 # 64: a burst of 50 changes (issue 18) stays hot as a whole. Consul allows 200 HTTP connections per client
-# address by default; the router holds at most HOT_SLOTS of them here (see HotWatches), 16 re-reads, 5 watches,
-# the dump helper's read and its self-registration.
+# address by default, and the router's address is often shared (Registrator, consul-template on the same
+# host). The router holds at most 80 here (HotWatches' slots; with twice HOT_LIMIT it held 149 in all
+# at 100,000 instances with bursts), 16 re-reads, 5 watches, the dump helper's read, its self-registration
+# and up to 16 idle keep-alive connections: about 120.
 HOT_LIMIT = 64
 HOT_TTL = 60.0
 # A hot watch's blocking queries wait 10 s, not registry.consul.wait (60 s by default). Consul 1.8 holds a
@@ -61,7 +63,7 @@ class HotWatches:
         self.api = api
         self.on_answer = on_answer
         self.limit = limit
-        self.slots = 2 * limit if slots is None else slots
+        self.slots = limit + limit // 4 if slots is None else slots  # 80 for HOT_LIMIT
         self.ttl = ttl
         self.wait = wait
         self.max_rate = max_rate
