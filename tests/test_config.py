@@ -172,6 +172,7 @@ RANGES = {
     "registry.consul.wait": (("0", "0s", "10m1s", "1h"), {"1ms": 0.001, "60s": 60.0, "10m": 600.0}),
     "registry.consul.unrunhold": ((), {"0": 0.0, "45s": 45.0, "2m": 120.0}),
     "registry.consul.maxrate": (("0", "0.0", "-5", "1_0", "0x10"), {"0.5": 0.5, "20": 20.0, "1e3": 1000.0}),
+    "registry.consul.hotwatches": (("151", "-1", "x"), {"0": 0, "64": 64, "150": 150}),
     "ui.health.maxsyncage": ((), {"0": 0.0, "2m": 120.0}),
     "glob.cache.size": (("1.5",), {"0": 0, "1000": 1000}),
 }

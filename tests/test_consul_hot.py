@@ -97,7 +97,7 @@ def consul_side_connections(port: int) -> int:
 def test_churned_hot_watches_leave_room_under_consuls_connection_limit(tmp_path) -> None:  # type: ignore[no-untyped-def]
     """Consul 1.8 holds a blocking query's connection until its wait ends, even after the client closed it,
     and refuses connections past `limits.http_max_conns_per_client` (200 by default). 60 services made hot
-    one after another through 8 watches (10 slots), on an agent allowing 24: Consul holds no more than the
+    one after another through 5 watches (10 slots), on an agent allowing 24: Consul holds no more than the
     slots, and ten reads right after all succeed (watches cancelled on eviction held 60 and refused them)."""
     from registry.consul.api import ConsulError
     from registry.consul.hot import HotWatches
@@ -109,7 +109,7 @@ def test_churned_hot_watches_leave_room_under_consuls_connection_limit(tmp_path)
     async def run() -> tuple[int, int, list[str]]:
         api, reader = ConsulAPI(agent.addr), ConsulAPI(agent.addr)
         index = (await api.get("/v1/health/service/none")).index
-        hot = HotWatches(api, lambda *a: None, limit=8)
+        hot = HotWatches(api, lambda *a: None, limit=5)
         peak = 0
         try:
             for i in range(60):
@@ -132,3 +132,29 @@ def test_churned_hot_watches_leave_room_under_consuls_connection_limit(tmp_path)
     assert outstanding == 10
     assert peak <= 10 + 1  # the slots and the first read's idle connection
     assert refused == []
+
+
+def test_the_hot_watch_limit_is_set_by_its_key_and_shown_in_status(consul_agent) -> None:  # type: ignore[no-untyped-def]
+    """`registry.consul.hotwatches` sets the limit (slots: twice it); /api/status shows the watches kept."""
+    import httpx
+
+    from tests.consul_helpers import wait_until
+    from tests.router_proc import RouterProc
+
+    c = make_client(consul_agent.port)
+    svc = f"hotkey-{uid()}"
+    register(c, svc, f"{svc}-a", 10001, tags=[f"urlprefix-/{svc}"])
+    router = RouterProc("-registry.consul.addr", consul_agent.addr, "-registry.consul.kvpath", f"/t-{uid()}/config",
+                        "-registry.consul.noroutehtmlpath", "", "-registry.consul.hotwatches", "3").start()
+
+    def hot() -> dict:  # type: ignore[type-arg]
+        return httpx.get(router.ui + "/api/status", timeout=5).json()["registry"]["hot_watches"]
+
+    try:
+        assert hot()["limit"] == 3 and hot()["slots"] == 6
+        set_check(c, f"{svc}-a", "critical")  # a change: the service is re-read and gets its watch
+        wait_until(lambda: hot()["watching"] >= 1, message="a hot watch")
+        assert hot()["watching"] <= 3
+    finally:
+        router.stop()
+        deregister(c, f"{svc}-a")

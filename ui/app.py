@@ -62,6 +62,7 @@ def status_doc(router: RouterView) -> dict[str, Any]:
             "requests": st.requests,
             "paced": st.paced,
             "failed_now": st.failed_now,  # failing checks applied before the hot watch's answer (rereads.py)
+            "hot_watches": st.hot(),  # per-service watches of services changed lately (registry/consul/hot.py)
             "covered": st.covered,  # changes a hot watch brought without a re-read (registry/consul/rereads.py)
             "dumps": st.dumps,
             "propagation": st.propagation_summary(),

@@ -30,11 +30,11 @@ log = logging.getLogger("registry.consul")
 
 OnAnswer = Callable[[str, list[dict[str, Any]], int, float], None]
 
-# 64: a burst of 50 changes (issue 18) stays hot as a whole. Consul allows 200 HTTP connections per client
-# address by default, and the router's address is often shared (Registrator, consul-template on the same
-# host). The router holds at most 80 here (HotWatches' slots; with twice HOT_LIMIT it held 149 in all
-# at 100,000 instances with bursts), 16 re-reads, 5 watches, the dump helper's read, its self-registration
-# and up to 16 idle keep-alive connections: about 120.
+# 64 (registry.consul.hotwatches): a burst of 50 changes (issue 18) stays hot as a whole. Consul allows 200
+# HTTP connections per client address by default. The router holds at most twice this many here (HotWatches'
+# slots: 149 in all at 100,000 instances with bursts), 16 re-reads, 5 watches, the dump helper's read, its
+# self-registration and up to 16 idle keep-alive connections. With a quarter instead of twice (80 slots) a
+# rolling deploy after the bursts waited 1.2 s for the instance reconcile, its service's watch for a slot.
 HOT_LIMIT = 64
 HOT_TTL = 60.0
 # A hot watch's blocking queries wait 10 s, not registry.consul.wait (60 s by default). Consul 1.8 holds a
@@ -63,7 +63,7 @@ class HotWatches:
         self.api = api
         self.on_answer = on_answer
         self.limit = limit
-        self.slots = limit + limit // 4 if slots is None else slots  # 80 for HOT_LIMIT
+        self.slots = 2 * limit if slots is None else slots
         self.ttl = ttl
         self.wait = wait
         self.max_rate = max_rate
@@ -88,6 +88,11 @@ class HotWatches:
     def outstanding(self) -> int:
         """The watches that may have a query at Consul: kept going and retiring (at most `slots`)."""
         return len(self._tasks) + len(self._retiring)
+
+    def counts(self) -> dict[str, int]:
+        """For /api/status: how many watches are kept going, retiring, waiting for a slot, and the bounds."""
+        return {"limit": self.limit, "slots": self.slots, "watching": len(self._tasks),
+                "retiring": len(self._retiring), "waiting": len(self._waiting)}
 
     def waiting(self) -> list[str]:
         """The services waiting for a slot, the most recently changed last."""

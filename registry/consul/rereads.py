@@ -65,6 +65,7 @@ class ReReads:
         self._entries: dict[str, Entries] = {}  # hot service -> the entries applied (`_fail_now`)
         self.hot = HotWatches(api, self._accept, limit=hot_limit, wait=min(HOT_WAIT, api.wait), max_rate=max_rate,
                               count=self._count, on_drop=self._dropped)
+        status.hot = self.hot.counts
 
     def _count(self) -> None:
         self.status.requests += 1

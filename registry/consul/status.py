@@ -72,6 +72,8 @@ class RegistryStatus:
     paced: int = 0  # watch answers without news after which a loop waited for its rate limit (pacing.py)
     covered: int = 0  # health-answer changes applied without a re-read: a hot watch brought them (rereads.py)
     failed_now: int = 0  # failing checks applied from a health answer before the hot watch's (rereads.py)
+    # the hot watches' counts (registry/consul/hot.py: limit, slots, watching, retiring, waiting), set by the watcher
+    hot: Callable[[], dict[str, int]] = field(default=lambda: {})
     dumps: int = 0  # /v1/internal/ui/nodes reads (each is O(instances) for Consul and for us)
     services: dict[str, ServiceStatus] = field(default_factory=dict)
     manual_errors: list[LineError] = field(default_factory=list)

@@ -178,6 +178,10 @@ KEYS: tuple[Key, ...] = (
         "blocking query wait time (ours; Consul's default is 5m)"),
     Key("registry.consul.maxrate", "20", positive_number,
         "blocking queries per second per watch whose answers bring no new index, after a burst of 2 (ours; real changes are not held)"),
+    Key("registry.consul.hotwatches", "64", int_range(0, 150, zero="none"),
+        "services changed in the last minute that get a blocking query of their own, so changes no bulk watch "
+        "shows reach the table in ms (ours); the router holds up to twice this many of Consul's connections "
+        "from its address (Consul's limits.http_max_conns_per_client, 200 by default), plus about 40"),
     # ui
     Key("ui.addr", ":9998", listen_addr("ui.addr"),
         "listen address of the admin UI: one listener, plain HTTP, or HTTPS with cs=<source from proxy.cs> "

@@ -109,6 +109,7 @@ class Router:
             checks_all=cfg["registry.consul.checksRequired"] == "all",
             unrun_hold=cfg["registry.consul.unrunhold"],
             max_rate=cfg["registry.consul.maxrate"],
+            hot_limit=cfg["registry.consul.hotwatches"],
             status=self.status,
             retry=cfg["registry.retry"],
         )
