@@ -60,11 +60,15 @@ def _handlers() -> grpc.GenericRpcHandler:
         """Two messages, then (`quiet-*`) nothing until cancelled, or (`busy-*`) one every 20 ms."""
         call = CALLS[req]
         ctx.add_callback(call.terminated.set)
+        quiet = req.startswith(b"quiet")
+        if quiet:  # watched from a thread: grpcio does not resume a generator whose call was cancelled, and
+            # a client that leaves right after m2 (the dropped-connection test) may beat that resumption
+            threading.Thread(target=_wait_inactive, args=(ctx, call), daemon=True).start()
         for _ in range(2):
             call.sent += 1
             yield b"m%d" % call.sent
-        if req.startswith(b"quiet"):
-            _wait_inactive(ctx, call)
+        if quiet:
+            call.stopped.wait(GUARD)
             return
         deadline = time.monotonic() + GUARD
         while ctx.is_active() and time.monotonic() < deadline:
