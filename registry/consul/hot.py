@@ -33,22 +33,17 @@ OnAnswer = Callable[[str, list[dict[str, Any]], int, float], None]
 # 64 (registry.consul.hotwatches): a burst of 50 changes (issue 18) stays hot as a whole. Consul allows 200
 # HTTP connections per client address by default. The router holds at most twice this many here (HotWatches'
 # slots: 149 in all at 100,000 instances with bursts), 16 re-reads, 5 watches, the dump helper's read, its
-# self-registration and up to 16 idle keep-alive connections. Fewer slots (80: 101 held) make a service that
-# starts changing right after a burst wait for one more often (see HOT_FIRST_WAIT).
+# self-registration and up to 16 idle keep-alive connections. With a quarter instead of twice (80 slots) a
+# rolling deploy after the bursts waited 1.2 s for the instance reconcile, its service's watch for a slot.
 HOT_LIMIT = 64
 HOT_TTL = 60.0
-# A hot watch's blocking queries wait 1 s after its service changed, then twice as long after each answer
-# without news, up to 10 s: never registry.consul.wait (60 s by default). Consul 1.8 holds a blocking query,
-# and its place in the per-client connection limit, until its wait ends, even after the client closed the
-# connection: at 100,000 instances with bursts of new services every few seconds, watches cancelled on
-# eviction kept up to 161 such connections in CLOSE-WAIT at Consul, and the re-reads that came after them
-# were refused ("connection closed before the request was written"), some changes never routed
-# (docs/benchmarks.md, sixth session). A watch given up (retiring, below) frees its place when its query
-# ends; the ones a burst gives up are mostly young, so that is within a second or two. With a flat 10 s,
-# in 2 of 7 runs one change of a rolling deploy begun 10 s after the last burst (whose retiring watches may
-# still hold every slot then) waited 1.2 s for the instance reconcile. The cost: about 9 requests per hot
-# service in the minute after its last change.
-HOT_FIRST_WAIT = 1.0
+# A hot watch's blocking queries wait 10 s, not registry.consul.wait (60 s by default). Consul 1.8 holds a
+# blocking query, and its place in the per-client connection limit, until its wait ends, even after the
+# client closed the connection: at 100,000 instances with bursts of new services every few seconds, watches
+# cancelled on eviction kept up to 161 such connections in CLOSE-WAIT at Consul, and the re-reads that came
+# after them were refused ("connection closed before the request was written"), some changes never routed
+# (docs/benchmarks.md, sixth session). An idle hot watch asks again every 10 s for at most HOT_TTL: at
+# most 6 more requests per hot service, and a watch given up frees its place within 10 s.
 HOT_WAIT = 10.0
 
 
@@ -184,7 +179,6 @@ class HotWatches:
         pacer = WatchPacer(self.max_rate, time.monotonic(), index, quiet=self._quiet)
         backoff = Backoff()
         delay = 0.0
-        wait = min(HOT_FIRST_WAIT, self.wait)
         try:
             while self._tasks.get(name) is me and time.monotonic() - self._changed.get(name, 0.0) < self.ttl:
                 if delay > 0:
@@ -192,7 +186,7 @@ class HotWatches:
                     delay = 0.0
                 self._parked[name] = index
                 try:
-                    r = await self.api.get(f"/v1/health/service/{name}", index=index, wait=wait)
+                    r = await self.api.get(f"/v1/health/service/{name}", index=index, wait=self.wait)
                 except ConsulError as e:
                     self._parked.pop(name, None)
                     self.count()
@@ -206,10 +200,7 @@ class HotWatches:
                 delay = pacer.after(r.index, now)
                 if r.index > index:
                     self._changed[name] = now
-                    wait = min(HOT_FIRST_WAIT, self.wait)
                     self.on_answer(name, r.body if r.status == 200 and r.body else [], r.index, now)
-                else:
-                    wait = min(2 * wait, self.wait)
                 index = next_index(index, r.index)
         finally:
             ended = True
