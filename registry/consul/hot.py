@@ -33,8 +33,8 @@ OnAnswer = Callable[[str, list[dict[str, Any]], int, float], None]
 # 64 (registry.consul.hotwatches): a burst of 50 changes (issue 18) stays hot as a whole. Consul allows 200
 # HTTP connections per client address by default. The router holds at most twice this many here (HotWatches'
 # slots: 149 in all at 100,000 instances with bursts), 16 re-reads, 5 watches, the dump helper's read, its
-# self-registration and up to 16 idle keep-alive connections. With 80 slots it held 101, but a service that
-# starts changing right after a burst is likelier to wait for a slot (docs/discovery.md).
+# self-registration and up to 16 idle keep-alive connections. With 80 slots it held 101; within bursts of
+# new services every slot is taken, and fewer make a service that changes then wait more often.
 HOT_LIMIT = 64
 HOT_TTL = 60.0
 # A hot watch's blocking queries wait 10 s, not registry.consul.wait (60 s by default). Consul 1.8 holds a
