@@ -203,37 +203,33 @@ def measure_propagation(instances: int, samples: int, flags: list[str]) -> dict[
         agent.stop()
 
 
-def _rss_kb(pid: int) -> int:
-    """VmRSS of `pid` and of its children (the instance-dump helper and proxy workers count too)."""
-    total = 0
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                total = int(line.split()[1])
-        for task in Path(f"/proc/{pid}/task").iterdir():
-            for child in (task / "children").read_text().split():
-                total += _rss_kb(int(child))
-    except OSError:
-        pass
-    return total
-
-
-def rss_by_process(pid: int) -> list[tuple[str, float]]:
-    """(role, VmRSS MB) of `pid` and of every process below it: the sum `_rss_kb` reports, split into the
-    main process, its proxy workers and its helpers (the dump helper, multiprocessing's resource tracker)."""
-    out: list[tuple[str, float]] = []
+def _tree_rss_kb(pid: int) -> list[tuple[str, int]]:
+    """(role, VmRSS kB) of `pid` and of every process below it: the main process, its proxy workers and
+    its helpers (the instance-dump helper, multiprocessing's resource tracker)."""
+    out: list[tuple[str, int]] = []
     try:
         cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
         role = "worker" if b"router.run.workers" in cmd else "main" if b"router" in cmd else "helper"
         kb = next(int(line.split()[1]) for line in Path(f"/proc/{pid}/status").read_text().splitlines()
                   if line.startswith("VmRSS:"))
-        out.append((role, round(kb / 1024, 1)))
+        out.append((role, kb))
         for task in Path(f"/proc/{pid}/task").iterdir():
             for child in (task / "children").read_text().split():
-                out += rss_by_process(int(child))
+                out += _tree_rss_kb(int(child))
     except (OSError, StopIteration):
         pass
     return out
+
+
+def _rss_kb(pid: int) -> int:
+    """VmRSS of `pid` and of its children (the instance-dump helper and proxy workers count too)."""
+    return sum(kb for _, kb in _tree_rss_kb(pid))
+
+
+def rss_by_process(pid: int) -> tuple[float, list[tuple[str, float]]]:
+    """The summed VmRSS of `pid`'s tree in MB, and (role, MB) of each of its processes (one walk)."""
+    parts = _tree_rss_kb(pid)
+    return round(sum(kb for _, kb in parts) / 1024, 1), [(role, round(kb / 1024, 1)) for role, kb in parts]
 
 
 _TABLE_CHILD = r"""

@@ -661,8 +661,7 @@ def run_one(mode: str, instances: int, rounds: int, flags: list[str], patterns: 
                 ready = first(lambda: proxy.get(last_bg).status_code != 404, 900)
             ready_s = time.monotonic() - t0 if ready != float("inf") else float("inf")
             time.sleep(2.0)
-            rss_mb = round(_rss_kb(router.proc.pid if router.proc else 0) / 1024, 1)
-            parts = rss_by_process(router.proc.pid if router.proc else 0)
+            rss_mb, parts = rss_by_process(router.proc.pid if router.proc else 0)
             print(f"{mode} {instances}: ready {ready_s:.2f} s, RSS {rss_mb} MB: "
                   + ", ".join(f"{role} {mb}" for role, mb in parts), flush=True)
             agent = Agent(agent_proc.http_url)

@@ -15,6 +15,7 @@ from pathlib import Path
 import httpx
 
 from tests.consul_agent import free_ports
+from tests.consul_helpers import uid
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -113,6 +114,13 @@ class RouterProc:
     def static(cls, routes: str, *flags: str) -> RouterProc:
         """A router on static routes (no Consul): for tests of the proxy itself."""
         return cls("-registry.backend", "static", "-registry.static.routes", routes, *flags)
+
+    @classmethod
+    def consul(cls, addr: str, *flags: str) -> RouterProc:
+        """A router on the Consul at `addr`, with a KV path of its own (tests share one agent) and no
+        no-route page watch."""
+        return cls("-registry.consul.addr", addr, "-registry.consul.kvpath", f"/t-{uid()}/config",
+                   "-registry.consul.noroutehtmlpath", "", *flags)
 
     def __enter__(self) -> RouterProc:
         return self.start()

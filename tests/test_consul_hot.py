@@ -144,8 +144,7 @@ def test_the_hot_watch_limit_is_set_by_its_key_and_shown_in_status(consul_agent)
     c = make_client(consul_agent.port)
     svc = f"hotkey-{uid()}"
     register(c, svc, f"{svc}-a", 10001, tags=[f"urlprefix-/{svc}"])
-    router = RouterProc("-registry.consul.addr", consul_agent.addr, "-registry.consul.kvpath", f"/t-{uid()}/config",
-                        "-registry.consul.noroutehtmlpath", "", "-registry.consul.hotwatches", "3").start()
+    router = RouterProc.consul(consul_agent.addr, "-registry.consul.hotwatches", "3").start()
 
     def hot() -> dict:  # type: ignore[type-arg]
         return httpx.get(router.ui + "/api/status", timeout=5).json()["registry"]["hot_watches"]

@@ -25,8 +25,7 @@ pytestmark = pytest.mark.consul
 
 
 def start_router(agent, *flags: str) -> RouterProc:  # type: ignore[no-untyped-def]
-    return RouterProc("-registry.consul.addr", agent.addr, "-registry.consul.kvpath", f"/t-{uid()}/config",
-                      "-registry.consul.noroutehtmlpath", "", *flags).start()
+    return RouterProc.consul(agent.addr, *flags).start()
 
 
 def metric(router: RouterProc, name: str) -> dict[str, float]:

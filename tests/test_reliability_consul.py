@@ -30,9 +30,8 @@ MAXRATE = 5.0
 
 
 def start_router(addr: str, *flags: str) -> RouterProc:
-    return RouterProc("-registry.consul.addr", addr, "-registry.consul.kvpath", f"/t-{uid()}/config",
-                      "-registry.consul.noroutehtmlpath", "", "-registry.consul.wait", f"{WAIT:g}s",
-                      "-registry.consul.maxrate", f"{MAXRATE:g}", *flags).start()
+    return RouterProc.consul(addr, "-registry.consul.wait", f"{WAIT:g}s", "-registry.consul.maxrate", f"{MAXRATE:g}",
+                             *flags).start()
 
 
 @pytest.fixture

@@ -175,9 +175,7 @@ CONSUL_WAIT = 2.0  # registry.consul.wait here: every watch re-issues its query 
 
 
 def consul_router(relay: ConsulRelay, workers_flag: str) -> RouterProc:
-    return RouterProc("-registry.consul.addr", relay.addr, "-registry.consul.kvpath", f"/t-{uid()}/config",
-                      "-registry.consul.noroutehtmlpath", "", "-registry.consul.wait", f"{CONSUL_WAIT:g}s",
-                      "-proxy.workers", workers_flag)
+    return RouterProc.consul(relay.addr, "-registry.consul.wait", f"{CONSUL_WAIT:g}s", "-proxy.workers", workers_flag)
 
 
 def held_queries(relay: HoldCountingRelay, during: Callable[[], None] = lambda: None) -> dict[str, int]:

@@ -203,15 +203,11 @@ class HotWatches:
                     self.on_answer(name, r.body if r.status == 200 and r.body else [], r.index, now)
                 index = next_index(index, r.index)
         finally:
-            ended = True
-            if self._retiring.get(name) is me:
-                del self._retiring[name]
-                self.on_drop(name)
-            elif self._tasks.get(name) is me:
-                del self._tasks[name]
-            else:  # cancelled by `_evict` or `clear`, which did the rest
-                ended = False
-            if ended:
+            retired = self._retiring.get(name) is me
+            if retired or self._tasks.get(name) is me:  # else cancelled by `_evict` or `clear`, which did the rest
+                del (self._retiring if retired else self._tasks)[name]
                 self._parked.pop(name, None)
                 self._forget(name)
+                if retired:
+                    self.on_drop(name)
                 self._fill()
